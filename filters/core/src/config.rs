@@ -1,0 +1,311 @@
+//! The filter's configuration: the JSON document Envoy hands to `on_configure`.
+//!
+//! Two steps, as everywhere in Meshgate: [`RawFilterConfig`] is the serde shape
+//! (`deny_unknown_fields`, so a typo is an error, not a silently ignored key) and
+//! [`FilterConfig`] is the validated, compiled form the request path uses. The control
+//! plane (`meshgate`) builds a `RawFilterConfig` from the registry and runs the very
+//! same [`FilterConfig::compile`] before it hands anything to Envoy, so Envoy never
+//! receives a configuration the filter would reject.
+//!
+//! Secrets never travel in this document: an HS256 secret is named by an environment
+//! variable that the wasm VM reads at configure time (`vm_config.environment_variables`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Default cap on a request body the filter buffers and parses (1 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024;
+/// Default cap on a JSON response body the filter buffers to filter (8 MiB).
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+/// Default clock skew tolerated on `exp` / `nbf`.
+pub const DEFAULT_JWT_LEEWAY_SECONDS: u64 = 30;
+/// Default number of verified tokens remembered per Envoy worker.
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 4096;
+/// Default path prefix under which servers are served (`/mcp/<server>`).
+pub const DEFAULT_ROUTE_PREFIX: &str = "/mcp/";
+
+/// The configuration as serialized between the control plane and the filter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilterConfig {
+    /// Path prefix of MCP routes; a server `crm` is served at `<prefix>crm`.
+    #[serde(default = "default_route_prefix")]
+    pub route_prefix: String,
+    /// Names of the MCP servers behind this listener (`[a-z0-9-]+`).
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub policy: RawPolicy,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+fn default_route_prefix() -> String {
+    DEFAULT_ROUTE_PREFIX.to_string()
+}
+
+/// How callers prove who they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub jwt: Vec<RawJwtProvider>,
+    #[serde(default)]
+    pub api_keys: Vec<RawApiKey>,
+    /// When set, requests that carry no credentials at all act as this consumer.
+    /// Requests with *invalid* credentials are still refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<RawAnonymous>,
+    /// RFC 9728 protected-resource metadata URL, advertised in `WWW-Authenticate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_metadata: Option<String>,
+    /// Verified tokens remembered per worker (RS256 verification is ~1 ms in V8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_cache_entries: Option<usize>,
+}
+
+/// One trusted JWT issuer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtProvider {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// A JWKS document (`{"keys": [...]}`), inlined by the control plane from `jwks_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    /// Name of the environment variable holding the HS256 secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hs256_secret_env: Option<String>,
+    /// Claim naming the consumer (default `sub`).
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    /// Claim holding the consumer's roles: an array of strings or a space-separated string
+    /// (default `roles`).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway_seconds: Option<u64>,
+}
+
+fn default_consumer_claim() -> String {
+    "sub".to_string()
+}
+fn default_roles_claim() -> String {
+    "roles".to_string()
+}
+
+/// One API key, stored as the lowercase hex SHA-256 of the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub consumer: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// The consumer unauthenticated callers act as, when anonymous access is enabled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnonymous {
+    #[serde(default = "default_anonymous_consumer")]
+    pub consumer: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+fn default_anonymous_consumer() -> String {
+    "anonymous".to_string()
+}
+
+/// Role-based access policy. Default deny: what no role allows is refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub roles: BTreeMap<String, RawRole>,
+}
+
+/// What one role may do. Tool patterns are globs over `server/tool`; deny wins over allow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    /// `server/tool` globs for `tools/call` (and `tools/list` filtering).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// `server/<uri>` globs for `resources/read`.
+    #[serde(default)]
+    pub resources: RawRules,
+    /// `server/prompt` globs for `prompts/get`.
+    #[serde(default)]
+    pub prompts: RawRules,
+}
+
+/// An allow list and a deny list of globs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// Size guardrails.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
+}
+
+/// Where the filter finds secrets named in the configuration (environment variables).
+pub trait SecretSource {
+    /// The value of the named secret, if set.
+    fn secret(&self, name: &str) -> Option<String>;
+}
+
+/// Secrets from the process environment (in wasm: the variables Envoy passes to the VM).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvSecrets;
+
+impl SecretSource for EnvSecrets {
+    fn secret(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl RawFilterConfig {
+    /// Parses the JSON document Envoy passes to the filter.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))
+    }
+
+    /// Names of the environment variables the filter reads (for `vm_config.environment_variables`).
+    pub fn secret_env_names(&self) -> Vec<String> {
+        self.auth.jwt.iter().filter_map(|p| p.hs256_secret_env.clone()).collect()
+    }
+}
+
+/// A configuration the filter refuses. `path` is the dotted location inside the filter
+/// configuration (`policy.roles.admin.deny[0]`), which mirrors the registry's `auth`,
+/// `policy` and `limits` sections so the control plane can point at the registry line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("filter configuration is not valid JSON for this version of Meshgate: {0}")]
+    Json(String),
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { path: path.into(), message: message.into() }
+    }
+
+    /// Where in the configuration the problem is, when known.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { path, .. } => Some(path),
+            ConfigError::Json(_) => None,
+        }
+    }
+
+    /// What is wrong, without the path.
+    pub fn message(&self) -> &str {
+        match self {
+            ConfigError::Invalid { message, .. } => message,
+            ConfigError::Json(m) => m,
+        }
+    }
+}
+
+/// Size guardrails, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_request_bytes: u64,
+    pub max_response_bytes: u64,
+}
+
+/// The validated, compiled configuration the request path runs on.
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    pub route_prefix: String,
+    pub servers: std::collections::HashSet<String>,
+    pub authenticator: crate::identity::Authenticator,
+    pub policy: crate::policy::Policy,
+    pub limits: Limits,
+    /// RFC 9728 protected-resource metadata URL for `WWW-Authenticate`.
+    pub resource_metadata: Option<String>,
+}
+
+/// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
+pub fn is_valid_server_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+impl FilterConfig {
+    /// Validates and compiles `raw`. This is the one validator: the filter runs it in
+    /// `on_configure`, the control plane before pushing.
+    pub fn compile(raw: &RawFilterConfig, secrets: &dyn SecretSource) -> Result<Self, ConfigError> {
+        if !raw.route_prefix.starts_with('/') || !raw.route_prefix.ends_with('/') {
+            return Err(ConfigError::invalid(
+                "route_prefix",
+                format!("\"{}\" must start and end with '/'", raw.route_prefix),
+            ));
+        }
+        let mut servers = std::collections::HashSet::new();
+        for (i, name) in raw.servers.iter().enumerate() {
+            if !is_valid_server_name(name) {
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].name"),
+                    format!("\"{name}\" is not a valid server name ([a-z0-9-]+, at most 63 characters)"),
+                ));
+            }
+            if !servers.insert(name.clone()) {
+                return Err(ConfigError::invalid(format!("servers[{i}].name"), format!("duplicate server name \"{name}\"")));
+            }
+        }
+        for name in raw.policy.roles.keys() {
+            if name.is_empty() || name.chars().any(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    format!("policy.roles.{name}"),
+                    format!("role name \"{name}\" must be non-empty and contain no whitespace"),
+                ));
+            }
+        }
+        let policy = crate::policy::Policy::compile(&raw.policy, &servers)?;
+        let authenticator = crate::identity::Authenticator::compile(&raw.auth, secrets, &|r| policy.has_role(r))?;
+        if let Some(url) = &raw.auth.resource_metadata {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains('"') {
+                return Err(ConfigError::invalid(
+                    "auth.resource_metadata",
+                    format!("\"{url}\" is not an http(s) URL"),
+                ));
+            }
+        }
+        let limit = |value: Option<u64>, default: u64, key: &str| match value {
+            Some(0) => Err(ConfigError::invalid(format!("limits.{key}"), "must be greater than 0")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let limits = Limits {
+            max_request_bytes: limit(raw.limits.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES, "max_request_bytes")?,
+            max_response_bytes: limit(raw.limits.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES, "max_response_bytes")?,
+        };
+        Ok(Self {
+            route_prefix: raw.route_prefix.clone(),
+            servers,
+            authenticator,
+            policy,
+            limits,
+            resource_metadata: raw.auth.resource_metadata.clone(),
+        })
+    }
+}

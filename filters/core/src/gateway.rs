@@ -1,0 +1,342 @@
+//! The request pipeline: what the filter does with each HTTP exchange on an MCP route.
+//!
+//! The host glue (filters/wasm) calls, in order:
+//! 1. [`Gateway::on_request_head`] with the request headers → pass through, refuse, forward
+//!    (GET/DELETE: the SSE stream and session end carry no JSON-RPC body), or await the body;
+//! 2. [`Gateway::on_request_body`] with the complete body → an [`Exchange`] to forward, or a
+//!    [`Rejection`]. This is the one parse of the message;
+//! 3. [`Exchange::response_plan`] with the response headers → how the response body must be
+//!    handled (untouched, buffered JSON to filter, SSE stream to filter event by event).
+//!
+//! Fail closed: anything the gateway cannot read is refused, never forwarded.
+
+use std::sync::Arc;
+
+use crate::config::FilterConfig;
+use crate::identity::{AuthError, Consumer, Credentials, TokenCache};
+use crate::jsonrpc::{self, code, ParseError};
+use crate::listing::ListFilter;
+use crate::mcp::{self, header, Message, ResourceKind, MODERN_PROTOCOL_VERSIONS};
+use crate::policy::Verdict;
+use crate::reject::{printable, Rejection};
+
+/// Request headers the filter removes before forwarding: the client's own credentials
+/// (MCP forbids token passthrough) and `accept-encoding` (the filter must be able to read
+/// the response it governs).
+pub const STRIPPED_REQUEST_HEADERS: &[&str] = &["authorization", "x-api-key", "accept-encoding"];
+
+/// Paths outside the MCP routes that pass ungoverned (discovery documents only).
+const UNGOVERNED_PREFIXES: &[&str] = &["/.well-known/"];
+
+/// The request line and headers, as the host presents them (lowercase header names).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(String, String)],
+}
+
+impl<'a> RequestHead<'a> {
+    /// The single value of header `name`, or `None`. Repeated headers are joined by the
+    /// callers that care (see [`Self::count`]).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
+    }
+}
+
+/// What to do after the request headers.
+#[derive(Debug)]
+pub enum HeadDecision {
+    /// Not an MCP route the gateway governs (discovery documents): forward untouched.
+    PassThrough,
+    /// Refuse with this answer; nothing reaches the upstream.
+    Reject(Rejection),
+    /// Forward now (GET opens the server's SSE stream, DELETE ends a session).
+    Forward(Exchange),
+    /// A POST: the JSON-RPC body decides.
+    AwaitBody(PendingRequest),
+}
+
+/// A POST waiting for its body.
+#[derive(Debug, Clone)]
+pub struct PendingRequest {
+    consumer: Arc<Consumer>,
+    server: String,
+    routing: RoutingHeaders,
+}
+
+impl PendingRequest {
+    pub fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+}
+
+/// The 2026-07-28 routing headers a request carried.
+#[derive(Debug, Clone, Default)]
+struct RoutingHeaders {
+    modern: bool,
+    method: Option<String>,
+    name: Option<String>,
+}
+
+/// An exchange the gateway let through, with what its response needs.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub consumer: Arc<Consumer>,
+    pub server: String,
+    /// The JSON-RPC message, for POSTs.
+    pub message: Option<Message>,
+    /// Set when the message is a `*/list` request whose answer must be filtered.
+    pub list_filter: Option<ListFilter>,
+}
+
+/// How the response body must be handled.
+#[derive(Debug, Clone)]
+pub enum ResponsePlan {
+    /// Forward untouched, without buffering.
+    PassThrough,
+    /// Buffer the whole JSON body (up to the response limit), then filter it.
+    FilterJson(ListFilter),
+    /// Filter the SSE stream event by event as it arrives.
+    FilterSse(ListFilter),
+    /// The response cannot be governed: replace its body with this JSON-RPC error.
+    Replace(Vec<u8>),
+}
+
+/// The response headers the plan depends on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseHead<'a> {
+    pub status: u16,
+    pub content_type: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+}
+
+impl Exchange {
+    /// Decides how to treat the response, from its headers.
+    pub fn response_plan(&self, head: ResponseHead<'_>) -> ResponsePlan {
+        let Some(filter) = &self.list_filter else {
+            return ResponsePlan::PassThrough;
+        };
+        if !(200..300).contains(&head.status) || head.status == 202 {
+            return ResponsePlan::PassThrough;
+        }
+        let unreadable = |why: &str| {
+            ResponsePlan::Replace(jsonrpc::error_body(Some(&filter.request_id), code::INTERNAL_ERROR, why))
+        };
+        if head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+            return unreadable("upstream sent an encoded list response the gateway cannot filter");
+        }
+        match head.content_type.map(media_type) {
+            Some(t) if t == "application/json" => ResponsePlan::FilterJson(filter.clone()),
+            Some(t) if t == "text/event-stream" => ResponsePlan::FilterSse(filter.clone()),
+            _ => unreadable("upstream sent a list response of an unexpected content type"),
+        }
+    }
+}
+
+/// The lowercase media type of a `Content-Type` value, without parameters.
+fn media_type(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
+/// The compiled pipeline; one per configuration, shared by all requests of a worker.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    config: FilterConfig,
+}
+
+impl Gateway {
+    pub fn new(config: FilterConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &FilterConfig {
+        &self.config
+    }
+
+    /// A token cache sized for this configuration.
+    pub fn new_token_cache(&self) -> TokenCache {
+        TokenCache::new(self.config.authenticator.token_cache_entries())
+    }
+
+    /// Step 1: route, method, content checks, identity. `now` is Unix seconds.
+    pub fn on_request_head(&self, head: RequestHead<'_>, now: u64, cache: &mut TokenCache) -> HeadDecision {
+        let path = head.path.split(['?', '#']).next().unwrap_or_default();
+        if UNGOVERNED_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return HeadDecision::PassThrough;
+        }
+        let server = match path.strip_prefix(self.config.route_prefix.as_str()) {
+            Some(name) if self.config.servers.contains(name) => name.to_string(),
+            _ => return HeadDecision::Reject(Rejection::not_found(path)),
+        };
+        let consumer = match self.authenticate(head, now, cache) {
+            Ok(c) => c,
+            Err(rejection) => return HeadDecision::Reject(rejection),
+        };
+        match head.method {
+            "GET" | "DELETE" => {
+                HeadDecision::Forward(Exchange { consumer, server, message: None, list_filter: None })
+            }
+            "POST" => match self.check_post_head(head) {
+                Ok(routing) => HeadDecision::AwaitBody(PendingRequest { consumer, server, routing }),
+                Err(r) => HeadDecision::Reject(r),
+            },
+            other => HeadDecision::Reject(
+                Rejection::new(405, code::INVALID_REQUEST, format!("method {} is not allowed on MCP endpoints", printable(other)))
+                    .with_header("allow", "GET, POST, DELETE".to_string()),
+            ),
+        }
+    }
+
+    fn authenticate(&self, head: RequestHead<'_>, now: u64, cache: &mut TokenCache) -> Result<Arc<Consumer>, Rejection> {
+        if head.count("authorization") > 1 || head.count("x-api-key") > 1 {
+            return Err(self.unauthenticated(&AuthError::Ambiguous));
+        }
+        let creds = Credentials { authorization: head.header("authorization"), api_key: head.header("x-api-key") };
+        self.config.authenticator.authenticate(creds, now, cache).map_err(|e| self.unauthenticated(&e))
+    }
+
+    fn unauthenticated(&self, error: &AuthError) -> Rejection {
+        let mut challenge = String::from("Bearer realm=\"meshgate\"");
+        if let Some(kind) = error.bearer_error() {
+            challenge.push_str(&format!(", error=\"{kind}\""));
+        }
+        if let Some(url) = &self.config.resource_metadata {
+            challenge.push_str(&format!(", resource_metadata=\"{url}\""));
+        }
+        Rejection::new(401, code::UNAUTHENTICATED, error.to_string()).with_header("www-authenticate", challenge)
+    }
+
+    fn check_post_head(&self, head: RequestHead<'_>) -> Result<RoutingHeaders, Rejection> {
+        match head.header("content-type").map(media_type) {
+            Some(t) if t == "application/json" => {}
+            other => {
+                return Err(Rejection::new(
+                    415,
+                    code::INVALID_REQUEST,
+                    format!("content type {} is not supported; send application/json", printable(other.as_deref().unwrap_or("(none)"))),
+                ))
+            }
+        }
+        if let Some(enc) = head.header("content-encoding") {
+            if !enc.trim().eq_ignore_ascii_case("identity") {
+                return Err(Rejection::new(
+                    415,
+                    code::INVALID_REQUEST,
+                    format!("content encoding {} is not supported; send the body unencoded", printable(enc)),
+                ));
+            }
+        }
+        if let Some(len) = head.header("content-length") {
+            match len.trim().parse::<u64>() {
+                Ok(n) if n > self.config.limits.max_request_bytes => {
+                    return Err(Rejection::too_large(self.config.limits.max_request_bytes))
+                }
+                Ok(_) => {}
+                Err(_) => return Err(Rejection::bad_request(code::INVALID_REQUEST, "invalid content-length")),
+            }
+        }
+        for name in [header::PROTOCOL_VERSION, header::METHOD, header::NAME] {
+            if head.count(name) > 1 {
+                return Err(Rejection::bad_request(code::HEADER_MISMATCH, format!("header {name} is repeated")));
+            }
+        }
+        let version = head.header(header::PROTOCOL_VERSION).map(str::trim);
+        Ok(RoutingHeaders {
+            modern: version.is_some_and(|v| MODERN_PROTOCOL_VERSIONS.contains(&v)),
+            method: head.header(header::METHOD).map(|v| v.trim().to_string()),
+            name: head.header(header::NAME).map(|v| v.trim().to_string()),
+        })
+    }
+
+    /// Whether a body of `len` bytes so far is already over the request limit (checked on
+    /// every chunk so an oversized chunked body is refused before it is all buffered).
+    pub fn request_too_large(&self, len: u64) -> Option<Rejection> {
+        (len > self.config.limits.max_request_bytes).then(|| Rejection::too_large(self.config.limits.max_request_bytes))
+    }
+
+    /// The response size limit for buffered (filtered) JSON bodies.
+    pub fn max_response_bytes(&self) -> u64 {
+        self.config.limits.max_response_bytes
+    }
+
+    /// Step 2: the one parse of the message, header agreement, RBAC.
+    pub fn on_request_body(&self, pending: &PendingRequest, body: &[u8]) -> Result<Exchange, Rejection> {
+        if let Some(r) = self.request_too_large(body.len() as u64) {
+            return Err(r);
+        }
+        let value = jsonrpc::parse_strict(body).map_err(|e| match e {
+            ParseError::DuplicateKey { .. } => Rejection::bad_request(code::INVALID_REQUEST, e.to_string()),
+            ParseError::NotUtf8 { .. } | ParseError::Malformed { .. } => Rejection::bad_request(code::PARSE_ERROR, e.to_string()),
+        })?;
+        let id_hint = value.get("id").filter(|id| id.is_string() || id.is_number());
+        let message = mcp::classify(&value).map_err(|e| Rejection::bad_request(e.code(), e.to_string()).with_id(id_hint))?;
+        check_routing_headers(&pending.routing, &message)?;
+
+        let consumer = &pending.consumer;
+        let server = &pending.server;
+        if let Some(target) = message.target() {
+            if let Verdict::Deny(reason) = self.config.policy.decide(&consumer.roles, target.kind, server, &target.name) {
+                return Err(Rejection::new(
+                    403,
+                    code::FORBIDDEN,
+                    format!(
+                        "{} \"{}/{}\" is not allowed: {}",
+                        target.kind.noun(),
+                        server,
+                        printable(&target.name),
+                        reason.describe()
+                    ),
+                )
+                .with_id(message.id()));
+            }
+        }
+        let list_filter = match (&message, message.method().and_then(ResourceKind::of_list_method)) {
+            (Message::Request { id, .. }, Some(shape)) => Some(ListFilter {
+                shape,
+                request_id: id.clone(),
+                server: server.clone(),
+                roles: consumer.roles.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Exchange { consumer: consumer.clone(), server: server.clone(), message: Some(message), list_filter })
+    }
+}
+
+
+/// 2026-07-28: `Mcp-Method` must equal the body's method and `Mcp-Name` the named param.
+/// Checked whenever the headers are present (a gateway or server that routes or authorizes
+/// on headers must not be fooled), and required when the request declares a modern version.
+fn check_routing_headers(routing: &RoutingHeaders, message: &Message) -> Result<(), Rejection> {
+    let mismatch = |what: &str| {
+        Err(Rejection::bad_request(code::HEADER_MISMATCH, format!("{what} header does not match the request body"))
+            .with_id(message.id()))
+    };
+    let Some(method) = message.method() else {
+        return Ok(());
+    };
+    match &routing.method {
+        Some(h) if h != method => return mismatch(header::METHOD),
+        None if routing.modern => return mismatch(header::METHOD),
+        _ => {}
+    }
+    if let Some(target) = message.target() {
+        match &routing.name {
+            Some(h) if mcp::decode_header_value(h).as_deref() != Some(target.name.as_str()) => {
+                return mismatch(header::NAME)
+            }
+            None if routing.modern => return mismatch(header::NAME),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,27 @@
+//! Meshgate's pure core: everything the Envoy filter decides, with no proxy-wasm in sight.
+//!
+//! The wasm crate gathers bytes from Envoy and calls in here; the control plane calls
+//! [`config::FilterConfig::compile`] to validate what it will push. Nothing here panics on
+//! input: every failure is a value ([`reject::Rejection`] on the request path,
+//! [`config::ConfigError`] at configure time).
+//!
+//! Request path, one parse per message:
+//! 1. [`gateway::Gateway::on_request_head`] — route, HTTP method, content type/encoding,
+//!    declared size, identity (JWT / API key / anonymous).
+//! 2. [`gateway::Gateway::on_request_body`] — strict JSON-RPC parse ([`jsonrpc`]), MCP
+//!    classification ([`mcp`]), 2026-07-28 header/body agreement, RBAC ([`policy`]).
+//! 3. [`listing`] / [`sse`] — `*/list` responses filtered to what the caller may use, for
+//!    JSON bodies and SSE streams event by event.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod gateway;
+pub mod glob;
+pub mod identity;
+pub mod jsonrpc;
+pub mod listing;
+pub mod mcp;
+pub mod policy;
+pub mod reject;
+pub mod sse;

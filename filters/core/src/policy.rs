@@ -1,0 +1,249 @@
+//! Tool-level RBAC: which consumer may call which tool, read which resource, get which prompt.
+//!
+//! A pattern is `server/name`, where `server` is a glob over server names (which never
+//! contain `/`) and `name` a glob over the tool name, resource URI or prompt name; the lone
+//! pattern `*` means every server and every name. Semantics, in order:
+//! 1. if any of the consumer's roles denies the target → [`Verdict::Deny`] (`Denied`);
+//! 2. else if any role allows it → [`Verdict::Allow`];
+//! 3. else → [`Verdict::Deny`] (`NotGranted`): default deny.
+//!
+//! Roles the policy does not know (a JWT may carry any) grant nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::config::{ConfigError, RawPolicy, RawRules};
+use crate::glob::Glob;
+use crate::mcp::ResourceKind;
+
+/// The outcome of a policy check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny(DenyReason),
+}
+
+/// Why a target was refused. Deliberately coarse: callers learn *that* and roughly *why*,
+/// never which rule or role decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// No role of the caller grants it.
+    NotGranted,
+    /// A role of the caller explicitly denies it.
+    Denied,
+}
+
+impl DenyReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DenyReason::NotGranted => "not granted to this caller",
+            DenyReason::Denied => "denied for this caller",
+        }
+    }
+}
+
+/// One compiled `server/name` pattern.
+#[derive(Debug, Clone)]
+struct TargetPattern {
+    server: Glob,
+    name: Glob,
+}
+
+impl TargetPattern {
+    fn compile(pattern: &str, servers: &HashSet<String>) -> Result<Self, String> {
+        if pattern == "*" {
+            let any = Glob::new("*").map_err(|e| e.to_string())?;
+            return Ok(Self { server: any.clone(), name: any });
+        }
+        let (server, name) = pattern
+            .split_once('/')
+            .ok_or_else(|| format!("pattern \"{pattern}\" must have the form server/name (or be \"*\")"))?;
+        let server_glob = Glob::new(server).map_err(|e| format!("pattern \"{pattern}\": {e}"))?;
+        let name_glob = Glob::new(name).map_err(|e| format!("pattern \"{pattern}\": {e}"))?;
+        if server_glob.is_literal() && !servers.contains(server) {
+            return Err(format!("pattern \"{pattern}\" names unknown server \"{server}\""));
+        }
+        Ok(Self { server: server_glob, name: name_glob })
+    }
+
+    fn matches(&self, server: &str, name: &str) -> bool {
+        self.server.matches(server) && self.name.matches(name)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct RuleSet {
+    allow: Vec<TargetPattern>,
+    deny: Vec<TargetPattern>,
+}
+
+impl RuleSet {
+    fn compile(raw: &RawRules, servers: &HashSet<String>, path: &str) -> Result<Self, ConfigError> {
+        let list = |items: &[String], which: &str| {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    TargetPattern::compile(p, servers)
+                        .map_err(|message| ConfigError::invalid(format!("{path}{which}[{i}]"), message))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self { allow: list(&raw.allow, "allow")?, deny: list(&raw.deny, "deny")? })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Role {
+    tools: RuleSet,
+    resources: RuleSet,
+    prompts: RuleSet,
+}
+
+impl Role {
+    fn rules(&self, kind: ResourceKind) -> &RuleSet {
+        match kind {
+            ResourceKind::Tool => &self.tools,
+            ResourceKind::Resource => &self.resources,
+            ResourceKind::Prompt => &self.prompts,
+        }
+    }
+}
+
+/// The compiled policy.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    roles: HashMap<String, Role>,
+}
+
+impl Policy {
+    /// Compiles the raw policy. `servers` are the known server names: a literal server in a
+    /// pattern that is not among them is a configuration error (it is always a typo).
+    pub fn compile(raw: &RawPolicy, servers: &HashSet<String>) -> Result<Self, ConfigError> {
+        let mut roles = HashMap::new();
+        for (name, role) in &raw.roles {
+            let base = format!("policy.roles.{name}.");
+            let tools = RuleSet::compile(
+                &RawRules { allow: role.allow.clone(), deny: role.deny.clone() },
+                servers,
+                &base,
+            )?;
+            let resources = RuleSet::compile(&role.resources, servers, &format!("{base}resources."))?;
+            let prompts = RuleSet::compile(&role.prompts, servers, &format!("{base}prompts."))?;
+            roles.insert(name.clone(), Role { tools, resources, prompts });
+        }
+        Ok(Self { roles })
+    }
+
+    /// Whether the policy defines `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains_key(role)
+    }
+
+    /// Decides whether a consumer holding `roles` may use `name` of `kind` on `server`.
+    pub fn decide(&self, roles: &[String], kind: ResourceKind, server: &str, name: &str) -> Verdict {
+        let known = || roles.iter().filter_map(|r| self.roles.get(r)).map(|r| r.rules(kind));
+        if known().any(|rules| rules.deny.iter().any(|p| p.matches(server, name))) {
+            return Verdict::Deny(DenyReason::Denied);
+        }
+        if known().any(|rules| rules.allow.iter().any(|p| p.matches(server, name))) {
+            return Verdict::Allow;
+        }
+        Verdict::Deny(DenyReason::NotGranted)
+    }
+
+    /// Role names, sorted (for diagnostics).
+    pub fn role_names(&self) -> Vec<&str> {
+        let sorted: BTreeMap<&str, ()> = self.roles.keys().map(|k| (k.as_str(), ())).collect();
+        sorted.into_keys().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawRole;
+
+    fn servers() -> HashSet<String> {
+        ["crm", "docs"].into_iter().map(String::from).collect()
+    }
+
+    fn policy(yaml_like: &[(&str, &[&str], &[&str])]) -> Policy {
+        let mut raw = RawPolicy::default();
+        for (name, allow, deny) in yaml_like {
+            raw.roles.insert(
+                name.to_string(),
+                RawRole {
+                    allow: allow.iter().map(|s| s.to_string()).collect(),
+                    deny: deny.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+            );
+        }
+        Policy::compile(&raw, &servers()).unwrap()
+    }
+
+    fn roles(r: &[&str]) -> Vec<String> {
+        r.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn issue_example() {
+        let p = policy(&[("reader", &["crm/get_*", "crm/list_*"], &[]), ("admin", &["*"], &["crm/delete_*"])]);
+        let t = ResourceKind::Tool;
+        assert_eq!(p.decide(&roles(&["reader"]), t, "crm", "get_customer"), Verdict::Allow);
+        assert_eq!(p.decide(&roles(&["reader"]), t, "crm", "list_customers"), Verdict::Allow);
+        assert_eq!(p.decide(&roles(&["reader"]), t, "crm", "delete_customer"), Verdict::Deny(DenyReason::NotGranted));
+        assert_eq!(p.decide(&roles(&["reader"]), t, "docs", "get_doc"), Verdict::Deny(DenyReason::NotGranted));
+        assert_eq!(p.decide(&roles(&["admin"]), t, "docs", "admin_reindex"), Verdict::Allow);
+        assert_eq!(p.decide(&roles(&["admin"]), t, "crm", "delete_customer"), Verdict::Deny(DenyReason::Denied));
+        // Deny wins across roles.
+        assert_eq!(
+            p.decide(&roles(&["reader", "admin"]), t, "crm", "delete_customer"),
+            Verdict::Deny(DenyReason::Denied)
+        );
+        // Default deny, unknown roles grant nothing.
+        assert_eq!(p.decide(&roles(&[]), t, "crm", "get_customer"), Verdict::Deny(DenyReason::NotGranted));
+        assert_eq!(p.decide(&roles(&["root"]), t, "crm", "get_customer"), Verdict::Deny(DenyReason::NotGranted));
+        // Tool rules do not grant resources or prompts.
+        assert_eq!(
+            p.decide(&roles(&["admin"]), ResourceKind::Resource, "crm", "crm://stats"),
+            Verdict::Deny(DenyReason::NotGranted)
+        );
+    }
+
+    #[test]
+    fn server_globs_and_resources() {
+        let mut raw = RawPolicy::default();
+        raw.roles.insert(
+            "r".into(),
+            RawRole {
+                allow: vec!["*/search_*".into()],
+                resources: RawRules { allow: vec!["crm/crm://customers/*".into()], deny: vec![] },
+                ..Default::default()
+            },
+        );
+        let p = Policy::compile(&raw, &servers()).unwrap();
+        let r = roles(&["r"]);
+        assert_eq!(p.decide(&r, ResourceKind::Tool, "docs", "search_docs"), Verdict::Allow);
+        assert_eq!(p.decide(&r, ResourceKind::Resource, "crm", "crm://customers/42"), Verdict::Allow);
+        assert_eq!(p.decide(&r, ResourceKind::Resource, "crm", "crm://stats"), Verdict::Deny(DenyReason::NotGranted));
+        assert_eq!(p.decide(&r, ResourceKind::Resource, "docs", "crm://customers/1"), Verdict::Deny(DenyReason::NotGranted));
+    }
+
+    #[test]
+    fn bad_patterns_name_the_path() {
+        let bad = [
+            ("get_*", "must have the form server/name"),
+            ("crmx/get_*", "unknown server \"crmx\""),
+            ("crm/[a]", "unsupported glob syntax '['"),
+            ("crm/", "empty glob pattern"),
+        ];
+        for (pattern, want) in bad {
+            let mut raw = RawPolicy::default();
+            raw.roles.insert("admin".into(), RawRole { deny: vec![pattern.into()], ..Default::default() });
+            let err = Policy::compile(&raw, &servers()).unwrap_err();
+            assert_eq!(err.path(), Some("policy.roles.admin.deny[0]"), "{pattern}");
+            assert!(err.to_string().contains(want), "{pattern}: {err}");
+        }
+    }
+}
