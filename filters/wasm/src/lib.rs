@@ -68,7 +68,8 @@ impl RootContext for Root {
     }
 }
 
-/// Where a stream is in the request pipeline.
+/// Where a stream is in the request pipeline. One per stream, so variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum State {
     /// Request headers not seen yet.
     Headers,
