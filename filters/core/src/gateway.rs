@@ -79,6 +79,8 @@ impl PendingRequest {
 #[derive(Debug, Clone, Default)]
 struct RoutingHeaders {
     modern: bool,
+    /// The `MCP-Protocol-Version` header, if sent.
+    version: Option<String>,
     method: Option<String>,
     name: Option<String>,
 }
@@ -248,6 +250,7 @@ impl Gateway {
         let version = head.header(header::PROTOCOL_VERSION).map(str::trim);
         Ok(RoutingHeaders {
             modern: version.is_some_and(|v| MODERN_PROTOCOL_VERSIONS.contains(&v)),
+            version: version.map(String::from),
             method: head.header(header::METHOD).map(|v| v.trim().to_string()),
             name: head.header(header::NAME).map(|v| v.trim().to_string()),
         })
@@ -275,7 +278,7 @@ impl Gateway {
         })?;
         let id_hint = value.get("id").filter(|id| id.is_string() || id.is_number());
         let message = mcp::classify(&value).map_err(|e| Rejection::bad_request(e.code(), e.to_string()).with_id(id_hint))?;
-        check_routing_headers(&pending.routing, &message)?;
+        check_routing_headers(&pending.routing, &message, mcp::envelope_protocol_version(&value))?;
 
         let consumer = &pending.consumer;
         let server = &pending.server;
@@ -309,10 +312,15 @@ impl Gateway {
 }
 
 
-/// 2026-07-28: `Mcp-Method` must equal the body's method and `Mcp-Name` the named param.
-/// Checked whenever the headers are present (a gateway or server that routes or authorizes
-/// on headers must not be fooled), and required when the request declares a modern version.
-fn check_routing_headers(routing: &RoutingHeaders, message: &Message) -> Result<(), Rejection> {
+/// 2026-07-28: `MCP-Protocol-Version` must equal the envelope's version, `Mcp-Method` the
+/// body's method and `Mcp-Name` the named param. Checked whenever the headers are present (a
+/// gateway or server that routes or authorizes on headers must not be fooled), and required
+/// when the request declares a modern version (by header or by envelope).
+fn check_routing_headers(
+    routing: &RoutingHeaders,
+    message: &Message,
+    envelope_version: Option<Option<&str>>,
+) -> Result<(), Rejection> {
     let mismatch = |what: &str| {
         Err(Rejection::bad_request(code::HEADER_MISMATCH, format!("{what} header does not match the request body"))
             .with_id(message.id()))
@@ -320,9 +328,15 @@ fn check_routing_headers(routing: &RoutingHeaders, message: &Message) -> Result<
     let Some(method) = message.method() else {
         return Ok(());
     };
+    if let Some(envelope) = envelope_version {
+        if envelope.is_none() || routing.version.as_deref() != envelope {
+            return mismatch(header::PROTOCOL_VERSION);
+        }
+    }
+    let modern = routing.modern || envelope_version.is_some();
     match &routing.method {
         Some(h) if h != method => return mismatch(header::METHOD),
-        None if routing.modern => return mismatch(header::METHOD),
+        None if modern => return mismatch(header::METHOD),
         _ => {}
     }
     if let Some(target) = message.target() {
@@ -330,7 +344,7 @@ fn check_routing_headers(routing: &RoutingHeaders, message: &Message) -> Result<
             Some(h) if mcp::decode_header_value(h).as_deref() != Some(target.name.as_str()) => {
                 return mismatch(header::NAME)
             }
-            None if routing.modern => return mismatch(header::NAME),
+            None if modern => return mismatch(header::NAME),
             _ => {}
         }
     }

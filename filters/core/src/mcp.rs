@@ -150,6 +150,8 @@ pub enum MessageError {
     BadId,
     #[error("\"method\" must be a non-empty string")]
     BadMethod,
+    #[error("\"params\" must be a structured value (an object)")]
+    ParamsNotStructured,
     #[error("\"params\" must be an object")]
     BadParams,
     #[error("a response must carry exactly one of \"result\" and \"error\"")]
@@ -189,7 +191,8 @@ pub fn classify(value: &Value) -> Result<Message, MessageError> {
             let params = match obj.get("params") {
                 None => None,
                 Some(Value::Object(p)) => Some(p),
-                Some(_) => return Err(MessageError::BadParams),
+                Some(Value::Array(_)) => return Err(MessageError::BadParams),
+                Some(_) => return Err(MessageError::ParamsNotStructured),
             };
             match id {
                 None => Ok(Message::Notification { method: method.clone() }),
@@ -218,6 +221,16 @@ pub fn classify(value: &Value) -> Result<Message, MessageError> {
             Ok(Message::Response { id })
         }
     }
+}
+
+/// The `_meta` key carrying a 2026-07-28 request's protocol version (the per-request envelope).
+pub const PROTOCOL_VERSION_META_KEY: &str = "io.modelcontextprotocol/protocolVersion";
+
+/// The protocol version a message's per-request envelope declares, if it has one:
+/// `params._meta["io.modelcontextprotocol/protocolVersion"]`. `Some(None)` when the key is
+/// present but not a string.
+pub fn envelope_protocol_version(value: &Value) -> Option<Option<&str>> {
+    value.get("params")?.get("_meta")?.get(PROTOCOL_VERSION_META_KEY).map(Value::as_str)
 }
 
 /// Decodes an `Mcp-Name` header value: verbatim, or `=?base64?...?=` wrapped UTF-8 for
@@ -287,6 +300,7 @@ mod tests {
             (json!({"jsonrpc":"2.0","id":1,"method":7}), MessageError::BadMethod),
             (json!({"jsonrpc":"2.0","id":1,"method":""}), MessageError::BadMethod),
             (json!({"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}), MessageError::BadParams),
+            (json!({"jsonrpc":"2.0","id":1,"method":"ping","params":"x"}), MessageError::ParamsNotStructured),
             (
                 json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":3}}),
                 MessageError::MissingName { method: "tools/call".into(), key: "name" },
@@ -299,6 +313,15 @@ mod tests {
         for (value, want) in cases {
             assert_eq!(classify(&value), Err(want), "{value}");
         }
+    }
+
+    #[test]
+    fn reads_the_envelope_version() {
+        let meta = |m: Value| json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":m}});
+        assert_eq!(envelope_protocol_version(&meta(json!({PROTOCOL_VERSION_META_KEY: "2026-07-28"}))), Some(Some("2026-07-28")));
+        assert_eq!(envelope_protocol_version(&meta(json!({PROTOCOL_VERSION_META_KEY: 1}))), Some(None));
+        assert_eq!(envelope_protocol_version(&meta(json!({}))), None);
+        assert_eq!(envelope_protocol_version(&json!({"jsonrpc":"2.0","id":1,"method":"ping"})), None);
     }
 
     #[test]

@@ -187,6 +187,18 @@ fn modern_routing_headers_must_match_the_body() {
         let r = g.on_request_body(&modern(&extra), &body).unwrap_err();
         assert_eq!((r.status, r.code, r.id.clone()), (400, code::HEADER_MISMATCH, Some(json!(1))), "{extra:?}");
     }
+    // The version header must agree with the per-request envelope.
+    let enveloped = |id: i64, tool: &str| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,
+            "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}})
+        .to_string()
+        .into_bytes()
+    };
+    assert!(g.on_request_body(&ok, &enveloped(1, "get_customer")).is_ok());
+    let older = pending(&g, "a", &[("mcp-protocol-version", "2025-11-25"), ("mcp-method", "tools/call"), ("mcp-name", "get_customer")]);
+    assert_eq!(g.on_request_body(&older, &enveloped(1, "get_customer")).unwrap_err().code, code::HEADER_MISMATCH);
+    let headerless = pending(&g, "a", &[]);
+    assert_eq!(g.on_request_body(&headerless, &enveloped(1, "get_customer")).unwrap_err().code, code::HEADER_MISMATCH);
     // Legacy clients send no routing headers; present ones are still checked.
     let legacy = pending(&g, "a", &[("mcp-protocol-version", "2025-11-25")]);
     assert!(g.on_request_body(&legacy, &call(1, "get_customer")).is_ok());
