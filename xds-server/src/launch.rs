@@ -1,0 +1,492 @@
+//! `meshgate up`: run Envoy with the static bootstrap and supervise it.
+//!
+//! Envoy is a child process; meshgate owns its lifetime:
+//! - its stdout/stderr are streamed through line by line, prefixed `envoy: `, and the last
+//!   lines are kept for error messages;
+//! - "ready" means Envoy's admin API reports `/ready` = 200 *and* the MCP listener accepts a
+//!   TCP connection (V8 compiles the module for 1–2 s first; with port 0 the real port is
+//!   read from `/listeners`); before that nothing is printed as ready;
+//! - SIGINT/SIGTERM are forwarded as SIGTERM, with SIGKILL after [`STOP_GRACE`]; meshgate
+//!   then exits 0. If Envoy exits on its own, meshgate exits non-zero with its status.
+//!
+//! Envoy stays in meshgate's process group, so a terminal's Ctrl-C reaches both; signals
+//! are polled before the child's exit so that case still counts as a requested stop.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::task::JoinHandle;
+
+use crate::bootstrap::{self, BootstrapError};
+use crate::locate::{LocateError, Search};
+use crate::registry::{LoadErrors, Registry};
+use crate::{admin, translate};
+
+/// How long Envoy gets to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long Envoy gets to stop after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of Envoy output kept for error messages.
+const TAIL_LINES: usize = 15;
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What `meshgate up` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    pub registry: PathBuf,
+    pub envoy: Option<PathBuf>,
+    pub wasm: Option<PathBuf>,
+    pub ready_file: Option<PathBuf>,
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{0}")]
+    Registry(#[from] LoadErrors),
+    #[error("{0}")]
+    Locate(#[from] LocateError),
+    #[error("{0}")]
+    Bootstrap(#[from] BootstrapError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("envoy exited before it was ready ({status}){}", format_tail(.tail))]
+    ExitedEarly {
+        status: ExitStatus,
+        tail: Vec<String>,
+    },
+    #[error("envoy was not ready after {}s ({last}){}", .timeout.as_secs(), format_tail(.tail))]
+    NotReady {
+        timeout: Duration,
+        last: String,
+        tail: Vec<String>,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpError {
+    let what = what.into();
+    move |source| UpError::Io { what, source }
+}
+
+fn format_tail(tail: &[String]) -> String {
+    if tail.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("; last lines of its output:");
+    for line in tail {
+        text.push_str("\n  ");
+        text.push_str(line);
+    }
+    text
+}
+
+/// How a supervised Envoy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Stopped because meshgate was asked to stop.
+    Stopped,
+    /// Exited on its own.
+    Exited(ExitStatus),
+}
+
+/// Where a ready Envoy can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub pid: u32,
+    pub admin: SocketAddr,
+    /// Connectable listener address (loopback when Envoy listens on all addresses).
+    pub listener: SocketAddr,
+}
+
+impl Ready {
+    /// `server name -> URL` in registry order.
+    pub fn server_urls(&self, registry: &Registry) -> Vec<(String, String)> {
+        registry
+            .servers
+            .iter()
+            .map(|s| {
+                let url = format!("http://{}{}", self.listener, registry.route_path(s));
+                (s.name.clone(), url)
+            })
+            .collect()
+    }
+
+    /// The `--ready-file` document.
+    pub fn to_json(&self, registry: &Registry) -> serde_json::Value {
+        let servers: BTreeMap<String, String> = self.server_urls(registry).into_iter().collect();
+        serde_json::json!({
+            "listener": self.listener.to_string(),
+            "admin": format!("http://{}", self.admin),
+            "envoy_pid": self.pid,
+            "servers": servers,
+        })
+    }
+}
+
+/// Runs `meshgate up` until Envoy stops.
+pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
+    let registry = Registry::load(&options.registry)?;
+    let search = Search::current();
+    let envoy = search.envoy(options.envoy.as_deref())?;
+    let wasm = search.wasm(options.wasm.as_deref())?;
+
+    // The temp dir (if any) lives until `up` returns and is removed then.
+    let (work_dir, _temp_dir) = match &options.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io_error(format!(
+                "cannot create work dir {}",
+                dir.display()
+            )))?;
+            (dir.clone(), None)
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("meshgate-")
+                .tempdir()
+                .map_err(io_error("cannot create a temporary work dir"))?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let bootstrap_file = work_dir.join("envoy-bootstrap.json");
+    let bootstrap = bootstrap::static_bootstrap(&registry, &wasm)?;
+    std::fs::write(&bootstrap_file, bootstrap::to_json(&bootstrap)).map_err(io_error(format!(
+        "cannot write {}",
+        bootstrap_file.display()
+    )))?;
+    let admin_file = work_dir.join("admin-address");
+    match std::fs::remove_file(&admin_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_error(format!("cannot remove {}", admin_file.display()))(
+                e,
+            ))
+        }
+        _ => {}
+    }
+
+    // Installed before Envoy starts so a signal can never be missed (or kill meshgate
+    // with the default action while Envoy keeps running).
+    let mut signals = Signals::new().map_err(io_error("cannot install signal handlers"))?;
+
+    let mut command = Command::new(&envoy);
+    command
+        .arg("--disable-hot-restart")
+        .arg("-c")
+        .arg(&bootstrap_file)
+        .arg("-l")
+        .arg(registry.envoy.log_level.as_str())
+        .arg("--admin-address-path")
+        .arg(&admin_file)
+        .arg("--concurrency")
+        .arg(registry.envoy.concurrency.to_string());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .map_err(io_error(format!("cannot start {}", envoy.display())))?;
+    let pid = child.id().unwrap_or_default();
+    let output = Output::capture(&mut child);
+
+    enum Startup {
+        Ready(Result<Ready, String>),
+        Signalled,
+        Exited(std::io::Result<ExitStatus>),
+    }
+    let startup = tokio::select! {
+        biased;
+        _ = signals.next() => Startup::Signalled,
+        status = child.wait() => Startup::Exited(status),
+        ready = wait_ready(pid, &admin_file, &registry, READY_TIMEOUT) => Startup::Ready(ready),
+    };
+    let ready = match startup {
+        Startup::Ready(Ok(ready)) => ready,
+        Startup::Ready(Err(last)) => {
+            stop(&mut child).await;
+            return Err(UpError::NotReady {
+                timeout: READY_TIMEOUT,
+                last,
+                tail: output.finish().await,
+            });
+        }
+        Startup::Signalled => {
+            stop(&mut child).await;
+            output.finish().await;
+            return Ok(Ended::Stopped);
+        }
+        Startup::Exited(status) => {
+            let status = status.map_err(io_error("cannot wait for envoy"))?;
+            return Err(UpError::ExitedEarly {
+                status,
+                tail: output.finish().await,
+            });
+        }
+    };
+
+    println!(
+        "meshgate: envoy ready (pid {}), admin http://{}",
+        ready.pid, ready.admin
+    );
+    for (name, url) in ready.server_urls(&registry) {
+        println!("meshgate: {name} -> {url}");
+    }
+    if let Some(file) = &options.ready_file {
+        if let Err(e) = write_atomically(file, &ready.to_json(&registry).to_string()) {
+            // Whoever waits for the file would wait forever: better not to run at all.
+            stop(&mut child).await;
+            output.finish().await;
+            return Err(io_error(format!(
+                "cannot write ready file {}",
+                file.display()
+            ))(e));
+        }
+    }
+
+    let ended = tokio::select! {
+        biased;
+        _ = signals.next() => None,
+        status = child.wait() => Some(status),
+    };
+    if let Some(file) = &options.ready_file {
+        // Stale ready files mislead whoever waits on them next time.
+        let _ = std::fs::remove_file(file);
+    }
+    match ended {
+        None => {
+            stop(&mut child).await;
+            output.finish().await;
+            Ok(Ended::Stopped)
+        }
+        Some(status) => {
+            output.finish().await;
+            Ok(Ended::Exited(
+                status.map_err(io_error("cannot wait for envoy"))?,
+            ))
+        }
+    }
+}
+
+/// SIGINT or SIGTERM, whichever comes first.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// Polls until Envoy is ready, or `timeout` passes: then the last reason it was not.
+async fn wait_ready(
+    pid: u32,
+    admin_file: &Path,
+    registry: &Registry,
+    timeout: Duration,
+) -> Result<Ready, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let reason = match probe(pid, admin_file, registry).await {
+            Ok(ready) => return Ok(ready),
+            Err(reason) => reason,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(reason);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+async fn probe(pid: u32, admin_file: &Path, registry: &Registry) -> Result<Ready, String> {
+    let text =
+        std::fs::read_to_string(admin_file).map_err(|_| "admin API not up yet".to_string())?;
+    let admin: SocketAddr = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("unexpected admin address {:?}", text.trim()))?;
+    let ready = admin::get(admin, "/ready")
+        .await
+        .map_err(|e| e.to_string())?;
+    if ready.status != 200 {
+        return Err(format!(
+            "admin /ready says {} {}",
+            ready.status,
+            String::from_utf8_lossy(&ready.body).trim()
+        ));
+    }
+    let listeners = admin::get(admin, "/listeners?format=json")
+        .await
+        .map_err(|e| e.to_string())?;
+    let bound = admin::listener_address(&listeners.body, translate::LISTENER_NAME)
+        .ok_or_else(|| "listener not bound yet".to_string())?;
+    let listener = registry.connect_address(bound.port());
+    tokio::net::TcpStream::connect(listener)
+        .await
+        .map_err(|e| format!("listener {listener} does not accept connections: {e}"))?;
+    Ok(Ready {
+        pid,
+        admin,
+        listener,
+    })
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`]. Never fails: the child is gone afterwards
+/// or was already.
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "meshgate: envoy did not stop within {}s; killing it",
+            STOP_GRACE.as_secs()
+        );
+        let _ = child.kill().await;
+    }
+}
+
+/// Envoy's output, streamed through and remembered.
+struct Output {
+    tail: Arc<Mutex<VecDeque<String>>>,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+impl Output {
+    fn capture(child: &mut Child) -> Output {
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let mut pumps = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            pumps.push(tokio::spawn(pump(stdout, tail.clone())));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            pumps.push(tokio::spawn(pump(stderr, tail.clone())));
+        }
+        Output { tail, pumps }
+    }
+
+    /// Waits (briefly) for the last lines, then returns the tail.
+    async fn finish(self) -> Vec<String> {
+        for pump in self.pumps {
+            let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
+        }
+        let tail = self
+            .tail
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        tail.iter().cloned().collect()
+    }
+}
+
+async fn pump(stream: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String>>>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("envoy: {line}");
+        let mut tail = tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+/// Writes `contents` to `file` so that readers see either nothing or all of it.
+pub fn write_atomically(file: &Path, contents: &str) -> std::io::Result<()> {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ready".to_string());
+    let temp = file.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&temp, contents)?;
+    std::fs::rename(&temp, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temp);
+    })
+}
+
+/// The exit code meshgate reports for an Envoy that exited on its own: its code, or
+/// 128 + signal; never 0 (an unrequested exit is a failure).
+pub fn exit_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) if code != 0 => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::registry;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn ready_file_document() {
+        let registry = registry(
+            "listener: { address: 0.0.0.0, port: 0 }\n\
+             servers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n  - { name: docs, url: 'http://127.0.0.1:9102/mcp' }\n",
+        );
+        let ready = Ready {
+            pid: 1234,
+            admin: "127.0.0.1:9901".parse().expect("addr"),
+            listener: registry.connect_address(10000),
+        };
+        assert_eq!(
+            ready.to_json(&registry),
+            serde_json::json!({
+                "listener": "127.0.0.1:10000",
+                "admin": "http://127.0.0.1:9901",
+                "envoy_pid": 1234,
+                "servers": {
+                    "crm": "http://127.0.0.1:10000/mcp/crm",
+                    "docs": "http://127.0.0.1:10000/mcp/docs",
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn exit_codes_are_never_zero() {
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 1);
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ready.json");
+        write_atomically(&file, "one").expect("write");
+        write_atomically(&file, "two").expect("write");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "two");
+        let leftovers = std::fs::read_dir(dir.path()).expect("ls").count();
+        assert_eq!(leftovers, 1);
+    }
+}

@@ -1,0 +1,122 @@
+//! What can be wrong with a registry, and where.
+//!
+//! [`RegistryError`] says *what* (naming the bad value); [`Diagnostic`] adds *where*: the
+//! file, the line and the dotted path, rendered as `file:line: path: message` so editors and
+//! terminals can jump to it. [`LoadErrors`] carries every problem found, not just the first.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// One thing wrong with a registry. Messages are lower-case and name the bad value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read registry: {0}")]
+    Read(String),
+    #[error("registry is empty")]
+    Empty,
+    /// Syntax errors, unknown keys and wrong types, as the YAML deserializer words them.
+    #[error("{0}")]
+    Yaml(String),
+    #[error("{value:?} is not an IP address (Envoy listens on IP addresses only)")]
+    InvalidListenerAddress { value: String },
+    #[error("{value} is not a port number (0-65535)")]
+    PortOutOfRange { value: u64 },
+    #[error("port {port} is also the listener port")]
+    PortClash { port: u16 },
+    #[error("at least one server is required")]
+    NoServers,
+    #[error("invalid server name {name:?}: use lower-case letters, digits and '-' (at most 63)")]
+    InvalidServerName { name: String },
+    #[error("duplicate server name {name:?} (first defined on line {first_line})")]
+    DuplicateServer { name: String, first_line: usize },
+    #[error("invalid url {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error(
+        "unsupported scheme {scheme:?} in {url:?}: only http:// upstreams are supported for now"
+    )]
+    UnsupportedScheme { url: String, scheme: String },
+    #[error("invalid duration {value:?}: {reason}")]
+    InvalidDuration { value: String, reason: &'static str },
+    #[error("issuer {issuer:?} sets both jwks_file and hs256_secret_env; set exactly one")]
+    BothKeySources { issuer: String },
+    #[error("issuer {issuer:?} sets neither jwks_file nor hs256_secret_env; set exactly one")]
+    NoKeySource { issuer: String },
+    #[error("cannot read jwks file {file}: {error}")]
+    JwksRead { file: PathBuf, error: String },
+    #[error("jwks file {file} is not a JWKS document: {reason}")]
+    JwksInvalid { file: PathBuf, reason: String },
+    #[error(
+        "jwks file {file} key {index} has private member {member:?}: publish public keys only \
+         (for shared secrets use hs256_secret_env)"
+    )]
+    JwksPrivateKey {
+        file: PathBuf,
+        index: usize,
+        member: String,
+    },
+    #[error("invalid environment variable name {name:?}")]
+    InvalidEnvName { name: String },
+    #[error(
+        "environment variable {name} is not set (meshgate and Envoy read the HS256 secret from it)"
+    )]
+    SecretEnvUnset { name: String },
+    #[error("unknown role {role:?} (not defined under policy.roles)")]
+    UnknownRole { role: String },
+    #[error("concurrency {value} is out of range (1-1024 worker threads)")]
+    InvalidConcurrency { value: u64 },
+    #[error("unknown log level {value:?} (use trace, debug, info, warn, error, critical or off)")]
+    InvalidLogLevel { value: String },
+    /// Rejected by the filter's own validator (`meshgate_core::config::FilterConfig::compile`).
+    #[error("{0}")]
+    Filter(String),
+}
+
+/// A [`RegistryError`] located in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based; `None` only when the file could not be read at all.
+    pub line: Option<usize>,
+    /// Dotted path of the offending value (`policy.roles.admin.deny[0]`), when known.
+    pub path: Option<String>,
+    pub error: RegistryError,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        match self.path.as_deref() {
+            Some(path) if !path.is_empty() => write!(f, ": {path}: {}", self.error),
+            _ => write!(f, ": {}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for Diagnostic {}
+
+/// Every problem found in one registry file, in file order. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadErrors(pub Vec<Diagnostic>);
+
+impl LoadErrors {
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.0
+    }
+}
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}

@@ -1,0 +1,495 @@
+//! Registry loading: the documented example, and every error class with its line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::test_support::FakeEnv;
+
+/// A real RSA-2048 public key (the private half was thrown away).
+pub(crate) const JWKS: &str = r#"{"keys":[{"kty":"RSA","kid":"k1","alg":"RS256","use":"sig","e":"AQAB","n":"sWiYMKMkpoWmlI_vk_WDIzMtM1ONxXlpgBZQvpYLZIorc7G40AieEqkU0_U3xjSMmjtXKidsz3g-rfXA9-mL6iiSZtSfLloVODqIiyCShcqnfqSeJ6aORt9FBWEYWWctaxxgalz0HsblTLgVuH0Ipg-OoWmZ3p2g4k1FDhNp3HaCcjPV-YNP5ZU5CL3cntwVQOTDyWh2-kveGB-JAcXvRxG8MvxBITALKsidrzwfULCUAn8HFll-R2qAO8kwuhgu45LJmSlJjFMUa6FecOggak8HHGNtPwSvuXcePW_RvV5pgioAgX8rBM-hJoPfF79f5y9JQZq2ZJfGCayqtIQ1nQ"}]}"#;
+
+/// SHA-256 of "ci-bot-key".
+const KEY_SHA256: &str = "3f2a4fc5102d2e4887969eeae2f869f5e75546ba030a606da8a66efabf50ab5b";
+
+const EXAMPLE: &str = r#"
+listener: { address: 127.0.0.1, port: 10000 }
+admin: { port: 9901 }
+servers:
+  - name: crm
+    url: http://127.0.0.1:9101/mcp
+    timeout: 300s
+  - name: docs
+    url: http://Docs.Internal:9102/mcp
+auth:
+  jwt:
+    - issuer: https://idp.example.com
+      audiences: [meshgate]
+      jwks_file: keys/jwks.json
+      leeway_seconds: 30
+    - issuer: https://hs.example.com
+      audiences: [meshgate]
+      hs256_secret_env: TEST_SECRET
+      consumer_claim: email
+      roles_claim: groups
+  api_keys:
+    - { consumer: ci-bot, sha256: "3f2a4fc5102d2e4887969eeae2f869f5e75546ba030a606da8a66efabf50ab5b", roles: [reader] }
+  anonymous: { consumer: anonymous, roles: [] }
+  resource_metadata: https://gw.example.com/.well-known/oauth-protected-resource
+  token_cache_entries: 4096
+policy:
+  roles:
+    reader: { allow: ["crm/get_*", "crm/list_*"] }
+    admin:  { allow: ["*"], deny: ["crm/delete_*"], resources: { allow: ["crm/*"] }, prompts: { allow: ["*"] } }
+limits:
+  max_request_bytes: 1048576
+  max_response_bytes: 8388608
+envoy:
+  concurrency: 2
+  log_level: warn
+"#;
+
+/// Writes `registry.yaml` (and `keys/jwks.json`) into a fresh folder and loads it.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    file: PathBuf,
+}
+
+impl Fixture {
+    fn new(yaml: &str) -> Fixture {
+        Fixture::with_files(yaml, &[("keys/jwks.json", JWKS)])
+    }
+
+    fn with_files(yaml: &str, files: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("registry.yaml");
+        std::fs::write(&file, yaml).expect("write registry");
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write file");
+        }
+        Fixture { _dir: dir, file }
+    }
+
+    fn load(&self) -> Result<Registry, LoadErrors> {
+        Registry::load_with(&self.file, &FakeEnv::default())
+    }
+
+    fn errors(&self) -> Vec<String> {
+        match self.load() {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Asserts that loading `yaml` fails with an error on the line marked `# <-`, at `path`,
+/// mentioning `needle`.
+#[track_caller]
+fn assert_error(yaml: &str, path: &str, needle: &str) {
+    let line = yaml
+        .lines()
+        .position(|l| l.contains("# <-"))
+        .map(|i| i + 1)
+        .expect("mark the expected line with # <-");
+    let fixture = Fixture::new(yaml);
+    let errors = fixture.errors();
+    let prefix = if path.is_empty() {
+        format!("{}:{line}: ", fixture.file.display())
+    } else {
+        format!("{}:{line}: {path}: ", fixture.file.display())
+    };
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(&prefix) && e.contains(needle)),
+        "expected an error starting with {prefix:?} containing {needle:?}, got:\n{}",
+        errors.join("\n")
+    );
+}
+
+const MINIMAL: &str =
+    "listener: { port: 10000 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
+
+#[test]
+fn loads_the_documented_example() {
+    let fixture = Fixture::new(EXAMPLE);
+    let registry = fixture.load().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(registry.listener, "127.0.0.1:10000".parse().expect("addr"));
+    assert_eq!(registry.admin_port, 9901);
+    assert_eq!(registry.source, fixture.file);
+
+    let crm = &registry.servers[0];
+    assert_eq!(crm.name, "crm");
+    assert_eq!(
+        crm.upstream.host,
+        UpstreamHost::Ip("127.0.0.1".parse().expect("ip"))
+    );
+    assert_eq!(crm.upstream.port, 9101);
+    assert_eq!(crm.upstream.path, "/mcp");
+    assert_eq!(crm.timeout, Duration::from_secs(300));
+    let docs = &registry.servers[1];
+    assert_eq!(
+        docs.upstream.host,
+        UpstreamHost::Dns("docs.internal".to_string())
+    );
+    assert_eq!(docs.upstream.authority(), "docs.internal:9102");
+    assert_eq!(docs.timeout, Duration::ZERO);
+    assert_eq!(registry.route_path(docs), "/mcp/docs");
+
+    let filter = &registry.filter;
+    assert_eq!(filter.servers, ["crm", "docs"]);
+    assert_eq!(filter.route_prefix, "/mcp/");
+    let jwks: serde_json::Value = serde_json::from_str(JWKS).expect("jwks");
+    assert_eq!(
+        filter.auth.jwt[0].jwks.as_ref(),
+        Some(&jwks),
+        "jwks inlined"
+    );
+    assert_eq!(filter.auth.jwt[0].consumer_claim, "sub");
+    assert_eq!(filter.auth.jwt[0].roles_claim, "roles");
+    assert_eq!(filter.auth.jwt[0].leeway_seconds, Some(30));
+    assert_eq!(
+        filter.auth.jwt[1].hs256_secret_env.as_deref(),
+        Some("TEST_SECRET")
+    );
+    assert_eq!(filter.auth.jwt[1].consumer_claim, "email");
+    assert_eq!(filter.auth.jwt[1].roles_claim, "groups");
+    assert_eq!(filter.auth.api_keys[0].sha256, KEY_SHA256);
+    assert_eq!(filter.auth.token_cache_entries, Some(4096));
+    assert_eq!(filter.policy.roles["admin"].deny, ["crm/delete_*"]);
+    assert_eq!(filter.limits.max_response_bytes, Some(8_388_608));
+    assert_eq!(filter.secret_env_names(), ["TEST_SECRET"]);
+    let json = serde_json::to_string(filter).expect("json");
+    assert!(
+        !json.contains("s3cret"),
+        "secret values never enter the filter config"
+    );
+
+    assert_eq!(
+        registry.envoy,
+        EnvoySettings {
+            concurrency: 2,
+            log_level: LogLevel::Warn
+        }
+    );
+    let summary = registry.summary();
+    assert!(
+        summary.contains(
+            "ok: 2 servers (crm, docs), 2 jwt issuers, 1 api key, 2 roles, anonymous access on"
+        ),
+        "{summary}"
+    );
+}
+
+#[test]
+fn defaults() {
+    let registry = crate::test_support::registry(MINIMAL);
+    assert_eq!(registry.listener, "127.0.0.1:10000".parse().expect("addr"));
+    assert_eq!(registry.admin_port, 0);
+    assert_eq!(registry.envoy, EnvoySettings::default());
+    assert_eq!(registry.envoy.concurrency, 2);
+    assert_eq!(registry.envoy.log_level.as_str(), "warn");
+    assert!(registry.filter.auth.jwt.is_empty());
+}
+
+#[test]
+fn yaml_errors_carry_the_parser_line() {
+    assert_error(
+        "listener: { port: 10000 }\nservers:\n  - name: crm\n    url: [http://x # <-\n",
+        "",
+        "",
+    );
+    assert_error(
+        "listener:\n  port: 10000\n  prot: 1 # <-\nservers: []\n",
+        "listener.prot",
+        "unknown field `prot`",
+    );
+    assert_error(
+        &format!("{MINIMAL}serverz: [] # <-\n"),
+        "serverz",
+        "unknown field `serverz`",
+    );
+    assert_error(
+        &format!("{MINIMAL}policy:\n  roles:\n    a: {{ alow: [x] }} # <-\n"),
+        "policy.roles.a.alow",
+        "unknown field `alow`",
+    );
+    assert_error(
+        "listener: { port: ten } # <-\nservers: []\n",
+        "listener.port",
+        "",
+    );
+    assert_error(
+        "listener: { port: 1 }\nservers:\n  - name: crm # <-\n",
+        "servers[0]",
+        "missing field `url`",
+    );
+    assert_error(
+        "listener: { port: 1 }\nservers: []\nservers: [] # <-\n",
+        "",
+        "duplicate mapping key: servers",
+    );
+}
+
+#[test]
+fn empty_and_unreadable_files() {
+    for text in ["  \n", "# nothing yet\n---\n"] {
+        let fixture = Fixture::new(text);
+        assert_eq!(
+            fixture.errors(),
+            [format!("{}:1: registry is empty", fixture.file.display())]
+        );
+    }
+    assert_error(
+        &format!("{MINIMAL}---\nlistener: {{ port: 2 }} # <-\n"),
+        "",
+        "multiple YAML documents detected",
+    );
+    let missing = Path::new("/nonexistent/registry.yaml");
+    let err = Registry::load_with(missing, &FakeEnv::default()).expect_err("missing");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/registry.yaml: cannot read registry:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn listener_and_admin_errors() {
+    let servers = "servers: [{ name: crm, url: 'http://127.0.0.1:1/' }]\n";
+    assert_error(
+        &format!("listener: {{ address: localhost, port: 1 }} # <-\n{servers}"),
+        "listener.address",
+        "\"localhost\" is not an IP address",
+    );
+    assert_error(
+        &format!("listener:\n  port: 70000 # <-\n{servers}"),
+        "listener.port",
+        "70000 is not a port number",
+    );
+    assert_error(
+        &format!("listener: {{ port: 9901 }}\nadmin: {{ port: 9901 }} # <-\n{servers}"),
+        "admin.port",
+        "port 9901 is also the listener port",
+    );
+    // Port 0 twice is fine: the OS picks two different ports.
+    let ok = format!("listener: {{ port: 0 }}\nadmin: {{ port: 0 }}\n{servers}");
+    assert!(Fixture::new(&ok).errors().is_empty());
+}
+
+#[test]
+fn server_errors() {
+    assert_error(
+        "listener: { port: 1 }\nservers: [] # <-\n",
+        "servers",
+        "at least one server",
+    );
+    assert_error(
+        "listener: { port: 1 }\nservers:\n  - name: CRM # <-\n    url: http://127.0.0.1:1/\n",
+        "servers[0].name",
+        "invalid server name \"CRM\"",
+    );
+    assert_error(
+        "listener: { port: 1 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:1/' }\n  - name: crm # <-\n    url: http://127.0.0.1:2/\n",
+        "servers[1].name",
+        "duplicate server name \"crm\" (first defined on line 3)",
+    );
+    let bad_urls = [
+        ("https://example.com/mcp", "unsupported scheme \"https\""),
+        ("127.0.0.1:9101/mcp", "invalid url"),
+        ("http://127.0.0.1:9101/mcp?x=1", "query strings"),
+        ("http://user:pw@127.0.0.1:9101/mcp", "credentials"),
+        ("http://127.0.0.1:0/mcp", "port 0"),
+        ("http://exa_mple.com/mcp", "bad host name"),
+    ];
+    for (url, needle) in bad_urls {
+        assert_error(
+            &format!("listener: {{ port: 1 }}\nservers:\n  - name: crm\n    url: '{url}' # <-\n"),
+            "servers[0].url",
+            needle,
+        );
+    }
+    for (timeout, needle) in [
+        ("300", "missing unit"),
+        ("5x", "unknown unit"),
+        ("s", "expected a number"),
+        ("9999999h", "longer than a year"),
+    ] {
+        assert_error(
+            &format!("listener: {{ port: 1 }}\nservers:\n  - name: crm\n    url: http://127.0.0.1:1/\n    timeout: '{timeout}' # <-\n"),
+            "servers[0].timeout",
+            needle,
+        );
+    }
+}
+
+#[test]
+fn upstream_urls() {
+    let ok = |url: &str| validate::parse_upstream(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let u = ok("http://[::1]:8080");
+    assert_eq!(u.host, UpstreamHost::Ip("::1".parse().expect("ip")));
+    assert_eq!(u.authority(), "[::1]:8080");
+    assert_eq!(u.path, "/");
+    let u = ok("HTTP://localhost/a/b");
+    assert_eq!((u.port, u.path.as_str()), (80, "/a/b"));
+    assert_eq!(u.to_string(), "http://localhost:80/a/b");
+}
+
+#[test]
+fn durations() {
+    let ok = |v: &str| validate::parse_duration(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+    assert_eq!(ok("0s"), Duration::ZERO);
+    assert_eq!(ok("250ms"), Duration::from_millis(250));
+    assert_eq!(ok("300s"), Duration::from_secs(300));
+    assert_eq!(ok("5m"), Duration::from_secs(300));
+    assert_eq!(ok("2h"), Duration::from_secs(7200));
+}
+
+fn with_auth(auth: &str) -> String {
+    format!("{MINIMAL}policy:\n  roles:\n    reader: {{ allow: ['crm/get_*'] }}\nauth:\n{auth}")
+}
+
+#[test]
+fn jwt_issuer_errors() {
+    assert_error(
+        &with_auth("  jwt:\n    - issuer: a # <-\n      audiences: [m]\n      jwks_file: keys/jwks.json\n      hs256_secret_env: TEST_SECRET\n"),
+        "auth.jwt[0]",
+        "sets both jwks_file and hs256_secret_env",
+    );
+    assert_error(
+        &with_auth("  jwt:\n    - issuer: a # <-\n      audiences: [m]\n"),
+        "auth.jwt[0]",
+        "sets neither",
+    );
+    assert_error(
+        &with_auth(
+            "  jwt:\n    - issuer: a\n      audiences: [m]\n      jwks_file: keys/nope.json # <-\n",
+        ),
+        "auth.jwt[0].jwks_file",
+        "cannot read jwks file",
+    );
+    assert_error(
+        &with_auth("  jwt:\n    - issuer: a\n      audiences: [m]\n      hs256_secret_env: NOT_SET_ANYWHERE # <-\n"),
+        "auth.jwt[0].hs256_secret_env",
+        "environment variable NOT_SET_ANYWHERE is not set",
+    );
+    assert_error(
+        &with_auth("  jwt:\n    - issuer: a\n      audiences: [m]\n      hs256_secret_env: 'BAD-NAME' # <-\n"),
+        "auth.jwt[0].hs256_secret_env",
+        "invalid environment variable name",
+    );
+}
+
+#[test]
+fn jwks_files_must_hold_public_keys() {
+    let yaml = with_auth(
+        "  jwt:\n    - issuer: a\n      audiences: [m]\n      jwks_file: keys/jwks.json # <-\n",
+    );
+    let cases = [
+        (
+            r#"{"keys":[{"kty":"RSA","n":"x","e":"AQAB","d":"secret"}]}"#,
+            "private member \"d\"",
+        ),
+        (
+            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#,
+            "private member \"k\"",
+        ),
+        ("{not json", "bad JSON"),
+        (r#"{"keys":[]}"#, "\"keys\" is empty"),
+        (r#"[1, 2]"#, "\"keys\" array"),
+    ];
+    let line = yaml
+        .lines()
+        .position(|l| l.contains("# <-"))
+        .map(|i| i + 1)
+        .unwrap_or_default();
+    for (jwks, needle) in cases {
+        let fixture = Fixture::with_files(&yaml, &[("keys/jwks.json", jwks)]);
+        let errors = fixture.errors();
+        let prefix = format!("{}:{line}: auth.jwt[0].jwks_file: ", fixture.file.display());
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&prefix) && e.contains(needle)),
+            "{jwks}: expected {prefix:?} + {needle:?}, got {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn jwks_file_resolves_against_the_registry_folder() {
+    let fixture = Fixture::new(&with_auth(
+        "  jwt:\n    - issuer: a\n      audiences: [m]\n      jwks_file: keys/jwks.json\n",
+    ));
+    // The test process's working directory has no keys/ folder: only the registry's does.
+    let registry = fixture.load().unwrap_or_else(|e| panic!("{e}"));
+    assert!(registry.filter.auth.jwt[0].jwks.is_some());
+}
+
+#[test]
+fn roles_must_exist() {
+    assert_error(
+        &with_auth(&format!(
+            "  api_keys:\n    - consumer: ci\n      sha256: '{KEY_SHA256}'\n      roles: [reader, writer] # <-\n"
+        )),
+        "auth.api_keys[0].roles[1]",
+        "unknown role \"writer\"",
+    );
+    assert_error(
+        &with_auth("  anonymous:\n    roles:\n      - ghost # <-\n"),
+        "auth.anonymous.roles[0]",
+        "unknown role \"ghost\"",
+    );
+}
+
+#[test]
+fn envoy_settings_errors() {
+    assert_error(
+        &format!("{MINIMAL}envoy:\n  concurrency: 0 # <-\n"),
+        "envoy.concurrency",
+        "concurrency 0 is out of range",
+    );
+    assert_error(
+        &format!("{MINIMAL}envoy:\n  log_level: loud # <-\n"),
+        "envoy.log_level",
+        "unknown log level \"loud\"",
+    );
+}
+
+#[test]
+fn filter_validator_errors_point_at_the_registry_line() {
+    assert_error(
+        &format!(
+            "{MINIMAL}policy:\n  roles:\n    admin:\n      allow: ['*']\n      deny:\n        - crm/delete_*\n        - 'crm/[a]' # <-\n"
+        ),
+        "policy.roles.admin.deny[1]",
+        "unsupported glob syntax '['",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_line_order() {
+    let yaml = "\
+listener: { address: nowhere, port: 1 }
+servers:
+  - { name: Bad, url: 'http://127.0.0.1:1/' }
+  - { name: ok, url: 'ftp://x/' }
+envoy: { log_level: loud }
+";
+    let fixture = Fixture::new(yaml);
+    let lines: Vec<String> = fixture
+        .errors()
+        .iter()
+        .map(|e| {
+            e.trim_start_matches(&fixture.file.display().to_string())
+                .to_string()
+        })
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(lines[0].starts_with(":1: listener.address: "), "{lines:#?}");
+    assert!(lines[1].starts_with(":3: servers[0].name: "), "{lines:#?}");
+    assert!(lines[2].starts_with(":4: servers[1].url: "), "{lines:#?}");
+    assert!(lines[3].starts_with(":5: envoy.log_level: "), "{lines:#?}");
+}

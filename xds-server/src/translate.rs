@@ -1,0 +1,201 @@
+//! Registry → Envoy resources, as JSON in Envoy's v3 proto-JSON shape.
+//!
+//! Small pure builders ([`make_cluster`], [`make_route`], [`make_listener`],
+//! [`make_wasm_filter`]) that the static bootstrap assembles today and an xDS snapshot can
+//! reuse tomorrow. No I/O, no validation: a [`Registry`] is already valid.
+//!
+//! Choices that matter for MCP (see `REFERENCE.md`):
+//! - routes match the *exact* path `/mcp/<name>` (Envoy's `path` match ignores the query
+//!   string), so `/mcp/crmx` never reaches `crm`; anything else gets Envoy's 404;
+//! - route `timeout` is the server's timeout (0s = none) with an `idle_timeout`, because the
+//!   15 s default cuts long tool calls and the GET SSE stream;
+//! - `Host` is rewritten to the upstream's `host:port` (the Python MCP SDK answers 421 to
+//!   any other Host);
+//! - the connection buffer limit sits above the filter's body limits so the filter, not
+//!   Envoy, refuses oversized bodies, with a JSON-RPC error;
+//! - the wasm filter runs before the router with `allow_on_headers_stop_iteration`, or it
+//!   would never see request bodies.
+
+use std::path::Path;
+use std::time::Duration;
+
+use meshgate_core::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
+use serde_json::{json, Value};
+
+use crate::registry::{Registry, Server, UpstreamHost};
+
+/// Name of the one listener (the readiness check looks it up by this name).
+pub const LISTENER_NAME: &str = "meshgate";
+/// `root_id` / `vm_id` / plugin name of the Meshgate wasm filter.
+pub const WASM_PLUGIN_NAME: &str = "meshgate";
+/// Idle timeout of an MCP stream (no bytes either way), per route and per HCM stream.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long Envoy waits for a TCP connection to an upstream.
+pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Head-room above the filter's largest body limit (headers, framing).
+pub const BUFFER_HEADROOM_BYTES: u64 = 64 * 1024;
+
+const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// Envoy's JSON form of a `google.protobuf.Duration` (`"300s"`, `"0.250s"`).
+pub fn envoy_duration(d: Duration) -> String {
+    let millis = d.subsec_millis();
+    if millis == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}.{millis:03}s", d.as_secs())
+    }
+}
+
+/// Name of the cluster of a server.
+pub fn cluster_name(server: &Server) -> String {
+    format!("mcp-{}", server.name)
+}
+
+/// `per_connection_buffer_limit_bytes` for the listener and clusters.
+pub fn buffer_limit_bytes(registry: &Registry) -> u64 {
+    let limits = &registry.filter.limits;
+    let request = limits
+        .max_request_bytes
+        .unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+    let response = limits
+        .max_response_bytes
+        .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+    request.max(response).saturating_add(BUFFER_HEADROOM_BYTES)
+}
+
+/// One upstream cluster per server: STATIC for an IP, LOGICAL_DNS for a name, HTTP/1.1.
+pub fn make_cluster(registry: &Registry, server: &Server) -> Value {
+    let name = cluster_name(server);
+    let upstream = &server.upstream;
+    let (kind, address) = match &upstream.host {
+        UpstreamHost::Ip(ip) => ("STATIC", ip.to_string()),
+        UpstreamHost::Dns(host) => ("LOGICAL_DNS", host.clone()),
+    };
+    let mut cluster = json!({
+        "name": name,
+        "type": kind,
+        "connect_timeout": envoy_duration(UPSTREAM_CONNECT_TIMEOUT),
+        "per_connection_buffer_limit_bytes": buffer_limit_bytes(registry),
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{
+                "lb_endpoints": [{
+                    "endpoint": {
+                        "address": {
+                            "socket_address": { "address": address, "port_value": upstream.port }
+                        }
+                    }
+                }]
+            }]
+        }
+    });
+    if matches!(upstream.host, UpstreamHost::Dns(_)) {
+        // `localhost` often resolves to ::1 first while local MCP servers bind 127.0.0.1.
+        cluster["dns_lookup_family"] = json!("V4_PREFERRED");
+    }
+    cluster
+}
+
+/// The route of one server: exact path, rewritten to the upstream path and Host.
+pub fn make_route(registry: &Registry, server: &Server) -> Value {
+    json!({
+        "name": server.name,
+        "match": { "path": registry.route_path(server) },
+        "route": {
+            "cluster": cluster_name(server),
+            // With an exact `path` match the whole path is the matched prefix; the query
+            // string is kept.
+            "prefix_rewrite": server.upstream.path,
+            "host_rewrite_literal": server.upstream.authority(),
+            "timeout": envoy_duration(server.timeout),
+            "idle_timeout": envoy_duration(STREAM_IDLE_TIMEOUT),
+        }
+    })
+}
+
+pub fn make_route_config(registry: &Registry) -> Value {
+    let routes: Vec<Value> = registry
+        .servers
+        .iter()
+        .map(|server| make_route(registry, server))
+        .collect();
+    json!({
+        "name": LISTENER_NAME,
+        "virtual_hosts": [{
+            "name": LISTENER_NAME,
+            "domains": ["*"],
+            "routes": routes,
+        }]
+    })
+}
+
+/// The Meshgate filter. Its configuration is the registry's filter config as JSON; secrets
+/// stay out of it and reach the VM as environment variables instead.
+pub fn make_wasm_filter(registry: &Registry, wasm: &Path) -> Result<Value, serde_json::Error> {
+    let configuration = serde_json::to_string(&registry.filter)?;
+    let mut vm_config = json!({
+        "vm_id": WASM_PLUGIN_NAME,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": { "local": { "filename": wasm.display().to_string() } },
+    });
+    let env_keys = registry.filter.secret_env_names();
+    if !env_keys.is_empty() {
+        vm_config["environment_variables"] = json!({ "host_env_keys": env_keys });
+    }
+    Ok(json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": WASM_FILTER_TYPE,
+            "config": {
+                "name": WASM_PLUGIN_NAME,
+                "root_id": WASM_PLUGIN_NAME,
+                "allow_on_headers_stop_iteration": true,
+                "fail_open": false,
+                "configuration": { "@type": STRING_VALUE_TYPE, "value": configuration },
+                "vm_config": vm_config,
+            }
+        }
+    }))
+}
+
+/// The MCP listener: one HCM with the Meshgate filter, then the router.
+pub fn make_listener(registry: &Registry, wasm: &Path) -> Result<Value, serde_json::Error> {
+    Ok(json!({
+        "name": LISTENER_NAME,
+        "address": {
+            "socket_address": {
+                "address": registry.listener.ip().to_string(),
+                "port_value": registry.listener.port(),
+            }
+        },
+        "per_connection_buffer_limit_bytes": buffer_limit_bytes(registry),
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": HCM_TYPE,
+                    "stat_prefix": LISTENER_NAME,
+                    "codec_type": "AUTO",
+                    "stream_idle_timeout": envoy_duration(STREAM_IDLE_TIMEOUT),
+                    "request_timeout": "0s",
+                    // The filter authorizes by path: make sure it sees the path the router
+                    // matches, not `/mcp//crm` or `/mcp/./crm`.
+                    "normalize_path": true,
+                    "merge_slashes": true,
+                    "route_config": make_route_config(registry),
+                    "http_filters": [
+                        make_wasm_filter(registry, wasm)?,
+                        {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": { "@type": ROUTER_TYPE }
+                        }
+                    ]
+                }
+            }]
+        }]
+    }))
+}

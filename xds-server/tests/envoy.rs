@@ -1,0 +1,393 @@
+//! Against a real Envoy (skipped, with the reason printed, when none is found): generated
+//! bootstraps pass `envoy --mode validate`, and `meshgate up` starts, routes, reports ready,
+//! and stops as documented.
+//!
+//! These use a minimal proxy-wasm module (see `support::minimal_proxy_wasm`) that lets every
+//! request through, so they test meshgate's Envoy plumbing, not the filter, and need no
+//! `make build`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::{envoy_or_skip, minimal_proxy_wasm, write};
+
+const SECRET_ENV: &str = "MESHGATE_TEST_HS256_SECRET";
+const SECRET: &str = "test-secret-test-secret-test-secret";
+
+fn validate_with_envoy(envoy: &Path, bootstrap: &Path) {
+    let out = Command::new(envoy)
+        .args(["--mode", "validate", "-l", "warn", "-c"])
+        .arg(bootstrap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "envoy rejected {}:\n{}",
+        bootstrap.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn generated_bootstraps_pass_envoy_validate() {
+    let Some(envoy) = envoy_or_skip("generated_bootstraps_pass_envoy_validate") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = write(dir.path(), "minimal.wasm", minimal_proxy_wasm());
+    let mut registries: Vec<PathBuf> = vec![write(
+        dir.path(),
+        "mixed.yaml",
+        format!(
+            "listener: {{ address: 0.0.0.0, port: 0 }}\nadmin: {{ port: 0 }}\n\
+             servers:\n  - {{ name: ip, url: 'http://127.0.0.1:9101/mcp', timeout: 250ms }}\n\
+             \x20 - {{ name: dns, url: 'http://localhost:9102/' }}\n\
+             \x20 - {{ name: v6, url: 'http://[::1]:9103/a/b' }}\n\
+             auth:\n  jwt:\n    - {{ issuer: https://hs.example.com, audiences: [m], hs256_secret_env: {SECRET_ENV} }}\n\
+             limits: {{ max_request_bytes: 100, max_response_bytes: 200 }}\n\
+             envoy: {{ concurrency: 1 }}\n"
+        ),
+    )];
+    let example = support::repo_root().join("examples/registry.yaml");
+    if example.exists() {
+        registries.push(example);
+    }
+    for registry in registries {
+        for format in ["yaml", "json"] {
+            let out = support::meshgate()
+                .env(SECRET_ENV, SECRET)
+                .args(["bootstrap", "--format", format, "-r"])
+                .arg(&registry)
+                .arg("--wasm")
+                .arg(&wasm)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", support::stderr(&out));
+            let name = format!(
+                "bootstrap-{}.{format}",
+                registry.file_stem().unwrap().to_string_lossy()
+            );
+            let bootstrap = write(dir.path(), &name, &out.stdout);
+            validate_with_envoy(&envoy, &bootstrap);
+        }
+    }
+}
+
+/// A one-request-at-a-time HTTP/1.1 upstream that answers 200 and reports each request's
+/// head (request line and headers).
+fn fake_upstream() -> (u16, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let mut stream = reader.into_inner();
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream",
+            );
+            if tx.send(head).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// `GET path` through Envoy; returns the status code and body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: client.example\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+struct Up {
+    child: Child,
+    ready_file: PathBuf,
+    stdout_file: PathBuf,
+    stderr_file: PathBuf,
+}
+
+impl Up {
+    fn start(envoy: &Path, dir: &Path, registry: &Path, wasm: &Path) -> Up {
+        let ready_file = dir.join("ready.json");
+        let stdout_file = dir.join("stdout.txt");
+        let stderr_file = dir.join("stderr.txt");
+        let child = support::meshgate()
+            .args(["up", "-r"])
+            .arg(registry)
+            .arg("--envoy")
+            .arg(envoy)
+            .arg("--wasm")
+            .arg(wasm)
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .arg("--work-dir")
+            .arg(dir.join("work"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_file).unwrap())
+            .stderr(std::fs::File::create(&stderr_file).unwrap())
+            .spawn()
+            .unwrap();
+        Up {
+            child,
+            ready_file,
+            stdout_file,
+            stderr_file,
+        }
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            std::fs::read_to_string(&self.stdout_file).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr_file).unwrap_or_default()
+        )
+    }
+
+    /// The ready file's content, once written.
+    fn wait_ready(&mut self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&self.ready_file) {
+                return serde_json::from_str(&text).expect("the ready file is written atomically");
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "meshgate exited ({status}) before ready:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready after 60s:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meshgate still running:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    /// After a failed assertion: stop meshgate the polite way first, so that it stops its
+    /// Envoy too (SIGKILL would orphan it).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            terminate(self.child.id());
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie still has a /proc entry; it is dead for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next())
+                != Some("Z")
+        })
+        .unwrap_or(false)
+}
+
+fn terminate(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+#[test]
+fn up_routes_reports_ready_and_stops_on_sigterm() {
+    let Some(envoy) = envoy_or_skip("up_routes_reports_ready_and_stops_on_sigterm") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = write(dir.path(), "minimal.wasm", minimal_proxy_wasm());
+    let (upstream_port, requests) = fake_upstream();
+    let registry = write(
+        dir.path(),
+        "registry.yaml",
+        format!(
+            "listener: {{ port: 0 }}\nadmin: {{ port: 0 }}\n\
+             servers:\n  - {{ name: crm, url: 'http://127.0.0.1:{upstream_port}/mcp' }}\n\
+             envoy: {{ concurrency: 1, log_level: info }}\n"
+        ),
+    );
+    let mut up = Up::start(&envoy, dir.path(), &registry, &wasm);
+    let ready = up.wait_ready();
+
+    let listener = ready["listener"].as_str().unwrap().to_string();
+    assert!(
+        listener.starts_with("127.0.0.1:") && !listener.ends_with(":0"),
+        "{ready}"
+    );
+    assert_eq!(
+        ready["servers"]["crm"],
+        format!("http://{listener}/mcp/crm")
+    );
+    let admin = ready["admin"].as_str().unwrap();
+    assert!(admin.starts_with("http://127.0.0.1:"), "{ready}");
+    let envoy_pid = i32::try_from(ready["envoy_pid"].as_u64().unwrap()).unwrap();
+    assert!(pid_alive(envoy_pid));
+    let stdout = std::fs::read_to_string(&up.stdout_file).unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "meshgate: envoy ready (pid {envoy_pid}), admin {admin}"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("meshgate: crm -> http://{listener}/mcp/crm")),
+        "{stdout}"
+    );
+    // Envoy's own log lines come through on stderr, prefixed.
+    assert!(up.output().contains("envoy: ["), "{}", up.output());
+
+    // Exact path, rewritten to the upstream path with the query kept, Host rewritten.
+    let (status, body) = get(&listener, "/mcp/crm?session=1");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "upstream"),
+        "{}",
+        up.output()
+    );
+    let head = requests.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        head.starts_with("GET /mcp?session=1 HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("host: 127.0.0.1:{upstream_port}\r\n")),
+        "{head}"
+    );
+    // Neighbours of the route do not match it.
+    for path in ["/mcp/crmx", "/mcp/crm/x", "/mcp", "/"] {
+        assert_eq!(get(&listener, path).0, 404, "{path}");
+    }
+
+    terminate(up.child.id());
+    let status = up.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", up.output());
+    assert!(!pid_alive(envoy_pid), "envoy outlived meshgate");
+    assert!(!up.ready_file.exists(), "the ready file is removed on exit");
+}
+
+#[test]
+fn up_exits_nonzero_when_envoy_quits_on_its_own() {
+    let Some(envoy) = envoy_or_skip("up_exits_nonzero_when_envoy_quits_on_its_own") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = write(dir.path(), "minimal.wasm", minimal_proxy_wasm());
+    let registry = write(
+        dir.path(),
+        "registry.yaml",
+        "listener: { port: 0 }\nservers: [{ name: a, url: 'http://127.0.0.1:9/' }]\nenvoy: { concurrency: 1 }\n",
+    );
+    let mut up = Up::start(&envoy, dir.path(), &registry, &wasm);
+    let ready = up.wait_ready();
+    let admin = ready["admin"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut stream = TcpStream::connect(&admin).unwrap();
+    write!(
+        stream,
+        "POST /quitquitquit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let status = up.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", up.output());
+    assert!(
+        up.output().contains("meshgate: envoy exited unexpectedly"),
+        "{}",
+        up.output()
+    );
+}
+
+#[test]
+fn up_fails_with_envoys_words_when_the_module_is_bad() {
+    let Some(envoy) = envoy_or_skip("up_fails_with_envoys_words_when_the_module_is_bad") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = write(dir.path(), "bad.wasm", "not a wasm module");
+    let registry = write(
+        dir.path(),
+        "registry.yaml",
+        "listener: { port: 0 }\nservers: [{ name: a, url: 'http://127.0.0.1:9/' }]\nenvoy: { concurrency: 1 }\n",
+    );
+    let mut up = Up::start(&envoy, dir.path(), &registry, &wasm);
+    let status = up.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", up.output());
+    let output = up.output();
+    assert!(
+        output.contains("meshgate: envoy exited before it was ready"),
+        "{output}"
+    );
+    assert!(
+        output.contains("Wasm"),
+        "the error quotes Envoy's own lines:\n{output}"
+    );
+    assert!(!up.ready_file.exists());
+}
