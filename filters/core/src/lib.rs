@@ -25,5 +25,6 @@ pub mod jsonrpc;
 pub mod listing;
 pub mod mcp;
 pub mod policy;
+pub mod quota;
 pub mod reject;
 pub mod sse;
