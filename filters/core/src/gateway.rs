@@ -37,8 +37,8 @@ pub struct RequestHead<'a> {
 }
 
 impl<'a> RequestHead<'a> {
-    /// The single value of header `name`, or `None`. Repeated headers are joined by the
-    /// callers that care (see [`Self::count`]).
+    /// The first value of header `name`, or `None`. Where a repeated header would be
+    /// ambiguous the pipeline refuses it first (see [`Self::count`]).
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }

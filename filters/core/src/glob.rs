@@ -112,24 +112,6 @@ fn wildcard_match(pattern: &[char], text: &str) -> bool {
     pattern[p..].iter().all(|c| *c == '*')
 }
 
-/// A set of globs; matches when any member matches.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GlobSet {
-    globs: Vec<Glob>,
-}
-
-impl GlobSet {
-    pub fn new(globs: Vec<Glob>) -> Self {
-        Self { globs }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.globs.is_empty()
-    }
-    pub fn matches(&self, text: &str) -> bool {
-        self.globs.iter().any(|g| g.matches(text))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 //!
 //! Roles the policy does not know (a JWT may carry any) grant nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use crate::config::{ConfigError, RawPolicy, RawRules};
 use crate::glob::Glob;
@@ -149,12 +149,6 @@ impl Policy {
             return Verdict::Allow;
         }
         Verdict::Deny(DenyReason::NotGranted)
-    }
-
-    /// Role names, sorted (for diagnostics).
-    pub fn role_names(&self) -> Vec<&str> {
-        let sorted: BTreeMap<&str, ()> = self.roles.keys().map(|k| (k.as_str(), ())).collect();
-        sorted.into_keys().collect()
     }
 }
 

@@ -247,7 +247,7 @@ impl HttpContext for Stream {
             }
             Response::Sse(filter, mut rewriter) => {
                 let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
-                let mut out = {
+                let out = {
                     let mut rewrite = |data: &str| {
                         self.list_rewrite(&filter, data.as_bytes()).and_then(|b| String::from_utf8(b).ok())
                     };
@@ -260,7 +260,6 @@ impl HttpContext for Stream {
                 if out != chunk {
                     self.set_http_response_body(0, body_size, &out);
                 }
-                out.clear();
                 self.response = Response::Sse(filter, rewriter);
                 Action::Continue
             }
