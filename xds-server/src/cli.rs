@@ -1,17 +1,27 @@
 //! The `meshgate` command line. Parsing and printing only; the work is in the library.
 //!
-//! Exit codes: 0 success (including `up` stopped by SIGINT/SIGTERM); 1 invalid registry or
-//! any other error; for `up`, Envoy's own code (or 128 + signal) when it exits by itself.
+//! Exit codes: 0 success (including `up`/`serve` stopped by SIGINT/SIGTERM); 1 invalid
+//! registry or any other error; for `up`, Envoy's own code (or 128 + signal) when it exits
+//! by itself.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::bootstrap;
-use crate::launch::{self, Ended, UpError, UpOptions};
+use crate::bootstrap::{self, XdsBootstrap};
+use crate::control::Api;
+use crate::launch::{self, Ended, Signals, UpError, UpOptions};
 use crate::locate::Search;
 use crate::registry::Registry;
+use crate::reload::ReloadError;
+use crate::serve::{self, ServeError, StartOptions, WasmDelivery};
+
+/// Default ADS port of `meshgate serve`.
+pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
+/// Default admin API port of `meshgate serve`.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:18001";
 
 #[derive(Debug, Parser)]
 #[command(name = "meshgate", version, about = "MCP governance for Envoy")]
@@ -28,10 +38,10 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         registry: PathBuf,
     },
-    /// Validate, start Envoy with a static bootstrap, wait until it is ready, and supervise
-    /// it until SIGINT/SIGTERM.
+    /// Start the control plane in-process and an Envoy that only points at it; serve the
+    /// registry to it live (edits apply without a restart) until SIGINT/SIGTERM.
     Up {
-        /// The registry YAML file.
+        /// The registry YAML file (watched for changes).
         #[arg(short, long, value_name = "FILE")]
         registry: PathBuf,
         /// Envoy binary [default: $MESHGATE_ENVOY, envoy on $PATH, ./.venv/bin/envoy,
@@ -42,26 +52,94 @@ pub enum Command {
         /// <repo>/target/wasm32-wasip1/release/meshgate_wasm.wasm].
         #[arg(long, value_name = "PATH")]
         wasm: Option<PathBuf>,
-        /// Once ready, write {"listener", "admin", "envoy_pid", "servers"} as JSON here
-        /// (atomically; removed again on exit).
+        /// Once ready, write {"listener", "admin", "envoy_pid", "servers", "xds",
+        /// "meshgate_admin"} as JSON here (atomically; removed again on exit).
         #[arg(long, value_name = "PATH")]
         ready_file: Option<PathBuf>,
         /// Keep the bootstrap and admin address file here instead of a temporary folder.
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
+        /// ADS variant Envoy speaks.
+        #[arg(long, value_enum, default_value_t = XdsApi::Sotw)]
+        xds_api: XdsApi,
+        /// Where the control plane's ADS port listens [default: 127.0.0.1, any port].
+        #[arg(long, value_name = "ADDR:PORT")]
+        xds_listen: Option<SocketAddr>,
+        /// Where meshgate's admin API listens [default: 127.0.0.1, any port].
+        #[arg(long, value_name = "ADDR:PORT")]
+        admin_listen: Option<SocketAddr>,
     },
-    /// Print the static Envoy bootstrap `up` would run.
-    Bootstrap {
-        /// The registry YAML file.
+    /// Run the control plane: serve the registry over ADS (state of the world and Delta) to
+    /// any number of Envoys, reload it on every edit, answer the admin API.
+    Serve {
+        /// The registry YAML file (watched for changes).
         #[arg(short, long, value_name = "FILE")]
         registry: PathBuf,
-        /// Meshgate wasm module path to put in the bootstrap (need not exist yet)
+        /// Where the ADS (gRPC) port listens. Port 0 lets the OS pick.
+        #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_XDS_LISTEN)]
+        xds_listen: SocketAddr,
+        /// Where the admin API listens. Port 0 lets the OS pick.
+        #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADMIN_LISTEN)]
+        admin_listen: SocketAddr,
+        /// The wasm module. Without --wasm-url, Envoys load this path on their own host
+        /// [default: as for `up`].
+        #[arg(long, value_name = "PATH")]
+        wasm: Option<PathBuf>,
+        /// Serve the module on the admin API and have Envoys fetch it from this URL
+        /// (checked against its SHA-256), e.g. http://meshgate:18001/wasm/meshgate.wasm.
+        #[arg(long, value_name = "URL")]
+        wasm_url: Option<String>,
+        /// Once listening, write {"xds", "meshgate_admin", "version"} as JSON here.
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<PathBuf>,
+    },
+    /// Print an Envoy bootstrap: with --xds-address, one that points at a control plane
+    /// (for Envoys anywhere); otherwise the static one for --registry.
+    Bootstrap {
+        /// The registry YAML file (static bootstrap; with --xds-address only its admin port
+        /// is used).
+        #[arg(short, long, value_name = "FILE")]
+        registry: Option<PathBuf>,
+        /// Meshgate wasm module path to put in a static bootstrap (need not exist yet)
         /// [default: as for `up`].
         #[arg(long, value_name = "PATH")]
         wasm: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
+        /// The static, everything-inline bootstrap (the default without --xds-address).
+        #[arg(long = "static", conflicts_with_all = ["xds_address", "node_id"])]
+        static_: bool,
+        /// meshgate's ADS address as the Envoy reaches it (host:port).
+        #[arg(long, value_name = "HOST:PORT")]
+        xds_address: Option<String>,
+        /// The Envoy's node id (unique per Envoy; shown in meshgate's /status).
+        #[arg(long, value_name = "ID", requires = "xds_address")]
+        node_id: Option<String>,
+        /// Envoy's admin port on 127.0.0.1 [default: the registry's admin.port, else 9901].
+        #[arg(long, value_name = "PORT")]
+        admin_port: Option<u16>,
+        /// ADS variant.
+        #[arg(long, value_enum, default_value_t = XdsApi::Sotw)]
+        xds_api: XdsApi,
     },
+}
+
+/// `--xds-api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdsApi {
+    /// State of the world (`api_type: GRPC`).
+    Sotw,
+    /// Incremental (`api_type: DELTA_GRPC`).
+    Delta,
+}
+
+impl From<XdsApi> for Api {
+    fn from(api: XdsApi) -> Api {
+        match api {
+            XdsApi::Sotw => Api::Sotw,
+            XdsApi::Delta => Api::Delta,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,20 +160,65 @@ pub fn run(cli: Cli) -> ExitCode {
             registry,
             wasm,
             format,
-        } => print_bootstrap(registry, wasm, format),
+            static_,
+            xds_address,
+            node_id,
+            admin_port,
+            xds_api,
+        } => match (static_, xds_address) {
+            (false, Some(address)) => print_xds_bootstrap(
+                registry,
+                &address,
+                node_id.unwrap_or_else(|| "envoy".to_string()),
+                admin_port,
+                xds_api.into(),
+                format,
+            ),
+            (_, _) => match registry {
+                Some(registry) => print_bootstrap(registry, wasm, format),
+                None => {
+                    eprintln!(
+                        "meshgate: bootstrap needs --xds-address HOST:PORT (xDS) or \
+                         --registry FILE (static)"
+                    );
+                    ExitCode::FAILURE
+                }
+            },
+        },
         Command::Up {
             registry,
             envoy,
             wasm,
             ready_file,
             work_dir,
+            xds_api,
+            xds_listen,
+            admin_listen,
         } => up(UpOptions {
             registry,
             envoy,
             wasm,
             ready_file,
             work_dir,
+            api: Some(xds_api.into()),
+            xds_listen,
+            admin_listen,
         }),
+        Command::Serve {
+            registry,
+            xds_listen,
+            admin_listen,
+            wasm,
+            wasm_url,
+            ready_file,
+        } => serve_command(
+            registry,
+            xds_listen,
+            admin_listen,
+            wasm,
+            wasm_url,
+            ready_file,
+        ),
     }
 }
 
@@ -151,16 +274,163 @@ fn print_bootstrap(file: PathBuf, wasm: Option<PathBuf>, format: Format) -> Exit
     }
 }
 
-fn up(options: UpOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
+fn print_xds_bootstrap(
+    registry: Option<PathBuf>,
+    address: &str,
+    node_id: String,
+    admin_port: Option<u16>,
+    api: Api,
+    format: Format,
+) -> ExitCode {
+    let (xds_host, xds_port) = match XdsBootstrap::parse_address(address) {
+        Ok(parsed) => parsed,
         Err(e) => {
-            eprintln!("meshgate: cannot start the async runtime: {e}");
+            eprintln!("meshgate: --xds-address: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let registry_port = match &registry {
+        None => None,
+        Some(file) => match Registry::load(file) {
+            Ok(registry) => Some(registry.admin_port),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let bootstrap = bootstrap::xds_bootstrap(&XdsBootstrap {
+        node_id,
+        xds_host,
+        xds_port,
+        admin_port: admin_port
+            .or(registry_port)
+            .unwrap_or(DEFAULT_ENVOY_ADMIN_PORT),
+        api,
+    });
+    let text = match format {
+        Format::Json => Ok(bootstrap::to_json(&bootstrap)),
+        Format::Yaml => bootstrap::to_yaml(&bootstrap),
+    };
+    match text {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meshgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Envoy's conventional admin port, for fleet bootstraps without a registry.
+const DEFAULT_ENVOY_ADMIN_PORT: u16 = 9901;
+
+/// The runtime of the long-running commands: two workers (ADS streams, admin API, watcher
+/// and Envoy supervision are all light).
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("meshgate: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn serve_command(
+    registry: PathBuf,
+    xds_listen: SocketAddr,
+    admin_listen: SocketAddr,
+    wasm: Option<PathBuf>,
+    wasm_url: Option<String>,
+    ready_file: Option<PathBuf>,
+) -> ExitCode {
+    serve::init_logging();
+    let search = Search::current();
+    let delivery = match &wasm_url {
+        Some(url) => search
+            .wasm(wasm.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|path| WasmDelivery::remote(url, &path).map_err(|e| e.to_string())),
+        None => search
+            .wasm_candidate(wasm.as_deref())
+            .map(|(path, _)| {
+                let path = std::path::absolute(&path).unwrap_or(path);
+                if !path.is_file() {
+                    eprintln!(
+                        "meshgate: note: {} is not on this host; Envoys must have it at that path",
+                        path.display()
+                    );
+                }
+                WasmDelivery::Local(path)
+            })
+            .map_err(|e| e.to_string()),
+    };
+    let delivery = match delivery {
+        Ok(delivery) => delivery,
+        Err(e) => {
+            eprintln!("meshgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let options = StartOptions {
+        registry,
+        xds_listen,
+        admin_listen,
+        wasm: delivery,
+    };
+    runtime.block_on(async move {
+        let mut signals = match Signals::new() {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("meshgate: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let running = match serve::start(&options).await {
+            Ok(running) => running,
+            Err(ServeError::Load(ReloadError::Registry(errors))) => {
+                eprintln!("{errors}");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("meshgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("meshgate: xds listening on {}", running.xds);
+        println!("meshgate: admin http://{}", running.admin);
+        if let Some(file) = &ready_file {
+            let mut document = running.ready_fields();
+            document["version"] = serde_json::json!(running.version);
+            if let Err(e) = launch::write_atomically(file, &document.to_string()) {
+                eprintln!("meshgate: cannot write ready file {}: {e}", file.display());
+                running.stop().await;
+                return ExitCode::FAILURE;
+            }
+        }
+        signals.next().await;
+        if let Some(file) = &ready_file {
+            let _ = std::fs::remove_file(file);
+        }
+        running.stop().await;
+        eprintln!("meshgate: stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn up(options: UpOptions) -> ExitCode {
+    serve::init_logging();
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     match runtime.block_on(launch::up(&options)) {
         Ok(Ended::Stopped) => {

@@ -1,11 +1,17 @@
-//! `meshgate up`: run Envoy with the static bootstrap and supervise it.
+//! `meshgate up`: the control plane in-process, plus one Envoy that only knows where it is.
+//!
+//! meshgate starts its ADS server and admin API on loopback (ports picked by the OS), writes
+//! an xDS bootstrap pointing at them, and runs Envoy; listener, routes, clusters, the wasm
+//! filter and its policy all arrive over ADS, and registry edits reach Envoy live.
 //!
 //! Envoy is a child process; meshgate owns its lifetime:
 //! - its stdout/stderr are streamed through line by line, prefixed `envoy: `, and the last
 //!   lines are kept for error messages;
-//! - "ready" means Envoy's admin API reports `/ready` = 200 *and* the MCP listener accepts a
-//!   TCP connection (V8 compiles the module for 1–2 s first; with port 0 the real port is
-//!   read from `/listeners`); before that nothing is printed as ready;
+//! - "ready" means Envoy's admin API reports `/ready` = 200, the MCP listener accepts a TCP
+//!   connection (V8 compiles the module for 1–2 s first; with port 0 the real port is read
+//!   from `/listeners`), *and* Envoy has ACKed every resource type; before that nothing is
+//!   printed as ready. If Envoy NACKs the first configuration (a broken module, say), `up`
+//!   fails at once with Envoy's words;
 //! - SIGINT/SIGTERM are forwarded as SIGTERM, with SIGKILL after [`STOP_GRACE`]; meshgate
 //!   then exits 0. If Envoy exits on its own, meshgate exits non-zero with its status.
 //!
@@ -24,10 +30,16 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
 
-use crate::bootstrap::{self, BootstrapError};
+use crate::bootstrap::{self, BootstrapError, XdsBootstrap};
+use crate::control::{Api, ControlPlane};
 use crate::locate::{LocateError, Search};
 use crate::registry::{LoadErrors, Registry};
-use crate::{admin, translate};
+use crate::reload::ReloadError;
+use crate::serve::{self, ServeError, StartOptions, WasmDelivery};
+use crate::{envoy_admin as admin, translate};
+
+/// `node.id` of the Envoy `up` runs.
+pub const UP_NODE_ID: &str = "meshgate-up";
 
 /// How long Envoy gets to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +57,11 @@ pub struct UpOptions {
     pub wasm: Option<PathBuf>,
     pub ready_file: Option<PathBuf>,
     pub work_dir: Option<PathBuf>,
+    /// ADS variant Envoy uses.
+    pub api: Option<Api>,
+    /// Where the control plane listens (default: loopback, any port).
+    pub xds_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +72,14 @@ pub enum UpError {
     Locate(#[from] LocateError),
     #[error("{0}")]
     Bootstrap(#[from] BootstrapError),
+    #[error("{0}")]
+    ControlPlane(ServeError),
+    #[error("envoy rejected its configuration ({resource_type}): {message}{}", format_tail(.tail))]
+    Rejected {
+        resource_type: String,
+        message: String,
+        tail: Vec<String>,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -121,20 +146,27 @@ impl Ready {
             .collect()
     }
 
-    /// The `--ready-file` document.
-    pub fn to_json(&self, registry: &Registry) -> serde_json::Value {
+    /// The `--ready-file` document; `extra` (an object) adds keys.
+    pub fn to_json(&self, registry: &Registry, extra: &serde_json::Value) -> serde_json::Value {
         let servers: BTreeMap<String, String> = self.server_urls(registry).into_iter().collect();
-        serde_json::json!({
+        let mut document = serde_json::json!({
             "listener": self.listener.to_string(),
             "admin": format!("http://{}", self.admin),
             "envoy_pid": self.pid,
             "servers": servers,
-        })
+        });
+        if let (Some(document), Some(extra)) = (document.as_object_mut(), extra.as_object()) {
+            for (key, value) in extra {
+                document.insert(key.clone(), value.clone());
+            }
+        }
+        document
     }
 }
 
 /// Runs `meshgate up` until Envoy stops.
 pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
+    // Validate first: an invalid registry must fail before anything starts.
     let registry = Registry::load(&options.registry)?;
     let search = Search::current();
     let envoy = search.envoy(options.envoy.as_deref())?;
@@ -157,12 +189,6 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
             (temp.path().to_path_buf(), Some(temp))
         }
     };
-    let bootstrap_file = work_dir.join("envoy-bootstrap.json");
-    let bootstrap = bootstrap::static_bootstrap(&registry, &wasm)?;
-    std::fs::write(&bootstrap_file, bootstrap::to_json(&bootstrap)).map_err(io_error(format!(
-        "cannot write {}",
-        bootstrap_file.display()
-    )))?;
     let admin_file = work_dir.join("admin-address");
     match std::fs::remove_file(&admin_file) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -173,11 +199,60 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
         _ => {}
     }
 
-    // Installed before Envoy starts so a signal can never be missed (or kill meshgate
+    // Installed before anything starts so a signal can never be missed (or kill meshgate
     // with the default action while Envoy keeps running).
     let mut signals = Signals::new().map_err(io_error("cannot install signal handlers"))?;
 
-    let mut command = Command::new(&envoy);
+    let loopback_any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let control_plane = serve::start(&StartOptions {
+        registry: options.registry.clone(),
+        xds_listen: options.xds_listen.unwrap_or(loopback_any),
+        admin_listen: options.admin_listen.unwrap_or(loopback_any),
+        wasm: WasmDelivery::Local(wasm),
+    })
+    .await
+    .map_err(|e| match e {
+        ServeError::Load(ReloadError::Registry(errors)) => UpError::Registry(errors),
+        other => UpError::ControlPlane(other),
+    })?;
+    let result = supervise(
+        options,
+        &envoy,
+        &work_dir,
+        &admin_file,
+        &registry,
+        &control_plane,
+        &mut signals,
+    )
+    .await;
+    control_plane.stop().await;
+    result
+}
+
+/// Writes the bootstrap, runs Envoy until it stops or a signal comes.
+async fn supervise(
+    options: &UpOptions,
+    envoy: &Path,
+    work_dir: &Path,
+    admin_file: &Path,
+    registry: &Registry,
+    control_plane: &serve::Running,
+    signals: &mut Signals,
+) -> Result<Ended, UpError> {
+    let bootstrap_file = work_dir.join("envoy-bootstrap.json");
+    let bootstrap = bootstrap::xds_bootstrap(&XdsBootstrap {
+        node_id: UP_NODE_ID.to_string(),
+        xds_host: control_plane.xds.ip().to_string(),
+        xds_port: control_plane.xds.port(),
+        admin_port: registry.admin_port,
+        api: options.api.unwrap_or(Api::Sotw),
+    });
+    std::fs::write(&bootstrap_file, bootstrap::to_json(&bootstrap)).map_err(io_error(format!(
+        "cannot write {}",
+        bootstrap_file.display()
+    )))?;
+
+    let mut command = Command::new(envoy);
     command
         .arg("--disable-hot-restart")
         .arg("-c")
@@ -185,7 +260,7 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
         .arg("-l")
         .arg(registry.envoy.log_level.as_str())
         .arg("--admin-address-path")
-        .arg(&admin_file)
+        .arg(admin_file)
         .arg("--concurrency")
         .arg(registry.envoy.concurrency.to_string());
     command
@@ -201,6 +276,7 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
 
     enum Startup {
         Ready(Result<Ready, String>),
+        Rejected(crate::control::Nack),
         Signalled,
         Exited(std::io::Result<ExitStatus>),
     }
@@ -208,7 +284,12 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
         biased;
         _ = signals.next() => Startup::Signalled,
         status = child.wait() => Startup::Exited(status),
-        ready = wait_ready(pid, &admin_file, &registry, READY_TIMEOUT) => Startup::Ready(ready),
+        nack = first_nack(&control_plane.control, UP_NODE_ID) => Startup::Rejected(nack),
+        ready = async {
+            let ready = wait_ready(pid, admin_file, registry, READY_TIMEOUT).await?;
+            wait_synced(&control_plane.control, UP_NODE_ID).await;
+            Ok(ready)
+        } => Startup::Ready(ready),
     };
     let ready = match startup {
         Startup::Ready(Ok(ready)) => ready,
@@ -217,6 +298,14 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
             return Err(UpError::NotReady {
                 timeout: READY_TIMEOUT,
                 last,
+                tail: output.finish().await,
+            });
+        }
+        Startup::Rejected(nack) => {
+            stop(&mut child).await;
+            return Err(UpError::Rejected {
+                resource_type: nack.resource_type,
+                message: nack.message,
                 tail: output.finish().await,
             });
         }
@@ -234,15 +323,27 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
         }
     };
 
+    // Edits made while Envoy started are already live: print what is served now.
+    let current = control_plane
+        .control
+        .registry()
+        .unwrap_or_else(|| control_plane.registry.clone());
     println!(
         "meshgate: envoy ready (pid {}), admin http://{}",
         ready.pid, ready.admin
     );
-    for (name, url) in ready.server_urls(&registry) {
+    println!(
+        "meshgate: control plane xds {}, admin http://{} (watching {})",
+        control_plane.xds,
+        control_plane.admin,
+        options.registry.display()
+    );
+    for (name, url) in ready.server_urls(&current) {
         println!("meshgate: {name} -> {url}");
     }
     if let Some(file) = &options.ready_file {
-        if let Err(e) = write_atomically(file, &ready.to_json(&registry).to_string()) {
+        let document = ready.to_json(&current, &control_plane.ready_fields());
+        if let Err(e) = write_atomically(file, &document.to_string()) {
             // Whoever waits for the file would wait forever: better not to run at all.
             stop(&mut child).await;
             output.finish().await;
@@ -277,21 +378,54 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
     }
 }
 
+/// Resolves once `node` has ACKed every resource type of the current snapshot and NACKed
+/// nothing: Envoy's `/ready` alone does not say that (a listener whose filter config was
+/// rejected still goes live, refusing every request).
+async fn wait_synced(control: &ControlPlane, node: &str) {
+    loop {
+        let synced = control.snapshot().is_some_and(|snapshot| {
+            let nodes = control.nodes();
+            let Some(status) = nodes.get(node) else {
+                return false;
+            };
+            status.last_nack.is_none()
+                && snapshot
+                    .counts()
+                    .iter()
+                    .all(|(kind, count)| *count == 0 || status.acked.contains_key(*kind))
+        });
+        if synced {
+            return;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Resolves with the first NACK `node` sends (polling the control plane's status).
+async fn first_nack(control: &ControlPlane, node: &str) -> crate::control::Nack {
+    loop {
+        if let Some(nack) = control.nodes().get(node).and_then(|n| n.last_nack.clone()) {
+            return nack;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// SIGINT or SIGTERM, whichever comes first.
-struct Signals {
+pub struct Signals {
     interrupt: Signal,
     terminate: Signal,
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Signals> {
+    pub fn new() -> std::io::Result<Signals> {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
         })
     }
 
-    async fn next(&mut self) {
+    pub async fn next(&mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
@@ -458,8 +592,9 @@ mod tests {
             admin: "127.0.0.1:9901".parse().expect("addr"),
             listener: registry.connect_address(10000),
         };
+        let extra = serde_json::json!({ "xds": "127.0.0.1:18000" });
         assert_eq!(
-            ready.to_json(&registry),
+            ready.to_json(&registry, &extra),
             serde_json::json!({
                 "listener": "127.0.0.1:10000",
                 "admin": "http://127.0.0.1:9901",
@@ -467,7 +602,8 @@ mod tests {
                 "servers": {
                     "crm": "http://127.0.0.1:10000/mcp/crm",
                     "docs": "http://127.0.0.1:10000/mcp/docs",
-                }
+                },
+                "xds": "127.0.0.1:18000",
             })
         );
     }

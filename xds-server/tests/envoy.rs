@@ -1,6 +1,6 @@
 //! Against a real Envoy (skipped, with the reason printed, when none is found): generated
-//! bootstraps pass `envoy --mode validate`, and `meshgate up` starts, routes, reports ready,
-//! and stops as documented.
+//! bootstraps (static and xDS) pass `envoy --mode validate`, and `meshgate up` (control
+//! plane in-process, Envoy on ADS) starts, routes, reports ready, and stops as documented.
 //!
 //! These use a minimal proxy-wasm module (see `support::minimal_proxy_wasm`) that lets every
 //! request through, so they test meshgate's Envoy plumbing, not the filter, and need no
@@ -80,6 +80,37 @@ fn generated_bootstraps_pass_envoy_validate() {
     }
 }
 
+#[test]
+fn xds_bootstraps_pass_envoy_validate() {
+    let Some(envoy) = envoy_or_skip("xds_bootstraps_pass_envoy_validate") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The checked-in one (docker-compose.yml runs it), and both ADS variants by IP.
+    let mut files = vec![support::repo_root().join("envoy/xds-bootstrap.yaml")];
+    for api in ["sotw", "delta"] {
+        let out = support::meshgate()
+            .args([
+                "bootstrap",
+                "--xds-address",
+                "127.0.0.1:18000",
+                "--node-id",
+                "validate",
+                "--xds-api",
+                api,
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", support::stderr(&out));
+        files.push(write(dir.path(), &format!("xds-{api}.json"), &out.stdout));
+    }
+    for file in files {
+        validate_with_envoy(&envoy, &file);
+    }
+}
+
 /// A one-request-at-a-time HTTP/1.1 upstream that answers 200 and reports each request's
 /// head (request line and headers).
 fn fake_upstream() -> (u16, mpsc::Receiver<String>) {
@@ -97,6 +128,10 @@ fn fake_upstream() -> (u16, mpsc::Receiver<String>) {
                     break;
                 }
                 head.push_str(&line);
+            }
+            // Health checks connect and close without a request: not a request.
+            if head.is_empty() {
+                continue;
             }
             let mut stream = reader.into_inner();
             let _ = stream.write_all(
@@ -285,6 +320,18 @@ fn up_routes_reports_ready_and_stops_on_sigterm() {
     );
     let admin = ready["admin"].as_str().unwrap();
     assert!(admin.starts_with("http://127.0.0.1:"), "{ready}");
+    // The control plane's own addresses come along.
+    assert!(
+        ready["xds"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{ready}"
+    );
+    assert!(
+        ready["meshgate_admin"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{ready}"
+    );
     let envoy_pid = i32::try_from(ready["envoy_pid"].as_u64().unwrap()).unwrap();
     assert!(pid_alive(envoy_pid));
     let stdout = std::fs::read_to_string(&up.stdout_file).unwrap();
@@ -382,12 +429,12 @@ fn up_fails_with_envoys_words_when_the_module_is_bad() {
     assert_eq!(status.code(), Some(1), "{}", up.output());
     let output = up.output();
     assert!(
-        output.contains("meshgate: envoy exited before it was ready"),
-        "{output}"
+        output.contains("meshgate: envoy rejected its configuration (extension_configs): Unable to create Wasm plugin meshgate"),
+        "the error quotes Envoy's NACK:\n{output}"
     );
     assert!(
-        output.contains("Wasm"),
-        "the error quotes Envoy's own lines:\n{output}"
+        output.contains("Failed to parse corrupted Wasm module"),
+        "and Envoy's own lines:\n{output}"
     );
     assert!(!up.ready_file.exists());
 }

@@ -31,10 +31,67 @@ pub enum RegistryError {
     DuplicateServer { name: String, first_line: usize },
     #[error("invalid url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error(
-        "unsupported scheme {scheme:?} in {url:?}: only http:// upstreams are supported for now"
-    )]
+    #[error("unsupported scheme {scheme:?} in {url:?}: use http:// or https://")]
     UnsupportedScheme { url: String, scheme: String },
+    #[error("set exactly one of url and urls")]
+    UrlAndUrls,
+    #[error("missing url (or urls)")]
+    NoUrl,
+    #[error("urls is empty")]
+    EmptyUrls,
+    #[error("{url:?} differs from the first url {first:?} in {what}: one server's urls share scheme and path")]
+    MixedEndpoints {
+        url: String,
+        first: String,
+        what: &'static str,
+    },
+    #[error(
+        "https urls of one server must share one host name ({host:?} vs {first:?}): \
+         SNI and certificate checks are per server"
+    )]
+    HttpsHostsDiffer { host: String, first: String },
+    #[error("tls is only for https:// upstreams")]
+    TlsWithoutHttps,
+    #[error("cannot read ca_file {file}: {error}")]
+    CaRead { file: PathBuf, error: String },
+    #[error("ca_file {file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    CaInvalid { file: PathBuf },
+    #[error("invalid sni {value:?}: expected a DNS name")]
+    InvalidSni { value: String },
+    #[error("unknown health check type {value:?} (use tcp, http or none)")]
+    InvalidHealthCheckType { value: String },
+    #[error("{value} is out of range ({min}-{max})")]
+    NumberOutOfRange { value: u64, min: u64, max: u64 },
+    #[error("must be longer than 0")]
+    ZeroDuration,
+    #[error("set exactly one of value_env and value_file")]
+    CredentialSourceCount,
+    #[error("invalid header name {name:?}")]
+    InvalidHeaderName { name: String },
+    #[error("header {name:?} cannot carry upstream credentials (Envoy or HTTP own it)")]
+    ForbiddenHeader { name: String },
+    #[error(
+        "environment variable {name} is not set (meshgate reads the upstream credential from it)"
+    )]
+    CredentialEnvUnset { name: String },
+    #[error("cannot read credential file {file}: {error}")]
+    CredentialRead { file: PathBuf, error: String },
+    /// Never includes the value itself.
+    #[error("the credential from {origin} is unusable: {reason}")]
+    CredentialInvalid {
+        origin: String,
+        reason: &'static str,
+    },
+    #[error("invalid prefix: control characters are not allowed in a header value")]
+    InvalidPrefix,
+    #[error("tool name must not be empty")]
+    EmptyToolName,
+    #[error("duplicate tool {name:?}")]
+    DuplicateTool { name: String },
+    #[error("invalid scope {value:?}: scopes are non-empty and have no spaces or quotes")]
+    InvalidScope { value: String },
+    #[error("invalid system_ca_file {value:?}: expected an absolute path")]
+    InvalidCaPath { value: String },
     #[error("invalid duration {value:?}: {reason}")]
     InvalidDuration { value: String, reason: &'static str },
     #[error("issuer {issuer:?} sets both jwks_file and hs256_secret_env; set exactly one")]

@@ -8,7 +8,10 @@
 //!
 //! Invariants of a [`Registry`]:
 //! - at least one server; names match `[a-z0-9-]+` and are unique;
-//! - every upstream is a plain `http://host[:port][/path]` URL without query or userinfo;
+//! - every upstream is an `http(s)://host[:port][/path]` URL without query or userinfo; the
+//!   endpoints of one server share scheme and path; `https` ones carry [`UpstreamTls`];
+//! - credential values are non-empty, single-line, and only reachable through
+//!   [`SecretValue::expose`];
 //! - [`Registry::filter`] passed `FilterConfig::compile` with the secrets meshgate sees,
 //!   has JWKS documents inlined (public keys only) and holds no secret values;
 //! - the admin port never equals a non-zero listener port.
@@ -48,6 +51,8 @@ pub struct Registry {
     pub servers: Vec<Server>,
     /// The filter's configuration, already accepted by the filter's validator.
     pub filter: RawFilterConfig,
+    /// `auth.scopes`: advertised in the protected-resource metadata.
+    pub scopes: Vec<String>,
     pub envoy: EnvoySettings,
 }
 
@@ -56,18 +61,67 @@ pub struct Registry {
 pub struct Server {
     /// `[a-z0-9-]+`, unique in the registry. Served at `<route_prefix><name>`.
     pub name: String,
+    /// The first (or only) endpoint. Its scheme and path are every endpoint's; its authority
+    /// is the `Host` the upstream sees.
     pub upstream: Upstream,
+    /// Further endpoints (`urls`), same scheme and path as [`Server::upstream`].
+    pub more_upstreams: Vec<Upstream>,
     /// Route timeout for a whole request/stream; zero means none (idle timeouts still apply).
     pub timeout: Duration,
+    /// TCP (and TLS) connection establishment to one endpoint.
+    pub connect_timeout: Duration,
+    /// `Some` exactly when the scheme is `https`.
+    pub tls: Option<UpstreamTls>,
+    pub health_check: HealthCheck,
+    /// `None` when disabled.
+    pub outlier_detection: Option<OutlierDetection>,
+    pub circuit_breakers: CircuitBreakers,
+    /// The secret the gateway adds upstream, if any.
+    pub credentials: Option<Credentials>,
+    /// Declared tools (discovery only). Names are unique and non-empty.
+    pub tools: Vec<Tool>,
+    /// Registry keys set on this server that only the xDS control plane renders (the static
+    /// bootstrap refuses them rather than silently dropping them).
+    pub control_plane_keys: Vec<&'static str>,
 }
 
-/// A streamable-HTTP endpoint, `http://host:port/path`.
+impl Server {
+    /// Every endpoint, the first one first.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Upstream> {
+        std::iter::once(&self.upstream).chain(self.more_upstreams.iter())
+    }
+}
+
+/// A streamable-HTTP endpoint, `http(s)://host:port/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
+    pub scheme: Scheme,
     pub host: UpstreamHost,
     pub port: u16,
     /// Starts with `/`.
     pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +129,15 @@ pub enum UpstreamHost {
     Ip(IpAddr),
     /// A lower-case DNS name.
     Dns(String),
+}
+
+impl fmt::Display for UpstreamHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamHost::Ip(ip) => write!(f, "{ip}"),
+            UpstreamHost::Dns(name) => f.write_str(name),
+        }
+    }
 }
 
 impl Upstream {
@@ -90,8 +153,196 @@ impl Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority(), self.path)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.authority(),
+            self.path
+        )
     }
+}
+
+/// How Envoy verifies an `https://` upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Sent as SNI: `tls.sni`, else the URL's host name (none for an IP address).
+    pub sni: Option<String>,
+    /// What the certificate's subject alternative names must contain.
+    pub verify: VerifyName,
+    pub trust: Trust,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyName {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The CA bundle of the Envoy host ([`EnvoySettings::system_ca_file`]).
+    System,
+    /// `tls.ca_file`, read by meshgate and sent inline (CA certificates are public).
+    CaFile { file: PathBuf, pem: String },
+}
+
+/// Defaults of every per-server knob, in one place (documented in the README section).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const HEALTHY_THRESHOLD: u32 = 1;
+    pub const UNHEALTHY_THRESHOLD: u32 = 3;
+    pub const CONSECUTIVE_5XX: u32 = 5;
+    pub const CONSECUTIVE_GATEWAY_FAILURE: u32 = 5;
+    pub const OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+    pub const BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+    pub const MAX_EJECTION_PERCENT: u32 = 50;
+    /// MCP clients hold long SSE streams: request slots, not pending requests, run out first.
+    pub const MAX_CONNECTIONS: u32 = 4096;
+    pub const MAX_PENDING_REQUESTS: u32 = 1024;
+    pub const MAX_REQUESTS: u32 = 4096;
+    /// Debian/Ubuntu (and the official Envoy image) keep the system CA bundle here.
+    pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+    pub const CREDENTIAL_HEADER: &str = "authorization";
+}
+
+/// Active health checking of every endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheck {
+    None,
+    /// Connect and close: works against any server and leaves nothing in its request log.
+    Tcp(HealthTiming),
+    /// `GET <path>` with the upstream's `Host`; any status below 500 is healthy (an MCP
+    /// endpoint answers a bare GET with 400/405/406, which still proves it is up).
+    Http(HealthTiming),
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck::Tcp(HealthTiming::default())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthTiming {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Checks that must pass before an unhealthy endpoint is used again (≥ 1).
+    pub healthy_threshold: u32,
+    /// Checks that must fail before an endpoint is taken out (≥ 1).
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthTiming {
+    fn default() -> Self {
+        HealthTiming {
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            healthy_threshold: defaults::HEALTHY_THRESHOLD,
+            unhealthy_threshold: defaults::UNHEALTHY_THRESHOLD,
+        }
+    }
+}
+
+/// Passive health: endpoints that keep failing are ejected for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    /// 0..=100.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: defaults::CONSECUTIVE_5XX,
+            consecutive_gateway_failure: defaults::CONSECUTIVE_GATEWAY_FAILURE,
+            interval: defaults::OUTLIER_INTERVAL,
+            base_ejection_time: defaults::BASE_EJECTION_TIME,
+            max_ejection_percent: defaults::MAX_EJECTION_PERCENT,
+        }
+    }
+}
+
+/// Envoy's per-cluster circuit-breaker thresholds (default priority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreakers {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_pending_requests: defaults::MAX_PENDING_REQUESTS,
+            max_requests: defaults::MAX_REQUESTS,
+        }
+    }
+}
+
+/// The upstream credential the gateway injects for one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Lower-case header name.
+    pub header: String,
+    /// Prepended to the value (`"Bearer "`); may be empty.
+    pub prefix: String,
+    /// Where the value came from (safe to show).
+    pub source: CredentialSource,
+    pub value: SecretValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialSource::Env(name) => write!(f, "environment variable {name}"),
+            CredentialSource::File(file) => write!(f, "file {}", file.display()),
+        }
+    }
+}
+
+/// A secret value. Its `Debug` is redacted and it has no `Display` or `Serialize`, so it
+/// cannot end up in a log line, an error or the admin API by accident; only
+/// [`SecretValue::expose`] reads it (the one caller builds the SDS secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(value: String) -> Self {
+        SecretValue(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue([redacted])")
+    }
+}
+
+/// A tool a server declares, for discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
 }
 
 /// Envoy worker threads when the registry does not say.
@@ -99,12 +350,14 @@ pub const DEFAULT_CONCURRENCY: u32 = 2;
 /// More workers than this is a typo, not a plan.
 pub const MAX_CONCURRENCY: u32 = 1024;
 
-/// How meshgate runs Envoy (command-line flags, not bootstrap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How meshgate runs Envoy (command-line flags) and what it assumes about Envoy's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvoySettings {
     /// `--concurrency`: 1..=[`MAX_CONCURRENCY`].
     pub concurrency: u32,
     pub log_level: LogLevel,
+    /// Path of the system CA bundle on the Envoy hosts.
+    pub system_ca_file: String,
 }
 
 impl Default for EnvoySettings {
@@ -112,6 +365,7 @@ impl Default for EnvoySettings {
         EnvoySettings {
             concurrency: DEFAULT_CONCURRENCY,
             log_level: LogLevel::default(),
+            system_ca_file: defaults::SYSTEM_CA_FILE.to_string(),
         }
     }
 }
@@ -228,6 +482,23 @@ impl Registry {
             diagnostics.sort_by_key(|d| d.line);
             LoadErrors(diagnostics)
         })
+    }
+
+    /// Files a registry text refers to (JWKS, CA bundles, credential files), resolved like
+    /// [`Registry::parse`] resolves them. Best effort: empty when the text does not parse.
+    /// The watcher fingerprints them with the registry, so editing one reloads.
+    pub fn referenced_files(text: &str, file: &Path) -> Vec<PathBuf> {
+        let Ok(raw) = serde_saphyr::from_str::<raw::RawRegistry>(text) else {
+            return Vec::new();
+        };
+        let base_dir = file.parent().unwrap_or(Path::new("."));
+        let jwks = raw.auth.jwt.iter().filter_map(|j| j.jwks_file.as_deref());
+        let per_server = raw.servers.iter().flat_map(|s| {
+            let ca = s.tls.as_ref().and_then(|t| t.ca_file.as_deref());
+            let credential = s.credentials.as_ref().and_then(|c| c.value_file.as_deref());
+            ca.into_iter().chain(credential)
+        });
+        jwks.chain(per_server).map(|f| base_dir.join(f)).collect()
     }
 
     /// The address clients should dial: an unspecified listener address means loopback.

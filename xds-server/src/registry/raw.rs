@@ -5,6 +5,9 @@
 //! the filter's own raw types: the registry cannot drift from what the filter accepts.
 //! Only what the registry says differently from the filter config has its own shape here
 //! (servers with URLs, JWT issuers with `jwks_file`, listener/admin/envoy).
+//!
+//! Numbers are read wider than their final type (`u64`) so that an out-of-range value gets
+//! a message naming the range instead of the deserializer's "invalid u32".
 
 use meshgate_core::config::{RawAnonymous, RawApiKey, RawLimits, RawPolicy};
 use serde::Deserialize;
@@ -45,9 +48,111 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub name: String,
-    pub url: String,
+    /// One upstream endpoint. Exactly one of `url` and `urls`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Several endpoints of the same server (same scheme and path), load-balanced by Envoy.
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
     #[serde(default)]
     pub timeout: Option<String>,
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub outlier_detection: Option<RawOutlierDetection>,
+    #[serde(default)]
+    pub circuit_breakers: Option<RawCircuitBreakers>,
+    #[serde(default)]
+    pub credentials: Option<RawCredentials>,
+    /// Declared tools, for discovery (`/catalog`); policy does not depend on them.
+    #[serde(default)]
+    pub tools: Vec<RawTool>,
+}
+
+/// Trust for `https://` upstreams.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM bundle of the CAs to trust instead of the system ones.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Server name to send and to verify, when not the URL's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// `tcp`, `http` or `none`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub healthy_threshold: Option<u64>,
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub consecutive_5xx: Option<u64>,
+    #[serde(default)]
+    pub consecutive_gateway_failure: Option<u64>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub base_ejection_time: Option<String>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreakers {
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    #[serde(default)]
+    pub max_pending_requests: Option<u64>,
+    #[serde(default)]
+    pub max_requests: Option<u64>,
+}
+
+/// A secret the gateway adds to every request it forwards to this server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    /// Header to set (default `authorization`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Prepended to the value, e.g. `"Bearer "`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Environment variable of meshgate holding the value. Exactly one of the two.
+    #[serde(default)]
+    pub value_env: Option<String>,
+    /// File holding the value (trailing newline ignored).
+    #[serde(default)]
+    pub value_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -63,6 +168,9 @@ pub struct RawAuth {
     pub resource_metadata: Option<String>,
     #[serde(default)]
     pub token_cache_entries: Option<usize>,
+    /// OAuth scopes advertised in the protected-resource metadata (`scopes_supported`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,4 +197,7 @@ pub struct RawEnvoy {
     pub concurrency: Option<u64>,
     #[serde(default)]
     pub log_level: Option<String>,
+    /// CA bundle on the Envoy hosts used to verify `https://` upstreams without `tls.ca_file`.
+    #[serde(default)]
+    pub system_ca_file: Option<String>,
 }

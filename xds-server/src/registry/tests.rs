@@ -171,7 +171,8 @@ fn loads_the_documented_example() {
         registry.envoy,
         EnvoySettings {
             concurrency: 2,
-            log_level: LogLevel::Warn
+            log_level: LogLevel::Warn,
+            system_ca_file: "/etc/ssl/certs/ca-certificates.crt".to_string(),
         }
     );
     let summary = registry.summary();
@@ -224,7 +225,7 @@ fn yaml_errors_carry_the_parser_line() {
     assert_error(
         "listener: { port: 1 }\nservers:\n  - name: crm # <-\n",
         "servers[0]",
-        "missing field `url`",
+        "missing url (or urls)",
     );
     assert_error(
         "listener: { port: 1 }\nservers: []\nservers: [] # <-\n",
@@ -297,7 +298,7 @@ fn server_errors() {
         "duplicate server name \"crm\" (first defined on line 3)",
     );
     let bad_urls = [
-        ("https://example.com/mcp", "unsupported scheme \"https\""),
+        ("ftp://example.com/mcp", "unsupported scheme \"ftp\""),
         ("127.0.0.1:9101/mcp", "invalid url"),
         ("http://127.0.0.1:9101/mcp?x=1", "query strings"),
         ("http://user:pw@127.0.0.1:9101/mcp", "credentials"),
@@ -335,6 +336,296 @@ fn upstream_urls() {
     let u = ok("HTTP://localhost/a/b");
     assert_eq!((u.port, u.path.as_str()), (80, "/a/b"));
     assert_eq!(u.to_string(), "http://localhost:80/a/b");
+    let u = ok("https://MCP.example.com/mcp");
+    assert_eq!(u.scheme, Scheme::Https);
+    assert_eq!(u.to_string(), "https://mcp.example.com:443/mcp");
+}
+
+/// A CA certificate is public; its content does not matter to meshgate beyond the PEM marker.
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+#[test]
+fn per_server_defaults() {
+    let registry = crate::test_support::registry(MINIMAL);
+    let crm = &registry.servers[0];
+    assert!(crm.more_upstreams.is_empty());
+    assert_eq!(crm.connect_timeout, Duration::from_secs(5));
+    assert_eq!(crm.tls, None);
+    assert_eq!(crm.health_check, HealthCheck::Tcp(HealthTiming::default()));
+    assert_eq!(crm.outlier_detection, Some(OutlierDetection::default()));
+    assert_eq!(crm.circuit_breakers, CircuitBreakers::default());
+    assert_eq!(crm.credentials, None);
+    assert!(crm.tools.is_empty());
+    assert!(crm.control_plane_keys.is_empty());
+}
+
+#[test]
+fn loads_every_per_server_key() {
+    let yaml = r#"
+listener: { port: 0 }
+servers:
+  - name: crm
+    urls: [http://10.0.0.1:9101/mcp, http://crm-2.internal:9101/mcp]
+    timeout: 300s
+    connect_timeout: 2s
+    health_check: { type: http, interval: 3s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 4 }
+    outlier_detection: { consecutive_5xx: 7, consecutive_gateway_failure: 3, interval: 5s, base_ejection_time: 1m, max_ejection_percent: 100 }
+    circuit_breakers: { max_connections: 10, max_pending_requests: 20, max_requests: 30 }
+    credentials: { header: X-Upstream-Key, prefix: "Bearer ", value_env: TEST_SECRET }
+    tools:
+      - { name: get_customer, description: Look a customer up }
+      - { name: list_customers }
+  - name: docs
+    url: https://Docs.Example.com/mcp
+    tls: { ca_file: ca.pem }
+    outlier_detection: { enabled: false }
+    health_check: { type: none }
+    credentials: { value_file: docs.token }
+  - name: ip
+    url: https://10.1.1.1:8443/
+    tls: { sni: mcp.example.com }
+auth:
+  scopes: [mcp.tools, offline_access]
+envoy: { system_ca_file: /etc/pki/tls/certs/ca-bundle.crt }
+"#;
+    let fixture = Fixture::with_files(
+        yaml,
+        &[("ca.pem", CA_PEM), ("docs.token", "docs-token-value\n")],
+    );
+    let registry = fixture.load().unwrap_or_else(|e| panic!("{e}"));
+    let crm = &registry.servers[0];
+    assert_eq!(crm.upstream.authority(), "10.0.0.1:9101");
+    assert_eq!(crm.more_upstreams.len(), 1);
+    assert_eq!(crm.more_upstreams[0].authority(), "crm-2.internal:9101");
+    assert_eq!(crm.connect_timeout, Duration::from_secs(2));
+    assert_eq!(
+        crm.health_check,
+        HealthCheck::Http(HealthTiming {
+            interval: Duration::from_secs(3),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 4,
+        })
+    );
+    assert_eq!(
+        crm.outlier_detection,
+        Some(OutlierDetection {
+            consecutive_5xx: 7,
+            consecutive_gateway_failure: 3,
+            interval: Duration::from_secs(5),
+            base_ejection_time: Duration::from_secs(60),
+            max_ejection_percent: 100,
+        })
+    );
+    assert_eq!(
+        crm.circuit_breakers,
+        CircuitBreakers {
+            max_connections: 10,
+            max_pending_requests: 20,
+            max_requests: 30
+        }
+    );
+    let credentials = crm.credentials.as_ref().expect("credentials");
+    assert_eq!(credentials.header, "x-upstream-key");
+    assert_eq!(credentials.prefix, "Bearer ");
+    assert_eq!(
+        credentials.source,
+        CredentialSource::Env("TEST_SECRET".to_string())
+    );
+    assert_eq!(
+        credentials.value.expose(),
+        "s3cret-s3cret-s3cret-s3cret-s3cret"
+    );
+    assert_eq!(crm.tools.len(), 2);
+    assert_eq!(
+        crm.tools[0].description.as_deref(),
+        Some("Look a customer up")
+    );
+    assert_eq!(
+        crm.control_plane_keys,
+        [
+            "urls",
+            "connect_timeout",
+            "health_check",
+            "outlier_detection",
+            "circuit_breakers",
+            "credentials"
+        ]
+    );
+
+    let docs = &registry.servers[1];
+    let tls = docs.tls.as_ref().expect("https has tls");
+    assert_eq!(tls.sni.as_deref(), Some("docs.example.com"));
+    assert_eq!(tls.verify, VerifyName::Dns("docs.example.com".to_string()));
+    assert!(matches!(&tls.trust, Trust::CaFile { pem, .. } if pem == CA_PEM));
+    assert_eq!(docs.outlier_detection, None);
+    assert_eq!(docs.health_check, HealthCheck::None);
+    let credentials = docs.credentials.as_ref().expect("credentials");
+    assert_eq!(credentials.header, "authorization");
+    assert_eq!(
+        credentials.value.expose(),
+        "docs-token-value",
+        "newline dropped"
+    );
+
+    let ip = &registry.servers[2];
+    let tls = ip.tls.as_ref().expect("https has tls");
+    assert_eq!(tls.sni.as_deref(), Some("mcp.example.com"));
+    assert_eq!(tls.trust, Trust::System);
+
+    assert_eq!(registry.scopes, ["mcp.tools", "offline_access"]);
+    assert_eq!(
+        registry.envoy.system_ca_file,
+        "/etc/pki/tls/certs/ca-bundle.crt"
+    );
+}
+
+#[test]
+fn secret_values_never_show_in_debug_output() {
+    let fixture = Fixture::new(
+        "listener: { port: 0 }\nservers:\n  - name: a\n    url: http://127.0.0.1:1/\n    credentials: { value_env: TEST_SECRET }\n",
+    );
+    let registry = fixture.load().unwrap_or_else(|e| panic!("{e}"));
+    let debug = format!("{registry:?}");
+    assert!(!debug.contains("s3cret"), "{debug}");
+    assert!(debug.contains("[redacted]"), "{debug}");
+}
+
+#[test]
+fn per_server_key_errors() {
+    // A case without its own `# <-` mark is expected on the server's first line.
+    let server = |extra: &str| {
+        let mark = if extra.contains("# <-") { "" } else { " # <-" };
+        format!("listener: {{ port: 1 }}\nservers:\n  - name: crm{mark}\n{extra}")
+    };
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "    url: http://127.0.0.1:1/\n    urls: [http://127.0.0.1:2/] # <-\n",
+            "servers[0].urls",
+            "exactly one of url and urls",
+        ),
+        ("    timeout: 1s\n", "servers[0]", "missing url"),
+        ("    urls: [] # <-\n", "servers[0].urls", "urls is empty"),
+        (
+            "    urls:\n      - http://127.0.0.1:1/mcp\n      - http://127.0.0.1:2/other # <-\n",
+            "servers[0].urls[1]",
+            "in path",
+        ),
+        (
+            "    urls:\n      - http://127.0.0.1:1/mcp\n      - https://127.0.0.1:2/mcp # <-\n",
+            "servers[0].urls[1]",
+            "in scheme",
+        ),
+        (
+            "    urls:\n      - https://a.example.com/mcp\n      - https://b.example.com/mcp # <-\n",
+            "servers[0].urls[1]",
+            "share one host name",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    tls: { sni: x.example.com } # <-\n",
+            "servers[0].tls",
+            "only for https",
+        ),
+        (
+            "    url: https://a.example.com/\n    tls:\n      ca_file: missing.pem # <-\n",
+            "servers[0].tls.ca_file",
+            "cannot read ca_file",
+        ),
+        (
+            "    url: https://a.example.com/\n    tls:\n      sni: 'not a name' # <-\n",
+            "servers[0].tls.sni",
+            "invalid sni",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    connect_timeout: 0s # <-\n",
+            "servers[0].connect_timeout",
+            "longer than 0",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    health_check:\n      type: grpc # <-\n",
+            "servers[0].health_check.type",
+            "unknown health check type \"grpc\"",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    health_check:\n      unhealthy_threshold: 0 # <-\n",
+            "servers[0].health_check.unhealthy_threshold",
+            "0 is out of range (1-1000)",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    outlier_detection:\n      max_ejection_percent: 101 # <-\n",
+            "servers[0].outlier_detection.max_ejection_percent",
+            "101 is out of range (0-100)",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    circuit_breakers:\n      max_requests: 0 # <-\n",
+            "servers[0].circuit_breakers.max_requests",
+            "out of range",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    credentials: { value_env: NOPE_UNSET } # <-\n",
+            "servers[0].credentials.value_env",
+            "NOPE_UNSET is not set",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    credentials: { header: x-key } # <-\n",
+            "servers[0].credentials",
+            "exactly one of value_env and value_file",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    credentials:\n      value_file: missing.token # <-\n",
+            "servers[0].credentials.value_file",
+            "cannot read credential file",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    credentials:\n      header: 'x key' # <-\n      value_env: TEST_SECRET\n",
+            "servers[0].credentials.header",
+            "invalid header name",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    credentials:\n      header: Host # <-\n      value_env: TEST_SECRET\n",
+            "servers[0].credentials.header",
+            "cannot carry upstream credentials",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    tools:\n      - { name: a }\n      - { name: a } # <-\n",
+            "servers[0].tools[1].name",
+            "duplicate tool \"a\"",
+        ),
+        (
+            "    url: http://127.0.0.1:1/\n    tools:\n      - { name: '' } # <-\n",
+            "servers[0].tools[0].name",
+            "must not be empty",
+        ),
+    ];
+    for (extra, path, needle) in cases {
+        assert_error(&server(extra), path, needle);
+    }
+    assert_error(
+        "listener: { port: 1 }\nservers: [{ name: a, url: 'http://127.0.0.1:1/' }]\nauth:\n  scopes: ['a b'] # <-\n",
+        "auth.scopes[0]",
+        "invalid scope",
+    );
+    assert_error(
+        "listener: { port: 1 }\nservers: [{ name: a, url: 'http://127.0.0.1:1/' }]\nenvoy:\n  system_ca_file: certs.pem # <-\n",
+        "envoy.system_ca_file",
+        "absolute path",
+    );
+}
+
+#[test]
+fn unusable_credential_values_are_refused_without_showing_them() {
+    let fixture = Fixture::with_files(
+        "listener: { port: 1 }\nservers:\n  - name: a\n    url: http://127.0.0.1:1/\n    credentials: { value_file: token }\n",
+        &[("token", "line-one-SECRET\nline-two-SECRET\n")],
+    );
+    let errors = fixture.errors().join("\n");
+    assert!(errors.contains("control characters"), "{errors}");
+    assert!(!errors.contains("SECRET"), "{errors}");
+    let fixture = Fixture::with_files(
+        "listener: { port: 1 }\nservers:\n  - name: a\n    url: http://127.0.0.1:1/\n    credentials: { value_file: token }\n",
+        &[("token", "\n")],
+    );
+    assert!(fixture.errors().join("\n").contains("it is empty"));
 }
 
 #[test]

@@ -16,10 +16,14 @@ use meshgate_core::config::{is_valid_server_name, FilterConfig, RawJwtProvider, 
 use super::error::RegistryError;
 use super::filter::{self, FilterPath};
 use super::lines::LineIndex;
-use super::raw::{RawEnvoy, RawJwtIssuer, RawRegistry, RawServer};
+use super::raw::{
+    RawCircuitBreakers, RawCredentials, RawEnvoy, RawHealthCheck, RawJwtIssuer,
+    RawOutlierDetection, RawRegistry, RawServer, RawTls, RawTool,
+};
 use super::{
-    EnvoySettings, LogLevel, Registry, Server, Upstream, UpstreamHost, DEFAULT_CONCURRENCY,
-    MAX_CONCURRENCY,
+    defaults, CircuitBreakers, CredentialSource, Credentials, EnvoySettings, HealthCheck,
+    HealthTiming, LogLevel, OutlierDetection, Registry, Scheme, SecretValue, Server, Tool, Trust,
+    Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
 
 /// Where JWKS members that only private keys carry live (RFC 7518 §6).
@@ -106,7 +110,16 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             problems.push("admin.port", RegistryError::PortClash { port: admin_port });
         }
 
-        let servers = servers(&mut problems, &raw.servers, index);
+        let servers = servers(
+            &mut problems,
+            &raw.servers,
+            &ServerContext {
+                index,
+                base_dir,
+                secrets,
+            },
+        );
+        let scopes = scopes(&mut problems, &raw.auth.scopes);
         let jwt = jwt_providers(&mut problems, &raw.auth.jwt, base_dir, secrets);
         check_role_references(&mut problems, &raw);
         let envoy = envoy_settings(&mut problems, &raw.envoy);
@@ -130,6 +143,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             admin_port,
             servers,
             filter,
+            scopes,
             envoy,
         })
     }
@@ -142,7 +156,11 @@ fn port(problems: &mut Problems, path: &str, value: u64) -> u16 {
     })
 }
 
-fn servers(problems: &mut Problems, raw: &[RawServer], index: &LineIndex) -> Vec<Server> {
+fn servers<S: SecretSource>(
+    problems: &mut Problems,
+    raw: &[RawServer],
+    context: &ServerContext<'_, S>,
+) -> Vec<Server> {
     if raw.is_empty() {
         problems.push("servers", RegistryError::NoServers);
     }
@@ -151,7 +169,7 @@ fn servers(problems: &mut Problems, raw: &[RawServer], index: &LineIndex) -> Vec
     for (i, server) in raw.iter().enumerate() {
         let at = format!("servers[{i}]");
         let name_path = format!("{at}.name");
-        let mut ok = true;
+        let before = problems.0.len();
         if !is_valid_server_name(&server.name) {
             problems.push(
                 &name_path,
@@ -159,9 +177,9 @@ fn servers(problems: &mut Problems, raw: &[RawServer], index: &LineIndex) -> Vec
                     name: server.name.clone(),
                 },
             );
-            ok = false;
         } else if let Some(first) = seen.get(server.name.as_str()) {
-            let first_line = index
+            let first_line = context
+                .index
                 .line_of(&format!("servers[{first}].name"))
                 .unwrap_or(0);
             problems.push(
@@ -171,31 +189,587 @@ fn servers(problems: &mut Problems, raw: &[RawServer], index: &LineIndex) -> Vec
                     first_line,
                 },
             );
-            ok = false;
         } else {
             seen.insert(&server.name, i);
         }
-        let upstream =
-            parse_upstream(&server.url).map_err(|e| problems.push(format!("{at}.url"), e));
-        let timeout = match &server.timeout {
-            None => Ok(Duration::ZERO),
-            Some(value) => {
-                parse_duration(value).map_err(|e| problems.push(format!("{at}.timeout"), e))
-            }
-        };
-        if let (true, Ok(upstream), Ok(timeout)) = (ok, upstream, timeout) {
-            servers.push(Server {
-                name: server.name.clone(),
-                upstream,
-                timeout,
-            });
+        let built = server_settings(problems, &at, server, context);
+        if let (true, Some(built)) = (problems.0.len() == before, built) {
+            servers.push(built);
         }
     }
     servers
 }
 
-/// Parses an upstream MCP endpoint. Only `http://` for now: TLS upstreams need trust
-/// configuration that the registry does not have yet.
+/// What validating one server needs besides the server itself.
+struct ServerContext<'a, S> {
+    index: &'a LineIndex,
+    base_dir: &'a Path,
+    secrets: &'a S,
+}
+
+/// Everything of one server but its name; `None` when something is wrong (and reported).
+fn server_settings<S: SecretSource>(
+    problems: &mut Problems,
+    at: &str,
+    server: &RawServer,
+    context: &ServerContext<'_, S>,
+) -> Option<Server> {
+    let before = problems.0.len();
+    let upstreams = endpoints(problems, at, server);
+    let timeout = match &server.timeout {
+        None => Duration::ZERO,
+        Some(value) => parse_duration(value)
+            .map_err(|e| problems.push(format!("{at}.timeout"), e))
+            .unwrap_or_default(),
+    };
+    let connect_timeout = positive_duration(
+        problems,
+        &format!("{at}.connect_timeout"),
+        server.connect_timeout.as_deref(),
+        defaults::CONNECT_TIMEOUT,
+    );
+    let tls = match (&upstreams, &server.tls) {
+        (Some((first, _)), tls) if first.scheme == Scheme::Https => {
+            upstream_tls(problems, at, first, tls.as_ref(), context.base_dir)
+        }
+        (Some(_), Some(_)) => {
+            problems.push(format!("{at}.tls"), RegistryError::TlsWithoutHttps);
+            None
+        }
+        _ => None,
+    };
+    let health_check = health_check(problems, at, server.health_check.as_ref());
+    let outlier_detection = outlier_detection(problems, at, server.outlier_detection.as_ref());
+    let circuit_breakers = circuit_breakers(problems, at, server.circuit_breakers.as_ref());
+    let credentials = server.credentials.as_ref().and_then(|raw| {
+        credentials(
+            problems,
+            &format!("{at}.credentials"),
+            raw,
+            context.base_dir,
+            context.secrets,
+        )
+    });
+    let tools = tools(problems, at, &server.tools);
+
+    let (upstream, more_upstreams) = upstreams?;
+    if problems.0.len() != before {
+        return None;
+    }
+    let mut control_plane_keys = Vec::new();
+    for (key, set) in [
+        ("urls", server.urls.is_some()),
+        ("connect_timeout", server.connect_timeout.is_some()),
+        (
+            "tls",
+            server.tls.is_some() || upstream.scheme == Scheme::Https,
+        ),
+        ("health_check", server.health_check.is_some()),
+        ("outlier_detection", server.outlier_detection.is_some()),
+        ("circuit_breakers", server.circuit_breakers.is_some()),
+        ("credentials", server.credentials.is_some()),
+    ] {
+        if set {
+            control_plane_keys.push(key);
+        }
+    }
+    Some(Server {
+        name: server.name.clone(),
+        upstream,
+        more_upstreams,
+        timeout,
+        connect_timeout,
+        tls,
+        health_check,
+        outlier_detection,
+        circuit_breakers,
+        credentials,
+        tools,
+        control_plane_keys,
+    })
+}
+
+/// `url` or `urls`: the first endpoint and the others, which must share scheme and path.
+fn endpoints(
+    problems: &mut Problems,
+    at: &str,
+    server: &RawServer,
+) -> Option<(Upstream, Vec<Upstream>)> {
+    let urls: Vec<(String, &str)> = match (&server.url, &server.urls) {
+        (Some(url), None) => vec![(format!("{at}.url"), url.as_str())],
+        (None, Some(urls)) if urls.is_empty() => {
+            problems.push(format!("{at}.urls"), RegistryError::EmptyUrls);
+            return None;
+        }
+        (None, Some(urls)) => urls
+            .iter()
+            .enumerate()
+            .map(|(j, url)| (format!("{at}.urls[{j}]"), url.as_str()))
+            .collect(),
+        (Some(_), Some(_)) => {
+            problems.push(format!("{at}.urls"), RegistryError::UrlAndUrls);
+            return None;
+        }
+        (None, None) => {
+            problems.push(at, RegistryError::NoUrl);
+            return None;
+        }
+    };
+    let mut parsed = Vec::with_capacity(urls.len());
+    let mut ok = true;
+    for (path, url) in &urls {
+        match parse_upstream(url) {
+            Ok(upstream) => parsed.push((path, url, upstream)),
+            Err(e) => {
+                problems.push(path.as_str(), e);
+                ok = false;
+            }
+        }
+    }
+    let mut parsed = parsed.into_iter();
+    let (_, first_url, first) = parsed.next()?;
+    let mut more = Vec::new();
+    for (path, url, upstream) in parsed {
+        let differs = if upstream.scheme != first.scheme {
+            Some("scheme")
+        } else if upstream.path != first.path {
+            Some("path")
+        } else {
+            None
+        };
+        if let Some(what) = differs {
+            problems.push(
+                path.as_str(),
+                RegistryError::MixedEndpoints {
+                    url: (*url).to_string(),
+                    first: (*first_url).to_string(),
+                    what,
+                },
+            );
+            ok = false;
+        } else if upstream.scheme == Scheme::Https && upstream.host != first.host {
+            problems.push(
+                path.as_str(),
+                RegistryError::HttpsHostsDiffer {
+                    host: upstream.host.to_string(),
+                    first: first.host.to_string(),
+                },
+            );
+            ok = false;
+        }
+        more.push(upstream);
+    }
+    ok.then_some((first, more))
+}
+
+fn upstream_tls(
+    problems: &mut Problems,
+    at: &str,
+    first: &Upstream,
+    raw: Option<&RawTls>,
+    base_dir: &Path,
+) -> Option<UpstreamTls> {
+    let raw = raw.cloned().unwrap_or_default();
+    let sni = match (&raw.sni, &first.host) {
+        (Some(sni), _) => {
+            let lower = sni.to_ascii_lowercase();
+            if !is_dns_name(&lower) {
+                problems.push(
+                    format!("{at}.tls.sni"),
+                    RegistryError::InvalidSni { value: sni.clone() },
+                );
+                return None;
+            }
+            Some(lower)
+        }
+        (None, UpstreamHost::Dns(name)) => Some(name.clone()),
+        // SNI cannot carry an IP address; the certificate must then name the IP.
+        (None, UpstreamHost::Ip(_)) => None,
+    };
+    let trust = match &raw.ca_file {
+        None => Trust::System,
+        Some(name) => {
+            let file = base_dir.join(name);
+            let path = format!("{at}.tls.ca_file");
+            match std::fs::read_to_string(&file) {
+                Err(e) => {
+                    problems.push(
+                        path,
+                        RegistryError::CaRead {
+                            file,
+                            error: e.to_string(),
+                        },
+                    );
+                    return None;
+                }
+                Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
+                    problems.push(path, RegistryError::CaInvalid { file });
+                    return None;
+                }
+                Ok(pem) => Trust::CaFile { file, pem },
+            }
+        }
+    };
+    let verify = match (&sni, &first.host) {
+        (Some(name), _) => VerifyName::Dns(name.clone()),
+        (None, UpstreamHost::Ip(ip)) => VerifyName::Ip(*ip),
+        (None, UpstreamHost::Dns(name)) => VerifyName::Dns(name.clone()),
+    };
+    Some(UpstreamTls { sni, verify, trust })
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// A duration that must be longer than zero; `default` when absent.
+fn positive_duration(
+    problems: &mut Problems,
+    path: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
+    let Some(value) = value else { return default };
+    match parse_duration(value) {
+        Ok(d) if d.is_zero() => {
+            problems.push(path, RegistryError::ZeroDuration);
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(path, e);
+            default
+        }
+    }
+}
+
+/// `value` within `min..=max` (as `u32`), `default` when absent.
+fn number(
+    problems: &mut Problems,
+    path: &str,
+    value: Option<u64>,
+    (min, max): (u32, u32),
+    default: u32,
+) -> u32 {
+    let Some(value) = value else { return default };
+    match u32::try_from(value) {
+        Ok(n) if (min..=max).contains(&n) => n,
+        _ => {
+            problems.push(
+                path,
+                RegistryError::NumberOutOfRange {
+                    value,
+                    min: min.into(),
+                    max: max.into(),
+                },
+            );
+            default
+        }
+    }
+}
+
+/// Thresholds above this are typos.
+const MAX_THRESHOLD: u32 = 1_000;
+
+fn health_check(problems: &mut Problems, at: &str, raw: Option<&RawHealthCheck>) -> HealthCheck {
+    let Some(raw) = raw else {
+        return HealthCheck::default();
+    };
+    let at = format!("{at}.health_check");
+    let timing = HealthTiming {
+        interval: positive_duration(
+            problems,
+            &format!("{at}.interval"),
+            raw.interval.as_deref(),
+            defaults::HEALTH_INTERVAL,
+        ),
+        timeout: positive_duration(
+            problems,
+            &format!("{at}.timeout"),
+            raw.timeout.as_deref(),
+            defaults::HEALTH_TIMEOUT,
+        ),
+        healthy_threshold: number(
+            problems,
+            &format!("{at}.healthy_threshold"),
+            raw.healthy_threshold,
+            (1, MAX_THRESHOLD),
+            defaults::HEALTHY_THRESHOLD,
+        ),
+        unhealthy_threshold: number(
+            problems,
+            &format!("{at}.unhealthy_threshold"),
+            raw.unhealthy_threshold,
+            (1, MAX_THRESHOLD),
+            defaults::UNHEALTHY_THRESHOLD,
+        ),
+    };
+    match raw.kind.as_deref() {
+        None | Some("tcp") => HealthCheck::Tcp(timing),
+        Some("http") => HealthCheck::Http(timing),
+        Some("none") => HealthCheck::None,
+        Some(other) => {
+            problems.push(
+                format!("{at}.type"),
+                RegistryError::InvalidHealthCheckType {
+                    value: other.to_string(),
+                },
+            );
+            HealthCheck::default()
+        }
+    }
+}
+
+fn outlier_detection(
+    problems: &mut Problems,
+    at: &str,
+    raw: Option<&RawOutlierDetection>,
+) -> Option<OutlierDetection> {
+    let Some(raw) = raw else {
+        return Some(OutlierDetection::default());
+    };
+    let at = format!("{at}.outlier_detection");
+    let detection = OutlierDetection {
+        consecutive_5xx: number(
+            problems,
+            &format!("{at}.consecutive_5xx"),
+            raw.consecutive_5xx,
+            (1, MAX_THRESHOLD),
+            defaults::CONSECUTIVE_5XX,
+        ),
+        consecutive_gateway_failure: number(
+            problems,
+            &format!("{at}.consecutive_gateway_failure"),
+            raw.consecutive_gateway_failure,
+            (1, MAX_THRESHOLD),
+            defaults::CONSECUTIVE_GATEWAY_FAILURE,
+        ),
+        interval: positive_duration(
+            problems,
+            &format!("{at}.interval"),
+            raw.interval.as_deref(),
+            defaults::OUTLIER_INTERVAL,
+        ),
+        base_ejection_time: positive_duration(
+            problems,
+            &format!("{at}.base_ejection_time"),
+            raw.base_ejection_time.as_deref(),
+            defaults::BASE_EJECTION_TIME,
+        ),
+        max_ejection_percent: number(
+            problems,
+            &format!("{at}.max_ejection_percent"),
+            raw.max_ejection_percent,
+            (0, 100),
+            defaults::MAX_EJECTION_PERCENT,
+        ),
+    };
+    raw.enabled.unwrap_or(true).then_some(detection)
+}
+
+fn circuit_breakers(
+    problems: &mut Problems,
+    at: &str,
+    raw: Option<&RawCircuitBreakers>,
+) -> CircuitBreakers {
+    let Some(raw) = raw else {
+        return CircuitBreakers::default();
+    };
+    let at = format!("{at}.circuit_breakers");
+    let mut limit = |key: &str, value: Option<u64>, default: u32| {
+        number(
+            problems,
+            &format!("{at}.{key}"),
+            value,
+            (1, u32::MAX),
+            default,
+        )
+    };
+    CircuitBreakers {
+        max_connections: limit(
+            "max_connections",
+            raw.max_connections,
+            defaults::MAX_CONNECTIONS,
+        ),
+        max_pending_requests: limit(
+            "max_pending_requests",
+            raw.max_pending_requests,
+            defaults::MAX_PENDING_REQUESTS,
+        ),
+        max_requests: limit("max_requests", raw.max_requests, defaults::MAX_REQUESTS),
+    }
+}
+
+/// Headers whose meaning belongs to HTTP, Envoy or MCP: a credential must not replace them.
+const FORBIDDEN_CREDENTIAL_HEADERS: [&str; 14] = [
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+];
+
+fn credentials<S: SecretSource>(
+    problems: &mut Problems,
+    at: &str,
+    raw: &RawCredentials,
+    base_dir: &Path,
+    secrets: &S,
+) -> Option<Credentials> {
+    let header = raw
+        .header
+        .as_deref()
+        .unwrap_or(defaults::CREDENTIAL_HEADER)
+        .to_ascii_lowercase();
+    let header_path = format!("{at}.header");
+    if !is_header_name(&header) {
+        problems.push(
+            header_path,
+            RegistryError::InvalidHeaderName {
+                name: raw.header.clone().unwrap_or_default(),
+            },
+        );
+        return None;
+    }
+    if FORBIDDEN_CREDENTIAL_HEADERS.contains(&header.as_str()) || header.starts_with("x-envoy-") {
+        problems.push(header_path, RegistryError::ForbiddenHeader { name: header });
+        return None;
+    }
+    let prefix = raw.prefix.clone().unwrap_or_default();
+    if !is_header_value(&prefix) {
+        problems.push(format!("{at}.prefix"), RegistryError::InvalidPrefix);
+        return None;
+    }
+    let (source, value, path) = match (&raw.value_env, &raw.value_file) {
+        (Some(name), None) => {
+            let path = format!("{at}.value_env");
+            if !is_env_name(name) {
+                problems.push(path, RegistryError::InvalidEnvName { name: name.clone() });
+                return None;
+            }
+            let Some(value) = secrets.secret(name) else {
+                problems.push(
+                    path,
+                    RegistryError::CredentialEnvUnset { name: name.clone() },
+                );
+                return None;
+            };
+            (CredentialSource::Env(name.clone()), value, path)
+        }
+        (None, Some(name)) => {
+            let path = format!("{at}.value_file");
+            let file = base_dir.join(name);
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    // Editors and `echo` end files with a newline; it is not part of the value.
+                    let value = text
+                        .strip_suffix('\n')
+                        .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                        .unwrap_or(&text)
+                        .to_string();
+                    (CredentialSource::File(file), value, path)
+                }
+                Err(e) => {
+                    problems.push(
+                        path,
+                        RegistryError::CredentialRead {
+                            file,
+                            error: e.to_string(),
+                        },
+                    );
+                    return None;
+                }
+            }
+        }
+        _ => {
+            problems.push(at, RegistryError::CredentialSourceCount);
+            return None;
+        }
+    };
+    let unusable = if value.is_empty() {
+        Some("it is empty")
+    } else if !is_header_value(&value) {
+        Some("it contains control characters (a header value is one line)")
+    } else {
+        None
+    };
+    if let Some(reason) = unusable {
+        problems.push(
+            path,
+            RegistryError::CredentialInvalid {
+                origin: source.to_string(),
+                reason,
+            },
+        );
+        return None;
+    }
+    Some(Credentials {
+        header,
+        prefix,
+        source,
+        value: SecretValue::new(value),
+    })
+}
+
+/// An HTTP token (RFC 9110 `tchar`s).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Visible ASCII, spaces and tabs (no CR/LF/NUL, nothing that needs encoding).
+fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+fn tools(problems: &mut Problems, at: &str, raw: &[RawTool]) -> Vec<Tool> {
+    let mut seen = BTreeSet::new();
+    let mut tools = Vec::with_capacity(raw.len());
+    for (j, tool) in raw.iter().enumerate() {
+        let path = format!("{at}.tools[{j}].name");
+        if tool.name.trim().is_empty() {
+            problems.push(path, RegistryError::EmptyToolName);
+        } else if !seen.insert(tool.name.as_str()) {
+            problems.push(
+                path,
+                RegistryError::DuplicateTool {
+                    name: tool.name.clone(),
+                },
+            );
+        } else {
+            tools.push(Tool {
+                name: tool.name.clone(),
+                description: tool.description.clone(),
+            });
+        }
+    }
+    tools
+}
+
+/// Parses an upstream MCP endpoint: `http://` or `https://`, no userinfo, query or fragment.
 pub(crate) fn parse_upstream(url: &str) -> Result<Upstream, RegistryError> {
     let invalid = |reason: &str| RegistryError::InvalidUrl {
         url: url.to_string(),
@@ -207,12 +781,16 @@ pub(crate) fn parse_upstream(url: &str) -> Result<Upstream, RegistryError> {
     let scheme = uri
         .scheme_str()
         .ok_or_else(|| invalid("missing scheme (expected http://host:port/path)"))?;
-    if !scheme.eq_ignore_ascii_case("http") {
+    let scheme = if scheme.eq_ignore_ascii_case("http") {
+        Scheme::Http
+    } else if scheme.eq_ignore_ascii_case("https") {
+        Scheme::Https
+    } else {
         return Err(RegistryError::UnsupportedScheme {
             url: url.to_string(),
             scheme: scheme.to_string(),
         });
-    }
+    };
     let authority = uri.authority().ok_or_else(|| invalid("missing host"))?;
     if authority.as_str().contains('@') {
         return Err(invalid("credentials in the URL are not supported"));
@@ -240,13 +818,18 @@ pub(crate) fn parse_upstream(url: &str) -> Result<Upstream, RegistryError> {
         Some(0) => return Err(invalid("port 0")),
         Some(port) => port,
         None if authority.as_str().ends_with(':') => return Err(invalid("empty port")),
-        None => 80,
+        None => scheme.default_port(),
     };
     let path = match uri.path() {
         "" => "/".to_string(),
         path => path.to_string(),
     };
-    Ok(Upstream { host, port, path })
+    Ok(Upstream {
+        scheme,
+        host,
+        port,
+        path,
+    })
 }
 
 /// `<digits><unit>` with unit `ms`, `s`, `m` or `h`: `300s`, `5m`, `0s`.
@@ -417,8 +1000,40 @@ fn envoy_settings(problems: &mut Problems, raw: &RawEnvoy) -> EnvoySettings {
             LogLevel::default()
         }),
     };
+    let system_ca_file = match &raw.system_ca_file {
+        None => defaults::SYSTEM_CA_FILE.to_string(),
+        Some(value) if value.starts_with('/') => value.clone(),
+        Some(value) => {
+            problems.push(
+                "envoy.system_ca_file",
+                RegistryError::InvalidCaPath {
+                    value: value.clone(),
+                },
+            );
+            defaults::SYSTEM_CA_FILE.to_string()
+        }
+    };
     EnvoySettings {
         concurrency,
         log_level,
+        system_ca_file,
     }
+}
+
+fn scopes(problems: &mut Problems, raw: &[String]) -> Vec<String> {
+    for (i, scope) in raw.iter().enumerate() {
+        let bad = scope.is_empty()
+            || scope
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\');
+        if bad {
+            problems.push(
+                format!("auth.scopes[{i}]"),
+                RegistryError::InvalidScope {
+                    value: scope.clone(),
+                },
+            );
+        }
+    }
+    raw.to_vec()
 }

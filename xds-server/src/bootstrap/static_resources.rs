@@ -1,8 +1,11 @@
-//! Registry → Envoy resources, as JSON in Envoy's v3 proto-JSON shape.
+//! The static bootstrap's resources, as JSON in Envoy's v3 proto-JSON shape.
 //!
-//! Small pure builders ([`make_cluster`], [`make_route`], [`make_listener`],
-//! [`make_wasm_filter`]) that the static bootstrap assembles today and an xDS snapshot can
-//! reuse tomorrow. No I/O, no validation: a [`Registry`] is already valid.
+//! This is the pre-control-plane, single-node form (`meshgate bootstrap --static`): it
+//! renders each server's `url` and `timeout` only. Registries using keys that need the
+//! control plane (several `urls`, `https`, health checks, outlier detection, circuit
+//! breakers, `connect_timeout`, `credentials`) are refused by [`super::static_bootstrap`]
+//! rather than rendered without them. The xDS resources ([`crate::translate`]) are the
+//! reference; keep the shared choices below in step with them.
 //!
 //! Choices that matter for MCP (see `REFERENCE.md`):
 //! - routes match the *exact* path `/mcp/<name>` (Envoy's `path` match ignores the query
@@ -17,55 +20,19 @@
 //!   would never see request bodies.
 
 use std::path::Path;
-use std::time::Duration;
 
-use meshgate_core::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
 use serde_json::{json, Value};
 
 use crate::registry::{Registry, Server, UpstreamHost};
-
-/// Name of the one listener (the readiness check looks it up by this name).
-pub const LISTENER_NAME: &str = "meshgate";
-/// `root_id` / `vm_id` / plugin name of the Meshgate wasm filter.
-pub const WASM_PLUGIN_NAME: &str = "meshgate";
-/// Idle timeout of an MCP stream (no bytes either way), per route and per HCM stream.
-pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long Envoy waits for a TCP connection to an upstream.
-pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Head-room above the filter's largest body limit (headers, framing).
-pub const BUFFER_HEADROOM_BYTES: u64 = 64 * 1024;
+use crate::translate::{
+    buffer_limit_bytes, cluster_name, envoy_duration, LISTENER_NAME, STREAM_IDLE_TIMEOUT,
+    WASM_PLUGIN_NAME,
+};
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
-
-/// Envoy's JSON form of a `google.protobuf.Duration` (`"300s"`, `"0.250s"`).
-pub fn envoy_duration(d: Duration) -> String {
-    let millis = d.subsec_millis();
-    if millis == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}.{millis:03}s", d.as_secs())
-    }
-}
-
-/// Name of the cluster of a server.
-pub fn cluster_name(server: &Server) -> String {
-    format!("mcp-{}", server.name)
-}
-
-/// `per_connection_buffer_limit_bytes` for the listener and clusters.
-pub fn buffer_limit_bytes(registry: &Registry) -> u64 {
-    let limits = &registry.filter.limits;
-    let request = limits
-        .max_request_bytes
-        .unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
-    let response = limits
-        .max_response_bytes
-        .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
-    request.max(response).saturating_add(BUFFER_HEADROOM_BYTES)
-}
 
 /// One upstream cluster per server: STATIC for an IP, LOGICAL_DNS for a name, HTTP/1.1.
 pub fn make_cluster(registry: &Registry, server: &Server) -> Value {
@@ -78,7 +45,7 @@ pub fn make_cluster(registry: &Registry, server: &Server) -> Value {
     let mut cluster = json!({
         "name": name,
         "type": kind,
-        "connect_timeout": envoy_duration(UPSTREAM_CONNECT_TIMEOUT),
+        "connect_timeout": envoy_duration(server.connect_timeout),
         "per_connection_buffer_limit_bytes": buffer_limit_bytes(registry),
         "load_assignment": {
             "cluster_name": name,

@@ -1,16 +1,162 @@
-//! The static Envoy bootstrap: everything inline, no control plane.
+//! Envoy bootstraps, pure (options → JSON value); the caller decides where they go.
 //!
-//! [`static_bootstrap`] is pure (registry + wasm path → JSON value); the caller decides where
-//! it goes. `meshgate up` writes it as JSON (which Envoy reads as YAML's subset),
-//! `meshgate bootstrap` prints it as YAML or JSON. Admin always listens on loopback only:
-//! it can dump the whole configuration and stop Envoy.
+//! - [`xds_bootstrap`]: what `meshgate up` runs and `meshgate bootstrap --xds-address`
+//!   prints for a fleet: a node identity, loopback admin, and one static cluster pointing
+//!   at meshgate's ADS port. Everything else (listener, routes, clusters, the wasm filter
+//!   and its policy, upstream credentials) arrives over ADS and changes live.
+//! - [`static_bootstrap`]: the older everything-inline form (`meshgate bootstrap
+//!   --registry FILE`), for running Envoy without a control plane.
+//!
+//! Admin always listens on loopback only: it can dump the whole configuration and stop
+//! Envoy. Both are written as JSON (which Envoy reads as YAML's subset) or rendered as YAML.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
+mod static_resources;
+
+use crate::control::Api;
 use crate::registry::Registry;
-use crate::translate::{make_cluster, make_listener};
+use crate::translate::envoy_duration;
+use static_resources::{make_cluster, make_listener};
+
+/// The bootstrap cluster that reaches meshgate's ADS port.
+pub const XDS_CLUSTER: &str = "meshgate-xds";
+/// The node cluster every meshgate-managed Envoy reports.
+pub const NODE_CLUSTER: &str = "meshgate";
+/// Reconnect backoff to the control plane: short, so a restarted meshgate is found fast.
+pub const XDS_RETRY_BASE: Duration = Duration::from_millis(250);
+pub const XDS_RETRY_MAX: Duration = Duration::from_secs(2);
+
+const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const HTTP_PROTOCOL_OPTIONS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Where an Envoy finds meshgate, and who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsBootstrap {
+    /// `node.id`: names the Envoy in meshgate's `/status`. Unique per Envoy.
+    pub node_id: String,
+    /// Host name or IP address of meshgate's ADS port.
+    pub xds_host: String,
+    pub xds_port: u16,
+    /// Envoy's admin port on 127.0.0.1 (0 = any).
+    pub admin_port: u16,
+    pub api: Api,
+}
+
+impl XdsBootstrap {
+    /// Parses `host:port` (`[v6]:port` for IPv6) for [`XdsBootstrap::xds_host`]/`xds_port`.
+    pub fn parse_address(address: &str) -> Result<(String, u16), String> {
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{address:?} is not host:port"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{address:?} has no valid port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let valid = !host.is_empty()
+            && (host.parse::<std::net::IpAddr>().is_ok()
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if !valid {
+            return Err(format!("{address:?} has no valid host"));
+        }
+        Ok((host.to_string(), port))
+    }
+}
+
+/// A bootstrap that only points at meshgate (see the module docs).
+pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
+    let is_ip = options.xds_host.parse::<std::net::IpAddr>().is_ok();
+    let api_type = match options.api {
+        Api::Sotw => "GRPC",
+        Api::Delta => "DELTA_GRPC",
+    };
+    let ads = json!({ "ads": {}, "resource_api_version": "V3" });
+    json!({
+        "node": { "id": options.node_id, "cluster": NODE_CLUSTER },
+        "admin": {
+            "address": {
+                "socket_address": { "address": "127.0.0.1", "port_value": options.admin_port }
+            }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{
+                    "envoy_grpc": {
+                        "cluster_name": XDS_CLUSTER,
+                        "retry_policy": {
+                            "retry_back_off": {
+                                "base_interval": envoy_duration(XDS_RETRY_BASE),
+                                "max_interval": envoy_duration(XDS_RETRY_MAX),
+                            }
+                        }
+                    }
+                }]
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": XDS_CLUSTER,
+                "type": if is_ip { "STATIC" } else { "LOGICAL_DNS" },
+                "connect_timeout": "1s",
+                "dns_lookup_family": "V4_PREFERRED",
+                "load_assignment": {
+                    "cluster_name": XDS_CLUSTER,
+                    "endpoints": [{
+                        "lb_endpoints": [{
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": options.xds_host,
+                                        "port_value": options.xds_port,
+                                    }
+                                }
+                            }
+                        }]
+                    }]
+                },
+                // gRPC needs HTTP/2; without it Envoy never connects, silently.
+                "typed_extension_protocol_options": {
+                    HTTP_PROTOCOL_OPTIONS_KEY: {
+                        "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+                        "explicit_http_config": {
+                            "http2_protocol_options": {
+                                "connection_keepalive": { "interval": "15s", "timeout": "5s" }
+                            }
+                        }
+                    }
+                }
+            }]
+        },
+        "overload_manager": overload_manager(),
+    })
+}
+
+fn overload_manager() -> Value {
+    // A cap on downstream connections: without one Envoy warns at every start, and a
+    // gateway should not accept unbounded connections anyway.
+    json!({
+        "resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": DOWNSTREAM_CONNECTIONS_TYPE,
+                "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+            }
+        }]
+    })
+}
 
 /// Envoy-wide cap on open downstream connections.
 pub const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
@@ -22,12 +168,31 @@ const DOWNSTREAM_CONNECTIONS_TYPE: &str =
 pub enum BootstrapError {
     #[error("cannot serialize the filter configuration: {0}")]
     FilterConfig(#[from] serde_json::Error),
+    #[error(
+        "server {server:?} uses {} which only the control plane renders: \
+         use `meshgate up` or `meshgate serve` (the static bootstrap has url and timeout only)",
+        .keys.join(", ")
+    )]
+    NeedsControlPlane {
+        server: String,
+        keys: Vec<&'static str>,
+    },
     #[error("cannot render the bootstrap as YAML: {0}")]
     Yaml(String),
 }
 
 /// The complete static bootstrap for `registry`, loading the filter from `wasm`.
 pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, BootstrapError> {
+    if let Some(server) = registry
+        .servers
+        .iter()
+        .find(|s| !s.control_plane_keys.is_empty())
+    {
+        return Err(BootstrapError::NeedsControlPlane {
+            server: server.name.clone(),
+            keys: server.control_plane_keys.clone(),
+        });
+    }
     let clusters: Vec<Value> = registry
         .servers
         .iter()
@@ -44,17 +209,7 @@ pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, Boots
             "listeners": [make_listener(registry, wasm)?],
             "clusters": clusters,
         },
-        // A cap on downstream connections: without one Envoy warns at every start, and a
-        // gateway should not accept unbounded connections anyway.
-        "overload_manager": {
-            "resource_monitors": [{
-                "name": "envoy.resource_monitors.global_downstream_max_connections",
-                "typed_config": {
-                    "@type": DOWNSTREAM_CONNECTIONS_TYPE,
-                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
-                }
-            }]
-        }
+        "overload_manager": overload_manager(),
     }))
 }
 

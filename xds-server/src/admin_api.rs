@@ -1,0 +1,280 @@
+//! meshgate's own admin HTTP API (axum), next to the xDS port.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 once a snapshot is published, else 503 |
+//! | `GET /status` | snapshot version and counts, the last registry load error, per Envoy node: streams, last ACKed version per type, last NACK (Envoy's message) and NACK count |
+//! | `GET /registry` | the loaded registry; credential values are never shown (`[redacted]`), API keys show consumer and roles only |
+//! | `GET /catalog` | servers, their paths and declared tools, for discovery |
+//! | `GET /wasm/meshgate.wasm` | the filter module Envoys fetch (`x-sha256` header), when meshgate serves it |
+//!
+//! Bind it to loopback or a private network: `/status` and `/registry` describe the whole
+//! deployment (without secrets).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::control::ControlPlane;
+use crate::registry::{CredentialSource, HealthCheck, Registry, Server, Trust, VerifyName};
+use crate::translate::envoy_duration;
+
+/// Path the wasm module is served at.
+pub const WASM_PATH: &str = "/wasm/meshgate.wasm";
+
+/// The module meshgate serves, read once at start (so it always matches its hash).
+#[derive(Debug, Clone)]
+pub struct WasmModule {
+    pub bytes: axum::body::Bytes,
+    /// Lower-case hex SHA-256 of `bytes`.
+    pub sha256: String,
+}
+
+impl WasmModule {
+    pub fn read(path: &std::path::Path) -> std::io::Result<WasmModule> {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(path)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        Ok(WasmModule {
+            bytes: bytes.into(),
+            sha256,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub control: Arc<ControlPlane>,
+    pub wasm: Option<Arc<WasmModule>>,
+}
+
+/// The admin API as a router, so tests can drive it in-process.
+pub fn app(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/registry", get(registry))
+        .route("/catalog", get(catalog))
+        .route(WASM_PATH, get(wasm))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    match state.control.snapshot() {
+        Some(snapshot) => (StatusCode::OK, format!("ready {}\n", snapshot.version)).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet\n").into_response(),
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Json<Value> {
+    let control = &state.control;
+    let snapshot = control.snapshot();
+    Json(json!({
+        "version": snapshot.as_ref().map(|s| s.version.clone()),
+        "resources": snapshot.as_ref().map(|s| s.counts()),
+        "loaded_at": control.loaded_at(),
+        "servers": control.registry().map(|r| r.servers.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
+        "last_error": control.last_error(),
+        "nodes": control.nodes(),
+        "nacks_total": control.nacks_total(),
+        "pushes_total": control.pushes_total(),
+    }))
+}
+
+async fn registry(State(state): State<AdminState>) -> Response {
+    match state.control.registry() {
+        Some(registry) => Json(registry_view(&registry)).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no registry loaded\n").into_response(),
+    }
+}
+
+async fn catalog(State(state): State<AdminState>) -> Response {
+    match state.control.registry() {
+        Some(registry) => Json(catalog_view(&registry)).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no registry loaded\n").into_response(),
+    }
+}
+
+async fn wasm(State(state): State<AdminState>) -> Response {
+    let Some(module) = state.wasm else {
+        return (
+            StatusCode::NOT_FOUND,
+            "meshgate does not serve the module (--wasm-url not set)\n",
+        )
+            .into_response();
+    };
+    let mut response = module.bytes.clone().into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/wasm"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&module.sha256) {
+        headers.insert("x-sha256", value);
+    }
+    response
+}
+
+/// `/catalog`: what an MCP client or a portal needs to find servers and tools.
+pub fn catalog_view(registry: &Registry) -> Value {
+    let servers: Vec<Value> = registry
+        .servers
+        .iter()
+        .map(|server| {
+            let tools: Vec<Value> = server
+                .tools
+                .iter()
+                .map(|t| json!({ "name": t.name, "description": t.description }))
+                .collect();
+            json!({
+                "name": server.name,
+                "path": registry.route_path(server),
+                "tools": tools,
+            })
+        })
+        .collect();
+    json!({ "servers": servers })
+}
+
+/// `/registry`: the loaded registry without secrets.
+pub fn registry_view(registry: &Registry) -> Value {
+    let auth = &registry.filter.auth;
+    let jwt: Vec<Value> = auth
+        .jwt
+        .iter()
+        .map(|p| {
+            let keys = p
+                .jwks
+                .as_ref()
+                .and_then(|j| j.get("keys"))
+                .and_then(Value::as_array)
+                .map(Vec::len);
+            json!({
+                "issuer": p.issuer,
+                "audiences": p.audiences,
+                "jwks_keys": keys,
+                "hs256_secret_env": p.hs256_secret_env,
+                "consumer_claim": p.consumer_claim,
+                "roles_claim": p.roles_claim,
+                "leeway_seconds": p.leeway_seconds,
+            })
+        })
+        .collect();
+    let api_keys: Vec<Value> = auth
+        .api_keys
+        .iter()
+        .map(|k| json!({ "consumer": k.consumer, "roles": k.roles, "sha256": "[redacted]" }))
+        .collect();
+    json!({
+        "source": registry.source.display().to_string(),
+        "listener": registry.listener.to_string(),
+        "admin_port": registry.admin_port,
+        "servers": registry.servers.iter().map(server_view).collect::<Vec<_>>(),
+        "auth": {
+            "jwt": jwt,
+            "api_keys": api_keys,
+            "anonymous": auth.anonymous,
+            "resource_metadata": auth.resource_metadata,
+            "token_cache_entries": auth.token_cache_entries,
+            "scopes": registry.scopes,
+        },
+        "policy": registry.filter.policy,
+        "limits": registry.filter.limits,
+        "envoy": {
+            "concurrency": registry.envoy.concurrency,
+            "log_level": registry.envoy.log_level.as_str(),
+            "system_ca_file": registry.envoy.system_ca_file,
+        },
+    })
+}
+
+fn server_view(server: &Server) -> Value {
+    let health_check = match server.health_check {
+        HealthCheck::None => json!({ "type": "none" }),
+        HealthCheck::Tcp(t) | HealthCheck::Http(t) => json!({
+            "type": if matches!(server.health_check, HealthCheck::Tcp(_)) { "tcp" } else { "http" },
+            "interval": envoy_duration(t.interval),
+            "timeout": envoy_duration(t.timeout),
+            "healthy_threshold": t.healthy_threshold,
+            "unhealthy_threshold": t.unhealthy_threshold,
+        }),
+    };
+    let outlier_detection = match &server.outlier_detection {
+        None => json!({ "enabled": false }),
+        Some(o) => json!({
+            "enabled": true,
+            "consecutive_5xx": o.consecutive_5xx,
+            "consecutive_gateway_failure": o.consecutive_gateway_failure,
+            "interval": envoy_duration(o.interval),
+            "base_ejection_time": envoy_duration(o.base_ejection_time),
+            "max_ejection_percent": o.max_ejection_percent,
+        }),
+    };
+    let tls = server.tls.as_ref().map(|tls| {
+        json!({
+            "sni": tls.sni,
+            "verify": match &tls.verify {
+                VerifyName::Dns(name) => name.clone(),
+                VerifyName::Ip(ip) => ip.to_string(),
+            },
+            "ca_file": match &tls.trust {
+                Trust::System => None,
+                Trust::CaFile { file, .. } => Some(file.display().to_string()),
+            },
+        })
+    });
+    let credentials = server.credentials.as_ref().map(|c| {
+        let source = match &c.source {
+            CredentialSource::Env(name) => json!({ "value_env": name }),
+            CredentialSource::File(file) => json!({ "value_file": file.display().to_string() }),
+        };
+        json!({ "header": c.header, "prefix": c.prefix, "source": source, "value": "[redacted]" })
+    });
+    json!({
+        "name": server.name,
+        "urls": server.upstreams().map(ToString::to_string).collect::<Vec<_>>(),
+        "timeout": envoy_duration(server.timeout),
+        "connect_timeout": envoy_duration(server.connect_timeout),
+        "tls": tls,
+        "health_check": health_check,
+        "outlier_detection": outlier_detection,
+        "circuit_breakers": {
+            "max_connections": server.circuit_breakers.max_connections,
+            "max_pending_requests": server.circuit_breakers.max_pending_requests,
+            "max_requests": server.circuit_breakers.max_requests,
+        },
+        "credentials": credentials,
+        "tools": server.tools.iter().map(|t| json!({ "name": t.name, "description": t.description })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::registry;
+
+    #[test]
+    fn registry_view_never_shows_secret_values() {
+        let registry = registry(
+            "listener: { port: 0 }\nservers:\n  - name: a\n    url: http://127.0.0.1:1/\n    credentials: { value_env: TEST_SECRET, prefix: 'Bearer ' }\n    tools: [{ name: t, description: d }]\n\
+             auth:\n  api_keys:\n    - { consumer: c, sha256: '3f2a4fc5102d2e4887969eeae2f869f5e75546ba030a606da8a66efabf50ab5b', roles: [r] }\n\
+             policy:\n  roles:\n    r: { allow: ['a/t'] }\n",
+        );
+        let text = registry_view(&registry).to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!text.contains("3f2a4fc5"), "{text}");
+        assert!(text.contains("\"value_env\":\"TEST_SECRET\""), "{text}");
+        let catalog = catalog_view(&registry);
+        assert_eq!(
+            catalog,
+            json!({ "servers": [{ "name": "a", "path": "/mcp/a", "tools": [{ "name": "t", "description": "d" }] }] })
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! Registry → published snapshot, once and on every edit.
+//!
+//! [`Loader::load`] runs the whole pipeline: load and validate the registry (the filter's
+//! own validator included), translate, consistency-check, publish. Any failure leaves the
+//! last good snapshot served and is recorded for `/status` with file, line and reason.
+//!
+//! [`watch`] polls instead of using inotify: a content fingerprint (the registry plus every
+//! file it names — JWKS, CA bundles, credential files) is cheap to compute, works the same
+//! on every platform and volume type, and is immune to editors that replace the file
+//! (write a temp file, rename over) rather than writing in place. A change is only loaded
+//! once the fingerprint is stable across a short settle delay, so a half-written file is not
+//! reported as an error.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::control::ControlPlane;
+use crate::registry::{LoadErrors, Registry};
+use crate::snapshot::{ConsistencyError, Snapshot};
+use crate::translate::{translate, TranslateError, TranslateOptions};
+
+/// How often the registry is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// A change must hold still this long before it is loaded.
+pub const SETTLE_DELAY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The registry is invalid: every problem, with file and line.
+    #[error("{0}")]
+    Registry(#[from] LoadErrors),
+    #[error("{file}: {source}")]
+    Translate {
+        file: PathBuf,
+        source: TranslateError,
+    },
+    #[error("{file}: inconsistent resources: {source}")]
+    Consistency {
+        file: PathBuf,
+        source: ConsistencyError,
+    },
+}
+
+impl ReloadError {
+    /// One line per problem, for `/status`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ReloadError::Registry(errors) => errors.0.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// What a successful load published.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub registry: Arc<Registry>,
+    pub version: String,
+    /// False when the content was already published (nothing sent to Envoy).
+    pub changed: bool,
+}
+
+/// Loads one registry file into one control plane.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    pub file: PathBuf,
+    pub options: TranslateOptions,
+    pub control: Arc<ControlPlane>,
+}
+
+impl Loader {
+    /// Validates, translates, checks and publishes the registry; on failure records the
+    /// error (the previous snapshot stays).
+    pub fn load(&self) -> Result<Loaded, ReloadError> {
+        let result = build(&self.file, &self.options).map(|(registry, snapshot)| {
+            let registry = Arc::new(registry);
+            let version = snapshot.version.clone();
+            let changed = self.control.publish(registry.clone(), snapshot);
+            Loaded {
+                registry,
+                version,
+                changed,
+            }
+        });
+        if let Err(e) = &result {
+            self.control.record_error_lines(e.lines());
+        }
+        result
+    }
+}
+
+/// The pure part of a load: file → validated registry → consistent snapshot.
+pub fn build(file: &Path, options: &TranslateOptions) -> Result<(Registry, Snapshot), ReloadError> {
+    let registry = Registry::load(file)?;
+    let resources = translate(&registry, options).map_err(|source| ReloadError::Translate {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    let snapshot = Snapshot::new(&resources).map_err(|source| ReloadError::Consistency {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    Ok((registry, snapshot))
+}
+
+/// Hash of the registry file and every file it names; `None` when the registry cannot be
+/// read (a missing referenced file hashes as missing, so creating it counts as a change).
+pub fn fingerprint(file: &Path) -> Option<[u8; 32]> {
+    Fingerprinter::default().fingerprint(file)
+}
+
+/// [`fingerprint`] that only re-parses the registry (to find the files it names) when the
+/// registry's own bytes changed: a poll of an unchanged 1,000-server registry is a hash,
+/// not a YAML parse.
+#[derive(Debug, Default)]
+pub struct Fingerprinter {
+    registry_hash: Option<[u8; 32]>,
+    referenced: Vec<PathBuf>,
+}
+
+impl Fingerprinter {
+    pub fn fingerprint(&mut self, file: &Path) -> Option<[u8; 32]> {
+        let text = std::fs::read(file).ok()?;
+        let registry_hash: [u8; 32] = Sha256::digest(&text).into();
+        if self.registry_hash != Some(registry_hash) {
+            self.referenced = Registry::referenced_files(&String::from_utf8_lossy(&text), file);
+            self.registry_hash = Some(registry_hash);
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(registry_hash);
+        for referenced in &self.referenced {
+            hasher.update(referenced.as_os_str().as_encoded_bytes());
+            match std::fs::read(referenced) {
+                Ok(bytes) => {
+                    hasher.update([1]);
+                    hasher.update(Sha256::digest(&bytes));
+                }
+                Err(_) => hasher.update([0]),
+            }
+        }
+        Some(hasher.finalize().into())
+    }
+}
+
+/// Reloads on every settled change until `shutdown` turns true.
+pub async fn watch(loader: Loader, mut shutdown: watch::Receiver<bool>) {
+    let mut fingerprinter = Fingerprinter::default();
+    let mut last = fingerprinter.fingerprint(&loader.file);
+    let mut missing_reported = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let current = fingerprinter.fingerprint(&loader.file);
+        if current == last {
+            continue;
+        }
+        let Some(_) = current else {
+            // Mid-rename, or deleted: keep serving; report once if it stays gone.
+            tokio::time::sleep(SETTLE_DELAY).await;
+            if fingerprinter.fingerprint(&loader.file).is_none() && !missing_reported {
+                missing_reported = true;
+                tracing::warn!(file = %loader.file.display(), "registry file is gone; still serving the last good snapshot");
+                loader.control.record_error_lines(vec![format!(
+                    "{}: cannot read registry: the file is gone",
+                    loader.file.display()
+                )]);
+            }
+            continue;
+        };
+        tokio::time::sleep(SETTLE_DELAY).await;
+        let settled = fingerprinter.fingerprint(&loader.file);
+        if settled != current {
+            continue; // still being written: look again next round
+        }
+        last = settled;
+        missing_reported = false;
+        let file = loader.file.clone();
+        let worker = loader.clone();
+        // Validation reads files and compiles globs: keep it off the async workers.
+        let result = tokio::task::spawn_blocking(move || worker.load()).await;
+        match result {
+            Ok(Ok(loaded)) if loaded.changed => tracing::info!(
+                file = %file.display(),
+                version = %loaded.version,
+                servers = loaded.registry.servers.len(),
+                "registry reloaded"
+            ),
+            Ok(Ok(loaded)) => tracing::info!(
+                file = %file.display(),
+                version = %loaded.version,
+                "registry edited, resources unchanged"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                file = %file.display(),
+                "registry edit refused, still serving the last good snapshot:\n{e}"
+            ),
+            Err(e) => tracing::error!("registry reload task failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::WasmSource;
+
+    fn loader(dir: &Path) -> Loader {
+        Loader {
+            file: dir.join("registry.yaml"),
+            options: TranslateOptions {
+                wasm: WasmSource::Local {
+                    path: "/m.wasm".into(),
+                },
+            },
+            control: ControlPlane::new(),
+        }
+    }
+
+    const GOOD: &str =
+        "listener: { port: 0 }\nservers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n";
+
+    #[test]
+    fn a_refused_edit_keeps_the_last_good_snapshot_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loader = loader(dir.path());
+        std::fs::write(&loader.file, GOOD).expect("write");
+        let first = loader.load().expect("valid");
+        assert!(first.changed);
+        assert!(!loader.load().expect("valid").changed, "same content");
+
+        std::fs::write(&loader.file, format!("{GOOD}bogus: 1\n")).expect("write");
+        let error = loader.load().expect_err("invalid");
+        let lines = error.lines();
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].contains("registry.yaml:4: bogus: unknown field `bogus`"),
+            "{lines:?}"
+        );
+        let snapshot = loader.control.snapshot().expect("still published");
+        assert_eq!(snapshot.version, first.version);
+        assert_eq!(loader.control.last_error().expect("recorded").errors, lines);
+
+        std::fs::write(&loader.file, GOOD.replace(":1/", ":2/")).expect("write");
+        let fixed = loader.load().expect("valid");
+        assert_ne!(fixed.version, first.version);
+        assert!(
+            loader.control.last_error().is_none(),
+            "cleared by a good load"
+        );
+    }
+
+    #[test]
+    fn fingerprints_cover_referenced_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("registry.yaml");
+        std::fs::write(
+            &file,
+            "listener: { port: 0 }\nservers:\n  - name: a\n    url: http://127.0.0.1:1/\n    credentials: { value_file: token }\n",
+        )
+        .expect("write");
+        let missing = fingerprint(&file);
+        std::fs::write(dir.path().join("token"), "one").expect("write");
+        let one = fingerprint(&file);
+        std::fs::write(dir.path().join("token"), "two").expect("write");
+        let two = fingerprint(&file);
+        assert!(missing.is_some());
+        assert_ne!(missing, one);
+        assert_ne!(one, two);
+        assert_eq!(fingerprint(&dir.path().join("nope.yaml")), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! The control plane as a running thing: ADS port, admin API, registry watcher.
+//!
+//! [`start`] loads the registry (refusing to start on an invalid one, like `validate`),
+//! binds both ports (port 0 allowed), and spawns the gRPC server, the admin API and the
+//! watcher on the current runtime. `meshgate serve` runs it until a signal; `meshgate up`
+//! runs it in-process next to the Envoy it supervises.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin_api::{self, AdminState, WasmModule, WASM_PATH};
+use crate::control::ControlPlane;
+use crate::registry::Registry;
+use crate::reload::{self, Loader, ReloadError};
+use crate::service::AdsService;
+use crate::translate::{RemoteWasm, TranslateOptions, WasmSource};
+
+/// How long open ADS streams get to end on shutdown before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// HTTP/2 keepalive towards Envoys, so dead peers are noticed.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// How Envoys get the wasm module.
+#[derive(Debug, Clone)]
+pub enum WasmDelivery {
+    /// Envoys read this path on their own host.
+    Local(PathBuf),
+    /// meshgate serves the module on its admin API; Envoys fetch it from `url`.
+    Remote { url: String, module: WasmModule },
+}
+
+impl WasmDelivery {
+    /// Reads the module behind `--wasm-url` (so its hash is known) and checks the URL.
+    pub fn remote(url: &str, module_file: &std::path::Path) -> Result<WasmDelivery, ServeError> {
+        let uri: http::Uri = url.parse().map_err(|e| ServeError::WasmUrl {
+            url: url.to_string(),
+            reason: format!("{e}"),
+        })?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(ServeError::WasmUrl {
+                url: url.to_string(),
+                reason: "expected http://host:port/path".to_string(),
+            });
+        }
+        let module = WasmModule::read(module_file).map_err(|source| ServeError::Io {
+            what: format!("cannot read the wasm module {}", module_file.display()),
+            source,
+        })?;
+        Ok(WasmDelivery::Remote {
+            url: url.to_string(),
+            module,
+        })
+    }
+
+    fn translate_options(&self) -> Result<TranslateOptions, ServeError> {
+        let wasm = match self {
+            WasmDelivery::Local(path) => WasmSource::Local { path: path.clone() },
+            WasmDelivery::Remote { url, module } => {
+                let uri: http::Uri = url.parse().map_err(|e| ServeError::WasmUrl {
+                    url: url.clone(),
+                    reason: format!("{e}"),
+                })?;
+                let host = uri
+                    .host()
+                    .unwrap_or_default()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
+                WasmSource::Remote(RemoteWasm {
+                    url: url.clone(),
+                    host,
+                    port: uri.port_u16().unwrap_or(80),
+                    sha256: module.sha256.clone(),
+                })
+            }
+        };
+        Ok(TranslateOptions { wasm })
+    }
+}
+
+/// What `start` needs.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub registry: PathBuf,
+    pub xds_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub wasm: WasmDelivery,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Load(#[from] ReloadError),
+    #[error("invalid --wasm-url {url:?}: {reason}")]
+    WasmUrl { url: String, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane. Dropping it does not stop it; call [`Running::stop`].
+#[derive(Debug)]
+pub struct Running {
+    pub xds: SocketAddr,
+    pub admin: SocketAddr,
+    pub control: Arc<ControlPlane>,
+    /// The registry as first loaded.
+    pub registry: Arc<Registry>,
+    pub version: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// The ready-file fields of the control plane.
+    pub fn ready_fields(&self) -> serde_json::Value {
+        serde_json::json!({
+            "xds": self.xds.to_string(),
+            "meshgate_admin": format!("http://{}", self.admin),
+        })
+    }
+
+    /// Stops the watcher, the admin API and the ADS server (streams are cut after a grace).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+async fn bind(address: SocketAddr, what: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Io {
+            what: format!("cannot listen on {address} for {what}"),
+            source,
+        })
+}
+
+/// Loads the registry, binds, spawns. See the module docs.
+pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
+    let control = ControlPlane::new();
+    let loader = Loader {
+        file: options.registry.clone(),
+        options: options.wasm.translate_options()?,
+        control: control.clone(),
+    };
+    let loaded = loader.load()?;
+
+    let xds_listener = bind(options.xds_listen, "xDS").await?;
+    let admin_listener = bind(options.admin_listen, "the admin API").await?;
+    let local = |l: &TcpListener| {
+        l.local_addr().map_err(|source| ServeError::Io {
+            what: "cannot read a bound address".to_string(),
+            source,
+        })
+    };
+    let xds = local(&xds_listener)?;
+    let admin = local(&admin_listener)?;
+    let (shutdown, _) = watch::channel(false);
+
+    let mut tasks = Vec::new();
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .add_service(AdsService::server(control.clone()));
+    let mut stop = shutdown.subscribe();
+    tasks.push(tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        if let Err(e) = grpc
+            .serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), signal)
+            .await
+        {
+            tracing::error!("xDS server failed: {e}");
+        }
+    }));
+
+    let wasm = match &options.wasm {
+        WasmDelivery::Remote { module, .. } => Some(Arc::new(module.clone())),
+        WasmDelivery::Local(_) => None,
+    };
+    let app = admin_api::app(AdminState {
+        control: control.clone(),
+        wasm,
+    });
+    let mut stop = shutdown.subscribe();
+    tasks.push(tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        if let Err(e) = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+        {
+            tracing::error!("admin API failed: {e}");
+        }
+    }));
+
+    tasks.push(tokio::spawn(reload::watch(loader, shutdown.subscribe())));
+
+    tracing::info!(
+        %xds,
+        admin = %format!("http://{admin}"),
+        version = %loaded.version,
+        servers = loaded.registry.servers.len(),
+        "control plane ready"
+    );
+    if let WasmDelivery::Remote { url, module } = &options.wasm {
+        tracing::info!(url, sha256 = %module.sha256, path = WASM_PATH, "serving the wasm module");
+    }
+    Ok(Running {
+        xds,
+        admin,
+        control,
+        registry: loaded.registry,
+        version: loaded.version,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Logging for the long-running commands: `MESHGATE_LOG` (an `EnvFilter` directive,
+/// default `info`) to stderr.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,309 @@
+//! The ADS gRPC service (tonic): state of the world and Delta on one port.
+//!
+//! Each stream is a task that owns a synchronous state machine ([`sotw::SotwStream`],
+//! [`delta::DeltaStream`]) and feeds it two inputs: Envoy's requests and new snapshots from
+//! the [`ControlPlane`]'s watch channel. The machines return responses to send and events
+//! (ACK, NACK, push) that this module logs and records for the admin API. This is the only
+//! place errors turn into a gRPC `Status`.
+
+pub mod delta;
+pub mod sotw;
+
+#[cfg(test)]
+mod tests;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::control::{Api, ControlPlane, StreamGuard};
+use crate::snapshot::Snapshot;
+use crate::translate::type_url;
+
+/// Responses queued per stream before the stream task waits for Envoy to read.
+const STREAM_BUFFER: usize = 16;
+/// A 1,000-server snapshot is a few MB; Envoy sends small requests.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Something a stream did that is worth logging or recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Ack {
+        type_url: String,
+        version: String,
+    },
+    Nack {
+        type_url: String,
+        /// The version meshgate had sent and Envoy refused.
+        version: String,
+        message: String,
+    },
+    /// A request for a type meshgate does not serve (ignored).
+    UnknownType {
+        type_url: String,
+    },
+}
+
+/// What a state machine wants done after one input.
+#[derive(Debug)]
+pub struct Outcome<R> {
+    pub responses: Vec<R>,
+    pub events: Vec<Event>,
+}
+
+impl<R> Default for Outcome<R> {
+    fn default() -> Self {
+        Outcome {
+            responses: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl<R> Outcome<R> {
+    fn push(&mut self, response: R) {
+        self.responses.push(response);
+    }
+}
+
+/// LDS and CDS subscribe to everything when they name nothing (xDS "legacy wildcard").
+pub fn is_wildcard_type(type_url: &str) -> bool {
+    matches!(type_url, type_url::LISTENER | type_url::CLUSTER)
+}
+
+/// The two ADS variants, as the stream runner sees them.
+trait Protocol: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static + Described;
+    const API: Api;
+
+    fn node(request: &Self::Request) -> Option<&Node>;
+    fn on_request(
+        &mut self,
+        request: &Self::Request,
+        snapshot: Option<&Snapshot>,
+    ) -> Outcome<Self::Response>;
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Outcome<Self::Response>;
+}
+
+/// What a response is, for the push log line.
+trait Described {
+    fn describe(&self) -> (&str, &str, usize, usize);
+}
+
+impl Described for DiscoveryResponse {
+    fn describe(&self) -> (&str, &str, usize, usize) {
+        (&self.type_url, &self.version_info, self.resources.len(), 0)
+    }
+}
+
+impl Described for DeltaDiscoveryResponse {
+    fn describe(&self) -> (&str, &str, usize, usize) {
+        (
+            &self.type_url,
+            &self.system_version_info,
+            self.resources.len(),
+            self.removed_resources.len(),
+        )
+    }
+}
+
+impl Protocol for sotw::SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const API: Api = Api::Sotw;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn on_request(
+        &mut self,
+        request: &DiscoveryRequest,
+        snapshot: Option<&Snapshot>,
+    ) -> Outcome<DiscoveryResponse> {
+        sotw::SotwStream::on_request(self, request, snapshot)
+    }
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Outcome<DiscoveryResponse> {
+        sotw::SotwStream::on_snapshot(self, snapshot)
+    }
+}
+
+impl Protocol for delta::DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const API: Api = Api::Delta;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn on_request(
+        &mut self,
+        request: &DeltaDiscoveryRequest,
+        snapshot: Option<&Snapshot>,
+    ) -> Outcome<DeltaDiscoveryResponse> {
+        delta::DeltaStream::on_request(self, request, snapshot)
+    }
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Outcome<DeltaDiscoveryResponse> {
+        delta::DeltaStream::on_snapshot(self, snapshot)
+    }
+}
+
+/// The ADS service. Construct with [`AdsService::server`].
+#[derive(Debug, Clone)]
+pub struct AdsService {
+    control: Arc<ControlPlane>,
+}
+
+impl AdsService {
+    /// The tonic service, ready for `Server::add_service`.
+    pub fn server(control: Arc<ControlPlane>) -> AggregatedDiscoveryServiceServer<AdsService> {
+        AggregatedDiscoveryServiceServer::new(AdsService { control })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn spawn<P: Protocol + Default>(
+        &self,
+        inbound: Streaming<P::Request>,
+    ) -> ReceiverStream<Result<P::Response, Status>>
+    where
+        P::Request: prost::Message + Default,
+    {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(run_stream::<P>(self.control.clone(), inbound, tx));
+        ReceiverStream::new(rx)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let stream = self.spawn::<sotw::SotwStream>(request.into_inner());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let stream = self.spawn::<delta::DeltaStream>(request.into_inner());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One stream until Envoy goes away (or meshgate shuts down).
+async fn run_stream<P: Protocol + Default>(
+    control: Arc<ControlPlane>,
+    mut inbound: Streaming<P::Request>,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+) where
+    P::Request: prost::Message + Default,
+{
+    let mut machine = P::default();
+    let mut snapshots = control.subscribe();
+    let mut node = String::from("unknown");
+    let mut guard: Option<StreamGuard> = None;
+    'stream: loop {
+        let outcome = tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(request)) => {
+                    if guard.is_none() {
+                        if let Some(id) = P::node(&request).map(|n| n.id.clone()).filter(|id| !id.is_empty()) {
+                            node = id;
+                        }
+                        tracing::info!(node = %node, api = ?P::API, "envoy connected");
+                        guard = Some(control.stream_opened(&node, P::API));
+                    }
+                    // Not marked as seen: a snapshot published meanwhile still reaches
+                    // `on_snapshot` for the other types.
+                    let snapshot = snapshots.borrow().clone();
+                    machine.on_request(&request, snapshot.as_deref())
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(node = %node, %status, "ads stream ended");
+                    break;
+                }
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                match snapshot {
+                    Some(snapshot) => machine.on_snapshot(&snapshot),
+                    None => Outcome::default(),
+                }
+            }
+        };
+        for event in &outcome.events {
+            record(&control, &node, event);
+        }
+        for response in outcome.responses {
+            let (type_url, version, count, removed) = response.describe();
+            tracing::info!(
+                node = %node,
+                resource_type = type_url::short(type_url),
+                version,
+                count,
+                removed,
+                "push"
+            );
+            control.record_push();
+            if tx.send(Ok(response)).await.is_err() {
+                break 'stream; // Envoy went away
+            }
+        }
+    }
+    if guard.is_some() {
+        tracing::info!(node = %node, "envoy disconnected");
+    }
+}
+
+fn record(control: &ControlPlane, node: &str, event: &Event) {
+    match event {
+        Event::Ack { type_url, version } => {
+            tracing::debug!(
+                node,
+                resource_type = type_url::short(type_url),
+                version,
+                "ack"
+            );
+            control.record_ack(node, type_url, version);
+        }
+        Event::Nack {
+            type_url,
+            version,
+            message,
+        } => {
+            tracing::warn!(
+                node,
+                resource_type = type_url::short(type_url),
+                version,
+                "envoy rejected the update: {message}"
+            );
+            control.record_nack(node, type_url, version, message);
+        }
+        Event::UnknownType { type_url } => {
+            tracing::debug!(node, type_url, "request for a type meshgate does not serve");
+        }
+    }
+}
