@@ -40,6 +40,12 @@ pub struct RawFilterConfig {
     pub policy: RawPolicy,
     #[serde(default)]
     pub limits: RawLimits,
+    /// PII and secret redaction rules; when several apply, the strictest mode wins ([`crate::redact`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redaction: Vec<RawRedactionRule>,
+    /// Name of the environment variable holding the HMAC key of `mode: hash` (≥ 32 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redaction_hash_key_env: Option<String>,
 }
 
 fn default_route_prefix() -> String {
@@ -165,6 +171,73 @@ pub struct RawLimits {
     pub max_response_bytes: Option<u64>,
 }
 
+/// One redaction rule: what to detect, where, and what to do with it (see [`crate::redact`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedactionRule {
+    /// Where the rule applies; absent = every server, tool and caller.
+    #[serde(default, rename = "match")]
+    pub scope: RawRedactionScope,
+    /// Built-in detectors: `email`, `phone`, `credit_card`, `ssn`, `iban`, `ip`, `jwt`,
+    /// `bearer_token`, `aws_key`, `api_key`.
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    /// Named regexes, masked as `[<NAME>]`.
+    #[serde(default)]
+    pub custom: Vec<RawCustomDetector>,
+    #[serde(default)]
+    pub mode: RawRedactionMode,
+    #[serde(default)]
+    pub direction: RawRedactionDirection,
+}
+
+/// The traffic a redaction rule covers. Empty lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedactionScope {
+    /// `server/tool` globs, as in the policy.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Roles of the caller; the rule applies when the caller holds any of them.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// A named custom detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCustomDetector {
+    /// `[a-z][a-z0-9_]*`; the mask label is its upper-case form.
+    pub name: String,
+    /// A regex (Rust `regex` syntax, no anchors).
+    pub regex: String,
+}
+
+/// What a redaction rule does with a match.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRedactionMode {
+    /// Replace with `[LABEL]`.
+    #[default]
+    Mask,
+    /// Replace with `[LABEL:<keyed hash>]` (needs `redaction_hash_key_env`).
+    Hash,
+    /// Refuse the message.
+    Block,
+}
+
+/// Which messages a redaction rule inspects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRedactionDirection {
+    /// Messages from the server.
+    #[default]
+    Response,
+    /// Messages from the client.
+    Request,
+    Both,
+}
+
 /// Where the filter finds secrets named in the configuration (environment variables).
 pub trait SecretSource {
     /// The value of the named secret, if set.
@@ -189,7 +262,8 @@ impl RawFilterConfig {
 
     /// Names of the environment variables the filter reads (for `vm_config.environment_variables`).
     pub fn secret_env_names(&self) -> Vec<String> {
-        self.auth.jwt.iter().filter_map(|p| p.hs256_secret_env.clone()).collect()
+        let jwt = self.auth.jwt.iter().filter_map(|p| p.hs256_secret_env.clone());
+        jwt.chain(self.redaction_hash_key_env.clone()).collect()
     }
 }
 
@@ -243,6 +317,8 @@ pub struct FilterConfig {
     pub limits: Limits,
     /// RFC 9728 protected-resource metadata URL for `WWW-Authenticate`.
     pub resource_metadata: Option<String>,
+    /// PII and secret redaction; [`crate::redact::Redactor::plan`] per exchange.
+    pub redactor: crate::redact::Redactor,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -290,6 +366,13 @@ impl FilterConfig {
                 ));
             }
         }
+        let redactor = crate::redact::Redactor::compile(
+            &raw.redaction,
+            raw.redaction_hash_key_env.as_deref(),
+            &servers,
+            &|r| policy.has_role(r),
+            secrets,
+        )?;
         let limit = |value: Option<u64>, default: u64, key: &str| match value {
             Some(0) => Err(ConfigError::invalid(format!("limits.{key}"), "must be greater than 0")),
             Some(v) => Ok(v),
@@ -306,6 +389,7 @@ impl FilterConfig {
             policy,
             limits,
             resource_metadata: raw.auth.resource_metadata.clone(),
+            redactor,
         })
     }
 }

@@ -12,6 +12,8 @@
 //!    classification ([`mcp`]), 2026-07-28 header/body agreement, RBAC ([`policy`]).
 //! 3. [`listing`] / [`sse`] — `*/list` responses filtered to what the caller may use, for
 //!    JSON bodies and SSE streams event by event.
+//! 4. [`redact`] — PII and secrets masked, hashed or blocked in string values of messages,
+//!    for JSON bodies and SSE streams event by event.
 #![forbid(unsafe_code)]
 // Rejections are the cold path and carry what the client is told; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
@@ -26,5 +28,6 @@ pub mod listing;
 pub mod mcp;
 pub mod policy;
 pub mod quota;
+pub mod redact;
 pub mod reject;
 pub mod sse;

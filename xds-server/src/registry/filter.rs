@@ -29,6 +29,8 @@ pub(crate) fn make_filter_config(raw: &RawRegistry, jwt: Vec<RawJwtProvider>) ->
         },
         policy: raw.policy.clone(),
         limits: raw.limits.clone(),
+        redaction: raw.redaction.clone(),
+        redaction_hash_key_env: raw.redaction_hash_key_env.clone(),
     }
 }
 

@@ -9,7 +9,7 @@
 //! Numbers are read wider than their final type (`u64`) so that an out-of-range value gets
 //! a message naming the range instead of the deserializer's "invalid u32".
 
-use meshgate_core::config::{RawAnonymous, RawApiKey, RawLimits, RawPolicy};
+use meshgate_core::config::{RawAnonymous, RawApiKey, RawLimits, RawPolicy, RawRedactionRule};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +25,12 @@ pub struct RawRegistry {
     pub policy: RawPolicy,
     #[serde(default)]
     pub limits: RawLimits,
+    /// PII/secret redaction rules, passed to the filter as they are.
+    #[serde(default)]
+    pub redaction: Vec<RawRedactionRule>,
+    /// Environment variable holding the HMAC key for `mode: hash` redaction.
+    #[serde(default)]
+    pub redaction_hash_key_env: Option<String>,
     #[serde(default)]
     pub envoy: RawEnvoy,
 }

@@ -30,6 +30,7 @@ fn gateway(max_request_bytes: Option<u64>) -> Gateway {
         },
         policy: roles,
         limits: crate::config::RawLimits { max_request_bytes, max_response_bytes: None },
+        ..Default::default()
     };
     Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
 }
