@@ -71,6 +71,11 @@ impl Glob {
         matches!(self.matcher, Matcher::Exact(_))
     }
 
+    /// True when the pattern matches every text (it is all `*`).
+    pub fn matches_everything(&self) -> bool {
+        matches!(self.matcher, Matcher::Any)
+    }
+
     /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
         match &self.matcher {

@@ -41,15 +41,17 @@ impl DenyReason {
     }
 }
 
-/// One compiled `server/name` pattern.
+/// One compiled `server/name` pattern (shared by the policy and redaction scopes).
 #[derive(Debug, Clone)]
-struct TargetPattern {
+pub struct TargetPattern {
     server: Glob,
     name: Glob,
 }
 
 impl TargetPattern {
-    fn compile(pattern: &str, servers: &HashSet<String>) -> Result<Self, String> {
+    /// Compiles `server/name` (or the lone `*`). A literal server part must be one of
+    /// `servers`; the error message names the pattern.
+    pub fn compile(pattern: &str, servers: &HashSet<String>) -> Result<Self, String> {
         if pattern == "*" {
             let any = Glob::new("*").map_err(|e| e.to_string())?;
             return Ok(Self { server: any.clone(), name: any });
@@ -65,8 +67,15 @@ impl TargetPattern {
         Ok(Self { server: server_glob, name: name_glob })
     }
 
-    fn matches(&self, server: &str, name: &str) -> bool {
+    /// Whether `server/name` matches.
+    pub fn matches(&self, server: &str, name: &str) -> bool {
         self.server.matches(server) && self.name.matches(name)
+    }
+
+    /// Whether the pattern covers every name on `server` (its name part is all `*`), so it
+    /// also covers that server's traffic that names no tool.
+    pub fn covers_server(&self, server: &str) -> bool {
+        self.name.matches_everything() && self.server.matches(server)
     }
 }
 

@@ -123,7 +123,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::{ConfigError, RawRedactionDirection, RawRedactionMode, RawRedactionRule, SecretSource};
-use crate::glob::Glob;
+use crate::policy::TargetPattern;
 
 pub use detector::Detector;
 use engine::{Budget, Engine, Found, Kind, Pattern};
@@ -230,38 +230,21 @@ struct Shared {
     hash_key: Option<HashKey>,
 }
 
-/// One compiled `server/tool` scope pattern (the policy's pattern syntax).
+/// One compiled `server/tool` scope pattern (the policy's pattern syntax). A pattern whose
+/// tool part is all `*` also covers the server's messages that name no tool.
 #[derive(Debug, Clone)]
-struct Scope {
-    server: Glob,
-    tool: Glob,
-    /// The tool glob matches every name, so it also covers messages that are not tool calls.
-    every_tool: bool,
-}
+struct Scope(TargetPattern);
 
 impl Scope {
     fn compile(pattern: &str, servers: &HashSet<String>) -> Result<Self, String> {
-        let (server, tool) = if pattern == "*" {
-            ("*", "*")
-        } else {
-            pattern
-                .split_once('/')
-                .ok_or_else(|| format!("pattern \"{pattern}\" must have the form server/tool (or be \"*\")"))?
-        };
-        let server_glob = Glob::new(server).map_err(|e| format!("pattern \"{pattern}\": {e}"))?;
-        let tool_glob = Glob::new(tool).map_err(|e| format!("pattern \"{pattern}\": {e}"))?;
-        if server_glob.is_literal() && !servers.contains(server) {
-            return Err(format!("pattern \"{pattern}\" names unknown server \"{server}\""));
-        }
-        Ok(Scope { server: server_glob, tool: tool_glob, every_tool: tool.bytes().all(|b| b == b'*') })
+        TargetPattern::compile(pattern, servers).map(Scope)
     }
 
     fn matches(&self, server: &str, tool: Option<&str>) -> bool {
-        self.server.matches(server)
-            && match tool {
-                Some(tool) => self.tool.matches(tool),
-                None => self.every_tool,
-            }
+        match tool {
+            Some(tool) => self.0.matches(server, tool),
+            None => self.0.covers_server(server),
+        }
     }
 }
 

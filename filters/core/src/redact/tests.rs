@@ -151,7 +151,7 @@ fn configuration_errors_name_the_path() {
         ),
         (json!([{"match": {"tools": ["crm/[x]"]}, "detectors": ["ip"]}]), "redaction[0].match.tools[0]", "glob"),
         (json!([{"match": {"tools": ["crmx/*"]}, "detectors": ["ip"]}]), "redaction[0].match.tools[0]", "unknown server"),
-        (json!([{"match": {"tools": ["get_x"]}, "detectors": ["ip"]}]), "redaction[0].match.tools[0]", "server/tool"),
+        (json!([{"match": {"tools": ["get_x"]}, "detectors": ["ip"]}]), "redaction[0].match.tools[0]", "must have the form server/name"),
         (json!([{"match": {"roles": ["ghost"]}, "detectors": ["ip"]}]), "redaction[0].match.roles[0]", "not a role"),
     ];
     for (rules, path, message) in cases {
