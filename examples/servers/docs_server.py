@@ -27,6 +27,8 @@ DOCS = {
     "getting-started": "Run `make run`, then point an MCP client at http://127.0.0.1:10000/mcp/crm.",
     "policy": "Roles allow and deny tool names like crm/get_*; deny wins; anything not allowed is denied.",
     "envoy": "Meshgate runs as a proxy-wasm filter inside Envoy, in front of every registered MCP server.",
+    # Personal data on purpose: the redaction examples and tests mask it at the gateway.
+    "support": "Write to support@meshgate.example or call +44 20 7946 0958 (order ORD-2024-000123).",
 }
 
 reindex_count = 0

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use crate::config::FilterConfig;
 use crate::identity::{AuthError, Consumer, Credentials, TokenCache};
 use crate::jsonrpc::{self, code, ParseError};
-use crate::listing::ListFilter;
+use crate::listing::{ListFilter, ListOutcome};
 use crate::mcp::{self, header, Message, ResourceKind, MODERN_PROTOCOL_VERSIONS};
-use crate::policy::Verdict;
+use crate::policy::{Policy, Verdict};
+use crate::redact::{Direction, RedactionCounts, RedactionPlan};
 use crate::reject::{printable, Rejection};
 
 /// Request headers the filter removes before forwarding: the client's own credentials
@@ -48,8 +49,10 @@ impl<'a> RequestHead<'a> {
     }
 }
 
-/// What to do after the request headers.
+/// What to do after the request headers. Returned once per request and matched at once, so
+/// the variants' different sizes cost nothing worth a box.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum HeadDecision {
     /// Not an MCP route the gateway governs (discovery documents): forward untouched.
     PassThrough,
@@ -94,17 +97,21 @@ pub struct Exchange {
     pub message: Option<Message>,
     /// Set when the message is a `*/list` request whose answer must be filtered.
     pub list_filter: Option<ListFilter>,
+    /// Redaction of what the upstream sends back, when a rule applies.
+    pub response_redaction: Option<RedactionPlan>,
+    /// The request body to forward instead of the original (request-direction redaction).
+    pub rewritten_request: Option<Vec<u8>>,
 }
 
 /// How the response body must be handled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponsePlan {
     /// Forward untouched, without buffering.
     PassThrough,
-    /// Buffer the whole JSON body (up to the response limit), then filter it.
-    FilterJson(ListFilter),
-    /// Filter the SSE stream event by event as it arrives.
-    FilterSse(ListFilter),
+    /// Buffer the whole body (up to the response limit), then [`Exchange::rewrite_message`].
+    Buffer,
+    /// SSE: [`Exchange::rewrite_message`] on each event's data as the event completes.
+    Stream,
     /// The response cannot be governed: replace its body with this JSON-RPC error.
     Replace(Vec<u8>),
 }
@@ -118,24 +125,59 @@ pub struct ResponseHead<'a> {
 }
 
 impl Exchange {
-    /// Decides how to treat the response, from its headers.
+    /// The id of the request this exchange answers, if it has one.
+    pub fn request_id(&self) -> Option<&serde_json::Value> {
+        self.message.as_ref().and_then(Message::id)
+    }
+
+    /// Decides how to treat the response, from its headers. List filtering applies to
+    /// successful answers; redaction to every body, errors included.
     pub fn response_plan(&self, head: ResponseHead<'_>) -> ResponsePlan {
-        let Some(filter) = &self.list_filter else {
-            return ResponsePlan::PassThrough;
-        };
-        if !(200..300).contains(&head.status) || head.status == 202 {
+        let filter = self.list_filter.is_some() && (200..300).contains(&head.status) && head.status != 202;
+        if !filter && self.response_redaction.is_none() {
             return ResponsePlan::PassThrough;
         }
-        let unreadable = |why: &str| {
-            ResponsePlan::Replace(jsonrpc::error_body(Some(&filter.request_id), code::INTERNAL_ERROR, why))
-        };
+        let unreadable = |why: &str| ResponsePlan::Replace(jsonrpc::error_body(self.request_id(), code::INTERNAL_ERROR, why));
         if head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
-            return unreadable("upstream sent an encoded list response the gateway cannot filter");
+            return unreadable("upstream sent an encoded response the gateway cannot inspect");
         }
         match head.content_type.map(media_type) {
-            Some(t) if t == "application/json" => ResponsePlan::FilterJson(filter.clone()),
-            Some(t) if t == "text/event-stream" => ResponsePlan::FilterSse(filter.clone()),
+            Some(t) if t == "text/event-stream" => ResponsePlan::Stream,
+            Some(t) if t == "application/json" => ResponsePlan::Buffer,
+            // Redaction reads any other body as text; a list answer must be JSON or SSE.
+            _ if !filter => ResponsePlan::Buffer,
             _ => unreadable("upstream sent a list response of an unexpected content type"),
+        }
+    }
+
+    /// Governs one upstream message (a JSON body, or one SSE event's data): list filtering,
+    /// then redaction. `None` when it passes unchanged; otherwise the bytes to send instead
+    /// (a JSON-RPC error for the request when the message cannot be read or is blocked).
+    pub fn rewrite_message(&self, message: &[u8], policy: &Policy, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
+        let filtered = match &self.list_filter {
+            None => None,
+            Some(filter) => match filter.apply(message, policy) {
+                ListOutcome::Unchanged => None,
+                ListOutcome::Rewritten(b) => Some(b),
+                ListOutcome::Unreadable(error) => return Some(error),
+            },
+        };
+        let Some(plan) = &self.response_redaction else {
+            return filtered;
+        };
+        let current = filtered.as_deref().unwrap_or(message);
+        match plan.redact_message(current, counts) {
+            Ok(Some(redacted)) => Some(redacted),
+            Ok(None) => filtered,
+            Err(blocked) => Some(jsonrpc::error_body(
+                self.request_id(),
+                code::FORBIDDEN,
+                &format!(
+                    "the response from {} was blocked: it contains a value of kind {}",
+                    self.server,
+                    blocked.detector()
+                ),
+            )),
         }
     }
 }
@@ -181,7 +223,17 @@ impl Gateway {
         };
         match head.method {
             "GET" | "DELETE" => {
-                HeadDecision::Forward(Exchange { consumer, server, message: None, list_filter: None })
+                // The GET stream carries server notifications and requests: server-wide
+                // redaction rules cover it.
+                let response_redaction = self.config.redactor.plan(&server, None, &consumer.roles, Direction::Response);
+                HeadDecision::Forward(Exchange {
+                    consumer,
+                    server,
+                    message: None,
+                    list_filter: None,
+                    response_redaction,
+                    rewritten_request: None,
+                })
             }
             "POST" => match self.check_post_head(head) {
                 Ok(routing) => HeadDecision::AwaitBody(PendingRequest { consumer, server, routing }),
@@ -298,6 +350,27 @@ impl Gateway {
                 .with_id(message.id()));
             }
         }
+        let tool = message.target().filter(|t| t.kind == ResourceKind::Tool).map(|t| t.name.as_str());
+        let redactor = &self.config.redactor;
+        let mut rewritten_request = None;
+        if let Some(plan) = redactor.plan(server, tool, &consumer.roles, Direction::Request) {
+            let mut counts = RedactionCounts::new();
+            match plan.redact_message(body, &mut counts) {
+                Ok(rewritten) => rewritten_request = rewritten,
+                Err(blocked) => {
+                    return Err(Rejection::new(
+                        403,
+                        code::FORBIDDEN,
+                        format!(
+                            "the request to {server} was blocked: it contains a value of kind {}",
+                            blocked.detector()
+                        ),
+                    )
+                    .with_id(message.id()))
+                }
+            }
+        }
+        let response_redaction = redactor.plan(server, tool, &consumer.roles, Direction::Response);
         let list_filter = match (&message, message.method().and_then(ResourceKind::of_list_method)) {
             (Message::Request { id, .. }, Some(shape)) => Some(ListFilter {
                 shape,
@@ -307,7 +380,14 @@ impl Gateway {
             }),
             _ => None,
         };
-        Ok(Exchange { consumer: consumer.clone(), server: server.clone(), message: Some(message), list_filter })
+        Ok(Exchange {
+            consumer: consumer.clone(),
+            server: server.clone(),
+            message: Some(message),
+            list_filter,
+            response_redaction,
+            rewritten_request,
+        })
     }
 }
 

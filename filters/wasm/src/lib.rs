@@ -20,7 +20,7 @@ use meshgate_core::gateway::{
 };
 use meshgate_core::identity::TokenCache;
 use meshgate_core::jsonrpc::{code, error_body};
-use meshgate_core::listing::{ListFilter, ListOutcome};
+use meshgate_core::redact::RedactionCounts;
 use meshgate_core::reject::Rejection;
 use meshgate_core::sse::SseRewriter;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -60,7 +60,13 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gateway = self.gateway.clone()?;
-        Some(Box::new(Stream { gateway, tokens: self.tokens.clone(), state: State::Headers, response: Response::Untouched }))
+        Some(Box::new(Stream {
+            gateway,
+            tokens: self.tokens.clone(),
+            state: State::Headers,
+            response: Response::Untouched,
+            redactions: RedactionCounts::new(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -84,10 +90,10 @@ enum State {
 /// What the response body needs.
 enum Response {
     Untouched,
-    /// Buffer the JSON body, then filter it.
-    Json(ListFilter),
-    /// Filter SSE events as they complete.
-    Sse(ListFilter, SseRewriter),
+    /// Buffer the whole body, then rewrite it.
+    Buffer,
+    /// Rewrite SSE events as they complete.
+    Stream(SseRewriter),
     /// Drop the upstream body and send this instead.
     Replace(Vec<u8>),
 }
@@ -97,6 +103,8 @@ struct Stream {
     tokens: Rc<RefCell<TokenCache>>,
     state: State,
     response: Response,
+    /// Redactions made in this exchange, per detector (never values).
+    redactions: RedactionCounts,
 }
 
 impl Context for Stream {}
@@ -125,6 +133,10 @@ impl Stream {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         match self.gateway.on_request_body(pending, &body) {
             Ok(exchange) => {
+                if let Some(rewritten) = &exchange.rewritten_request {
+                    self.set_http_request_header("content-length", Some(&rewritten.len().to_string()));
+                    self.set_http_request_body(0, body_size, rewritten);
+                }
                 self.state = State::Forwarded(exchange);
                 Action::Continue
             }
@@ -138,13 +150,6 @@ impl Stream {
                 );
                 self.reject(&r)
             }
-        }
-    }
-
-    fn list_rewrite(&self, filter: &ListFilter, message: &[u8]) -> Option<Vec<u8>> {
-        match filter.apply(message, &self.gateway.config().policy) {
-            ListOutcome::Unchanged => None,
-            ListOutcome::Rewritten(b) | ListOutcome::Unreadable(b) => Some(b),
         }
     }
 }
@@ -210,8 +215,8 @@ impl HttpContext for Stream {
         });
         self.response = match plan {
             ResponsePlan::PassThrough => return Action::Continue,
-            ResponsePlan::FilterJson(f) => Response::Json(f),
-            ResponsePlan::FilterSse(f) => Response::Sse(f, SseRewriter::new()),
+            ResponsePlan::Buffer => Response::Buffer,
+            ResponsePlan::Stream => Response::Stream(SseRewriter::new()),
             ResponsePlan::Replace(body) => {
                 self.set_http_response_header("content-encoding", None);
                 self.set_http_response_header("content-type", Some("application/json"));
@@ -223,44 +228,45 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let State::Forwarded(exchange) = &self.state else {
+            return Action::Continue;
+        };
+        let policy = &self.gateway.config().policy;
         match std::mem::replace(&mut self.response, Response::Untouched) {
             Response::Untouched => Action::Continue,
-            Response::Json(filter) => {
+            Response::Buffer => {
                 let limit = self.gateway.max_response_bytes();
                 if body_size as u64 > limit {
                     let message = format!("upstream response exceeds the {limit}-byte limit");
-                    let body = error_body(Some(&filter.request_id), code::INTERNAL_ERROR, &message);
+                    let body = error_body(exchange.request_id(), code::INTERNAL_ERROR, &message);
                     self.set_http_response_body(0, body_size, &body);
                     // Anything still to come is dropped.
                     self.response = Response::Replace(Vec::new());
                     return Action::Continue;
                 }
                 if !end_of_stream {
-                    self.response = Response::Json(filter);
+                    self.response = Response::Buffer;
                     return Action::Pause;
                 }
                 let body = self.get_http_response_body(0, body_size).unwrap_or_default();
-                if let Some(new) = self.list_rewrite(&filter, &body) {
+                if let Some(new) = exchange.rewrite_message(&body, policy, &mut self.redactions) {
                     self.set_http_response_body(0, body_size, &new);
                 }
                 Action::Continue
             }
-            Response::Sse(filter, mut rewriter) => {
+            Response::Stream(mut rewriter) => {
                 let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
-                let out = {
-                    let mut rewrite = |data: &str| {
-                        self.list_rewrite(&filter, data.as_bytes()).and_then(|b| String::from_utf8(b).ok())
-                    };
-                    let mut out = rewriter.feed(&chunk, &mut rewrite);
-                    if end_of_stream {
-                        out.extend(rewriter.finish(&mut rewrite));
-                    }
-                    out
-                };
+                let counts = &mut self.redactions;
+                let mut rewrite =
+                    |data: &str| exchange.rewrite_message(data.as_bytes(), policy, counts).and_then(|b| String::from_utf8(b).ok());
+                let mut out = rewriter.feed(&chunk, &mut rewrite);
+                if end_of_stream {
+                    out.extend(rewriter.finish(&mut rewrite));
+                }
                 if out != chunk {
                     self.set_http_response_body(0, body_size, &out);
                 }
-                self.response = Response::Sse(filter, rewriter);
+                self.response = Response::Stream(rewriter);
                 Action::Continue
             }
             Response::Replace(body) => {

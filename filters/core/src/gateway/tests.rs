@@ -30,6 +30,12 @@ fn gateway(max_request_bytes: Option<u64>) -> Gateway {
         },
         policy: roles,
         limits: crate::config::RawLimits { max_request_bytes, max_response_bytes: None },
+        redaction: serde_json::from_value(json!([
+            {"match": {"tools": ["crm/*"]}, "detectors": ["email"], "mode": "mask"},
+            {"match": {"tools": ["crm/update_*"]}, "detectors": ["credit_card"], "mode": "block", "direction": "request"},
+            {"match": {"tools": ["crm/get_secret"]}, "detectors": ["ssn"], "mode": "block"}
+        ]))
+        .unwrap(),
         ..Default::default()
     };
     Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
@@ -210,15 +216,64 @@ fn modern_routing_headers_must_match_the_body() {
 #[test]
 fn response_plans() {
     let g = gateway(None);
-    let reader = pending(&g, "r", &[]);
-    let list = g.on_request_body(&reader, br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#).unwrap();
+    // docs has no redaction rule: only list answers are governed there.
+    let h = headers(&[("x-api-key", "r"), ("content-type", "application/json")]);
+    let docs = match g.on_request_head(RequestHead { method: "POST", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache()) {
+        HeadDecision::AwaitBody(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let list = g.on_request_body(&docs, br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#).unwrap();
     let plan = |status, ct, enc| list.response_plan(ResponseHead { status, content_type: ct, content_encoding: enc });
-    assert!(matches!(plan(200, Some("application/json"), None), ResponsePlan::FilterJson(_)));
-    assert!(matches!(plan(200, Some("text/event-stream; charset=utf-8"), None), ResponsePlan::FilterSse(_)));
-    assert!(matches!(plan(500, Some("text/html"), None), ResponsePlan::PassThrough));
+    assert_eq!(plan(200, Some("application/json"), None), ResponsePlan::Buffer);
+    assert_eq!(plan(200, Some("text/event-stream; charset=utf-8"), None), ResponsePlan::Stream);
+    assert_eq!(plan(500, Some("text/html"), None), ResponsePlan::PassThrough);
     assert!(matches!(plan(200, Some("application/json"), Some("gzip")), ResponsePlan::Replace(_)));
     assert!(matches!(plan(200, Some("text/html"), None), ResponsePlan::Replace(_)));
-    let call = g.on_request_body(&reader, &call(1, "get_customer")).unwrap();
-    let head = ResponseHead { status: 200, content_type: Some("text/event-stream"), content_encoding: None };
-    assert!(matches!(call.response_plan(head), ResponsePlan::PassThrough));
+    let admin = pending(&g, "a", &[]);
+    let h = headers(&[("x-api-key", "a"), ("content-type", "application/json")]);
+    let docs_admin = match g.on_request_head(RequestHead { method: "POST", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache()) {
+        HeadDecision::AwaitBody(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let sse = ResponseHead { status: 200, content_type: Some("text/event-stream"), content_encoding: None };
+    let plain_call = g.on_request_body(&docs_admin, &call(1, "get_doc")).unwrap();
+    assert_eq!(plain_call.response_plan(sse), ResponsePlan::PassThrough);
+    // crm/* responses are redacted, so even a tool call's stream is governed, errors too.
+    let crm_call = g.on_request_body(&admin, &call(1, "get_customer")).unwrap();
+    assert_eq!(crm_call.response_plan(sse), ResponsePlan::Stream);
+    let html = ResponseHead { status: 502, content_type: Some("text/html"), content_encoding: None };
+    assert_eq!(crm_call.response_plan(html), ResponsePlan::Buffer);
+    let gz = ResponseHead { status: 200, content_type: Some("text/event-stream"), content_encoding: Some("gzip") };
+    assert!(matches!(crm_call.response_plan(gz), ResponsePlan::Replace(_)));
+}
+
+#[test]
+fn redaction_rewrites_responses_and_blocks_requests() {
+    let g = gateway(None);
+    let admin = pending(&g, "a", &[]);
+    let ex = g.on_request_body(&admin, &call(5, "get_customer")).unwrap();
+    let mut counts = crate::redact::RedactionCounts::new();
+    let result = json!({"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"mail ada@example.com now"}]}});
+    let out = ex.rewrite_message(result.to_string().as_bytes(), &g.config().policy, &mut counts).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], json!("mail [EMAIL] now"));
+    assert_eq!(counts.get("email"), 1);
+    // Nothing to redact: unchanged, no copy.
+    let clean = json!({"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"order ORD-2024-000123"}]}});
+    assert_eq!(ex.rewrite_message(clean.to_string().as_bytes(), &g.config().policy, &mut counts), None);
+
+    // A blocked argument never leaves the gateway.
+    let card = json!({"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"update_customer",
+        "arguments":{"card":"4111 1111 1111 1111"}}});
+    let r = g.on_request_body(&admin, card.to_string().as_bytes()).unwrap_err();
+    assert_eq!((r.status, r.code, r.id.clone()), (403, code::FORBIDDEN, Some(json!(6))));
+    assert!(r.message.contains("credit_card") && !r.message.contains("4111"), "{}", r.message);
+
+    // A blocked response becomes a JSON-RPC error for the request.
+    let ex = g.on_request_body(&admin, &call(8, "get_secret")).unwrap();
+    let leak = json!({"jsonrpc":"2.0","id":8,"result":{"content":[{"type":"text","text":"ssn 123-45-6789"}]}});
+    let out = ex.rewrite_message(leak.to_string().as_bytes(), &g.config().policy, &mut counts).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!((v["id"].clone(), v["error"]["code"].clone()), (json!(8), json!(code::FORBIDDEN)));
+    assert!(!String::from_utf8_lossy(&out).contains("6789"));
 }
