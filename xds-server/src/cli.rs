@@ -258,7 +258,12 @@ fn print_bootstrap(file: PathBuf, wasm: Option<PathBuf>, format: Format) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    let text = bootstrap::static_bootstrap(&registry, &wasm).and_then(|b| match format {
+    print_rendered(bootstrap::static_bootstrap(&registry, &wasm), format)
+}
+
+/// Prints a rendered bootstrap in `format`, or the error that prevented it.
+fn print_rendered(bootstrap: Result<serde_json::Value, bootstrap::BootstrapError>, format: Format) -> ExitCode {
+    let text = bootstrap.and_then(|b| match format {
         Format::Json => Ok(bootstrap::to_json(&b)),
         Format::Yaml => bootstrap::to_yaml(&b),
     });
@@ -308,20 +313,7 @@ fn print_xds_bootstrap(
             .unwrap_or(DEFAULT_ENVOY_ADMIN_PORT),
         api,
     });
-    let text = match format {
-        Format::Json => Ok(bootstrap::to_json(&bootstrap)),
-        Format::Yaml => bootstrap::to_yaml(&bootstrap),
-    };
-    match text {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("meshgate: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    print_rendered(Ok(bootstrap), format)
 }
 
 /// Envoy's conventional admin port, for fleet bootstraps without a registry.
