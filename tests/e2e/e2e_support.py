@@ -266,7 +266,7 @@ def start_upstream(name: str, script: str, workdir: Path) -> Upstream:
     return Upstream(name, f"http://127.0.0.1:{port}/mcp", UpstreamLog(log_path), proc)
 
 
-def _require_artifacts() -> None:
+def require_artifacts() -> None:
     missing = [str(p) for p in (MESHGATE, WASM, ENVOY) if not p.exists()]
     if missing:
         pytest.fail(f"build artifacts missing (run `make build` / `make setup`): {', '.join(missing)}", pytrace=False)
@@ -300,7 +300,7 @@ class Gateway:
 
 def start_gateway(registry: Path, workdir: Path, env: dict[str, str] | None = None, timeout: float = 90) -> Gateway:
     """`meshgate up --ready-file` and wait until the ready file appears and the listener accepts."""
-    _require_artifacts()
+    require_artifacts()
     ready_file = workdir / "ready.json"
     proc = Proc.start(
         "meshgate",

@@ -30,6 +30,7 @@ from e2e_support import (
     MESHGATE,
     SERVERS,
     WASM,
+    require_artifacts,
     Keys,
     Proc,
     api_key_sha256,
@@ -43,12 +44,6 @@ from e2e_support import (
 # How fast a registry edit must show in Envoy's behaviour.
 CONVERGE_WITHIN = 2.0
 RESOURCE_METADATA = "https://gw.xds.test/.well-known/oauth-protected-resource"
-
-
-def require_artifacts() -> None:
-    missing = [str(p) for p in (MESHGATE, WASM, ENVOY) if not p.exists()]
-    if missing:
-        pytest.fail(f"build artifacts missing (run `make build` / `make setup`): {', '.join(missing)}", pytrace=False)
 
 
 # --------------------------------------------------------------------------- registry
