@@ -46,6 +46,9 @@ pub struct RawFilterConfig {
     /// Name of the environment variable holding the HMAC key of `mode: hash` (≥ 32 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redaction_hash_key_env: Option<String>,
+    /// Rate limits and quotas on `tools/call` ([`crate::quota`]); every matching rule is charged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<RawQuotaRule>,
 }
 
 fn default_route_prefix() -> String {
@@ -203,6 +206,57 @@ pub struct RawRedactionScope {
     pub roles: Vec<String>,
 }
 
+/// One rate limit (token bucket: `rate` + `burst`) or quota (fixed window: `quota`) on
+/// `tools/call`. Exactly one of `rate` and `quota`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuotaRule {
+    /// `[a-z0-9_-]+`, unique; default `quota-<index>`. Named in errors, metrics and, for
+    /// `scope: global`, in the rate-limit descriptor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Which calls the rule counts; absent = every tool call of every caller.
+    #[serde(default, rename = "match")]
+    pub matches: RawRedactionScope,
+    /// Token bucket refill rate, `N/s|m|h|d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// Token bucket capacity (default: the `N` of `rate`). Only with `rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// Fixed-window quota, `N/m|h|d` (windows aligned to the epoch, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    #[serde(default)]
+    pub key: RawQuotaKey,
+    #[serde(default)]
+    pub scope: RawQuotaScope,
+}
+
+/// What one counter of a quota rule is kept per.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawQuotaKey {
+    /// One counter per consumer (all matching tools together).
+    Consumer,
+    /// One counter per consumer and `server/tool`.
+    #[default]
+    ConsumerTool,
+    /// One counter per `server/tool`, shared by all callers.
+    Tool,
+}
+
+/// Where a quota rule's counters live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawQuotaScope {
+    /// In this Envoy, shared by its workers (proxy-wasm shared data, compare-and-swap).
+    #[default]
+    Local,
+    /// Across the fleet: Envoy's `ratelimit` filter asks meshgate's rate-limit service (Redis).
+    Global,
+}
+
 /// A named custom detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,6 +373,8 @@ pub struct FilterConfig {
     pub resource_metadata: Option<String>,
     /// PII and secret redaction; [`crate::redact::Redactor::plan`] per exchange.
     pub redactor: crate::redact::Redactor,
+    /// Rate limits and quotas on `tools/call`.
+    pub quotas: crate::quota::QuotaRules,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -373,6 +429,7 @@ impl FilterConfig {
             &|r| policy.has_role(r),
             secrets,
         )?;
+        let quotas = crate::quota::QuotaRules::compile(&raw.quotas, &servers, &|r| policy.has_role(r))?;
         let limit = |value: Option<u64>, default: u64, key: &str| match value {
             Some(0) => Err(ConfigError::invalid(format!("limits.{key}"), "must be greater than 0")),
             Some(v) => Ok(v),
@@ -390,6 +447,7 @@ impl FilterConfig {
             limits,
             resource_metadata: raw.auth.resource_metadata.clone(),
             redactor,
+            quotas,
         })
     }
 }

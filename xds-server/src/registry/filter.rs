@@ -31,6 +31,7 @@ pub(crate) fn make_filter_config(raw: &RawRegistry, jwt: Vec<RawJwtProvider>) ->
         limits: raw.limits.clone(),
         redaction: raw.redaction.clone(),
         redaction_hash_key_env: raw.redaction_hash_key_env.clone(),
+        quotas: raw.quotas.clone(),
     }
 }
 

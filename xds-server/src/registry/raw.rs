@@ -9,7 +9,7 @@
 //! Numbers are read wider than their final type (`u64`) so that an out-of-range value gets
 //! a message naming the range instead of the deserializer's "invalid u32".
 
-use meshgate_core::config::{RawAnonymous, RawApiKey, RawLimits, RawPolicy, RawRedactionRule};
+use meshgate_core::config::{RawAnonymous, RawApiKey, RawLimits, RawPolicy, RawQuotaRule, RawRedactionRule};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +31,9 @@ pub struct RawRegistry {
     /// Environment variable holding the HMAC key for `mode: hash` redaction.
     #[serde(default)]
     pub redaction_hash_key_env: Option<String>,
+    /// Rate limits and quotas on tool calls, passed to the filter as they are.
+    #[serde(default)]
+    pub quotas: Vec<RawQuotaRule>,
     #[serde(default)]
     pub envoy: RawEnvoy,
 }

@@ -1,0 +1,342 @@
+//! Rate limits and quotas on tool calls: which rules a call is charged to ([`QuotaRules`])
+//! and the exact counter arithmetic ([`arithmetic`]) the host runs under compare-and-swap.
+//!
+//! A `tools/call` is charged to *every* rule that matches it (server/tool globs and caller
+//! roles); it is admitted only if every one admits it. Each rule keeps one counter per
+//! [`QuotaKey`] value. `scope: local` counters live in the Envoy's shared data; `scope: global`
+//! counters live in meshgate's rate-limit service (Redis), reached through Envoy's
+//! `ratelimit` filter with the [`QuotaRule::counter_key`] as descriptor value.
+
+pub mod arithmetic;
+
+use std::collections::HashSet;
+
+pub use arithmetic::{parse_rate, Limit, RateError, State, Taken};
+
+use crate::config::{ConfigError, RawQuotaKey, RawQuotaRule, RawQuotaScope};
+use crate::policy::TargetPattern;
+
+/// What one counter of a rule is kept per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKey {
+    Consumer,
+    ConsumerTool,
+    Tool,
+}
+
+/// Where a rule's counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaScope {
+    /// This Envoy's shared data, all workers.
+    Local,
+    /// meshgate's rate-limit service, all Envoys.
+    Global,
+}
+
+/// One compiled quota rule.
+#[derive(Debug, Clone)]
+pub struct QuotaRule {
+    /// Unique within the configuration, `[a-z0-9_-]+`.
+    pub name: String,
+    /// Empty: every server and tool.
+    tools: Vec<TargetPattern>,
+    /// Empty: every caller.
+    roles: Vec<String>,
+    pub limit: Limit,
+    pub key: QuotaKey,
+    pub scope: QuotaScope,
+}
+
+impl QuotaRule {
+    /// Whether a `tools/call` of `server/tool` by a caller holding `roles` counts against this rule.
+    pub fn applies(&self, server: &str, tool: &str, roles: &[String]) -> bool {
+        (self.roles.is_empty() || roles.iter().any(|r| self.roles.contains(r)))
+            && (self.tools.is_empty() || self.tools.iter().any(|t| t.matches(server, tool)))
+    }
+
+    /// The counter this call is charged to, unique per (rule key kind, consumer, server, tool)
+    /// and safe as an HTTP header value: each component is percent-encoded (everything but
+    /// `[A-Za-z0-9._~-]`) and components are joined with `/`, so distinct tuples never collide.
+    /// The rule name is *not* part of it; callers namespace by rule.
+    pub fn counter_key(&self, consumer: &str, server: &str, tool: &str) -> String {
+        let mut out = String::new();
+        match self.key {
+            QuotaKey::Consumer => push_encoded(&mut out, consumer),
+            QuotaKey::ConsumerTool => {
+                push_encoded(&mut out, consumer);
+                out.push('/');
+                push_encoded(&mut out, server);
+                out.push('/');
+                push_encoded(&mut out, tool);
+            }
+            QuotaKey::Tool => {
+                push_encoded(&mut out, server);
+                out.push('/');
+                push_encoded(&mut out, tool);
+            }
+        }
+        out
+    }
+}
+
+fn push_encoded(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+}
+
+/// Whether `name` can name a quota rule: `[a-z0-9_-]+`, at most 63 characters.
+pub fn is_valid_rule_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The compiled `quotas` section, in configuration order.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaRules {
+    rules: Vec<QuotaRule>,
+}
+
+impl QuotaRules {
+    /// Validates and compiles the `quotas` rules. `servers` are the known server names,
+    /// `known_role` tells whether the policy defines a role. Error paths are `quotas[i].rate`,
+    /// `quotas[i].match.tools[j]`, and so on.
+    pub fn compile(
+        raw: &[RawQuotaRule],
+        servers: &HashSet<String>,
+        known_role: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, ConfigError> {
+        let mut names = HashSet::new();
+        let mut rules = Vec::with_capacity(raw.len());
+        for (i, rule) in raw.iter().enumerate() {
+            let path = format!("quotas[{i}]");
+            let name = rule.name.clone().unwrap_or_else(|| format!("quota-{i}"));
+            if !is_valid_rule_name(&name) {
+                return Err(ConfigError::invalid(
+                    format!("{path}.name"),
+                    format!("\"{name}\" is not a valid rule name ([a-z0-9_-]+, at most 63 characters)"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(ConfigError::invalid(format!("{path}.name"), format!("duplicate rule name \"{name}\"")));
+            }
+            let tools = rule
+                .matches
+                .tools
+                .iter()
+                .enumerate()
+                .map(|(j, p)| {
+                    TargetPattern::compile(p, servers)
+                        .map_err(|m| ConfigError::invalid(format!("{path}.match.tools[{j}]"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for (j, role) in rule.matches.roles.iter().enumerate() {
+                if !known_role(role) {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.match.roles[{j}]"),
+                        format!("\"{role}\" is not a role of the policy"),
+                    ));
+                }
+            }
+            let limit = match (&rule.rate, &rule.quota) {
+                (Some(rate), None) => {
+                    let (per_period, period_secs) =
+                        parse_rate(rate).map_err(|e| ConfigError::invalid(format!("{path}.rate"), e.to_string()))?;
+                    let burst = match rule.burst {
+                        Some(0) => return Err(ConfigError::invalid(format!("{path}.burst"), "must be at least 1")),
+                        Some(b) => b,
+                        None => per_period,
+                    };
+                    Limit::Bucket { per_period, period_secs, burst }
+                }
+                (None, Some(quota)) => {
+                    if rule.burst.is_some() {
+                        return Err(ConfigError::invalid(
+                            format!("{path}.burst"),
+                            "burst applies to `rate` (token bucket), not to `quota` (fixed window)",
+                        ));
+                    }
+                    let (limit, period_secs) =
+                        parse_rate(quota).map_err(|e| ConfigError::invalid(format!("{path}.quota"), e.to_string()))?;
+                    Limit::Window { limit, period_secs }
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(path, "set either `rate` (token bucket) or `quota` (fixed window), not both"))
+                }
+                (None, None) => {
+                    return Err(ConfigError::invalid(path, "needs `rate` (token bucket) or `quota` (fixed window)"))
+                }
+            };
+            let key = match rule.key {
+                RawQuotaKey::Consumer => QuotaKey::Consumer,
+                RawQuotaKey::ConsumerTool => QuotaKey::ConsumerTool,
+                RawQuotaKey::Tool => QuotaKey::Tool,
+            };
+            let scope = match rule.scope {
+                RawQuotaScope::Local => QuotaScope::Local,
+                RawQuotaScope::Global => QuotaScope::Global,
+            };
+            rules.push(QuotaRule { name, tools, roles: rule.matches.roles.clone(), limit, key, scope });
+        }
+        Ok(Self { rules })
+    }
+
+    /// The rules a `tools/call` of `server/tool` by a caller holding `roles` is charged to.
+    pub fn matching<'a>(
+        &'a self,
+        server: &'a str,
+        tool: &'a str,
+        roles: &'a [String],
+    ) -> impl Iterator<Item = &'a QuotaRule> + 'a {
+        self.rules.iter().filter(move |r| r.applies(server, tool, roles))
+    }
+
+    /// The rule called `name`.
+    pub fn get(&self, name: &str) -> Option<&QuotaRule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// All rules, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &QuotaRule> {
+        self.rules.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawRedactionScope;
+
+    fn servers() -> HashSet<String> {
+        ["crm", "docs"].into_iter().map(String::from).collect()
+    }
+
+    fn known(role: &str) -> bool {
+        role == "reader" || role == "admin"
+    }
+
+    fn rule(yaml_like: RawQuotaRule) -> Result<QuotaRules, ConfigError> {
+        QuotaRules::compile(&[yaml_like], &servers(), &known)
+    }
+
+    #[test]
+    fn compiles_rate_and_quota_rules() {
+        let rules = QuotaRules::compile(
+            &[
+                RawQuotaRule {
+                    matches: RawRedactionScope { tools: vec!["crm/*".into()], roles: vec!["reader".into()] },
+                    rate: Some("60/m".into()),
+                    burst: Some(10),
+                    ..Default::default()
+                },
+                RawQuotaRule {
+                    name: Some("daily".into()),
+                    quota: Some("1000/d".into()),
+                    key: RawQuotaKey::Consumer,
+                    scope: RawQuotaScope::Global,
+                    ..Default::default()
+                },
+            ],
+            &servers(),
+            &known,
+        )
+        .unwrap();
+        let roles = vec!["reader".to_string()];
+        let names: Vec<_> = rules.matching("crm", "search", &roles).map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["quota-0", "daily"]);
+        let names: Vec<_> = rules.matching("docs", "search", &roles).map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["daily"]);
+        assert!(rules.matching("crm", "search", &["admin".to_string()]).all(|r| r.name == "daily"));
+        let first = rules.get("quota-0").unwrap();
+        assert_eq!(first.limit, Limit::Bucket { per_period: 60, period_secs: 60, burst: 10 });
+        assert_eq!((first.key, first.scope), (QuotaKey::ConsumerTool, QuotaScope::Local));
+        let daily = rules.get("daily").unwrap();
+        assert_eq!(daily.limit, Limit::Window { limit: 1000, period_secs: 86_400 });
+        assert_eq!((daily.key, daily.scope), (QuotaKey::Consumer, QuotaScope::Global));
+    }
+
+    #[test]
+    fn burst_defaults_to_the_rate_count() {
+        let rules = rule(RawQuotaRule { rate: Some("5/s".into()), ..Default::default() }).unwrap();
+        assert_eq!(rules.get("quota-0").unwrap().limit, Limit::Bucket { per_period: 5, period_secs: 1, burst: 5 });
+    }
+
+    #[test]
+    fn refuses_bad_rules_with_their_path() {
+        let cases = [
+            (RawQuotaRule::default(), "quotas[0]", "needs `rate`"),
+            (
+                RawQuotaRule { rate: Some("1/s".into()), quota: Some("1/d".into()), ..Default::default() },
+                "quotas[0]",
+                "not both",
+            ),
+            (RawQuotaRule { rate: Some("60/fortnight".into()), ..Default::default() }, "quotas[0].rate", "60/fortnight"),
+            (RawQuotaRule { quota: Some("0/d".into()), ..Default::default() }, "quotas[0].quota", "at least 1"),
+            (RawQuotaRule { quota: Some("5/d".into()), burst: Some(3), ..Default::default() }, "quotas[0].burst", "burst"),
+            (RawQuotaRule { rate: Some("5/s".into()), burst: Some(0), ..Default::default() }, "quotas[0].burst", "at least 1"),
+            (
+                RawQuotaRule { name: Some("Bad Name".into()), rate: Some("5/s".into()), ..Default::default() },
+                "quotas[0].name",
+                "Bad Name",
+            ),
+            (
+                RawQuotaRule {
+                    rate: Some("5/s".into()),
+                    matches: RawRedactionScope { tools: vec!["billing/*".into()], roles: vec![] },
+                    ..Default::default()
+                },
+                "quotas[0].match.tools[0]",
+                "billing",
+            ),
+            (
+                RawQuotaRule {
+                    rate: Some("5/s".into()),
+                    matches: RawRedactionScope { tools: vec![], roles: vec!["ghost".into()] },
+                    ..Default::default()
+                },
+                "quotas[0].match.roles[0]",
+                "ghost",
+            ),
+        ];
+        for (raw, path, needle) in cases {
+            let err = rule(raw.clone()).unwrap_err();
+            assert_eq!(err.path(), Some(path), "{raw:?}");
+            assert!(err.message().contains(needle), "{err} should mention {needle}");
+        }
+        let dup = RawQuotaRule { name: Some("a".into()), rate: Some("1/s".into()), ..Default::default() };
+        let err = QuotaRules::compile(&[dup.clone(), dup], &servers(), &known).unwrap_err();
+        assert_eq!(err.path(), Some("quotas[1].name"));
+    }
+
+    #[test]
+    fn counter_keys_are_unambiguous_and_header_safe() {
+        let rule_with = |key| QuotaRule {
+            name: "r".into(),
+            tools: vec![],
+            roles: vec![],
+            limit: Limit::Window { limit: 1, period_secs: 60 },
+            key,
+            scope: QuotaScope::Local,
+        };
+        let ct = rule_with(QuotaKey::ConsumerTool);
+        assert_eq!(ct.counter_key("alice", "crm", "search"), "alice/crm/search");
+        assert_ne!(ct.counter_key("a/b", "crm", "c"), ct.counter_key("a", "crm", "b/c"));
+        assert_eq!(ct.counter_key("ä x", "crm", "t"), "%C3%A4%20x/crm/t");
+        assert_eq!(rule_with(QuotaKey::Consumer).counter_key("alice", "crm", "search"), "alice");
+        assert_eq!(rule_with(QuotaKey::Tool).counter_key("alice", "crm", "search"), "crm/search");
+        let key = ct.counter_key("\r\n\"evil\0", "crm", "t");
+        assert!(key.bytes().all(|b| b.is_ascii_graphic()), "{key}");
+    }
+}
