@@ -27,12 +27,27 @@ WASM := target/$(WASM_TARGET)/release/meshgate_wasm.wasm
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup wasm-target venv build test unit e2e lint run clean-venv
+# Debian packages the tests and benchmarks run for real: Redis (global rate limits), wrk (load).
+APT_PACKAGES := redis-server wrk
+APT_GET ?= $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
+
+.PHONY: help setup system-deps wasm-target venv build test unit e2e lint run clean-venv
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
 
-setup: wasm-target venv
+setup: system-deps wasm-target venv
+
+# Installs only what is missing, so a machine that has everything never touches apt.
+system-deps:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing$$missing"; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends $$missing; \
+	fi
 
 wasm-target:
 	@if ! $(RUSTUP) target list --installed | grep -qx '$(WASM_TARGET)'; then \
