@@ -43,6 +43,9 @@ impl std::fmt::Display for SharedError {
     }
 }
 
+/// A counter update: stored bytes (`None`: no key yet) → (bytes to store, result).
+pub type Compute<'a, T> = dyn FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T) + 'a;
+
 /// Creates the creation lock if it does not exist yet. Called from `on_configure`, so the
 /// lock exists before the first request. (Creating it is itself unguarded: two workers
 /// creating it at the same moment both write "free", which is harmless while no request
@@ -62,7 +65,7 @@ pub fn ensure_lock() -> Result<(), SharedError> {
 pub fn update<T>(
     key: &str,
     now_ns: u64,
-    compute: &mut dyn FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+    compute: &mut Compute<'_, T>,
 ) -> Result<T, SharedError> {
     for _ in 0..MAX_ATTEMPTS {
         let (bytes, cas) = get_shared_data(key).map_err(SharedError::Host)?;
@@ -90,7 +93,7 @@ pub fn update<T>(
 fn create<T>(
     key: &str,
     now_ns: u64,
-    compute: &mut dyn FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+    compute: &mut Compute<'_, T>,
 ) -> Result<Option<T>, SharedError> {
     acquire_lock(now_ns)?;
     let outcome = (|| {
