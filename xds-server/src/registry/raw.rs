@@ -9,7 +9,9 @@
 //! Numbers are read wider than their final type (`u64`) so that an out-of-range value gets
 //! a message naming the range instead of the deserializer's "invalid u32".
 
-use meshgate_core::config::{RawAnonymous, RawApiKey, RawLimits, RawPolicy, RawQuotaRule, RawRedactionRule};
+use meshgate_core::config::{
+    RawAnonymous, RawApiKey, RawLimits, RawPolicy, RawQuotaRule, RawRedactionRule, RawSizeLimits,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,9 +79,13 @@ pub struct RawServer {
     pub circuit_breakers: Option<RawCircuitBreakers>,
     #[serde(default)]
     pub credentials: Option<RawCredentials>,
-    /// Declared tools, for discovery (`/catalog`); policy does not depend on them.
+    /// Declared tools, for discovery (`/catalog`) and per-tool size limits; policy does not
+    /// depend on them.
     #[serde(default)]
     pub tools: Vec<RawTool>,
+    /// Size guardrails for this server, overriding the top-level `limits`.
+    #[serde(default)]
+    pub limits: Option<RawSizeLimits>,
 }
 
 /// Trust for `https://` upstreams.
@@ -162,6 +168,9 @@ pub struct RawTool {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// Size guardrails for calls of this tool, overriding the server's.
+    #[serde(default)]
+    pub limits: Option<RawSizeLimits>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

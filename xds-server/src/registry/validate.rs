@@ -128,7 +128,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
         // at something already reported, the registry's message is the clearer one.
         if let Err(e) = FilterConfig::compile(&filter, secrets) {
-            let FilterPath { path, message } = filter::locate(&e);
+            let FilterPath { path, message } = filter::locate(&e, &raw);
             if !problems.overlaps(&path) {
                 problems.push(path, RegistryError::Filter(message));
             }
