@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use crate::config::FilterConfig;
 use crate::identity::{AuthError, Consumer, Credentials, TokenCache};
-use crate::jsonrpc::{self, code, ParseError};
+use crate::jsonrpc::{self, code};
 use crate::listing::{ListFilter, ListOutcome};
-use crate::mcp::{self, header, Message, ResourceKind, MODERN_PROTOCOL_VERSIONS};
+use crate::mcp::{self, header, Message, ReadError, ResourceKind, MODERN_PROTOCOL_VERSIONS};
 use crate::policy::{Policy, Verdict};
 use crate::quota::{self, Charges};
 use crate::redact::{Direction, RedactionCounts, RedactionPlan};
@@ -408,13 +408,12 @@ impl Gateway {
         if let Some(r) = self.request_too_large(pending, body.len() as u64) {
             return Err(r);
         }
-        let value = jsonrpc::parse_strict(body).map_err(|e| match e {
-            ParseError::DuplicateKey { .. } => Rejection::bad_request(code::INVALID_REQUEST, e.to_string()),
-            ParseError::NotUtf8 { .. } | ParseError::Malformed { .. } => Rejection::bad_request(code::PARSE_ERROR, e.to_string()),
+        let read = mcp::read_message(body).map_err(|e| match &e {
+            ReadError::Json(_) => Rejection::bad_request(e.code(), e.to_string()),
+            ReadError::Message { id, .. } => Rejection::bad_request(e.code(), e.to_string()).with_id(id.as_ref()),
         })?;
-        let id_hint = value.get("id").filter(|id| id.is_string() || id.is_number());
-        let message = mcp::classify(&value).map_err(|e| Rejection::bad_request(e.code(), e.to_string()).with_id(id_hint))?;
-        check_routing_headers(&pending.routing, &message, mcp::envelope_protocol_version(&value))?;
+        check_routing_headers(&pending.routing, &read.message, read.envelope_version())?;
+        let message = read.message;
 
         let consumer = &pending.consumer;
         let server = &pending.server;

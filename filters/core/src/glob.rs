@@ -89,32 +89,34 @@ impl Glob {
 }
 
 /// Iterative wildcard match with single-star backtracking: O(len(p) * len(t)) worst case,
-/// no recursion, no allocation beyond nothing.
+/// no recursion, no allocation (the text is walked by byte offset, one `char` at a time).
 fn wildcard_match(pattern: &[char], text: &str) -> bool {
-    let text: Vec<char> = text.chars().collect();
     let (mut p, mut t) = (0usize, 0usize);
+    // The last `*` seen and the text offset it is currently assumed to stop at.
     let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
+    while let Some(c) = text.get(t..).and_then(|rest| rest.chars().next()) {
         match pattern.get(p) {
             Some('*') => {
                 star = Some((p, t));
                 p += 1;
             }
-            Some(c) if *c == '?' || *c == text[t] => {
+            Some(pc) if *pc == '?' || *pc == c => {
                 p += 1;
-                t += 1;
+                t += c.len_utf8();
             }
             _ => match star {
                 Some((sp, st)) => {
+                    // Let the star swallow one more character and retry after it.
+                    let swallowed = text.get(st..).and_then(|rest| rest.chars().next()).map_or(1, char::len_utf8);
                     p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
+                    t = st + swallowed;
+                    star = Some((sp, t));
                 }
                 None => return false,
             },
         }
     }
-    pattern[p..].iter().all(|c| *c == '*')
+    pattern.get(p..).is_some_and(|rest| rest.iter().all(|c| *c == '*'))
 }
 
 #[cfg(test)]
@@ -170,7 +172,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn agrees_with_reference(p in "[ab*?/]{1,8}", t in "[ab/]{0,10}") {
+        fn agrees_with_reference(p in "[ab\u{e9}*?/]{1,8}", t in "[ab\u{e9}\u{1F600}/]{0,10}") {
             let pc: Vec<char> = p.chars().collect();
             let tc: Vec<char> = t.chars().collect();
             prop_assert_eq!(m(&p, &t), reference(&pc, &tc));

@@ -5,6 +5,15 @@
 //! parser differentials are closed here: duplicate object keys (`{"name":"ok","name":"delete"}`
 //! is "ok" to a first-wins parser and "delete" to a last-wins one) are refused anywhere in
 //! the document, and bytes that are not UTF-8 are refused before parsing.
+//!
+//! Two entry points accept exactly the same documents: [`validate_strict`] (the request
+//! path: a validating scan that builds nothing, then [`RawJson`] reads the few fields the
+//! gateway needs in place) and [`parse_strict`] (a full `serde_json::Value`). Refused input
+//! gets its error from `parse_strict` either way, so messages do not depend on the path.
+
+mod scan;
+
+pub use scan::{Elements, JsonKind, Members, RawJson, RawKey, StrictJson};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -40,6 +49,33 @@ pub enum ParseError {
     DuplicateKey { key: String },
     #[error("malformed JSON: {detail}")]
     Malformed { detail: String },
+}
+
+impl ParseError {
+    /// The JSON-RPC error code a request refused for this reason gets.
+    pub fn code(&self) -> i64 {
+        match self {
+            ParseError::DuplicateKey { .. } => code::INVALID_REQUEST,
+            ParseError::NotUtf8 { .. } | ParseError::Malformed { .. } => code::PARSE_ERROR,
+        }
+    }
+}
+
+/// Validates `bytes` as one strict JSON document (the rules of [`parse_strict`]) without
+/// building it, and returns it for reading in place. Refused input costs a second,
+/// tree-building parse that produces the exact error.
+pub fn validate_strict(bytes: &[u8]) -> Result<StrictJson<'_>, ParseError> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if let Some(doc) = scan::validate(text) {
+            return Ok(doc);
+        }
+    }
+    match parse_strict(bytes) {
+        Err(e) => Err(e),
+        // The scan refused what the parser accepts: a bug in the scan. Refusing keeps the
+        // request path fail-closed; the property tests keep the two in agreement.
+        Ok(_) => Err(ParseError::Malformed { detail: "document refused by the strict scan".into() }),
+    }
 }
 
 /// Parses `bytes` as one JSON document, refusing non-UTF-8 input, duplicate keys at any
@@ -189,6 +225,57 @@ mod tests {
         assert_eq!(v, serde_json::json!({"jsonrpc":"2.0","id":7,"error":{"code":-32003,"message":"no"}}));
     }
 
+    /// `validate_strict` must accept exactly what `parse_strict` accepts, with its errors.
+    fn assert_agree(bytes: &[u8]) {
+        let slow = parse_strict(bytes);
+        let fast = validate_strict(bytes);
+        match (&slow, &fast) {
+            (Ok(_), Ok(doc)) => assert_eq!(Ok(doc.root().to_value()), slow, "{}", String::from_utf8_lossy(bytes)),
+            (Err(a), Err(b)) => assert_eq!(a, b, "{}", String::from_utf8_lossy(bytes)),
+            _ => panic!("disagree on {:?}: parse {slow:?} vs validate {fast:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    #[test]
+    fn validate_agrees_on_edge_cases() {
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        let nested_obj = |n: usize| r#"{"a":"#.repeat(n) + "1" + &"}".repeat(n);
+        let many_keys = |dup: &str| {
+            let mut keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+            keys.push(dup.to_string());
+            format!("{{{}}}", keys.join(","))
+        };
+        let cases: Vec<String> = vec![
+            // numbers
+            "0", "-0", "1", "-1", "1.5", "-1.5e3", "1E+2", "1e-400", "1e400", "-1e400", "1e308", "1.8e308",
+            "01", "-", "1.", ".5", "1e", "1e+", "+1", "--1", "1.e3", "0x10", "18446744073709551615",
+            "18446744073709551616", "-9223372036854775809", "123456789012345678901234567890",
+            // strings
+            r#""""#, r#""\"\\\/\b\f\n\r\t""#, r#""\u00e9\u0041""#, r#""\ud83d\ude00""#, r#""\ud800""#,
+            r#""\udc00""#, r#""\ud800\u0041""#, r#""\ud800x""#, r#""\ud800\n""#, r#""\u12""#, r#""\u12g4""#,
+            r#""\x""#, "\"a\tb\"", "\"a\u{1}b\"", r#""unterminated"#, r#""é and 😀""#,
+            // literals and structure
+            "true", "false", "null", "tru", "truex", "nul", "nulll", "[1,]", "[,1]", "[1 2]", "{}", "{ }", "[ ]",
+            r#"{"a":1,}"#, r#"{,}"#, r#"{"a" 1}"#, r#"{"a":}"#, r#"{1:2}"#, r#"{"a":1 "b":2}"#, " [1] ", "[1] x",
+            "", " ", "\u{feff}1", r#"{"a":1}{"a":2}"#,
+            // duplicates: plain, escaped, nested, in large objects, in sibling objects (allowed)
+            r#"{"a":1,"a":2}"#, r#"{"a":1,"\u0061":2}"#, r#"{"\u0061":1,"\u0061":2}"#, r#"{"x":{"a":1,"a":2}}"#,
+            r#"[{"a":1},{"a":1}]"#, r#"{"a":{"b":1},"b":{"a":1}}"#, r#"{"a":1,"a":2"#,
+            &many_keys(r#""k39":0"#), &many_keys(r#""k\u0031":0"#), &many_keys(r#""fresh":0"#),
+            // depth: 127 accepted, 128 refused, as serde_json does
+            &nested(127), &nested(128), &nested_obj(127), &nested_obj(128),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        for case in cases {
+            assert_agree(case.as_bytes());
+        }
+        for bytes in [&b"\"\xff\""[..], b"{\"a\":\"\xc3\"}", b"\xef\xbb\xbf{}"] {
+            assert_agree(bytes);
+        }
+    }
+
     proptest! {
         /// Whatever serde_json accepts without duplicates, the strict parser accepts identically.
         #[test]
@@ -197,10 +284,55 @@ mod tests {
             prop_assert_eq!(parse_strict(text.as_bytes()), Ok(v));
         }
 
-        /// Never panics on arbitrary bytes.
+        /// Never panics on arbitrary bytes, and both entry points agree.
         #[test]
         fn total_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = parse_strict(&bytes);
+            assert_agree(&bytes);
+        }
+
+        /// Objects whose keys may repeat, spelled plainly or escaped, short or long, at the
+        /// end of the document or nested: duplicates are found exactly where the parser
+        /// finds them.
+        #[test]
+        fn validate_agrees_on_repeated_keys(
+            keys in proptest::collection::vec(0usize..9, 0..24),
+            nest in proptest::collection::vec(proptest::bool::ANY, 0..24),
+        ) {
+            let spellings = ["a", "b", "\\u0061", "ab", "a\\u0062", "abcdefghij", "abcdefghik", "abcdefgh\\u0069j", "\\\\"];
+            let mut text = String::from("{");
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                let value = if nest.get(i).copied().unwrap_or(false) { r#"{"a":1,"b":[{"a":2}]}"# } else { "0" };
+                text.push_str(&format!("\"{}\":{value}", spellings[*k]));
+            }
+            text.push('}');
+            assert_agree(text.as_bytes());
+        }
+
+        /// Valid documents, compact or pretty, with one byte changed, removed or inserted:
+        /// the scan and the parser accept and refuse the same ones.
+        #[test]
+        fn validate_agrees_on_mutated_documents(
+            v in arb_json(),
+            pretty in any::<bool>(),
+            edit in 0usize..3,
+            at in any::<proptest::sample::Index>(),
+            byte in prop_oneof![Just(b'"'), Just(b'\\'), Just(b','), Just(b':'), Just(b'{'), Just(b'}'),
+                Just(b'['), Just(b']'), Just(b'a'), Just(b'1'), Just(b'-'), Just(b'e'), Just(b'.'), Just(b' '),
+                Just(b'u'), Just(0x01u8), Just(0xffu8)],
+        ) {
+            let text = if pretty { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) };
+            let mut bytes = text.unwrap_or_default().into_bytes();
+            assert_agree(&bytes);
+            let i = at.index(bytes.len() + 1);
+            match edit {
+                0 if i < bytes.len() => bytes[i] = byte,
+                1 if i < bytes.len() => { bytes.remove(i); }
+                _ => bytes.insert(i, byte),
+            }
+            assert_agree(&bytes);
         }
     }
 
@@ -209,7 +341,7 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
-            "[a-z\u{e9}\"\\\\]{0,6}".prop_map(Value::String),
+            "[a-z\u{e9}\"\\\\\u{1}\n\u{1F600}]{0,6}".prop_map(Value::String),
         ];
         leaf.prop_recursive(4, 32, 4, |inner| {
             prop_oneof![

@@ -3,11 +3,16 @@
 //!
 //! The rewrite is applied to the JSON-RPC response that answers the caller's list request
 //! (matched by id), whether it arrives as a JSON body or as one event of an SSE stream.
-//! Everything else in the message is kept as it was (key order included).
+//!
+//! The message is validated strictly (like requests: duplicate keys anywhere make it
+//! unreadable, so the filter and the client can never read an item's name differently) and
+//! then read in place: only each item's name is decoded. A rewritten message is the original
+//! bytes with the item array replaced by the kept items' original text, so everything else
+//! (key order, formatting, escapes, numbers) is exactly what the upstream sent.
 
 use serde_json::Value;
 
-use crate::jsonrpc::code;
+use crate::jsonrpc::{self, code, JsonKind};
 use crate::mcp::ListShape;
 use crate::policy::{Policy, Verdict};
 
@@ -35,36 +40,57 @@ pub enum ListOutcome {
 impl ListFilter {
     /// Filters one upstream message (a JSON body or one SSE event's data).
     pub fn apply(&self, message: &[u8], policy: &Policy) -> ListOutcome {
-        let mut value: Value = match serde_json::from_slice(message) {
-            Ok(v) => v,
-            Err(_) => return self.unreadable("upstream sent a list response that is not valid JSON"),
+        let Ok(strict) = jsonrpc::validate_strict(message) else {
+            return self.unreadable("upstream sent a list response that is not valid JSON");
         };
-        let Some(obj) = value.as_object_mut() else {
+        let doc = strict.root();
+        if doc.kind() != JsonKind::Object {
             return self.unreadable("upstream sent a list response that is not a JSON-RPC message");
-        };
-        if obj.get("id") != Some(&self.request_id) || obj.contains_key("method") {
+        }
+        let [id, method, result] = doc.fields(["id", "method", "result"]);
+        if id.map(|id| id.to_value()).as_ref() != Some(&self.request_id) || method.is_some() {
             // A notification or request from the server, or another response: not ours.
             return ListOutcome::Unchanged;
         }
-        let Some(result) = obj.get_mut("result") else {
+        let Some(result) = result else {
             return ListOutcome::Unchanged; // a JSON-RPC error: nothing to filter
         };
-        let Some(items) = result.get_mut(self.shape.array).and_then(Value::as_array_mut) else {
+        let Some(items) = result.get(self.shape.array).filter(|a| a.kind() == JsonKind::Array) else {
             return self.unreadable("upstream list response has no item array");
         };
-        let before = items.len();
-        items.retain(|item| {
-            item.get(self.shape.field)
-                .and_then(Value::as_str)
-                .is_some_and(|name| policy.decide(&self.roles, self.shape.kind, &self.server, name) == Verdict::Allow)
-        });
-        if items.len() == before {
+        let mut kept = Vec::new();
+        let mut removed = false;
+        for item in items.elements() {
+            let name = item.get(self.shape.field).and_then(|n| n.as_str());
+            let allowed = name
+                .is_some_and(|name| policy.decide(&self.roles, self.shape.kind, &self.server, &name) == Verdict::Allow);
+            if allowed {
+                kept.push(item.text());
+            } else {
+                removed = true;
+            }
+        }
+        if !removed {
             return ListOutcome::Unchanged;
         }
-        match serde_json::to_vec(&value) {
-            Ok(bytes) => ListOutcome::Rewritten(bytes),
-            Err(_) => self.unreadable("list response could not be re-encoded"),
+        // The original bytes around the array, the kept items' own text inside it.
+        let whole = doc.text().as_bytes();
+        let Some((before, after)) = items.span_in(&doc).and_then(|span| Some((whole.get(..span.start)?, whole.get(span.end..)?)))
+        else {
+            return self.unreadable("list response could not be re-encoded");
+        };
+        let mut out = Vec::with_capacity(whole.len());
+        out.extend_from_slice(before);
+        out.push(b'[');
+        for (i, item) in kept.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item.as_bytes());
         }
+        out.push(b']');
+        out.extend_from_slice(after);
+        ListOutcome::Rewritten(out)
     }
 
     fn unreadable(&self, message: &str) -> ListOutcome {
@@ -139,6 +165,93 @@ mod tests {
             json!({"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"x"}}),
         ] {
             assert_eq!(f.apply(other.to_string().as_bytes(), &p), ListOutcome::Unchanged, "{other}");
+        }
+    }
+
+    #[test]
+    fn rewrites_keep_the_upstream_text() {
+        let body = "{\"jsonrpc\": \"2.0\",\n \"id\": 3, \"result\": {\"tools\": [\n  {\"name\": \"get\\u005fcustomer\", \"x\": 1.50},\n  {\"name\": \"delete_customer\"} ,\n  {\"name\": \"list_all\", \"d\": \"caf\\u00e9 \\/\"}\n ], \"nextCursor\": \"c\"}}\n";
+        let ListOutcome::Rewritten(bytes) = filter("tools/list").apply(body.as_bytes(), &policy())
+        else {
+            panic!()
+        };
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "{\"jsonrpc\": \"2.0\",\n \"id\": 3, \"result\": {\"tools\": [{\"name\": \"get\\u005fcustomer\", \"x\": 1.50},{\"name\": \"list_all\", \"d\": \"caf\\u00e9 \\/\"}], \"nextCursor\": \"c\"}}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_make_a_list_unreadable() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"get_x","name":"delete_x"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"id":4,"result":{"tools":[]}}"#,
+        ] {
+            assert!(
+                matches!(
+                    filter("tools/list").apply(body.as_bytes(), &policy()),
+                    ListOutcome::Unreadable(_)
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    /// The filter before it read in place: build the tree, retain, re-serialize.
+    fn reference(f: &ListFilter, message: &[u8], policy: &Policy) -> Option<Option<Value>> {
+        let mut value: Value = serde_json::from_slice(message).ok()?;
+        let obj = value.as_object_mut()?;
+        if obj.get("id") != Some(&f.request_id) || obj.contains_key("method") {
+            return Some(None);
+        }
+        let Some(result) = obj.get_mut("result") else {
+            return Some(None);
+        };
+        let items = result
+            .get_mut(f.shape.array)
+            .and_then(Value::as_array_mut)?;
+        let before = items.len();
+        items.retain(|item| {
+            item.get(f.shape.field)
+                .and_then(Value::as_str)
+                .is_some_and(|name| {
+                    policy.decide(&f.roles, f.shape.kind, &f.server, name) == Verdict::Allow
+                })
+        });
+        Some((items.len() != before).then_some(value))
+    }
+
+    proptest::proptest! {
+        /// Same decisions and, when rewritten, the same JSON as the tree-building filter.
+        #[test]
+        fn agrees_with_the_tree_filter(
+            items in proptest::collection::vec((0usize..6, proptest::bool::ANY), 0..8),
+            id in 2i64..5,
+            extra in 0usize..4,
+        ) {
+            let names = ["get_a", "delete_b", "list_c", "get\\u005fd", "", "x"];
+            let items: Vec<String> = items
+                .iter()
+                .map(|(n, with_name)| if *with_name { format!(r#"{{"name":"{}","inputSchema":{{"name":"zz"}}}}"#, names[*n]) } else { r#"{"title":"t"}"#.into() })
+                .collect();
+            let tail = [r#""#, r#","nextCursor":"c""#, r#","tools":"#, r#","method":"m""#][extra];
+            let body = if extra == 2 {
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"other":[{}]}}}}"#, items.join(","))
+            } else {
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{}]{tail}}}}}"#, items.join(","))
+            };
+            let body = if extra == 3 { body.replacen(r#","method":"m""#, "", 1).replacen(r#""id""#, r#""method":"m","id""#, 1) } else { body };
+            let f = filter("tools/list");
+            let p = policy();
+            let got = f.apply(body.as_bytes(), &p);
+            match (reference(&f, body.as_bytes(), &p), got) {
+                (Some(None), ListOutcome::Unchanged) => {}
+                (Some(Some(want)), ListOutcome::Rewritten(bytes)) => {
+                    proptest::prop_assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), want);
+                }
+                (None, ListOutcome::Unreadable(_)) => {}
+                (want, got) => proptest::prop_assert!(false, "{body}: reference {want:?}, got {got:?}"),
+            }
         }
     }
 

@@ -5,10 +5,12 @@
 //! JSON-RPC batches (only ever legal in 2025-03-26) are refused: evaluating them element by
 //! element would need per-element response filtering for no client that sends them.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::jsonrpc::code;
+use crate::jsonrpc::{self, code, JsonKind, ParseError, RawJson};
 
 /// MCP method names the gateway treats specially.
 pub mod method {
@@ -170,67 +172,186 @@ impl MessageError {
     }
 }
 
-/// Classifies a strictly parsed JSON value as one MCP message.
-pub fn classify(value: &Value) -> Result<Message, MessageError> {
-    let obj = match value {
-        Value::Object(obj) => obj,
-        Value::Array(_) => return Err(MessageError::Batch),
-        _ => return Err(MessageError::NotObject),
-    };
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err(MessageError::Version);
+/// A request body read once, strictly: the message and what the header checks need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadMessage {
+    pub message: Message,
+    /// See [`envelope_protocol_version`].
+    envelope_version: Option<Option<String>>,
+}
+
+impl ReadMessage {
+    /// The protocol version the per-request envelope declares, as
+    /// [`envelope_protocol_version`] reports it.
+    pub fn envelope_version(&self) -> Option<Option<&str>> {
+        self.envelope_version.as_ref().map(Option::as_deref)
     }
-    let id = match obj.get("id") {
-        None => None,
-        Some(id @ Value::String(_)) => Some(id.clone()),
-        Some(id @ Value::Number(n)) if n.is_i64() || n.is_u64() => Some(id.clone()),
-        Some(_) => return Err(MessageError::BadId),
-    };
-    match obj.get("method") {
-        Some(Value::String(method)) if !method.is_empty() => {
-            let params = match obj.get("params") {
-                None => None,
-                Some(Value::Object(p)) => Some(p),
-                Some(Value::Array(_)) => return Err(MessageError::BadParams),
-                Some(_) => return Err(MessageError::ParamsNotStructured),
-            };
-            match id {
-                None => Ok(Message::Notification { method: method.clone() }),
-                Some(id) => {
-                    let target = match ResourceKind::of_method(method) {
-                        None => None,
-                        Some(kind) => {
-                            let key = kind.param_key();
-                            let name = params.and_then(|p| p.get(key)).and_then(Value::as_str);
-                            match name {
-                                Some(name) => Some(Target { kind, name: name.to_string() }),
-                                None => return Err(MessageError::MissingName { method: method.clone(), key }),
-                            }
-                        }
-                    };
-                    Ok(Message::Request { id, method: method.clone(), target })
-                }
-            }
-        }
-        Some(_) => Err(MessageError::BadMethod),
-        None => {
-            let id = id.ok_or(MessageError::BadResponse)?;
-            if obj.contains_key("result") == obj.contains_key("error") {
-                return Err(MessageError::BadResponse);
-            }
-            Ok(Message::Response { id })
+}
+
+/// Why a request body is not one acceptable MCP message.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ReadError {
+    /// Not strict JSON.
+    #[error(transparent)]
+    Json(#[from] ParseError),
+    /// JSON, but not an acceptable message; `id` is the message's id when it has a usable
+    /// one, so the error can answer it.
+    #[error("{error}")]
+    Message { error: MessageError, id: Option<Value> },
+}
+
+impl ReadError {
+    /// The JSON-RPC error code this maps to.
+    pub fn code(&self) -> i64 {
+        match self {
+            ReadError::Json(e) => e.code(),
+            ReadError::Message { error, .. } => error.code(),
         }
     }
 }
 
-/// The `_meta` key carrying a 2026-07-28 request's protocol version (the per-request envelope).
-pub const PROTOCOL_VERSION_META_KEY: &str = "io.modelcontextprotocol/protocolVersion";
+/// The request path's one read of a body: [`jsonrpc::validate_strict`], then the fields
+/// [`classify`] and [`envelope_protocol_version`] look at, read in place — the rest of the
+/// document (tool arguments) is validated but never built. Same answers as
+/// `classify(&parse_strict(body)?)`.
+pub fn read_message(body: &[u8]) -> Result<ReadMessage, ReadError> {
+    let doc = jsonrpc::validate_strict(body)?;
+    let raw = doc.root();
+    let (message, meta) = classify_view(raw).map_err(|error| ReadError::Message {
+        error,
+        id: raw.get("id").filter(|id| matches!(id.kind(), JsonKind::String | JsonKind::Number)).map(|id| id.to_value()),
+    })?;
+    let envelope_version = meta.and_then(|m| m.get(PROTOCOL_VERSION_META_KEY)).map(|v| v.as_str().map(Cow::into_owned));
+    Ok(ReadMessage { message, envelope_version })
+}
+
+/// Classifies a strictly parsed JSON value as one MCP message.
+pub fn classify(value: &Value) -> Result<Message, MessageError> {
+    classify_view(value).map(|(message, _)| message)
+}
 
 /// The protocol version a message's per-request envelope declares, if it has one:
 /// `params._meta["io.modelcontextprotocol/protocolVersion"]`. `Some(None)` when the key is
 /// present but not a string.
 pub fn envelope_protocol_version(value: &Value) -> Option<Option<&str>> {
     value.get("params")?.get("_meta")?.get(PROTOCOL_VERSION_META_KEY).map(Value::as_str)
+}
+
+/// The `_meta` key carrying a 2026-07-28 request's protocol version (the per-request envelope).
+pub const PROTOCOL_VERSION_META_KEY: &str = "io.modelcontextprotocol/protocolVersion";
+
+/// Read access to a JSON value, whether a built `Value` or validated text read in place, so
+/// the classification rules are written once.
+trait JsonView<'a>: Copy {
+    fn kind(self) -> JsonKind;
+    /// Several members at once (one walk for validated text); `None` for non-objects.
+    fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Self>; N];
+    fn string(self) -> Option<Cow<'a, str>>;
+    fn to_value(self) -> Value;
+    /// For numbers: an integer (`i64` or `u64`), not a float.
+    fn is_integer(self) -> bool;
+}
+
+impl<'a> JsonView<'a> for &'a Value {
+    fn kind(self) -> JsonKind {
+        match self {
+            Value::Object(_) => JsonKind::Object,
+            Value::Array(_) => JsonKind::Array,
+            Value::String(_) => JsonKind::String,
+            Value::Number(_) => JsonKind::Number,
+            Value::Bool(_) => JsonKind::Bool,
+            Value::Null => JsonKind::Null,
+        }
+    }
+    fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Self>; N] {
+        keys.map(|k| self.as_object().and_then(|o| o.get(k)))
+    }
+    fn string(self) -> Option<Cow<'a, str>> {
+        self.as_str().map(Cow::Borrowed)
+    }
+    fn to_value(self) -> Value {
+        self.clone()
+    }
+    fn is_integer(self) -> bool {
+        self.is_i64() || self.is_u64()
+    }
+}
+
+impl<'a> JsonView<'a> for RawJson<'a> {
+    fn kind(self) -> JsonKind {
+        RawJson::kind(&self)
+    }
+    fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Self>; N] {
+        RawJson::fields(&self, keys)
+    }
+    fn string(self) -> Option<Cow<'a, str>> {
+        self.as_str()
+    }
+    fn to_value(self) -> Value {
+        RawJson::to_value(&self)
+    }
+    fn is_integer(self) -> bool {
+        // `-0` and `1.0` are floats to serde_json: ask it rather than guess from the text.
+        self.kind() == JsonKind::Number && RawJson::to_value(&self).as_number().is_some_and(|n| n.is_i64() || n.is_u64())
+    }
+}
+
+/// The classification rules, once for both views. Also returns `params._meta` (whatever
+/// the message), read in the same walk, for the envelope version.
+fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), MessageError> {
+    match value.kind() {
+        JsonKind::Object => {}
+        JsonKind::Array => return Err(MessageError::Batch),
+        _ => return Err(MessageError::NotObject),
+    }
+    let [jsonrpc, id, method, params, result, error] = value.fields(["jsonrpc", "id", "method", "params", "result", "error"]);
+    let [name, uri, meta] = params.map_or([None; 3], |p| p.fields(["name", "uri", "_meta"]));
+    if jsonrpc.and_then(J::string).as_deref() != Some("2.0") {
+        return Err(MessageError::Version);
+    }
+    let id = match id {
+        None => None,
+        Some(id) if id.kind() == JsonKind::String || id.is_integer() => Some(id.to_value()),
+        Some(_) => return Err(MessageError::BadId),
+    };
+    let message = match method.map(J::string) {
+        Some(Some(method)) if !method.is_empty() => {
+            match params.map(J::kind) {
+                None | Some(JsonKind::Object) => {}
+                Some(JsonKind::Array) => return Err(MessageError::BadParams),
+                Some(_) => return Err(MessageError::ParamsNotStructured),
+            }
+            match id {
+                None => Message::Notification { method: method.into_owned() },
+                Some(id) => {
+                    let target = match ResourceKind::of_method(&method) {
+                        None => None,
+                        Some(kind) => {
+                            let key = kind.param_key();
+                            let name = match kind {
+                                ResourceKind::Resource => uri,
+                                ResourceKind::Tool | ResourceKind::Prompt => name,
+                            };
+                            match name.and_then(J::string) {
+                                Some(name) => Some(Target { kind, name: name.into_owned() }),
+                                None => return Err(MessageError::MissingName { method: method.into_owned(), key }),
+                            }
+                        }
+                    };
+                    Message::Request { id, method: method.into_owned(), target }
+                }
+            }
+        }
+        Some(_) => return Err(MessageError::BadMethod),
+        None => {
+            let id = id.ok_or(MessageError::BadResponse)?;
+            if result.is_some() == error.is_some() {
+                return Err(MessageError::BadResponse);
+            }
+            Message::Response { id }
+        }
+    };
+    Ok((message, meta))
 }
 
 /// Decodes an `Mcp-Name` header value: verbatim, or `=?base64?...?=` wrapped UTF-8 for
@@ -322,6 +443,87 @@ mod tests {
         assert_eq!(envelope_protocol_version(&meta(json!({PROTOCOL_VERSION_META_KEY: 1}))), Some(None));
         assert_eq!(envelope_protocol_version(&meta(json!({}))), None);
         assert_eq!(envelope_protocol_version(&json!({"jsonrpc":"2.0","id":1,"method":"ping"})), None);
+    }
+
+    /// `read_message` must answer exactly what `parse_strict` + `classify` +
+    /// `envelope_protocol_version` answer.
+    fn assert_read_agrees(body: &[u8]) {
+        let expected = match jsonrpc::parse_strict(body) {
+            Err(e) => Err(ReadError::Json(e)),
+            Ok(v) => match classify(&v) {
+                Err(error) => Err(ReadError::Message {
+                    error,
+                    id: v.get("id").filter(|id| id.is_string() || id.is_number()).cloned(),
+                }),
+                Ok(message) => Ok(ReadMessage {
+                    message,
+                    envelope_version: envelope_protocol_version(&v).map(|o| o.map(String::from)),
+                }),
+            },
+        };
+        assert_eq!(read_message(body), expected, "{}", String::from_utf8_lossy(body));
+    }
+
+    #[test]
+    fn read_message_agrees_with_classify() {
+        let bodies = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer","arguments":{"a":[1,{"b":"}"}]}}}"#,
+            r#"{"params":{"arguments":{"name":"evil"},"name":"get"},"method":"tools/call","id":"x","jsonrpc":"2.0"}"#,
+            r#" { "jsonrpc" : "2.0" , "id" : 7 , "method" : "tools/call" , "params" : { "name" : "a\"b" } } "#,
+            r#"{"jsonrpc":"2.0","id":1,"\u006dethod":"tools/call","params":{"n\u0061me":"x\u00e9\/"}}"#,
+            r#"{"jsonrpc":"2\u002e0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":-0,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1.0,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1e2,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":18446744073709551616,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":-9223372036854775808,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":true,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":"","method":""}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"crm://x","name":"n"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"uri":"crm://x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":null}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[]}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/x","params":7}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":null}"#,
+            r#"{"jsonrpc":"2.0","id":3,"error":{"code":1},"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":3}"#,
+            r#"{"jsonrpc":"2.0","id":{"a":1},"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"io.modelcontextprotocol\/protocolVersion":"2026\u002d07-28"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":null}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{},"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"v"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":[1]}}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            r#""2.0""#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","id":2}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/call""#,
+        ];
+        for body in bodies {
+            assert_read_agrees(body.as_bytes());
+        }
+        assert_read_agrees(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\"}");
+    }
+
+    proptest::proptest! {
+        /// Random envelopes: any mix of fields, in any order, with values of any kind.
+        #[test]
+        fn read_message_agrees_on_random_envelopes(
+            fields in proptest::collection::vec((0usize..9, 0usize..12), 0..7),
+            pretty in proptest::bool::ANY,
+        ) {
+            let keys = ["jsonrpc", "id", "method", "params", "result", "error", "name", "\\u006dethod", "_meta"];
+            let values = [
+                r#""2.0""#, "1", "-0", "2.5", r#""tools/call""#, r#""prompts/get""#, "null", "[]",
+                r#"{"name":"get_x","arguments":{"name":"y"}}"#, r#"{"uri":"crm://a"}"#,
+                r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"},"name":"n"}"#, r#""""#,
+            ];
+            let sep = if pretty { ",\n  " } else { "," };
+            let members: Vec<String> = fields.iter().map(|(k, v)| format!(r#""{}":{}"#, keys[*k], values[*v])).collect();
+            let body = format!("{{{}}}", members.join(sep));
+            assert_read_agrees(body.as_bytes());
+        }
     }
 
     #[test]

@@ -150,14 +150,20 @@ impl Policy {
 
     /// Decides whether a consumer holding `roles` may use `name` of `kind` on `server`.
     pub fn decide(&self, roles: &[String], kind: ResourceKind, server: &str, name: &str) -> Verdict {
-        let known = || roles.iter().filter_map(|r| self.roles.get(r)).map(|r| r.rules(kind));
-        if known().any(|rules| rules.deny.iter().any(|p| p.matches(server, name))) {
-            return Verdict::Deny(DenyReason::Denied);
+        // One pass, one role lookup each: a deny anywhere returns at once, an allow only
+        // counts once every role's denies were checked.
+        let mut allowed = false;
+        for rules in roles.iter().filter_map(|r| self.roles.get(r)).map(|r| r.rules(kind)) {
+            if rules.deny.iter().any(|p| p.matches(server, name)) {
+                return Verdict::Deny(DenyReason::Denied);
+            }
+            allowed = allowed || rules.allow.iter().any(|p| p.matches(server, name));
         }
-        if known().any(|rules| rules.allow.iter().any(|p| p.matches(server, name))) {
-            return Verdict::Allow;
+        if allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny(DenyReason::NotGranted)
         }
-        Verdict::Deny(DenyReason::NotGranted)
     }
 }
 
