@@ -413,6 +413,7 @@ impl Gateway {
             ReadError::Message { id, .. } => Rejection::bad_request(e.code(), e.to_string()).with_id(id.as_ref()),
         })?;
         check_routing_headers(&pending.routing, &read.message, read.envelope_version())?;
+        let arguments_bytes = read.arguments_bytes;
         let message = read.message;
 
         let consumer = &pending.consumer;
@@ -439,8 +440,7 @@ impl Gateway {
             return Err(Rejection::too_large(sizes.max_request_bytes).with_id(message.id()));
         }
         if let (Some(name), Some(max)) = (tool, sizes.max_argument_bytes) {
-            let arguments = value.get("params").and_then(|p| p.get("arguments"));
-            let size = arguments.map_or(0, |a| serde_json::to_vec(a).map_or(usize::MAX, |v| v.len())) as u64;
+            let size = arguments_bytes.unwrap_or(0) as u64;
             if size > max {
                 return Err(Rejection::new(
                     413,

@@ -178,6 +178,8 @@ pub struct ReadMessage {
     pub message: Message,
     /// See [`envelope_protocol_version`].
     envelope_version: Option<Option<String>>,
+    /// Length in bytes of `params.arguments` exactly as sent, when present.
+    pub arguments_bytes: Option<usize>,
 }
 
 impl ReadMessage {
@@ -222,7 +224,8 @@ pub fn read_message(body: &[u8]) -> Result<ReadMessage, ReadError> {
         id: raw.get("id").filter(|id| matches!(id.kind(), JsonKind::String | JsonKind::Number)).map(|id| id.to_value()),
     })?;
     let envelope_version = meta.and_then(|m| m.get(PROTOCOL_VERSION_META_KEY)).map(|v| v.as_str().map(Cow::into_owned));
-    Ok(ReadMessage { message, envelope_version })
+    let arguments_bytes = raw.get("params").and_then(|p| p.get("arguments")).map(|a| a.text().len());
+    Ok(ReadMessage { message, envelope_version, arguments_bytes })
 }
 
 /// Classifies a strictly parsed JSON value as one MCP message.
@@ -458,10 +461,21 @@ mod tests {
                 Ok(message) => Ok(ReadMessage {
                     message,
                     envelope_version: envelope_protocol_version(&v).map(|o| o.map(String::from)),
+                    // Checked on its own below: a tree cannot tell how many bytes were sent.
+                    arguments_bytes: None,
                 }),
             },
         };
-        assert_eq!(read_message(body), expected, "{}", String::from_utf8_lossy(body));
+        let read = read_message(body).map(|r| ReadMessage { arguments_bytes: None, ..r });
+        assert_eq!(read, expected, "{}", String::from_utf8_lossy(body));
+    }
+
+    #[test]
+    fn arguments_bytes_are_the_arguments_as_sent() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments": {"a" : [1, "}"]} }}"#;
+        assert_eq!(read_message(body).unwrap().arguments_bytes, Some(r#"{"a" : [1, "}"]}"#.len()));
+        let none = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#;
+        assert_eq!(read_message(none).unwrap().arguments_bytes, None);
     }
 
     #[test]
