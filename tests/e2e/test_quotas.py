@@ -6,7 +6,7 @@ Upstreams: tests/e2e/quota_upstream.py in JSON mode (server `tools`, plus the `r
 Limits under test (see REGISTRY below):
   fixed window  `exact`:   N/m on tools/hit, one counter for the tool (64 consumers race it)
   fixed window  `window`:  3/s on tools/echo_args for one consumer (Retry-After, reset)
-  token bucket  `bucket`:  2/s burst 2 on stream/hit (refill)
+  token bucket  `bucket`:  1/s burst 2 on stream/hit (refill)
   in flight:    2 open tools/call per consumer
   sizes:        arguments ≤ 256 bytes (echo_args: 4096), responses ≤ 1 MiB
   global rule   `fleet`:   only the x-meshgate-rl-fleet header; the 429 comes from the stand-in
@@ -95,7 +95,7 @@ quotas:
     quota: 3/s
   - name: bucket
     match: {{ tools: ["stream/hit"] }}
-    rate: 2/s
+    rate: 1/s
     burst: 2
   - name: sdk
     match: {{ tools: ["stream/echo_args"] }}
@@ -237,8 +237,9 @@ def test_token_bucket_refills(qgw):
     refused = post(url, call_body("hit", id=3), api_key("bucket-key"))
     assert assert_rate_limited(refused, 3, "bucket") == 1
     assert "burst 2" in jsonrpc_error(refused)["error"]["message"]
-    time.sleep(0.6)  # 2 tokens per second: one is back after 0.5 s
+    time.sleep(1.1)  # 1 token per second: one is back, the next is a second away
     assert post(url, call_body("hit", id=4), api_key("bucket-key")).status_code == 200
+    # Slack of ~0.9 s between these two calls before a second token could refill.
     assert post(url, call_body("hit", id=5), api_key("bucket-key")).status_code == 429
 
 
