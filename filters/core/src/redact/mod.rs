@@ -108,6 +108,7 @@
 mod detector;
 mod engine;
 mod json;
+mod prefilter;
 mod validate;
 
 #[cfg(test)]
