@@ -23,7 +23,6 @@ use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::Hir;
 
 use super::detector::Detector;
-use super::prefilter::{self, Detectors};
 use super::validate::validate;
 
 /// What a pattern detects.
@@ -94,8 +93,6 @@ pub(super) struct Engine {
     first_bytes: Vec<ByteSet>,
     /// No match of any pattern is shorter than this: shorter strings are not scanned.
     min_len: usize,
-    /// Every pattern is a built-in one: only the islands [`prefilter`] reports are scanned.
-    builtin_only: bool,
 }
 
 /// An accepted match: `hay[start..end]` is redacted as `pattern`.
@@ -157,7 +154,7 @@ fn first_bytes(hir: &Hir) -> ByteSet {
 impl Engine {
     /// A matcher that matches nothing.
     pub fn empty() -> Self {
-        Engine { regex: None, patterns: Vec::new(), first_bytes: Vec::new(), min_len: usize::MAX, builtin_only: true }
+        Engine { regex: None, patterns: Vec::new(), first_bytes: Vec::new(), min_len: usize::MAX }
     }
 
     /// Compiles `patterns` (sources in priority order) into one matcher.
@@ -182,10 +179,8 @@ impl Engine {
             .configure(meta::Config::new().hybrid_cache_capacity(8 * 1024 * 1024))
             .build_many(&sources)
             .map_err(|e| e.to_string())?;
-        let builtin_only = patterns.iter().all(|(p, _)| matches!(p.kind, Kind::Builtin(_)));
         Ok(Engine {
             regex: Some(regex),
-            builtin_only,
             patterns: patterns.into_iter().map(|(p, _)| p).collect(),
             first_bytes: first,
             min_len: min_len.max(1),
@@ -199,10 +194,6 @@ impl Engine {
     /// Calls `on_match` for each accepted match in `hay`, left to right, non-overlapping.
     /// A pattern is eligible when `enabled(pattern)`; built-in candidates must also pass
     /// their validator. Stops at the first `Err` from `on_match` and returns it.
-    ///
-    /// With built-in patterns only, the DFA runs over the islands [`prefilter::islands`]
-    /// reports, each searched on its own with `hay` as context: no candidate crosses an
-    /// island's edge, and an island without an anchor holds none of an enabled detector.
     pub fn scan<E>(
         &self,
         hay: &[u8],
@@ -210,49 +201,20 @@ impl Engine {
         budget: &mut Budget,
         on_match: &mut dyn FnMut(Found) -> Result<(), E>,
     ) -> Result<(), E> {
-        if self.regex.is_none() || hay.len() < self.min_len {
+        let Some(regex) = &self.regex else { return Ok(()) };
+        if hay.len() < self.min_len {
             return Ok(());
         }
-        if !self.builtin_only {
-            return self.scan_within(hay, 0, hay.len(), enabled, budget, on_match);
-        }
-        let mut detectors = Detectors::default();
-        for (id, pattern) in self.patterns.iter().enumerate() {
-            if let (Kind::Builtin(d), true) = (pattern.kind, enabled(id)) {
-                detectors.insert(d);
-            }
-        }
-        let mut islands = Vec::new();
-        prefilter::islands(hay, detectors, &mut islands);
-        for (start, end) in islands {
-            if end - start >= self.min_len {
-                self.scan_within(hay, start, end, enabled, budget, on_match)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Self::scan`] over every position of `hay[from..to]` (matches end by `to`).
-    pub(super) fn scan_within<E>(
-        &self,
-        hay: &[u8],
-        from: usize,
-        to: usize,
-        enabled: &dyn Fn(usize) -> bool,
-        budget: &mut Budget,
-        on_match: &mut dyn FnMut(Found) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let Some(regex) = &self.regex else { return Ok(()) };
-        let mut at = from;
-        while at < to {
-            let Some(m) = regex.search(&Input::new(hay).span(at..to)) else { break };
+        let mut at = 0;
+        while at < hay.len() {
+            let Some(m) = regex.search(&Input::new(hay).span(at..hay.len())) else { break };
             let (start, end, pattern) = (m.start(), m.end(), m.pattern().as_usize());
             if let Some(found) = self.accept(hay, start, end, pattern, enabled) {
                 on_match(found)?;
                 at = found.end;
                 continue;
             }
-            match self.retry_at(regex, hay, to, start, end, pattern, enabled, budget) {
+            match self.retry_at(regex, hay, start, end, pattern, enabled, budget) {
                 Retry::Found(found) => {
                     on_match(found)?;
                     at = found.end;
@@ -281,7 +243,6 @@ impl Engine {
         &self,
         regex: &Regex,
         hay: &[u8],
-        to: usize,
         start: usize,
         end: usize,
         refused: usize,
@@ -298,7 +259,7 @@ impl Engine {
                 return Retry::Skip;
             }
             let Ok(id) = PatternID::new(q) else { continue };
-            let input = Input::new(hay).span(start..to).anchored(Anchored::Pattern(id));
+            let input = Input::new(hay).span(start..hay.len()).anchored(Anchored::Pattern(id));
             if let Some(m) = regex.search(&input) {
                 if let Some(found) = self.accept(hay, m.start(), m.end(), q, enabled) {
                     return Retry::Found(found);
@@ -399,75 +360,6 @@ mod tests {
         let text = format!("Authorization: Bearer {jwt}");
         assert_eq!(found(&engine, &text, &|p| p != bearer), vec![("jwt".into(), jwt.into())]);
         assert_eq!(found(&engine, &text, &|_| true), vec![("bearer_token".into(), jwt.into())]);
-    }
-
-    /// Whether every character a match of `hir` can contain is ASCII and not a break.
-    fn only_island_bytes(hir: &Hir) -> bool {
-        use regex_syntax::hir::{Class, HirKind};
-        let ok = |lo: u32, hi: u32| hi <= 0x7F && (lo..=hi).all(|c| !prefilter::is_break(c as u8));
-        match hir.kind() {
-            HirKind::Empty | HirKind::Look(_) => true,
-            HirKind::Literal(lit) => lit.0.iter().all(|&b| ok(u32::from(b), u32::from(b))),
-            HirKind::Class(Class::Unicode(c)) => c.ranges().iter().all(|r| ok(r.start() as u32, r.end() as u32)),
-            HirKind::Class(Class::Bytes(c)) => c.ranges().iter().all(|r| ok(u32::from(r.start()), u32::from(r.end()))),
-            HirKind::Repetition(rep) => only_island_bytes(&rep.sub),
-            HirKind::Capture(cap) => only_island_bytes(&cap.sub),
-            HirKind::Concat(subs) | HirKind::Alternation(subs) => subs.iter().all(only_island_bytes),
-        }
-    }
-
-    #[test]
-    fn no_builtin_candidate_contains_a_break_byte() {
-        for d in Detector::ALL {
-            assert!(only_island_bytes(&parse(d.pattern()).unwrap()), "{d}");
-        }
-        assert!(all().builtin_only);
-    }
-
-    /// Every match of a scan of the whole haystack, with any set of detectors enabled.
-    fn found_everywhere(engine: &Engine, text: &str, enabled: &dyn Fn(usize) -> bool) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        let mut budget = Budget::for_message(text.len());
-        let _ = engine.scan_within::<()>(text.as_bytes(), 0, text.len(), enabled, &mut budget, &mut |f| {
-            out.push((engine.patterns()[f.pattern].name.to_string(), text[f.start..f.end].to_string()));
-            Ok(())
-        });
-        out
-    }
-
-    fn piece() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
-        let fixed = proptest::sample::select(vec![
-            "jane.doe@example.com", "(415) 555-0132", "+44 20 7946 0958", "4111 1111 1111 1111",
-            "123-45-6789", "DE89 3704 0044 0532 0130 00", "DE89370400440532013000", "10.0.0.1",
-            "fe80::1", "2001:db8:0:0:0:0:2:1", "::ffff:192.0.2.1", "AKIAIOSFODNN7EXAMPLE",
-            "Bearer 8f14e45fceea167a5a36dedd4bea2543", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2ln",
-            "sk-abcdefghij0123456789xyz", "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
-            "xoxb-1234567890-abcdef", "AIzaSyA-abcdefghijklmnopqrstuvwxyz12345", "hf_abcdefghijklmnopqrstuvwxyz0123",
-            "SG.abcdefghijklmnop.qrstuvwxyzabcdef", "sk_live_abcdefghijklmnop", "github_pat_abcdefghijklmnopqrstuv",
-            "glpat-abcdefghijklmnopqrst", "npm_abcdefghijklmnopqrstuvwxyz0123456789",
-            "3782 822463 10005", "4111-1111-1111-1111", "5555555555554444", "1-800-555-0199", "415.555.0132",
-            "(415)555-0132", "+1 (415) 555-0132", "+44 (0)20 7946 0958", "1.2.3.4.5", "v1.2.3.4", "12.34.56.78",
-            "ORD-2024-000123", "1.2.3", "2024-05-01T12:30:00Z", "$1,299.00", "+1", "1",
-            "12", "415", "4111", "(", ")", ":", ".", "-", "_", "@",
-            " ", ",", "\"", "é", "x", "A", "Z", "ey", "J",
-            ]).prop_map(String::from);
-        prop_oneof![4 => fixed, 1 => "[ -~]{0,6}", 1 => "[0-9 .+()-]{0,12}", 1 => "[A-F0-9:.]{0,12}"]
-    }
-
-    proptest::proptest! {
-        /// Island scanning finds exactly what a scan of the whole haystack finds, whatever
-        /// detectors are on (so an island the prefilter leaves out holds no match).
-        #[test]
-        fn islands_find_what_the_whole_scan_finds(
-            pieces in proptest::collection::vec(piece(), 0..12),
-            mask in 0u32..(1 << 10),
-        ) {
-            let engine = all();
-            let text = pieces.concat();
-            let enabled = |p: usize| mask & (1 << p) != 0;
-            proptest::prop_assert_eq!(found(&engine, &text, &enabled), found_everywhere(&engine, &text, &enabled));
-        }
     }
 
     #[test]

@@ -108,7 +108,6 @@
 mod detector;
 mod engine;
 mod json;
-mod prefilter;
 mod validate;
 
 #[cfg(test)]
