@@ -12,11 +12,16 @@
 //!   candidate), serialize.
 //!
 //! Run: `cargo bench -p meshgate-core --bench redaction -- --warm-up-time 1 --measurement-time 3`
+//!
+//! On a busy machine wall-clock throughput is noisy; count cycles or instructions of a
+//! fixed amount of work instead: `REDACTION_ITERS=<density>/<engine>/<size>:<n>` (for
+//! example `sparse/meshgate/1MB:200`) runs that case `n` times without criterion, under
+//! `perf stat -e cycles:u` or `valgrind --tool=callgrind`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use meshgate_core::config::{RawRedactionRule, SecretSource};
 use meshgate_core::redact::{Detector, Direction, RedactionCounts, RedactionPlan, Redactor};
 use serde_json::{json, Value};
@@ -159,12 +164,36 @@ impl Naive {
     }
 }
 
+const DENSITIES: [(&str, u64); 2] = [("sparse", 20), ("dense", 800)];
+const SIZES: [(&str, usize); 3] = [("1KB", 1024), ("64KB", 64 * 1024), ("1MB", 1024 * 1024)];
+
+/// `REDACTION_ITERS=<density>/<engine>/<size>:<n>`: the case, `n` times, nothing else.
+fn fixed_iterations(spec: &str) {
+    let (case, n) = spec.split_once(':').expect("REDACTION_ITERS=<density>/<engine>/<size>:<n>");
+    let n: u64 = n.parse().expect("a number of iterations");
+    let parts: Vec<&str> = case.split('/').collect();
+    let [density, engine, size] = parts[..] else { panic!("REDACTION_ITERS=<density>/<engine>/<size>:<n>") };
+    let per_mille = DENSITIES.iter().find(|(d, _)| *d == density).expect("sparse or dense").1;
+    let size = SIZES.iter().find(|(s, _)| *s == size).expect("1KB, 64KB or 1MB").1;
+    let body = payload(size, per_mille);
+    let (plan, naive) = (plan(), Naive::new());
+    let mut bytes = 0usize;
+    for _ in 0..n {
+        bytes += match engine {
+            "meshgate" => plan.redact_message(&body, &mut RedactionCounts::new()).unwrap().map_or(0, |o| o.len()),
+            "naive" => naive.redact(&body).len(),
+            _ => panic!("meshgate or naive"),
+        };
+    }
+    eprintln!("{case}: {n} x {} bytes ({bytes} bytes written)", body.len());
+}
+
 fn bench(c: &mut Criterion) {
     let plan = plan();
     let naive = Naive::new();
-    for (density, per_mille) in [("sparse", 20), ("dense", 800)] {
+    for (density, per_mille) in DENSITIES {
         let mut group = c.benchmark_group(format!("redaction/{density}"));
-        for (label, size) in [("1KB", 1024), ("64KB", 64 * 1024), ("1MB", 1024 * 1024)] {
+        for (label, size) in SIZES {
             let body = payload(size, per_mille);
             let mut counts = RedactionCounts::new();
             let out = plan.redact_message(&body, &mut counts).unwrap();
@@ -183,4 +212,13 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var("REDACTION_ITERS") {
+        Ok(spec) => fixed_iterations(&spec),
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}
