@@ -5,6 +5,7 @@
 #   make build   release binary + wasm filter
 #   make e2e     only the end-to-end suite (expects `make build` done)
 #   make lint    cargo fmt --check + clippy (not part of `make test`)
+#   make bench   load benchmark: bare Envoy vs Envoy + Meshgate, writes BENCHMARKS.md (~5 min; not part of `make test`)
 #
 # Setup is idempotent and fast when everything is present: the wasm target is
 # added only if missing, and the venv is (re)synced only when requirements*.txt
@@ -31,7 +32,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server wrk
 APT_GET ?= $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: help setup system-deps wasm-target venv build test unit e2e lint run clean-venv
+.PHONY: help setup system-deps wasm-target venv build test unit e2e lint run clean-venv bench
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -86,6 +87,13 @@ lint: wasm-target
 
 run: setup build
 	scripts/run.sh
+
+# Load benchmark (benches/load/run.py): one Envoy worker per configuration, wrk checks every
+# response body. BENCH_ARGS='--duration 5 --no-write' for a quick look.
+BENCH_ARGS ?=
+bench: setup build
+	$(CARGO) build --release -p meshgate-bench-upstream
+	"$(PY)" benches/load/run.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf "$(VENV)"
