@@ -33,6 +33,7 @@ pub mod control;
 pub mod envoy_admin;
 pub mod launch;
 pub mod locate;
+pub mod ratelimit;
 pub mod registry;
 pub mod reload;
 pub mod serve;
