@@ -22,8 +22,5 @@ pub mod redis;
 pub mod service;
 pub mod store;
 
-#[cfg(test)]
-mod tests;
-
 pub use metrics::{Decision, Metrics};
 pub use service::{RateLimiter, RlsService};

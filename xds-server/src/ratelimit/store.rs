@@ -235,7 +235,9 @@ impl Store {
         argv: &[String],
     ) -> Result<Reply, StoreError> {
         for _ in 0..2 {
-            let sha = match self.sha.read().await.clone() {
+            // Bound first: a guard in the match scrutinee would be held into `load`.
+            let known = self.sha.read().await.clone();
+            let sha = match known {
                 Some(sha) => sha,
                 None => self.load().await?,
             };
