@@ -5,7 +5,8 @@
 //! - head: route + API-key identity; body: the one strict parse + classification + RBAC of a
 //!   1 KB `tools/call`; list: filtering a 100-tool `tools/list` result;
 //! - jwt: verification cold (cache disabled) vs cached, for HS256, RS256 and ES256;
-//! - quota: one token-bucket decision.
+//! - quota: one token-bucket decision; the full local decision of a `tools/call` (matching,
+//!   counter keys, decode/take/encode of every local counter).
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -158,6 +159,44 @@ fn bench(c: &mut Criterion) {
             let taken = limit.take(state, black_box(t));
             state = Some(taken.state);
             black_box(taken.admitted)
+        })
+    });
+    bench_local_quota_decision(c);
+}
+
+/// The whole local limiter decision of one `tools/call`, as the filter runs it: matching
+/// rules (role + glob), counter keys, then decode → take → encode of each local counter.
+/// The shared-data host calls (get + CAS set per counter) are outside this native bench.
+fn bench_local_quota_decision(c: &mut Criterion) {
+    let rules: Vec<meshgate_core::config::RawQuotaRule> = match serde_json::from_value(json!([
+        {"match": {"roles": ["reader"], "tools": ["crm/*"]}, "rate": "60/m", "burst": 10},
+        {"name": "daily", "quota": "100000/d", "key": "consumer"},
+        {"name": "docs", "match": {"tools": ["docs/*"]}, "rate": "5/s"},
+        {"name": "fleet", "quota": "1000/m", "key": "tool", "scope": "global"}
+    ])) {
+        Ok(r) => r,
+        Err(e) => panic!("bench rules: {e}"),
+    };
+    let servers = ["crm".to_string(), "docs".to_string()].into_iter().collect();
+    let rules = match meshgate_core::quota::QuotaRules::compile(&rules, &servers, &|_| true) {
+        Ok(r) => r,
+        Err(e) => panic!("bench rules: {e}"),
+    };
+    let roles = vec!["reader".to_string()];
+    let mut store: std::collections::HashMap<String, [u8; 16]> = std::collections::HashMap::new();
+    let mut t = 1_800_000_000_000_000_000u64;
+    c.bench_function("quota/local_decision", |b| {
+        b.iter(|| {
+            t += 1_000_000_000; // one call per second per key: always admitted, always written
+            let charges = rules.charges(black_box("alice"), "crm", black_box("get_customer"), &roles);
+            let mut admitted = true;
+            for charge in &charges.local {
+                let state = store.get(&charge.shared_key).and_then(|b| State::decode(b));
+                let taken = charge.limit.take(state, t);
+                admitted &= taken.admitted;
+                store.insert(charge.shared_key.clone(), taken.state.encode());
+            }
+            black_box((admitted, charges.global.len()))
         })
     });
 }

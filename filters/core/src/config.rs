@@ -49,6 +49,9 @@ pub struct RawFilterConfig {
     /// Rate limits and quotas on `tools/call` ([`crate::quota`]); every matching rule is charged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<RawQuotaRule>,
+    /// Size guardrails per server (and per tool), overriding `limits`. Keyed by server name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_limits: BTreeMap<String, RawServerLimits>,
 }
 
 fn default_route_prefix() -> String {
@@ -164,14 +167,51 @@ pub struct RawRules {
     pub deny: Vec<String>,
 }
 
-/// Size guardrails.
+/// Guardrails for every server: sizes (overridable per server and tool in
+/// [`RawServerLimits`]) and the per-consumer in-flight limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
+    /// Largest request body (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+    /// Largest response body of a POST (JSON body, or one SSE event); larger ones become a
+    /// JSON-RPC error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
+    /// Largest serialized `params.arguments` of a `tools/call` (no limit when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_argument_bytes: Option<u64>,
+    /// Most `tools/call` requests one consumer may have open at once, across this Envoy's
+    /// workers (no limit when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_consumer: Option<u64>,
+}
+
+/// Size guardrails of one server or tool. Absent values inherit (tool ← server ← `limits`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSizeLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_argument_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_response_bytes: Option<u64>,
+}
+
+/// One server's size guardrails, with per-tool overrides keyed by tool name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_argument_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, RawSizeLimits>,
 }
 
 /// One redaction rule: what to detect, where, and what to do with it (see [`crate::redact`]).
@@ -354,11 +394,117 @@ impl ConfigError {
     }
 }
 
-/// Size guardrails, validated.
+/// The size guardrails that apply to one exchange, resolved tool ← server ← `limits`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct SizeLimits {
+    /// Largest request body. Every value is > 0.
     pub max_request_bytes: u64,
+    /// Largest serialized `tools/call` arguments; `None` = only `max_request_bytes` bounds them.
+    pub max_argument_bytes: Option<u64>,
+    /// Largest response body (JSON) or SSE event of a POST.
     pub max_response_bytes: u64,
+}
+
+impl SizeLimits {
+    fn overridden(self, path: &str, o: &RawSizeLimits) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_request_bytes: positive(o.max_request_bytes, path, "max_request_bytes")?.unwrap_or(self.max_request_bytes),
+            max_argument_bytes: positive(o.max_argument_bytes, path, "max_argument_bytes")?.or(self.max_argument_bytes),
+            max_response_bytes: positive(o.max_response_bytes, path, "max_response_bytes")?
+                .unwrap_or(self.max_response_bytes),
+        })
+    }
+}
+
+/// `Some(0)` is refused: a zero limit would refuse everything, which is never what was meant.
+fn positive(value: Option<u64>, path: &str, key: &str) -> Result<Option<u64>, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::invalid(format!("{path}.{key}"), "must be greater than 0")),
+        other => Ok(other),
+    }
+}
+
+/// One server's resolved sizes and its tools' overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServerSizes {
+    base: SizeLimits,
+    /// The largest request any of its tools accepts: what the head-time `content-length`
+    /// check allows before the body names the tool.
+    largest_request_bytes: u64,
+    tools: std::collections::HashMap<String, SizeLimits>,
+}
+
+/// Guardrails, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The top-level `limits` (what servers without overrides get).
+    pub defaults: SizeLimits,
+    /// Most open `tools/call` requests per consumer; `None` = unlimited. > 0.
+    pub max_in_flight_per_consumer: Option<u64>,
+    servers: std::collections::HashMap<String, ServerSizes>,
+}
+
+impl Limits {
+    /// The sizes for an exchange with `server` (`tool` for a `tools/call`).
+    pub fn sizes(&self, server: &str, tool: Option<&str>) -> SizeLimits {
+        let Some(s) = self.servers.get(server) else {
+            return self.defaults;
+        };
+        tool.and_then(|t| s.tools.get(t)).copied().unwrap_or(s.base)
+    }
+
+    /// The request-size bound before the body is read (the largest of the server's tools).
+    pub fn head_request_bytes(&self, server: &str) -> u64 {
+        self.servers.get(server).map_or(self.defaults.max_request_bytes, |s| s.largest_request_bytes)
+    }
+
+    /// The largest response size any server or tool allows (for sizing Envoy's buffers).
+    pub fn largest_response_bytes(&self) -> u64 {
+        let per_server = self.servers.values().flat_map(|s| std::iter::once(s.base).chain(s.tools.values().copied()));
+        per_server.map(|s| s.max_response_bytes).fold(self.defaults.max_response_bytes, u64::max)
+    }
+
+    /// The largest request size any server or tool allows.
+    pub fn largest_request_bytes(&self) -> u64 {
+        self.servers.values().map(|s| s.largest_request_bytes).fold(self.defaults.max_request_bytes, u64::max)
+    }
+
+    fn compile(raw: &RawFilterConfig, servers: &std::collections::HashSet<String>) -> Result<Self, ConfigError> {
+        let top = &raw.limits;
+        let defaults = SizeLimits {
+            max_request_bytes: positive(top.max_request_bytes, "limits", "max_request_bytes")?
+                .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            max_argument_bytes: positive(top.max_argument_bytes, "limits", "max_argument_bytes")?,
+            max_response_bytes: positive(top.max_response_bytes, "limits", "max_response_bytes")?
+                .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+        };
+        let max_in_flight_per_consumer =
+            positive(top.max_in_flight_per_consumer, "limits", "max_in_flight_per_consumer")?;
+        let mut by_server = std::collections::HashMap::new();
+        for (name, limits) in &raw.server_limits {
+            let path = format!("server_limits.{name}");
+            if !servers.contains(name) {
+                return Err(ConfigError::invalid(path, format!("\"{name}\" is not a server of this configuration")));
+            }
+            let own = RawSizeLimits {
+                max_request_bytes: limits.max_request_bytes,
+                max_argument_bytes: limits.max_argument_bytes,
+                max_response_bytes: limits.max_response_bytes,
+            };
+            let base = defaults.overridden(&path, &own)?;
+            let mut tools = std::collections::HashMap::new();
+            for (tool, o) in &limits.tools {
+                let tool_path = format!("{path}.tools.{tool}");
+                if tool.is_empty() {
+                    return Err(ConfigError::invalid(tool_path, "a tool name must not be empty"));
+                }
+                tools.insert(tool.clone(), base.overridden(&tool_path, o)?);
+            }
+            let largest_request_bytes = tools.values().map(|t| t.max_request_bytes).fold(base.max_request_bytes, u64::max);
+            by_server.insert(name.clone(), ServerSizes { base, largest_request_bytes, tools });
+        }
+        Ok(Self { defaults, max_in_flight_per_consumer, servers: by_server })
+    }
 }
 
 /// The validated, compiled configuration the request path runs on.
@@ -430,15 +576,7 @@ impl FilterConfig {
             secrets,
         )?;
         let quotas = crate::quota::QuotaRules::compile(&raw.quotas, &servers, &|r| policy.has_role(r))?;
-        let limit = |value: Option<u64>, default: u64, key: &str| match value {
-            Some(0) => Err(ConfigError::invalid(format!("limits.{key}"), "must be greater than 0")),
-            Some(v) => Ok(v),
-            None => Ok(default),
-        };
-        let limits = Limits {
-            max_request_bytes: limit(raw.limits.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES, "max_request_bytes")?,
-            max_response_bytes: limit(raw.limits.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES, "max_response_bytes")?,
-        };
+        let limits = Limits::compile(raw, &servers)?;
         Ok(Self {
             route_prefix: raw.route_prefix.clone(),
             servers,

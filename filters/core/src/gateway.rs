@@ -18,6 +18,7 @@ use crate::jsonrpc::{self, code, ParseError};
 use crate::listing::{ListFilter, ListOutcome};
 use crate::mcp::{self, header, Message, ResourceKind, MODERN_PROTOCOL_VERSIONS};
 use crate::policy::{Policy, Verdict};
+use crate::quota::{self, Charges};
 use crate::redact::{Direction, RedactionCounts, RedactionPlan};
 use crate::reject::{printable, Rejection};
 
@@ -25,6 +26,20 @@ use crate::reject::{printable, Rejection};
 /// (MCP forbids token passthrough) and `accept-encoding` (the filter must be able to read
 /// the response it governs).
 pub const STRIPPED_REQUEST_HEADERS: &[&str] = &["authorization", "x-api-key", "accept-encoding"];
+
+/// The request headers to remove before forwarding: [`STRIPPED_REQUEST_HEADERS`] and every
+/// `x-meshgate-*` header the client sent (those are the filter's own, e.g. global rate-limit
+/// descriptors; a client must not be able to choose its counter). Lowercase names.
+pub fn headers_to_strip(headers: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<String> = STRIPPED_REQUEST_HEADERS.iter().map(|h| h.to_string()).collect();
+    for (name, _) in headers {
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with(quota::RESERVED_HEADER_PREFIX) && !names.contains(&lower) {
+            names.push(lower);
+        }
+    }
+    names
+}
 
 /// Paths outside the MCP routes that pass ungoverned (discovery documents only).
 const UNGOVERNED_PREFIXES: &[&str] = &["/.well-known/"];
@@ -101,6 +116,14 @@ pub struct Exchange {
     pub response_redaction: Option<RedactionPlan>,
     /// The request body to forward instead of the original (request-direction redaction).
     pub rewritten_request: Option<Vec<u8>>,
+    /// Rate limits and quotas this `tools/call` is charged to (empty otherwise).
+    pub charges: Charges,
+    /// Whether this exchange holds one of its consumer's in-flight slots while it is open
+    /// (a `tools/call` with `limits.max_in_flight_per_consumer` set).
+    pub counts_in_flight: bool,
+    /// Largest response body (JSON) or SSE event accepted for this request; `None` for
+    /// exchanges without a request to answer (the GET stream, DELETE, notifications).
+    pub response_limit: Option<u64>,
 }
 
 /// How the response body must be handled.
@@ -122,6 +145,8 @@ pub struct ResponseHead<'a> {
     pub status: u16,
     pub content_type: Option<&'a str>,
     pub content_encoding: Option<&'a str>,
+    /// The declared `content-length`, when present and numeric.
+    pub content_length: Option<u64>,
 }
 
 impl Exchange {
@@ -130,12 +155,46 @@ impl Exchange {
         self.message.as_ref().and_then(Message::id)
     }
 
+    /// The JSON-RPC error that replaces a response over [`Self::response_limit`].
+    pub fn oversized_response(&self, limit: u64) -> Vec<u8> {
+        jsonrpc::error_body(
+            self.request_id(),
+            code::INTERNAL_ERROR,
+            &format!("the response from {} exceeds the {limit}-byte limit", self.server),
+        )
+    }
+
+    /// A complete SSE event carrying [`Self::oversized_response`]: what ends an SSE stream
+    /// whose next event grew over the limit (the partial event is never sent).
+    pub fn oversized_sse_event(&self, limit: u64) -> Vec<u8> {
+        let mut event = b"event: message\ndata: ".to_vec();
+        event.extend(self.oversized_response(limit));
+        event.extend_from_slice(b"\n\n");
+        event
+    }
+
     /// Decides how to treat the response, from its headers. List filtering applies to
-    /// successful answers; redaction to every body, errors included.
+    /// successful answers; redaction to every body, errors included; the size limit to
+    /// every answer to a request.
     pub fn response_plan(&self, head: ResponseHead<'_>) -> ResponsePlan {
         let filter = self.list_filter.is_some() && (200..300).contains(&head.status) && head.status != 202;
-        if !filter && self.response_redaction.is_none() {
-            return ResponsePlan::PassThrough;
+        let rewrites = filter || self.response_redaction.is_some();
+        if let (Some(limit), Some(len)) = (self.response_limit, head.content_length) {
+            if len > limit {
+                return ResponsePlan::Replace(self.oversized_response(limit));
+            }
+        }
+        if !rewrites {
+            return match (self.response_limit, head.content_length) {
+                // Declared and within the limit (checked above), or nothing to answer.
+                (None, _) | (Some(_), Some(_)) => ResponsePlan::PassThrough,
+                // Unknown length: an SSE stream is checked event by event, anything else is
+                // buffered up to the limit so an oversized body is never half-sent.
+                (Some(_), None) => match head.content_type.map(media_type) {
+                    Some(t) if t == "text/event-stream" => ResponsePlan::Stream,
+                    _ => ResponsePlan::Buffer,
+                },
+            };
         }
         let unreadable = |why: &str| ResponsePlan::Replace(jsonrpc::error_body(self.request_id(), code::INTERNAL_ERROR, why));
         if head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
@@ -154,6 +213,9 @@ impl Exchange {
     /// then redaction. `None` when it passes unchanged; otherwise the bytes to send instead
     /// (a JSON-RPC error for the request when the message cannot be read or is blocked).
     pub fn rewrite_message(&self, message: &[u8], policy: &Policy, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
+        if let Some(limit) = self.response_limit.filter(|l| message.len() as u64 > *l) {
+            return Some(self.oversized_response(limit));
+        }
         let filtered = match &self.list_filter {
             None => None,
             Some(filter) => match filter.apply(message, policy) {
@@ -233,9 +295,12 @@ impl Gateway {
                     list_filter: None,
                     response_redaction,
                     rewritten_request: None,
+                    charges: Charges::default(),
+                    counts_in_flight: false,
+                    response_limit: None,
                 })
             }
-            "POST" => match self.check_post_head(head) {
+            "POST" => match self.check_post_head(head, &server) {
                 Ok(routing) => HeadDecision::AwaitBody(PendingRequest { consumer, server, routing }),
                 Err(r) => HeadDecision::Reject(r),
             },
@@ -265,7 +330,8 @@ impl Gateway {
         Rejection::new(401, code::UNAUTHENTICATED, error.to_string()).with_header("www-authenticate", challenge)
     }
 
-    fn check_post_head(&self, head: RequestHead<'_>) -> Result<RoutingHeaders, Rejection> {
+    fn check_post_head(&self, head: RequestHead<'_>, server: &str) -> Result<RoutingHeaders, Rejection> {
+        let max_request_bytes = self.config.limits.head_request_bytes(server);
         match head.header("content-type").map(media_type) {
             Some(t) if t == "application/json" => {}
             other => {
@@ -287,9 +353,7 @@ impl Gateway {
         }
         if let Some(len) = head.header("content-length") {
             match len.trim().parse::<u64>() {
-                Ok(n) if n > self.config.limits.max_request_bytes => {
-                    return Err(Rejection::too_large(self.config.limits.max_request_bytes))
-                }
+                Ok(n) if n > max_request_bytes => return Err(Rejection::too_large(max_request_bytes)),
                 Ok(_) => {}
                 Err(_) => return Err(Rejection::bad_request(code::INVALID_REQUEST, "invalid content-length")),
             }
@@ -309,19 +373,39 @@ impl Gateway {
     }
 
     /// Whether a body of `len` bytes so far is already over the request limit (checked on
-    /// every chunk so an oversized chunked body is refused before it is all buffered).
-    pub fn request_too_large(&self, len: u64) -> Option<Rejection> {
-        (len > self.config.limits.max_request_bytes).then(|| Rejection::too_large(self.config.limits.max_request_bytes))
+    /// every chunk so an oversized chunked body is refused before it is all buffered). The
+    /// tool is not known yet: the bound is the largest any of the server's tools accepts.
+    pub fn request_too_large(&self, pending: &PendingRequest, len: u64) -> Option<Rejection> {
+        let max = self.config.limits.head_request_bytes(&pending.server);
+        (len > max).then(|| Rejection::too_large(max))
     }
 
-    /// The response size limit for buffered (filtered) JSON bodies.
+    /// The response size limit for buffered bodies of exchanges without their own
+    /// [`Exchange::response_limit`].
     pub fn max_response_bytes(&self) -> u64 {
-        self.config.limits.max_response_bytes
+        self.config.limits.defaults.max_response_bytes
+    }
+
+    /// `limits.max_in_flight_per_consumer`.
+    pub fn max_in_flight(&self) -> Option<u64> {
+        self.config.limits.max_in_flight_per_consumer
+    }
+
+    /// The answer to a forwarded call that Envoy's `ratelimit` filter refused (see
+    /// [`quota::QuotaRules::global_rejection`]): header values as the response carried them.
+    pub fn global_rejection(
+        &self,
+        exchange: &Exchange,
+        rule: Option<&str>,
+        retry_after: Option<&str>,
+        ratelimit_reset: Option<&str>,
+    ) -> Rejection {
+        self.config.quotas.global_rejection(rule, retry_after, ratelimit_reset, exchange.request_id())
     }
 
     /// Step 2: the one parse of the message, header agreement, RBAC.
     pub fn on_request_body(&self, pending: &PendingRequest, body: &[u8]) -> Result<Exchange, Rejection> {
-        if let Some(r) = self.request_too_large(body.len() as u64) {
+        if let Some(r) = self.request_too_large(pending, body.len() as u64) {
             return Err(r);
         }
         let value = jsonrpc::parse_strict(body).map_err(|e| match e {
@@ -351,6 +435,22 @@ impl Gateway {
             }
         }
         let tool = message.target().filter(|t| t.kind == ResourceKind::Tool).map(|t| t.name.as_str());
+        let sizes = self.config.limits.sizes(server, tool);
+        if body.len() as u64 > sizes.max_request_bytes {
+            return Err(Rejection::too_large(sizes.max_request_bytes).with_id(message.id()));
+        }
+        if let (Some(name), Some(max)) = (tool, sizes.max_argument_bytes) {
+            let arguments = value.get("params").and_then(|p| p.get("arguments"));
+            let size = arguments.map_or(0, |a| serde_json::to_vec(a).map_or(usize::MAX, |v| v.len())) as u64;
+            if size > max {
+                return Err(Rejection::new(
+                    413,
+                    code::INVALID_PARAMS,
+                    format!("arguments of tool \"{server}/{}\" are {size} bytes, over the {max}-byte limit", printable(name)),
+                )
+                .with_id(message.id()));
+            }
+        }
         let redactor = &self.config.redactor;
         let mut rewritten_request = None;
         if let Some(plan) = redactor.plan(server, tool, &consumer.roles, Direction::Request) {
@@ -380,6 +480,13 @@ impl Gateway {
             }),
             _ => None,
         };
+        // Charged last: a call refused for any other reason costs no quota.
+        let charges = match tool {
+            Some(name) => self.config.quotas.charges(&consumer.name, server, name, &consumer.roles),
+            None => Charges::default(),
+        };
+        let counts_in_flight = tool.is_some() && self.config.limits.max_in_flight_per_consumer.is_some();
+        let response_limit = matches!(message, Message::Request { .. }).then_some(sizes.max_response_bytes);
         Ok(Exchange {
             consumer: consumer.clone(),
             server: server.clone(),
@@ -387,6 +494,9 @@ impl Gateway {
             list_filter,
             response_redaction,
             rewritten_request,
+            charges,
+            counts_in_flight,
+            response_limit,
         })
     }
 }

@@ -27,6 +27,8 @@ pub mod code {
     pub const UNAUTHENTICATED: i64 = -32001;
     /// Gateway: the caller may not perform this call.
     pub const FORBIDDEN: i64 = -32003;
+    /// Gateway: a rate limit, quota or in-flight limit refused the call (HTTP 429).
+    pub const RATE_LIMITED: i64 = -32029;
 }
 
 /// Why a body is not acceptable JSON.

@@ -20,11 +20,13 @@ pub struct Rejection {
     pub id: Option<Value>,
     /// Extra response headers (lowercase names).
     pub headers: Vec<(&'static str, String)>,
+    /// JSON-RPC `error.data`, when the client can act on details (e.g. when to retry).
+    pub data: Option<Value>,
 }
 
 impl Rejection {
     pub fn new(status: u16, code: i64, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), id: None, headers: Vec::new() }
+        Self { status, code, message: message.into(), id: None, headers: Vec::new(), data: None }
     }
 
     /// Attaches the id of the request being answered.
@@ -38,9 +40,23 @@ impl Rejection {
         self
     }
 
+    /// Attaches JSON-RPC `error.data`.
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
     /// The JSON-RPC error response body.
     pub fn body(&self) -> Vec<u8> {
-        error_body(self.id.as_ref(), self.code, &self.message)
+        let Some(data) = &self.data else {
+            return error_body(self.id.as_ref(), self.code, &self.message);
+        };
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": self.id.clone().unwrap_or(Value::Null),
+            "error": { "code": self.code, "message": self.message, "data": data },
+        });
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 
     /// All response headers, content type first.
@@ -63,6 +79,23 @@ impl Rejection {
     /// 413 for bodies over the configured limit.
     pub fn too_large(limit: u64) -> Self {
         Self::new(413, code::INVALID_REQUEST, format!("request body exceeds the {limit}-byte limit"))
+    }
+
+    /// 429 for a call refused by a rate limit, quota or in-flight limit: `Retry-After` in
+    /// whole seconds (≥ 1) and `error.data = {limit, retry_after_secs}` so clients can back
+    /// off without parsing the message. `limit` names the rule (or `in_flight`).
+    pub fn rate_limited(limit: &str, retry_after_secs: u64, message: impl Into<String>) -> Self {
+        let retry = retry_after_secs.max(1);
+        Self::new(429, code::RATE_LIMITED, message)
+            .with_header("retry-after", retry.to_string())
+            .with_data(serde_json::json!({ "limit": limit, "retry_after_secs": retry }))
+    }
+
+    /// 503 when the gateway cannot read or update its own limit counters: the call is
+    /// refused (fail closed), never let through uncounted.
+    pub fn limiter_unavailable(what: &str) -> Self {
+        Self::new(503, code::INTERNAL_ERROR, format!("the gateway could not check {what}; retry later"))
+            .with_header("retry-after", "1".to_string())
     }
 }
 

@@ -9,6 +9,17 @@
 //! headers callback (the plugin needs `allow_on_headers_stop_iteration: true`) until the
 //! whole body is buffered; responses that must be filtered lose their `content-length`
 //! before the body is rewritten; SSE responses are rewritten chunk by chunk without pausing.
+//!
+//! Limits: after the core let a `tools/call` through, the stream takes an in-flight slot and
+//! charges every local quota counter in shared data ([`shared`]), then adds the global
+//! rules' descriptor headers for Envoy's `ratelimit` filter. The in-flight slot is given
+//! back in `on_log`, which Envoy calls once for every stream, however it ended (including
+//! client resets). Any failure to read or update a counter refuses the call (503).
+
+// Rejections are the cold path and carry what the client is told; boxing them buys nothing.
+#![allow(clippy::result_large_err)]
+
+mod shared;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,10 +27,11 @@ use std::time::UNIX_EPOCH;
 
 use meshgate_core::config::{EnvSecrets, FilterConfig, RawFilterConfig};
 use meshgate_core::gateway::{
-    Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponseHead, ResponsePlan, STRIPPED_REQUEST_HEADERS,
+    headers_to_strip, Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponseHead, ResponsePlan,
 };
 use meshgate_core::identity::TokenCache;
 use meshgate_core::jsonrpc::{code, error_body};
+use meshgate_core::quota::{self, LocalCharge, State as QuotaState};
 use meshgate_core::redact::RedactionCounts;
 use meshgate_core::reject::Rejection;
 use meshgate_core::sse::SseRewriter;
@@ -46,6 +58,10 @@ impl RootContext for Root {
         let compiled = RawFilterConfig::from_json(&bytes).and_then(|raw| FilterConfig::compile(&raw, &EnvSecrets));
         match compiled {
             Ok(config) => {
+                if let Err(e) = shared::ensure_lock() {
+                    log::error!("meshgate: shared data unavailable: {e}");
+                    return false;
+                }
                 let gateway = Gateway::new(config);
                 self.tokens = Rc::new(RefCell::new(gateway.new_token_cache()));
                 self.gateway = Some(Rc::new(gateway));
@@ -66,6 +82,7 @@ impl RootContext for Root {
             state: State::Headers,
             response: Response::Untouched,
             redactions: RedactionCounts::new(),
+            in_flight: None,
         }))
     }
 
@@ -105,6 +122,8 @@ struct Stream {
     response: Response,
     /// Redactions made in this exchange, per detector (never values).
     redactions: RedactionCounts,
+    /// The shared-data key of the in-flight slot this stream holds; given back once, in `on_log`.
+    in_flight: Option<String>,
 }
 
 impl Context for Stream {}
@@ -123,16 +142,77 @@ impl Stream {
         Action::Pause
     }
 
-    fn strip_request_headers(&self) {
-        for name in STRIPPED_REQUEST_HEADERS {
-            self.set_http_request_header(name, None);
+    fn now_ns(&self) -> u64 {
+        self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    }
+
+    fn strip_request_headers(&self, headers: &[(String, String)]) {
+        for name in headers_to_strip(headers) {
+            self.set_http_request_header(&name, None);
+        }
+    }
+
+    /// Takes an in-flight slot and charges the local counters. `Err` is the answer to send.
+    fn admit(&mut self, exchange: &Exchange) -> Result<(), Rejection> {
+        let now_ns = self.now_ns();
+        let id = exchange.request_id();
+        if let (true, Some(max)) = (exchange.counts_in_flight, self.gateway.max_in_flight()) {
+            let key = quota::in_flight_key(&exchange.consumer.name);
+            let taken = shared::update(&key, now_ns, &mut |bytes| {
+                let open = quota::decode_count(bytes);
+                if open >= max {
+                    (None, false)
+                } else {
+                    (Some(quota::encode_count(open + 1).to_vec()), true)
+                }
+            });
+            match taken {
+                Ok(true) => self.in_flight = Some(key),
+                Ok(false) => return Err(quota::in_flight_rejection(max, id)),
+                Err(e) => {
+                    log::error!("meshgate: in-flight counter unavailable: {e}");
+                    return Err(Rejection::limiter_unavailable("the in-flight limit").with_id(id));
+                }
+            }
+        }
+        for charge in &exchange.charges.local {
+            match take(charge, now_ns) {
+                Ok(None) => {}
+                Ok(Some(retry_after)) => return Err(charge.rejection(retry_after, id)),
+                Err(e) => {
+                    log::error!("meshgate: quota counter {} unavailable: {e}", charge.rule);
+                    return Err(Rejection::limiter_unavailable(&format!("rate limit \"{}\"", charge.rule)).with_id(id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the in-flight slot back (at most once per stream).
+    fn release_in_flight(&mut self) {
+        let Some(key) = self.in_flight.take() else {
+            return;
+        };
+        let released = shared::update(&key, self.now_ns(), &mut |bytes| {
+            let open = quota::decode_count(bytes);
+            (Some(quota::encode_count(open.saturating_sub(1)).to_vec()), ())
+        });
+        if let Err(e) = released {
+            log::error!("meshgate: could not release an in-flight slot ({key}): {e}");
         }
     }
 
     fn decide_body(&mut self, pending: &PendingRequest, body_size: usize) -> Action {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        match self.gateway.on_request_body(pending, &body) {
+        let decided = self.gateway.on_request_body(pending, &body).and_then(|exchange| {
+            self.admit(&exchange)?;
+            Ok(exchange)
+        });
+        match decided {
             Ok(exchange) => {
+                for global in &exchange.charges.global {
+                    self.set_http_request_header(&global.header, Some(&global.value));
+                }
                 if let Some(rewritten) = &exchange.rewritten_request {
                     self.set_http_request_header("content-length", Some(&rewritten.len().to_string()));
                     self.set_http_request_body(0, body_size, rewritten);
@@ -171,12 +251,12 @@ impl HttpContext for Stream {
             }
             HeadDecision::Reject(r) => self.reject(&r),
             HeadDecision::Forward(exchange) => {
-                self.strip_request_headers();
+                self.strip_request_headers(&headers);
                 self.state = State::Forwarded(exchange);
                 Action::Continue
             }
             HeadDecision::AwaitBody(pending) => {
-                self.strip_request_headers();
+                self.strip_request_headers(&headers);
                 if end_of_stream {
                     // A POST without a body: decide now (it is refused as unparsable).
                     return self.decide_body(&pending, 0);
@@ -191,7 +271,7 @@ impl HttpContext for Stream {
         let State::AwaitingBody(pending) = &self.state else {
             return Action::Continue;
         };
-        if let Some(r) = self.gateway.request_too_large(body_size as u64) {
+        if let Some(r) = self.gateway.request_too_large(pending, body_size as u64) {
             return self.reject(&r);
         }
         if !end_of_stream {
@@ -201,17 +281,38 @@ impl HttpContext for Stream {
         self.decide_body(&pending, body_size)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let State::Forwarded(exchange) = &self.state else {
             return Action::Continue;
         };
         let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let ratelimited = self.get_http_response_header(quota::ENVOY_RATELIMITED_HEADER);
+        if status == 429 && ratelimited.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            let rule = self.get_http_response_header(quota::LIMIT_RULE_RESPONSE_HEADER);
+            let retry_after = self.get_http_response_header("retry-after");
+            let reset = self.get_http_response_header("x-ratelimit-reset");
+            let r = self.gateway.global_rejection(exchange, rule.as_deref(), retry_after.as_deref(), reset.as_deref());
+            log::info!("meshgate: refused by the global rate limit consumer={} reason={}", exchange.consumer.name, r.message);
+            if end_of_stream {
+                // No body callback will come: answer anew (headers not sent yet).
+                return self.reject(&r);
+            }
+            for (name, value) in r.response_headers() {
+                self.set_http_response_header(name, Some(&value));
+            }
+            self.set_http_response_header("content-encoding", None);
+            self.set_http_response_header("content-length", None);
+            self.response = Response::Replace(r.body());
+            return Action::Continue;
+        }
         let content_type = self.get_http_response_header("content-type");
         let content_encoding = self.get_http_response_header("content-encoding");
+        let content_length = self.get_http_response_header("content-length").and_then(|v| v.trim().parse().ok());
         let plan = exchange.response_plan(ResponseHead {
             status,
             content_type: content_type.as_deref(),
             content_encoding: content_encoding.as_deref(),
+            content_length,
         });
         self.response = match plan {
             ResponsePlan::PassThrough => return Action::Continue,
@@ -235,7 +336,7 @@ impl HttpContext for Stream {
         match std::mem::replace(&mut self.response, Response::Untouched) {
             Response::Untouched => Action::Continue,
             Response::Buffer => {
-                let limit = self.gateway.max_response_bytes();
+                let limit = exchange.response_limit.unwrap_or_else(|| self.gateway.max_response_bytes());
                 if body_size as u64 > limit {
                     let message = format!("upstream response exceeds the {limit}-byte limit");
                     let body = error_body(exchange.request_id(), code::INTERNAL_ERROR, &message);
@@ -263,6 +364,15 @@ impl HttpContext for Stream {
                 if end_of_stream {
                     out.extend(rewriter.finish(&mut rewrite));
                 }
+                // An event still growing past the limit is never sent: the stream ends with
+                // an error for the request, and the rest of the upstream's bytes are dropped.
+                let overflow = exchange.response_limit.filter(|l| rewriter.pending_len() as u64 > *l);
+                if let Some(limit) = overflow {
+                    out.extend(exchange.oversized_sse_event(limit));
+                    self.set_http_response_body(0, body_size, &out);
+                    self.response = Response::Replace(Vec::new());
+                    return Action::Continue;
+                }
                 if out != chunk {
                     self.set_http_response_body(0, body_size, &out);
                 }
@@ -279,4 +389,21 @@ impl HttpContext for Stream {
             }
         }
     }
+
+    fn on_log(&mut self) {
+        self.release_in_flight();
+    }
+}
+
+/// Charges one local counter. `Ok(None)`: admitted; `Ok(Some(secs))`: refused, retry after.
+fn take(charge: &LocalCharge, now_ns: u64) -> Result<Option<u64>, shared::SharedError> {
+    shared::update(&charge.shared_key, now_ns, &mut |bytes| {
+        let taken = charge.limit.take(bytes.and_then(QuotaState::decode), now_ns);
+        if taken.admitted {
+            (Some(taken.state.encode().to_vec()), None)
+        } else {
+            // A refusal changes nothing that matters: skip the write, spare the contention.
+            (None, Some(taken.retry_after_secs))
+        }
+    })
 }

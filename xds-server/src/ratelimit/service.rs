@@ -47,7 +47,8 @@ pub const RULE_ENTRY: &str = "rule";
 /// Descriptor entry carrying the counter key (from the rule's request header).
 pub const KEY_ENTRY: &str = "key";
 /// Response header naming the rule that refused.
-pub const LIMIT_RULE_HEADER: &str = "x-meshgate-limit-rule";
+/// (The filter reads it to name the rule in its JSON-RPC error: one constant for both.)
+pub const LIMIT_RULE_HEADER: &str = meshgate_core::quota::LIMIT_RULE_RESPONSE_HEADER;
 /// Response header set when the counters could not be reached.
 pub const LIMIT_ERROR_HEADER: &str = "x-meshgate-limit-error";
 pub const STORE_UNAVAILABLE: &str = "store-unavailable";
@@ -57,7 +58,7 @@ const MIN_STORE_TIMEOUT: Duration = Duration::from_millis(5);
 
 /// The request header the Meshgate filter sets for a global rule.
 pub fn rule_header(rule: &str) -> String {
-    format!("x-meshgate-rl-{rule}")
+    format!("{}{rule}", meshgate_core::quota::GLOBAL_HEADER_PREFIX)
 }
 
 /// Decides requests against the current registry. Cheap to share.

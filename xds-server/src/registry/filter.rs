@@ -4,8 +4,10 @@
 //! The filter config mirrors the registry's `auth`/`policy`/`limits` sections 1:1, so most
 //! paths are the same in both documents. The exceptions are listed in [`registry_path`].
 
+use std::collections::BTreeMap;
+
 use meshgate_core::config::{
-    ConfigError, RawAuth, RawFilterConfig, RawJwtProvider, DEFAULT_ROUTE_PREFIX,
+    ConfigError, RawAuth, RawFilterConfig, RawJwtProvider, RawServerLimits, DEFAULT_ROUTE_PREFIX,
 };
 
 use super::raw::{RawJwtIssuer, RawRegistry};
@@ -32,7 +34,35 @@ pub(crate) fn make_filter_config(raw: &RawRegistry, jwt: Vec<RawJwtProvider>) ->
         redaction: raw.redaction.clone(),
         redaction_hash_key_env: raw.redaction_hash_key_env.clone(),
         quotas: raw.quotas.clone(),
+        server_limits: server_limits(raw),
     }
+}
+
+/// `servers[].limits` and `servers[].tools[].limits` as the filter's `server_limits` map
+/// (only servers that set any).
+fn server_limits(raw: &RawRegistry) -> BTreeMap<String, RawServerLimits> {
+    let mut out = BTreeMap::new();
+    for server in &raw.servers {
+        let tools: BTreeMap<_, _> = server
+            .tools
+            .iter()
+            .filter_map(|t| t.limits.clone().map(|l| (t.name.clone(), l)))
+            .collect();
+        if server.limits.is_none() && tools.is_empty() {
+            continue;
+        }
+        let own = server.limits.clone().unwrap_or_default();
+        out.insert(
+            server.name.clone(),
+            RawServerLimits {
+                max_request_bytes: own.max_request_bytes,
+                max_argument_bytes: own.max_argument_bytes,
+                max_response_bytes: own.max_response_bytes,
+                tools,
+            },
+        );
+    }
+    out
 }
 
 pub(crate) fn make_jwt_provider(
@@ -64,10 +94,10 @@ pub(crate) struct FilterPath {
     pub message: String,
 }
 
-pub(crate) fn locate(error: &ConfigError) -> FilterPath {
+pub(crate) fn locate(error: &ConfigError, raw: &RawRegistry) -> FilterPath {
     match error.path() {
         Some(path) => FilterPath {
-            path: registry_path(path),
+            path: server_limits_path(path, raw).unwrap_or_else(|| registry_path(path)),
             message: error.message().to_string(),
         },
         None => FilterPath {
@@ -75,6 +105,28 @@ pub(crate) fn locate(error: &ConfigError) -> FilterPath {
             message: error.to_string(),
         },
     }
+}
+
+/// `server_limits.<server>[.<key>]` → `servers[i].limits[.<key>]`, and
+/// `server_limits.<server>.tools.<tool>[.<key>]` → `servers[i].tools[j].limits[.<key>]`.
+fn server_limits_path(filter_path: &str, raw: &RawRegistry) -> Option<String> {
+    const KEYS: [&str; 3] = ["max_request_bytes", "max_argument_bytes", "max_response_bytes"];
+    let rest = filter_path.strip_prefix("server_limits.")?;
+    let (server, rest) = rest.split_once('.').unwrap_or((rest, ""));
+    let i = raw.servers.iter().position(|s| s.name == server)?;
+    let Some(tool_path) = rest.strip_prefix("tools.") else {
+        let tail = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+        return Some(format!("servers[{i}].limits{tail}"));
+    };
+    let (tool, key) = match tool_path.rsplit_once('.') {
+        Some((tool, key)) if KEYS.contains(&key) => (tool, Some(key)),
+        _ => (tool_path, None),
+    };
+    let j = raw.servers[i].tools.iter().position(|t| t.name == tool)?;
+    Some(match key {
+        Some(key) => format!("servers[{i}].tools[{j}].limits.{key}"),
+        None => format!("servers[{i}].tools[{j}].limits"),
+    })
 }
 
 /// Filter config path → registry path. The core already names registry keys where the

@@ -10,7 +10,7 @@
 //! a message naming the range instead of the deserializer's "invalid u32".
 
 use meshgate_core::config::{
-    RawAnonymous, RawApiKey, RawLimits, RawPolicy, RawQuotaRule, RawRedactionRule,
+    RawAnonymous, RawApiKey, RawLimits, RawPolicy, RawQuotaRule, RawRedactionRule, RawSizeLimits,
 };
 use serde::Deserialize;
 
@@ -101,9 +101,13 @@ pub struct RawServer {
     pub circuit_breakers: Option<RawCircuitBreakers>,
     #[serde(default)]
     pub credentials: Option<RawCredentials>,
-    /// Declared tools, for discovery (`/catalog`); policy does not depend on them.
+    /// Declared tools, for discovery (`/catalog`) and per-tool size limits; policy does not
+    /// depend on them.
     #[serde(default)]
     pub tools: Vec<RawTool>,
+    /// Size guardrails for this server, overriding the top-level `limits`.
+    #[serde(default)]
+    pub limits: Option<RawSizeLimits>,
 }
 
 /// Trust for `https://` upstreams.
@@ -186,6 +190,9 @@ pub struct RawTool {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// Size guardrails for calls of this tool, overriding the server's.
+    #[serde(default)]
+    pub limits: Option<RawSizeLimits>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

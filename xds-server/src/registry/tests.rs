@@ -761,6 +761,49 @@ fn filter_validator_errors_point_at_the_registry_line() {
 }
 
 #[test]
+fn guardrails_reach_the_filter_and_their_errors_point_at_the_registry_line() {
+    let yaml = "\
+listener: { port: 10000 }
+limits: { max_argument_bytes: 4096, max_in_flight_per_consumer: 8 }
+servers:
+  - name: crm
+    url: 'http://127.0.0.1:9101/mcp'
+    limits: { max_response_bytes: 65536 }
+    tools:
+      - { name: search, limits: { max_argument_bytes: 100 } }
+      - { name: other }
+  - { name: docs, url: 'http://127.0.0.1:9102/mcp' }
+";
+    let registry = Fixture::new(yaml).load().expect("valid");
+    let limits = &registry.filter.server_limits;
+    assert_eq!(limits.len(), 1, "only servers with limits: {limits:?}");
+    assert_eq!(limits["crm"].max_response_bytes, Some(65_536));
+    assert_eq!(limits["crm"].tools["search"].max_argument_bytes, Some(100));
+    assert!(!limits["crm"].tools.contains_key("other"));
+    assert_eq!(registry.filter.limits.max_in_flight_per_consumer, Some(8));
+
+    const BLOCK: &str = "listener: { port: 10000 }\nservers:\n  - name: crm\n    url: 'http://127.0.0.1:9101/mcp'\n";
+
+    assert_error(
+        &format!("{BLOCK}    limits:\n      max_response_bytes: 0 # <-\n"),
+        "servers[0].limits.max_response_bytes",
+        "greater than 0",
+    );
+    assert_error(
+        &format!(
+            "{BLOCK}    tools:\n      - name: search\n        limits:\n          max_argument_bytes: 0 # <-\n"
+        ),
+        "servers[0].tools[0].limits.max_argument_bytes",
+        "greater than 0",
+    );
+    assert_error(
+        &format!("{MINIMAL}limits:\n  max_in_flight_per_consumer: 0 # <-\n"),
+        "limits.max_in_flight_per_consumer",
+        "greater than 0",
+    );
+}
+
+#[test]
 fn every_problem_is_reported_in_line_order() {
     let yaml = "\
 listener: { address: nowhere, port: 1 }

@@ -140,7 +140,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         // at something already reported, the registry's message is the clearer one.
         let global_rules = match FilterConfig::compile(&filter, secrets) {
             Err(e) => {
-                let FilterPath { path, message } = filter::locate(&e);
+                let FilterPath { path, message } = filter::locate(&e, &raw);
                 if !problems.overlaps(&path) {
                     problems.push(path, RegistryError::Filter(message));
                 }

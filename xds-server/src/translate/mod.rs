@@ -308,7 +308,15 @@ pub fn buffer_limit_bytes(registry: &Registry) -> u64 {
     let response = limits
         .max_response_bytes
         .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
-    request.max(response).saturating_add(BUFFER_HEADROOM_BYTES)
+    // Per-server and per-tool overrides may raise either limit: the buffer must hold the largest.
+    let overrides = registry.filter.server_limits.values().flat_map(|s| {
+        let own = [s.max_request_bytes, s.max_response_bytes];
+        let tools = s.tools.values().flat_map(|t| [t.max_request_bytes, t.max_response_bytes]);
+        own.into_iter().chain(tools).flatten()
+    });
+    overrides
+        .fold(request.max(response), u64::max)
+        .saturating_add(BUFFER_HEADROOM_BYTES)
 }
 
 /// [`buffer_limit_bytes`] as the `UInt32Value` Envoy wants (saturating).

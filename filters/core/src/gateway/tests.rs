@@ -29,7 +29,7 @@ fn gateway(max_request_bytes: Option<u64>) -> Gateway {
             ..Default::default()
         },
         policy: roles,
-        limits: crate::config::RawLimits { max_request_bytes, max_response_bytes: None },
+        limits: crate::config::RawLimits { max_request_bytes, ..Default::default() },
         redaction: serde_json::from_value(json!([
             {"match": {"tools": ["crm/*"]}, "detectors": ["email"], "mode": "mask"},
             {"match": {"tools": ["crm/update_*"]}, "detectors": ["credit_card"], "mode": "block", "direction": "request"},
@@ -223,10 +223,11 @@ fn response_plans() {
         other => panic!("{other:?}"),
     };
     let list = g.on_request_body(&docs, br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#).unwrap();
-    let plan = |status, ct, enc| list.response_plan(ResponseHead { status, content_type: ct, content_encoding: enc });
+    let plan = |status, ct, enc| list.response_plan(ResponseHead { status, content_type: ct, content_encoding: enc, content_length: None });
     assert_eq!(plan(200, Some("application/json"), None), ResponsePlan::Buffer);
     assert_eq!(plan(200, Some("text/event-stream; charset=utf-8"), None), ResponsePlan::Stream);
-    assert_eq!(plan(500, Some("text/html"), None), ResponsePlan::PassThrough);
+    // Not a list answer to filter, but still an answer to a request: held to the size limit.
+    assert_eq!(plan(500, Some("text/html"), None), ResponsePlan::Buffer);
     assert!(matches!(plan(200, Some("application/json"), Some("gzip")), ResponsePlan::Replace(_)));
     assert!(matches!(plan(200, Some("text/html"), None), ResponsePlan::Replace(_)));
     let admin = pending(&g, "a", &[]);
@@ -235,15 +236,19 @@ fn response_plans() {
         HeadDecision::AwaitBody(p) => p,
         other => panic!("{other:?}"),
     };
-    let sse = ResponseHead { status: 200, content_type: Some("text/event-stream"), content_encoding: None };
+    let sse = ResponseHead { status: 200, content_type: Some("text/event-stream"), content_encoding: None, content_length: None };
     let plain_call = g.on_request_body(&docs_admin, &call(1, "get_doc")).unwrap();
-    assert_eq!(plain_call.response_plan(sse), ResponsePlan::PassThrough);
+    // Nothing to rewrite, but the size limit reads an SSE answer event by event ...
+    assert_eq!(plain_call.response_plan(sse), ResponsePlan::Stream);
+    // ... and a declared length within the limit passes untouched.
+    let sized = ResponseHead { content_length: Some(10), content_type: Some("application/json"), ..sse };
+    assert_eq!(plain_call.response_plan(sized), ResponsePlan::PassThrough);
     // crm/* responses are redacted, so even a tool call's stream is governed, errors too.
     let crm_call = g.on_request_body(&admin, &call(1, "get_customer")).unwrap();
     assert_eq!(crm_call.response_plan(sse), ResponsePlan::Stream);
-    let html = ResponseHead { status: 502, content_type: Some("text/html"), content_encoding: None };
+    let html = ResponseHead { status: 502, content_type: Some("text/html"), content_encoding: None, content_length: None };
     assert_eq!(crm_call.response_plan(html), ResponsePlan::Buffer);
-    let gz = ResponseHead { status: 200, content_type: Some("text/event-stream"), content_encoding: Some("gzip") };
+    let gz = ResponseHead { status: 200, content_type: Some("text/event-stream"), content_encoding: Some("gzip"), content_length: None };
     assert!(matches!(crm_call.response_plan(gz), ResponsePlan::Replace(_)));
 }
 
@@ -276,4 +281,180 @@ fn redaction_rewrites_responses_and_blocks_requests() {
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!((v["id"].clone(), v["error"]["code"].clone()), (json!(8), json!(code::FORBIDDEN)));
     assert!(!String::from_utf8_lossy(&out).contains("6789"));
+}
+
+// ---- quotas and guardrails ----
+
+fn limited_gateway() -> Gateway {
+    let key = |k: &str, consumer: &str, role: &str| {
+        json!({"consumer": consumer, "sha256": hex::encode(Sha256::digest(k.as_bytes())), "roles": [role]})
+    };
+    let raw: RawFilterConfig = serde_json::from_value(json!({
+        "servers": ["crm", "docs"],
+        "auth": {"api_keys": [key("r", "reader-bot", "reader"), key("a", "admin-bot", "admin")]},
+        "policy": {"roles": {"reader": {"allow": ["*"]}, "admin": {"allow": ["*"]}}},
+        "limits": {"max_argument_bytes": 100, "max_in_flight_per_consumer": 4, "max_response_bytes": 1000},
+        "server_limits": {"docs": {"max_response_bytes": 50, "max_argument_bytes": 20,
+                                   "tools": {"bulk_import": {"max_argument_bytes": 5000, "max_request_bytes": 2000000}}}},
+        "quotas": [
+            {"match": {"roles": ["reader"], "tools": ["crm/*"]}, "rate": "60/m", "burst": 10},
+            {"name": "daily", "quota": "1000/d", "key": "consumer"},
+            {"name": "fleet", "quota": "100/m", "key": "tool", "scope": "global"}
+        ]
+    }))
+    .unwrap();
+    Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
+}
+
+fn pending_on(g: &Gateway, server: &str, key: &str) -> PendingRequest {
+    let h = headers(&[("x-api-key", key), ("content-type", "application/json")]);
+    match g.on_request_head(RequestHead { method: "POST", path: &format!("/mcp/{server}"), headers: &h }, NOW, &mut g.new_token_cache()) {
+        HeadDecision::AwaitBody(p) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn call_with(id: i64, tool: &str, arguments: Value) -> Vec<u8> {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":arguments}}).to_string().into_bytes()
+}
+
+#[test]
+fn charges_list_local_counters_and_global_descriptors() {
+    let g = limited_gateway();
+    let ex = g.on_request_body(&pending_on(&g, "crm", "r"), &call(1, "search")).unwrap();
+    let local: Vec<_> = ex.charges.local.iter().map(|c| c.rule.as_str()).collect();
+    assert_eq!(local, ["quota-0", "daily"]);
+    assert!(ex.charges.local[0].shared_key.starts_with("meshgate/q/quota-0/"));
+    assert!(ex.charges.local[0].shared_key.ends_with("/reader-bot/crm/search"), "{}", ex.charges.local[0].shared_key);
+    assert!(ex.charges.local[1].shared_key.ends_with("/reader-bot"));
+    assert_eq!(ex.charges.global.len(), 1);
+    assert_eq!(ex.charges.global[0].header, "x-meshgate-rl-fleet");
+    assert_eq!(ex.charges.global[0].value, "crm/search");
+    assert!(ex.counts_in_flight);
+    // The admin is not a reader: only the role-less rules apply.
+    let ex = g.on_request_body(&pending_on(&g, "crm", "a"), &call(2, "search")).unwrap();
+    assert_eq!(ex.charges.local.iter().map(|c| c.rule.as_str()).collect::<Vec<_>>(), ["daily"]);
+    // Only tools/call is charged.
+    let list = g.on_request_body(&pending_on(&g, "crm", "r"), br#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#).unwrap();
+    assert!(list.charges.is_empty() && !list.counts_in_flight);
+}
+
+#[test]
+fn a_changed_limit_gets_a_fresh_shared_key() {
+    let compile = |rate: &str| {
+        let raw: Vec<crate::config::RawQuotaRule> = serde_json::from_value(json!([{"rate": rate}])).unwrap();
+        crate::quota::QuotaRules::compile(&raw, &["crm".to_string()].into_iter().collect(), &|_| true).unwrap()
+    };
+    let key = |rules: &crate::quota::QuotaRules| rules.charges("c", "crm", "t", &[]).local[0].shared_key.clone();
+    assert_eq!(key(&compile("5/s")), key(&compile("5/s")));
+    assert_ne!(key(&compile("5/s")), key(&compile("6/s")));
+}
+
+#[test]
+fn local_refusal_is_a_429_naming_the_limit() {
+    let g = limited_gateway();
+    let ex = g.on_request_body(&pending_on(&g, "crm", "r"), &call(7, "search")).unwrap();
+    let r = ex.charges.local[0].rejection(7, ex.request_id());
+    assert_eq!((r.status, r.code), (429, code::RATE_LIMITED));
+    assert_eq!(r.message, "rate limit \"quota-0\" (60/m (burst 10)) exceeded for this consumer and tool; retry in 7 s");
+    assert!(r.headers.contains(&("retry-after", "7".to_string())));
+    let body: Value = serde_json::from_slice(&r.body()).unwrap();
+    assert_eq!(body["id"], json!(7));
+    assert_eq!(body["error"]["data"], json!({"limit": "quota-0", "retry_after_secs": 7}));
+    let r = crate::quota::in_flight_rejection(4, Some(&json!("x")));
+    assert_eq!((r.status, r.code, r.id.clone()), (429, code::RATE_LIMITED, Some(json!("x"))));
+    assert!(r.message.contains("4 concurrent calls"), "{}", r.message);
+}
+
+#[test]
+fn global_refusal_from_envoy_becomes_the_same_error() {
+    let g = limited_gateway();
+    let ex = g.on_request_body(&pending_on(&g, "crm", "r"), &call(3, "search")).unwrap();
+    let r = g.global_rejection(&ex, Some("fleet"), Some("12"), Some("30"));
+    assert_eq!((r.status, r.code, r.id.clone()), (429, code::RATE_LIMITED, Some(json!(3))));
+    assert!(r.headers.contains(&("retry-after", "12".to_string())));
+    assert_eq!(r.message, "rate limit \"fleet\" (100/m quota) exceeded for this tool; retry in 12 s");
+    let r = g.global_rejection(&ex, None, None, Some("30"));
+    assert!(r.headers.contains(&("retry-after", "30".to_string())));
+    assert!(r.message.starts_with("global rate limit exceeded"), "{}", r.message);
+    let r = g.global_rejection(&ex, Some("other\r\n"), Some("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+    assert!(r.headers.contains(&("retry-after", "1".to_string())));
+    assert!(!r.message.contains('\r'), "{}", r.message);
+}
+
+#[test]
+fn client_sent_meshgate_headers_are_stripped() {
+    let h = headers(&[("X-Meshgate-RL-fleet", "someone-else"), ("x-meshgate-consumer", "admin"), ("x-other", "1")]);
+    let names = headers_to_strip(&h);
+    assert!(names.contains(&"x-meshgate-rl-fleet".to_string()) && names.contains(&"x-meshgate-consumer".to_string()));
+    assert!(names.contains(&"authorization".to_string()) && !names.contains(&"x-other".to_string()));
+}
+
+#[test]
+fn argument_and_request_sizes_resolve_tool_then_server_then_defaults() {
+    let g = limited_gateway();
+    let big = json!({"text": "x".repeat(200)});
+    // Top-level: 100 bytes of arguments.
+    let r = g.on_request_body(&pending_on(&g, "crm", "a"), &call_with(1, "search", big.clone())).unwrap_err();
+    assert_eq!((r.status, r.code, r.id.clone()), (413, code::INVALID_PARAMS, Some(json!(1))));
+    assert!(r.message.contains("crm/search") && r.message.contains("100-byte"), "{}", r.message);
+    assert!(g.on_request_body(&pending_on(&g, "crm", "a"), &call_with(1, "search", json!({"q": "ok"}))).is_ok());
+    // docs: 20 bytes, but its bulk_import tool takes 5000.
+    assert!(g.on_request_body(&pending_on(&g, "docs", "a"), &call_with(1, "search", json!({"q": "a longer query text"}))).is_err());
+    assert!(g.on_request_body(&pending_on(&g, "docs", "a"), &call_with(1, "bulk_import", big)).is_ok());
+    // The head check allows what the largest tool allows; the body check is per tool.
+    let docs = pending_on(&g, "docs", "a");
+    assert!(g.request_too_large(&docs, 1_500_000).is_none());
+    assert!(g.request_too_large(&pending_on(&g, "crm", "a"), 1_500_000).is_some());
+    let padded = call_with(1, "search", json!({"pad": "x".repeat(1_100_000)}));
+    assert_eq!(g.on_request_body(&docs, &padded).unwrap_err().status, 413);
+    let c = &g.config().limits;
+    assert_eq!(c.sizes("docs", Some("bulk_import")).max_response_bytes, 50);
+    assert_eq!(c.sizes("crm", Some("x")).max_response_bytes, 1000);
+    assert_eq!(c.largest_request_bytes(), 2_000_000);
+}
+
+#[test]
+fn oversized_responses_become_a_jsonrpc_error() {
+    let g = limited_gateway();
+    let ex = g.on_request_body(&pending_on(&g, "docs", "a"), &call(4, "search")).unwrap();
+    assert_eq!(ex.response_limit, Some(50));
+    let head = ResponseHead { status: 200, content_type: Some("application/json"), content_encoding: None, content_length: Some(51) };
+    let ResponsePlan::Replace(body) = ex.response_plan(head) else { panic!("declared oversize must be replaced") };
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["id"].clone(), v["error"]["code"].clone()), (json!(4), json!(code::INTERNAL_ERROR)));
+    let json_unknown = ResponseHead { content_length: None, ..head };
+    assert_eq!(ex.response_plan(json_unknown), ResponsePlan::Buffer);
+    let policy = &g.config().policy;
+    let mut counts = RedactionCounts::new();
+    let long = json!({"jsonrpc":"2.0","id":4,"result":{"content":[{"type":"text","text":"y".repeat(60)}]}}).to_string();
+    let out = ex.rewrite_message(long.as_bytes(), policy, &mut counts).unwrap();
+    assert_eq!(out, ex.oversized_response(50));
+    assert_eq!(ex.rewrite_message(b"{}", policy, &mut counts), None);
+    let event = String::from_utf8(ex.oversized_sse_event(50)).unwrap();
+    assert!(event.starts_with("event: message\ndata: {") && event.ends_with("}\n\n"), "{event}");
+    // The GET stream has no request to answer: no size limit.
+    let h = headers(&[("x-api-key", "a")]);
+    let HeadDecision::Forward(get) = g.on_request_head(RequestHead { method: "GET", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache()) else {
+        panic!("GET is forwarded")
+    };
+    assert_eq!(get.response_limit, None);
+}
+
+#[test]
+fn guardrail_config_errors_name_their_path() {
+    let compile = |extra: Value| {
+        let mut raw = json!({"servers": ["crm"], "policy": {"roles": {"r": {"allow": ["*"]}}}});
+        raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let raw: RawFilterConfig = serde_json::from_value(raw).unwrap();
+        FilterConfig::compile(&raw, &EnvSecrets).unwrap_err()
+    };
+    let e = compile(json!({"limits": {"max_in_flight_per_consumer": 0}}));
+    assert_eq!(e.path(), Some("limits.max_in_flight_per_consumer"));
+    let e = compile(json!({"server_limits": {"billing": {}}}));
+    assert_eq!(e.path(), Some("server_limits.billing"));
+    let e = compile(json!({"server_limits": {"crm": {"tools": {"t": {"max_argument_bytes": 0}}}}}));
+    assert_eq!(e.path(), Some("server_limits.crm.tools.t.max_argument_bytes"));
+    let e = compile(json!({"server_limits": {"crm": {"max_response_bytes": 0}}}));
+    assert_eq!(e.path(), Some("server_limits.crm.max_response_bytes"));
 }

@@ -7,14 +7,130 @@
 //! counters live in meshgate's rate-limit service (Redis), reached through Envoy's
 //! `ratelimit` filter with the [`QuotaRule::counter_key`] as descriptor value.
 
+//!
+//! The pure decision is [`QuotaRules::charges`]: the local counters a call takes from
+//! ([`LocalCharge`], each with its shared-data key) and the global descriptors it carries
+//! ([`GlobalDescriptor`], one request header per rule). The host runs [`Limit::take`] on
+//! each local counter under compare-and-swap and answers a refusal with
+//! [`LocalCharge::rejection`].
+//!
+//! Several local rules are charged in configuration order and the first refusal stops the
+//! call; counters charged before it stay charged (the call was attempted). That can only
+//! under-admit later calls, never over-admit: each counter is exact on its own.
+
 pub mod arithmetic;
 
 use std::collections::HashSet;
 
 pub use arithmetic::{parse_rate, Limit, RateError, State, Taken};
 
+use serde_json::Value;
+
 use crate::config::{ConfigError, RawQuotaKey, RawQuotaRule, RawQuotaScope};
 use crate::policy::TargetPattern;
+use crate::reject::{printable, Rejection};
+
+/// Request headers under this prefix are Meshgate's own: the filter removes any a client
+/// sends (anti-spoofing) before it adds its own.
+pub const RESERVED_HEADER_PREFIX: &str = "x-meshgate-";
+/// Prefix of the request header carrying a global rule's descriptor value:
+/// `x-meshgate-rl-<rule name>: <counter key>`. Read by Envoy's `ratelimit` filter.
+pub const GLOBAL_HEADER_PREFIX: &str = "x-meshgate-rl-";
+/// Response header Envoy's `ratelimit` filter sets on its 429.
+pub const ENVOY_RATELIMITED_HEADER: &str = "x-envoy-ratelimited";
+/// Response header the rate-limit service sets to name the rule that refused.
+pub const LIMIT_RULE_RESPONSE_HEADER: &str = "x-meshgate-limit-rule";
+/// Name used in `error.data.limit` for the in-flight limit.
+pub const IN_FLIGHT_LIMIT_NAME: &str = "in_flight";
+/// Prefix of every shared-data key Meshgate uses.
+const SHARED_PREFIX: &str = "meshgate/";
+
+/// One local counter a call takes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCharge {
+    pub rule: String,
+    pub limit: Limit,
+    pub key: QuotaKey,
+    /// proxy-wasm shared-data key: `meshgate/q/<rule>/<limit fingerprint>/<counter key>`. The
+    /// fingerprint changes whenever the rule's limit or key kind does, so an edited rule
+    /// starts with fresh counters instead of misreading old state.
+    pub shared_key: String,
+}
+
+impl LocalCharge {
+    /// The answer to a call this counter refused: HTTP 429, `Retry-After`, JSON-RPC -32029.
+    pub fn rejection(&self, retry_after_secs: u64, id: Option<&Value>) -> Rejection {
+        let retry = retry_after_secs.max(1);
+        let message = format!(
+            "rate limit \"{}\" ({}) exceeded {}; retry in {retry} s",
+            self.rule,
+            self.limit.describe(),
+            self.key.scope_phrase()
+        );
+        Rejection::rate_limited(&self.rule, retry, message).with_id(id)
+    }
+}
+
+/// A global rule's descriptor for Envoy's `ratelimit` filter, sent as a request header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalDescriptor {
+    pub rule: String,
+    /// `x-meshgate-rl-<rule>` (rule names are `[a-z0-9_-]+`, valid header names).
+    pub header: String,
+    /// [`QuotaRule::counter_key`]: percent-encoded, header-safe.
+    pub value: String,
+}
+
+/// What one admitted-by-policy `tools/call` is charged to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Charges {
+    /// Counted by the filter, in configuration order.
+    pub local: Vec<LocalCharge>,
+    /// Counted by the rate-limit service; the filter only adds the headers.
+    pub global: Vec<GlobalDescriptor>,
+}
+
+impl Charges {
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.global.is_empty()
+    }
+}
+
+/// The shared-data key of a consumer's in-flight counter (not tied to any rule: the
+/// number of open calls stays true when the limit changes).
+pub fn in_flight_key(consumer: &str) -> String {
+    let mut key = format!("{SHARED_PREFIX}inflight/");
+    push_encoded(&mut key, consumer);
+    key
+}
+
+/// The answer to a call over the consumer's in-flight limit: HTTP 429, `Retry-After: 1`.
+pub fn in_flight_rejection(max: u64, id: Option<&Value>) -> Rejection {
+    let message = format!(
+        "in-flight limit ({max} concurrent calls per consumer) reached for this consumer; retry when a call completes"
+    );
+    Rejection::rate_limited(IN_FLIGHT_LIMIT_NAME, 1, message).with_id(id)
+}
+
+/// Stored bytes of an in-flight counter (8 bytes little-endian); anything else reads as 0.
+pub fn decode_count(bytes: Option<&[u8]>) -> u64 {
+    bytes.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(0)
+}
+
+/// [`decode_count`]'s inverse.
+pub fn encode_count(count: u64) -> [u8; 8] {
+    count.to_le_bytes()
+}
+
+/// A stable 64-bit FNV-1a fingerprint (identical on every worker and every build).
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The first value of a header that parses as whole seconds.
+fn parse_secs(value: Option<&str>) -> Option<u64> {
+    value.and_then(|v| v.trim().parse::<u64>().ok())
+}
 
 /// What one counter of a rule is kept per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +138,24 @@ pub enum QuotaKey {
     Consumer,
     ConsumerTool,
     Tool,
+}
+
+impl QuotaKey {
+    fn scope_phrase(self) -> &'static str {
+        match self {
+            QuotaKey::Consumer => "for this consumer",
+            QuotaKey::ConsumerTool => "for this consumer and tool",
+            QuotaKey::Tool => "for this tool",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            QuotaKey::Consumer => "c",
+            QuotaKey::ConsumerTool => "ct",
+            QuotaKey::Tool => "t",
+        }
+    }
 }
 
 /// Where a rule's counters live.
@@ -76,6 +210,16 @@ impl QuotaRule {
             }
         }
         out
+    }
+
+    /// The shared-data key of this rule's counter for a call (see [`LocalCharge::shared_key`]).
+    pub fn shared_key(&self, counter_key: &str) -> String {
+        let canonical = match self.limit {
+            Limit::Bucket { per_period, period_secs, burst } => format!("b:{per_period}:{period_secs}:{burst}"),
+            Limit::Window { limit, period_secs } => format!("w:{limit}:{period_secs}"),
+        };
+        let print = fingerprint(&format!("{canonical}:{}", self.key.tag()));
+        format!("{SHARED_PREFIX}q/{}/{print:016x}/{counter_key}", self.name)
     }
 }
 
@@ -197,6 +341,64 @@ impl QuotaRules {
         roles: &'a [String],
     ) -> impl Iterator<Item = &'a QuotaRule> + 'a {
         self.rules.iter().filter(move |r| r.applies(server, tool, roles))
+    }
+
+    /// Step "charge" of a `tools/call` the policy allowed: the local counters to take from
+    /// and the global descriptors to send, for every matching rule, in configuration order.
+    pub fn charges(&self, consumer: &str, server: &str, tool: &str, roles: &[String]) -> Charges {
+        let mut charges = Charges::default();
+        for rule in self.matching(server, tool, roles) {
+            let counter = rule.counter_key(consumer, server, tool);
+            match rule.scope {
+                QuotaScope::Local => charges.local.push(LocalCharge {
+                    rule: rule.name.clone(),
+                    limit: rule.limit,
+                    key: rule.key,
+                    shared_key: rule.shared_key(&counter),
+                }),
+                QuotaScope::Global => charges.global.push(GlobalDescriptor {
+                    rule: rule.name.clone(),
+                    header: format!("{GLOBAL_HEADER_PREFIX}{}", rule.name),
+                    value: counter,
+                }),
+            }
+        }
+        charges
+    }
+
+    /// The answer when Envoy's `ratelimit` filter refused a call (429 with
+    /// `x-envoy-ratelimited`): JSON-RPC -32029 for the request, `Retry-After` from the
+    /// response's `retry-after`, else `x-ratelimit-reset`, else 1 second. `rule` is the
+    /// rate-limit service's `x-meshgate-limit-rule` header, when present.
+    pub fn global_rejection(
+        &self,
+        rule: Option<&str>,
+        retry_after: Option<&str>,
+        ratelimit_reset: Option<&str>,
+        id: Option<&Value>,
+    ) -> Rejection {
+        let retry = parse_secs(retry_after).or_else(|| parse_secs(ratelimit_reset)).unwrap_or(1).max(1);
+        let rule = rule.map(str::trim).filter(|r| !r.is_empty());
+        let (name, message) = match rule {
+            Some(name) => match self.get(name).filter(|r| r.scope == QuotaScope::Global) {
+                Some(r) => (
+                    r.name.clone(),
+                    format!(
+                        "rate limit \"{}\" ({}) exceeded {}; retry in {retry} s",
+                        r.name,
+                        r.limit.describe(),
+                        r.key.scope_phrase()
+                    ),
+                ),
+                None => {
+                    let name = printable(name);
+                    let message = format!("rate limit \"{name}\" exceeded; retry in {retry} s");
+                    (name, message)
+                }
+            },
+            None => ("global".to_string(), format!("global rate limit exceeded; retry in {retry} s")),
+        };
+        Rejection::rate_limited(&name, retry, message).with_id(id)
     }
 
     /// The rule called `name`.

@@ -1,0 +1,358 @@
+"""Quotas and guardrails through a real Envoy (2 workers) and the wasm filter.
+
+Upstreams: tests/e2e/quota_upstream.py in JSON mode (server `tools`, plus the `rl` and
+`rl-empty` stand-ins for Envoy's ratelimit filter) and in SSE mode (server `stream`).
+
+Limits under test (see REGISTRY below):
+  fixed window  `exact`:   N/m on tools/hit, one counter for the tool (64 consumers race it)
+  fixed window  `window`:  3/s on tools/echo_args for one consumer (Retry-After, reset)
+  token bucket  `bucket`:  2/s burst 2 on stream/hit (refill)
+  in flight:    2 open tools/call per consumer
+  sizes:        arguments ≤ 256 bytes (echo_args: 4096), responses ≤ 1 MiB
+  global rule   `fleet`:   only the x-meshgate-rl-fleet header; the 429 comes from the stand-in
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from e2e_support import (
+    Proc,
+    Upstream,
+    UpstreamLog,
+    api_key,
+    api_key_sha256,
+    base_headers,
+    describe,
+    jsonrpc_error,
+    legacy_body,
+    marker,
+    modern_client,
+    post,
+    response_messages,
+    start_gateway,
+    stop_gateway,
+    wait_tcp,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.quotas]
+
+RATE_LIMITED = -32029
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+HERE = Path(__file__).resolve().parent
+EXACT_LIMIT = 10
+CLIENTS = 64
+RACERS = [f"racer-{i:02d}" for i in range(CLIENTS)]
+SOLO_KEYS = ["window-key", "bucket-key", "inflight-key", "sizes-key", "global-key", "sdk-key"]
+
+
+def registry(json_url: str, sse_url: str) -> str:
+    base = json_url.rsplit("/", 1)[0]
+    keys = "\n".join(
+        f'    - {{ consumer: {k}, sha256: "{api_key_sha256(k)}", roles: [user] }}' for k in RACERS + SOLO_KEYS
+    )
+    return f"""\
+listener: {{ address: 127.0.0.1, port: 0 }}
+admin: {{ port: 0 }}
+servers:
+  - name: tools
+    url: {json_url}
+    tools:
+      - {{ name: echo_args, limits: {{ max_argument_bytes: 4096 }} }}
+  - name: stream
+    url: {sse_url}
+  - name: rl
+    url: {base}/ratelimited
+  - name: rl-empty
+    url: {base}/ratelimited-empty
+auth:
+  api_keys:
+{keys}
+policy:
+  roles:
+    user: {{ allow: ["*"] }}
+limits:
+  max_argument_bytes: 256
+  max_in_flight_per_consumer: 2
+  max_response_bytes: 1048576
+quotas:
+  - name: exact
+    match: {{ tools: ["tools/hit"] }}
+    quota: {EXACT_LIMIT}/m
+    key: tool
+  - name: window
+    match: {{ tools: ["tools/echo_args"] }}
+    quota: 3/s
+  - name: bucket
+    match: {{ tools: ["stream/hit"] }}
+    rate: 2/s
+    burst: 2
+  - name: sdk
+    match: {{ tools: ["stream/echo_args"] }}
+    quota: 1/h
+    key: consumer
+  - name: fleet
+    match: {{ tools: ["rl/*", "rl-empty/*"] }}
+    quota: 100/m
+    scope: global
+envoy: {{ concurrency: 2, log_level: warn }}
+"""
+
+
+def start_test_upstream(mode: str, workdir: Path) -> Upstream:
+    log_path = workdir / f"quota-{mode}.jsonl"
+    port_file = workdir / f"quota-{mode}.port"
+    proc = Proc.start(
+        f"quota-{mode}",
+        [sys.executable, str(HERE / "quota_upstream.py"), "--mode", mode, "--port", "0", "--port-file", str(port_file)],
+        workdir / f"quota-{mode}.out",
+        env={"MESHGATE_UPSTREAM_LOG": str(log_path)},
+    )
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            proc.stop()
+            pytest.fail(f"quota upstream ({mode}) did not start:\n{proc.tail()}", pytrace=False)
+        time.sleep(0.05)
+    port = int(port_file.read_text().strip())
+    assert wait_tcp("127.0.0.1", port, 15), proc.tail()
+    return Upstream(f"quota-{mode}", f"http://127.0.0.1:{port}/mcp", UpstreamLog(log_path), proc)
+
+
+@pytest.fixture(scope="module")
+def quota_upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Upstream]]:
+    workdir = tmp_path_factory.mktemp("quota-upstreams")
+    started: dict[str, Upstream] = {}
+    try:
+        started["json"] = start_test_upstream("json", workdir)
+        started["sse"] = start_test_upstream("sse", workdir)
+        yield started
+    finally:
+        for upstream in started.values():
+            upstream.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def qgw(tmp_path_factory: pytest.TempPathFactory, quota_upstreams: dict[str, Upstream]):
+    workdir = tmp_path_factory.mktemp("quota-gateway")
+    path = workdir / "registry.yaml"
+    path.write_text(registry(quota_upstreams["json"].url, quota_upstreams["sse"].url))
+    gw = start_gateway(path, workdir)
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)
+
+
+def call_body(tool: str, arguments: dict | None = None, id: int | str = 1) -> dict:
+    return legacy_body("tools/call", {"name": tool, "arguments": arguments or {}}, id=id)
+
+
+def assert_rate_limited(response: httpx2.Response, request_id, limit: str) -> int:
+    """Checks a 429 JSON-RPC -32029 answer naming `limit`; returns its Retry-After."""
+    assert response.status_code == 429, describe(response)
+    body = jsonrpc_error(response)
+    assert body["id"] == request_id, describe(response)
+    assert body["error"]["code"] == RATE_LIMITED, describe(response)
+    if limit != "in_flight":
+        assert f'"{limit}"' in body["error"]["message"], describe(response)
+    retry_after = int(response.headers["retry-after"])
+    assert retry_after >= 1
+    assert body["error"]["data"] == {"limit": limit, "retry_after_secs": retry_after}, describe(response)
+    return retry_after
+
+
+def wait_outside_minute_edge(margin: float = 8.0) -> None:
+    """Fixed windows are aligned to the minute: do not start a race about to straddle two."""
+    into = time.time() % 60
+    if into > 60 - margin:
+        time.sleep(60 - into + 0.2)
+
+
+# --------------------------------------------------------------------------- exactness under concurrency
+
+
+def test_concurrent_clients_get_exactly_n_admissions(qgw, quota_upstreams):
+    """64 clients (one consumer each) race a shared fixed window of N across 2 Envoy workers."""
+    upstream = quota_upstreams["json"]
+    tag = marker()
+    mark = upstream.log.mark()
+    wait_outside_minute_edge()
+
+    async def one(i: int) -> httpx2.Response:
+        headers = base_headers(api_key(RACERS[i]))
+        # A fresh client (own connection) per caller, so Envoy spreads them over its workers.
+        async with httpx2.AsyncClient(timeout=30) as client:
+            body = call_body("hit", {"n": i, "tag": tag}, id=i)
+            return await client.post(qgw.url("tools"), content=json.dumps(body), headers=headers)
+
+    async def race() -> list[httpx2.Response]:
+        return await asyncio.gather(*(one(i) for i in range(CLIENTS)))
+
+    responses = asyncio.run(race())
+    admitted = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    assert len(admitted) == EXACT_LIMIT, [describe(r) for r in refused if r.status_code != 429][:3]
+    for i, r in enumerate(responses):
+        if r.status_code != 200:
+            retry = assert_rate_limited(r, i, "exact")
+            assert retry <= 60
+            assert "retry in" in jsonrpc_error(r)["error"]["message"]
+    assert len(refused) == CLIENTS - EXACT_LIMIT
+    forwarded = [c for c in upstream.log.calls(mark, "tools/call", "hit") if tag in c["_entry"]["body"]]
+    assert len(forwarded) == EXACT_LIMIT, f"upstream saw {len(forwarded)} calls, expected exactly {EXACT_LIMIT}"
+
+
+# --------------------------------------------------------------------------- windows and buckets over time
+
+
+def test_retry_after_is_honoured_and_the_window_resets(qgw, quota_upstreams):
+    url = qgw.url("tools")
+    # Start right after a second boundary so three calls fit in one 1 s window.
+    time.sleep(1 - time.time() % 1 + 0.02)
+    statuses = [post(url, call_body("echo_args", {"pad": "a"}, id=n), api_key("window-key")).status_code for n in range(3)]
+    assert statuses == [200, 200, 200]
+    refused = post(url, call_body("echo_args", {"pad": "a"}, id=99), api_key("window-key"))
+    retry_after = assert_rate_limited(refused, 99, "window")
+    assert retry_after == 1
+    time.sleep(retry_after)
+    again = post(url, call_body("echo_args", {"pad": "a"}, id=100), api_key("window-key"))
+    assert again.status_code == 200, describe(again)
+
+
+def test_token_bucket_refills(qgw):
+    url = qgw.url("stream")
+    first = [post(url, call_body("hit", id=n), api_key("bucket-key")).status_code for n in range(2)]
+    assert first == [200, 200]
+    refused = post(url, call_body("hit", id=3), api_key("bucket-key"))
+    assert assert_rate_limited(refused, 3, "bucket") == 1
+    assert "burst 2" in jsonrpc_error(refused)["error"]["message"]
+    time.sleep(0.6)  # 2 tokens per second: one is back after 0.5 s
+    assert post(url, call_body("hit", id=4), api_key("bucket-key")).status_code == 200
+    assert post(url, call_body("hit", id=5), api_key("bucket-key")).status_code == 429
+
+
+# --------------------------------------------------------------------------- in-flight calls
+
+
+def test_in_flight_slots_are_released_when_clients_reset(qgw, quota_upstreams):
+    url = qgw.url("tools")
+    headers = base_headers(api_key("inflight-key"))
+
+    async def scenario() -> None:
+        async def hold(i: int) -> None:
+            async with httpx2.AsyncClient(timeout=60) as client:
+                await client.post(url, content=json.dumps(call_body("slow", {"seconds": 30}, id=i)), headers=headers)
+
+        holders = [asyncio.create_task(hold(i)) for i in range(2)]
+        upstream = quota_upstreams["json"]
+        mark = upstream.log.mark()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(upstream.log.calls(mark, "tools/call", "slow")) < 2:
+            await asyncio.sleep(0.1)  # both calls are open upstream
+        async with httpx2.AsyncClient(timeout=10) as client:
+            third = await client.post(url, content=json.dumps(call_body("hit", id=3)), headers=headers)
+        assert_rate_limited(third, 3, "in_flight")
+        assert "2 concurrent calls" in jsonrpc_error(third)["error"]["message"]
+        # The clients give up: their connections are reset mid-call.
+        for task in holders:
+            task.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+        deadline = time.monotonic() + 5
+        while True:
+            async with httpx2.AsyncClient(timeout=10) as client:
+                fourth = await client.post(url, content=json.dumps(call_body("echo_args", {"pad": "x"}, id=4)), headers=headers)
+            if fourth.status_code == 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert fourth.status_code == 200, f"in-flight slots not released after resets: {describe(fourth)}"
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- size guardrails
+
+
+@pytest.mark.parametrize("server", ["tools", "stream"])
+def test_oversized_tool_result_becomes_a_clean_error(server, qgw):
+    response = post(qgw.url(server), call_body("big", {"size": 5_000_000}, id=41), api_key("sizes-key"), timeout=60)
+    messages = response_messages(response)
+    assert messages, describe(response)
+    final = messages[-1]
+    assert final.get("id") == 41 and final["error"]["code"] == INTERNAL_ERROR, describe(response)
+    assert "1048576-byte limit" in final["error"]["message"]
+    assert len(response.content) < 10_000, "the oversized result must not be forwarded"
+    # The stream still parses as whole messages only.
+    assert all("jsonrpc" in m for m in messages)
+
+
+def test_argument_size_guardrail_refuses_before_the_upstream(qgw, quota_upstreams):
+    upstream = quota_upstreams["json"]
+    tag = marker()
+    mark = upstream.log.mark()
+    response = post(qgw.url("tools"), call_body("hit", {"pad": tag + "x" * 1000}, id=51), api_key("sizes-key"))
+    assert response.status_code == 413, describe(response)
+    body = jsonrpc_error(response)
+    assert body["id"] == 51 and body["error"]["code"] == INVALID_PARAMS
+    assert "256-byte limit" in body["error"]["message"]
+    assert not upstream.log.containing(tag, mark), "an oversized call reached the upstream"
+    # echo_args overrides the limit per tool (4096 bytes).
+    ok = post(qgw.url("tools"), call_body("echo_args", {"pad": "y" * 1000}, id=52), api_key("sizes-key"))
+    assert ok.status_code == 200, describe(ok)
+
+
+# --------------------------------------------------------------------------- global rules (filter side)
+
+
+def test_global_rule_header_is_set_and_spoofed_ones_removed(qgw, quota_upstreams):
+    upstream = quota_upstreams["json"]
+    mark = upstream.log.mark()
+    response = post(
+        qgw.url("rl"),
+        call_body("anything", id="g-1"),
+        api_key("global-key"),
+        {"x-meshgate-rl-fleet": "someone-else", "x-meshgate-consumer": "admin"},
+    )
+    assert_rate_limited(response, "g-1", "fleet")
+    assert response.headers["retry-after"] == "7"
+    assert "over the limit" not in response.text
+    assert "100/m" in jsonrpc_error(response)["error"]["message"]
+    entries = [e for e in upstream.log.since(mark) if e.get("path") == "/ratelimited"]
+    assert len(entries) == 1, entries
+    sent = entries[0]["headers"]
+    assert sent.get("x-meshgate-rl-fleet") == "global-key/rl/anything", sent
+    assert "x-meshgate-consumer" not in sent
+
+
+def test_global_refusal_without_body_uses_ratelimit_reset(qgw):
+    response = post(qgw.url("rl-empty"), call_body("anything", id=7), api_key("global-key"))
+    assert response.status_code == 429, describe(response)
+    body = jsonrpc_error(response)
+    assert body["id"] == 7 and body["error"]["code"] == RATE_LIMITED
+    assert response.headers["retry-after"] == "5"
+
+
+# --------------------------------------------------------------------------- official SDK client
+
+
+@pytest.mark.anyio
+async def test_sdk_client_sees_the_rate_limit_error(qgw, quota_upstreams):
+    """`sdk` allows one stream/echo_args call per hour for this consumer: the second is -32029."""
+    async with modern_client(qgw.url("stream"), api_key("sdk-key")) as client:
+        first = await client.call_tool("echo_args", {"pad": "abc"})
+        assert not first.is_error
+        with pytest.raises(MCPError) as excinfo:
+            await client.call_tool("echo_args", {"pad": "abc"})
+    assert excinfo.value.error.code == RATE_LIMITED, repr(excinfo.value.error)
+    assert '"sdk"' in excinfo.value.error.message and "retry in" in excinfo.value.error.message
+
