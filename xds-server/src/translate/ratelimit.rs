@@ -10,9 +10,10 @@
 //!   (`status_on_error`) and the connection manager's local-reply mapper turns it into a
 //!   JSON-RPC error body ([`make_local_reply_config`]).
 //! - Each MCP route carries one `rate_limits` entry per global rule:
-//!   `[generic_key rule=<name>, request_headers x-meshgate-rl-<name> → key]`. With
-//!   `skip_if_absent`, a call the rule does not match sends no descriptor for it, and a
-//!   request with no descriptor is never sent to meshgate.
+//!   `[generic_key rule=<name>, request_headers x-meshgate-rl-<name> → key]`, with
+//!   `skip_if_absent: false`: when the header is absent (the rule does not match this call)
+//!   Envoy drops the whole descriptor, and a request with no descriptor is never sent to
+//!   meshgate. (`true` would only drop the `key` entry and still send `rule=<name>`.)
 //! - The route removes those headers (`request_headers_to_remove`, applied by the router
 //!   after the `ratelimit` filter has read them), so they never reach an upstream.
 //!
@@ -109,7 +110,10 @@ pub fn make_route_rate_limits(registry: &Registry) -> Vec<RouteRateLimit> {
                         action::RequestHeaders {
                             header_name: rule_header(&rule.name),
                             descriptor_key: KEY_ENTRY.to_string(),
-                            skip_if_absent: true,
+                            // Envoy: `true` drops only this *entry* (the descriptor would
+                            // still go out as `rule=<name>` alone); `false` drops the whole
+                            // descriptor when the header is absent, which is what we want.
+                            skip_if_absent: false,
                         },
                     )),
                 },
