@@ -8,6 +8,7 @@ a free port (`--save '' --appendonly no`: nothing on disk) and stops it by PID.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ class Redis:
         )
         if not wait_tcp("127.0.0.1", self.port, 15):
             pytest.fail(f"redis-server did not listen on {self.port}:\n{self.proc.tail()}", pytrace=False)
+
+    def keys(self, pattern: str) -> list[str]:
+        """`KEYS pattern`, sorted (through redis-cli, installed with redis-server)."""
+        out = subprocess.run(["redis-cli", "-p", str(self.port), "--raw", "KEYS", pattern],
+                             capture_output=True, text=True, timeout=10, check=True)
+        return sorted(line for line in out.stdout.splitlines() if line)
 
     def stop(self) -> None:
         if self.proc is not None:

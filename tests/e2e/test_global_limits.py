@@ -128,6 +128,13 @@ def test_two_envoys_share_one_global_window(fleet):
     # Still refused afterwards, from either Envoy.
     for envoy in fleet.envoys:
         assert_rate_limited(hit(envoy.url("tools"), CONSUMERS[0], 9999))
+    # A client cannot pick its own counter: the filter drops client-sent x-meshgate-* headers,
+    # so a spoofed descriptor is still charged to (and refused by) the real one.
+    spoofed = post(fleet.envoys[0].url("tools"), legacy_body("tools/call", {"name": "hit", "arguments": {}}, id=5),
+                   {"x-api-key": CONSUMERS[0], "x-meshgate-rl-fleet": "someone-else"}, timeout=20)
+    assert_rate_limited(spoofed)
+    # One counter in Redis: the rule's fixed window for the tool (key: tool).
+    assert fleet.redis.keys("meshgate:rl:*") == ["meshgate:rl:fleet:w3600:tools/hit"]
 
 
 def test_redis_down_fails_closed_and_is_counted(fleet):
