@@ -313,6 +313,15 @@ mod tests {
         );
         let text = registry_view(&registry).to_string();
         assert!(!text.contains("s3cret"), "{text}");
+        let with_redis = crate::test_support::registry(
+            "listener: { port: 0 }\nservers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n\
+             quotas:\n  - { name: g, quota: 5/m, scope: global }\n\
+             rate_limit_service: { redis_url: 'redis://:hunter2@cache:6379/1' }\n",
+        );
+        let view = registry_view(&with_redis);
+        assert_eq!(view["rate_limit_service"]["redis"], "redis://cache:6379/1");
+        assert_eq!(view["global_rules"][0]["limit"], "5/m quota");
+        assert!(!view.to_string().contains("hunter2"), "{view}");
         assert!(!text.contains("3f2a4fc5"), "{text}");
         assert!(text.contains("\"value_env\":\"TEST_SECRET\""), "{text}");
         let catalog = catalog_view(&registry);
