@@ -9,7 +9,10 @@ Limits under test (see REGISTRY below):
   token bucket  `bucket`:  1/s burst 2 on stream/hit (refill)
   in flight:    2 open tools/call per consumer
   sizes:        arguments ≤ 256 bytes (echo_args: 4096), responses ≤ 1 MiB
-  global rule   `fleet`:   only the x-meshgate-rl-fleet header; the 429 comes from the stand-in
+  global rule   `fleet`:   the x-meshgate-rl-fleet header; the 429 comes from the stand-in.
+                           Its rate_limit_service has no Redis and fails open, so Envoy's
+                           ratelimit filter lets the call through to the stand-in (the real
+                           service is tests/e2e/test_global_limits.py).
 """
 
 from __future__ import annotations
@@ -105,6 +108,10 @@ quotas:
     match: {{ tools: ["rl/*", "rl-empty/*"] }}
     quota: 100/m
     scope: global
+rate_limit_service:
+  # Nothing listens on port 1: meshgate answers OK (fail open) and the stand-in refuses.
+  redis_url: redis://127.0.0.1:1/0
+  failure_mode: allow
 envoy: {{ concurrency: 2, log_level: warn }}
 """
 
@@ -331,8 +338,10 @@ def test_global_rule_header_is_set_and_spoofed_ones_removed(qgw, quota_upstreams
     entries = [e for e in upstream.log.since(mark) if e.get("path") == "/ratelimited"]
     assert len(entries) == 1, entries
     sent = entries[0]["headers"]
-    assert sent.get("x-meshgate-rl-fleet") == "global-key/rl/anything", sent
-    assert "x-meshgate-consumer" not in sent
+    # The filter's header is read by Envoy's ratelimit filter and removed by the route; the
+    # descriptor value it carried is checked through meshgate's service in
+    # test_global_limits.py. Spoofed ones never get anywhere.
+    assert not any(h.lower().startswith("x-meshgate-") for h in sent), sent
 
 
 def test_global_refusal_without_body_uses_ratelimit_reset(qgw):

@@ -7,6 +7,7 @@
 //! | `GET /status` | snapshot version and counts, the last registry load error, per Envoy node: streams, last ACKed version per type, last NACK (Envoy's message) and NACK count |
 //! | `GET /registry` | the loaded registry; credential values are never shown (`[redacted]`), API keys show consumer and roles only |
 //! | `GET /catalog` | servers, their paths and declared tools, for discovery |
+//! | `GET /metrics` | Prometheus text: global rate-limit decisions per rule, store errors, control-plane counters |
 //! | `GET /wasm/meshgate.wasm` | the filter module Envoys fetch (`x-sha256` header), when meshgate serves it |
 //!
 //! Bind it to loopback or a private network: `/status` and `/registry` describe the whole
@@ -22,6 +23,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::control::ControlPlane;
+use crate::ratelimit::Metrics;
 use crate::registry::{CredentialSource, HealthCheck, Registry, Server, Trust, VerifyName};
 use crate::translate::envoy_duration;
 
@@ -52,6 +54,8 @@ impl WasmModule {
 pub struct AdminState {
     pub control: Arc<ControlPlane>,
     pub wasm: Option<Arc<WasmModule>>,
+    /// The rate-limit service's counters.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The admin API as a router, so tests can drive it in-process.
@@ -62,6 +66,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/registry", get(registry))
         .route("/catalog", get(catalog))
+        .route("/metrics", get(metrics))
         .route(WASM_PATH, get(wasm))
         .with_state(state)
 }
@@ -86,6 +91,34 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
         "nacks_total": control.nacks_total(),
         "pushes_total": control.pushes_total(),
     }))
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let mut out = String::new();
+    state.metrics.render(&mut out);
+    let control = &state.control;
+    for (name, help, value) in [
+        (
+            "meshgate_xds_pushes_total",
+            "xDS responses sent to Envoys.",
+            control.pushes_total(),
+        ),
+        (
+            "meshgate_xds_nacks_total",
+            "xDS responses Envoys rejected.",
+            control.nacks_total(),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    let mut response = out.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 async fn registry(State(state): State<AdminState>) -> Response {
@@ -192,6 +225,17 @@ pub fn registry_view(registry: &Registry) -> Value {
             "log_level": registry.envoy.log_level.as_str(),
             "system_ca_file": registry.envoy.system_ca_file,
         },
+        // The Redis address without its password.
+        "rate_limit_service": registry.rate_limit_service.as_ref().map(|r| json!({
+            "redis": r.redis.to_string(),
+            "redis_source": r.redis_source,
+            "failure_mode": r.failure_mode.as_str(),
+            "timeout": envoy_duration(r.timeout),
+        })),
+        "global_rules": registry.global_rules.iter().map(|r| json!({
+            "name": r.name,
+            "limit": r.limit.describe(),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -269,6 +313,15 @@ mod tests {
         );
         let text = registry_view(&registry).to_string();
         assert!(!text.contains("s3cret"), "{text}");
+        let with_redis = crate::test_support::registry(
+            "listener: { port: 0 }\nservers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n\
+             quotas:\n  - { name: g, quota: 5/m, scope: global }\n\
+             rate_limit_service: { redis_url: 'redis://:hunter2@cache:6379/1' }\n",
+        );
+        let view = registry_view(&with_redis);
+        assert_eq!(view["rate_limit_service"]["redis"], "redis://cache:6379/1");
+        assert_eq!(view["global_rules"][0]["limit"], "5/m quota");
+        assert!(!view.to_string().contains("hunter2"), "{view}");
         assert!(!text.contains("3f2a4fc5"), "{text}");
         assert!(text.contains("\"value_env\":\"TEST_SECRET\""), "{text}");
         let catalog = catalog_view(&registry);

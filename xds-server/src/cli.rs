@@ -262,7 +262,10 @@ fn print_bootstrap(file: PathBuf, wasm: Option<PathBuf>, format: Format) -> Exit
 }
 
 /// Prints a rendered bootstrap in `format`, or the error that prevented it.
-fn print_rendered(bootstrap: Result<serde_json::Value, bootstrap::BootstrapError>, format: Format) -> ExitCode {
+fn print_rendered(
+    bootstrap: Result<serde_json::Value, bootstrap::BootstrapError>,
+    format: Format,
+) -> ExitCode {
     let text = bootstrap.and_then(|b| match format {
         Format::Json => Ok(bootstrap::to_json(&b)),
         Format::Yaml => bootstrap::to_yaml(&b),

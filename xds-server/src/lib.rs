@@ -14,7 +14,8 @@
 //! - [`translate`]: pure builders for Envoy resources; [`snapshot`]: packing, versioning,
 //!   consistency; [`control`]: the published snapshot and per-node status;
 //!   [`service`]: the ADS gRPC service; [`reload`]: load-on-edit; [`admin_api`]: the HTTP
-//!   admin API; [`serve`]: all of it running.
+//!   admin API; [`ratelimit`]: Envoy's rate-limit service for `scope: global` quotas
+//!   (Redis-backed, on the ADS port); [`serve`]: all of it running.
 //! - [`bootstrap`]: xDS and static Envoy bootstraps; [`locate`], [`envoy_admin`],
 //!   [`launch`]: finding Envoy and the module, talking to Envoy's admin API, and
 //!   supervising Envoy (`meshgate up`).
@@ -33,6 +34,7 @@ pub mod control;
 pub mod envoy_admin;
 pub mod launch;
 pub mod locate;
+pub mod ratelimit;
 pub mod registry;
 pub mod reload;
 pub mod serve;

@@ -1,4 +1,5 @@
-//! The control plane as a running thing: ADS port, admin API, registry watcher.
+//! The control plane as a running thing: ADS port (which also serves Envoy's rate-limit
+//! API for global quotas), admin API, registry watcher.
 //!
 //! [`start`] loads the registry (refusing to start on an invalid one, like `validate`),
 //! binds both ports (port 0 allowed), and spawns the gRPC server, the admin API and the
@@ -17,6 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin_api::{self, AdminState, WasmModule, WASM_PATH};
 use crate::control::ControlPlane;
+use crate::ratelimit::{Metrics, RateLimiter, RlsService};
 use crate::registry::Registry;
 use crate::reload::{self, Loader, ReloadError};
 use crate::service::AdsService;
@@ -173,9 +175,14 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
     let (shutdown, _) = watch::channel(false);
 
     let mut tasks = Vec::new();
+    // The rate-limit service shares the ADS port: every Envoy already has an HTTP/2 cluster
+    // to it (the bootstrap's `meshgate-xds`).
+    let metrics = Arc::new(Metrics::default());
+    let limiter = RateLimiter::new(control.clone(), metrics.clone());
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
-        .add_service(AdsService::server(control.clone()));
+        .add_service(AdsService::server(control.clone()))
+        .add_service(RlsService::server(limiter));
     let mut stop = shutdown.subscribe();
     tasks.push(tokio::spawn(async move {
         let signal = async move {
@@ -196,6 +203,7 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
     let app = admin_api::app(AdminState {
         control: control.clone(),
         wasm,
+        metrics,
     });
     let mut stop = shutdown.subscribe();
     tasks.push(tokio::spawn(async move {

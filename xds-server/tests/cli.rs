@@ -416,6 +416,32 @@ fn static_bootstrap_refuses_keys_only_the_control_plane_renders() {
 }
 
 #[test]
+fn static_bootstrap_refuses_global_quotas() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = write(
+        dir.path(),
+        "r.yaml",
+        "listener: { port: 1 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:1/' }\n\
+         quotas:\n  - { name: fleet, quota: 10/m, scope: global }\n\
+         rate_limit_service: { redis_url: 'redis://127.0.0.1:6379' }\n",
+    );
+    let out = run(&[
+        "bootstrap",
+        "--static",
+        "-r",
+        &registry.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "quota \"fleet\" has scope: global, which needs meshgate's rate-limit service"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn serve_refuses_an_invalid_registry() {
     let dir = tempfile::tempdir().unwrap();
     let registry = write(dir.path(), "r.yaml", "listener: { port: 1 }\nservers: []\n");

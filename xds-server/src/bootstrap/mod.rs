@@ -179,6 +179,11 @@ pub enum BootstrapError {
     },
     #[error("cannot render the bootstrap as YAML: {0}")]
     Yaml(String),
+    #[error(
+        "quota {rule:?} has scope: global, which needs meshgate's rate-limit service: \
+         use `meshgate up` or `meshgate serve` (the static bootstrap has no control plane)"
+    )]
+    NeedsRateLimitService { rule: String },
 }
 
 /// The complete static bootstrap for `registry`, loading the filter from `wasm`.
@@ -191,6 +196,12 @@ pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, Boots
         return Err(BootstrapError::NeedsControlPlane {
             server: server.name.clone(),
             keys: server.control_plane_keys.clone(),
+        });
+    }
+    // Global counters live in meshgate: without a control plane there is nobody to ask.
+    if let Some(rule) = registry.global_rules.first() {
+        return Err(BootstrapError::NeedsRateLimitService {
+            rule: rule.name.clone(),
         });
     }
     let clusters: Vec<Value> = registry

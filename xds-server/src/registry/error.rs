@@ -123,6 +123,19 @@ pub enum RegistryError {
     InvalidConcurrency { value: u64 },
     #[error("unknown log level {value:?} (use trace, debug, info, warn, error, critical or off)")]
     InvalidLogLevel { value: String },
+    #[error(
+        "quota {rule:?} has scope: global, which needs a top-level rate_limit_service \
+         (redis_url, failure_mode, timeout)"
+    )]
+    GlobalWithoutService { rule: String },
+    #[error("set exactly one of redis_url and redis_url_env")]
+    RedisUrlSourceCount,
+    #[error("environment variable {name} is not set (meshgate reads the Redis URL from it)")]
+    RedisUrlEnvUnset { name: String },
+    #[error("invalid redis url: {0}")]
+    InvalidRedisUrl(String),
+    #[error("unknown failure_mode {value:?} (use deny or allow)")]
+    InvalidFailureMode { value: String },
     /// Rejected by the filter's own validator (`meshgate_core::config::FilterConfig::compile`).
     #[error("{0}")]
     Filter(String),

@@ -54,6 +54,59 @@ pub struct Registry {
     /// `auth.scopes`: advertised in the protected-resource metadata.
     pub scopes: Vec<String>,
     pub envoy: EnvoySettings,
+    /// `rate_limit_service`, when set. Always set when [`Registry::global_rules`] is not empty.
+    pub rate_limit_service: Option<RateLimitService>,
+    /// The `scope: global` quotas, in registry order (compiled by the filter's validator).
+    /// Names are unique. Enforced by Envoy's `ratelimit` filter calling meshgate.
+    pub global_rules: Vec<GlobalRule>,
+}
+
+/// meshgate's rate-limit service: where global counters live and how failures are treated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitService {
+    /// Parsed from `redis_url` or `redis_url_env`; its password is a [`SecretValue`].
+    pub redis: crate::ratelimit::redis::RedisAddress,
+    /// Where the URL came from (`redis_url` or the variable's name), for `/registry`.
+    pub redis_source: String,
+    pub failure_mode: FailureMode,
+    /// How long Envoy waits for meshgate's answer; meshgate gives Redis half of it, so a
+    /// slow Redis is answered per [`FailureMode`] before Envoy gives up.
+    pub timeout: Duration,
+}
+
+/// What a global limit does when its counters cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Fail closed: the call is refused (HTTP 429 with `x-meshgate-limit-error:
+    /// store-unavailable` when Redis is down; Envoy's 503 when meshgate is unreachable).
+    #[default]
+    Deny,
+    /// Fail open: the call goes through uncounted.
+    Allow,
+}
+
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Deny => "deny",
+            FailureMode::Allow => "allow",
+        }
+    }
+}
+
+/// One `scope: global` quota as the rate-limit service applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalRule {
+    /// `[a-z0-9_-]+`, unique: the descriptor's `rule` entry and the header suffix.
+    pub name: String,
+    pub limit: meshgate_core::quota::Limit,
+}
+
+impl Registry {
+    /// The global rule called `name`.
+    pub fn global_rule(&self, name: &str) -> Option<&GlobalRule> {
+        self.global_rules.iter().find(|r| r.name == name)
+    }
 }
 
 /// One upstream MCP server.
@@ -208,6 +261,8 @@ pub mod defaults {
     /// Debian/Ubuntu (and the official Envoy image) keep the system CA bundle here.
     pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
     pub const CREDENTIAL_HEADER: &str = "authorization";
+    /// Envoy's wait for the rate-limit service (`rate_limit_service.timeout`).
+    pub const RATE_LIMIT_TIMEOUT: Duration = Duration::from_millis(100);
 }
 
 /// Active health checking of every endpoint.

@@ -38,6 +38,28 @@ pub struct RawRegistry {
     pub quotas: Vec<RawQuotaRule>,
     #[serde(default)]
     pub envoy: RawEnvoy,
+    /// meshgate's rate-limit service for `scope: global` quotas (Redis-backed).
+    #[serde(default)]
+    pub rate_limit_service: Option<RawRateLimitService>,
+}
+
+/// `rate_limit_service`: where global quota counters live and what happens when they cannot
+/// be reached. Required as soon as one quota has `scope: global`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimitService {
+    /// `redis://[[user]:password@]host[:port][/db]`. Exactly one of the two.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Environment variable of meshgate holding the Redis URL (it may carry a password).
+    #[serde(default)]
+    pub redis_url_env: Option<String>,
+    /// `deny` (default: a call is refused when the counters are unreachable) or `allow`.
+    #[serde(default)]
+    pub failure_mode: Option<String>,
+    /// How long Envoy waits for meshgate's answer (default `100ms`).
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -827,3 +827,97 @@ envoy: { log_level: loud }
     assert!(lines[2].starts_with(":4: servers[1].url: "), "{lines:#?}");
     assert!(lines[3].starts_with(":5: envoy.log_level: "), "{lines:#?}");
 }
+
+// ------------------------------------------------------------------ global rate limits
+
+#[test]
+fn global_quotas_load_with_their_rate_limit_service() {
+    let yaml = format!(
+        "{MINIMAL}quotas:\n  - {{ name: fleet, quota: 100/m, key: consumer, scope: global }}\n  - {{ name: mine, rate: 5/s }}\n\
+         rate_limit_service:\n  redis_url: 'redis://:pw@127.0.0.1:6380/3'\n  failure_mode: allow\n  timeout: 250ms\n"
+    );
+    let registry = Fixture::new(&yaml).load().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        registry.global_rules,
+        [GlobalRule {
+            name: "fleet".into(),
+            limit: meshgate_core::quota::Limit::Window {
+                limit: 100,
+                period_secs: 60
+            }
+        }]
+    );
+    let service = registry.rate_limit_service.expect("service");
+    assert_eq!(service.redis.to_string(), "redis://127.0.0.1:6380/3");
+    assert_eq!(service.failure_mode, FailureMode::Allow);
+    assert_eq!(service.timeout, Duration::from_millis(250));
+    assert!(!format!("{service:?}").contains("pw"));
+
+    // Defaults: deny, 100 ms; the URL from meshgate's environment.
+    let yaml = format!(
+        "{MINIMAL}quotas:\n  - {{ quota: 1/d, scope: global }}\nrate_limit_service: {{ redis_url_env: REDIS_URL }}\n"
+    );
+    let fixture = Fixture::new(&yaml);
+    let env = FakeEnv(std::collections::HashMap::from([(
+        "REDIS_URL".to_string(),
+        "redis://cache:6379".to_string(),
+    )]));
+    let registry = Registry::load_with(&fixture.file, &env).unwrap_or_else(|e| panic!("{e}"));
+    let service = registry.rate_limit_service.expect("service");
+    assert_eq!(
+        (service.failure_mode, service.timeout),
+        (FailureMode::Deny, defaults::RATE_LIMIT_TIMEOUT)
+    );
+    assert_eq!(service.redis_source, "redis_url_env REDIS_URL");
+    assert_eq!(registry.global_rules[0].name, "quota-0");
+
+    // Local quotas need no service.
+    let yaml = format!("{MINIMAL}quotas:\n  - {{ rate: 5/s }}\n");
+    assert!(Fixture::new(&yaml)
+        .load()
+        .expect("local only")
+        .global_rules
+        .is_empty());
+}
+
+#[test]
+fn global_quota_errors() {
+    assert_error(
+        &format!("{MINIMAL}quotas:\n  - name: fleet\n    quota: 10/m\n    scope: global # <-\n"),
+        "quotas[0].scope",
+        "quota \"fleet\" has scope: global, which needs a top-level rate_limit_service",
+    );
+    let with_service = |service: &str| {
+        format!("{MINIMAL}quotas:\n  - {{ quota: 10/m, scope: global }}\nrate_limit_service:\n{service}")
+    };
+    assert_error(
+        &with_service("  redis_url: http://x:1 # <-\n"),
+        "rate_limit_service.redis_url",
+        "does not start with redis://",
+    );
+    assert_error(
+        &with_service("  redis_url: redis://h:1\n  failure_mode: open # <-\n"),
+        "rate_limit_service.failure_mode",
+        "unknown failure_mode \"open\"",
+    );
+    assert_error(
+        &with_service("  redis_url: redis://h:1\n  timeout: 0ms # <-\n"),
+        "rate_limit_service.timeout",
+        "longer than 0",
+    );
+    assert_error(
+        &format!("{MINIMAL}quotas:\n  - {{ quota: 10/m, scope: global }}\nrate_limit_service: # <-\n  failure_mode: deny\n"),
+        "rate_limit_service",
+        "exactly one of redis_url and redis_url_env",
+    );
+    assert_error(
+        &with_service("  redis_url_env: NOPE_NOT_SET # <-\n"),
+        "rate_limit_service.redis_url_env",
+        "NOPE_NOT_SET is not set",
+    );
+    assert_error(
+        &with_service("  redis_url: redis://h:1\n  pool: 3 # <-\n"),
+        "rate_limit_service.pool",
+        "unknown field",
+    );
+}

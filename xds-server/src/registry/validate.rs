@@ -11,19 +11,25 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use meshgate_core::config::{is_valid_server_name, FilterConfig, RawJwtProvider, SecretSource};
+use meshgate_core::config::{
+    is_valid_server_name, FilterConfig, RawJwtProvider, RawQuotaScope, SecretSource,
+};
+use meshgate_core::quota::QuotaScope;
+
+use crate::ratelimit::redis::RedisAddress;
 
 use super::error::RegistryError;
 use super::filter::{self, FilterPath};
 use super::lines::LineIndex;
 use super::raw::{
     RawCircuitBreakers, RawCredentials, RawEnvoy, RawHealthCheck, RawJwtIssuer,
-    RawOutlierDetection, RawRegistry, RawServer, RawTls, RawTool,
+    RawOutlierDetection, RawRateLimitService, RawRegistry, RawServer, RawTls, RawTool,
 };
 use super::{
-    defaults, CircuitBreakers, CredentialSource, Credentials, EnvoySettings, HealthCheck,
-    HealthTiming, LogLevel, OutlierDetection, Registry, Scheme, SecretValue, Server, Tool, Trust,
-    Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
+    defaults, CircuitBreakers, CredentialSource, Credentials, EnvoySettings, FailureMode,
+    GlobalRule, HealthCheck, HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry,
+    Scheme, SecretValue, Server, Tool, Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName,
+    DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
 
 /// Where JWKS members that only private keys carry live (RFC 7518 §6).
@@ -124,13 +130,46 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         check_role_references(&mut problems, &raw);
         let envoy = envoy_settings(&mut problems, &raw.envoy);
 
+        let rate_limit_service = raw
+            .rate_limit_service
+            .as_ref()
+            .and_then(|r| rate_limit_service(&mut problems, r, secrets));
+
         let filter = filter::make_filter_config(&raw, jwt);
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
         // at something already reported, the registry's message is the clearer one.
-        if let Err(e) = FilterConfig::compile(&filter, secrets) {
-            let FilterPath { path, message } = filter::locate(&e, &raw);
-            if !problems.overlaps(&path) {
-                problems.push(path, RegistryError::Filter(message));
+        let global_rules = match FilterConfig::compile(&filter, secrets) {
+            Err(e) => {
+                let FilterPath { path, message } = filter::locate(&e, &raw);
+                if !problems.overlaps(&path) {
+                    problems.push(path, RegistryError::Filter(message));
+                }
+                Vec::new()
+            }
+            Ok(compiled) => compiled
+                .quotas
+                .iter()
+                .filter(|rule| rule.scope == QuotaScope::Global)
+                .map(|rule| GlobalRule {
+                    name: rule.name.clone(),
+                    limit: rule.limit,
+                })
+                .collect(),
+        };
+        if raw.rate_limit_service.is_none() {
+            // Point at the first global rule's `scope` line.
+            if let Some((i, rule)) = raw
+                .quotas
+                .iter()
+                .enumerate()
+                .find(|(_, q)| q.scope == RawQuotaScope::Global)
+            {
+                problems.push(
+                    format!("quotas[{i}].scope"),
+                    RegistryError::GlobalWithoutService {
+                        rule: rule.name.clone().unwrap_or_else(|| format!("quota-{i}")),
+                    },
+                );
             }
         }
 
@@ -145,8 +184,82 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             filter,
             scopes,
             envoy,
+            rate_limit_service,
+            global_rules,
         })
     }
+}
+
+/// `rate_limit_service`: the Redis URL (inline or from meshgate's environment), the failure
+/// mode and Envoy's timeout.
+fn rate_limit_service<S: SecretSource>(
+    problems: &mut Problems,
+    raw: &RawRateLimitService,
+    secrets: &S,
+) -> Option<RateLimitService> {
+    let at = "rate_limit_service";
+    let before = problems.0.len();
+    let failure_mode = match raw.failure_mode.as_deref() {
+        None | Some("deny") => FailureMode::Deny,
+        Some("allow") => FailureMode::Allow,
+        Some(other) => {
+            problems.push(
+                format!("{at}.failure_mode"),
+                RegistryError::InvalidFailureMode {
+                    value: other.to_string(),
+                },
+            );
+            FailureMode::Deny
+        }
+    };
+    let timeout = positive_duration(
+        problems,
+        &format!("{at}.timeout"),
+        raw.timeout.as_deref(),
+        defaults::RATE_LIMIT_TIMEOUT,
+    );
+    let (url_path, url, redis_source) = match (&raw.redis_url, &raw.redis_url_env) {
+        (Some(url), None) => (
+            format!("{at}.redis_url"),
+            url.clone(),
+            "redis_url".to_string(),
+        ),
+        (None, Some(name)) => {
+            let path = format!("{at}.redis_url_env");
+            if !is_env_name(name) {
+                problems.push(path, RegistryError::InvalidEnvName { name: name.clone() });
+                return None;
+            }
+            match secrets.secret(name) {
+                Some(url) => (
+                    path,
+                    url.trim().to_string(),
+                    format!("redis_url_env {name}"),
+                ),
+                None => {
+                    problems.push(path, RegistryError::RedisUrlEnvUnset { name: name.clone() });
+                    return None;
+                }
+            }
+        }
+        _ => {
+            problems.push(at, RegistryError::RedisUrlSourceCount);
+            return None;
+        }
+    };
+    let redis = match RedisAddress::parse(&url) {
+        Ok(redis) => redis,
+        Err(e) => {
+            problems.push(url_path, RegistryError::InvalidRedisUrl(e.to_string()));
+            return None;
+        }
+    };
+    (problems.0.len() == before).then_some(RateLimitService {
+        redis,
+        redis_source,
+        failure_mode,
+        timeout,
+    })
 }
 
 fn port(problems: &mut Problems, path: &str, value: u64) -> u16 {

@@ -3,7 +3,9 @@
 //! Filters, in order: the Meshgate wasm filter **by ECDS** (its configuration is the policy;
 //! without it the listener stays warming: fail closed), the `filter_chain` filter that runs
 //! per-route credential injectors, then the router. Routes come by RDS. So the listener
-//! only changes when the registry's `listener` or `limits` do.
+//! only changes when the registry's `listener` or `limits` do — or when global quotas are
+//! turned on or off or `rate_limit_service` changes: then Envoy's `ratelimit` filter sits
+//! right after the wasm filter (see [`super::ratelimit`]).
 
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address, Address, ExtensionConfigSource, SocketAddress,
@@ -20,7 +22,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use prost::Name;
 
 use super::{
-    ads_config_source, buffer_limit_u32, pack, proto_duration, CREDENTIALS_FILTER_NAME,
+    ads_config_source, buffer_limit_u32, pack, proto_duration, ratelimit, CREDENTIALS_FILTER_NAME,
     LISTENER_NAME, ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT, WASM_FILTER_NAME,
 };
 use crate::registry::Registry;
@@ -42,20 +44,25 @@ pub fn make_listener(registry: &Registry) -> Listener {
             config_source: Some(ads_config_source()),
             route_config_name: ROUTE_CONFIG_NAME.to_string(),
         })),
-        http_filters: vec![
-            HttpFilter {
-                name: WASM_FILTER_NAME.to_string(),
-                config_type: Some(http_filter::ConfigType::ConfigDiscovery(
-                    ExtensionConfigSource {
-                        config_source: Some(ads_config_source()),
-                        // No default: until the policy arrives the listener is not ready.
-                        apply_default_config_without_warming: false,
-                        type_urls: vec![Wasm::type_url()],
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            },
+        // Only with global quotas: a rate-limit-service failure becomes a JSON-RPC error body.
+        local_reply_config: ratelimit::make_local_reply_config(registry),
+        http_filters: vec![HttpFilter {
+            name: WASM_FILTER_NAME.to_string(),
+            config_type: Some(http_filter::ConfigType::ConfigDiscovery(
+                ExtensionConfigSource {
+                    config_source: Some(ads_config_source()),
+                    // No default: until the policy arrives the listener is not ready.
+                    apply_default_config_without_warming: false,
+                    type_urls: vec![Wasm::type_url()],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }]
+        .into_iter()
+        // Global quotas: right after the wasm filter, which sets the descriptor headers.
+        .chain(ratelimit::make_ratelimit_filter(registry))
+        .chain([
             HttpFilter {
                 name: CREDENTIALS_FILTER_NAME.to_string(),
                 // Empty by default; routes of servers with credentials add their injector.
@@ -71,7 +78,8 @@ pub fn make_listener(registry: &Registry) -> Listener {
                 ))),
                 ..Default::default()
             },
-        ],
+        ])
+        .collect(),
         ..Default::default()
     };
     Listener {

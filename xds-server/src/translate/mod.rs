@@ -9,6 +9,7 @@
 //! | [`listener::make_listener`] | the `Listener` `meshgate` (HCM → wasm via ECDS → credentials → router) | LDS |
 //! | [`filter::make_wasm_config`] | the `TypedExtensionConfig` `meshgate.wasm` (policy = filter config) | ECDS |
 //! | [`filter::make_credential_secret`] | a generic `Secret` per server with `credentials` | SDS |
+//! | [`ratelimit`] | the `ratelimit` filter and per-route descriptors for `scope: global` quotas | LDS, RDS |
 //!
 //! Why this split: a policy edit changes only the ECDS resource; adding or removing a server
 //! changes CDS, RDS and ECDS (the filter's server list) but never the listener, so Envoy
@@ -23,6 +24,7 @@
 pub mod cluster;
 pub mod filter;
 pub mod listener;
+pub mod ratelimit;
 pub mod route;
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //!   (the whole gateway), at `/.well-known/oauth-protected-resource/mcp/<server>` (each
 //!   server, the path-inserted form MCP clients try), and at the configured URL's path.
 //!   The filter lets `/.well-known/` through ungoverned.
+//! - With `scope: global` quotas, every MCP route carries their `rate_limits` descriptors
+//!   and removes their `x-meshgate-rl-*` headers (see [`super::ratelimit`]).
 //! - Anything else gets Envoy's 404.
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +38,7 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use serde_json::json;
 
 use super::{
-    ads_config_source, cluster_name, credential_secret_name, pack, proto_duration,
+    ads_config_source, cluster_name, credential_secret_name, pack, proto_duration, ratelimit,
     CREDENTIALS_FILTER_NAME, ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT,
 };
 use crate::registry::{Registry, Server};
@@ -93,8 +95,11 @@ pub fn make_route(registry: &Registry, server: &Server) -> Route {
             host_rewrite_specifier: Some(host_rewrite),
             timeout: Some(proto_duration(server.timeout)),
             idle_timeout: Some(proto_duration(STREAM_IDLE_TIMEOUT)),
+            rate_limits: ratelimit::make_route_rate_limits(registry),
             ..Default::default()
         })),
+        // Read by the `ratelimit` filter, never forwarded.
+        request_headers_to_remove: ratelimit::make_route_headers_to_remove(registry),
         typed_per_filter_config,
         ..Default::default()
     }

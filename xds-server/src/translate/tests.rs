@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::
 use envoy_types::pb::envoy::extensions::filters::http::filter_chain::v3::{
     FilterChainConfig, FilterChainConfigPerRoute,
 };
+use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as RateLimitFilter;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
@@ -136,7 +137,8 @@ fn decode(any: &Any) -> Option<String> {
         FilterChainConfigPerRoute,
         CredentialInjector,
         Generic,
-        UpstreamTlsContext
+        UpstreamTlsContext,
+        RateLimitFilter
     );
     None
 }
@@ -241,6 +243,114 @@ fn snapshot_minimal_registry_with_remote_wasm() {
     let registry = registry(MINIMAL);
     let resources = translate(&registry, &remote_wasm()).expect("translate");
     insta::assert_snapshot!("minimal_remote_wasm", render_all(&resources));
+}
+
+/// Two servers, a global fixed window for everyone and a global bucket for one role, plus a
+/// local rule (which must not appear in Envoy's configuration).
+const GLOBAL_LIMITS: &str = r#"
+listener: { port: 10000 }
+servers:
+  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }
+  - { name: docs, url: 'http://127.0.0.1:9102/mcp' }
+policy:
+  roles:
+    reader: { allow: ["*"] }
+quotas:
+  - { name: fleet-daily, quota: 1000/d, key: consumer, scope: global }
+  - { name: crm-burst, match: { tools: ["crm/*"], roles: [reader] }, rate: 10/s, burst: 20, scope: global }
+  - { name: local-only, rate: 5/s }
+rate_limit_service:
+  redis_url: redis://127.0.0.1:6379/0
+  timeout: 250ms
+"#;
+
+#[test]
+fn snapshot_global_limits() {
+    let registry = registry(GLOBAL_LIMITS);
+    let resources = translate(&registry, &local_wasm()).expect("translate");
+    let mut text = String::new();
+    for listener in &resources.listeners {
+        text.push_str(&format!(
+            "# listeners {}\n{}\n\n",
+            listener.name,
+            render(&pack(listener))
+        ));
+    }
+    for routes in &resources.routes {
+        text.push_str(&format!(
+            "# routes {}\n{}\n\n",
+            routes.name,
+            render(&pack(routes))
+        ));
+    }
+    insta::assert_snapshot!("global_limits", text);
+}
+
+#[test]
+fn global_limits_are_wired_only_when_configured() {
+    let with = translate(&registry(GLOBAL_LIMITS), &local_wasm()).expect("translate");
+    let filters = |r: &Resources| -> Vec<String> {
+        let listener = &r.listeners[0];
+        let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+            any,
+        )) = &listener.filter_chains[0].filters[0].config_type
+        else {
+            panic!("hcm")
+        };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+        hcm.http_filters.iter().map(|f| f.name.clone()).collect()
+    };
+    assert_eq!(
+        filters(&with),
+        [
+            WASM_FILTER_NAME,
+            ratelimit::RATELIMIT_FILTER_NAME,
+            CREDENTIALS_FILTER_NAME,
+            "envoy.filters.http.router"
+        ]
+    );
+    let Some(Action::Route(action)) = &routes(&with)[0].action else {
+        panic!("route")
+    };
+    assert_eq!(
+        action.rate_limits.len(),
+        2,
+        "one per global rule, none for the local one"
+    );
+    assert_eq!(
+        routes(&with)[0].request_headers_to_remove,
+        ["x-meshgate-rl-fleet-daily", "x-meshgate-rl-crm-burst"]
+    );
+    let without = translate(&registry(MINIMAL), &local_wasm()).expect("translate");
+    assert_eq!(filters(&without).len(), 3);
+    let Some(Action::Route(action)) = &routes(&without)[0].action else {
+        panic!("route")
+    };
+    assert!(action.rate_limits.is_empty());
+    assert!(routes(&without)[0].request_headers_to_remove.is_empty());
+}
+
+#[test]
+fn editing_a_global_rule_keeps_the_listener() {
+    let edited = GLOBAL_LIMITS
+        .replace("1000/d", "2000/d")
+        .replace("10/s", "12/s");
+    let a = translate(&registry(GLOBAL_LIMITS), &local_wasm()).expect("translate");
+    let b = translate(&registry(&edited), &local_wasm()).expect("translate");
+    assert_eq!(a.listeners, b.listeners);
+    assert_eq!(
+        a.routes, b.routes,
+        "descriptors name rules, not their limits"
+    );
+    assert_ne!(a.extension_configs, b.extension_configs);
+}
+
+#[test]
+fn the_rls_error_body_is_json_rpc() {
+    let body: serde_json::Value = serde_json::from_str(&ratelimit::rls_error_body()).expect("json");
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["id"], serde_json::Value::Null);
+    assert_eq!(body["error"]["code"], -32603);
 }
 
 // ------------------------------------------------------------------------------ properties
