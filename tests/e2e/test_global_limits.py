@@ -148,9 +148,11 @@ def test_redis_down_fails_closed_and_is_counted(fleet):
             response = hit(envoy.url("tools"), CONSUMERS[1], 2000 + n)
             body = assert_rate_limited(response)
             assert body["id"] == 2000 + n
-            # meshgate's answer carries `retry-after: 1` (and `x-meshgate-limit-error:
-            # store-unavailable`, which the filter's rewritten 429 does not forward today).
+            # meshgate's answer carries `retry-after: 1` and `x-meshgate-limit-error:
+            # store-unavailable`; the filter keeps both and says the limit could not be checked.
             assert response.headers["retry-after"] == "1", describe(response)
+            assert response.headers["x-meshgate-limit-error"] == "store-unavailable", describe(response)
+            assert "could not be checked" in body["error"]["message"], body
         assert fleet.upstream.log.calls(mark, method="tools/call") == []
         after = metrics(fleet.plane.admin)
         assert after[errors] - before.get(errors, 0) == 2, after

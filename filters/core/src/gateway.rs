@@ -393,14 +393,8 @@ impl Gateway {
 
     /// The answer to a forwarded call that Envoy's `ratelimit` filter refused (see
     /// [`quota::QuotaRules::global_rejection`]): header values as the response carried them.
-    pub fn global_rejection(
-        &self,
-        exchange: &Exchange,
-        rule: Option<&str>,
-        retry_after: Option<&str>,
-        ratelimit_reset: Option<&str>,
-    ) -> Rejection {
-        self.config.quotas.global_rejection(rule, retry_after, ratelimit_reset, exchange.request_id())
+    pub fn global_rejection(&self, exchange: &Exchange, refusal: &quota::GlobalRefusal<'_>) -> Rejection {
+        self.config.quotas.global_rejection(refusal, exchange.request_id())
     }
 
     /// Step 2: the one parse of the message, header agreement, RBAC.

@@ -291,7 +291,14 @@ impl HttpContext for Stream {
             let rule = self.get_http_response_header(quota::LIMIT_RULE_RESPONSE_HEADER);
             let retry_after = self.get_http_response_header("retry-after");
             let reset = self.get_http_response_header("x-ratelimit-reset");
-            let r = self.gateway.global_rejection(exchange, rule.as_deref(), retry_after.as_deref(), reset.as_deref());
+            let error = self.get_http_response_header(quota::LIMIT_ERROR_RESPONSE_HEADER);
+            let refusal = quota::GlobalRefusal {
+                rule: rule.as_deref(),
+                retry_after: retry_after.as_deref(),
+                ratelimit_reset: reset.as_deref(),
+                error: error.as_deref(),
+            };
+            let r = self.gateway.global_rejection(exchange, &refusal);
             log::info!("meshgate: refused by the global rate limit consumer={} reason={}", exchange.consumer.name, r.message);
             if end_of_stream {
                 // No body callback will come: answer anew (headers not sent yet).

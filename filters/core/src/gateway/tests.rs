@@ -370,16 +370,33 @@ fn local_refusal_is_a_429_naming_the_limit() {
 fn global_refusal_from_envoy_becomes_the_same_error() {
     let g = limited_gateway();
     let ex = g.on_request_body(&pending_on(&g, "crm", "r"), &call(3, "search")).unwrap();
-    let r = g.global_rejection(&ex, Some("fleet"), Some("12"), Some("30"));
+    let refusal =
+        |rule, retry_after, ratelimit_reset| quota::GlobalRefusal { rule, retry_after, ratelimit_reset, error: None };
+    let r = g.global_rejection(&ex, &refusal(Some("fleet"), Some("12"), Some("30")));
     assert_eq!((r.status, r.code, r.id.clone()), (429, code::RATE_LIMITED, Some(json!(3))));
     assert!(r.headers.contains(&("retry-after", "12".to_string())));
     assert_eq!(r.message, "rate limit \"fleet\" (100/m quota) exceeded for this tool; retry in 12 s");
-    let r = g.global_rejection(&ex, None, None, Some("30"));
+    let r = g.global_rejection(&ex, &refusal(None, None, Some("30")));
     assert!(r.headers.contains(&("retry-after", "30".to_string())));
     assert!(r.message.starts_with("global rate limit exceeded"), "{}", r.message);
-    let r = g.global_rejection(&ex, Some("other\r\n"), Some("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+    let r = g.global_rejection(&ex, &refusal(Some("other\r\n"), Some("Wed, 21 Oct 2026 07:28:00 GMT"), None));
     assert!(r.headers.contains(&("retry-after", "1".to_string())));
     assert!(!r.message.contains('\r'), "{}", r.message);
+}
+
+#[test]
+fn global_refusal_for_an_unavailable_store_says_so() {
+    let g = limited_gateway();
+    let ex = g.on_request_body(&pending_on(&g, "crm", "r"), &call(4, "search")).unwrap();
+    let refusal =
+        quota::GlobalRefusal { rule: Some("fleet"), retry_after: Some("1"), ratelimit_reset: None, error: Some("store-unavailable") };
+    let r = g.global_rejection(&ex, &refusal);
+    assert_eq!((r.status, r.code, r.id.clone()), (429, code::RATE_LIMITED, Some(json!(4))));
+    assert!(r.message.contains("could not be checked") && !r.message.contains("exceeded"), "{}", r.message);
+    assert!(r.headers.contains(&("x-meshgate-limit-error", "store-unavailable".to_string())));
+    // Any other value is not ours to interpret: an ordinary refusal.
+    let other = quota::GlobalRefusal { error: Some("weird"), ..refusal };
+    assert!(g.global_rejection(&ex, &other).message.contains("exceeded"));
 }
 
 #[test]

@@ -40,6 +40,11 @@ pub const GLOBAL_HEADER_PREFIX: &str = "x-meshgate-rl-";
 pub const ENVOY_RATELIMITED_HEADER: &str = "x-envoy-ratelimited";
 /// Response header the rate-limit service sets to name the rule that refused.
 pub const LIMIT_RULE_RESPONSE_HEADER: &str = "x-meshgate-limit-rule";
+/// Response header the rate-limit service sets when it refused because its store (Redis)
+/// was unavailable and the failure mode is `deny`; value [`STORE_UNAVAILABLE`].
+pub const LIMIT_ERROR_RESPONSE_HEADER: &str = "x-meshgate-limit-error";
+/// The one value of [`LIMIT_ERROR_RESPONSE_HEADER`] meshgate sends.
+pub const STORE_UNAVAILABLE: &str = "store-unavailable";
 /// Name used in `error.data.limit` for the in-flight limit.
 pub const IN_FLIGHT_LIMIT_NAME: &str = "in_flight";
 /// Prefix of every shared-data key Meshgate uses.
@@ -236,6 +241,20 @@ fn push_encoded(out: &mut String, text: &str) {
     }
 }
 
+/// What Envoy's `ratelimit` filter and meshgate's rate-limit service said when they refused
+/// a call: the response header values, as received (untrusted text).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlobalRefusal<'a> {
+    /// [`LIMIT_RULE_RESPONSE_HEADER`].
+    pub rule: Option<&'a str>,
+    /// `retry-after`.
+    pub retry_after: Option<&'a str>,
+    /// `x-ratelimit-reset`.
+    pub ratelimit_reset: Option<&'a str>,
+    /// [`LIMIT_ERROR_RESPONSE_HEADER`].
+    pub error: Option<&'a str>,
+}
+
 /// Whether `name` can name a quota rule: `[a-z0-9_-]+`, at most 63 characters.
 pub fn is_valid_rule_name(name: &str) -> bool {
     !name.is_empty()
@@ -372,13 +391,23 @@ impl QuotaRules {
     /// rate-limit service's `x-meshgate-limit-rule` header, when present.
     pub fn global_rejection(
         &self,
-        rule: Option<&str>,
-        retry_after: Option<&str>,
-        ratelimit_reset: Option<&str>,
+        refusal: &GlobalRefusal<'_>,
         id: Option<&Value>,
     ) -> Rejection {
-        let retry = parse_secs(retry_after).or_else(|| parse_secs(ratelimit_reset)).unwrap_or(1).max(1);
-        let rule = rule.map(str::trim).filter(|r| !r.is_empty());
+        let retry = parse_secs(refusal.retry_after).or_else(|| parse_secs(refusal.ratelimit_reset)).unwrap_or(1).max(1);
+        let rule = refusal.rule.map(str::trim).filter(|r| !r.is_empty());
+        if refusal.error.is_some_and(|e| e.trim().eq_ignore_ascii_case(STORE_UNAVAILABLE)) {
+            // Failure mode `deny`: nothing was counted, the call is refused because it could
+            // not be checked. Say so, not "exceeded".
+            let name = rule.map_or_else(|| "global".to_string(), printable);
+            let message = format!(
+                "rate limit \"{name}\" could not be checked: the fleet's limit store is unavailable \
+                 and global limits fail closed; retry in {retry} s"
+            );
+            return Rejection::rate_limited(&name, retry, message)
+                .with_header(LIMIT_ERROR_RESPONSE_HEADER, STORE_UNAVAILABLE.to_string())
+                .with_id(id);
+        }
         let (name, message) = match rule {
             Some(name) => match self.get(name).filter(|r| r.scope == QuotaScope::Global) {
                 Some(r) => (
