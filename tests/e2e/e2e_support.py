@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,12 +244,15 @@ def forwarded_credential_headers(entries: Iterable[dict[str, Any]]) -> list[tupl
 # --------------------------------------------------------------------------- upstream + gateway processes
 
 
-def start_upstream(name: str, script: str, workdir: Path) -> Upstream:
+def start_upstream(name: str, script: str | Path, workdir: Path, args: Sequence[str] = ()) -> Upstream:
+    """Starts a Python MCP upstream (`script`: a file in examples/servers, or a path) on a free
+    port (`--port 0 --port-file`), logging every request to `upstream-<name>.jsonl`."""
     log_path = workdir / f"upstream-{name}.jsonl"
     port_file = workdir / f"upstream-{name}.port"
+    path = script if isinstance(script, Path) else SERVERS / script
     proc = Proc.start(
         name,
-        [sys.executable, str(SERVERS / script), "--port", "0", "--port-file", str(port_file)],
+        [sys.executable, str(path), *args, "--port", "0", "--port-file", str(port_file)],
         workdir / f"upstream-{name}.out",
         env={"MESHGATE_UPSTREAM_LOG": str(log_path)},
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from e2e_support import Proc, Upstream, UpstreamLog, api_key_sha256, free_port, wait_tcp
+from e2e_support import Proc, Upstream, api_key_sha256, free_port, start_upstream, wait_tcp
 
 HERE = Path(__file__).resolve().parent
 CONSUMERS = [f"fleet-{i:02d}" for i in range(8)]
@@ -67,23 +66,7 @@ def start_redis(workdir: Path) -> Redis:
 
 def start_quota_upstream(workdir: Path) -> Upstream:
     """tests/e2e/quota_upstream.py in JSON mode (tool `hit`), logging every request."""
-    log_path = workdir / "global-upstream.jsonl"
-    port_file = workdir / "global-upstream.port"
-    proc = Proc.start(
-        "global-upstream",
-        [sys.executable, str(HERE / "quota_upstream.py"), "--mode", "json", "--port", "0", "--port-file", str(port_file)],
-        workdir / "global-upstream.out",
-        env={"MESHGATE_UPSTREAM_LOG": str(log_path)},
-    )
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            proc.stop()
-            pytest.fail(f"quota upstream did not start:\n{proc.tail()}", pytrace=False)
-        time.sleep(0.05)
-    port = int(port_file.read_text().strip())
-    assert wait_tcp("127.0.0.1", port, 15), proc.tail()
-    return Upstream("global-upstream", f"http://127.0.0.1:{port}/mcp", UpstreamLog(log_path), proc)
+    return start_upstream("global-upstream", HERE / "quota_upstream.py", workdir, ["--mode", "json"])
 
 
 def registry(upstream_url: str, redis_url: str, limit: int, failure_mode: str = "deny") -> str:

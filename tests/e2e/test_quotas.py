@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +28,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from e2e_support import (
-    Proc,
     Upstream,
-    UpstreamLog,
     api_key,
     api_key_sha256,
     base_headers,
@@ -43,8 +40,8 @@ from e2e_support import (
     post,
     response_messages,
     start_gateway,
+    start_upstream,
     stop_gateway,
-    wait_tcp,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.quotas]
@@ -117,23 +114,7 @@ envoy: {{ concurrency: 2, log_level: warn }}
 
 
 def start_test_upstream(mode: str, workdir: Path) -> Upstream:
-    log_path = workdir / f"quota-{mode}.jsonl"
-    port_file = workdir / f"quota-{mode}.port"
-    proc = Proc.start(
-        f"quota-{mode}",
-        [sys.executable, str(HERE / "quota_upstream.py"), "--mode", mode, "--port", "0", "--port-file", str(port_file)],
-        workdir / f"quota-{mode}.out",
-        env={"MESHGATE_UPSTREAM_LOG": str(log_path)},
-    )
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            proc.stop()
-            pytest.fail(f"quota upstream ({mode}) did not start:\n{proc.tail()}", pytrace=False)
-        time.sleep(0.05)
-    port = int(port_file.read_text().strip())
-    assert wait_tcp("127.0.0.1", port, 15), proc.tail()
-    return Upstream(f"quota-{mode}", f"http://127.0.0.1:{port}/mcp", UpstreamLog(log_path), proc)
+    return start_upstream(f"quota-{mode}", HERE / "quota_upstream.py", workdir, ["--mode", mode])
 
 
 @pytest.fixture(scope="module")
