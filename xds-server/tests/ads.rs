@@ -36,15 +36,7 @@ const QUIET_FOR: Duration = Duration::from_millis(700);
 
 async fn start(dir: &Path) -> Running {
     set_env();
-    support::write(dir, "registry.yaml", REGISTRY);
-    serve::start(&StartOptions {
-        registry: dir.join("registry.yaml"),
-        xds_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        wasm: WasmDelivery::Local("/opt/meshgate.wasm".into()),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    support::start_serve(dir, REGISTRY).await
 }
 
 /// The registry reads the credential from meshgate's environment.

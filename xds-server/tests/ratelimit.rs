@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use meshgate::ratelimit::redis::{RedisAddress, RedisPool};
 use meshgate::ratelimit::store::{Charge, Store};
-use meshgate::serve::{self, Running, StartOptions, WasmDelivery};
+use meshgate::serve::Running;
 use meshgate_core::quota::{Limit, State};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -264,15 +264,7 @@ fn registry_text(redis_url: &str, quota: &str, failure_mode: &str) -> String {
 }
 
 async fn start(dir: &Path, text: &str) -> Running {
-    support::write(dir, "registry.yaml", text);
-    serve::start(&StartOptions {
-        registry: dir.join("registry.yaml"),
-        xds_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        wasm: WasmDelivery::Local("/opt/meshgate.wasm".into()),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    support::start_serve(dir, text).await
 }
 
 async fn client(xds: SocketAddr) -> RateLimitServiceClient<tonic::transport::Channel> {

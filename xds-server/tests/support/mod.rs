@@ -4,6 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Starts an in-process `meshgate serve` on free ports for `dir/registry.yaml` holding
+/// `registry` (the wasm module path is never read by these tests).
+pub async fn start_serve(dir: &Path, registry: &str) -> meshgate::serve::Running {
+    use meshgate::serve::{StartOptions, WasmDelivery};
+    write(dir, "registry.yaml", registry);
+    meshgate::serve::start(&StartOptions {
+        registry: dir.join("registry.yaml"),
+        xds_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        wasm: WasmDelivery::Local("/opt/meshgate.wasm".into()),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The `meshgate` binary under test.
 pub fn meshgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meshgate"))
