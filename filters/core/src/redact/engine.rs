@@ -372,3 +372,65 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
     }
 }
+
+#[cfg(test)]
+mod probe {
+    use super::*;
+    use regex_automata::dfa::dense;
+    fn dense_build(sources: &[&str], limit: usize) -> String {
+        let t = std::time::Instant::now();
+        let r = dense::Builder::new()
+            .syntax(syntax_config())
+            .configure(dense::Config::new().starts_for_each_pattern(false).dfa_size_limit(Some(limit)).determinize_size_limit(Some(limit)))
+            .build_many(sources);
+        match r {
+            Ok(dfa) => format!("{:?} {} bytes", t.elapsed(), dfa.memory_usage()),
+            Err(e) => format!("{:?} error {e}", t.elapsed()),
+        }
+    }
+    #[test]
+    #[ignore]
+    fn probe_dfa_build() {
+        let prose = [
+            "Customer reported that the export job finished in 12.5s (run 2024-05-01T12:30:00Z, build v10.0.1.4).",
+            "Order ORD-2024-000123 shipped via UPS; total $1,299.00 incl. VAT 19%, tracking 1Z999AA10123456784.",
+            "Ticket #48213 escalated to tier 2 after 3 attempts; SLA 4h remaining, owner team-billing.",
+            "Updated dependency lodash@4.17.21 and serde 1.0.203 in the billing service; see CHANGELOG.md.",
+            "Request id 550e8400-e29b-41d4-a716-446655440000 took 245 ms (p99 310 ms) on node api-7.",
+            "Meeting moved to 14:30 CET; agenda: Q3 pipeline review, churn analysis and the pricing update.",
+            "Epoch 1714566600, counter 1714566600123, ratio 0.9731, region eu-west-1, shard 12 of 64.",
+        ];
+        let mut text = String::new();
+        let mut k = 0usize;
+        while text.len() < (1 << 20) {
+            text.push_str(prose[(k * 7 + k / 3) % prose.len()]);
+            text.push(' ');
+            k += 1;
+        }
+        let hay = text.as_bytes();
+        let no_key: Vec<&str> = Detector::ALL.iter().filter(|d| **d != Detector::ApiKey).map(|d| d.pattern()).collect();
+        let all: Vec<&str> = Detector::ALL.iter().map(|d| d.pattern()).collect();
+        let t = std::time::Instant::now();
+        let dense_re = regex_automata::dfa::regex::Regex::builder().syntax(syntax_config()).build_many(&no_key).unwrap();
+        eprintln!("dense regex (9 patterns) build {:?}, {} + {} bytes", t.elapsed(), dense_re.forward().memory_usage(), dense_re.reverse().memory_usage());
+        let meta9 = Regex::builder().syntax(syntax_config()).configure(meta::Config::new().hybrid_cache_capacity(8 << 20)).build_many(&no_key).unwrap();
+        let meta10 = Regex::builder().syntax(syntax_config()).configure(meta::Config::new().hybrid_cache_capacity(8 << 20)).build_many(&all).unwrap();
+        for round in 0..3 {
+            let t = std::time::Instant::now();
+            let mut n = 0;
+            for _ in 0..20 { n += dense_re.find_iter(hay).count(); }
+            let d = t.elapsed();
+            let t = std::time::Instant::now();
+            let mut m9 = 0;
+            for _ in 0..20 { m9 += meta9.find_iter(hay).count(); }
+            let e9 = t.elapsed();
+            let t = std::time::Instant::now();
+            let mut m10 = 0;
+            for _ in 0..20 { m10 += meta10.find_iter(hay).count(); }
+            let e10 = t.elapsed();
+            let mb = 20.0 * hay.len() as f64 / 1e6;
+            eprintln!("round {round}: dense9 {:.0} MB/s ({n}), meta9 {:.0} MB/s ({m9}), meta10 {:.0} MB/s ({m10})",
+                mb / d.as_secs_f64(), mb / e9.as_secs_f64(), mb / e10.as_secs_f64());
+        }
+    }
+}
