@@ -27,14 +27,16 @@ use crate::reject::{printable, Rejection};
 /// the response it governs).
 pub const STRIPPED_REQUEST_HEADERS: &[&str] = &["authorization", "x-api-key", "accept-encoding"];
 
-/// The request headers to remove before forwarding: [`STRIPPED_REQUEST_HEADERS`] and every
-/// `x-meshgate-*` header the client sent (those are the filter's own, e.g. global rate-limit
-/// descriptors; a client must not be able to choose its counter). Lowercase names.
+/// The request headers to remove before forwarding: those of [`STRIPPED_REQUEST_HEADERS`]
+/// and every `x-meshgate-*` header the client sent (those are the filter's own, e.g. global
+/// rate-limit descriptors; a client must not be able to choose its counter). Only headers
+/// present in `headers` are named (each removal is a host call), lowercase, once each.
 pub fn headers_to_strip(headers: &[(String, String)]) -> Vec<String> {
-    let mut names: Vec<String> = STRIPPED_REQUEST_HEADERS.iter().map(|h| h.to_string()).collect();
+    let mut names: Vec<String> = Vec::new();
     for (name, _) in headers {
         let lower = name.to_ascii_lowercase();
-        if lower.starts_with(quota::RESERVED_HEADER_PREFIX) && !names.contains(&lower) {
+        let strip = STRIPPED_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with(quota::RESERVED_HEADER_PREFIX);
+        if strip && !names.contains(&lower) {
             names.push(lower);
         }
     }
