@@ -52,6 +52,25 @@ pub struct RawFilterConfig {
     /// Size guardrails per server (and per tool), overriding `limits`. Keyed by server name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub server_limits: BTreeMap<String, RawServerLimits>,
+    /// Metrics and audit options ([`crate::audit`]).
+    #[serde(default, skip_serializing_if = "RawObservability::is_default")]
+    pub observability: RawObservability,
+}
+
+/// How the filter reports what it decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObservability {
+    /// Add a `consumer` label to tool-call metrics. Off by default: only turn it on when the
+    /// set of consumers is bounded (every distinct value is a permanent Envoy stat).
+    #[serde(default)]
+    pub consumer_label: bool,
+}
+
+impl RawObservability {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 fn default_route_prefix() -> String {
@@ -521,6 +540,8 @@ pub struct FilterConfig {
     pub redactor: crate::redact::Redactor,
     /// Rate limits and quotas on `tools/call`.
     pub quotas: crate::quota::QuotaRules,
+    /// Metric naming options.
+    pub metrics: crate::audit::MetricOptions,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -586,6 +607,7 @@ impl FilterConfig {
             resource_metadata: raw.auth.resource_metadata.clone(),
             redactor,
             quotas,
+            metrics: crate::audit::MetricOptions { consumer_label: raw.observability.consumer_label },
         })
     }
 }
