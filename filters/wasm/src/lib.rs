@@ -384,6 +384,11 @@ impl HttpContext for Stream {
         self.note_upstream_error(body_size);
         let action = self.govern_response_body(body_size, end_of_stream);
         if end_of_stream {
+            // Settle the decision now: span tags are read when the stream ends, before on_log.
+            if let Some(record) = self.audit.as_mut() {
+                record.redactions = self.redactions.clone();
+                record.finish();
+            }
             self.publish_audit();
         }
         action

@@ -23,6 +23,7 @@ pub mod error;
 mod filter;
 pub mod lines;
 pub mod raw;
+pub mod observability;
 mod validate;
 
 #[cfg(test)]
@@ -54,6 +55,8 @@ pub struct Registry {
     /// `auth.scopes`: advertised in the protected-resource metadata.
     pub scopes: Vec<String>,
     pub envoy: EnvoySettings,
+    /// Audit log, tracing and metric labels.
+    pub observability: observability::Observability,
 }
 
 /// One upstream MCP server.

@@ -38,6 +38,9 @@ pub struct RawRegistry {
     pub quotas: Vec<RawQuotaRule>,
     #[serde(default)]
     pub envoy: RawEnvoy,
+    /// Audit log, tracing and metric labels (`super::observability`).
+    #[serde(default)]
+    pub observability: super::observability::RawObservability,
 }
 
 #[derive(Debug, Clone, Deserialize)]

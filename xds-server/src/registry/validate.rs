@@ -123,6 +123,11 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         let jwt = jwt_providers(&mut problems, &raw.auth.jwt, base_dir, secrets);
         check_role_references(&mut problems, &raw);
         let envoy = envoy_settings(&mut problems, &raw.envoy);
+        let observability = super::observability::validate(&raw.observability, base_dir)
+            .unwrap_or_else(|found| {
+                found.into_iter().for_each(|(path, e)| problems.push(path, e));
+                Default::default()
+            });
 
         let filter = filter::make_filter_config(&raw, jwt);
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
@@ -145,6 +150,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             filter,
             scopes,
             envoy,
+            observability,
         })
     }
 }
