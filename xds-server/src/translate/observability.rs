@@ -98,6 +98,41 @@ fn audit_format() -> Vec<(&'static str, Entry)> {
     ]
 }
 
+/// The file audit log as bootstrap JSON, for the static bootstrap (empty when disabled).
+/// The static bootstrap has no tracing: it needs the collector cluster, which only the
+/// control plane renders.
+pub fn access_log_json(registry: &Registry) -> serde_json::Value {
+    fn to_json(entries: Vec<(&'static str, Entry)>) -> serde_json::Value {
+        let map: serde_json::Map<String, serde_json::Value> = entries
+            .into_iter()
+            .map(|(k, e)| {
+                let v = match e {
+                    Entry::Text(t) => serde_json::Value::String(t),
+                    Entry::Object(inner) => to_json(inner),
+                };
+                (k.to_string(), v)
+            })
+            .collect();
+        serde_json::Value::Object(map)
+    }
+    let logs: Vec<serde_json::Value> = registry
+        .observability
+        .access_log_path
+        .iter()
+        .map(|path| {
+            serde_json::json!({
+                "name": FILE_ACCESS_LOGGER,
+                "typed_config": {
+                    "@type": FileAccessLog::type_url(),
+                    "path": path,
+                    "log_format": { "json_format": to_json(audit_format()) },
+                }
+            })
+        })
+        .collect();
+    serde_json::Value::Array(logs)
+}
+
 /// Sets the HCM's access logs and tracing from the registry (nothing when all is off).
 pub fn apply(registry: &Registry, hcm: &mut HttpConnectionManager) {
     let obs = &registry.observability;
@@ -275,7 +310,63 @@ fn len_field(number: u64, data: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{registry, try_registry};
     use envoy_types::pb::google::protobuf::{value, Struct};
+
+    const MINIMAL: &str =
+        "listener: { port: 0 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
+
+    fn hcm(registry: &Registry) -> HttpConnectionManager {
+        let mut hcm = HttpConnectionManager::default();
+        apply(registry, &mut hcm);
+        hcm
+    }
+
+    #[test]
+    fn defaults_to_a_file_audit_log_on_stdout_and_no_tracing() {
+        let r = registry(MINIMAL);
+        let hcm = hcm(&r);
+        assert_eq!(hcm.access_log.len(), 1);
+        assert_eq!(hcm.access_log[0].name, FILE_ACCESS_LOGGER);
+        assert!(hcm.tracing.is_none());
+        assert!(collector_cluster(&r).is_none());
+        assert!(!r.filter.observability.consumer_label);
+        let off = registry(&format!("{MINIMAL}observability:\n  access_log: {{ enabled: false }}\n"));
+        assert!(self::hcm(&off).access_log.is_empty());
+        assert_eq!(access_log_json(&off), serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_collector_adds_tracing_an_otel_log_and_its_cluster() {
+        let r = registry(&format!(
+            "{MINIMAL}observability:\n  access_log: {{ path: /var/log/meshgate/audit.log }}\n  \
+             otel: {{ collector: 'otel.internal:4317', service_name: gw, access_log: true, sampling_percent: 10 }}\n  \
+             metrics: {{ consumer_label: true }}\n"
+        ));
+        assert!(r.filter.observability.consumer_label);
+        let hcm = hcm(&r);
+        let names: Vec<&str> = hcm.access_log.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, vec![FILE_ACCESS_LOGGER, OTEL_ACCESS_LOGGER]);
+        insta::assert_debug_snapshot!("observability_tracing", hcm.tracing);
+        insta::assert_debug_snapshot!("observability_collector_cluster", collector_cluster(&r));
+        let json = access_log_json(&r);
+        assert_eq!(json[0]["typed_config"]["path"], "/var/log/meshgate/audit.log");
+        assert_eq!(json[0]["typed_config"]["log_format"]["json_format"]["mcp"]["method"], "%FILTER_STATE(wasm.mcp_method:PLAIN)%");
+    }
+
+    #[test]
+    fn bad_settings_are_reported_with_their_line() {
+        let e = try_registry(&format!("{MINIMAL}observability:\n  otel: {{ collector: 'no-port' }}\n")).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("registry.yaml:5") && text.contains("observability.otel.collector"), "{text}");
+        let e = try_registry(&format!("{MINIMAL}observability:\n  tracing: {{}}\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = try_registry(&format!(
+            "{MINIMAL}observability:\n  otel: {{ collector: '127.0.0.1:4317', sampling_percent: 150 }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("150 is out of range"), "{e}");
+    }
 
     #[test]
     fn hand_encoded_format_decodes_as_a_struct_with_every_field() {
