@@ -9,7 +9,10 @@ redaction rule, a blocking rule and a quota.
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ import pytest
 
 from e2e_support import (
     API_KEYS,
+    REPO,
     HS_SECRET_ENV,
     Gateway,
     Keys,
@@ -289,3 +293,32 @@ def test_otel_access_log_records_match_the_file(traffic: Traffic) -> None:
     got = eventually(records, timeout=20)
     for rid, (label, decision, _) in traffic.calls.items():
         assert got[rid]["decision"] == decision, (label, got[rid])
+
+
+@pytest.mark.skipif(not os.environ.get("MESHGATE_DASHBOARD_OUT"), reason="set MESHGATE_DASHBOARD_OUT=docs/dashboard.png")
+def test_render_dashboard_from_real_traffic(traffic: Traffic) -> None:
+    """Not an assertion: more scripted traffic, then the dashboard panels rendered from the
+    real scrape (how docs/dashboard.png is produced). Runs last: it changes the counts."""
+    sys.path.insert(0, str(REPO / "examples" / "observability"))
+    import render_dashboard
+
+    gw = traffic.gateway
+    rng = random.Random(6)
+    plan = [
+        (40, "docs", "search_docs", {"query": "support"}, ADMIN),
+        (25, "docs", "search_docs", {"query": "billing"}, bearer(traffic.token)),
+        (12, "docs", "get_doc", {"id": "support"}, ADMIN),
+        (6, "crm", "delete_customer", {"id": "c-001"}, READER),
+        (4, "crm", "update_customer", {"id": "c-001", "email": CARD}, ADMIN),
+        (5, "docs", "search_docs", {"query": "x"}, api_key("not-a-key")),
+        (3, "docs", "admin_reindex", {}, ADMIN),
+        (8, "docs", "admin_reindex", {}, READER),
+    ]
+    calls = [(server, tool, args, creds) for n, server, tool, args, creds in plan for _ in range(n)]
+    rng.shuffle(calls)
+    for i, (server, tool, args, creds) in enumerate(calls):
+        post(gw.url(server), legacy_body("tools/call", {"name": tool, "arguments": args}, id=i), creds)
+    time.sleep(6)  # histograms appear after a stats flush
+    scrape = httpx2.get(f"{gw.admin}/stats/prometheus?filter=meshgate", timeout=10).text
+    assert "meshgate_tool_calls" in scrape
+    render_dashboard.render(render_dashboard.parse(scrape), REPO / os.environ["MESHGATE_DASHBOARD_OUT"])
