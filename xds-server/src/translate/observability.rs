@@ -173,7 +173,6 @@ fn tracing(otel: &Otel) -> Tracing {
     let tag = |name: &str, key: &str| CustomTag {
         tag: name.to_string(),
         r#type: Some(custom_tag::Type::Value(format!("%FILTER_STATE(wasm.{key}:PLAIN)%"))),
-        ..Default::default()
     };
     Tracing {
         random_sampling: Some(Percent { value: otel.sampling_percent }),
