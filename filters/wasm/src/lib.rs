@@ -17,10 +17,10 @@
 //! client resets). Any failure to read or update a counter refuses the call (503).
 //!
 //! Audit: every governed stream carries a [`meshgate_core::audit::AuditRecord`]. Its fields
-//! are written to filter state (`wasm.mcp_*`) as soon as the request is decided and again
-//! as the response arrives (tracing tags read them before the span ends), and a last time
-//! in `on_log`, which Envoy runs before the access loggers. Metrics are bumped once, in
-//! `on_log`, through [`metrics`].
+//! are written to filter state (`wasm.mcp_*`) when the exchange is refused or its response
+//! ends (tracing tags read them before the span ends: values written in `on_log` come too
+//! late for a span), and a last time in `on_log`, which Envoy runs before the access
+//! loggers. Metrics are bumped once, in `on_log`, through [`metrics`].
 
 // Rejections are the cold path and carry what the client is told; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
@@ -243,7 +243,6 @@ impl Stream {
         match decided {
             Ok(exchange) => {
                 self.audit = Some(AuditRecord::for_exchange(&exchange));
-                self.publish_audit();
                 for global in &exchange.charges.global {
                     self.set_http_request_header(&global.header, Some(&global.value));
                 }
@@ -293,7 +292,6 @@ impl HttpContext for Stream {
             }
             HeadDecision::Forward(exchange) => {
                 self.audit = Some(AuditRecord::for_exchange(&exchange));
-                self.publish_audit();
                 self.strip_request_headers(&headers);
                 self.state = State::Forwarded(exchange);
                 Action::Continue
@@ -356,7 +354,14 @@ impl HttpContext for Stream {
             self.response = Response::Replace(r.body());
             return Action::Continue;
         }
-        self.publish_audit();
+        if end_of_stream {
+            // No body callback follows: settle now, the last chance before the span ends.
+            if let Some(record) = self.audit.as_mut() {
+                record.redactions = self.redactions.clone();
+                record.finish();
+            }
+            self.publish_audit();
+        }
         let content_type = self.get_http_response_header("content-type");
         let content_encoding = self.get_http_response_header("content-encoding");
         let content_length = self.get_http_response_header("content-length").and_then(|v| v.trim().parse().ok());
