@@ -50,6 +50,7 @@ observability:
   access_log: {{ path: audit.log }}
   otel: {{ collector: "127.0.0.1:{otlp_port}", service_name: meshgate-e2e, access_log: true }}
   metrics: {{ consumer_label: true }}
+  audit_values: ["docs/search_*"]
 redaction:
   - match: {{ tools: ["docs/get_*"] }}
     detectors: [email, phone]
@@ -246,6 +247,11 @@ def test_one_audit_line_per_call_with_the_right_fields(traffic: Traffic) -> None
     assert allowed["upstream_status"] == "200" and allowed["response_code_details"] == "via_upstream"
     redacted = by_label["obs-redacted"]
     assert (redacted["redactions"], redacted["redacted_total"]) == ("email=2,phone=2", "4"), redacted
+    # Argument values only for the opted-in tool.
+    assert by_label["obs-allowed-1"]["arguments"] == '{"query":"support"}', by_label["obs-allowed-1"]
+    for label, line in by_label.items():
+        if not label.startswith("obs-allowed"):
+            assert line["arguments"] is None, (label, line)
     assert by_label["obs-quota-1"]["quota"] == "charged:reindex"
     assert by_label["obs-quota-2"]["quota"] == "limited:reindex"
     assert by_label["obs-unauth"]["consumer"] is None and by_label["obs-unauth"]["mcp"]["server"] == "docs"
@@ -260,7 +266,7 @@ def test_no_secret_or_pii_in_any_audit_line(traffic: Traffic) -> None:
                "support@meshgate.example", "+44 20 7946 0958", "7946"]
     for secret in secrets:
         assert secret not in text, f"{secret[:12]}... leaked into the audit log"
-    assert "Bearer" not in text and "arguments" not in text
+    assert "Bearer" not in text and '"arguments":"{\\"id' not in text
 
 
 def test_spans_carry_mcp_tags(traffic: Traffic) -> None:

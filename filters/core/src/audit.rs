@@ -52,9 +52,12 @@ pub mod field {
     pub const UPSTREAM_STATUS: &str = "mcp_upstream_status";
     /// Microseconds the filter spent deciding (request path).
     pub const DECISION_US: &str = "mcp_decision_us";
+    /// `tools/call` arguments as compact JSON, only for tools opted in with
+    /// `observability.audit_values` (after request redaction).
+    pub const ARGUMENTS: &str = "mcp_arguments";
 
     /// Every key, for the access-log format and tests.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         METHOD,
         SERVER,
         TARGET_KIND,
@@ -70,6 +73,7 @@ pub mod field {
         UPSTREAM_ERROR_CODE,
         UPSTREAM_STATUS,
         DECISION_US,
+        ARGUMENTS,
     ];
 }
 
@@ -220,6 +224,8 @@ pub struct AuditRecord {
     pub upstream_status: Option<u16>,
     /// Time the filter spent deciding, microseconds.
     pub decision_us: u64,
+    /// `tools/call` arguments (compact JSON), only when the tool is opted in.
+    pub arguments: Option<String>,
 }
 
 impl AuditRecord {
@@ -270,6 +276,22 @@ impl AuditRecord {
             record.quota = Some(format!("charged:{}", rules.join(",")));
         }
         record
+    }
+
+    /// Copies the `tools/call` arguments of `body` (the request as forwarded, i.e. after
+    /// request redaction) when `server/tool` matches one of `opted_in`. Never otherwise.
+    pub fn capture_arguments(&mut self, opted_in: &[crate::glob::Glob], body: &[u8]) {
+        let (Some(ResourceKind::Tool), Some(server), Some(tool)) = (self.target_kind, &self.server, &self.target) else {
+            return;
+        };
+        let qualified = format!("{server}/{tool}");
+        if !opted_in.iter().any(|g| g.matches(&qualified)) {
+            return;
+        }
+        let arguments = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("params").and_then(|p| p.get("arguments")).cloned());
+        self.arguments = arguments.map(|a| a.to_string());
     }
 
     fn set_message(&mut self, message: &mcp::Message) {
@@ -351,6 +373,7 @@ impl AuditRecord {
         put(field::UPSTREAM_ERROR_CODE, self.upstream_error_code.map(|c| c.to_string()));
         put(field::UPSTREAM_STATUS, self.upstream_status.map(|s| s.to_string()));
         put(field::DECISION_US, Some(self.decision_us.to_string()));
+        put(field::ARGUMENTS, self.arguments.clone());
         out
     }
 

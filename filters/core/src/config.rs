@@ -65,6 +65,10 @@ pub struct RawObservability {
     /// set of consumers is bounded (every distinct value is a permanent Envoy stat).
     #[serde(default)]
     pub consumer_label: bool,
+    /// `server/tool` globs whose `tools/call` arguments are copied into the audit record
+    /// (filter state `wasm.mcp_arguments`). Empty by default: argument values never appear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_values: Vec<String>,
 }
 
 impl RawObservability {
@@ -542,6 +546,8 @@ pub struct FilterConfig {
     pub quotas: crate::quota::QuotaRules,
     /// Metric naming options.
     pub metrics: crate::audit::MetricOptions,
+    /// Tools (`server/tool` globs) whose arguments the audit record carries.
+    pub audit_values: Vec<crate::glob::Glob>,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -598,6 +604,12 @@ impl FilterConfig {
         )?;
         let quotas = crate::quota::QuotaRules::compile(&raw.quotas, &servers, &|r| policy.has_role(r))?;
         let limits = Limits::compile(raw, &servers)?;
+        let mut audit_values = Vec::new();
+        for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
+            let glob = crate::glob::Glob::new(pattern)
+                .map_err(|e| ConfigError::invalid(format!("observability.audit_values[{i}]"), e.to_string()))?;
+            audit_values.push(glob);
+        }
         Ok(Self {
             route_prefix: raw.route_prefix.clone(),
             servers,
@@ -608,6 +620,7 @@ impl FilterConfig {
             redactor,
             quotas,
             metrics: crate::audit::MetricOptions { consumer_label: raw.observability.consumer_label },
+            audit_values,
         })
     }
 }

@@ -242,7 +242,10 @@ impl Stream {
         self.decision_ns += self.now_ns().saturating_sub(started);
         match decided {
             Ok(exchange) => {
-                self.audit = Some(AuditRecord::for_exchange(&exchange));
+                let mut record = AuditRecord::for_exchange(&exchange);
+                let forwarded = exchange.rewritten_request.as_deref().unwrap_or(&body);
+                record.capture_arguments(&self.gateway.config().audit_values, forwarded);
+                self.audit = Some(record);
                 for global in &exchange.charges.global {
                     self.set_http_request_header(&global.header, Some(&global.value));
                 }

@@ -6,6 +6,7 @@
 //!   access_log: { path: /var/log/meshgate/audit.log }   # default /dev/stdout; enabled: false turns it off
 //!   otel: { collector: 127.0.0.1:4317, service_name: meshgate, access_log: true, sampling_percent: 100 }
 //!   metrics: { consumer_label: false }
+//!   audit_values: ["crm/get_*"]       # these tools' arguments appear in the audit log; default none
 //! ```
 //! Two-step like the rest of the registry: [`RawObservability`] (serde, unknown keys
 //! rejected) → [`Observability`] (validated). Envoy resources are built from it in
@@ -31,6 +32,10 @@ pub struct RawObservability {
     pub otel: Option<RawOtel>,
     #[serde(default)]
     pub metrics: Option<RawMetrics>,
+    /// `server/tool` globs whose `tools/call` arguments the audit log carries (default none).
+    /// Checked by the filter's validator.
+    #[serde(default)]
+    pub audit_values: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -95,6 +95,7 @@ fn audit_format() -> Vec<(&'static str, Entry)> {
         ("jsonrpc_error_code", state(field::ERROR_CODE)),
         ("upstream_jsonrpc_error_code", state(field::UPSTREAM_ERROR_CODE)),
         ("decision_us", state(field::DECISION_US)),
+        ("arguments", state(field::ARGUMENTS)),
     ]
 }
 

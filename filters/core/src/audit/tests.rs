@@ -173,3 +173,29 @@ fn error_codes_are_found_in_json_and_sse() {
     assert_eq!(response_error_code(sse), Some(-32602));
     assert_eq!(response_error_code(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"err"), None);
 }
+
+#[test]
+fn arguments_only_for_opted_in_tools() {
+    let raw: RawFilterConfig = serde_json::from_value(json!({
+        "servers": ["crm"],
+        "auth": {"api_keys": [{"consumer": "bot", "sha256": hex::encode(Sha256::digest(b"k")), "roles": ["reader"]}]},
+        "policy": {"roles": {"reader": {"allow": ["crm/*"]}}},
+        "observability": {"audit_values": ["crm/get_*"]}
+    }))
+    .unwrap();
+    let g = Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap());
+    let p = pending(&g);
+    let body = call("get_customer", json!({"id": "c-7"}));
+    let mut r = AuditRecord::for_exchange(&g.on_request_body(&p, &body).unwrap());
+    r.capture_arguments(&g.config().audit_values, &body);
+    assert_eq!(field(&r.fields(), field::ARGUMENTS), Some(r#"{"id":"c-7"}"#));
+    let body = call("update_customer", json!({"id": "c-7"}));
+    let mut r = AuditRecord::for_exchange(&g.on_request_body(&p, &body).unwrap());
+    r.capture_arguments(&g.config().audit_values, &body);
+    assert_eq!(field(&r.fields(), field::ARGUMENTS), None);
+    // Off by default.
+    assert!(gateway().config().audit_values.is_empty());
+    let bad: RawFilterConfig = serde_json::from_value(json!({"servers": ["crm"], "observability": {"audit_values": ["crm/[x]"]}})).unwrap();
+    let e = FilterConfig::compile(&bad, &EnvSecrets).unwrap_err();
+    assert_eq!(e.path(), Some("observability.audit_values[0]"));
+}
