@@ -52,6 +52,29 @@ pub struct RawFilterConfig {
     /// Size guardrails per server (and per tool), overriding `limits`. Keyed by server name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub server_limits: BTreeMap<String, RawServerLimits>,
+    /// Metrics and audit options ([`crate::audit`]).
+    #[serde(default, skip_serializing_if = "RawObservability::is_default")]
+    pub observability: RawObservability,
+}
+
+/// How the filter reports what it decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObservability {
+    /// Add a `consumer` label to tool-call metrics. Off by default: only turn it on when the
+    /// set of consumers is bounded (every distinct value is a permanent Envoy stat).
+    #[serde(default)]
+    pub consumer_label: bool,
+    /// `server/tool` globs whose `tools/call` arguments are copied into the audit record
+    /// (filter state `wasm.mcp_arguments`). Empty by default: argument values never appear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_values: Vec<String>,
+}
+
+impl RawObservability {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 fn default_route_prefix() -> String {
@@ -521,6 +544,10 @@ pub struct FilterConfig {
     pub redactor: crate::redact::Redactor,
     /// Rate limits and quotas on `tools/call`.
     pub quotas: crate::quota::QuotaRules,
+    /// Metric naming options.
+    pub metrics: crate::audit::MetricOptions,
+    /// Tools (`server/tool` globs) whose arguments the audit record carries.
+    pub audit_values: Vec<crate::glob::Glob>,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -577,6 +604,12 @@ impl FilterConfig {
         )?;
         let quotas = crate::quota::QuotaRules::compile(&raw.quotas, &servers, &|r| policy.has_role(r))?;
         let limits = Limits::compile(raw, &servers)?;
+        let mut audit_values = Vec::new();
+        for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
+            let glob = crate::glob::Glob::new(pattern)
+                .map_err(|e| ConfigError::invalid(format!("observability.audit_values[{i}]"), e.to_string()))?;
+            audit_values.push(glob);
+        }
         Ok(Self {
             route_prefix: raw.route_prefix.clone(),
             servers,
@@ -586,6 +619,8 @@ impl FilterConfig {
             resource_metadata: raw.auth.resource_metadata.clone(),
             redactor,
             quotas,
+            metrics: crate::audit::MetricOptions { consumer_label: raw.observability.consumer_label },
+            audit_values,
         })
     }
 }

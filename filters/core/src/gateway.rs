@@ -93,6 +93,11 @@ impl PendingRequest {
     pub fn consumer(&self) -> &Consumer {
         &self.consumer
     }
+
+    /// The server the request's path names.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
 }
 
 /// The 2026-07-28 routing headers a request carried.

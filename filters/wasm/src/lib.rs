@@ -15,16 +15,24 @@
 //! rules' descriptor headers for Envoy's `ratelimit` filter. The in-flight slot is given
 //! back in `on_log`, which Envoy calls once for every stream, however it ended (including
 //! client resets). Any failure to read or update a counter refuses the call (503).
+//!
+//! Audit: every governed stream carries a [`meshgate_core::audit::AuditRecord`]. Its fields
+//! are written to filter state (`wasm.mcp_*`) when the exchange is refused or its response
+//! ends (tracing tags read them before the span ends: values written in `on_log` come too
+//! late for a span), and a last time in `on_log`, which Envoy runs before the access
+//! loggers. Metrics are bumped once, in `on_log`, through [`metrics`].
 
 // Rejections are the cold path and carry what the client is told; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
 
+mod metrics;
 mod shared;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
+use meshgate_core::audit::{self, AuditRecord};
 use meshgate_core::config::{EnvSecrets, FilterConfig, RawFilterConfig};
 use meshgate_core::gateway::{
     headers_to_strip, Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponseHead, ResponsePlan,
@@ -83,6 +91,8 @@ impl RootContext for Root {
             response: Response::Untouched,
             redactions: RedactionCounts::new(),
             in_flight: None,
+            audit: None,
+            decision_ns: 0,
         }))
     }
 
@@ -124,6 +134,10 @@ struct Stream {
     redactions: RedactionCounts,
     /// The shared-data key of the in-flight slot this stream holds; given back once, in `on_log`.
     in_flight: Option<String>,
+    /// What this exchange looked like so far; `None` for streams the gateway does not govern.
+    audit: Option<AuditRecord>,
+    /// Nanoseconds spent in the core's request-path decisions.
+    decision_ns: u64,
 }
 
 impl Context for Stream {}
@@ -135,11 +149,27 @@ impl Stream {
 
     /// Answers locally; the request never reaches the upstream.
     fn reject(&mut self, r: &Rejection) -> Action {
+        let mut record = self.audit.take().unwrap_or_default();
+        record.refused(r);
+        self.audit = Some(record);
+        self.publish_audit();
         self.state = State::Done;
         let headers = r.response_headers();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.send_http_response(u32::from(r.status), headers, Some(&r.body()));
         Action::Pause
+    }
+
+    /// Writes the audit fields to filter state (`wasm.<key>`), for the access log and tags.
+    fn publish_audit(&self) {
+        let Some(record) = self.audit.as_ref() else {
+            return;
+        };
+        let decision_us = (self.decision_ns / 1000).to_string();
+        for (key, value) in record.fields() {
+            let value = if key == audit::field::DECISION_US { &decision_us } else { &value };
+            self.set_property(vec![key], Some(value.as_bytes()));
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -204,12 +234,18 @@ impl Stream {
 
     fn decide_body(&mut self, pending: &PendingRequest, body_size: usize) -> Action {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let started = self.now_ns();
         let decided = self.gateway.on_request_body(pending, &body).and_then(|exchange| {
             self.admit(&exchange)?;
             Ok(exchange)
         });
+        self.decision_ns += self.now_ns().saturating_sub(started);
         match decided {
             Ok(exchange) => {
+                let mut record = AuditRecord::for_exchange(&exchange);
+                let forwarded = exchange.rewritten_request.as_deref().unwrap_or(&body);
+                record.capture_arguments(&self.gateway.config().audit_values, forwarded);
+                self.audit = Some(record);
                 for global in &exchange.charges.global {
                     self.set_http_request_header(&global.header, Some(&global.value));
                 }
@@ -221,6 +257,7 @@ impl Stream {
                 Action::Continue
             }
             Err(r) => {
+                self.audit = Some(AuditRecord::for_pending(pending, &body));
                 log::info!(
                     "meshgate: refused consumer={} status={} code={} reason={}",
                     pending.consumer().name,
@@ -240,17 +277,24 @@ impl HttpContext for Stream {
         let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
         let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers };
         let now = self.now();
+        let started = self.now_ns();
         let decision = {
             let mut tokens = self.tokens.borrow_mut();
             self.gateway.on_request_head(head, now, &mut tokens)
         };
+        self.decision_ns += self.now_ns().saturating_sub(started);
         match decision {
             HeadDecision::PassThrough => {
                 self.state = State::Done;
                 Action::Continue
             }
-            HeadDecision::Reject(r) => self.reject(&r),
+            HeadDecision::Reject(r) => {
+                let config = self.gateway.config();
+                self.audit = Some(AuditRecord::for_path(&config.route_prefix, &config.servers, head.path));
+                self.reject(&r)
+            }
             HeadDecision::Forward(exchange) => {
+                self.audit = Some(AuditRecord::for_exchange(&exchange));
                 self.strip_request_headers(&headers);
                 self.state = State::Forwarded(exchange);
                 Action::Continue
@@ -272,6 +316,7 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         if let Some(r) = self.gateway.request_too_large(pending, body_size as u64) {
+            self.audit = Some(AuditRecord::for_pending(pending, &[]));
             return self.reject(&r);
         }
         if !end_of_stream {
@@ -286,6 +331,9 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if let Some(record) = self.audit.as_mut() {
+            record.upstream_answer(Some(status), None);
+        }
         let ratelimited = self.get_http_response_header(quota::ENVOY_RATELIMITED_HEADER);
         if status == 429 && ratelimited.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             let rule = self.get_http_response_header(quota::LIMIT_RULE_RESPONSE_HEADER);
@@ -300,10 +348,14 @@ impl HttpContext for Stream {
             };
             let r = self.gateway.global_rejection(exchange, &refusal);
             log::info!("meshgate: refused by the global rate limit consumer={} reason={}", exchange.consumer.name, r.message);
+            if let Some(record) = self.audit.as_mut() {
+                record.refused(&r);
+            }
             if end_of_stream {
                 // No body callback will come: answer anew (headers not sent yet).
                 return self.reject(&r);
             }
+            self.publish_audit();
             for (name, value) in r.response_headers() {
                 self.set_http_response_header(name, Some(&value));
             }
@@ -311,6 +363,14 @@ impl HttpContext for Stream {
             self.set_http_response_header("content-length", None);
             self.response = Response::Replace(r.body());
             return Action::Continue;
+        }
+        if end_of_stream {
+            // No body callback follows: settle now, the last chance before the span ends.
+            if let Some(record) = self.audit.as_mut() {
+                record.redactions = self.redactions.clone();
+                record.finish();
+            }
+            self.publish_audit();
         }
         let content_type = self.get_http_response_header("content-type");
         let content_encoding = self.get_http_response_header("content-encoding");
@@ -336,6 +396,69 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.note_upstream_error(body_size);
+        let action = self.govern_response_body(body_size, end_of_stream);
+        if end_of_stream {
+            // Settle the decision now: span tags are read when the stream ends, before on_log.
+            if let Some(record) = self.audit.as_mut() {
+                record.redactions = self.redactions.clone();
+                record.finish();
+            }
+            self.publish_audit();
+        }
+        action
+    }
+
+    fn on_log(&mut self) {
+        self.release_in_flight();
+        let Some(mut record) = self.audit.take() else {
+            return;
+        };
+        record.redactions = std::mem::take(&mut self.redactions);
+        record.decision_us = self.decision_ns / 1000;
+        record.finish();
+        self.audit = Some(record);
+        self.publish_audit();
+        if let Some(record) = &self.audit {
+            metrics::record(record, self.gateway.config().metrics);
+        }
+    }
+}
+
+/// Largest response chunk read for the upstream's JSON-RPC error code (answers to requests
+/// are small; bigger chunks are results, not errors).
+const ERROR_PEEK_BYTES: usize = 64 * 1024;
+
+impl Stream {
+    /// Looks for a JSON-RPC error in the upstream's answer to a request, before any rewrite.
+    fn note_upstream_error(&mut self, body_size: usize) {
+        let State::Forwarded(exchange) = &self.state else {
+            return;
+        };
+        let wanted = exchange.request_id().is_some()
+            && body_size > 0
+            && body_size <= ERROR_PEEK_BYTES
+            && self.audit.as_ref().is_some_and(|r| r.upstream_error_code.is_none());
+        if !wanted {
+            return;
+        }
+        let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
+        if let (Some(code), Some(record)) = (audit::response_error_code(&chunk), self.audit.as_mut()) {
+            record.upstream_answer(None, Some(code));
+        }
+    }
+
+    /// A response the gateway rewrote into a blocking error: the exchange is `blocked`.
+    fn note_blocked(audit: &mut Option<AuditRecord>, rewritten: &[u8], server: &str) {
+        let Some(record) = audit.as_mut() else {
+            return;
+        };
+        if record.upstream_error_code.is_none() && audit::response_error_code(rewritten) == Some(code::FORBIDDEN) {
+            record.response_blocked(&format!("the response from {server} was blocked by a redaction rule"));
+        }
+    }
+
+    fn govern_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let State::Forwarded(exchange) = &self.state else {
             return Action::Continue;
         };
@@ -358,6 +481,7 @@ impl HttpContext for Stream {
                 }
                 let body = self.get_http_response_body(0, body_size).unwrap_or_default();
                 if let Some(new) = exchange.rewrite_message(&body, policy, &mut self.redactions) {
+                    Self::note_blocked(&mut self.audit, &new, &exchange.server);
                     self.set_http_response_body(0, body_size, &new);
                 }
                 Action::Continue
@@ -381,6 +505,7 @@ impl HttpContext for Stream {
                     return Action::Continue;
                 }
                 if out != chunk {
+                    Self::note_blocked(&mut self.audit, &out, &exchange.server);
                     self.set_http_response_body(0, body_size, &out);
                 }
                 self.response = Response::Stream(rewriter);
@@ -395,10 +520,6 @@ impl HttpContext for Stream {
                 Action::Continue
             }
         }
-    }
-
-    fn on_log(&mut self) {
-        self.release_in_flight();
     }
 }
 

@@ -10,6 +10,8 @@
 //! Admin always listens on loopback only: it can dump the whole configuration and stop
 //! Envoy. Both are written as JSON (which Envoy reads as YAML's subset) or rendered as YAML.
 
+mod stats;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -141,6 +143,7 @@ pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
             }]
         },
         "overload_manager": overload_manager(),
+        "stats_config": stats::stats_config(),
     })
 }
 
@@ -221,6 +224,7 @@ pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, Boots
             "clusters": clusters,
         },
         "overload_manager": overload_manager(),
+        "stats_config": stats::stats_config(),
     }))
 }
 

@@ -154,6 +154,7 @@ pub fn make_listener(registry: &Registry, wasm: &Path) -> Result<Value, serde_js
                     "normalize_path": true,
                     "merge_slashes": true,
                     "route_config": make_route_config(registry),
+                    "access_log": crate::translate::observability::access_log_json(registry),
                     "http_filters": [
                         make_wasm_filter(registry, wasm)?,
                         {

@@ -139,6 +139,9 @@ pub enum RegistryError {
     /// Rejected by the filter's own validator (`meshgate_core::config::FilterConfig::compile`).
     #[error("{0}")]
     Filter(String),
+    /// The `observability` section ([`super::observability`]).
+    #[error("{0}")]
+    Observability(String),
 }
 
 /// A [`RegistryError`] located in a file.

@@ -35,6 +35,10 @@ pub(crate) fn make_filter_config(raw: &RawRegistry, jwt: Vec<RawJwtProvider>) ->
         redaction_hash_key_env: raw.redaction_hash_key_env.clone(),
         quotas: raw.quotas.clone(),
         server_limits: server_limits(raw),
+        observability: meshgate_core::config::RawObservability {
+            consumer_label: raw.observability.metrics.as_ref().is_some_and(|m| m.consumer_label),
+            audit_values: raw.observability.audit_values.clone(),
+        },
     }
 }
 

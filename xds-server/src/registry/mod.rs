@@ -23,6 +23,7 @@ pub mod error;
 mod filter;
 pub mod lines;
 pub mod raw;
+pub mod observability;
 mod validate;
 
 #[cfg(test)]
@@ -59,6 +60,8 @@ pub struct Registry {
     /// The `scope: global` quotas, in registry order (compiled by the filter's validator).
     /// Names are unique. Enforced by Envoy's `ratelimit` filter calling meshgate.
     pub global_rules: Vec<GlobalRule>,
+    /// Audit log, tracing and metric labels.
+    pub observability: observability::Observability,
 }
 
 /// meshgate's rate-limit service: where global counters live and how failures are treated.

@@ -41,6 +41,9 @@ pub struct RawRegistry {
     /// meshgate's rate-limit service for `scope: global` quotas (Redis-backed).
     #[serde(default)]
     pub rate_limit_service: Option<RawRateLimitService>,
+    /// Audit log, tracing and metric labels (`super::observability`).
+    #[serde(default)]
+    pub observability: super::observability::RawObservability,
 }
 
 /// `rate_limit_service`: where global quota counters live and what happens when they cannot

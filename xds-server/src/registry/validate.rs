@@ -129,6 +129,11 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         let jwt = jwt_providers(&mut problems, &raw.auth.jwt, base_dir, secrets);
         check_role_references(&mut problems, &raw);
         let envoy = envoy_settings(&mut problems, &raw.envoy);
+        let observability = super::observability::validate(&raw.observability, base_dir)
+            .unwrap_or_else(|found| {
+                found.into_iter().for_each(|(path, e)| problems.push(path, e));
+                Default::default()
+            });
 
         let rate_limit_service = raw
             .rate_limit_service
@@ -186,6 +191,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             envoy,
             rate_limit_service,
             global_rules,
+            observability,
         })
     }
 }

@@ -31,7 +31,7 @@ const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER_FILTER: &str = "envoy.filters.http.router";
 
 pub fn make_listener(registry: &Registry) -> Listener {
-    let hcm = HttpConnectionManager {
+    let mut hcm = HttpConnectionManager {
         stat_prefix: LISTENER_NAME.to_string(),
         codec_type: CodecType::Auto as i32,
         stream_idle_timeout: Some(proto_duration(STREAM_IDLE_TIMEOUT)),
@@ -82,6 +82,7 @@ pub fn make_listener(registry: &Registry) -> Listener {
         .collect(),
         ..Default::default()
     };
+    super::observability::apply(registry, &mut hcm);
     Listener {
         name: LISTENER_NAME.to_string(),
         address: Some(Address {

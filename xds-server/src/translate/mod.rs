@@ -24,6 +24,7 @@
 pub mod cluster;
 pub mod filter;
 pub mod listener;
+pub mod observability;
 pub mod ratelimit;
 pub mod route;
 
@@ -230,6 +231,7 @@ pub fn translate(
     if let WasmSource::Remote(remote) = &options.wasm {
         clusters.push(cluster::make_wasm_source_cluster(remote));
     }
+    clusters.extend(observability::collector_cluster(registry));
     let secrets = registry
         .servers
         .iter()

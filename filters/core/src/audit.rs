@@ -1,0 +1,463 @@
+//! What one MCP exchange looked like, in the shapes operators already read: Envoy stats
+//! (Prometheus), access-log fields (filter state) and span tags.
+//!
+//! The wasm filter builds one [`AuditRecord`] per governed HTTP exchange, from what the
+//! gateway decided ([`AuditRecord::for_exchange`], [`AuditRecord::refused`]) and what the
+//! upstream answered ([`AuditRecord::upstream_answer`], [`AuditRecord::finish`]). The record
+//! then yields:
+//! - [`AuditRecord::fields`]: `(key, value)` pairs the filter stores with
+//!   `set_property(["<key>"])`, i.e. Envoy filter state `wasm.<key>`, which the access log's
+//!   `%FILTER_STATE(wasm.<key>:PLAIN)%` and the tracer's custom tags read;
+//! - [`AuditRecord::metrics`]: counters and histogram samples whose names carry their labels
+//!   as `.<label>.<value>` pairs (`meshgate.tool_calls.server.crm.tool.get_customer.decision.allowed`);
+//!   the bootstrap's `stats_tags` turn the pairs into Prometheus labels.
+//!
+//! Invariants: no argument or result value, token or API key ever enters a record (the
+//! reason is the client-facing rejection message, which by [`crate::reject`]'s contract
+//! names tools and kinds, never values). Every label value is sanitized to `[A-Za-z0-9_-]`
+//! so a `.` in a tool name cannot break tag extraction, and bounded: methods outside the
+//! MCP vocabulary become `other`, names are cut at [`MAX_LABEL_CHARS`].
+
+use serde_json::Value;
+
+use crate::gateway::{Exchange, PendingRequest};
+use crate::jsonrpc::code;
+use crate::mcp::{self, method, ResourceKind};
+use crate::redact::RedactionCounts;
+use crate::reject::Rejection;
+
+/// Filter-state keys (single path segment: the host stores them as `wasm.<key>`).
+pub mod field {
+    pub const METHOD: &str = "mcp_method";
+    pub const SERVER: &str = "mcp_server";
+    /// `tool`, `resource` or `prompt`.
+    pub const TARGET_KIND: &str = "mcp_target_kind";
+    /// The tool / prompt name or resource URI.
+    pub const TARGET: &str = "mcp_target";
+    pub const CONSUMER: &str = "mcp_consumer";
+    /// Comma-separated.
+    pub const ROLES: &str = "mcp_roles";
+    pub const DECISION: &str = "mcp_decision";
+    pub const REASON: &str = "mcp_reason";
+    /// `charged:<rule>,<rule>` or `limited:<rule>`.
+    pub const QUOTA: &str = "mcp_quota";
+    /// `<detector>=<count>,...` over request and response.
+    pub const REDACTIONS: &str = "mcp_redactions";
+    pub const REDACTED_TOTAL: &str = "mcp_redacted_total";
+    /// JSON-RPC error code of the answer the client got (the gateway's own or the upstream's).
+    pub const ERROR_CODE: &str = "mcp_error_code";
+    /// JSON-RPC error code the upstream itself answered with.
+    pub const UPSTREAM_ERROR_CODE: &str = "mcp_upstream_error_code";
+    /// HTTP status the upstream answered with (absent when it was never asked).
+    pub const UPSTREAM_STATUS: &str = "mcp_upstream_status";
+    /// Microseconds the filter spent deciding (request path).
+    pub const DECISION_US: &str = "mcp_decision_us";
+    /// `tools/call` arguments as compact JSON, only for tools opted in with
+    /// `observability.audit_values` (after request redaction).
+    pub const ARGUMENTS: &str = "mcp_arguments";
+
+    /// Every key, for the access-log format and tests.
+    pub const ALL: [&str; 16] = [
+        METHOD,
+        SERVER,
+        TARGET_KIND,
+        TARGET,
+        CONSUMER,
+        ROLES,
+        DECISION,
+        REASON,
+        QUOTA,
+        REDACTIONS,
+        REDACTED_TOTAL,
+        ERROR_CODE,
+        UPSTREAM_ERROR_CODE,
+        UPSTREAM_STATUS,
+        DECISION_US,
+        ARGUMENTS,
+    ];
+}
+
+/// Metric name roots (Envoy shows them with a `wasmcustom.` prefix).
+pub mod metric {
+    /// Counter `meshgate.requests.method.<m>.decision.<d>`.
+    pub const REQUESTS: &str = "meshgate.requests";
+    /// Counter `meshgate.tool_calls.server.<s>.tool.<t>.decision.<d>[.consumer.<c>]`.
+    pub const TOOL_CALLS: &str = "meshgate.tool_calls";
+    /// Counter `meshgate.redactions.server.<s>.tool.<t>.detector.<x>`, by matches.
+    pub const REDACTIONS: &str = "meshgate.redactions";
+    /// Histogram `meshgate.decision_time_us.method.<m>` (microseconds).
+    pub const DECISION_TIME_US: &str = "meshgate.decision_time_us";
+    /// Counter `meshgate.upstream_errors.server.<s>.code.<c>`.
+    pub const UPSTREAM_ERRORS: &str = "meshgate.upstream_errors";
+}
+
+/// Longest label value kept; longer names are cut (the metric stays, bounded).
+pub const MAX_LABEL_CHARS: usize = 64;
+/// The label value that replaces a tool or method outside the bounded set.
+pub const OTHER: &str = "other";
+
+/// Methods that get their own `method` label; any other becomes [`OTHER`].
+const KNOWN_METHODS: &[&str] = &[
+    method::INITIALIZE,
+    method::SERVER_DISCOVER,
+    method::PING,
+    method::TOOLS_CALL,
+    method::TOOLS_LIST,
+    method::RESOURCES_READ,
+    method::RESOURCES_LIST,
+    method::RESOURCES_TEMPLATES_LIST,
+    method::PROMPTS_GET,
+    method::PROMPTS_LIST,
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "completion/complete",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// What the gateway made of an exchange, as the audit log and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Decision {
+    /// Let through and answered without a JSON-RPC error.
+    #[default]
+    Allowed,
+    /// Refused by policy (RBAC) or a size guardrail (403, 413).
+    Denied,
+    /// No valid credentials (401).
+    Unauthenticated,
+    /// Refused by a local or global rate limit, quota or the in-flight limit (429).
+    RateLimited,
+    /// Let through with values redacted in the request or response.
+    Redacted,
+    /// A request or response refused because it carried a value of a blocking detector.
+    Blocked,
+    /// Malformed: not JSON-RPC, wrong content type, unknown path or HTTP method, header
+    /// mismatch (400, 404, 405, 415).
+    Invalid,
+    /// The upstream answered with a JSON-RPC error or an HTTP 5xx, or the gateway could not
+    /// check a limit (503).
+    Error,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+            Decision::Unauthenticated => "unauthenticated",
+            Decision::RateLimited => "rate_limited",
+            Decision::Redacted => "redacted",
+            Decision::Blocked => "blocked",
+            Decision::Invalid => "invalid",
+            Decision::Error => "error",
+        }
+    }
+
+    /// The decision a gateway refusal stands for.
+    pub fn of_rejection(r: &Rejection) -> Self {
+        match r.status {
+            401 => Decision::Unauthenticated,
+            429 => Decision::RateLimited,
+            403 if is_block(&r.message) => Decision::Blocked,
+            403 | 413 => Decision::Denied,
+            s if s >= 500 => Decision::Error,
+            _ => Decision::Invalid,
+        }
+    }
+}
+
+/// Blocking redaction answers say "... was blocked: it contains a value of kind <k>"
+/// ([`crate::gateway`]); RBAC denials never do.
+fn is_block(message: &str) -> bool {
+    message.contains(" was blocked: it contains a value of kind ")
+}
+
+/// Options that change metric names (from the filter config's `observability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricOptions {
+    /// Add `.consumer.<name>` to tool-call counters. Only for a bounded set of consumers.
+    pub consumer_label: bool,
+}
+
+/// One metric update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricUpdate {
+    /// Add `by` (≥ 1) to the counter `name`.
+    Counter { name: String, by: u64 },
+    /// Record one sample in the histogram `name`.
+    Histogram { name: String, value: u64 },
+}
+
+impl MetricUpdate {
+    pub fn name(&self) -> &str {
+        match self {
+            MetricUpdate::Counter { name, .. } | MetricUpdate::Histogram { name, .. } => name,
+        }
+    }
+}
+
+/// Everything known about one governed exchange. Never holds argument or result values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditRecord {
+    /// JSON-RPC method, when the body was read.
+    pub method: Option<String>,
+    pub server: Option<String>,
+    pub target_kind: Option<ResourceKind>,
+    pub target: Option<String>,
+    pub consumer: Option<String>,
+    pub roles: Vec<String>,
+    pub decision: Decision,
+    /// Why, for anything but `allowed`.
+    pub reason: Option<String>,
+    pub quota: Option<String>,
+    /// Whether the request body was rewritten by redaction.
+    pub request_redacted: bool,
+    /// Per-detector matches redacted in this exchange (request and response).
+    pub redactions: RedactionCounts,
+    /// JSON-RPC error code of the answer the client got.
+    pub error_code: Option<i64>,
+    /// JSON-RPC error code of the upstream's own answer.
+    pub upstream_error_code: Option<i64>,
+    pub upstream_status: Option<u16>,
+    /// Time the filter spent deciding, microseconds.
+    pub decision_us: u64,
+    /// `tools/call` arguments (compact JSON), only when the tool is opted in.
+    pub arguments: Option<String>,
+}
+
+impl AuditRecord {
+    /// A request refused before its body was read (or whose body could not be read): the
+    /// server is the path's, when it names one.
+    pub fn for_path(route_prefix: &str, servers: &std::collections::HashSet<String>, path: &str) -> Self {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let server = path.strip_prefix(route_prefix).filter(|s| servers.contains(*s)).map(String::from);
+        Self { server, ..Self::default() }
+    }
+
+    /// A POST whose body is known but was refused: method and target are read again here
+    /// (a refusal is the cold path; an unreadable body leaves them empty).
+    pub fn for_pending(pending: &PendingRequest, body: &[u8]) -> Self {
+        let consumer = pending.consumer();
+        let mut record = Self {
+            server: Some(pending.server().to_string()),
+            consumer: Some(consumer.name.clone()),
+            roles: consumer.roles.clone(),
+            ..Self::default()
+        };
+        if let Ok(read) = mcp::read_message(body) {
+            record.set_message(&read.message);
+        }
+        record
+    }
+
+    /// An exchange the gateway let through.
+    pub fn for_exchange(exchange: &Exchange) -> Self {
+        let mut record = Self {
+            server: Some(exchange.server.clone()),
+            consumer: Some(exchange.consumer.name.clone()),
+            roles: exchange.consumer.roles.clone(),
+            request_redacted: exchange.rewritten_request.is_some(),
+            ..Self::default()
+        };
+        if let Some(message) = &exchange.message {
+            record.set_message(message);
+        }
+        let rules: Vec<&str> = exchange
+            .charges
+            .local
+            .iter()
+            .map(|c| c.rule.as_str())
+            .chain(exchange.charges.global.iter().map(|g| g.rule.as_str()))
+            .collect();
+        if !rules.is_empty() {
+            record.quota = Some(format!("charged:{}", rules.join(",")));
+        }
+        record
+    }
+
+    /// Copies the `tools/call` arguments of `body` (the request as forwarded, i.e. after
+    /// request redaction) when `server/tool` matches one of `opted_in`. Never otherwise.
+    pub fn capture_arguments(&mut self, opted_in: &[crate::glob::Glob], body: &[u8]) {
+        let (Some(ResourceKind::Tool), Some(server), Some(tool)) = (self.target_kind, &self.server, &self.target) else {
+            return;
+        };
+        let qualified = format!("{server}/{tool}");
+        if !opted_in.iter().any(|g| g.matches(&qualified)) {
+            return;
+        }
+        let arguments = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("params").and_then(|p| p.get("arguments")).cloned());
+        self.arguments = arguments.map(|a| a.to_string());
+    }
+
+    fn set_message(&mut self, message: &mcp::Message) {
+        self.method = message.method().map(String::from);
+        if let Some(target) = message.target() {
+            self.target_kind = Some(target.kind);
+            self.target = Some(target.name.clone());
+        }
+    }
+
+    /// The gateway refused the exchange with `r` (locally, or by rewriting the global rate
+    /// limit's 429).
+    pub fn refused(&mut self, r: &Rejection) {
+        self.decision = Decision::of_rejection(r);
+        self.reason = Some(r.message.clone());
+        self.error_code = Some(r.code);
+        if self.decision == Decision::RateLimited {
+            let limit = r.data.as_ref().and_then(|d| d.get("limit")).and_then(Value::as_str).unwrap_or(OTHER);
+            self.quota = Some(format!("limited:{limit}"));
+        }
+    }
+
+    /// The upstream's answer, as far as seen: its HTTP status and, once found, the
+    /// JSON-RPC error code it carried (the first one found wins).
+    pub fn upstream_answer(&mut self, status: Option<u16>, error_code: Option<i64>) {
+        if status.is_some() {
+            self.upstream_status = status;
+        }
+        if self.upstream_error_code.is_none() {
+            self.upstream_error_code = error_code;
+        }
+    }
+
+    /// A response the gateway replaced by a blocking-redaction error.
+    pub fn response_blocked(&mut self, detector_message: &str) {
+        self.decision = Decision::Blocked;
+        self.reason = Some(detector_message.to_string());
+        self.error_code = Some(code::FORBIDDEN);
+    }
+
+    /// Settles the decision of an exchange that was let through, from what happened to its
+    /// response. Refusals keep their decision.
+    pub fn finish(&mut self) {
+        if self.decision != Decision::Allowed {
+            return;
+        }
+        if let Some(c) = self.upstream_error_code {
+            self.decision = Decision::Error;
+            self.error_code = Some(c);
+            self.reason = Some(format!("upstream answered with JSON-RPC error {c}"));
+        } else if self.upstream_status.is_some_and(|s| s >= 500) {
+            self.decision = Decision::Error;
+            self.reason = self.upstream_status.map(|s| format!("upstream answered with HTTP {s}"));
+        } else if self.request_redacted || !self.redactions.is_empty() {
+            self.decision = Decision::Redacted;
+        }
+    }
+
+    /// `(filter-state key, value)` for every field that is known.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut put = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        };
+        put(field::METHOD, self.method.clone());
+        put(field::SERVER, self.server.clone());
+        put(field::TARGET_KIND, self.target_kind.map(|k| k.noun().to_string()));
+        put(field::TARGET, self.target.clone());
+        put(field::CONSUMER, self.consumer.clone());
+        put(field::ROLES, (!self.roles.is_empty()).then(|| self.roles.join(",")));
+        put(field::DECISION, Some(self.decision.as_str().to_string()));
+        put(field::REASON, self.reason.clone());
+        put(field::QUOTA, self.quota.clone());
+        put(field::REDACTIONS, Some(redactions_text(&self.redactions)));
+        put(field::REDACTED_TOTAL, Some(self.redactions.total().to_string()));
+        put(field::ERROR_CODE, self.error_code.map(|c| c.to_string()));
+        put(field::UPSTREAM_ERROR_CODE, self.upstream_error_code.map(|c| c.to_string()));
+        put(field::UPSTREAM_STATUS, self.upstream_status.map(|s| s.to_string()));
+        put(field::DECISION_US, Some(self.decision_us.to_string()));
+        put(field::ARGUMENTS, self.arguments.clone());
+        out
+    }
+
+    /// The metric updates this exchange makes. `tool_overflow`: the worker already holds
+    /// its cap of distinct metric names, so tool labels collapse to [`OTHER`].
+    pub fn metrics(&self, options: MetricOptions, tool_overflow: bool) -> Vec<MetricUpdate> {
+        let method = self.method.as_deref().map_or_else(|| "none".to_string(), method_label);
+        let decision = self.decision.as_str();
+        let server = self.server.as_deref().map_or_else(|| "none".to_string(), sanitize);
+        let tool = match (&self.target_kind, &self.target) {
+            (Some(ResourceKind::Tool), Some(name)) if !tool_overflow => sanitize(name),
+            (Some(ResourceKind::Tool), Some(_)) => OTHER.to_string(),
+            _ => "none".to_string(),
+        };
+        let mut out = vec![
+            MetricUpdate::Counter { name: format!("{}.method.{method}.decision.{decision}", metric::REQUESTS), by: 1 },
+            MetricUpdate::Histogram { name: format!("{}.method.{method}", metric::DECISION_TIME_US), value: self.decision_us },
+        ];
+        if self.target_kind == Some(ResourceKind::Tool) {
+            let mut name = format!("{}.server.{server}.tool.{tool}.decision.{decision}", metric::TOOL_CALLS);
+            if options.consumer_label {
+                let consumer = self.consumer.as_deref().map_or_else(|| "none".to_string(), sanitize);
+                name.push_str(&format!(".consumer.{consumer}"));
+            }
+            out.push(MetricUpdate::Counter { name, by: 1 });
+        }
+        for (detector, n) in self.redactions.iter() {
+            out.push(MetricUpdate::Counter {
+                name: format!("{}.server.{server}.tool.{tool}.detector.{}", metric::REDACTIONS, sanitize(detector)),
+                by: n,
+            });
+        }
+        if let Some(c) = self.upstream_error_code {
+            out.push(MetricUpdate::Counter { name: format!("{}.server.{server}.code.{c}", metric::UPSTREAM_ERRORS), by: 1 });
+        }
+        out.retain(|m| !matches!(m, MetricUpdate::Counter { by: 0, .. }));
+        out
+    }
+}
+
+/// `email=2,phone=1`, in order of first match; empty when nothing was redacted.
+fn redactions_text(counts: &RedactionCounts) -> String {
+    counts.iter().map(|(d, n)| format!("{d}={n}")).collect::<Vec<_>>().join(",")
+}
+
+/// A metric label value: `[A-Za-z0-9_-]` only (anything else, `.` included, becomes `_`),
+/// at most [`MAX_LABEL_CHARS`] characters, never empty.
+pub fn sanitize(value: &str) -> String {
+    let out: String = value
+        .chars()
+        .take(MAX_LABEL_CHARS)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
+    if out.is_empty() {
+        "_".to_string()
+    } else {
+        out
+    }
+}
+
+/// The `method` label: MCP's own methods sanitized (`tools/call` → `tools_call`), anything
+/// else [`OTHER`], so a client cannot mint new metrics by inventing methods.
+pub fn method_label(method: &str) -> String {
+    if KNOWN_METHODS.contains(&method) {
+        sanitize(method)
+    } else {
+        OTHER.to_string()
+    }
+}
+
+/// The JSON-RPC error code in an upstream message: a JSON body, or the first SSE event
+/// whose data is a JSON-RPC error. `None` for results, notifications, and anything that
+/// does not parse (e.g. a partial chunk).
+pub fn response_error_code(bytes: &[u8]) -> Option<i64> {
+    let code_of = |v: &Value| v.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64);
+    if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+        return code_of(&v);
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find_map(|v| code_of(&v))
+}
+
+#[cfg(test)]
+mod tests;

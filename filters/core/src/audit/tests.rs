@@ -1,0 +1,201 @@
+use super::*;
+use crate::config::{EnvSecrets, FilterConfig, RawFilterConfig};
+use crate::gateway::{Gateway, HeadDecision, RequestHead};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const NOW: u64 = 1_800_000_000;
+
+fn gateway() -> Gateway {
+    let raw: RawFilterConfig = serde_json::from_value(json!({
+        "servers": ["crm"],
+        "auth": {"api_keys": [{"consumer": "bot", "sha256": hex::encode(Sha256::digest(b"k")), "roles": ["reader"]}]},
+        "policy": {"roles": {"reader": {"allow": ["crm/get_*", "crm/get.customer"]}}},
+        "redaction": [
+            {"match": {"tools": ["crm/*"]}, "detectors": ["email"], "mode": "mask"},
+            {"match": {"tools": ["crm/get_secret"]}, "detectors": ["ssn"], "mode": "block", "direction": "request"}
+        ],
+        "observability": {"consumer_label": true}
+    }))
+    .unwrap();
+    Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
+}
+
+fn pending(g: &Gateway) -> crate::gateway::PendingRequest {
+    let h: Vec<(String, String)> =
+        vec![("x-api-key".into(), "k".into()), ("content-type".into(), "application/json".into())];
+    match g.on_request_head(RequestHead { method: "POST", path: "/mcp/crm", headers: &h }, NOW, &mut g.new_token_cache()) {
+        HeadDecision::AwaitBody(p) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn call(tool: &str, arguments: serde_json::Value) -> Vec<u8> {
+    json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool,"arguments":arguments}}).to_string().into_bytes()
+}
+
+fn field<'a>(fields: &'a [(&'static str, String)], key: &str) -> Option<&'a str> {
+    fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
+}
+
+fn names(updates: &[MetricUpdate]) -> Vec<&str> {
+    updates.iter().map(MetricUpdate::name).collect()
+}
+
+#[test]
+fn allowed_call_names_server_tool_and_decision() {
+    let g = gateway();
+    let p = pending(&g);
+    let ex = g.on_request_body(&p, &call("get_customer", json!({"id": 7}))).unwrap();
+    let mut r = AuditRecord::for_exchange(&ex);
+    r.upstream_answer(Some(200), None);
+    r.finish();
+    assert_eq!(r.decision, Decision::Allowed);
+    let f = r.fields();
+    assert_eq!(field(&f, field::METHOD), Some("tools/call"));
+    assert_eq!(field(&f, field::TARGET), Some("get_customer"));
+    assert_eq!(field(&f, field::TARGET_KIND), Some("tool"));
+    assert_eq!(field(&f, field::CONSUMER), Some("bot"));
+    assert_eq!(field(&f, field::ROLES), Some("reader"));
+    assert_eq!(field(&f, field::DECISION), Some("allowed"));
+    assert_eq!(field(&f, field::UPSTREAM_STATUS), Some("200"));
+    assert_eq!(field(&f, field::REASON), None);
+    let m = r.metrics(MetricOptions::default(), false);
+    assert_eq!(
+        names(&m),
+        vec![
+            "meshgate.requests.method.tools_call.decision.allowed",
+            "meshgate.decision_time_us.method.tools_call",
+            "meshgate.tool_calls.server.crm.tool.get_customer.decision.allowed",
+        ]
+    );
+    let m = r.metrics(MetricOptions { consumer_label: true }, false);
+    assert!(names(&m).contains(&"meshgate.tool_calls.server.crm.tool.get_customer.decision.allowed.consumer.bot"));
+    let m = r.metrics(MetricOptions::default(), true);
+    assert!(names(&m).contains(&"meshgate.tool_calls.server.crm.tool.other.decision.allowed"));
+}
+
+#[test]
+fn refusals_map_to_decisions() {
+    let g = gateway();
+    let p = pending(&g);
+    let body = call("delete_customer", json!({}));
+    let rej = g.on_request_body(&p, &body).unwrap_err();
+    let mut r = AuditRecord::for_pending(&p, &body);
+    r.refused(&rej);
+    r.finish();
+    assert_eq!(r.decision, Decision::Denied);
+    assert_eq!(r.target.as_deref(), Some("delete_customer"));
+    assert_eq!(r.error_code, Some(code::FORBIDDEN));
+    assert!(r.reason.as_deref().unwrap().contains("not allowed"));
+
+    let body = call("get_secret", json!({"ssn": "123-45-6789"}));
+    let rej = g.on_request_body(&p, &body).unwrap_err();
+    let mut r = AuditRecord::for_pending(&p, &body);
+    r.refused(&rej);
+    assert_eq!(r.decision, Decision::Blocked);
+    let line = format!("{:?}", r.fields());
+    assert!(!line.contains("6789"), "{line}");
+
+    let unreadable = b"{not json";
+    let rej = g.on_request_body(&p, unreadable).unwrap_err();
+    let mut r = AuditRecord::for_pending(&p, unreadable);
+    r.refused(&rej);
+    assert_eq!((r.decision, r.method.clone()), (Decision::Invalid, None));
+    assert_eq!(names(&r.metrics(MetricOptions::default(), false))[0], "meshgate.requests.method.none.decision.invalid");
+
+    let unauth = Rejection::new(401, code::UNAUTHENTICATED, "missing credentials");
+    assert_eq!(Decision::of_rejection(&unauth), Decision::Unauthenticated);
+    let limited = Rejection::rate_limited("per-minute", 3, "slow down");
+    let mut r = AuditRecord::for_path("/mcp/", &g.config().servers, "/mcp/crm?x=1");
+    r.refused(&limited);
+    assert_eq!((r.decision, r.quota.as_deref(), r.server.as_deref()), (Decision::RateLimited, Some("limited:per-minute"), Some("crm")));
+    assert_eq!(AuditRecord::for_path("/mcp/", &g.config().servers, "/mcp/nope").server, None);
+    assert_eq!(Decision::of_rejection(&Rejection::limiter_unavailable("x")), Decision::Error);
+}
+
+#[test]
+fn response_outcomes_settle_the_decision() {
+    let g = gateway();
+    let p = pending(&g);
+    let ex = g.on_request_body(&p, &call("get_customer", json!({}))).unwrap();
+    let mut counts = RedactionCounts::new();
+    let result = json!({"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ada@example.com"}]}});
+    ex.rewrite_message(result.to_string().as_bytes(), &g.config().policy, &mut counts).unwrap();
+    let mut r = AuditRecord::for_exchange(&ex);
+    r.redactions = counts;
+    r.finish();
+    assert_eq!(r.decision, Decision::Redacted);
+    let f = r.fields();
+    assert_eq!((field(&f, field::REDACTIONS), field(&f, field::REDACTED_TOTAL)), (Some("email=1"), Some("1")));
+    assert!(!format!("{f:?}").contains("ada@"));
+    let m = r.metrics(MetricOptions::default(), false);
+    assert!(m.contains(&MetricUpdate::Counter {
+        name: "meshgate.redactions.server.crm.tool.get_customer.detector.email".into(),
+        by: 1
+    }));
+
+    let mut r = AuditRecord::for_exchange(&ex);
+    let err = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no such tool"}}"#;
+    r.upstream_answer(Some(200), response_error_code(err));
+    r.finish();
+    assert_eq!((r.decision, r.error_code), (Decision::Error, Some(-32601)));
+    assert!(names(&r.metrics(MetricOptions::default(), false)).contains(&"meshgate.upstream_errors.server.crm.code.-32601"));
+
+    let mut r = AuditRecord::for_exchange(&ex);
+    r.upstream_answer(Some(502), None);
+    r.finish();
+    assert_eq!(r.decision, Decision::Error);
+}
+
+#[test]
+fn labels_are_sanitized_and_bounded() {
+    assert_eq!(sanitize("get.customer"), "get_customer");
+    assert_eq!(sanitize("a b/c:d-e"), "a_b_c_d-e");
+    assert_eq!(sanitize(""), "_");
+    assert_eq!(sanitize(&"x".repeat(500)).len(), MAX_LABEL_CHARS);
+    assert_eq!(method_label("tools/call"), "tools_call");
+    assert_eq!(method_label("made/up.method"), OTHER);
+    // A dotted tool name stays one label value.
+    let g = gateway();
+    let p = pending(&g);
+    let ex = g.on_request_body(&p, &call("get.customer", json!({}))).unwrap();
+    let r = AuditRecord::for_exchange(&ex);
+    assert!(names(&r.metrics(MetricOptions::default(), false))
+        .contains(&"meshgate.tool_calls.server.crm.tool.get_customer.decision.allowed"));
+}
+
+#[test]
+fn error_codes_are_found_in_json_and_sse() {
+    assert_eq!(response_error_code(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#), None);
+    assert_eq!(response_error_code(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"x"}}"#), Some(-32000));
+    let sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32602,\"message\":\"bad\"}}\n\n";
+    assert_eq!(response_error_code(sse), Some(-32602));
+    assert_eq!(response_error_code(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"err"), None);
+}
+
+#[test]
+fn arguments_only_for_opted_in_tools() {
+    let raw: RawFilterConfig = serde_json::from_value(json!({
+        "servers": ["crm"],
+        "auth": {"api_keys": [{"consumer": "bot", "sha256": hex::encode(Sha256::digest(b"k")), "roles": ["reader"]}]},
+        "policy": {"roles": {"reader": {"allow": ["crm/*"]}}},
+        "observability": {"audit_values": ["crm/get_*"]}
+    }))
+    .unwrap();
+    let g = Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap());
+    let p = pending(&g);
+    let body = call("get_customer", json!({"id": "c-7"}));
+    let mut r = AuditRecord::for_exchange(&g.on_request_body(&p, &body).unwrap());
+    r.capture_arguments(&g.config().audit_values, &body);
+    assert_eq!(field(&r.fields(), field::ARGUMENTS), Some(r#"{"id":"c-7"}"#));
+    let body = call("update_customer", json!({"id": "c-7"}));
+    let mut r = AuditRecord::for_exchange(&g.on_request_body(&p, &body).unwrap());
+    r.capture_arguments(&g.config().audit_values, &body);
+    assert_eq!(field(&r.fields(), field::ARGUMENTS), None);
+    // Off by default.
+    assert!(gateway().config().audit_values.is_empty());
+    let bad: RawFilterConfig = serde_json::from_value(json!({"servers": ["crm"], "observability": {"audit_values": ["crm/[x]"]}})).unwrap();
+    let e = FilterConfig::compile(&bad, &EnvSecrets).unwrap_err();
+    assert_eq!(e.path(), Some("observability.audit_values[0]"));
+}

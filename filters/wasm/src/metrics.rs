@@ -1,0 +1,47 @@
+//! Envoy stats for audit records: the only code that defines and bumps proxy-wasm metrics.
+//!
+//! Envoy allocates a new metric id on every `define_metric` call, so ids are cached by name
+//! per worker VM. Every distinct name is a permanent stat: past [`MAX_NAMES`] names per
+//! worker, tool labels collapse to `other` (the core builds the names, bounded otherwise).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use meshgate_core::audit::{AuditRecord, MetricOptions, MetricUpdate};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// Distinct metric names one worker defines before tool labels collapse to `other`.
+const MAX_NAMES: usize = 2000;
+
+thread_local! {
+    static IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+}
+
+/// Bumps the counters and records the histogram samples of one finished exchange. A host
+/// error is logged, never fatal: metrics must not change what the gateway answers.
+pub fn record(record: &AuditRecord, options: MetricOptions) {
+    let overflow = IDS.with(|ids| ids.borrow().len() >= MAX_NAMES);
+    for update in record.metrics(options, overflow) {
+        let result = match &update {
+            MetricUpdate::Counter { name, by } => {
+                id(MetricType::Counter, name).and_then(|id| hostcalls::increment_metric(id, i64::try_from(*by).unwrap_or(i64::MAX)))
+            }
+            MetricUpdate::Histogram { name, value } => {
+                id(MetricType::Histogram, name).and_then(|id| hostcalls::record_metric(id, *value))
+            }
+        };
+        if let Err(e) = result {
+            log::warn!("meshgate: metric {} not recorded: {e:?}", update.name());
+        }
+    }
+}
+
+fn id(kind: MetricType, name: &str) -> Result<u32, proxy_wasm::types::Status> {
+    if let Some(id) = IDS.with(|ids| ids.borrow().get(name).copied()) {
+        return Ok(id);
+    }
+    let id = hostcalls::define_metric(kind, name)?;
+    IDS.with(|ids| ids.borrow_mut().insert(name.to_string(), id));
+    Ok(id)
+}
