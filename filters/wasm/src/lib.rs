@@ -93,6 +93,7 @@ impl RootContext for Root {
             in_flight: None,
             audit: None,
             decision_ns: 0,
+            published: RefCell::new(Vec::new()),
         }))
     }
 
@@ -138,6 +139,9 @@ struct Stream {
     audit: Option<AuditRecord>,
     /// Nanoseconds spent in the core's request-path decisions.
     decision_ns: u64,
+    /// The audit fields already written to filter state: each host call copies into Envoy,
+    /// so a field is written again only when its value changed.
+    published: RefCell<Vec<(&'static str, String)>>,
 }
 
 impl Context for Stream {}
@@ -167,7 +171,14 @@ impl Stream {
         };
         let decision_us = (self.decision_ns / 1000).to_string();
         for (key, value) in record.fields() {
-            let value = if key == audit::field::DECISION_US { &decision_us } else { &value };
+            let value = if key == audit::field::DECISION_US { decision_us.clone() } else { value };
+            let mut published = self.published.borrow_mut();
+            match published.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, old)) if *old == value => continue,
+                Some((_, old)) => *old = value.clone(),
+                None => published.push((key, value.clone())),
+            }
+            drop(published);
             self.set_property(vec![key], Some(value.as_bytes()));
         }
     }
