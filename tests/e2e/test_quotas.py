@@ -30,7 +30,7 @@ from mcp.shared.exceptions import MCPError
 from e2e_support import (
     Upstream,
     api_key,
-    api_key_sha256,
+    api_key_yaml,
     base_headers,
     describe,
     jsonrpc_error,
@@ -58,9 +58,7 @@ SOLO_KEYS = ["window-key", "bucket-key", "inflight-key", "sizes-key", "global-ke
 
 def registry(json_url: str, sse_url: str) -> str:
     base = json_url.rsplit("/", 1)[0]
-    keys = "\n".join(
-        f'    - {{ consumer: {k}, sha256: "{api_key_sha256(k)}", roles: [user] }}' for k in RACERS + SOLO_KEYS
-    )
+    keys = "\n".join(api_key_yaml(k, k, ["user"]) for k in RACERS + SOLO_KEYS)
     return f"""\
 listener: {{ address: 127.0.0.1, port: 0 }}
 admin: {{ port: 0 }}

@@ -33,7 +33,7 @@ from e2e_support import (
     require_artifacts,
     Keys,
     Proc,
-    api_key_sha256,
+    api_key_yaml,
     modern_body,
     modern_headers,
     pid_alive,
@@ -73,7 +73,7 @@ class RegistrySpec:
             "  api_keys:",
         ]
         for key, (consumer, roles) in API_KEYS.items():
-            lines.append(f'    - {{ consumer: {consumer}, sha256: "{api_key_sha256(key)}", roles: [{", ".join(roles)}] }}')
+            lines.append(api_key_yaml(consumer, key, roles))
         lines += [
             f"  resource_metadata: {RESOURCE_METADATA}",
             "  scopes: [mcp.tools]",
