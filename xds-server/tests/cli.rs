@@ -393,51 +393,30 @@ fn xds_bootstrap_points_at_the_control_plane_only() {
     assert!(stderr(&out).contains("--xds-address"), "{}", stderr(&out));
 }
 
+/// `meshgate bootstrap --static` on `registry` exits 1 with `message` on stderr.
+fn assert_static_bootstrap_refuses(registry: &str, message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = write(dir.path(), "r.yaml", registry);
+    let out = run(&["bootstrap", "--static", "-r", &registry.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(message), "{}", stderr(&out));
+}
+
 #[test]
 fn static_bootstrap_refuses_keys_only_the_control_plane_renders() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = write(
-        dir.path(),
-        "r.yaml",
+    assert_static_bootstrap_refuses(
         "listener: { port: 1 }\nservers:\n  - name: crm\n    urls: [http://127.0.0.1:1/, http://127.0.0.1:2/]\n",
-    );
-    let out = run(&[
-        "bootstrap",
-        "--static",
-        "-r",
-        &registry.display().to_string(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("server \"crm\" uses urls which only the control plane renders"),
-        "{}",
-        stderr(&out)
+        "server \"crm\" uses urls which only the control plane renders",
     );
 }
 
 #[test]
 fn static_bootstrap_refuses_global_quotas() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = write(
-        dir.path(),
-        "r.yaml",
+    assert_static_bootstrap_refuses(
         "listener: { port: 1 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:1/' }\n\
          quotas:\n  - { name: fleet, quota: 10/m, scope: global }\n\
          rate_limit_service: { redis_url: 'redis://127.0.0.1:6379' }\n",
-    );
-    let out = run(&[
-        "bootstrap",
-        "--static",
-        "-r",
-        &registry.display().to_string(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains(
-            "quota \"fleet\" has scope: global, which needs meshgate's rate-limit service"
-        ),
-        "{}",
-        stderr(&out)
+        "quota \"fleet\" has scope: global, which needs meshgate's rate-limit service",
     );
 }
 
