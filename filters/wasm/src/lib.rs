@@ -345,8 +345,12 @@ impl HttpContext for Stream {
         if let Some(record) = self.audit.as_mut() {
             record.upstream_answer(Some(status), None);
         }
-        let ratelimited = self.get_http_response_header(quota::ENVOY_RATELIMITED_HEADER);
-        if status == 429 && ratelimited.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        // Only a 429 can be the ratelimit filter's refusal: no header read on other answers.
+        let ratelimited = status == 429
+            && self
+                .get_http_response_header(quota::ENVOY_RATELIMITED_HEADER)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        if ratelimited {
             let rule = self.get_http_response_header(quota::LIMIT_RULE_RESPONSE_HEADER);
             let retry_after = self.get_http_response_header("retry-after");
             let reset = self.get_http_response_header("x-ratelimit-reset");
