@@ -69,12 +69,20 @@
 //! `"`, `\` or a control character (`engine::SEPARATORS`): a match never straddles a
 //! string boundary, and the escapes `\n \t \r \b \f \" \\` (which decode to such
 //! characters) are treated as the boundaries they are — `\n415-555-0132` is split at the
-//! escape, so the escape's `n` cannot hide the word boundary before `415`. Neighbouring
-//! strings (a `structuredContent` record) are coalesced into one search. Strings with
+//! escape, so the escape's `n` cannot hide the word boundary before `415`. Strings with
 //! `\u` or `\/` escapes — which could hide an `@` or split a token — are decoded, scanned
 //! and re-encoded, as is every escaped string when a custom pattern could match a
-//! separator. Nothing is allocated or copied until the first replacement: an unaffected
-//! message costs one walk and one scan of its selected text, and returns `Ok(None)`.
+//! separator.
+//!
+//! The selected text is first *screened*: a forward lazy DFA of the same patterns only
+//! answers "does anything match in this string?" (a table lookup per byte), four walks
+//! interleaved, because one walk waits on its lookups' latency rather than doing work.
+//! Neighbouring strings (a `structuredContent` record) are screened as one text. Only the
+//! strings the screen flags — in real tool results, a few percent — are searched for
+//! their matches (forward and reverse DFA, validators). The screen is exact, not a
+//! heuristic: the DFA reaches a match state exactly when some pattern matches. Nothing is
+//! allocated or copied until the first replacement: an unaffected message costs one walk,
+//! one screen of its selected text and no search, and returns `Ok(None)`.
 //! (There is deliberately no separate raw pre-scan of the whole body: it would run the
 //! DFA over bytes that are never rewritten and still miss matches hidden by escapes.)
 //!
@@ -126,7 +134,7 @@ use crate::config::{ConfigError, RawRedactionDirection, RawRedactionMode, RawRed
 use crate::policy::TargetPattern;
 
 pub use detector::Detector;
-use engine::{Budget, Engine, Found, Kind, Pattern};
+use engine::{Budget, Engine, Found, Kind, Pattern, Unit};
 use json::{Halt, Sel, Sink};
 
 /// Minimum length of the HMAC key, as for HS256 secrets.
@@ -676,30 +684,46 @@ impl Splice {
 }
 
 /// Largest run of non-selected JSON (keys, numbers, punctuation) between two selected
-/// strings that is scanned along with them rather than starting a new search: a search
-/// call costs about as much as scanning this many bytes.
-const MAX_REGION_GAP: usize = 64;
+/// strings that the prescreen walks over rather than starting a new walk: a start costs
+/// about as much as walking this many bytes.
+const MAX_UNIT_GAP: usize = 64;
 
-/// The walker's sink: scans selected strings and splices replacements into a copy.
+/// A unit of spans is closed once it is this long, so the screen's lanes get work of
+/// similar sizes.
+const MAX_UNIT_BYTES: usize = 2048;
+
+/// Selected text gathered before it is screened and searched: enough for the screen's
+/// lanes to run side by side, small enough to stay in cache.
+const BATCH_BYTES: usize = 32 * 1024;
+
+/// The walker's sink: finds matches in the selected strings and splices replacements into
+/// a copy.
 ///
 /// In place (the usual case, see [`engine::SEPARATORS`]): no match can contain `"`, `\`
-/// or a control character, so the raw bytes of a string are scanned without decoding it,
+/// or a control character, so the raw bytes of a string are searched without decoding it,
 /// a string is split at its escapes (`\n`, `\"`, …, which decode to characters no match
-/// contains and that bound words), and neighbouring strings of `structuredContent` are
-/// coalesced into one *region* scanned by one search (matches outside selected strings —
-/// in keys, numbers — are dropped; none can straddle a quote). Replacements are ASCII
-/// without quotes or backslashes, so they are spliced into the raw JSON as they are.
-/// Strings with `\u` or `\/` escapes, and every escaped string when a custom pattern could
-/// match a separator, are decoded, scanned and re-encoded instead.
+/// contains and that bound words), and each piece is a *span*. Spans are gathered in
+/// batches; [`engine::Engine::screen`] marks the few that may hold a match (neighbouring
+/// spans, such as a `structuredContent` record's strings, are screened as one *unit*,
+/// over the keys between them: no match straddles a quote), and only those are searched,
+/// in document order. Replacements are ASCII without quotes or backslashes, so they are
+/// spliced into the raw JSON as they are. Strings with `\u` or `\/` escapes, and every
+/// escaped string when a custom pattern could match a separator, are decoded, searched
+/// and re-encoded instead.
 struct Rewriter<'p, 'a> {
     plan: &'p RedactionPlan,
     src: &'a [u8],
     out: Splice,
     budget: Budget,
     counts: RedactionCounts,
-    /// The pending region (`start..end` of `src`) and the selected spans inside it.
-    region: Option<(usize, usize)>,
+    /// The batch: selected spans (ranges of `src`, in order), the closed units over them,
+    /// the unit still growing, and the bytes gathered.
     spans: Vec<(usize, usize)>,
+    units: Vec<Unit>,
+    open: Option<Unit>,
+    batch_bytes: usize,
+    /// Scratch for the screen's answer, one flag per span.
+    flags: Vec<bool>,
 }
 
 impl<'p, 'a> Rewriter<'p, 'a> {
@@ -710,8 +734,11 @@ impl<'p, 'a> Rewriter<'p, 'a> {
             out: Splice { out: None, copied: 0 },
             budget: Budget::for_message(src.len()),
             counts: RedactionCounts::new(),
-            region: None,
             spans: Vec::new(),
+            units: Vec::new(),
+            open: None,
+            batch_bytes: 0,
+            flags: Vec::new(),
         }
     }
 
@@ -735,59 +762,78 @@ impl<'p, 'a> Rewriter<'p, 'a> {
     /// Redacts `src[start..end]` in place, all of it (free text).
     fn span(&mut self, start: usize, end: usize) -> Result<(), Halt> {
         self.flush()?;
-        self.region = Some((start, end));
-        self.spans.push((start, end));
+        self.add(start, end, false)?;
         self.flush()
     }
 
-    /// Adds a selected span of raw text to the pending region, or scans the pending region
-    /// and starts a new one. `joinable`: the bytes since the pending region's end are JSON
-    /// structure (not an escape), so the region may extend over them.
+    /// Adds a selected span of raw text to the batch. `joinable`: the bytes since the
+    /// previous span are JSON structure (not an escape), so the open unit may extend over
+    /// them.
     fn add(&mut self, start: usize, end: usize, joinable: bool) -> Result<(), Halt> {
         if start == end {
             return Ok(());
         }
-        if let Some((_, region_end)) = &mut self.region {
-            let gap = self.src.get(*region_end..start).unwrap_or_default();
-            if joinable && gap.len() <= MAX_REGION_GAP && memchr::memchr(b'\\', gap).is_none() {
-                *region_end = end;
-                self.spans.push((start, end));
+        let index = self.spans.len();
+        self.spans.push((start, end));
+        self.batch_bytes += end - start;
+        if let Some(open) = &mut self.open {
+            let gap = self.src.get(open.end..start).unwrap_or_default();
+            let fits = end - open.start <= MAX_UNIT_BYTES;
+            if joinable && fits && gap.len() <= MAX_UNIT_GAP && memchr::memchr(b'\\', gap).is_none() {
+                open.end = end;
+                open.last = index + 1;
                 return Ok(());
             }
-            self.flush()?;
+            self.units.push(*open);
         }
-        self.region = Some((start, end));
-        self.spans.push((start, end));
+        self.open = Some(Unit { start, end, first: index, last: index + 1 });
+        if self.batch_bytes >= BATCH_BYTES {
+            return self.flush();
+        }
         Ok(())
     }
 
-    /// Scans the pending region and splices replacements for matches inside its spans.
+    /// Screens the batch and searches the spans that may hold a match, in order,
+    /// splicing replacements into the output.
     fn flush(&mut self) -> Result<(), Halt> {
-        let Some((start, end)) = self.region.take() else { return Ok(()) };
+        if let Some(open) = self.open.take() {
+            self.units.push(open);
+        }
+        let mut flags = std::mem::take(&mut self.flags);
+        flags.clear();
+        flags.resize(self.spans.len(), false);
+        self.plan.shared.engine.screen(self.src, &self.units, &self.spans, &mut flags);
+        let spans = std::mem::take(&mut self.spans);
+        let mut result = Ok(());
+        for (&(start, end), _) in spans.iter().zip(&flags).filter(|(_, &flagged)| flagged) {
+            result = self.scan_span(start, end);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.spans = spans;
+        self.spans.clear();
+        self.units.clear();
+        self.batch_bytes = 0;
+        self.flags = flags;
+        result
+    }
+
+    /// Searches `src[start..end]` (one selected span) and splices replacements.
+    fn scan_span(&mut self, start: usize, end: usize) -> Result<(), Halt> {
         let (plan, src) = (self.plan, self.src);
-        let (out, budget, counts, spans) = (&mut self.out, &mut self.budget, &mut self.counts, &self.spans);
+        let (out, budget, counts) = (&mut self.out, &mut self.budget, &mut self.counts);
         let hay = &src[start..end];
         let patterns = plan.shared.engine.patterns();
-        let mut next = 0; // first span that may contain the next match (matches come in order)
-        let result = plan.shared.engine.scan(hay, &plan.enabled(), budget, &mut |f: Found| {
-            let (m_start, m_end) = (start + f.start, start + f.end);
-            while spans.get(next).is_some_and(|&(_, span_end)| span_end <= m_start) {
-                next += 1;
-            }
-            match spans.get(next) {
-                Some(&(span_start, span_end)) if span_start <= m_start && m_end <= span_end => {}
-                _ => return Ok(()), // in a key or a number: not selected
-            }
+        plan.shared.engine.scan(hay, &plan.enabled(), budget, &mut |f: Found| {
             if let Some(p) = patterns.get(f.pattern) {
                 counts.add(&p.name, 1);
             }
-            let buf = out.at(src, m_start);
+            let buf = out.at(src, start + f.start);
             plan.token(buf, f.pattern, &hay[f.start..f.end])?;
-            out.skip_to(m_end);
+            out.skip_to(start + f.end);
             Ok(())
-        });
-        self.spans.clear();
-        result
+        })
     }
 
     /// A selected string with escapes (`escapes`: backslash offsets), in place: its text
@@ -815,6 +861,12 @@ impl<'p, 'a> Rewriter<'p, 'a> {
         self.flush()?;
         let decoded: String = serde_json::from_slice(&self.src[literal.clone()]).map_err(|_| Halt::NotJson)?;
         let hay = decoded.as_bytes();
+        let mut flagged = [false];
+        let unit = Unit { start: 0, end: hay.len(), first: 0, last: 1 };
+        self.plan.shared.engine.screen(hay, &[unit], &[(0, hay.len())], &mut flagged);
+        if flagged == [false] {
+            return Ok(());
+        }
         let mut redacted = Splice { out: None, copied: 0 };
         let plan = self.plan;
         let (budget, counts) = (&mut self.budget, &mut self.counts);
