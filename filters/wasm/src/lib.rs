@@ -17,10 +17,13 @@
 //! client resets). Any failure to read or update a counter refuses the call (503).
 //!
 //! Audit: every governed stream carries a [`meshgate_core::audit::AuditRecord`]. Its fields
-//! are written to filter state (`wasm.mcp_*`) when the exchange is refused or its response
-//! ends (tracing tags read them before the span ends: values written in `on_log` come too
-//! late for a span), and a last time in `on_log`, which Envoy runs before the access
-//! loggers. Metrics are bumped once, in `on_log`, through [`metrics`].
+//! are written to filter state (`wasm.mcp_*`) in `on_log`, which Envoy runs before the
+//! access loggers. With tracing configured they are also written when the exchange is
+//! refused or its response ends (span tags read them when the stream ends: values written
+//! in `on_log` come too late for a span), and `on_log` then rewrites only changed values.
+//! Every field is a host call that copies into Envoy, so none is written twice with the
+//! same value and empty values are not written (the access log shows `null`). Metrics are
+//! bumped once, in `on_log`, through [`metrics`].
 
 // Rejections are the cold path and carry what the client is told; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
@@ -144,6 +147,16 @@ struct Stream {
     published: RefCell<Vec<(&'static str, String)>>,
 }
 
+/// When [`Stream::publish_audit`] runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// The exchange is settled (refused, or its response ended) before the stream ends:
+    /// only span tags need the fields this early.
+    Settled,
+    /// `on_log`: the access loggers read the fields next.
+    Log,
+}
+
 impl Context for Stream {}
 
 impl Stream {
@@ -156,7 +169,7 @@ impl Stream {
         let mut record = self.audit.take().unwrap_or_default();
         record.refused(r);
         self.audit = Some(record);
-        self.publish_audit();
+        self.publish_audit(Moment::Settled);
         self.state = State::Done;
         let headers = r.response_headers();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -164,21 +177,27 @@ impl Stream {
         Action::Pause
     }
 
-    /// Writes the audit fields to filter state (`wasm.<key>`), for the access log and tags.
-    fn publish_audit(&self) {
+    /// Writes the audit fields to filter state (`wasm.<key>`), for the access log and span
+    /// tags: at [`Moment::Settled`] only when tracing reads them that early. A field is
+    /// written only when its value differs from what filter state holds (an empty value is
+    /// what an unset field reads as).
+    fn publish_audit(&self, moment: Moment) {
+        if moment == Moment::Settled && !self.gateway.config().audit_before_stream_end {
+            return;
+        }
         let Some(record) = self.audit.as_ref() else {
             return;
         };
         let decision_us = (self.decision_ns / 1000).to_string();
+        let mut published = self.published.borrow_mut();
         for (key, value) in record.fields() {
             let value = if key == audit::field::DECISION_US { decision_us.clone() } else { value };
-            let mut published = self.published.borrow_mut();
             match published.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, old)) if *old == value => continue,
                 Some((_, old)) => *old = value.clone(),
+                None if value.is_empty() => continue,
                 None => published.push((key, value.clone())),
             }
-            drop(published);
             self.set_property(vec![key], Some(value.as_bytes()));
         }
     }
@@ -370,7 +389,7 @@ impl HttpContext for Stream {
                 // No body callback will come: answer anew (headers not sent yet).
                 return self.reject(&r);
             }
-            self.publish_audit();
+            self.publish_audit(Moment::Settled);
             for (name, value) in r.response_headers() {
                 self.set_http_response_header(name, Some(&value));
             }
@@ -385,7 +404,7 @@ impl HttpContext for Stream {
                 record.redactions = self.redactions.clone();
                 record.finish();
             }
-            self.publish_audit();
+            self.publish_audit(Moment::Settled);
         }
         let content_type = self.get_http_response_header("content-type");
         let content_encoding = self.get_http_response_header("content-encoding");
@@ -419,7 +438,7 @@ impl HttpContext for Stream {
                 record.redactions = self.redactions.clone();
                 record.finish();
             }
-            self.publish_audit();
+            self.publish_audit(Moment::Settled);
         }
         action
     }
@@ -433,7 +452,7 @@ impl HttpContext for Stream {
         record.decision_us = self.decision_ns / 1000;
         record.finish();
         self.audit = Some(record);
-        self.publish_audit();
+        self.publish_audit(Moment::Log);
         if let Some(record) = &self.audit {
             metrics::record(record, self.gateway.config().metrics);
         }
