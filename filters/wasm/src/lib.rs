@@ -160,10 +160,6 @@ enum Moment {
 impl Context for Stream {}
 
 impl Stream {
-    fn now(&self) -> u64 {
-        self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-    }
-
     /// Answers locally; the request never reaches the upstream.
     fn reject(&mut self, r: &Rejection) -> Action {
         let mut record = self.audit.take().unwrap_or_default();
@@ -202,6 +198,7 @@ impl Stream {
         }
     }
 
+    /// The host's clock (a host call: callers read it once per step and pass it on).
     fn now_ns(&self) -> u64 {
         self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
     }
@@ -212,9 +209,9 @@ impl Stream {
         }
     }
 
-    /// Takes an in-flight slot and charges the local counters. `Err` is the answer to send.
-    fn admit(&mut self, exchange: &Exchange) -> Result<(), Rejection> {
-        let now_ns = self.now_ns();
+    /// Takes an in-flight slot and charges the local counters at `now_ns` (the time the
+    /// body decision started). `Err` is the answer to send.
+    fn admit(&mut self, exchange: &Exchange, now_ns: u64) -> Result<(), Rejection> {
         let id = exchange.request_id();
         if let (true, Some(max)) = (exchange.counts_in_flight, self.gateway.max_in_flight()) {
             let key = quota::in_flight_key(&exchange.consumer.name);
@@ -266,7 +263,7 @@ impl Stream {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         let started = self.now_ns();
         let decided = self.gateway.on_request_body(pending, &body).and_then(|exchange| {
-            self.admit(&exchange)?;
+            self.admit(&exchange, started)?;
             Ok(exchange)
         });
         self.decision_ns += self.now_ns().saturating_sub(started);
@@ -306,8 +303,8 @@ impl HttpContext for Stream {
         let headers = self.get_http_request_headers();
         let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
         let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers };
-        let now = self.now();
         let started = self.now_ns();
+        let now = started / 1_000_000_000;
         let decision = {
             let mut tokens = self.tokens.borrow_mut();
             self.gateway.on_request_head(head, now, &mut tokens)
