@@ -38,7 +38,7 @@ use std::time::UNIX_EPOCH;
 use meshgate_core::audit::{self, AuditRecord};
 use meshgate_core::config::{EnvSecrets, FilterConfig, RawFilterConfig};
 use meshgate_core::gateway::{
-    headers_to_strip, Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponseHead, ResponsePlan,
+    headers_to_strip, Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponsePlan,
 };
 use meshgate_core::identity::TokenCache;
 use meshgate_core::jsonrpc::{code, error_body};
@@ -403,15 +403,8 @@ impl HttpContext for Stream {
             }
             self.publish_audit(Moment::Settled);
         }
-        let content_type = self.get_http_response_header("content-type");
-        let content_encoding = self.get_http_response_header("content-encoding");
-        let content_length = self.get_http_response_header("content-length").and_then(|v| v.trim().parse().ok());
-        let plan = exchange.response_plan(ResponseHead {
-            status,
-            content_type: content_type.as_deref(),
-            content_encoding: content_encoding.as_deref(),
-            content_length,
-        });
+        // Only the headers this exchange's plan depends on: each read is a host call.
+        let plan = exchange.response_plan_from(status, &mut |name| self.get_http_response_header(name));
         self.response = match plan {
             ResponsePlan::PassThrough => return Action::Continue,
             ResponsePlan::Buffer => Response::Buffer,
