@@ -35,8 +35,12 @@ down):
                is the latency verdict
 
 The hidden option `--wasm-b PATH` adds (C) and (D): (c) and (d) with another build of the
-filter module, measured in the same rounds, for same-run before/after comparisons. The
-tables go to stdout and into BENCHMARKS.md between the `bench:load` markers.
+filter module, measured in the same rounds, for same-run before/after comparisons; with
+`--throughput-only` (latency columns then repeat the throughput run: ignore them) the rounds
+are short enough to compare Envoy CPU per request on a busy machine, e.g.
+`--only cd --wasm-b old.wasm --throughput-only --duration 3 --rounds 8 --no-write`.
+Each round's Envoy CPU per request is printed, for medians. The tables go to stdout and
+into BENCHMARKS.md between the `bench:load` markers.
 
 Processes are started here and stopped here, by PID. Ports are picked free by the OS.
 """
@@ -471,9 +475,12 @@ def measure_all(configs: list[Config], upstream_port: int, workdir: Path, args: 
         for round_no in range(1, args.rounds + 1):
             for item in live:
                 throughput = measure(item.url, args.throughput_connections, args.duration, item.config, item.envoy)
-                moderate = measure(item.url, args.moderate_connections, args.duration, item.config, item.envoy)
-                paced = measure(item.url, args.paced_connections, args.duration, item.config, item.envoy,
-                                args.paced_pause_ms)
+                if args.throughput_only:
+                    moderate = paced = throughput
+                else:
+                    moderate = measure(item.url, args.moderate_connections, args.duration, item.config, item.envoy)
+                    paced = measure(item.url, args.paced_connections, args.duration, item.config, item.envoy,
+                                    args.paced_pause_ms)
                 item.runs.append((throughput, moderate, paced))
                 cpu = throughput.envoy_cpu_us_per_req
                 print(f"   round {round_no} ({item.config.key}): -c{throughput.connections} {throughput.rps:,.0f} req/s, "
@@ -620,6 +627,8 @@ def main() -> int:
     parser.add_argument("--only", default="abcdef", help="configurations to run, e.g. 'bd' ((b) is always run)")
     parser.add_argument("--wasm-b", type=Path, default=None,
                         help="also run (C) and (D): (c) and (d) with this filter module (same-run before/after)")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only the -c32 run (for Envoy CPU per request comparisons); implies --no-write")
     parser.add_argument("--no-write", action="store_true", help="print the table only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
@@ -672,7 +681,7 @@ def main() -> int:
     ])
     print()
     print(section)
-    if not args.no_write:
+    if not args.no_write and not args.throughput_only:
         write_benchmarks(section)
         print(f"\nwritten to {BENCHMARKS.relative_to(ROOT)}")
     return 0

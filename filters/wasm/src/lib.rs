@@ -420,8 +420,13 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.note_upstream_error(body_size);
-        let action = self.govern_response_body(body_size, end_of_stream);
+        // The chunk is copied out of Envoy at most once per callback, for the error check
+        // and the rewrite alike. A body being buffered is looked at whole, at its end.
+        let mut chunk = None;
+        if end_of_stream || !matches!(self.response, Response::Buffer) {
+            self.note_upstream_error(body_size, &mut chunk);
+        }
+        let action = self.govern_response_body(body_size, end_of_stream, &mut chunk);
         if end_of_stream {
             // Settle the decision now: span tags are read when the stream ends, before on_log.
             if let Some(record) = self.audit.as_mut() {
@@ -454,8 +459,13 @@ impl HttpContext for Stream {
 const ERROR_PEEK_BYTES: usize = 64 * 1024;
 
 impl Stream {
+    /// The response body Envoy holds for this callback, read from the host on first use.
+    fn response_chunk<'a>(&self, cache: &'a mut Option<Vec<u8>>, body_size: usize) -> &'a [u8] {
+        cache.get_or_insert_with(|| self.get_http_response_body(0, body_size).unwrap_or_default())
+    }
+
     /// Looks for a JSON-RPC error in the upstream's answer to a request, before any rewrite.
-    fn note_upstream_error(&mut self, body_size: usize) {
+    fn note_upstream_error(&mut self, body_size: usize, chunk: &mut Option<Vec<u8>>) {
         let State::Forwarded(exchange) = &self.state else {
             return;
         };
@@ -466,8 +476,8 @@ impl Stream {
         if !wanted {
             return;
         }
-        let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
-        if let (Some(code), Some(record)) = (audit::response_error_code(&chunk), self.audit.as_mut()) {
+        let code = audit::response_error_code(self.response_chunk(chunk, body_size));
+        if let (Some(code), Some(record)) = (code, self.audit.as_mut()) {
             record.upstream_answer(None, Some(code));
         }
     }
@@ -482,7 +492,7 @@ impl Stream {
         }
     }
 
-    fn govern_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn govern_response_body(&mut self, body_size: usize, end_of_stream: bool, chunk: &mut Option<Vec<u8>>) -> Action {
         let State::Forwarded(exchange) = &self.state else {
             return Action::Continue;
         };
@@ -503,19 +513,19 @@ impl Stream {
                     self.response = Response::Buffer;
                     return Action::Pause;
                 }
-                let body = self.get_http_response_body(0, body_size).unwrap_or_default();
-                if let Some(new) = exchange.rewrite_message(&body, policy, &mut self.redactions) {
+                let body = self.response_chunk(chunk, body_size);
+                if let Some(new) = exchange.rewrite_message(body, policy, &mut self.redactions) {
                     Self::note_blocked(&mut self.audit, &new, &exchange.server);
                     self.set_http_response_body(0, body_size, &new);
                 }
                 Action::Continue
             }
             Response::Stream(mut rewriter) => {
-                let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
+                let chunk = self.response_chunk(chunk, body_size);
                 let counts = &mut self.redactions;
                 let mut rewrite =
                     |data: &str| exchange.rewrite_message(data.as_bytes(), policy, counts).and_then(|b| String::from_utf8(b).ok());
-                let mut out = rewriter.feed(&chunk, &mut rewrite);
+                let mut out = rewriter.feed(chunk, &mut rewrite);
                 if end_of_stream {
                     out.extend(rewriter.finish(&mut rewrite));
                 }
