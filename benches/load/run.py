@@ -473,7 +473,9 @@ def measure_all(configs: list[Config], upstream_port: int, workdir: Path, args: 
             print(f"== ({config.key}) {config.label}: starting, checking, warming up", flush=True)
             bring_up(config, upstream_port, workdir, args, live)
         for round_no in range(1, args.rounds + 1):
-            for item in live:
+            # Every other round runs in reverse order, so no configuration always follows
+            # the same neighbour (or meets the same periodic background work).
+            for item in (live if round_no % 2 else list(reversed(live))):
                 throughput = measure(item.url, args.throughput_connections, args.duration, item.config, item.envoy)
                 if args.throughput_only:
                     moderate = paced = throughput
@@ -483,10 +485,12 @@ def measure_all(configs: list[Config], upstream_port: int, workdir: Path, args: 
                                     args.paced_pause_ms)
                 item.runs.append((throughput, moderate, paced))
                 cpu = throughput.envoy_cpu_us_per_req
+                latency = "" if args.throughput_only else (
+                    f"; -c{moderate.connections} {moderate.rps:,.0f} req/s, p99 {moderate.p99_ms:.2f} ms; "
+                    f"paced {paced.rps:,.0f} req/s, p50 {paced.p50_ms:.3f} / p99 {paced.p99_ms:.3f} ms")
                 print(f"   round {round_no} ({item.config.key}): -c{throughput.connections} {throughput.rps:,.0f} req/s, "
-                      f"p99 {throughput.p99_ms:.2f} ms" + (f", Envoy CPU {cpu:.1f} µs/req" if cpu else "")
-                      + f"; -c{moderate.connections} {moderate.rps:,.0f} req/s, p99 {moderate.p99_ms:.2f} ms; "
-                      f"paced {paced.rps:,.0f} req/s, p50 {paced.p50_ms:.3f} / p99 {paced.p99_ms:.3f} ms", flush=True)
+                      f"p99 {throughput.p99_ms:.2f} ms" + (f", Envoy CPU {cpu:.1f} µs/req" if cpu else "") + latency,
+                      flush=True)
         return [
             Result(item.config, best([r[0] for r in item.runs]), best([r[1] for r in item.runs]),
                    best([r[2] for r in item.runs]), proc_rss_mib(item.envoy.pid) if item.envoy else None)
