@@ -5,7 +5,7 @@
 #   make build   release binary + wasm filter
 #   make e2e     only the end-to-end suite (expects `make build` done)
 #   make lint    cargo fmt --check + clippy (not part of `make test`)
-#   make bench   load benchmark: bare Envoy vs Envoy + Meshgate, writes BENCHMARKS.md (~5 min; not part of `make test`)
+#   make bench   load benchmark: bare Envoy vs Envoy + Meshgate, writes BENCHMARKS.md (~10 min; not part of `make test`)
 #
 # Setup is idempotent and fast when everything is present: the wasm target is
 # added only if missing, and the venv is (re)synced only when requirements*.txt
@@ -70,10 +70,10 @@ build: wasm-target
 	$(CARGO) build --release -p meshgate
 	$(CARGO) build --release --target $(WASM_TARGET) -p meshgate-wasm
 
-# The wasm crate is built (and its host glue type-checked) for wasm32 only; its
-# logic lives in meshgate-core, which is tested natively here.
+# The wasm crates are built (and their host glue type-checked) for wasm32 only; the
+# filter's logic lives in meshgate-core, which is tested natively here.
 unit:
-	$(CARGO) test --workspace --exclude meshgate-wasm
+	$(CARGO) test --workspace --exclude meshgate-wasm --exclude meshgate-wasm-floor
 
 e2e: venv
 	"$(PY)" -m pytest tests/e2e $(PYTEST_ARGS)
@@ -82,8 +82,8 @@ test: setup build unit e2e
 
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --exclude meshgate-wasm --all-targets -- -D warnings
-	$(CARGO) clippy --target $(WASM_TARGET) -p meshgate-wasm -- -D warnings
+	$(CARGO) clippy --workspace --exclude meshgate-wasm --exclude meshgate-wasm-floor --all-targets -- -D warnings
+	$(CARGO) clippy --target $(WASM_TARGET) -p meshgate-wasm -p meshgate-wasm-floor -- -D warnings
 
 run: setup build
 	scripts/run.sh
@@ -93,6 +93,7 @@ run: setup build
 BENCH_ARGS ?=
 bench: setup build
 	$(CARGO) build --release -p meshgate-bench-upstream
+	$(CARGO) build --release --target $(WASM_TARGET) -p meshgate-wasm-floor
 	"$(PY)" benches/load/run.py $(BENCH_ARGS)
 
 clean-venv:

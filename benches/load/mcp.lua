@@ -6,7 +6,13 @@
 -- present, the address absent). At the end it prints one `WRK_RESULT {json}` line and exits
 -- non-zero when any response failed a check, so a fast but wrong configuration cannot pass.
 --
---   wrk -t1 -c32 -d10s -s mcp.lua http://127.0.0.1:PORT/mcp/bench -- plain|masked [BEARER_TOKEN]
+--   wrk -t1 -c32 -d10s -s mcp.lua http://127.0.0.1:PORT/mcp/bench -- plain|masked [BEARER_TOKEN] [PAUSE_MS]
+--
+-- PAUSE_MS > 0 paces the load: each connection waits that many milliseconds after a
+-- response before its next request (wrk's `delay()` hook), so -c4 with 3 ms offers about
+-- 4 / (3 ms + latency) requests per second whatever the configuration's capacity. wrk
+-- starts a request's latency clock when it writes the request, after the pause. Without
+-- PAUSE_MS no `delay()` is defined and wrk runs closed-loop as fast as answers come.
 
 local MARKER = "meshgate-bench-ok"
 local EMAIL = "alice@example.com"
@@ -26,6 +32,12 @@ end
 function init(args)
   expect = args[1] or "plain"
   local token = args[2]
+  local pause_ms = tonumber(args[3] or "") or 0
+  if pause_ms > 0 then
+    -- Defined here, not at the top level: wrk looks for it after init(), and a top-level
+    -- delay() returning 0 would still send every request through wrk's timer.
+    delay = function() return pause_ms end
+  end
   local note = string.rep("Customer asked about the delivery window and invoice copy. ", 13)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"

@@ -448,6 +448,12 @@ pub fn method_label(method: &str) -> String {
 /// whose data is a JSON-RPC error. `None` for results, notifications, and anything that
 /// does not parse (e.g. a partial chunk).
 pub fn response_error_code(bytes: &[u8]) -> Option<i64> {
+    // Only a message with an `error` member carries a code. JSON spells that key `"error"`
+    // unless its letters are escaped (`\u0065rror`): bytes holding neither cannot carry one,
+    // so the common answer (a result) is settled by a scan instead of a parse.
+    if !contains(bytes, b"\"error\"") && !contains(bytes, b"\\u") {
+        return None;
+    }
     let code_of = |v: &Value| v.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64);
     if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
         return code_of(&v);
@@ -457,6 +463,10 @@ pub fn response_error_code(bytes: &[u8]) -> Option<i64> {
         .filter_map(|l| l.strip_prefix("data:"))
         .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
         .find_map(|v| code_of(&v))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

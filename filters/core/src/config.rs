@@ -69,6 +69,13 @@ pub struct RawObservability {
     /// (filter state `wasm.mcp_arguments`). Empty by default: argument values never appear.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audit_values: Vec<String>,
+    /// Envoy traces these requests (the control plane sets it when the registry names an
+    /// OpenTelemetry collector). Span tags are read from the audit fields when the stream
+    /// ends, before `on_log`, so the filter then writes them as soon as the exchange is
+    /// settled, and again in `on_log` only where a value changed; without tracing it writes
+    /// each field once, in `on_log`, for the access loggers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tracing: bool,
 }
 
 impl RawObservability {
@@ -548,6 +555,9 @@ pub struct FilterConfig {
     pub metrics: crate::audit::MetricOptions,
     /// Tools (`server/tool` globs) whose arguments the audit record carries.
     pub audit_values: Vec<crate::glob::Glob>,
+    /// Span tags read the audit fields: write them before the stream ends, not only in
+    /// `on_log` ([`RawObservability::tracing`]).
+    pub audit_before_stream_end: bool,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -621,6 +631,7 @@ impl FilterConfig {
             quotas,
             metrics: crate::audit::MetricOptions { consumer_label: raw.observability.consumer_label },
             audit_values,
+            audit_before_stream_end: raw.observability.tracing,
         })
     }
 }

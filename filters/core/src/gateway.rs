@@ -185,7 +185,7 @@ impl Exchange {
     /// every answer to a request.
     pub fn response_plan(&self, head: ResponseHead<'_>) -> ResponsePlan {
         let filter = self.list_filter.is_some() && (200..300).contains(&head.status) && head.status != 202;
-        let rewrites = filter || self.response_redaction.is_some();
+        let rewrites = self.rewrites_response(head.status);
         if let (Some(limit), Some(len)) = (self.response_limit, head.content_length) {
             if len > limit {
                 return ResponsePlan::Replace(self.oversized_response(limit));
@@ -214,6 +214,33 @@ impl Exchange {
             _ if !filter => ResponsePlan::Buffer,
             _ => unreadable("upstream sent a list response of an unexpected content type"),
         }
+    }
+
+    /// [`Self::response_plan`] reading only the response headers this exchange's plan
+    /// depends on: `header(name)` is called for `content-length` only when the answer is
+    /// held to a size limit, for `content-type` only when the body may be rewritten or its
+    /// length is unknown, and for `content-encoding` only when the body may be rewritten.
+    /// Each lookup is a host call in the filter; the plan is the one the full head gives.
+    pub fn response_plan_from(&self, status: u16, header: &mut dyn FnMut(&str) -> Option<String>) -> ResponsePlan {
+        let rewrites = self.rewrites_response(status);
+        let content_length =
+            if self.response_limit.is_some() { header("content-length").and_then(|v| v.trim().parse().ok()) } else { None };
+        let content_type =
+            if rewrites || (self.response_limit.is_some() && content_length.is_none()) { header("content-type") } else { None };
+        let content_encoding = if rewrites { header("content-encoding") } else { None };
+        self.response_plan(ResponseHead {
+            status,
+            content_type: content_type.as_deref(),
+            content_encoding: content_encoding.as_deref(),
+            content_length,
+        })
+    }
+
+    /// Whether a response with `status` may have its body rewritten (list filtering or
+    /// redaction), which needs its type and encoding.
+    fn rewrites_response(&self, status: u16) -> bool {
+        let filter = self.list_filter.is_some() && (200..300).contains(&status) && status != 202;
+        filter || self.response_redaction.is_some()
     }
 
     /// Governs one upstream message (a JSON body, or one SSE event's data): list filtering,

@@ -17,10 +17,13 @@
 //! client resets). Any failure to read or update a counter refuses the call (503).
 //!
 //! Audit: every governed stream carries a [`meshgate_core::audit::AuditRecord`]. Its fields
-//! are written to filter state (`wasm.mcp_*`) when the exchange is refused or its response
-//! ends (tracing tags read them before the span ends: values written in `on_log` come too
-//! late for a span), and a last time in `on_log`, which Envoy runs before the access
-//! loggers. Metrics are bumped once, in `on_log`, through [`metrics`].
+//! are written to filter state (`wasm.mcp_*`) in `on_log`, which Envoy runs before the
+//! access loggers. With tracing configured they are also written when the exchange is
+//! refused or its response ends (span tags read them when the stream ends: values written
+//! in `on_log` come too late for a span), and `on_log` then rewrites only changed values.
+//! Every field is a host call that copies into Envoy, so none is written twice with the
+//! same value and empty values are not written (the access log shows `null`). Metrics are
+//! bumped once, in `on_log`, through [`metrics`].
 
 // Rejections are the cold path and carry what the client is told; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
@@ -35,7 +38,7 @@ use std::time::UNIX_EPOCH;
 use meshgate_core::audit::{self, AuditRecord};
 use meshgate_core::config::{EnvSecrets, FilterConfig, RawFilterConfig};
 use meshgate_core::gateway::{
-    headers_to_strip, Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponseHead, ResponsePlan,
+    headers_to_strip, Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponsePlan,
 };
 use meshgate_core::identity::TokenCache;
 use meshgate_core::jsonrpc::{code, error_body};
@@ -144,19 +147,25 @@ struct Stream {
     published: RefCell<Vec<(&'static str, String)>>,
 }
 
+/// When [`Stream::publish_audit`] runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// The exchange is settled (refused, or its response ended) before the stream ends:
+    /// only span tags need the fields this early.
+    Settled,
+    /// `on_log`: the access loggers read the fields next.
+    Log,
+}
+
 impl Context for Stream {}
 
 impl Stream {
-    fn now(&self) -> u64 {
-        self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-    }
-
     /// Answers locally; the request never reaches the upstream.
     fn reject(&mut self, r: &Rejection) -> Action {
         let mut record = self.audit.take().unwrap_or_default();
         record.refused(r);
         self.audit = Some(record);
-        self.publish_audit();
+        self.publish_audit(Moment::Settled);
         self.state = State::Done;
         let headers = r.response_headers();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -164,25 +173,32 @@ impl Stream {
         Action::Pause
     }
 
-    /// Writes the audit fields to filter state (`wasm.<key>`), for the access log and tags.
-    fn publish_audit(&self) {
+    /// Writes the audit fields to filter state (`wasm.<key>`), for the access log and span
+    /// tags: at [`Moment::Settled`] only when tracing reads them that early. A field is
+    /// written only when its value differs from what filter state holds (an empty value is
+    /// what an unset field reads as).
+    fn publish_audit(&self, moment: Moment) {
+        if moment == Moment::Settled && !self.gateway.config().audit_before_stream_end {
+            return;
+        }
         let Some(record) = self.audit.as_ref() else {
             return;
         };
         let decision_us = (self.decision_ns / 1000).to_string();
+        let mut published = self.published.borrow_mut();
         for (key, value) in record.fields() {
             let value = if key == audit::field::DECISION_US { decision_us.clone() } else { value };
-            let mut published = self.published.borrow_mut();
             match published.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, old)) if *old == value => continue,
                 Some((_, old)) => *old = value.clone(),
+                None if value.is_empty() => continue,
                 None => published.push((key, value.clone())),
             }
-            drop(published);
             self.set_property(vec![key], Some(value.as_bytes()));
         }
     }
 
+    /// The host's clock (a host call: callers read it once per step and pass it on).
     fn now_ns(&self) -> u64 {
         self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
     }
@@ -193,9 +209,9 @@ impl Stream {
         }
     }
 
-    /// Takes an in-flight slot and charges the local counters. `Err` is the answer to send.
-    fn admit(&mut self, exchange: &Exchange) -> Result<(), Rejection> {
-        let now_ns = self.now_ns();
+    /// Takes an in-flight slot and charges the local counters at `now_ns` (the time the
+    /// body decision started). `Err` is the answer to send.
+    fn admit(&mut self, exchange: &Exchange, now_ns: u64) -> Result<(), Rejection> {
         let id = exchange.request_id();
         if let (true, Some(max)) = (exchange.counts_in_flight, self.gateway.max_in_flight()) {
             let key = quota::in_flight_key(&exchange.consumer.name);
@@ -247,7 +263,7 @@ impl Stream {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         let started = self.now_ns();
         let decided = self.gateway.on_request_body(pending, &body).and_then(|exchange| {
-            self.admit(&exchange)?;
+            self.admit(&exchange, started)?;
             Ok(exchange)
         });
         self.decision_ns += self.now_ns().saturating_sub(started);
@@ -287,8 +303,8 @@ impl HttpContext for Stream {
         let headers = self.get_http_request_headers();
         let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
         let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers };
-        let now = self.now();
         let started = self.now_ns();
+        let now = started / 1_000_000_000;
         let decision = {
             let mut tokens = self.tokens.borrow_mut();
             self.gateway.on_request_head(head, now, &mut tokens)
@@ -370,7 +386,7 @@ impl HttpContext for Stream {
                 // No body callback will come: answer anew (headers not sent yet).
                 return self.reject(&r);
             }
-            self.publish_audit();
+            self.publish_audit(Moment::Settled);
             for (name, value) in r.response_headers() {
                 self.set_http_response_header(name, Some(&value));
             }
@@ -385,17 +401,10 @@ impl HttpContext for Stream {
                 record.redactions = self.redactions.clone();
                 record.finish();
             }
-            self.publish_audit();
+            self.publish_audit(Moment::Settled);
         }
-        let content_type = self.get_http_response_header("content-type");
-        let content_encoding = self.get_http_response_header("content-encoding");
-        let content_length = self.get_http_response_header("content-length").and_then(|v| v.trim().parse().ok());
-        let plan = exchange.response_plan(ResponseHead {
-            status,
-            content_type: content_type.as_deref(),
-            content_encoding: content_encoding.as_deref(),
-            content_length,
-        });
+        // Only the headers this exchange's plan depends on: each read is a host call.
+        let plan = exchange.response_plan_from(status, &mut |name| self.get_http_response_header(name));
         self.response = match plan {
             ResponsePlan::PassThrough => return Action::Continue,
             ResponsePlan::Buffer => Response::Buffer,
@@ -411,15 +420,20 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.note_upstream_error(body_size);
-        let action = self.govern_response_body(body_size, end_of_stream);
+        // The chunk is copied out of Envoy at most once per callback, for the error check
+        // and the rewrite alike. A body being buffered is looked at whole, at its end.
+        let mut chunk = None;
+        if end_of_stream || !matches!(self.response, Response::Buffer) {
+            self.note_upstream_error(body_size, &mut chunk);
+        }
+        let action = self.govern_response_body(body_size, end_of_stream, &mut chunk);
         if end_of_stream {
             // Settle the decision now: span tags are read when the stream ends, before on_log.
             if let Some(record) = self.audit.as_mut() {
                 record.redactions = self.redactions.clone();
                 record.finish();
             }
-            self.publish_audit();
+            self.publish_audit(Moment::Settled);
         }
         action
     }
@@ -433,7 +447,7 @@ impl HttpContext for Stream {
         record.decision_us = self.decision_ns / 1000;
         record.finish();
         self.audit = Some(record);
-        self.publish_audit();
+        self.publish_audit(Moment::Log);
         if let Some(record) = &self.audit {
             metrics::record(record, self.gateway.config().metrics);
         }
@@ -445,8 +459,13 @@ impl HttpContext for Stream {
 const ERROR_PEEK_BYTES: usize = 64 * 1024;
 
 impl Stream {
+    /// The response body Envoy holds for this callback, read from the host on first use.
+    fn response_chunk<'a>(&self, cache: &'a mut Option<Vec<u8>>, body_size: usize) -> &'a [u8] {
+        cache.get_or_insert_with(|| self.get_http_response_body(0, body_size).unwrap_or_default())
+    }
+
     /// Looks for a JSON-RPC error in the upstream's answer to a request, before any rewrite.
-    fn note_upstream_error(&mut self, body_size: usize) {
+    fn note_upstream_error(&mut self, body_size: usize, chunk: &mut Option<Vec<u8>>) {
         let State::Forwarded(exchange) = &self.state else {
             return;
         };
@@ -457,8 +476,8 @@ impl Stream {
         if !wanted {
             return;
         }
-        let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
-        if let (Some(code), Some(record)) = (audit::response_error_code(&chunk), self.audit.as_mut()) {
+        let code = audit::response_error_code(self.response_chunk(chunk, body_size));
+        if let (Some(code), Some(record)) = (code, self.audit.as_mut()) {
             record.upstream_answer(None, Some(code));
         }
     }
@@ -473,7 +492,7 @@ impl Stream {
         }
     }
 
-    fn govern_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn govern_response_body(&mut self, body_size: usize, end_of_stream: bool, chunk: &mut Option<Vec<u8>>) -> Action {
         let State::Forwarded(exchange) = &self.state else {
             return Action::Continue;
         };
@@ -494,19 +513,19 @@ impl Stream {
                     self.response = Response::Buffer;
                     return Action::Pause;
                 }
-                let body = self.get_http_response_body(0, body_size).unwrap_or_default();
-                if let Some(new) = exchange.rewrite_message(&body, policy, &mut self.redactions) {
+                let body = self.response_chunk(chunk, body_size);
+                if let Some(new) = exchange.rewrite_message(body, policy, &mut self.redactions) {
                     Self::note_blocked(&mut self.audit, &new, &exchange.server);
                     self.set_http_response_body(0, body_size, &new);
                 }
                 Action::Continue
             }
             Response::Stream(mut rewriter) => {
-                let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
+                let chunk = self.response_chunk(chunk, body_size);
                 let counts = &mut self.redactions;
                 let mut rewrite =
                     |data: &str| exchange.rewrite_message(data.as_bytes(), policy, counts).and_then(|b| String::from_utf8(b).ok());
-                let mut out = rewriter.feed(&chunk, &mut rewrite);
+                let mut out = rewriter.feed(chunk, &mut rewrite);
                 if end_of_stream {
                     out.extend(rewriter.finish(&mut rewrite));
                 }

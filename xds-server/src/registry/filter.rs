@@ -38,6 +38,8 @@ pub(crate) fn make_filter_config(raw: &RawRegistry, jwt: Vec<RawJwtProvider>) ->
         observability: meshgate_core::config::RawObservability {
             consumer_label: raw.observability.metrics.as_ref().is_some_and(|m| m.consumer_label),
             audit_values: raw.observability.audit_values.clone(),
+            // Envoy's tracer (translate::observability) reads span tags from the audit fields.
+            tracing: raw.observability.otel.is_some(),
         },
     }
 }

@@ -921,3 +921,13 @@ fn global_quota_errors() {
         "unknown field",
     );
 }
+
+#[test]
+fn the_filter_writes_audit_fields_early_only_when_spans_read_them() {
+    let plain = Fixture::new(MINIMAL).load().expect("valid");
+    assert!(!plain.filter.observability.tracing, "no collector, no span tags to feed");
+    let traced = Fixture::new(&format!("{MINIMAL}observability:\n  otel: {{ collector: '127.0.0.1:4317' }}\n"))
+        .load()
+        .expect("valid");
+    assert!(traced.filter.observability.tracing, "span tags read the audit fields before on_log");
+}

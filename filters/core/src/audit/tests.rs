@@ -172,6 +172,12 @@ fn error_codes_are_found_in_json_and_sse() {
     let sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32602,\"message\":\"bad\"}}\n\n";
     assert_eq!(response_error_code(sse), Some(-32602));
     assert_eq!(response_error_code(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"err"), None);
+    // The scan that skips the parse must not miss an escaped key, nor whitespace around it.
+    assert_eq!(response_error_code(br#"{"jsonrpc":"2.0","id":1,"\u0065rror":{"code":-32001,"message":"x"}}"#), Some(-32001));
+    assert_eq!(response_error_code(br#"{"jsonrpc":"2.0","id":1,"e\u0072ror":{"code":-32002}}"#), Some(-32002));
+    assert_eq!(response_error_code(b"{ \"error\" : {\"code\": -32003}, \"id\": 1}"), Some(-32003));
+    // A result that merely mentions an error is still a result.
+    assert_eq!(response_error_code(br#"{"jsonrpc":"2.0","id":1,"result":{"text":"no \"error\" here"}}"#), None);
 }
 
 #[test]

@@ -253,6 +253,78 @@ fn response_plans() {
 }
 
 #[test]
+fn lazy_response_plans_read_only_the_headers_they_need_and_agree_with_the_full_head() {
+    let g = gateway(None);
+    let limited = limited_gateway();
+    let body_of = |g: &Gateway, key: &str, path: &str, body: &[u8]| {
+        let h = headers(&[("x-api-key", key), ("content-type", "application/json")]);
+        match g.on_request_head(RequestHead { method: "POST", path, headers: &h }, NOW, &mut g.new_token_cache()) {
+            HeadDecision::AwaitBody(p) => g.on_request_body(&p, body).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let h = headers(&[("x-api-key", "a")]);
+    let HeadDecision::Forward(get) = g.on_request_head(RequestHead { method: "GET", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache()) else {
+        panic!("GET is forwarded")
+    };
+    let exchanges = [
+        ("list", body_of(&g, "r", "/mcp/docs", br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#)),
+        ("plain call", body_of(&g, "a", "/mcp/docs", &call(1, "get_doc"))),
+        ("redacted call", body_of(&g, "a", "/mcp/crm", &call(1, "get_customer"))),
+        ("limited call", limited.on_request_body(&pending_on(&limited, "docs", "a"), &call(4, "search")).unwrap()),
+        ("notification", body_of(&g, "a", "/mcp/docs", br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)),
+        ("GET stream", get),
+    ];
+    let types = [None, Some("application/json"), Some("text/event-stream; charset=utf-8"), Some("text/html")];
+    let encodings = [None, Some("gzip"), Some("identity")];
+    let lengths = [None, Some("10"), Some("51"), Some("x")];
+    for (name, ex) in &exchanges {
+        for status in [200, 202, 404, 500] {
+            for ct in types {
+                for enc in encodings {
+                    for len in lengths {
+                        let full = ResponseHead {
+                            status,
+                            content_type: ct,
+                            content_encoding: enc,
+                            content_length: len.and_then(|v| v.parse().ok()),
+                        };
+                        let mut asked = Vec::new();
+                        let lazy = ex.response_plan_from(status, &mut |h| {
+                            asked.push(h.to_string());
+                            match h {
+                                "content-type" => ct,
+                                "content-encoding" => enc,
+                                "content-length" => len,
+                                _ => None,
+                            }
+                            .map(String::from)
+                        });
+                        assert_eq!(lazy, ex.response_plan(full), "{name} {status} {ct:?} {enc:?} {len:?}");
+                        let unique: std::collections::HashSet<_> = asked.iter().collect();
+                        assert_eq!(unique.len(), asked.len(), "{name}: a header read twice: {asked:?}");
+                    }
+                }
+            }
+        }
+    }
+    // A call without response rewriting and with a declared length needs that length only;
+    // the GET stream (no request to answer, no rewriting) needs no header at all.
+    let count = |ex: &Exchange, len: Option<&str>| {
+        let mut n = 0;
+        ex.response_plan_from(200, &mut |h| {
+            n += 1;
+            (h == "content-length").then(|| len.map(String::from)).flatten()
+        });
+        n
+    };
+    assert_eq!(count(&exchanges[1].1, Some("10")), 1);
+    assert_eq!(count(&exchanges[1].1, None), 2);
+    assert_eq!(count(&exchanges[2].1, Some("10")), 3);
+    assert_eq!(count(&exchanges[5].1, None), 0);
+}
+
+#[test]
 fn redaction_rewrites_responses_and_blocks_requests() {
     let g = gateway(None);
     let admin = pending(&g, "a", &[]);
