@@ -47,11 +47,11 @@ fn registry_yaml() -> String {
         if i % 5 == 0 {
             yaml.push_str("    health_check: { type: http }\n");
         }
-        yaml.push_str(&format!(
-            "    tools: [{{ name: search, description: search server {i} }}]\n"
-        ));
+        yaml.push_str(&format!("    tools: [{{ name: search, description: search server {i} }}]\n"));
     }
-    yaml.push_str("auth:\n  resource_metadata: https://gw.example.com/.well-known/oauth-protected-resource\n  api_keys:\n");
+    yaml.push_str(
+        "auth:\n  resource_metadata: https://gw.example.com/.well-known/oauth-protected-resource\n  api_keys:\n",
+    );
     yaml.push_str("    - { consumer: ci, sha256: \"3f2a4fc5102d2e4887969eeae2f869f5e75546ba030a606da8a66efabf50ab5b\", roles: [role-0] }\n");
     yaml.push_str("policy:\n  roles:\n");
     for r in 0..SERVERS / 10 {
@@ -69,27 +69,19 @@ fn bench(c: &mut Criterion) {
     let file = Path::new("bench-registry.yaml");
     let registry = Registry::parse(&yaml, file, &BenchSecrets).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(registry.servers.len(), SERVERS);
-    let options = TranslateOptions {
-        wasm: WasmSource::Local {
-            path: "/opt/meshgate/meshgate_wasm.wasm".into(),
-        },
-    };
+    let options = TranslateOptions { wasm: WasmSource::Local { path: "/opt/meshgate/meshgate_wasm.wasm".into() } };
     let resources = translate(&registry, &options).unwrap();
     let snapshot = Snapshot::new(&resources).unwrap();
     eprintln!("snapshot {}: {:?}", snapshot.version, snapshot.counts());
 
-    c.bench_function("translate/1000", |b| {
-        b.iter(|| translate(black_box(&registry), &options).unwrap())
-    });
+    c.bench_function("translate/1000", |b| b.iter(|| translate(black_box(&registry), &options).unwrap()));
     c.bench_function("snapshot/1000", |b| {
         b.iter(|| {
             let resources = translate(black_box(&registry), &options).unwrap();
             Snapshot::new(&resources).unwrap()
         })
     });
-    c.bench_function("load/1000", |b| {
-        b.iter(|| Registry::parse(black_box(&yaml), file, &BenchSecrets).unwrap())
-    });
+    c.bench_function("load/1000", |b| b.iter(|| Registry::parse(black_box(&yaml), file, &BenchSecrets).unwrap()));
 }
 
 criterion_group! {

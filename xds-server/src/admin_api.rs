@@ -43,10 +43,7 @@ impl WasmModule {
         use sha2::{Digest, Sha256};
         let bytes = std::fs::read(path)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        Ok(WasmModule {
-            bytes: bytes.into(),
-            sha256,
-        })
+        Ok(WasmModule { bytes: bytes.into(), sha256 })
     }
 }
 
@@ -98,26 +95,15 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     state.metrics.render(&mut out);
     let control = &state.control;
     for (name, help, value) in [
-        (
-            "meshgate_xds_pushes_total",
-            "xDS responses sent to Envoys.",
-            control.pushes_total(),
-        ),
-        (
-            "meshgate_xds_nacks_total",
-            "xDS responses Envoys rejected.",
-            control.nacks_total(),
-        ),
+        ("meshgate_xds_pushes_total", "xDS responses sent to Envoys.", control.pushes_total()),
+        ("meshgate_xds_nacks_total", "xDS responses Envoys rejected.", control.nacks_total()),
     ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
     }
     let mut response = out.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
 }
 
@@ -137,18 +123,11 @@ async fn catalog(State(state): State<AdminState>) -> Response {
 
 async fn wasm(State(state): State<AdminState>) -> Response {
     let Some(module) = state.wasm else {
-        return (
-            StatusCode::NOT_FOUND,
-            "meshgate does not serve the module (--wasm-url not set)\n",
-        )
-            .into_response();
+        return (StatusCode::NOT_FOUND, "meshgate does not serve the module (--wasm-url not set)\n").into_response();
     };
     let mut response = module.bytes.clone().into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/wasm"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"));
     if let Ok(value) = HeaderValue::from_str(&module.sha256) {
         headers.insert("x-sha256", value);
     }
@@ -161,11 +140,8 @@ pub fn catalog_view(registry: &Registry) -> Value {
         .servers
         .iter()
         .map(|server| {
-            let tools: Vec<Value> = server
-                .tools
-                .iter()
-                .map(|t| json!({ "name": t.name, "description": t.description }))
-                .collect();
+            let tools: Vec<Value> =
+                server.tools.iter().map(|t| json!({ "name": t.name, "description": t.description })).collect();
             json!({
                 "name": server.name,
                 "path": registry.route_path(server),
@@ -183,12 +159,7 @@ pub fn registry_view(registry: &Registry) -> Value {
         .jwt
         .iter()
         .map(|p| {
-            let keys = p
-                .jwks
-                .as_ref()
-                .and_then(|j| j.get("keys"))
-                .and_then(Value::as_array)
-                .map(Vec::len);
+            let keys = p.jwks.as_ref().and_then(|j| j.get("keys")).and_then(Value::as_array).map(Vec::len);
             json!({
                 "issuer": p.issuer,
                 "audiences": p.audiences,

@@ -156,69 +156,43 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate { registry } => validate(registry),
-        Command::Bootstrap {
-            registry,
-            wasm,
-            format,
-            static_,
-            xds_address,
-            node_id,
-            admin_port,
-            xds_api,
-        } => match (static_, xds_address) {
-            (false, Some(address)) => print_xds_bootstrap(
-                registry,
-                &address,
-                node_id.unwrap_or_else(|| "envoy".to_string()),
-                admin_port,
-                xds_api.into(),
-                format,
-            ),
-            (_, _) => match registry {
-                Some(registry) => print_bootstrap(registry, wasm, format),
-                None => {
-                    eprintln!(
-                        "meshgate: bootstrap needs --xds-address HOST:PORT (xDS) or \
+        Command::Bootstrap { registry, wasm, format, static_, xds_address, node_id, admin_port, xds_api } => {
+            match (static_, xds_address) {
+                (false, Some(address)) => print_xds_bootstrap(
+                    registry,
+                    &address,
+                    node_id.unwrap_or_else(|| "envoy".to_string()),
+                    admin_port,
+                    xds_api.into(),
+                    format,
+                ),
+                (_, _) => match registry {
+                    Some(registry) => print_bootstrap(registry, wasm, format),
+                    None => {
+                        eprintln!(
+                            "meshgate: bootstrap needs --xds-address HOST:PORT (xDS) or \
                          --registry FILE (static)"
-                    );
-                    ExitCode::FAILURE
-                }
-            },
-        },
-        Command::Up {
-            registry,
-            envoy,
-            wasm,
-            ready_file,
-            work_dir,
-            xds_api,
-            xds_listen,
-            admin_listen,
-        } => up(UpOptions {
-            registry,
-            envoy,
-            wasm,
-            ready_file,
-            work_dir,
-            api: Some(xds_api.into()),
-            xds_listen,
-            admin_listen,
-        }),
-        Command::Serve {
-            registry,
-            xds_listen,
-            admin_listen,
-            wasm,
-            wasm_url,
-            ready_file,
-        } => serve_command(
-            registry,
-            xds_listen,
-            admin_listen,
-            wasm,
-            wasm_url,
-            ready_file,
-        ),
+                        );
+                        ExitCode::FAILURE
+                    }
+                },
+            }
+        }
+        Command::Up { registry, envoy, wasm, ready_file, work_dir, xds_api, xds_listen, admin_listen } => {
+            up(UpOptions {
+                registry,
+                envoy,
+                wasm,
+                ready_file,
+                work_dir,
+                api: Some(xds_api.into()),
+                xds_listen,
+                admin_listen,
+            })
+        }
+        Command::Serve { registry, xds_listen, admin_listen, wasm, wasm_url, ready_file } => {
+            serve_command(registry, xds_listen, admin_listen, wasm, wasm_url, ready_file)
+        }
     }
 }
 
@@ -246,10 +220,7 @@ fn print_bootstrap(file: PathBuf, wasm: Option<PathBuf>, format: Format) -> Exit
     let wasm = match Search::current().wasm_candidate(wasm.as_deref()) {
         Ok((path, _)) => {
             if !path.is_file() {
-                eprintln!(
-                    "meshgate: warning: {} does not exist yet (run `make build`)",
-                    path.display()
-                );
+                eprintln!("meshgate: warning: {} does not exist yet (run `make build`)", path.display());
             }
             path
         }
@@ -262,10 +233,7 @@ fn print_bootstrap(file: PathBuf, wasm: Option<PathBuf>, format: Format) -> Exit
 }
 
 /// Prints a rendered bootstrap in `format`, or the error that prevented it.
-fn print_rendered(
-    bootstrap: Result<serde_json::Value, bootstrap::BootstrapError>,
-    format: Format,
-) -> ExitCode {
+fn print_rendered(bootstrap: Result<serde_json::Value, bootstrap::BootstrapError>, format: Format) -> ExitCode {
     let text = bootstrap.and_then(|b| match format {
         Format::Json => Ok(bootstrap::to_json(&b)),
         Format::Yaml => bootstrap::to_yaml(&b),
@@ -311,9 +279,7 @@ fn print_xds_bootstrap(
         node_id,
         xds_host,
         xds_port,
-        admin_port: admin_port
-            .or(registry_port)
-            .unwrap_or(DEFAULT_ENVOY_ADMIN_PORT),
+        admin_port: admin_port.or(registry_port).unwrap_or(DEFAULT_ENVOY_ADMIN_PORT),
         api,
     });
     print_rendered(Ok(bootstrap), format)
@@ -325,14 +291,10 @@ const DEFAULT_ENVOY_ADMIN_PORT: u16 = 9901;
 /// The runtime of the long-running commands: two workers (ADS streams, admin API, watcher
 /// and Envoy supervision are all light).
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("meshgate: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        })
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
+        eprintln!("meshgate: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn serve_command(
@@ -375,12 +337,7 @@ fn serve_command(
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let options = StartOptions {
-        registry,
-        xds_listen,
-        admin_listen,
-        wasm: delivery,
-    };
+    let options = StartOptions { registry, xds_listen, admin_listen, wasm: delivery };
     runtime.block_on(async move {
         let mut signals = match Signals::new() {
             Ok(signals) => signals,

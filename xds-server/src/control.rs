@@ -93,10 +93,7 @@ impl Default for ControlPlane {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 impl ControlPlane {
@@ -119,10 +116,7 @@ impl ControlPlane {
         inner.loaded_at = unix_now();
         drop(inner);
         self.snapshot.send_if_modified(|current| {
-            if current
-                .as_ref()
-                .is_some_and(|c| c.version == snapshot.version)
-            {
+            if current.as_ref().is_some_and(|c| c.version == snapshot.version) {
                 return false;
             }
             *current = Some(Arc::new(snapshot));
@@ -136,10 +130,7 @@ impl ControlPlane {
     }
 
     pub fn record_error_lines(&self, errors: Vec<String>) {
-        self.lock().last_error = Some(LoadFailure {
-            errors,
-            at: unix_now(),
-        });
+        self.lock().last_error = Some(LoadFailure { errors, at: unix_now() });
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
@@ -181,18 +172,13 @@ impl ControlPlane {
         status.streams += 1;
         status.api = Some(api);
         status.connected_at = unix_now();
-        StreamGuard {
-            control: self.clone(),
-            node: node.to_string(),
-        }
+        StreamGuard { control: self.clone(), node: node.to_string() }
     }
 
     pub fn record_ack(&self, node: &str, type_url: &str, version: &str) {
         let mut inner = self.lock();
         let status = inner.nodes.entry(node.to_string()).or_default();
-        status
-            .acked
-            .insert(type_url::short(type_url).to_string(), version.to_string());
+        status.acked.insert(type_url::short(type_url).to_string(), version.to_string());
     }
 
     pub fn record_nack(&self, node: &str, type_url: &str, version: &str, message: &str) {

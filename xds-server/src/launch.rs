@@ -75,27 +75,13 @@ pub enum UpError {
     #[error("{0}")]
     ControlPlane(ServeError),
     #[error("envoy rejected its configuration ({resource_type}): {message}{}", format_tail(.tail))]
-    Rejected {
-        resource_type: String,
-        message: String,
-        tail: Vec<String>,
-    },
+    Rejected { resource_type: String, message: String, tail: Vec<String> },
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
     #[error("envoy exited before it was ready ({status}){}", format_tail(.tail))]
-    ExitedEarly {
-        status: ExitStatus,
-        tail: Vec<String>,
-    },
+    ExitedEarly { status: ExitStatus, tail: Vec<String> },
     #[error("envoy was not ready after {}s ({last}){}", .timeout.as_secs(), format_tail(.tail))]
-    NotReady {
-        timeout: Duration,
-        last: String,
-        tail: Vec<String>,
-    },
+    NotReady { timeout: Duration, last: String, tail: Vec<String> },
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpError {
@@ -175,10 +161,7 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
     // The temp dir (if any) lives until `up` returns and is removed then.
     let (work_dir, _temp_dir) = match &options.work_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(io_error(format!(
-                "cannot create work dir {}",
-                dir.display()
-            )))?;
+            std::fs::create_dir_all(dir).map_err(io_error(format!("cannot create work dir {}", dir.display())))?;
             (dir.clone(), None)
         }
         None => {
@@ -192,9 +175,7 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
     let admin_file = work_dir.join("admin-address");
     match std::fs::remove_file(&admin_file) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_error(format!("cannot remove {}", admin_file.display()))(
-                e,
-            ))
+            return Err(io_error(format!("cannot remove {}", admin_file.display()))(e))
         }
         _ => {}
     }
@@ -215,16 +196,7 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
         ServeError::Load(ReloadError::Registry(errors)) => UpError::Registry(errors),
         other => UpError::ControlPlane(other),
     })?;
-    let result = supervise(
-        options,
-        &envoy,
-        &work_dir,
-        &admin_file,
-        &registry,
-        &control_plane,
-        &mut signals,
-    )
-    .await;
+    let result = supervise(options, &envoy, &work_dir, &admin_file, &registry, &control_plane, &mut signals).await;
     control_plane.stop().await;
     result
 }
@@ -247,10 +219,8 @@ async fn supervise(
         admin_port: registry.admin_port,
         api: options.api.unwrap_or(Api::Sotw),
     });
-    std::fs::write(&bootstrap_file, bootstrap::to_json(&bootstrap)).map_err(io_error(format!(
-        "cannot write {}",
-        bootstrap_file.display()
-    )))?;
+    std::fs::write(&bootstrap_file, bootstrap::to_json(&bootstrap))
+        .map_err(io_error(format!("cannot write {}", bootstrap_file.display())))?;
 
     let mut command = Command::new(envoy);
     command
@@ -263,14 +233,8 @@ async fn supervise(
         .arg(admin_file)
         .arg("--concurrency")
         .arg(registry.envoy.concurrency.to_string());
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command
-        .spawn()
-        .map_err(io_error(format!("cannot start {}", envoy.display())))?;
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child = command.spawn().map_err(io_error(format!("cannot start {}", envoy.display())))?;
     let pid = child.id().unwrap_or_default();
     let output = Output::capture(&mut child);
 
@@ -295,11 +259,7 @@ async fn supervise(
         Startup::Ready(Ok(ready)) => ready,
         Startup::Ready(Err(last)) => {
             stop(&mut child).await;
-            return Err(UpError::NotReady {
-                timeout: READY_TIMEOUT,
-                last,
-                tail: output.finish().await,
-            });
+            return Err(UpError::NotReady { timeout: READY_TIMEOUT, last, tail: output.finish().await });
         }
         Startup::Rejected(nack) => {
             stop(&mut child).await;
@@ -316,22 +276,13 @@ async fn supervise(
         }
         Startup::Exited(status) => {
             let status = status.map_err(io_error("cannot wait for envoy"))?;
-            return Err(UpError::ExitedEarly {
-                status,
-                tail: output.finish().await,
-            });
+            return Err(UpError::ExitedEarly { status, tail: output.finish().await });
         }
     };
 
     // Edits made while Envoy started are already live: print what is served now.
-    let current = control_plane
-        .control
-        .registry()
-        .unwrap_or_else(|| control_plane.registry.clone());
-    println!(
-        "meshgate: envoy ready (pid {}), admin http://{}",
-        ready.pid, ready.admin
-    );
+    let current = control_plane.control.registry().unwrap_or_else(|| control_plane.registry.clone());
+    println!("meshgate: envoy ready (pid {}), admin http://{}", ready.pid, ready.admin);
     println!(
         "meshgate: control plane xds {}, admin http://{} (watching {})",
         control_plane.xds,
@@ -347,10 +298,7 @@ async fn supervise(
             // Whoever waits for the file would wait forever: better not to run at all.
             stop(&mut child).await;
             output.finish().await;
-            return Err(io_error(format!(
-                "cannot write ready file {}",
-                file.display()
-            ))(e));
+            return Err(io_error(format!("cannot write ready file {}", file.display()))(e));
         }
     }
 
@@ -371,9 +319,7 @@ async fn supervise(
         }
         Some(status) => {
             output.finish().await;
-            Ok(Ended::Exited(
-                status.map_err(io_error("cannot wait for envoy"))?,
-            ))
+            Ok(Ended::Exited(status.map_err(io_error("cannot wait for envoy"))?))
         }
     }
 }
@@ -389,10 +335,7 @@ async fn wait_synced(control: &ControlPlane, node: &str) {
                 return false;
             };
             status.last_nack.is_none()
-                && snapshot
-                    .counts()
-                    .iter()
-                    .all(|(kind, count)| *count == 0 || status.acked.contains_key(*kind))
+                && snapshot.counts().iter().all(|(kind, count)| *count == 0 || status.acked.contains_key(*kind))
         });
         if synced {
             return;
@@ -419,10 +362,7 @@ pub struct Signals {
 
 impl Signals {
     pub fn new() -> std::io::Result<Signals> {
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-        })
+        Ok(Signals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
     }
 
     pub async fn next(&mut self) {
@@ -434,12 +374,7 @@ impl Signals {
 }
 
 /// Polls until Envoy is ready, or `timeout` passes: then the last reason it was not.
-async fn wait_ready(
-    pid: u32,
-    admin_file: &Path,
-    registry: &Registry,
-    timeout: Duration,
-) -> Result<Ready, String> {
+async fn wait_ready(pid: u32, admin_file: &Path, registry: &Registry, timeout: Duration) -> Result<Ready, String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let reason = match probe(pid, admin_file, registry).await {
@@ -454,55 +389,30 @@ async fn wait_ready(
 }
 
 async fn probe(pid: u32, admin_file: &Path, registry: &Registry) -> Result<Ready, String> {
-    let text =
-        std::fs::read_to_string(admin_file).map_err(|_| "admin API not up yet".to_string())?;
-    let admin: SocketAddr = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("unexpected admin address {:?}", text.trim()))?;
-    let ready = admin::get(admin, "/ready")
-        .await
-        .map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(admin_file).map_err(|_| "admin API not up yet".to_string())?;
+    let admin: SocketAddr = text.trim().parse().map_err(|_| format!("unexpected admin address {:?}", text.trim()))?;
+    let ready = admin::get(admin, "/ready").await.map_err(|e| e.to_string())?;
     if ready.status != 200 {
-        return Err(format!(
-            "admin /ready says {} {}",
-            ready.status,
-            String::from_utf8_lossy(&ready.body).trim()
-        ));
+        return Err(format!("admin /ready says {} {}", ready.status, String::from_utf8_lossy(&ready.body).trim()));
     }
-    let listeners = admin::get(admin, "/listeners?format=json")
-        .await
-        .map_err(|e| e.to_string())?;
+    let listeners = admin::get(admin, "/listeners?format=json").await.map_err(|e| e.to_string())?;
     let bound = admin::listener_address(&listeners.body, translate::LISTENER_NAME)
         .ok_or_else(|| "listener not bound yet".to_string())?;
     let listener = registry.connect_address(bound.port());
     tokio::net::TcpStream::connect(listener)
         .await
         .map_err(|e| format!("listener {listener} does not accept connections: {e}"))?;
-    Ok(Ready {
-        pid,
-        admin,
-        listener,
-    })
+    Ok(Ready { pid, admin, listener })
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`]. Never fails: the child is gone afterwards
 /// or was already.
 async fn stop(child: &mut Child) {
     if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
     }
-    if tokio::time::timeout(STOP_GRACE, child.wait())
-        .await
-        .is_err()
-    {
-        eprintln!(
-            "meshgate: envoy did not stop within {}s; killing it",
-            STOP_GRACE.as_secs()
-        );
+    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+        eprintln!("meshgate: envoy did not stop within {}s; killing it", STOP_GRACE.as_secs());
         let _ = child.kill().await;
     }
 }
@@ -531,10 +441,7 @@ impl Output {
         for pump in self.pumps {
             let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
         }
-        let tail = self
-            .tail
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tail = self.tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         tail.iter().cloned().collect()
     }
 }
@@ -553,10 +460,7 @@ async fn pump(stream: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String>>>
 
 /// Writes `contents` to `file` so that readers see either nothing or all of it.
 pub fn write_atomically(file: &Path, contents: &str) -> std::io::Result<()> {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "ready".to_string());
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "ready".to_string());
     let temp = file.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&temp, contents)?;
     std::fs::rename(&temp, file).inspect_err(|_| {

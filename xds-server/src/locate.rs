@@ -71,11 +71,7 @@ impl Search {
         let mut candidates: Vec<PathBuf> = self
             .path
             .as_ref()
-            .map(|p| {
-                std::env::split_paths(p)
-                    .map(|dir| dir.join("envoy"))
-                    .collect()
-            })
+            .map(|p| std::env::split_paths(p).map(|dir| dir.join("envoy")).collect())
             .unwrap_or_default();
         candidates.push(self.cwd.join(ENVOY_IN_VENV));
         if let Some(root) = &self.repo_root {
@@ -93,9 +89,7 @@ impl Search {
         if let Some(root) = &self.repo_root {
             tried.push(root.join(ENVOY_IN_VENV).display().to_string());
         }
-        Err(LocateError::EnvoyNotFound {
-            tried: tried.join(", "),
-        })
+        Err(LocateError::EnvoyNotFound { tried: tried.join(", ") })
     }
 
     /// The wasm module: `flag`, else `$MESHGATE_WASM`, else the release build in the
@@ -131,10 +125,7 @@ impl Search {
 pub fn repo_root(start: &Path) -> Option<PathBuf> {
     start.ancestors().skip(1).find_map(|dir| {
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
-        manifest
-            .lines()
-            .any(|line| line.trim() == "[workspace]")
-            .then(|| dir.to_path_buf())
+        manifest.lines().any(|line| line.trim() == "[workspace]").then(|| dir.to_path_buf())
     })
 }
 
@@ -142,10 +133,7 @@ fn existing_executable(path: &Path, origin: &str) -> Result<PathBuf, LocateError
     if is_executable(path) {
         Ok(absolute(path))
     } else {
-        Err(LocateError::EnvoyMissing {
-            path: path.to_path_buf(),
-            origin: origin.to_string(),
-        })
+        Err(LocateError::EnvoyMissing { path: path.to_path_buf(), origin: origin.to_string() })
     }
 }
 
@@ -172,24 +160,16 @@ mod tests {
     }
 
     fn search(cwd: &Path) -> Search {
-        Search {
-            cwd: cwd.to_path_buf(),
-            ..Search::default()
-        }
+        Search { cwd: cwd.to_path_buf(), ..Search::default() }
     }
 
     #[test]
     fn explicit_envoy_must_exist() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = search(dir.path());
-        let err = s
-            .envoy(Some(&dir.path().join("nope")))
-            .expect_err("missing");
+        let err = s.envoy(Some(&dir.path().join("nope"))).expect_err("missing");
         assert!(err.to_string().contains("given by --envoy"), "{err}");
-        let s = Search {
-            envoy_env: Some(dir.path().join("nope").into()),
-            ..search(dir.path())
-        };
+        let s = Search { envoy_env: Some(dir.path().join("nope").into()), ..search(dir.path()) };
         let err = s.envoy(None).expect_err("missing");
         assert!(err.to_string().contains(ENVOY_ENV), "{err}");
     }
@@ -201,18 +181,12 @@ mod tests {
         let in_root = executable(&root, ENVOY_IN_VENV);
         let cwd = dir.path().join("elsewhere");
         std::fs::create_dir_all(&cwd).expect("mkdir");
-        let s = Search {
-            repo_root: Some(root.clone()),
-            ..search(&cwd)
-        };
+        let s = Search { repo_root: Some(root.clone()), ..search(&cwd) };
         assert_eq!(s.envoy(None).expect("found"), in_root);
         let in_cwd = executable(&cwd, ENVOY_IN_VENV);
         assert_eq!(s.envoy(None).expect("found"), in_cwd);
         let on_path = executable(&dir.path().join("bin"), "envoy");
-        let s = Search {
-            path: Some(dir.path().join("bin").into()),
-            ..s
-        };
+        let s = Search { path: Some(dir.path().join("bin").into()), ..s };
         assert_eq!(s.envoy(None).expect("found"), on_path);
         let flagged = executable(dir.path(), "custom/envoy");
         assert_eq!(s.envoy(Some(&flagged)).expect("found"), flagged);
@@ -223,19 +197,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = search(dir.path()).envoy(None).expect_err("nothing there");
         let text = err.to_string();
-        assert!(
-            text.contains("make build") && text.contains("$PATH"),
-            "{text}"
-        );
+        assert!(text.contains("make build") && text.contains("$PATH"), "{text}");
     }
 
     #[test]
     fn wasm_defaults_to_the_repository_build() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Search {
-            repo_root: Some(dir.path().to_path_buf()),
-            ..search(dir.path())
-        };
+        let s = Search { repo_root: Some(dir.path().to_path_buf()), ..search(dir.path()) };
         let err = s.wasm(None).expect_err("not built");
         assert!(err.to_string().contains(WASM_IN_REPO), "{err}");
         assert!(err.to_string().contains("make build"), "{err}");
@@ -249,8 +217,7 @@ mod tests {
     #[test]
     fn finds_the_workspace_root() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("Cargo.toml"), "[workspace]\nmembers = []\n")
-            .expect("write");
+        std::fs::write(dir.path().join("Cargo.toml"), "[workspace]\nmembers = []\n").expect("write");
         let member = dir.path().join("member");
         std::fs::create_dir_all(member.join("target/debug")).expect("mkdir");
         std::fs::write(member.join("Cargo.toml"), "[package]\nname = \"x\"\n").expect("write");

@@ -34,15 +34,9 @@ pub enum ReloadError {
     #[error("{0}")]
     Registry(#[from] LoadErrors),
     #[error("{file}: {source}")]
-    Translate {
-        file: PathBuf,
-        source: TranslateError,
-    },
+    Translate { file: PathBuf, source: TranslateError },
     #[error("{file}: inconsistent resources: {source}")]
-    Consistency {
-        file: PathBuf,
-        source: ConsistencyError,
-    },
+    Consistency { file: PathBuf, source: ConsistencyError },
 }
 
 impl ReloadError {
@@ -80,11 +74,7 @@ impl Loader {
             let registry = Arc::new(registry);
             let version = snapshot.version.clone();
             let changed = self.control.publish(registry.clone(), snapshot);
-            Loaded {
-                registry,
-                version,
-                changed,
-            }
+            Loaded { registry, version, changed }
         });
         if let Err(e) = &result {
             self.control.record_error_lines(e.lines());
@@ -96,14 +86,10 @@ impl Loader {
 /// The pure part of a load: file → validated registry → consistent snapshot.
 pub fn build(file: &Path, options: &TranslateOptions) -> Result<(Registry, Snapshot), ReloadError> {
     let registry = Registry::load(file)?;
-    let resources = translate(&registry, options).map_err(|source| ReloadError::Translate {
-        file: file.to_path_buf(),
-        source,
-    })?;
-    let snapshot = Snapshot::new(&resources).map_err(|source| ReloadError::Consistency {
-        file: file.to_path_buf(),
-        source,
-    })?;
+    let resources =
+        translate(&registry, options).map_err(|source| ReloadError::Translate { file: file.to_path_buf(), source })?;
+    let snapshot =
+        Snapshot::new(&resources).map_err(|source| ReloadError::Consistency { file: file.to_path_buf(), source })?;
     Ok((registry, snapshot))
 }
 
@@ -216,17 +202,12 @@ mod tests {
     fn loader(dir: &Path) -> Loader {
         Loader {
             file: dir.join("registry.yaml"),
-            options: TranslateOptions {
-                wasm: WasmSource::Local {
-                    path: "/m.wasm".into(),
-                },
-            },
+            options: TranslateOptions { wasm: WasmSource::Local { path: "/m.wasm".into() } },
             control: ControlPlane::new(),
         }
     }
 
-    const GOOD: &str =
-        "listener: { port: 0 }\nservers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n";
+    const GOOD: &str = "listener: { port: 0 }\nservers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n";
 
     #[test]
     fn a_refused_edit_keeps_the_last_good_snapshot_and_says_why() {
@@ -241,10 +222,7 @@ mod tests {
         let error = loader.load().expect_err("invalid");
         let lines = error.lines();
         assert_eq!(lines.len(), 1);
-        assert!(
-            lines[0].contains("registry.yaml:4: bogus: unknown field `bogus`"),
-            "{lines:?}"
-        );
+        assert!(lines[0].contains("registry.yaml:4: bogus: unknown field `bogus`"), "{lines:?}");
         let snapshot = loader.control.snapshot().expect("still published");
         assert_eq!(snapshot.version, first.version);
         assert_eq!(loader.control.last_error().expect("recorded").errors, lines);
@@ -252,10 +230,7 @@ mod tests {
         std::fs::write(&loader.file, GOOD.replace(":1/", ":2/")).expect("write");
         let fixed = loader.load().expect("valid");
         assert_ne!(fixed.version, first.version);
-        assert!(
-            loader.control.last_error().is_none(),
-            "cleared by a good load"
-        );
+        assert!(loader.control.last_error().is_none(), "cleared by a good load");
     }
 
     #[test]

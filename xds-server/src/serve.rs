@@ -41,10 +41,8 @@ pub enum WasmDelivery {
 impl WasmDelivery {
     /// Reads the module behind `--wasm-url` (so its hash is known) and checks the URL.
     pub fn remote(url: &str, module_file: &std::path::Path) -> Result<WasmDelivery, ServeError> {
-        let uri: http::Uri = url.parse().map_err(|e| ServeError::WasmUrl {
-            url: url.to_string(),
-            reason: format!("{e}"),
-        })?;
+        let uri: http::Uri =
+            url.parse().map_err(|e| ServeError::WasmUrl { url: url.to_string(), reason: format!("{e}") })?;
         if uri.scheme_str() != Some("http") || uri.host().is_none() {
             return Err(ServeError::WasmUrl {
                 url: url.to_string(),
@@ -55,26 +53,16 @@ impl WasmDelivery {
             what: format!("cannot read the wasm module {}", module_file.display()),
             source,
         })?;
-        Ok(WasmDelivery::Remote {
-            url: url.to_string(),
-            module,
-        })
+        Ok(WasmDelivery::Remote { url: url.to_string(), module })
     }
 
     fn translate_options(&self) -> Result<TranslateOptions, ServeError> {
         let wasm = match self {
             WasmDelivery::Local(path) => WasmSource::Local { path: path.clone() },
             WasmDelivery::Remote { url, module } => {
-                let uri: http::Uri = url.parse().map_err(|e| ServeError::WasmUrl {
-                    url: url.clone(),
-                    reason: format!("{e}"),
-                })?;
-                let host = uri
-                    .host()
-                    .unwrap_or_default()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string();
+                let uri: http::Uri =
+                    url.parse().map_err(|e| ServeError::WasmUrl { url: url.clone(), reason: format!("{e}") })?;
+                let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
                 WasmSource::Remote(RemoteWasm {
                     url: url.clone(),
                     host,
@@ -103,10 +91,7 @@ pub enum ServeError {
     #[error("invalid --wasm-url {url:?}: {reason}")]
     WasmUrl { url: String, reason: String },
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
 }
 
 /// A running control plane. Dropping it does not stop it; call [`Running::stop`].
@@ -146,29 +131,20 @@ impl Running {
 async fn bind(address: SocketAddr, what: &str) -> Result<TcpListener, ServeError> {
     TcpListener::bind(address)
         .await
-        .map_err(|source| ServeError::Io {
-            what: format!("cannot listen on {address} for {what}"),
-            source,
-        })
+        .map_err(|source| ServeError::Io { what: format!("cannot listen on {address} for {what}"), source })
 }
 
 /// Loads the registry, binds, spawns. See the module docs.
 pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
     let control = ControlPlane::new();
-    let loader = Loader {
-        file: options.registry.clone(),
-        options: options.wasm.translate_options()?,
-        control: control.clone(),
-    };
+    let loader =
+        Loader { file: options.registry.clone(), options: options.wasm.translate_options()?, control: control.clone() };
     let loaded = loader.load()?;
 
     let xds_listener = bind(options.xds_listen, "xDS").await?;
     let admin_listener = bind(options.admin_listen, "the admin API").await?;
     let local = |l: &TcpListener| {
-        l.local_addr().map_err(|source| ServeError::Io {
-            what: "cannot read a bound address".to_string(),
-            source,
-        })
+        l.local_addr().map_err(|source| ServeError::Io { what: "cannot read a bound address".to_string(), source })
     };
     let xds = local(&xds_listener)?;
     let admin = local(&admin_listener)?;
@@ -188,10 +164,7 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
         let signal = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
-        if let Err(e) = grpc
-            .serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), signal)
-            .await
-        {
+        if let Err(e) = grpc.serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), signal).await {
             tracing::error!("xDS server failed: {e}");
         }
     }));
@@ -200,20 +173,13 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
         WasmDelivery::Remote { module, .. } => Some(Arc::new(module.clone())),
         WasmDelivery::Local(_) => None,
     };
-    let app = admin_api::app(AdminState {
-        control: control.clone(),
-        wasm,
-        metrics,
-    });
+    let app = admin_api::app(AdminState { control: control.clone(), wasm, metrics });
     let mut stop = shutdown.subscribe();
     tasks.push(tokio::spawn(async move {
         let signal = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
-        if let Err(e) = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-        {
+        if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(signal).await {
             tracing::error!("admin API failed: {e}");
         }
     }));
@@ -230,15 +196,7 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
     if let WasmDelivery::Remote { url, module } = &options.wasm {
         tracing::info!(url, sha256 = %module.sha256, path = WASM_PATH, "serving the wasm module");
     }
-    Ok(Running {
-        xds,
-        admin,
-        control,
-        registry: loaded.registry,
-        version: loaded.version,
-        shutdown,
-        tasks,
-    })
+    Ok(Running { xds, admin, control, registry: loaded.registry, version: loaded.version, shutdown, tasks })
 }
 
 /// Logging for the long-running commands: `MESHGATE_LOG` (an `EnvFilter` directive,

@@ -33,11 +33,7 @@ pub enum ConsistencyError {
     #[error("route {route:?} names secret {name:?}, which does not exist")]
     MissingSecret { route: String, name: String },
     #[error("{what} of {owner:?} cannot be decoded: {error}")]
-    Undecodable {
-        owner: String,
-        what: &'static str,
-        error: String,
-    },
+    Undecodable { owner: String, what: &'static str, error: String },
 }
 
 /// Resources of one type, by name.
@@ -70,10 +66,7 @@ impl Snapshot {
             }
             by_type.insert(type_url, named);
         }
-        Ok(Snapshot {
-            version: content_hash(fingerprint.as_bytes()),
-            by_type,
-        })
+        Ok(Snapshot { version: content_hash(fingerprint.as_bytes()), by_type })
     }
 
     /// The resources of `type_url` (empty for a type meshgate does not serve).
@@ -84,18 +77,11 @@ impl Snapshot {
 
     /// Number of resources of each type, for logs and the admin API.
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
-        type_url::ALL
-            .iter()
-            .map(|t| (type_url::short(t), self.resources(t).len()))
-            .collect()
+        type_url::ALL.iter().map(|t| (type_url::short(t), self.resources(t).len())).collect()
     }
 }
 
-fn decode<T: Message + Default>(
-    any: &Any,
-    owner: &str,
-    what: &'static str,
-) -> Result<T, ConsistencyError> {
+fn decode<T: Message + Default>(any: &Any, owner: &str, what: &'static str) -> Result<T, ConsistencyError> {
     T::decode(any.value.as_slice()).map_err(|e| ConsistencyError::Undecodable {
         owner: owner.to_string(),
         what,
@@ -107,11 +93,7 @@ fn check(resources: &Resources) -> Result<(), ConsistencyError> {
     let clusters: BTreeSet<&str> = resources.clusters.iter().map(|c| c.name.as_str()).collect();
     let secrets: BTreeSet<&str> = resources.secrets.iter().map(|s| s.name.as_str()).collect();
     let route_configs: BTreeSet<&str> = resources.routes.iter().map(|r| r.name.as_str()).collect();
-    let extension_configs: BTreeSet<&str> = resources
-        .extension_configs
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let extension_configs: BTreeSet<&str> = resources.extension_configs.iter().map(|c| c.name.as_str()).collect();
 
     for config in &resources.routes {
         for route in config.virtual_hosts.iter().flat_map(|v| v.routes.iter()) {
@@ -128,10 +110,7 @@ fn check(resources: &Resources) -> Result<(), ConsistencyError> {
             for any in route.typed_per_filter_config.values() {
                 for name in referenced_secrets(any, &route.name)? {
                     if !secrets.contains(name.as_str()) {
-                        return Err(ConsistencyError::MissingSecret {
-                            route: route.name.clone(),
-                            name,
-                        });
+                        return Err(ConsistencyError::MissingSecret { route: route.name.clone(), name });
                     }
                 }
             }
@@ -146,8 +125,7 @@ fn check(resources: &Resources) -> Result<(), ConsistencyError> {
             if any.type_url != <HttpConnectionManager as prost::Name>::type_url() {
                 continue;
             }
-            let hcm: HttpConnectionManager =
-                decode(any, &listener.name, "http connection manager")?;
+            let hcm: HttpConnectionManager = decode(any, &listener.name, "http connection manager")?;
             if let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
                 if !route_configs.contains(rds.route_config_name.as_str()) {
                     return Err(ConsistencyError::MissingRouteConfig {
@@ -157,8 +135,7 @@ fn check(resources: &Resources) -> Result<(), ConsistencyError> {
                 }
             }
             for http_filter in &hcm.http_filters {
-                if let Some(http_filter::ConfigType::ConfigDiscovery(_)) = &http_filter.config_type
-                {
+                if let Some(http_filter::ConfigType::ConfigDiscovery(_)) = &http_filter.config_type {
                     if !extension_configs.contains(http_filter.name.as_str()) {
                         return Err(ConsistencyError::MissingExtensionConfig {
                             listener: listener.name.clone(),
@@ -179,11 +156,7 @@ fn referenced_secrets(any: &Any, route: &str) -> Result<Vec<String>, Consistency
     }
     let per_route: FilterChainConfigPerRoute = decode(any, route, "per-route filter chain")?;
     let mut names = Vec::new();
-    for filter in per_route
-        .filter_chain
-        .iter()
-        .flat_map(|chain| chain.filters.iter())
-    {
+    for filter in per_route.filter_chain.iter().flat_map(|chain| chain.filters.iter()) {
         let Some(config) = &filter.typed_config else {
             continue;
         };
@@ -213,11 +186,7 @@ mod tests {
     use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 
     fn resources(yaml: &str) -> Resources {
-        let options = TranslateOptions {
-            wasm: WasmSource::Local {
-                path: "/m.wasm".into(),
-            },
-        };
+        let options = TranslateOptions { wasm: WasmSource::Local { path: "/m.wasm".into() } };
         translate(&registry(yaml), &options).expect("translate")
     }
 
@@ -243,35 +212,23 @@ mod tests {
         r.clusters.retain(|c| c.name != "mcp-b");
         assert_eq!(
             Snapshot::new(&r),
-            Err(ConsistencyError::MissingCluster {
-                route: "b".into(),
-                cluster: "mcp-b".into()
-            })
+            Err(ConsistencyError::MissingCluster { route: "b".into(), cluster: "mcp-b".into() })
         );
 
         let mut r = resources(TWO);
         r.secrets.clear();
         assert_eq!(
             Snapshot::new(&r),
-            Err(ConsistencyError::MissingSecret {
-                route: "a".into(),
-                name: "meshgate-credential-a".into()
-            })
+            Err(ConsistencyError::MissingSecret { route: "a".into(), name: "meshgate-credential-a".into() })
         );
 
         let mut r = resources(TWO);
         r.routes.clear();
-        assert!(matches!(
-            Snapshot::new(&r),
-            Err(ConsistencyError::MissingRouteConfig { .. })
-        ));
+        assert!(matches!(Snapshot::new(&r), Err(ConsistencyError::MissingRouteConfig { .. })));
 
         let mut r = resources(TWO);
         r.extension_configs.clear();
-        assert!(matches!(
-            Snapshot::new(&r),
-            Err(ConsistencyError::MissingExtensionConfig { .. })
-        ));
+        assert!(matches!(Snapshot::new(&r), Err(ConsistencyError::MissingExtensionConfig { .. })));
 
         // And the message names what is missing.
         let mut r = resources(TWO);
@@ -279,9 +236,6 @@ mod tests {
             action.cluster_specifier = Some(ClusterSpecifier::Cluster("nope".into()));
         }
         let error = Snapshot::new(&r).expect_err("dangling").to_string();
-        assert_eq!(
-            error,
-            "route \"a\" names cluster \"nope\", which does not exist"
-        );
+        assert_eq!(error, "route \"a\" names cluster \"nope\", which does not exist");
     }
 }

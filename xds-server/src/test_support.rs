@@ -13,10 +13,7 @@ pub struct FakeEnv(pub HashMap<String, String>);
 
 impl Default for FakeEnv {
     fn default() -> Self {
-        FakeEnv(HashMap::from([(
-            "TEST_SECRET".to_string(),
-            "s3cret-s3cret-s3cret-s3cret-s3cret".to_string(),
-        )]))
+        FakeEnv(HashMap::from([("TEST_SECRET".to_string(), "s3cret-s3cret-s3cret-s3cret-s3cret".to_string())]))
     }
 }
 

@@ -46,11 +46,7 @@ fn set_env() {
 }
 
 fn node(id: &str) -> Option<Node> {
-    Some(Node {
-        id: id.to_string(),
-        cluster: "test".to_string(),
-        ..Default::default()
-    })
+    Some(Node { id: id.to_string(), cluster: "test".to_string(), ..Default::default() })
 }
 
 fn edit(dir: &Path, text: &str) {
@@ -67,16 +63,9 @@ struct Sotw {
 
 impl Sotw {
     async fn connect(running: &Running) -> Sotw {
-        let mut client =
-            AggregatedDiscoveryServiceClient::connect(format!("http://{}", running.xds))
-                .await
-                .unwrap();
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", running.xds)).await.unwrap();
         let (tx, requests) = mpsc::channel(16);
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(requests))
-            .await
-            .unwrap()
-            .into_inner();
+        let rx = client.stream_aggregated_resources(ReceiverStream::new(requests)).await.unwrap().into_inner();
         Sotw { tx, rx }
     }
 
@@ -85,29 +74,17 @@ impl Sotw {
     }
 
     async fn next(&mut self, within: Duration) -> Option<DiscoveryResponse> {
-        tokio::time::timeout(within, self.rx.message())
-            .await
-            .ok()
-            .map(|m| m.unwrap().expect("stream open"))
+        tokio::time::timeout(within, self.rx.message()).await.ok().map(|m| m.unwrap().expect("stream open"))
     }
 }
 
-async fn next(
-    rx: &mut Streaming<DeltaDiscoveryResponse>,
-    within: Duration,
-) -> Option<DeltaDiscoveryResponse> {
-    tokio::time::timeout(within, rx.message())
-        .await
-        .ok()
-        .map(|m| m.unwrap().expect("open"))
+async fn next(rx: &mut Streaming<DeltaDiscoveryResponse>, within: Duration) -> Option<DeltaDiscoveryResponse> {
+    tokio::time::timeout(within, rx.message()).await.ok().map(|m| m.unwrap().expect("open"))
 }
 
 async fn get(running: &Running, path: &str) -> (u16, String) {
     let response = envoy_admin::get(running.admin, path).await.unwrap();
-    (
-        response.status,
-        String::from_utf8_lossy(&response.body).into_owned(),
-    )
+    (response.status, String::from_utf8_lossy(&response.body).into_owned())
 }
 
 async fn status(running: &Running) -> serde_json::Value {
@@ -121,11 +98,7 @@ async fn sotw_push_ack_nack_and_live_edits() {
     let mut envoy = Sotw::connect(&running).await;
 
     envoy
-        .send(DiscoveryRequest {
-            node: node("sotw-1"),
-            type_url: type_url::CLUSTER.to_string(),
-            ..Default::default()
-        })
+        .send(DiscoveryRequest { node: node("sotw-1"), type_url: type_url::CLUSTER.to_string(), ..Default::default() })
         .await;
     let first = envoy.next(PUSH_WITHIN).await.expect("clusters");
     assert_eq!(first.resources.len(), 1);
@@ -140,10 +113,7 @@ async fn sotw_push_ack_nack_and_live_edits() {
             ..Default::default()
         })
         .await;
-    assert!(
-        envoy.next(QUIET_FOR).await.is_none(),
-        "an ACK is not answered"
-    );
+    assert!(envoy.next(QUIET_FOR).await.is_none(), "an ACK is not answered");
     let s = status(&running).await;
     assert_eq!(s["nodes"]["sotw-1"]["acked"]["clusters"], running.version);
     assert_eq!(s["nodes"]["sotw-1"]["streams"], 1);
@@ -152,10 +122,7 @@ async fn sotw_push_ack_nack_and_live_edits() {
     // A second server appears: pushed without asking.
     let two = format!("{REGISTRY}  - {{ name: docs, url: 'http://127.0.0.1:9102/mcp' }}\n");
     edit(dir.path(), &two);
-    let pushed = envoy
-        .next(PUSH_WITHIN)
-        .await
-        .expect("a push after the edit");
+    let pushed = envoy.next(PUSH_WITHIN).await.expect("a push after the edit");
     assert_eq!(pushed.type_url, type_url::CLUSTER);
     assert_eq!(pushed.resources.len(), 2);
     assert_ne!(pushed.version_info, running.version);
@@ -174,21 +141,12 @@ async fn sotw_push_ack_nack_and_live_edits() {
             ..Default::default()
         })
         .await;
-    assert!(
-        envoy.next(QUIET_FOR).await.is_none(),
-        "a NACK is not answered"
-    );
+    assert!(envoy.next(QUIET_FOR).await.is_none(), "a NACK is not answered");
     let s = status(&running).await;
     assert_eq!(s["nacks_total"], 1);
     assert_eq!(s["nodes"]["sotw-1"]["nacks"], 1);
-    assert_eq!(
-        s["nodes"]["sotw-1"]["last_nack"]["message"],
-        "cluster mcp-docs: no healthy upstream, or so"
-    );
-    assert_eq!(
-        s["nodes"]["sotw-1"]["last_nack"]["rejected_version"],
-        pushed.version_info
-    );
+    assert_eq!(s["nodes"]["sotw-1"]["last_nack"]["message"], "cluster mcp-docs: no healthy upstream, or so");
+    assert_eq!(s["nodes"]["sotw-1"]["last_nack"]["rejected_version"], pushed.version_info);
 
     // An invalid edit: refused with file and line, nothing pushed, old snapshot kept.
     edit(dir.path(), &format!("{two}polcy: {{}}\n"));
@@ -211,15 +169,9 @@ async fn sotw_push_ack_nack_and_live_edits() {
 async fn delta_sends_differences_only() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path()).await;
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", running.xds))
-        .await
-        .unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", running.xds)).await.unwrap();
     let (tx, requests) = mpsc::channel(16);
-    let mut rx = client
-        .delta_aggregated_resources(ReceiverStream::new(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut rx = client.delta_aggregated_resources(ReceiverStream::new(requests)).await.unwrap().into_inner();
 
     tx.send(DeltaDiscoveryRequest {
         node: node("delta-1"),
@@ -252,10 +204,7 @@ async fn delta_sends_differences_only() {
     let bytes = &secret.resources[0].resource.as_ref().unwrap().value;
     assert!(bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
 
-    edit(
-        dir.path(),
-        &format!("{REGISTRY}  - {{ name: docs, url: 'http://127.0.0.1:9102/mcp' }}\n"),
-    );
+    edit(dir.path(), &format!("{REGISTRY}  - {{ name: docs, url: 'http://127.0.0.1:9102/mcp' }}\n"));
     let added = next(&mut rx, PUSH_WITHIN).await.expect("push");
     assert_eq!(added.type_url, type_url::CLUSTER);
     let names: Vec<&str> = added.resources.iter().map(|r| r.name.as_str()).collect();
@@ -285,14 +234,12 @@ async fn admin_api_answers() {
     let (code, body) = get(&running, "/readyz").await;
     assert_eq!(code, 200);
     assert!(body.contains(&running.version), "{body}");
-    let catalog: serde_json::Value =
-        serde_json::from_str(&get(&running, "/catalog").await.1).unwrap();
+    let catalog: serde_json::Value = serde_json::from_str(&get(&running, "/catalog").await.1).unwrap();
     assert_eq!(
         catalog,
         serde_json::json!({ "servers": [{ "name": "crm", "path": "/mcp/crm", "tools": [{ "name": "get_customer", "description": "Look a customer up" }] }] })
     );
-    let registry: serde_json::Value =
-        serde_json::from_str(&get(&running, "/registry").await.1).unwrap();
+    let registry: serde_json::Value = serde_json::from_str(&get(&running, "/registry").await.1).unwrap();
     assert_eq!(
         registry["servers"][0]["credentials"],
         serde_json::json!({ "header": "authorization", "prefix": "Bearer ", "source": { "value_env": "MESHGATE_ADS_TEST_TOKEN" }, "value": "[redacted]" })
@@ -316,9 +263,7 @@ async fn the_module_is_served_with_its_hash() {
     })
     .await
     .unwrap();
-    let response = envoy_admin::get(running.admin, "/wasm/meshgate.wasm")
-        .await
-        .unwrap();
+    let response = envoy_admin::get(running.admin, "/wasm/meshgate.wasm").await.unwrap();
     assert_eq!(response.status, 200);
     assert_eq!(response.body, support::minimal_proxy_wasm());
     let status = status(&running).await;

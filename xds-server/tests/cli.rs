@@ -37,10 +37,7 @@ fn validate_prints_a_summary_and_exits_0() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(
-        text.starts_with(&format!("{registry}: ok: 1 server (crm)")),
-        "{text}"
-    );
+    assert!(text.starts_with(&format!("{registry}: ok: 1 server (crm)")), "{text}");
 }
 
 #[test]
@@ -68,7 +65,9 @@ policy:
     assert_eq!(
         lines,
         [
-            format!("{file}:3: servers[0].url: unsupported scheme \"ftp\" in \"ftp://127.0.0.1/\": use http:// or https://"),
+            format!(
+                "{file}:3: servers[0].url: unsupported scheme \"ftp\" in \"ftp://127.0.0.1/\": use http:// or https://"
+            ),
             format!("{file}:4: servers[1].name: duplicate server name \"crm\" (first defined on line 3)"),
         ],
         "the glob error is the filter validator's: it reports once the rest is fixed"
@@ -92,41 +91,26 @@ policy:
 #[test]
 fn validate_unknown_keys_and_syntax_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = write(
-        dir.path(),
-        "r.yaml",
-        "listener: { port: 1 }\nservers: []\nlimits:\n  max_body: 5\n",
-    );
+    let registry = write(dir.path(), "r.yaml", "listener: { port: 1 }\nservers: []\nlimits:\n  max_body: 5\n");
     let out = run(&["validate", "-r", &registry.display().to_string()]);
     assert_eq!(out.status.code(), Some(1));
     let text = stderr(&out);
     assert!(
-        text.starts_with(&format!(
-            "{}:4: limits.max_body: unknown field `max_body`",
-            registry.display()
-        )),
+        text.starts_with(&format!("{}:4: limits.max_body: unknown field `max_body`", registry.display())),
         "{text}"
     );
 
     let registry = write(dir.path(), "s.yaml", "listener: { port: 1 }\nservers: [\n");
     let out = run(&["validate", "-r", &registry.display().to_string()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).starts_with(&format!("{}:", registry.display())),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).starts_with(&format!("{}:", registry.display())), "{}", stderr(&out));
 }
 
 #[test]
 fn validate_a_missing_file() {
     let out = run(&["validate", "--registry", "/nonexistent/registry.yaml"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).starts_with("/nonexistent/registry.yaml: cannot read registry: "),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).starts_with("/nonexistent/registry.yaml: cannot read registry: "), "{}", stderr(&out));
 }
 
 #[test]
@@ -144,40 +128,19 @@ fn validate_the_shipped_example() {
 fn bootstrap_prints_yaml_or_json() {
     let dir = tempfile::tempdir().unwrap();
     let registry = good_registry(dir.path());
-    let out = run(&[
-        "bootstrap",
-        "-r",
-        &registry,
-        "--wasm",
-        "filters/meshgate.wasm",
-    ]);
+    let out = run(&["bootstrap", "-r", &registry, "--wasm", "filters/meshgate.wasm"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let yaml: serde_json::Value = serde_saphyr::from_str(&stdout(&out)).expect("yaml");
-    let out = run(&[
-        "bootstrap",
-        "-r",
-        &registry,
-        "--wasm",
-        "filters/meshgate.wasm",
-        "--format",
-        "json",
-    ]);
+    let out = run(&["bootstrap", "-r", &registry, "--wasm", "filters/meshgate.wasm", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(yaml, json);
     let listener = &json["static_resources"]["listeners"][0];
-    let wasm = &listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
-        ["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"];
-    assert_eq!(
-        wasm, "filters/meshgate.wasm",
-        "a given path is kept as given"
-    );
+    let wasm = &listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]
+        ["vm_config"]["code"]["local"]["filename"];
+    assert_eq!(wasm, "filters/meshgate.wasm", "a given path is kept as given");
     // The module does not exist: a warning, not an error (the bootstrap is still useful).
-    assert!(
-        stderr(&out).contains("does not exist yet"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("does not exist yet"), "{}", stderr(&out));
 }
 
 #[test]
@@ -187,21 +150,13 @@ fn bootstrap_refuses_an_invalid_registry() {
     let out = run(&["bootstrap", "-r", &registry.display().to_string()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).is_empty());
-    assert!(
-        stderr(&out).contains(":2: servers: at least one server is required"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(":2: servers: at least one server is required"), "{}", stderr(&out));
 }
 
 #[test]
 fn up_refuses_an_invalid_registry_before_starting_anything() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = write(
-        dir.path(),
-        "r.yaml",
-        "listener: { port: 1 }\nservers: []\npolcy: {}\n",
-    );
+    let registry = write(dir.path(), "r.yaml", "listener: { port: 1 }\nservers: []\npolcy: {}\n");
     let ready = dir.path().join("ready.json");
     let out = run(&[
         "up",
@@ -213,11 +168,7 @@ fn up_refuses_an_invalid_registry_before_starting_anything() {
         &ready.display().to_string(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains(":3: polcy: unknown field `polcy`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(":3: polcy: unknown field `polcy`"), "{}", stderr(&out));
     assert!(!ready.exists());
 }
 
@@ -227,19 +178,11 @@ fn up_says_what_is_missing() {
     let registry = good_registry(dir.path());
     let out = run(&["up", "-r", &registry, "--envoy", "/nonexistent/envoy"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("envoy not found at /nonexistent/envoy (given by --envoy)"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("envoy not found at /nonexistent/envoy (given by --envoy)"), "{}", stderr(&out));
 
     // A stand-in "envoy" so the wasm check is reached; it is never started.
     let fake_envoy = write(dir.path(), "bin/envoy", "#!/bin/sh\nexit 7\n");
-    std::fs::set_permissions(
-        &fake_envoy,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(&fake_envoy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = run(&[
         "up",
         "-r",
@@ -251,10 +194,7 @@ fn up_says_what_is_missing() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let text = stderr(&out);
-    assert!(
-        text.contains("/nonexistent/meshgate.wasm") && text.contains("make build"),
-        "{text}"
-    );
+    assert!(text.contains("/nonexistent/meshgate.wasm") && text.contains("make build"), "{text}");
 }
 
 /// `envoy/static-example.yaml` is `meshgate bootstrap` of `examples/registry.yaml`; keep it
@@ -298,15 +238,8 @@ fn the_checked_in_static_example_is_current() {
     );
 }
 
-const XDS_EXAMPLE_ARGS: [&str; 7] = [
-    "bootstrap",
-    "--xds-address",
-    "meshgate:18000",
-    "--node-id",
-    "envoy-1",
-    "--admin-port",
-    "9901",
-];
+const XDS_EXAMPLE_ARGS: [&str; 7] =
+    ["bootstrap", "--xds-address", "meshgate:18000", "--node-id", "envoy-1", "--admin-port", "9901"];
 
 /// `envoy/xds-bootstrap.yaml` (used by docker-compose.yml) is what `meshgate bootstrap
 /// --xds-address meshgate:18000 --node-id envoy-1 --admin-port 9901` prints; keep it current
@@ -351,10 +284,7 @@ fn xds_bootstrap_points_at_the_control_plane_only() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let b: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(b["node"]["id"], "edge-7");
-    assert_eq!(
-        b["dynamic_resources"]["ads_config"]["api_type"],
-        "DELTA_GRPC"
-    );
+    assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "DELTA_GRPC");
     assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 9901);
     let clusters = b["static_resources"]["clusters"].as_array().unwrap();
     assert_eq!(clusters.len(), 1, "only the xDS cluster is static");
@@ -365,15 +295,7 @@ fn xds_bootstrap_points_at_the_control_plane_only() {
     let dir = tempfile::tempdir().unwrap();
     let registry = good_registry(dir.path());
     std::fs::write(&registry, format!("{GOOD}admin: {{ port: 9555 }}\n")).unwrap();
-    let out = run(&[
-        "bootstrap",
-        "-r",
-        &registry,
-        "--xds-address",
-        "cp.internal:18000",
-        "--format",
-        "json",
-    ]);
+    let out = run(&["bootstrap", "-r", &registry, "--xds-address", "cp.internal:18000", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let b: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 9555);
@@ -382,11 +304,7 @@ fn xds_bootstrap_points_at_the_control_plane_only() {
     for bad in ["nohost", "h:0", "h:x", ":18000", "bad_host:1"] {
         let out = run(&["bootstrap", "--xds-address", bad]);
         assert_eq!(out.status.code(), Some(1), "{bad}");
-        assert!(
-            stderr(&out).contains("--xds-address"),
-            "{bad}: {}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("--xds-address"), "{bad}: {}", stderr(&out));
     }
     let out = run(&["bootstrap"]);
     assert_eq!(out.status.code(), Some(1));
@@ -436,11 +354,7 @@ fn serve_refuses_an_invalid_registry() {
         "/opt/m.wasm",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains(":2: servers: at least one server is required"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(":2: servers: at least one server is required"), "{}", stderr(&out));
 }
 
 #[test]
@@ -449,16 +363,8 @@ fn the_compose_registry_is_valid() {
     // mounted at keys/.
     let root = repo_root();
     let dir = tempfile::tempdir().unwrap();
-    let registry = write(
-        dir.path(),
-        "registry.yaml",
-        std::fs::read(root.join("envoy/compose/registry.yaml")).unwrap(),
-    );
-    write(
-        dir.path(),
-        "keys/jwks.json",
-        std::fs::read(root.join("examples/keys/jwks.json")).unwrap(),
-    );
+    let registry = write(dir.path(), "registry.yaml", std::fs::read(root.join("envoy/compose/registry.yaml")).unwrap());
+    write(dir.path(), "keys/jwks.json", std::fs::read(root.join("examples/keys/jwks.json")).unwrap());
     let out = support::meshgate()
         .env("DEMO_DOCS_UPSTREAM_TOKEN", "demo-docs-upstream-token")
         .args(["validate", "-r"])
@@ -466,9 +372,5 @@ fn the_compose_registry_is_valid() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("ok: 2 servers (crm, docs)"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("ok: 2 servers (crm, docs)"), "{}", stdout(&out));
 }

@@ -22,17 +22,8 @@ const SECRET_ENV: &str = "MESHGATE_TEST_HS256_SECRET";
 const SECRET: &str = "test-secret-test-secret-test-secret";
 
 fn validate_with_envoy(envoy: &Path, bootstrap: &Path) {
-    let out = Command::new(envoy)
-        .args(["--mode", "validate", "-l", "warn", "-c"])
-        .arg(bootstrap)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "envoy rejected {}:\n{}",
-        bootstrap.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(envoy).args(["--mode", "validate", "-l", "warn", "-c"]).arg(bootstrap).output().unwrap();
+    assert!(out.status.success(), "envoy rejected {}:\n{}", bootstrap.display(), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -70,10 +61,7 @@ fn generated_bootstraps_pass_envoy_validate() {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", support::stderr(&out));
-            let name = format!(
-                "bootstrap-{}.{format}",
-                registry.file_stem().unwrap().to_string_lossy()
-            );
+            let name = format!("bootstrap-{}.{format}", registry.file_stem().unwrap().to_string_lossy());
             let bootstrap = write(dir.path(), &name, &out.stdout);
             validate_with_envoy(&envoy, &bootstrap);
         }
@@ -134,9 +122,7 @@ fn fake_upstream() -> (u16, mpsc::Receiver<String>) {
                 continue;
             }
             let mut stream = reader.into_inner();
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream",
-            );
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream");
             if tx.send(head).is_err() {
                 return;
             }
@@ -148,26 +134,12 @@ fn fake_upstream() -> (u16, mpsc::Receiver<String>) {
 /// `GET path` through Envoy; returns the status code and body.
 fn get(addr: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: client.example\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: client.example\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     (status, body)
 }
 
@@ -199,12 +171,7 @@ impl Up {
             .stderr(std::fs::File::create(&stderr_file).unwrap())
             .spawn()
             .unwrap();
-        Up {
-            child,
-            ready_file,
-            stdout_file,
-            stderr_file,
-        }
+        Up { child, ready_file, stdout_file, stderr_file }
     }
 
     fn output(&self) -> String {
@@ -223,16 +190,9 @@ impl Up {
                 return serde_json::from_str(&text).expect("the ready file is written atomically");
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "meshgate exited ({status}) before ready:\n{}",
-                    self.output()
-                );
+                panic!("meshgate exited ({status}) before ready:\n{}", self.output());
             }
-            assert!(
-                Instant::now() < deadline,
-                "not ready after 60s:\n{}",
-                self.output()
-            );
+            assert!(Instant::now() < deadline, "not ready after 60s:\n{}", self.output());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -243,11 +203,7 @@ impl Up {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "meshgate still running:\n{}",
-                self.output()
-            );
+            assert!(Instant::now() < deadline, "meshgate still running:\n{}", self.output());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -272,21 +228,13 @@ impl Drop for Up {
 fn pid_alive(pid: i32) -> bool {
     // A zombie still has a /proc entry; it is dead for our purposes.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next())
-                != Some("Z")
-        })
+        .map(|stat| stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) != Some("Z"))
         .unwrap_or(false)
 }
 
 fn terminate(pid: u32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
 }
 
 #[test]
@@ -310,62 +258,27 @@ fn up_routes_reports_ready_and_stops_on_sigterm() {
     let ready = up.wait_ready();
 
     let listener = ready["listener"].as_str().unwrap().to_string();
-    assert!(
-        listener.starts_with("127.0.0.1:") && !listener.ends_with(":0"),
-        "{ready}"
-    );
-    assert_eq!(
-        ready["servers"]["crm"],
-        format!("http://{listener}/mcp/crm")
-    );
+    assert!(listener.starts_with("127.0.0.1:") && !listener.ends_with(":0"), "{ready}");
+    assert_eq!(ready["servers"]["crm"], format!("http://{listener}/mcp/crm"));
     let admin = ready["admin"].as_str().unwrap();
     assert!(admin.starts_with("http://127.0.0.1:"), "{ready}");
     // The control plane's own addresses come along.
-    assert!(
-        ready["xds"].as_str().unwrap().starts_with("127.0.0.1:"),
-        "{ready}"
-    );
-    assert!(
-        ready["meshgate_admin"]
-            .as_str()
-            .unwrap()
-            .starts_with("http://127.0.0.1:"),
-        "{ready}"
-    );
+    assert!(ready["xds"].as_str().unwrap().starts_with("127.0.0.1:"), "{ready}");
+    assert!(ready["meshgate_admin"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{ready}");
     let envoy_pid = i32::try_from(ready["envoy_pid"].as_u64().unwrap()).unwrap();
     assert!(pid_alive(envoy_pid));
     let stdout = std::fs::read_to_string(&up.stdout_file).unwrap();
-    assert!(
-        stdout.contains(&format!(
-            "meshgate: envoy ready (pid {envoy_pid}), admin {admin}"
-        )),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(&format!("meshgate: crm -> http://{listener}/mcp/crm")),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("meshgate: envoy ready (pid {envoy_pid}), admin {admin}")), "{stdout}");
+    assert!(stdout.contains(&format!("meshgate: crm -> http://{listener}/mcp/crm")), "{stdout}");
     // Envoy's own log lines come through on stderr, prefixed.
     assert!(up.output().contains("envoy: ["), "{}", up.output());
 
     // Exact path, rewritten to the upstream path with the query kept, Host rewritten.
     let (status, body) = get(&listener, "/mcp/crm?session=1");
-    assert_eq!(
-        (status, body.as_str()),
-        (200, "upstream"),
-        "{}",
-        up.output()
-    );
+    assert_eq!((status, body.as_str()), (200, "upstream"), "{}", up.output());
     let head = requests.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert!(
-        head.starts_with("GET /mcp?session=1 HTTP/1.1\r\n"),
-        "{head}"
-    );
-    assert!(
-        head.to_ascii_lowercase()
-            .contains(&format!("host: 127.0.0.1:{upstream_port}\r\n")),
-        "{head}"
-    );
+    assert!(head.starts_with("GET /mcp?session=1 HTTP/1.1\r\n"), "{head}");
+    assert!(head.to_ascii_lowercase().contains(&format!("host: 127.0.0.1:{upstream_port}\r\n")), "{head}");
     // Neighbours of the route do not match it.
     for path in ["/mcp/crmx", "/mcp/crm/x", "/mcp", "/"] {
         assert_eq!(get(&listener, path).0, 404, "{path}");
@@ -392,24 +305,12 @@ fn up_exits_nonzero_when_envoy_quits_on_its_own() {
     );
     let mut up = Up::start(&envoy, dir.path(), &registry, &wasm);
     let ready = up.wait_ready();
-    let admin = ready["admin"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let admin = ready["admin"].as_str().unwrap().trim_start_matches("http://").to_string();
     let mut stream = TcpStream::connect(&admin).unwrap();
-    write!(
-        stream,
-        "POST /quitquitquit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(stream, "POST /quitquitquit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     let status = up.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "{}", up.output());
-    assert!(
-        up.output().contains("meshgate: envoy exited unexpectedly"),
-        "{}",
-        up.output()
-    );
+    assert!(up.output().contains("meshgate: envoy exited unexpectedly"), "{}", up.output());
 }
 
 #[test]
@@ -429,12 +330,11 @@ fn up_fails_with_envoys_words_when_the_module_is_bad() {
     assert_eq!(status.code(), Some(1), "{}", up.output());
     let output = up.output();
     assert!(
-        output.contains("meshgate: envoy rejected its configuration (extension_configs): Unable to create Wasm plugin meshgate"),
+        output.contains(
+            "meshgate: envoy rejected its configuration (extension_configs): Unable to create Wasm plugin meshgate"
+        ),
         "the error quotes Envoy's NACK:\n{output}"
     );
-    assert!(
-        output.contains("Failed to parse corrupted Wasm module"),
-        "and Envoy's own lines:\n{output}"
-    );
+    assert!(output.contains("Failed to parse corrupted Wasm module"), "and Envoy's own lines:\n{output}");
     assert!(!up.ready_file.exists());
 }

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
-    rate_limit_descriptor::Entry, RateLimitDescriptor,
-};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{rate_limit_descriptor::Entry, RateLimitDescriptor};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
@@ -33,19 +31,12 @@ struct Redis {
 }
 
 fn redis_server_binary() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("redis-server"))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("redis-server")).find(|p| p.is_file()))
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Redis {
@@ -61,16 +52,7 @@ impl Redis {
     fn start_on(binary: &Path, port: u16) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -78,17 +60,10 @@ impl Redis {
             .expect("start redis-server");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
+            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis {
-            child,
-            port,
-            _dir: dir,
-        }
+        Redis { child, port, _dir: dir }
     }
 
     fn url(&self) -> String {
@@ -126,10 +101,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % below
     }
 }
@@ -142,37 +114,14 @@ async fn the_script_agrees_with_the_core_arithmetic() {
     let store = store(&redis);
     let mut rng = Lcg(7);
     let limits = [
-        Limit::Bucket {
-            per_period: 5,
-            period_secs: 1,
-            burst: 3,
-        },
-        Limit::Bucket {
-            per_period: 60,
-            period_secs: 60,
-            burst: 10,
-        },
-        Limit::Bucket {
-            per_period: 7,
-            period_secs: 3_600,
-            burst: 2,
-        },
-        Limit::Window {
-            limit: 4,
-            period_secs: 1,
-        },
-        Limit::Window {
-            limit: 10,
-            period_secs: 60,
-        },
+        Limit::Bucket { per_period: 5, period_secs: 1, burst: 3 },
+        Limit::Bucket { per_period: 60, period_secs: 60, burst: 10 },
+        Limit::Bucket { per_period: 7, period_secs: 3_600, burst: 2 },
+        Limit::Window { limit: 4, period_secs: 1 },
+        Limit::Window { limit: 10, period_secs: 60 },
     ];
     for (i, limit) in limits.into_iter().enumerate() {
-        let charge = Charge {
-            rule: format!("agree-{i}"),
-            limit,
-            key: "k".into(),
-            hits: 1,
-        };
+        let charge = Charge { rule: format!("agree-{i}"), limit, key: "k".into(), hits: 1 };
         let mut state: Option<State> = None;
         let mut now_us: u64 = 1_700_000_000_000_000 + rng.next(1_000_000_000);
         for step in 0..300 {
@@ -184,22 +133,13 @@ async fn the_script_agrees_with_the_core_arithmetic() {
             };
             let core = limit.take(state, now_us * 1_000);
             state = Some(core.state);
-            let redis = store
-                .charge_at(std::slice::from_ref(&charge), Some(now_us))
-                .await
-                .unwrap();
+            let redis = store.charge_at(std::slice::from_ref(&charge), Some(now_us)).await.unwrap();
             let verdict = redis.verdicts[0];
-            assert_eq!(
-                verdict.admitted, core.admitted,
-                "{limit:?} step {step} at {now_us}"
-            );
+            assert_eq!(verdict.admitted, core.admitted, "{limit:?} step {step} at {now_us}");
             if core.admitted {
                 assert_eq!(verdict.remaining, core.remaining, "{limit:?} step {step}");
             } else {
-                assert_eq!(
-                    verdict.reset_secs, core.retry_after_secs,
-                    "{limit:?} step {step}"
-                );
+                assert_eq!(verdict.reset_secs, core.retry_after_secs, "{limit:?} step {step}");
             }
         }
     }
@@ -211,24 +151,10 @@ async fn the_script_agrees_with_the_core_arithmetic() {
 async fn charging_is_all_or_nothing() {
     let Some(redis) = Redis::start() else { return };
     let store = store(&redis);
-    let wide = Charge {
-        rule: "wide".into(),
-        limit: Limit::Window {
-            limit: 10,
-            period_secs: 60,
-        },
-        key: "a".into(),
-        hits: 1,
-    };
-    let narrow = Charge {
-        rule: "narrow".into(),
-        limit: Limit::Window {
-            limit: 2,
-            period_secs: 60,
-        },
-        key: "a".into(),
-        hits: 1,
-    };
+    let wide =
+        Charge { rule: "wide".into(), limit: Limit::Window { limit: 10, period_secs: 60 }, key: "a".into(), hits: 1 };
+    let narrow =
+        Charge { rule: "narrow".into(), limit: Limit::Window { limit: 2, period_secs: 60 }, key: "a".into(), hits: 1 };
     let now = Some(120_000_000);
     let both = [wide.clone(), narrow.clone()];
     let admitted: Vec<bool> = {
@@ -240,10 +166,7 @@ async fn charging_is_all_or_nothing() {
     };
     assert_eq!(admitted, [true, true, false, false]);
     // `wide` was charged twice only: 8 left.
-    let alone = store
-        .charge_at(std::slice::from_ref(&wide), now)
-        .await
-        .unwrap();
+    let alone = store.charge_at(std::slice::from_ref(&wide), now).await.unwrap();
     assert_eq!(alone.verdicts[0].remaining, 7);
 }
 
@@ -268,9 +191,7 @@ async fn start(dir: &Path, text: &str) -> Running {
 }
 
 async fn client(xds: SocketAddr) -> RateLimitServiceClient<tonic::transport::Channel> {
-    RateLimitServiceClient::connect(format!("http://{xds}"))
-        .await
-        .unwrap()
+    RateLimitServiceClient::connect(format!("http://{xds}")).await.unwrap()
 }
 
 fn request(rule: &str, key: &str) -> RateLimitRequest {
@@ -278,14 +199,8 @@ fn request(rule: &str, key: &str) -> RateLimitRequest {
         domain: "meshgate".into(),
         descriptors: vec![RateLimitDescriptor {
             entries: vec![
-                Entry {
-                    key: "rule".into(),
-                    value: rule.into(),
-                },
-                Entry {
-                    key: "key".into(),
-                    value: key.into(),
-                },
+                Entry { key: "rule".into(), value: rule.into() },
+                Entry { key: "key".into(), value: key.into() },
             ],
             ..Default::default()
         }],
@@ -298,45 +213,24 @@ async fn ask(
     rule: &str,
     key: &str,
 ) -> RateLimitResponse {
-    client
-        .should_rate_limit(request(rule, key))
-        .await
-        .unwrap()
-        .into_inner()
+    client.should_rate_limit(request(rule, key)).await.unwrap().into_inner()
 }
 
 fn header<'a>(response: &'a RateLimitResponse, name: &str) -> Option<&'a str> {
-    response
-        .response_headers_to_add
-        .iter()
-        .find(|h| h.key == name)
-        .map(|h| h.value.as_str())
+    response.response_headers_to_add.iter().find(|h| h.key == name).map(|h| h.value.as_str())
 }
 
 /// `GET path` on the admin API, body only.
 async fn get(admin: SocketAddr, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).await.unwrap();
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
 fn metric(metrics: &str, line_prefix: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(line_prefix)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    metrics.lines().find_map(|l| l.strip_prefix(line_prefix).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
 }
 
 /// Two hundred concurrent calls on a window of 25 (two clients, like two Envoys): exactly
@@ -350,9 +244,7 @@ async fn admission_is_exact_under_concurrency() {
     let mut tasks = Vec::new();
     for i in 0..200 {
         let mut c = clients[i % 2].clone();
-        tasks.push(tokio::spawn(
-            async move { ask(&mut c, "fleet", "alice").await },
-        ));
+        tasks.push(tokio::spawn(async move { ask(&mut c, "fleet", "alice").await }));
     }
     let mut ok = 0;
     let mut over = Vec::new();
@@ -370,35 +262,13 @@ async fn admission_is_exact_under_concurrency() {
     assert_eq!(header(refused, "x-meshgate-limit-rule"), Some("fleet"));
     let retry: u64 = header(refused, "retry-after").unwrap().parse().unwrap();
     assert!((1..=3_600).contains(&retry), "{retry}");
-    assert_eq!(
-        refused.statuses[0]
-            .current_limit
-            .as_ref()
-            .unwrap()
-            .requests_per_unit,
-        25
-    );
+    assert_eq!(refused.statuses[0].current_limit.as_ref().unwrap().requests_per_unit, 25);
     // Another consumer has its own counter.
     let mut c = clients[0].clone();
-    assert_eq!(
-        ask(&mut c, "fleet", "bob").await.overall_code,
-        Code::Ok as i32
-    );
+    assert_eq!(ask(&mut c, "fleet", "bob").await.overall_code, Code::Ok as i32);
     let metrics = get(running.admin, "/metrics").await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"ok\"}"
-        ),
-        26
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"over_limit\"}"
-        ),
-        175
-    );
+    assert_eq!(metric(&metrics, "meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"ok\"}"), 26);
+    assert_eq!(metric(&metrics, "meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"over_limit\"}"), 175);
     running.stop().await;
 }
 
@@ -411,20 +281,10 @@ async fn rules_follow_the_live_registry() {
     let mut c = client(running.xds).await;
     let unknown = ask(&mut c, "nope", "alice").await;
     assert_eq!(unknown.overall_code, Code::Ok as i32);
-    assert_eq!(
-        ask(&mut c, "fleet", "alice").await.overall_code,
-        Code::Ok as i32
-    );
-    assert_eq!(
-        ask(&mut c, "fleet", "alice").await.overall_code,
-        Code::OverLimit as i32
-    );
+    assert_eq!(ask(&mut c, "fleet", "alice").await.overall_code, Code::Ok as i32);
+    assert_eq!(ask(&mut c, "fleet", "alice").await.overall_code, Code::OverLimit as i32);
     // 1/h → 3/h: the same counter (same kind and period), two more calls fit.
-    support::write(
-        dir.path(),
-        "registry.yaml",
-        registry_text(&redis.url(), "3/h", "deny"),
-    );
+    support::write(dir.path(), "registry.yaml", registry_text(&redis.url(), "3/h", "deny"));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let response = ask(&mut c, "fleet", "alice").await;
@@ -434,14 +294,8 @@ async fn rules_follow_the_live_registry() {
         assert!(Instant::now() < deadline, "the edit did not apply");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        ask(&mut c, "fleet", "alice").await.overall_code,
-        Code::Ok as i32
-    );
-    assert_eq!(
-        ask(&mut c, "fleet", "alice").await.overall_code,
-        Code::OverLimit as i32
-    );
+    assert_eq!(ask(&mut c, "fleet", "alice").await.overall_code, Code::Ok as i32);
+    assert_eq!(ask(&mut c, "fleet", "alice").await.overall_code, Code::OverLimit as i32);
     let metrics = get(running.admin, "/metrics").await;
     assert_eq!(metric(&metrics, "meshgate_ratelimit_unknown_rule_total"), 1);
     running.stop().await;
@@ -457,53 +311,29 @@ async fn a_redis_outage_follows_the_failure_mode() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path(), &registry_text(&redis.url(), "100/h", "deny")).await;
     let mut c = client(running.xds).await;
-    assert_eq!(
-        ask(&mut c, "fleet", "alice").await.overall_code,
-        Code::Ok as i32
-    );
+    assert_eq!(ask(&mut c, "fleet", "alice").await.overall_code, Code::Ok as i32);
 
     redis.stop();
     let started = Instant::now();
     let denied = ask(&mut c, "fleet", "alice").await;
-    assert!(
-        started.elapsed() < Duration::from_millis(400),
-        "answered before Envoy's timeout"
-    );
+    assert!(started.elapsed() < Duration::from_millis(400), "answered before Envoy's timeout");
     assert_eq!(denied.overall_code, Code::OverLimit as i32);
-    assert_eq!(
-        header(&denied, "x-meshgate-limit-error"),
-        Some("store-unavailable")
-    );
+    assert_eq!(header(&denied, "x-meshgate-limit-error"), Some("store-unavailable"));
     assert_eq!(header(&denied, "x-meshgate-limit-rule"), Some("fleet"));
     assert_eq!(header(&denied, "retry-after"), Some("1"));
     let metrics = get(running.admin, "/metrics").await;
     assert_eq!(metric(&metrics, "meshgate_ratelimit_store_errors_total"), 1);
-    assert_eq!(
-        metric(
-            &metrics,
-            "meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"failed_closed\"}"
-        ),
-        1
-    );
+    assert_eq!(metric(&metrics, "meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"failed_closed\"}"), 1);
 
     // failure_mode: allow (a live edit) lets calls through uncounted.
-    support::write(
-        dir.path(),
-        "registry.yaml",
-        registry_text(&redis.url(), "100/h", "allow"),
-    );
+    support::write(dir.path(), "registry.yaml", registry_text(&redis.url(), "100/h", "allow"));
     let deadline = Instant::now() + Duration::from_secs(5);
     while ask(&mut c, "fleet", "alice").await.overall_code != Code::Ok as i32 {
         assert!(Instant::now() < deadline, "the edit did not apply");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let metrics = get(running.admin, "/metrics").await;
-    assert!(
-        metric(
-            &metrics,
-            "meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"failed_open\"}"
-        ) >= 1
-    );
+    assert!(metric(&metrics, "meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"failed_open\"}") >= 1);
 
     // Redis is back (empty): counting resumes on the next request.
     redis.restart();

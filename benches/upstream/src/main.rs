@@ -27,7 +27,9 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => {
                 args.threads = value()?.parse().ok().filter(|n| *n > 0).ok_or("--threads must be a positive number")?
             }
-            "-h" | "--help" => return Err(String::from("usage: meshgate-bench-upstream [--port N] [--ready-file PATH] [--threads N]")),
+            "-h" | "--help" => {
+                return Err(String::from("usage: meshgate-bench-upstream [--port N] [--ready-file PATH] [--threads N]"))
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }

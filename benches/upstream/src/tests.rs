@@ -7,7 +7,9 @@ fn parsed(r: &Reply) -> Value {
 
 #[test]
 fn tool_calls_carry_the_marker_and_one_email() {
-    let r = reply(br#"{"jsonrpc":"2.0","id":"a-1","method":"tools/call","params":{"name":"get_item","arguments":{"x":"y"}}}"#);
+    let r = reply(
+        br#"{"jsonrpc":"2.0","id":"a-1","method":"tools/call","params":{"name":"get_item","arguments":{"x":"y"}}}"#,
+    );
     assert_eq!(r.status, 200);
     let v = parsed(&r);
     assert_eq!(v["id"], json!("a-1"));
@@ -31,7 +33,10 @@ fn lifecycle_methods() {
 
 #[test]
 fn errors() {
-    assert_eq!(parsed(&reply(br#"{"jsonrpc":"2.0","id":4,"method":"nope"}"#))["error"]["code"], json!(METHOD_NOT_FOUND));
+    assert_eq!(
+        parsed(&reply(br#"{"jsonrpc":"2.0","id":4,"method":"nope"}"#))["error"]["code"],
+        json!(METHOD_NOT_FOUND)
+    );
     for bad in [&b"not json"[..], b"[1]"] {
         let r = reply(bad);
         assert_eq!(r.status, 400);
@@ -57,7 +62,8 @@ async fn serves_http_with_keep_alive() {
         let mut buf = [0u8; 4096];
         // Read until the whole JSON answer is in (it ends the response: content-length framed).
         while !(String::from_utf8_lossy(&seen).contains(MARKER) && seen.ends_with(b"}")) {
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await.unwrap().unwrap();
+            let n =
+                tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await.unwrap().unwrap();
             assert!(n > 0, "connection closed");
             seen.extend_from_slice(&buf[..n]);
         }

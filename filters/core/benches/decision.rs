@@ -11,7 +11,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use meshgate_core::config::{FilterConfig, RawApiKey, RawAuth, RawFilterConfig, RawJwtProvider, RawPolicy, RawRole, SecretSource};
+use meshgate_core::config::{
+    FilterConfig, RawApiKey, RawAuth, RawFilterConfig, RawJwtProvider, RawPolicy, RawRole, SecretSource,
+};
 use meshgate_core::gateway::{Gateway, HeadDecision, RequestHead};
 use meshgate_core::identity::TokenCache;
 use meshgate_core::listing::ListFilter;
@@ -113,7 +115,9 @@ fn bench(c: &mut Criterion) {
     let body = tools_call_1kb();
     let mut group = c.benchmark_group("body");
     group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("tools_call_1kb/parse+rbac", |b| b.iter(|| black_box(g.on_request_body(&pending, black_box(&body)).is_ok())));
+    group.bench_function("tools_call_1kb/parse+rbac", |b| {
+        b.iter(|| black_box(g.on_request_body(&pending, black_box(&body)).is_ok()))
+    });
     group.finish();
 
     let tools: Vec<_> = (0..100)
@@ -131,11 +135,17 @@ fn bench(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("list");
     group.throughput(Throughput::Bytes(list.len() as u64));
-    group.bench_function("tools_list_100/filter", |b| b.iter(|| black_box(filter.apply(black_box(&list), &g.config().policy))));
+    group.bench_function("tools_list_100/filter", |b| {
+        b.iter(|| black_box(filter.apply(black_box(&list), &g.config().policy)))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("jwt");
-    for (name, alg, issuer) in [("hs256", Algorithm::HS256, "hs"), ("rs256", Algorithm::RS256, "https://idp"), ("es256", Algorithm::ES256, "https://idp")] {
+    for (name, alg, issuer) in [
+        ("hs256", Algorithm::HS256, "hs"),
+        ("rs256", Algorithm::RS256, "https://idp"),
+        ("es256", Algorithm::ES256, "https://idp"),
+    ] {
         let authz = format!("Bearer {}", token(alg, issuer));
         let h = headers(&[("authorization", &authz), ("content-type", "application/json")]);
         let head = RequestHead { method: "POST", path: "/mcp/crm", headers: &h };

@@ -80,7 +80,11 @@ fn pii_line(rng: &mut Rng) -> String {
     match rng.next() % 4 {
         0 => format!("Contact {email} or call {} about the renewal.", rng.pick(PHONES)),
         1 => format!("Card on file {}, billing IBAN {}.", rng.pick(CARDS), rng.pick(IBANS)),
-        2 => format!("Login from 203.0.113.{} with Bearer 8f14e45fceea167a5a36dedd4bea25{:02}.", rng.next() % 255, rng.next() % 100),
+        2 => format!(
+            "Login from 203.0.113.{} with Bearer 8f14e45fceea167a5a36dedd4bea25{:02}.",
+            rng.next() % 255,
+            rng.next() % 100
+        ),
         _ => format!("SSN 123-45-6789 verified; rotated key AKIAIOSFODNN7EXAMPLE for {email}."),
     }
 }
@@ -128,7 +132,12 @@ struct Naive(Vec<(regex::Regex, String)>);
 
 impl Naive {
     fn new() -> Self {
-        Naive(Detector::ALL.iter().map(|d| (regex::Regex::new(d.pattern()).unwrap(), format!("[{}]", d.label()))).collect())
+        Naive(
+            Detector::ALL
+                .iter()
+                .map(|d| (regex::Regex::new(d.pattern()).unwrap(), format!("[{}]", d.label())))
+                .collect(),
+        )
     }
 
     fn redact_str(&self, s: &mut String) {
@@ -197,7 +206,12 @@ fn bench(c: &mut Criterion) {
             let body = payload(size, per_mille);
             let mut counts = RedactionCounts::new();
             let out = plan.redact_message(&body, &mut counts).unwrap();
-            eprintln!("{density}/{label}: {} bytes, {} redactions, rewritten: {}", body.len(), counts.total(), out.is_some());
+            eprintln!(
+                "{density}/{label}: {} bytes, {} redactions, rewritten: {}",
+                body.len(),
+                counts.total(),
+                out.is_some()
+            );
             group.throughput(Throughput::Bytes(body.len() as u64));
             if size >= 1024 * 1024 {
                 group.sample_size(10);

@@ -281,7 +281,8 @@ impl AuditRecord {
     /// Copies the `tools/call` arguments of `body` (the request as forwarded, i.e. after
     /// request redaction) when `server/tool` matches one of `opted_in`. Never otherwise.
     pub fn capture_arguments(&mut self, opted_in: &[crate::glob::Glob], body: &[u8]) {
-        let (Some(ResourceKind::Tool), Some(server), Some(tool)) = (self.target_kind, &self.server, &self.target) else {
+        let (Some(ResourceKind::Tool), Some(server), Some(tool)) = (self.target_kind, &self.server, &self.target)
+        else {
             return;
         };
         let qualified = format!("{server}/{tool}");
@@ -390,7 +391,10 @@ impl AuditRecord {
         };
         let mut out = vec![
             MetricUpdate::Counter { name: format!("{}.method.{method}.decision.{decision}", metric::REQUESTS), by: 1 },
-            MetricUpdate::Histogram { name: format!("{}.method.{method}", metric::DECISION_TIME_US), value: self.decision_us },
+            MetricUpdate::Histogram {
+                name: format!("{}.method.{method}", metric::DECISION_TIME_US),
+                value: self.decision_us,
+            },
         ];
         if self.target_kind == Some(ResourceKind::Tool) {
             let mut name = format!("{}.server.{server}.tool.{tool}.decision.{decision}", metric::TOOL_CALLS);
@@ -407,7 +411,10 @@ impl AuditRecord {
             });
         }
         if let Some(c) = self.upstream_error_code {
-            out.push(MetricUpdate::Counter { name: format!("{}.server.{server}.code.{c}", metric::UPSTREAM_ERRORS), by: 1 });
+            out.push(MetricUpdate::Counter {
+                name: format!("{}.server.{server}.code.{c}", metric::UPSTREAM_ERRORS),
+                by: 1,
+            });
         }
         out.retain(|m| !matches!(m, MetricUpdate::Counter { by: 0, .. }));
         out

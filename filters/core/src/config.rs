@@ -438,7 +438,8 @@ pub struct SizeLimits {
 impl SizeLimits {
     fn overridden(self, path: &str, o: &RawSizeLimits) -> Result<Self, ConfigError> {
         Ok(Self {
-            max_request_bytes: positive(o.max_request_bytes, path, "max_request_bytes")?.unwrap_or(self.max_request_bytes),
+            max_request_bytes: positive(o.max_request_bytes, path, "max_request_bytes")?
+                .unwrap_or(self.max_request_bytes),
             max_argument_bytes: positive(o.max_argument_bytes, path, "max_argument_bytes")?.or(self.max_argument_bytes),
             max_response_bytes: positive(o.max_response_bytes, path, "max_response_bytes")?
                 .unwrap_or(self.max_response_bytes),
@@ -530,7 +531,8 @@ impl Limits {
                 }
                 tools.insert(tool.clone(), base.overridden(&tool_path, o)?);
             }
-            let largest_request_bytes = tools.values().map(|t| t.max_request_bytes).fold(base.max_request_bytes, u64::max);
+            let largest_request_bytes =
+                tools.values().map(|t| t.max_request_bytes).fold(base.max_request_bytes, u64::max);
             by_server.insert(name.clone(), ServerSizes { base, largest_request_bytes, tools });
         }
         Ok(Self { defaults, max_in_flight_per_consumer, servers: by_server })
@@ -562,7 +564,9 @@ pub struct FilterConfig {
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
 pub fn is_valid_server_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 63 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl FilterConfig {
@@ -584,7 +588,10 @@ impl FilterConfig {
                 ));
             }
             if !servers.insert(name.clone()) {
-                return Err(ConfigError::invalid(format!("servers[{i}].name"), format!("duplicate server name \"{name}\"")));
+                return Err(ConfigError::invalid(
+                    format!("servers[{i}].name"),
+                    format!("duplicate server name \"{name}\""),
+                ));
             }
         }
         for name in raw.policy.roles.keys() {
@@ -599,10 +606,7 @@ impl FilterConfig {
         let authenticator = crate::identity::Authenticator::compile(&raw.auth, secrets, &|r| policy.has_role(r))?;
         if let Some(url) = &raw.auth.resource_metadata {
             if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains('"') {
-                return Err(ConfigError::invalid(
-                    "auth.resource_metadata",
-                    format!("\"{url}\" is not an http(s) URL"),
-                ));
+                return Err(ConfigError::invalid("auth.resource_metadata", format!("\"{url}\" is not an http(s) URL")));
             }
         }
         let redactor = crate::redact::Redactor::compile(

@@ -35,7 +35,8 @@ pub fn headers_to_strip(headers: &[(String, String)]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for (name, _) in headers {
         let lower = name.to_ascii_lowercase();
-        let strip = STRIPPED_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with(quota::RESERVED_HEADER_PREFIX);
+        let strip =
+            STRIPPED_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with(quota::RESERVED_HEADER_PREFIX);
         if strip && !names.contains(&lower) {
             names.push(lower);
         }
@@ -203,7 +204,8 @@ impl Exchange {
                 },
             };
         }
-        let unreadable = |why: &str| ResponsePlan::Replace(jsonrpc::error_body(self.request_id(), code::INTERNAL_ERROR, why));
+        let unreadable =
+            |why: &str| ResponsePlan::Replace(jsonrpc::error_body(self.request_id(), code::INTERNAL_ERROR, why));
         if head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
             return unreadable("upstream sent an encoded response the gateway cannot inspect");
         }
@@ -223,10 +225,16 @@ impl Exchange {
     /// Each lookup is a host call in the filter; the plan is the one the full head gives.
     pub fn response_plan_from(&self, status: u16, header: &mut dyn FnMut(&str) -> Option<String>) -> ResponsePlan {
         let rewrites = self.rewrites_response(status);
-        let content_length =
-            if self.response_limit.is_some() { header("content-length").and_then(|v| v.trim().parse().ok()) } else { None };
-        let content_type =
-            if rewrites || (self.response_limit.is_some() && content_length.is_none()) { header("content-type") } else { None };
+        let content_length = if self.response_limit.is_some() {
+            header("content-length").and_then(|v| v.trim().parse().ok())
+        } else {
+            None
+        };
+        let content_type = if rewrites || (self.response_limit.is_some() && content_length.is_none()) {
+            header("content-type")
+        } else {
+            None
+        };
         let content_encoding = if rewrites { header("content-encoding") } else { None };
         self.response_plan(ResponseHead {
             status,
@@ -339,13 +347,22 @@ impl Gateway {
                 Err(r) => HeadDecision::Reject(r),
             },
             other => HeadDecision::Reject(
-                Rejection::new(405, code::INVALID_REQUEST, format!("method {} is not allowed on MCP endpoints", printable(other)))
-                    .with_header("allow", "GET, POST, DELETE".to_string()),
+                Rejection::new(
+                    405,
+                    code::INVALID_REQUEST,
+                    format!("method {} is not allowed on MCP endpoints", printable(other)),
+                )
+                .with_header("allow", "GET, POST, DELETE".to_string()),
             ),
         }
     }
 
-    fn authenticate(&self, head: RequestHead<'_>, now: u64, cache: &mut TokenCache) -> Result<Arc<Consumer>, Rejection> {
+    fn authenticate(
+        &self,
+        head: RequestHead<'_>,
+        now: u64,
+        cache: &mut TokenCache,
+    ) -> Result<Arc<Consumer>, Rejection> {
         if head.count("authorization") > 1 || head.count("x-api-key") > 1 {
             return Err(self.unauthenticated(&AuthError::Ambiguous));
         }
@@ -372,7 +389,10 @@ impl Gateway {
                 return Err(Rejection::new(
                     415,
                     code::INVALID_REQUEST,
-                    format!("content type {} is not supported; send application/json", printable(other.as_deref().unwrap_or("(none)"))),
+                    format!(
+                        "content type {} is not supported; send application/json",
+                        printable(other.as_deref().unwrap_or("(none)"))
+                    ),
                 ))
             }
         }
@@ -447,7 +467,8 @@ impl Gateway {
         let consumer = &pending.consumer;
         let server = &pending.server;
         if let Some(target) = message.target() {
-            if let Verdict::Deny(reason) = self.config.policy.decide(&consumer.roles, target.kind, server, &target.name) {
+            if let Verdict::Deny(reason) = self.config.policy.decide(&consumer.roles, target.kind, server, &target.name)
+            {
                 return Err(Rejection::new(
                     403,
                     code::FORBIDDEN,
@@ -473,7 +494,10 @@ impl Gateway {
                 return Err(Rejection::new(
                     413,
                     code::INVALID_PARAMS,
-                    format!("arguments of tool \"{server}/{}\" are {size} bytes, over the {max}-byte limit", printable(name)),
+                    format!(
+                        "arguments of tool \"{server}/{}\" are {size} bytes, over the {max}-byte limit",
+                        printable(name)
+                    ),
                 )
                 .with_id(message.id()));
             }
@@ -528,7 +552,6 @@ impl Gateway {
     }
 }
 
-
 /// 2026-07-28: `MCP-Protocol-Version` must equal the envelope's version, `Mcp-Method` the
 /// body's method and `Mcp-Name` the named param. Checked whenever the headers are present (a
 /// gateway or server that routes or authorizes on headers must not be fooled), and required
@@ -567,7 +590,6 @@ fn check_routing_headers(
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests;

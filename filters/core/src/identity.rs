@@ -126,7 +126,10 @@ impl Authenticator {
         for (i, p) in raw.jwt.iter().enumerate() {
             let path = format!("auth.jwt[{i}]");
             if !issuers.insert(p.issuer.clone()) {
-                return Err(ConfigError::invalid(format!("{path}.issuer"), format!("duplicate issuer \"{}\"", p.issuer)));
+                return Err(ConfigError::invalid(
+                    format!("{path}.issuer"),
+                    format!("duplicate issuer \"{}\"", p.issuer),
+                ));
             }
             providers.push(compile_provider(p, &path, secrets)?);
         }
@@ -204,11 +207,7 @@ impl Authenticator {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
         let issuer = unverified_issuer(token).ok_or_else(|| invalid("token has no issuer"))?;
-        let provider = self
-            .providers
-            .iter()
-            .find(|p| p.issuer == issuer)
-            .ok_or_else(|| invalid("untrusted issuer"))?;
+        let provider = self.providers.iter().find(|p| p.issuer == issuer).ok_or_else(|| invalid("untrusted issuer"))?;
         let mut candidates = provider
             .keys
             .iter()
@@ -235,7 +234,11 @@ impl Authenticator {
 }
 
 impl JwtProvider {
-    fn consumer_from_claims(&self, claims: &serde_json::Map<String, Value>, now: u64) -> Result<(Arc<Consumer>, u64), AuthError> {
+    fn consumer_from_claims(
+        &self,
+        claims: &serde_json::Map<String, Value>,
+        now: u64,
+    ) -> Result<(Arc<Consumer>, u64), AuthError> {
         let exp = claims
             .get("exp")
             .and_then(Value::as_u64)
@@ -346,7 +349,11 @@ fn compile_provider(p: &RawJwtProvider, path: &str, secrets: &dyn SecretSource) 
                     format!("the secret in {var} is shorter than 32 bytes"),
                 ));
             }
-            vec![VerificationKey { kid: None, algorithm: Algorithm::HS256, key: DecodingKey::from_secret(secret.as_bytes()) }]
+            vec![VerificationKey {
+                kid: None,
+                algorithm: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            }]
         }
     };
     let leeway = p.leeway_seconds.unwrap_or(DEFAULT_JWT_LEEWAY_SECONDS);
@@ -376,8 +383,8 @@ fn keys_from_jwks(jwks: &Value, path: &str) -> Result<Vec<VerificationKey>, Conf
     for (i, jwk) in set.keys.iter().enumerate() {
         let algorithm = jwk_algorithm(jwk)
             .ok_or_else(|| ConfigError::invalid(path.to_string(), format!("key {i}: unsupported key type or curve")))?;
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|e| ConfigError::invalid(path.to_string(), format!("key {i}: {e}")))?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| ConfigError::invalid(path.to_string(), format!("key {i}: {e}")))?;
         keys.push(VerificationKey { kid: jwk.common.key_id.clone(), algorithm, key });
     }
     if keys.is_empty() {

@@ -75,7 +75,8 @@ impl ListFilter {
         }
         // The original bytes around the array, the kept items' own text inside it.
         let whole = doc.text().as_bytes();
-        let Some((before, after)) = items.span_in(&doc).and_then(|span| Some((whole.get(..span.start)?, whole.get(span.end..)?)))
+        let Some((before, after)) =
+            items.span_in(&doc).and_then(|span| Some((whole.get(..span.start)?, whole.get(span.end..)?)))
         else {
             return self.unreadable("list response could not be re-encoded");
         };
@@ -149,7 +150,8 @@ mod tests {
         let body = json!({"jsonrpc":"2.0","id":3,"result":{"prompts":[{"name":"summarize_customer"}]}});
         assert_eq!(filter("prompts/list").apply(body.to_string().as_bytes(), &policy()), ListOutcome::Unchanged);
         let empty = json!({"jsonrpc":"2.0","id":3,"result":{"resources":[{"uri":"crm://stats"}]}});
-        let ListOutcome::Rewritten(bytes) = filter("resources/list").apply(empty.to_string().as_bytes(), &policy()) else {
+        let ListOutcome::Rewritten(bytes) = filter("resources/list").apply(empty.to_string().as_bytes(), &policy())
+        else {
             panic!()
         };
         assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap()["result"]["resources"], json!([]));
@@ -171,10 +173,7 @@ mod tests {
     #[test]
     fn rewrites_keep_the_upstream_text() {
         let body = "{\"jsonrpc\": \"2.0\",\n \"id\": 3, \"result\": {\"tools\": [\n  {\"name\": \"get\\u005fcustomer\", \"x\": 1.50},\n  {\"name\": \"delete_customer\"} ,\n  {\"name\": \"list_all\", \"d\": \"caf\\u00e9 \\/\"}\n ], \"nextCursor\": \"c\"}}\n";
-        let ListOutcome::Rewritten(bytes) = filter("tools/list").apply(body.as_bytes(), &policy())
-        else {
-            panic!()
-        };
+        let ListOutcome::Rewritten(bytes) = filter("tools/list").apply(body.as_bytes(), &policy()) else { panic!() };
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
             "{\"jsonrpc\": \"2.0\",\n \"id\": 3, \"result\": {\"tools\": [{\"name\": \"get\\u005fcustomer\", \"x\": 1.50},{\"name\": \"list_all\", \"d\": \"caf\\u00e9 \\/\"}], \"nextCursor\": \"c\"}}"
@@ -188,10 +187,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":3,"id":4,"result":{"tools":[]}}"#,
         ] {
             assert!(
-                matches!(
-                    filter("tools/list").apply(body.as_bytes(), &policy()),
-                    ListOutcome::Unreadable(_)
-                ),
+                matches!(filter("tools/list").apply(body.as_bytes(), &policy()), ListOutcome::Unreadable(_)),
                 "{body}"
             );
         }
@@ -207,16 +203,12 @@ mod tests {
         let Some(result) = obj.get_mut("result") else {
             return Some(None);
         };
-        let items = result
-            .get_mut(f.shape.array)
-            .and_then(Value::as_array_mut)?;
+        let items = result.get_mut(f.shape.array).and_then(Value::as_array_mut)?;
         let before = items.len();
         items.retain(|item| {
             item.get(f.shape.field)
                 .and_then(Value::as_str)
-                .is_some_and(|name| {
-                    policy.decide(&f.roles, f.shape.kind, &f.server, name) == Verdict::Allow
-                })
+                .is_some_and(|name| policy.decide(&f.roles, f.shape.kind, &f.server, name) == Verdict::Allow)
         });
         Some((items.len() != before).then_some(value))
     }

@@ -295,7 +295,8 @@ impl<'a> JsonView<'a> for RawJson<'a> {
     }
     fn is_integer(self) -> bool {
         // `-0` and `1.0` are floats to serde_json: ask it rather than guess from the text.
-        self.kind() == JsonKind::Number && RawJson::to_value(&self).as_number().is_some_and(|n| n.is_i64() || n.is_u64())
+        self.kind() == JsonKind::Number
+            && RawJson::to_value(&self).as_number().is_some_and(|n| n.is_i64() || n.is_u64())
     }
 }
 
@@ -307,7 +308,8 @@ fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), 
         JsonKind::Array => return Err(MessageError::Batch),
         _ => return Err(MessageError::NotObject),
     }
-    let [jsonrpc, id, method, params, result, error] = value.fields(["jsonrpc", "id", "method", "params", "result", "error"]);
+    let [jsonrpc, id, method, params, result, error] =
+        value.fields(["jsonrpc", "id", "method", "params", "result", "error"]);
     let [name, uri, meta] = params.map_or([None; 3], |p| p.fields(["name", "uri", "_meta"]));
     if jsonrpc.and_then(J::string).as_deref() != Some("2.0") {
         return Err(MessageError::Version);
@@ -381,7 +383,9 @@ mod tests {
 
     #[test]
     fn classifies_tool_call() {
-        let m = classify(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer","arguments":{}}}));
+        let m = classify(
+            &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer","arguments":{}}}),
+        );
         assert_eq!(
             m,
             Ok(Message::Request {
@@ -442,7 +446,10 @@ mod tests {
     #[test]
     fn reads_the_envelope_version() {
         let meta = |m: Value| json!({"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":m}});
-        assert_eq!(envelope_protocol_version(&meta(json!({PROTOCOL_VERSION_META_KEY: "2026-07-28"}))), Some(Some("2026-07-28")));
+        assert_eq!(
+            envelope_protocol_version(&meta(json!({PROTOCOL_VERSION_META_KEY: "2026-07-28"}))),
+            Some(Some("2026-07-28"))
+        );
         assert_eq!(envelope_protocol_version(&meta(json!({PROTOCOL_VERSION_META_KEY: 1}))), Some(None));
         assert_eq!(envelope_protocol_version(&meta(json!({}))), None);
         assert_eq!(envelope_protocol_version(&json!({"jsonrpc":"2.0","id":1,"method":"ping"})), None);
@@ -472,7 +479,8 @@ mod tests {
 
     #[test]
     fn arguments_bytes_are_the_arguments_as_sent() {
-        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments": {"a" : [1, "}"]} }}"#;
+        let body =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments": {"a" : [1, "}"]} }}"#;
         assert_eq!(read_message(body).unwrap().arguments_bytes, Some(r#"{"a" : [1, "}"]}"#.len()));
         let none = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#;
         assert_eq!(read_message(none).unwrap().arguments_bytes, None);

@@ -131,11 +131,8 @@ impl Policy {
         let mut roles = HashMap::new();
         for (name, role) in &raw.roles {
             let base = format!("policy.roles.{name}.");
-            let tools = RuleSet::compile(
-                &RawRules { allow: role.allow.clone(), deny: role.deny.clone() },
-                servers,
-                &base,
-            )?;
+            let tools =
+                RuleSet::compile(&RawRules { allow: role.allow.clone(), deny: role.deny.clone() }, servers, &base)?;
             let resources = RuleSet::compile(&role.resources, servers, &format!("{base}resources."))?;
             let prompts = RuleSet::compile(&role.prompts, servers, &format!("{base}prompts."))?;
             roles.insert(name.clone(), Role { tools, resources, prompts });
@@ -236,7 +233,10 @@ mod tests {
         assert_eq!(p.decide(&r, ResourceKind::Tool, "docs", "search_docs"), Verdict::Allow);
         assert_eq!(p.decide(&r, ResourceKind::Resource, "crm", "crm://customers/42"), Verdict::Allow);
         assert_eq!(p.decide(&r, ResourceKind::Resource, "crm", "crm://stats"), Verdict::Deny(DenyReason::NotGranted));
-        assert_eq!(p.decide(&r, ResourceKind::Resource, "docs", "crm://customers/1"), Verdict::Deny(DenyReason::NotGranted));
+        assert_eq!(
+            p.decide(&r, ResourceKind::Resource, "docs", "crm://customers/1"),
+            Verdict::Deny(DenyReason::NotGranted)
+        );
     }
 
     #[test]

@@ -378,7 +378,11 @@ impl HttpContext for Stream {
                 error: error.as_deref(),
             };
             let r = self.gateway.global_rejection(exchange, &refusal);
-            log::info!("meshgate: refused by the global rate limit consumer={} reason={}", exchange.consumer.name, r.message);
+            log::info!(
+                "meshgate: refused by the global rate limit consumer={} reason={}",
+                exchange.consumer.name,
+                r.message
+            );
             if let Some(record) = self.audit.as_mut() {
                 record.refused(&r);
             }
@@ -523,8 +527,9 @@ impl Stream {
             Response::Stream(mut rewriter) => {
                 let chunk = self.response_chunk(chunk, body_size);
                 let counts = &mut self.redactions;
-                let mut rewrite =
-                    |data: &str| exchange.rewrite_message(data.as_bytes(), policy, counts).and_then(|b| String::from_utf8(b).ok());
+                let mut rewrite = |data: &str| {
+                    exchange.rewrite_message(data.as_bytes(), policy, counts).and_then(|b| String::from_utf8(b).ok())
+                };
                 let mut out = rewriter.feed(chunk, &mut rewrite);
                 if end_of_stream {
                     out.extend(rewriter.finish(&mut rewrite));

@@ -24,9 +24,8 @@ pub fn record(record: &AuditRecord, options: MetricOptions) {
     let overflow = IDS.with(|ids| ids.borrow().len() >= MAX_NAMES);
     for update in record.metrics(options, overflow) {
         let result = match &update {
-            MetricUpdate::Counter { name, by } => {
-                id(MetricType::Counter, name).and_then(|id| hostcalls::increment_metric(id, i64::try_from(*by).unwrap_or(i64::MAX)))
-            }
+            MetricUpdate::Counter { name, by } => id(MetricType::Counter, name)
+                .and_then(|id| hostcalls::increment_metric(id, i64::try_from(*by).unwrap_or(i64::MAX))),
             MetricUpdate::Histogram { name, value } => {
                 id(MetricType::Histogram, name).and_then(|id| hostcalls::record_metric(id, *value))
             }

@@ -62,11 +62,7 @@ pub fn ensure_lock() -> Result<(), SharedError> {
 /// Updates the value at `key`. `compute` gets the stored bytes (`None`: the key does not
 /// exist yet) and returns the bytes to store (`None`: leave it as it is) and the result.
 /// `compute` may run several times (once per attempt); only the last run's write counts.
-pub fn update<T>(
-    key: &str,
-    now_ns: u64,
-    compute: &mut Compute<'_, T>,
-) -> Result<T, SharedError> {
+pub fn update<T>(key: &str, now_ns: u64, compute: &mut Compute<'_, T>) -> Result<T, SharedError> {
     for _ in 0..MAX_ATTEMPTS {
         let (bytes, cas) = get_shared_data(key).map_err(SharedError::Host)?;
         let Some(cas) = cas else {
@@ -90,11 +86,7 @@ pub fn update<T>(
 
 /// Creates `key` under the creation lock. `Ok(None)`: another worker created it meanwhile
 /// (the caller goes back to the CAS path).
-fn create<T>(
-    key: &str,
-    now_ns: u64,
-    compute: &mut Compute<'_, T>,
-) -> Result<Option<T>, SharedError> {
+fn create<T>(key: &str, now_ns: u64, compute: &mut Compute<'_, T>) -> Result<Option<T>, SharedError> {
     acquire_lock(now_ns)?;
     let outcome = (|| {
         let (_, cas) = get_shared_data(key).map_err(SharedError::Host)?;

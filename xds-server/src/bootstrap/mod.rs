@@ -33,8 +33,7 @@ pub const XDS_RETRY_BASE: Duration = Duration::from_millis(250);
 pub const XDS_RETRY_MAX: Duration = Duration::from_secs(2);
 
 const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-const HTTP_PROTOCOL_OPTIONS_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const HTTP_PROTOCOL_OPTIONS_TYPE: &str = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Where an Envoy finds meshgate, and who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,20 +51,13 @@ pub struct XdsBootstrap {
 impl XdsBootstrap {
     /// Parses `host:port` (`[v6]:port` for IPv6) for [`XdsBootstrap::xds_host`]/`xds_port`.
     pub fn parse_address(address: &str) -> Result<(String, u16), String> {
-        let (host, port) = address
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{address:?} is not host:port"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{address:?} has no valid port"))?;
+        let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("{address:?} is not host:port"))?;
+        let port: u16 =
+            port.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("{address:?} has no valid port"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let valid = !host.is_empty()
             && (host.parse::<std::net::IpAddr>().is_ok()
-                || host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+                || host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
         if !valid {
             return Err(format!("{address:?} has no valid host"));
         }
@@ -176,10 +168,7 @@ pub enum BootstrapError {
          use `meshgate up` or `meshgate serve` (the static bootstrap has url and timeout only)",
         .keys.join(", ")
     )]
-    NeedsControlPlane {
-        server: String,
-        keys: Vec<&'static str>,
-    },
+    NeedsControlPlane { server: String, keys: Vec<&'static str> },
     #[error("cannot render the bootstrap as YAML: {0}")]
     Yaml(String),
     #[error(
@@ -191,11 +180,7 @@ pub enum BootstrapError {
 
 /// The complete static bootstrap for `registry`, loading the filter from `wasm`.
 pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, BootstrapError> {
-    if let Some(server) = registry
-        .servers
-        .iter()
-        .find(|s| !s.control_plane_keys.is_empty())
-    {
+    if let Some(server) = registry.servers.iter().find(|s| !s.control_plane_keys.is_empty()) {
         return Err(BootstrapError::NeedsControlPlane {
             server: server.name.clone(),
             keys: server.control_plane_keys.clone(),
@@ -203,15 +188,9 @@ pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, Boots
     }
     // Global counters live in meshgate: without a control plane there is nobody to ask.
     if let Some(rule) = registry.global_rules.first() {
-        return Err(BootstrapError::NeedsRateLimitService {
-            rule: rule.name.clone(),
-        });
+        return Err(BootstrapError::NeedsRateLimitService { rule: rule.name.clone() });
     }
-    let clusters: Vec<Value> = registry
-        .servers
-        .iter()
-        .map(|server| make_cluster(registry, server))
-        .collect();
+    let clusters: Vec<Value> = registry.servers.iter().map(|server| make_cluster(registry, server)).collect();
     Ok(json!({
         "node": { "id": "meshgate", "cluster": "meshgate" },
         "admin": {
@@ -230,8 +209,7 @@ pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, Boots
 
 /// Pretty JSON, newline-terminated.
 pub fn to_json(bootstrap: &Value) -> String {
-    let mut text =
-        serde_json::to_string_pretty(bootstrap).unwrap_or_else(|_| bootstrap.to_string());
+    let mut text = serde_json::to_string_pretty(bootstrap).unwrap_or_else(|_| bootstrap.to_string());
     text.push('\n');
     text
 }
@@ -271,10 +249,7 @@ limits: { max_request_bytes: 2000000 }
     #[test]
     fn admin_is_loopback_only() {
         let b = bootstrap();
-        assert_eq!(
-            b["admin"]["address"]["socket_address"]["address"],
-            "127.0.0.1"
-        );
+        assert_eq!(b["admin"]["address"]["socket_address"]["address"], "127.0.0.1");
         assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 9901);
     }
 
@@ -284,10 +259,7 @@ limits: { max_request_bytes: 2000000 }
         let listener = &b["static_resources"]["listeners"][0];
         assert_eq!(listener["address"]["socket_address"]["port_value"], 10000);
         // max(2_000_000, default 8 MiB response) + 64 KiB
-        assert_eq!(
-            listener["per_connection_buffer_limit_bytes"],
-            8 * 1024 * 1024 + 65536
-        );
+        assert_eq!(listener["per_connection_buffer_limit_bytes"], 8 * 1024 * 1024 + 65536);
         let hcm = hcm(&b);
         assert_eq!(hcm["codec_type"], "AUTO");
         assert_eq!(hcm["stream_idle_timeout"], "300s");
@@ -305,10 +277,7 @@ limits: { max_request_bytes: 2000000 }
         assert_eq!(config["allow_on_headers_stop_iteration"], true);
         assert_eq!(config["fail_open"], false);
         assert_eq!(config["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
-        assert_eq!(
-            config["vm_config"]["code"]["local"]["filename"],
-            "/opt/meshgate.wasm"
-        );
+        assert_eq!(config["vm_config"]["code"]["local"]["filename"], "/opt/meshgate.wasm");
         assert!(config["vm_config"].get("environment_variables").is_none());
         let text = config["configuration"]["value"].as_str().expect("a string");
         let filter: meshgate_core::config::RawFilterConfig =
@@ -342,8 +311,7 @@ limits: { max_request_bytes: 2000000 }
         assert_eq!(clusters[0]["connect_timeout"], "5s");
         assert_eq!(clusters[1]["type"], "LOGICAL_DNS");
         assert_eq!(
-            clusters[1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-                ["address"]["socket_address"],
+            clusters[1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
             json!({ "address": "localhost", "port_value": 9102 })
         );
     }
@@ -357,10 +325,7 @@ limits: { max_request_bytes: 2000000 }
             .flatten()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        let routes = hcm(&b)["route_config"]["virtual_hosts"][0]["routes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let routes = hcm(&b)["route_config"]["virtual_hosts"][0]["routes"].as_array().cloned().unwrap_or_default();
         assert_eq!(routes.len(), 2);
         for route in routes {
             let cluster = route["route"]["cluster"].as_str().unwrap_or_default();
@@ -376,15 +341,9 @@ limits: { max_request_bytes: 2000000 }
         );
         let b = static_bootstrap(&registry, Path::new("/m.wasm")).expect("bootstrap");
         let config = &hcm(&b)["http_filters"][0]["typed_config"]["config"];
-        assert_eq!(
-            config["vm_config"]["environment_variables"]["host_env_keys"],
-            json!(["TEST_SECRET"])
-        );
+        assert_eq!(config["vm_config"]["environment_variables"]["host_env_keys"], json!(["TEST_SECRET"]));
         let text = config["configuration"]["value"].as_str().expect("a string");
-        assert!(
-            !text.contains("s3cret"),
-            "the secret value must never be in the config"
-        );
+        assert!(!text.contains("s3cret"), "the secret value must never be in the config");
     }
 
     #[test]

@@ -25,12 +25,12 @@ use serde_json::{json, Value};
 
 use crate::registry::{Registry, Server, UpstreamHost};
 use crate::translate::{
-    buffer_limit_bytes, cluster_name, envoy_duration, LISTENER_NAME, STREAM_IDLE_TIMEOUT,
-    WASM_PLUGIN_NAME,
+    buffer_limit_bytes, cluster_name, envoy_duration, LISTENER_NAME, STREAM_IDLE_TIMEOUT, WASM_PLUGIN_NAME,
 };
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
 
@@ -85,11 +85,7 @@ pub fn make_route(registry: &Registry, server: &Server) -> Value {
 }
 
 pub fn make_route_config(registry: &Registry) -> Value {
-    let routes: Vec<Value> = registry
-        .servers
-        .iter()
-        .map(|server| make_route(registry, server))
-        .collect();
+    let routes: Vec<Value> = registry.servers.iter().map(|server| make_route(registry, server)).collect();
     json!({
         "name": LISTENER_NAME,
         "virtual_hosts": [{

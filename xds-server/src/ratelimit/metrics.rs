@@ -69,16 +69,9 @@ impl Metrics {
 
     /// Prometheus text exposition format (version 0.0.4).
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP meshgate_ratelimit_requests_total Global rate-limit decisions, per rule."
-        );
+        let _ = writeln!(out, "# HELP meshgate_ratelimit_requests_total Global rate-limit decisions, per rule.");
         let _ = writeln!(out, "# TYPE meshgate_ratelimit_requests_total counter");
-        let map = self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let map = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for ((rule, decision), n) in map {
             let _ = writeln!(
                 out,
@@ -108,10 +101,7 @@ impl Metrics {
 
 /// Escapes a Prometheus label value (`\`, `"`, newline).
 pub fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -127,13 +117,8 @@ mod tests {
         m.record_store_error();
         let mut out = String::new();
         m.render(&mut out);
-        assert!(
-            out.contains("meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"ok\"} 2\n"),
-            "{out}"
-        );
-        assert!(out.contains(
-            "meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"over_limit\"} 1\n"
-        ));
+        assert!(out.contains("meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"ok\"} 2\n"), "{out}");
+        assert!(out.contains("meshgate_ratelimit_requests_total{rule=\"fleet\",decision=\"over_limit\"} 1\n"));
         assert!(out.contains("meshgate_ratelimit_store_errors_total 1\n"));
         assert!(out.contains("# TYPE meshgate_ratelimit_store_errors_total counter\n"));
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");

@@ -51,11 +51,7 @@ pub enum RedisUrlError {
 impl RedisAddress {
     /// Parses a Redis URL. The password (if any) is kept as a [`SecretValue`].
     pub fn parse(url: &str) -> Result<RedisAddress, RedisUrlError> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| RedisUrlError::Scheme {
-                url: redact_url(url),
-            })?;
+        let rest = url.strip_prefix("redis://").ok_or_else(|| RedisUrlError::Scheme { url: redact_url(url) })?;
         let shown = || redact_url(url);
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hostport) = match authority.rsplit_once('@') {
@@ -69,16 +65,11 @@ impl RedisAddress {
                     (!user.is_empty()).then(|| user.to_string()),
                     (!pass.is_empty()).then(|| SecretValue::new(pass.to_string())),
                 ),
-                None => (
-                    None,
-                    (!info.is_empty()).then(|| SecretValue::new(info.to_string())),
-                ),
+                None => (None, (!info.is_empty()).then(|| SecretValue::new(info.to_string()))),
             },
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, tail) = v6
-                .split_once(']')
-                .ok_or_else(|| RedisUrlError::NoHost { url: shown() })?;
+            let (host, tail) = v6.split_once(']').ok_or_else(|| RedisUrlError::NoHost { url: shown() })?;
             (host, tail.strip_prefix(':'))
         } else {
             match hostport.rsplit_once(':') {
@@ -93,28 +84,14 @@ impl RedisAddress {
             None => DEFAULT_PORT,
             Some(p) => match p.parse::<u16>() {
                 Ok(n) if n != 0 => n,
-                _ => {
-                    return Err(RedisUrlError::Port {
-                        url: shown(),
-                        port: p.to_string(),
-                    })
-                }
+                _ => return Err(RedisUrlError::Port { url: shown(), port: p.to_string() }),
             },
         };
         let db = match path.trim_end_matches('/') {
             "" => 0,
-            db => db.parse::<u32>().map_err(|_| RedisUrlError::Database {
-                url: shown(),
-                db: db.to_string(),
-            })?,
+            db => db.parse::<u32>().map_err(|_| RedisUrlError::Database { url: shown(), db: db.to_string() })?,
         };
-        Ok(RedisAddress {
-            host: host.to_string(),
-            port,
-            db,
-            username,
-            password,
-        })
+        Ok(RedisAddress { host: host.to_string(), port, db, username, password })
     }
 
     /// `host:port` to connect to.
@@ -173,11 +150,7 @@ pub enum RedisError {
     #[error("redis at {address} sent an invalid reply: {reason}")]
     Protocol { address: String, reason: String },
     #[error("redis at {address} refused {command}: {message}")]
-    Refused {
-        address: String,
-        command: &'static str,
-        message: String,
-    },
+    Refused { address: String, command: &'static str, message: String },
 }
 
 /// One open connection.
@@ -216,10 +189,7 @@ const MAX_DEPTH: usize = 4;
 
 async fn read_line(stream: &mut BufStream<TcpStream>) -> Result<String, Fault> {
     let mut line = Vec::new();
-    let n = (&mut *stream)
-        .take(64 * 1024)
-        .read_until(b'\n', &mut line)
-        .await?;
+    let n = (&mut *stream).take(64 * 1024).read_until(b'\n', &mut line).await?;
     if n == 0 {
         return Err(Fault::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
@@ -236,13 +206,8 @@ fn read_reply(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Fault>> + Send + '_>> {
     Box::pin(async move {
         let line = read_line(stream).await?;
-        let (kind, rest) = line
-            .split_at_checked(1)
-            .ok_or_else(|| Fault::Protocol("empty line".to_string()))?;
-        let number = |text: &str| {
-            text.parse::<i64>()
-                .map_err(|_| Fault::Protocol(format!("{text:?} is not a number")))
-        };
+        let (kind, rest) = line.split_at_checked(1).ok_or_else(|| Fault::Protocol("empty line".to_string()))?;
+        let number = |text: &str| text.parse::<i64>().map_err(|_| Fault::Protocol(format!("{text:?} is not a number")));
         match kind {
             "+" => Ok(Reply::Status(rest.to_string())),
             "-" => Ok(Reply::Error(rest.to_string())),
@@ -259,9 +224,7 @@ fn read_reply(
                 let mut data = vec![0u8; len + 2];
                 stream.read_exact(&mut data).await?;
                 if !data.ends_with(b"\r\n") {
-                    return Err(Fault::Protocol(
-                        "bulk reply not terminated by CRLF".to_string(),
-                    ));
+                    return Err(Fault::Protocol("bulk reply not terminated by CRLF".to_string()));
                 }
                 data.truncate(len);
                 Ok(Reply::Bulk(Some(data)))
@@ -295,22 +258,14 @@ pub struct RedisPool {
 
 impl fmt::Debug for RedisPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisPool")
-            .field("address", &self.address)
-            .field("timeout", &self.timeout)
-            .finish()
+        f.debug_struct("RedisPool").field("address", &self.address).field("timeout", &self.timeout).finish()
     }
 }
 
 impl RedisPool {
     /// A pool whose calls (connecting included) each take at most `timeout`. Connects lazily.
     pub fn new(address: RedisAddress, timeout: Duration) -> RedisPool {
-        RedisPool {
-            address,
-            timeout,
-            idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(MAX_CONNECTIONS),
-        }
+        RedisPool { address, timeout, idle: Mutex::new(Vec::new()), permits: Semaphore::new(MAX_CONNECTIONS) }
     }
 
     pub fn address(&self) -> &RedisAddress {
@@ -321,10 +276,11 @@ impl RedisPool {
     pub async fn call(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         let address = self.address.to_string();
         let attempt = async {
-            let _permit = self.permits.acquire().await.map_err(|_| RedisError::Io {
-                address: address.clone(),
-                reason: "pool closed".to_string(),
-            })?;
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| RedisError::Io { address: address.clone(), reason: "pool closed".to_string() })?;
             let pooled = self.idle.lock().await.pop();
             let mut connection = match pooled {
                 Some(c) => c,
@@ -340,21 +296,13 @@ impl RedisPool {
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
-            .unwrap_or_else(|_| {
-                Err(RedisError::Timeout {
-                    address: address.clone(),
-                    millis: self.timeout.as_millis(),
-                })
-            })
+            .unwrap_or_else(|_| Err(RedisError::Timeout { address: address.clone(), millis: self.timeout.as_millis() }))
     }
 
     fn fault(&self, fault: Fault) -> RedisError {
         let address = self.address.to_string();
         match fault {
-            Fault::Io(e) => RedisError::Io {
-                address,
-                reason: e.to_string(),
-            },
+            Fault::Io(e) => RedisError::Io { address, reason: e.to_string() },
             Fault::Protocol(reason) => RedisError::Protocol { address, reason },
         }
     }
@@ -363,14 +311,9 @@ impl RedisPool {
         let address = self.address.to_string();
         let stream = TcpStream::connect(self.address.authority())
             .await
-            .map_err(|e| RedisError::Connect {
-                address: address.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| RedisError::Connect { address: address.clone(), reason: e.to_string() })?;
         let _ = stream.set_nodelay(true);
-        let mut connection = Connection {
-            stream: BufStream::new(stream),
-        };
+        let mut connection = Connection { stream: BufStream::new(stream) };
         if let Some(password) = &self.address.password {
             let pass = password.expose().as_bytes();
             let reply = match &self.address.username {
@@ -387,18 +330,10 @@ impl RedisPool {
         Ok(connection)
     }
 
-    fn expect_ok(
-        &self,
-        reply: Result<Reply, Fault>,
-        command: &'static str,
-    ) -> Result<(), RedisError> {
+    fn expect_ok(&self, reply: Result<Reply, Fault>, command: &'static str) -> Result<(), RedisError> {
         match reply.map_err(|f| self.fault(f))? {
             Reply::Status(_) => Ok(()),
-            Reply::Error(message) => Err(RedisError::Refused {
-                address: self.address.to_string(),
-                command,
-                message,
-            }),
+            Reply::Error(message) => Err(RedisError::Refused { address: self.address.to_string(), command, message }),
             other => Err(RedisError::Protocol {
                 address: self.address.to_string(),
                 reason: format!("unexpected reply to {command}: {other:?}"),
@@ -422,10 +357,7 @@ mod tests {
         assert_eq!(a.password.as_ref().map(|p| p.expose()), Some("s3cret"));
         assert_eq!(a.username, None);
         let a = RedisAddress::parse("redis://app:pw@[::1]:7000/1").unwrap();
-        assert_eq!(
-            (a.host.as_str(), a.authority().as_str()),
-            ("::1", "[::1]:7000")
-        );
+        assert_eq!((a.host.as_str(), a.authority().as_str()), ("::1", "[::1]:7000"));
         assert_eq!(a.username.as_deref(), Some("app"));
         assert_eq!(a.to_string(), "redis://[::1]:7000/1");
         assert!(!format!("{a:?}").contains("pw"));

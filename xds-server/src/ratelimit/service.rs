@@ -74,12 +74,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(control: Arc<ControlPlane>, metrics: Arc<Metrics>) -> Arc<RateLimiter> {
-        Arc::new(RateLimiter {
-            control,
-            metrics,
-            store: Mutex::new(None),
-            failing: AtomicBool::new(false),
-        })
+        Arc::new(RateLimiter { control, metrics, store: Mutex::new(None), failing: AtomicBool::new(false) })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -120,13 +115,7 @@ impl RateLimiter {
         let mut slots: Vec<Option<usize>> = Vec::with_capacity(n);
         let mut charges = Vec::new();
         for descriptor in &request.descriptors {
-            let entry = |name: &str| {
-                descriptor
-                    .entries
-                    .iter()
-                    .find(|e| e.key == name)
-                    .map(|e| e.value.as_str())
-            };
+            let entry = |name: &str| descriptor.entries.iter().find(|e| e.key == name).map(|e| e.value.as_str());
             let rule = entry(RULE_ENTRY).and_then(|name| registry.global_rule(name));
             match (rule, entry(KEY_ENTRY)) {
                 (Some(rule), Some(key)) if !key.is_empty() => {
@@ -138,12 +127,7 @@ impl RateLimiter {
                         .unwrap_or(u64::from(request.hits_addend))
                         .max(1);
                     slots.push(Some(charges.len()));
-                    charges.push(Charge {
-                        rule: rule.name.clone(),
-                        limit: rule.limit,
-                        key: key.to_string(),
-                        hits,
-                    });
+                    charges.push(Charge { rule: rule.name.clone(), limit: rule.limit, key: key.to_string(), hits });
                 }
                 _ => {
                     self.metrics.record_unknown_rule();
@@ -155,11 +139,7 @@ impl RateLimiter {
                 }
             }
         }
-        let Some(settings) = registry
-            .rate_limit_service
-            .as_ref()
-            .filter(|_| !charges.is_empty())
-        else {
+        let Some(settings) = registry.rate_limit_service.as_ref().filter(|_| !charges.is_empty()) else {
             return ok(n);
         };
         let store = self.store_for(settings);
@@ -170,19 +150,13 @@ impl RateLimiter {
                 }
                 let mut statuses = Vec::with_capacity(n);
                 for slot in &slots {
-                    statuses.push(
-                        match slot.and_then(|i| Some((charges.get(i)?, outcome.verdicts.get(i)?))) {
-                            None => status(Code::Ok, None, 0, 0),
-                            Some((charge, verdict)) => {
-                                let code = if verdict.admitted {
-                                    Code::Ok
-                                } else {
-                                    Code::OverLimit
-                                };
-                                status(code, Some(charge), verdict.remaining, verdict.reset_secs)
-                            }
-                        },
-                    );
+                    statuses.push(match slot.and_then(|i| Some((charges.get(i)?, outcome.verdicts.get(i)?))) {
+                        None => status(Code::Ok, None, 0, 0),
+                        Some((charge, verdict)) => {
+                            let code = if verdict.admitted { Code::Ok } else { Code::OverLimit };
+                            status(code, Some(charge), verdict.remaining, verdict.reset_secs)
+                        }
+                    });
                 }
                 for (charge, verdict) in charges.iter().zip(&outcome.verdicts) {
                     match (verdict.admitted, outcome.admitted) {
@@ -193,21 +167,10 @@ impl RateLimiter {
                     }
                 }
                 if outcome.admitted {
-                    return RateLimitResponse {
-                        overall_code: Code::Ok as i32,
-                        statuses,
-                        ..Default::default()
-                    };
+                    return RateLimitResponse { overall_code: Code::Ok as i32, statuses, ..Default::default() };
                 }
-                let refused = charges
-                    .iter()
-                    .zip(&outcome.verdicts)
-                    .filter(|(_, v)| !v.admitted);
-                let rule = refused
-                    .clone()
-                    .map(|(c, _)| c.rule.as_str())
-                    .next()
-                    .unwrap_or_default();
+                let refused = charges.iter().zip(&outcome.verdicts).filter(|(_, v)| !v.admitted);
+                let rule = refused.clone().map(|(c, _)| c.rule.as_str()).next().unwrap_or_default();
                 let retry = refused.map(|(_, v)| v.reset_secs).max().unwrap_or(1);
                 RateLimitResponse {
                     overall_code: Code::OverLimit as i32,
@@ -264,18 +227,12 @@ impl RateLimiter {
     }
 }
 
-fn status(
-    code: Code,
-    charge: Option<&Charge>,
-    remaining: u64,
-    reset_secs: u64,
-) -> DescriptorStatus {
+fn status(code: Code, charge: Option<&Charge>, remaining: u64, reset_secs: u64) -> DescriptorStatus {
     DescriptorStatus {
         code: code as i32,
         current_limit: charge.map(|c| current_limit(&c.rule, c.limit)),
         limit_remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
-        duration_until_reset: (reset_secs > 0)
-            .then(|| proto_duration(Duration::from_secs(reset_secs))),
+        duration_until_reset: (reset_secs > 0).then(|| proto_duration(Duration::from_secs(reset_secs))),
         ..Default::default()
     }
 }
@@ -285,11 +242,7 @@ fn status(
 fn current_limit(rule: &str, limit: Limit) -> CurrentLimit {
     let (count, period) = match limit {
         Limit::Window { limit, period_secs } => (limit, period_secs),
-        Limit::Bucket {
-            per_period,
-            period_secs,
-            ..
-        } => (per_period, period_secs),
+        Limit::Bucket { per_period, period_secs, .. } => (per_period, period_secs),
     };
     let unit = match period {
         1 => Unit::Second,
@@ -306,11 +259,7 @@ fn current_limit(rule: &str, limit: Limit) -> CurrentLimit {
 }
 
 fn header(key: &str, value: &str) -> HeaderValue {
-    HeaderValue {
-        key: key.to_string(),
-        value: value.to_string(),
-        ..Default::default()
-    }
+    HeaderValue { key: key.to_string(), value: value.to_string(), ..Default::default() }
 }
 
 /// The tonic service wrapping a [`RateLimiter`].

@@ -177,10 +177,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(pool: RedisPool) -> Store {
-        Store {
-            pool,
-            sha: tokio::sync::RwLock::new(None),
-        }
+        Store { pool, sha: tokio::sync::RwLock::new(None) }
     }
 
     pub fn pool(&self) -> &RedisPool {
@@ -193,27 +190,16 @@ impl Store {
     }
 
     /// [`Store::charge`] at an explicit time in µs (tests compare it with the core).
-    pub async fn charge_at(
-        &self,
-        charges: &[Charge],
-        now_us: Option<u64>,
-    ) -> Result<Outcome, StoreError> {
+    pub async fn charge_at(&self, charges: &[Charge], now_us: Option<u64>) -> Result<Outcome, StoreError> {
         if charges.is_empty() {
-            return Ok(Outcome {
-                admitted: true,
-                verdicts: Vec::new(),
-            });
+            return Ok(Outcome { admitted: true, verdicts: Vec::new() });
         }
         let keys: Vec<String> = charges.iter().map(redis_key).collect();
         let mut argv: Vec<String> = vec![now_us.map(|n| n.to_string()).unwrap_or_default()];
         for charge in charges {
             let (kind, count, period, burst) = match charge.limit {
                 Limit::Window { limit, period_secs } => ("w", limit, period_secs, 0),
-                Limit::Bucket {
-                    per_period,
-                    period_secs,
-                    burst,
-                } => ("b", per_period, period_secs, burst.max(1)),
+                Limit::Bucket { per_period, period_secs, burst } => ("b", per_period, period_secs, burst.max(1)),
             };
             argv.extend([
                 kind.to_string(),
@@ -228,12 +214,7 @@ impl Store {
         parse_outcome(reply, charges.len())
     }
 
-    async fn eval(
-        &self,
-        numkeys: &str,
-        keys: &[String],
-        argv: &[String],
-    ) -> Result<Reply, StoreError> {
+    async fn eval(&self, numkeys: &str, keys: &[String], argv: &[String]) -> Result<Reply, StoreError> {
         for _ in 0..2 {
             // Bound first: a guard in the match scrutinee would be held into `load`.
             let known = self.sha.read().await.clone();
@@ -253,17 +234,11 @@ impl Store {
                 reply => return Ok(reply),
             }
         }
-        Err(StoreError::Script(
-            "NOSCRIPT after loading the script".to_string(),
-        ))
+        Err(StoreError::Script("NOSCRIPT after loading the script".to_string()))
     }
 
     async fn load(&self) -> Result<String, StoreError> {
-        match self
-            .pool
-            .call(&[b"SCRIPT", b"LOAD", SCRIPT.as_bytes()])
-            .await?
-        {
+        match self.pool.call(&[b"SCRIPT", b"LOAD", SCRIPT.as_bytes()]).await? {
             Reply::Bulk(Some(sha)) => {
                 let sha = String::from_utf8_lossy(&sha).into_owned();
                 *self.sha.write().await = Some(sha.clone());
@@ -293,14 +268,7 @@ fn parse_outcome(reply: Reply, n: usize) -> Result<Outcome, StoreError> {
     let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
     let verdicts = numbers[1..]
         .chunks_exact(3)
-        .map(|c| Verdict {
-            admitted: c[0] == 1,
-            remaining: unsigned(c[1]),
-            reset_secs: unsigned(c[2]).max(1),
-        })
+        .map(|c| Verdict { admitted: c[0] == 1, remaining: unsigned(c[1]), reset_secs: unsigned(c[2]).max(1) })
         .collect();
-    Ok(Outcome {
-        admitted: numbers[0] == 1,
-        verdicts,
-    })
+    Ok(Outcome { admitted: numbers[0] == 1, verdicts })
 }

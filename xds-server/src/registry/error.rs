@@ -40,11 +40,7 @@ pub enum RegistryError {
     #[error("urls is empty")]
     EmptyUrls,
     #[error("{url:?} differs from the first url {first:?} in {what}: one server's urls share scheme and path")]
-    MixedEndpoints {
-        url: String,
-        first: String,
-        what: &'static str,
-    },
+    MixedEndpoints { url: String, first: String, what: &'static str },
     #[error(
         "https urls of one server must share one host name ({host:?} vs {first:?}): \
          SNI and certificate checks are per server"
@@ -70,18 +66,13 @@ pub enum RegistryError {
     InvalidHeaderName { name: String },
     #[error("header {name:?} cannot carry upstream credentials (Envoy or HTTP own it)")]
     ForbiddenHeader { name: String },
-    #[error(
-        "environment variable {name} is not set (meshgate reads the upstream credential from it)"
-    )]
+    #[error("environment variable {name} is not set (meshgate reads the upstream credential from it)")]
     CredentialEnvUnset { name: String },
     #[error("cannot read credential file {file}: {error}")]
     CredentialRead { file: PathBuf, error: String },
     /// Never includes the value itself.
     #[error("the credential from {origin} is unusable: {reason}")]
-    CredentialInvalid {
-        origin: String,
-        reason: &'static str,
-    },
+    CredentialInvalid { origin: String, reason: &'static str },
     #[error("invalid prefix: control characters are not allowed in a header value")]
     InvalidPrefix,
     #[error("tool name must not be empty")]
@@ -106,16 +97,10 @@ pub enum RegistryError {
         "jwks file {file} key {index} has private member {member:?}: publish public keys only \
          (for shared secrets use hs256_secret_env)"
     )]
-    JwksPrivateKey {
-        file: PathBuf,
-        index: usize,
-        member: String,
-    },
+    JwksPrivateKey { file: PathBuf, index: usize, member: String },
     #[error("invalid environment variable name {name:?}")]
     InvalidEnvName { name: String },
-    #[error(
-        "environment variable {name} is not set (meshgate and Envoy read the HS256 secret from it)"
-    )]
+    #[error("environment variable {name} is not set (meshgate and Envoy read the HS256 secret from it)")]
     SecretEnvUnset { name: String },
     #[error("unknown role {role:?} (not defined under policy.roles)")]
     UnknownRole { role: String },

@@ -49,11 +49,8 @@ pub(crate) fn make_filter_config(raw: &RawRegistry, jwt: Vec<RawJwtProvider>) ->
 fn server_limits(raw: &RawRegistry) -> BTreeMap<String, RawServerLimits> {
     let mut out = BTreeMap::new();
     for server in &raw.servers {
-        let tools: BTreeMap<_, _> = server
-            .tools
-            .iter()
-            .filter_map(|t| t.limits.clone().map(|l| (t.name.clone(), l)))
-            .collect();
+        let tools: BTreeMap<_, _> =
+            server.tools.iter().filter_map(|t| t.limits.clone().map(|l| (t.name.clone(), l))).collect();
         if server.limits.is_none() && tools.is_empty() {
             continue;
         }
@@ -71,23 +68,14 @@ fn server_limits(raw: &RawRegistry) -> BTreeMap<String, RawServerLimits> {
     out
 }
 
-pub(crate) fn make_jwt_provider(
-    issuer: &RawJwtIssuer,
-    jwks: Option<serde_json::Value>,
-) -> RawJwtProvider {
+pub(crate) fn make_jwt_provider(issuer: &RawJwtIssuer, jwks: Option<serde_json::Value>) -> RawJwtProvider {
     RawJwtProvider {
         issuer: issuer.issuer.clone(),
         audiences: issuer.audiences.clone(),
         jwks,
         hs256_secret_env: issuer.hs256_secret_env.clone(),
-        consumer_claim: issuer
-            .consumer_claim
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CONSUMER_CLAIM.to_string()),
-        roles_claim: issuer
-            .roles_claim
-            .clone()
-            .unwrap_or_else(|| DEFAULT_ROLES_CLAIM.to_string()),
+        consumer_claim: issuer.consumer_claim.clone().unwrap_or_else(|| DEFAULT_CONSUMER_CLAIM.to_string()),
+        roles_claim: issuer.roles_claim.clone().unwrap_or_else(|| DEFAULT_ROLES_CLAIM.to_string()),
         leeway_seconds: issuer.leeway_seconds,
     }
 }
@@ -106,10 +94,7 @@ pub(crate) fn locate(error: &ConfigError, raw: &RawRegistry) -> FilterPath {
             path: server_limits_path(path, raw).unwrap_or_else(|| registry_path(path)),
             message: error.message().to_string(),
         },
-        None => FilterPath {
-            path: String::new(),
-            message: error.to_string(),
-        },
+        None => FilterPath { path: String::new(), message: error.to_string() },
     }
 }
 
@@ -140,10 +125,7 @@ fn server_limits_path(filter_path: &str, raw: &RawRegistry) -> Option<String> {
 /// filter-document spellings (`servers[i]`, `auth.jwt[i].jwks`) and `route_prefix`, which
 /// the registry does not have.
 pub(crate) fn registry_path(filter_path: &str) -> String {
-    if filter_path.starts_with("servers[")
-        && filter_path.ends_with(']')
-        && !filter_path.contains('.')
-    {
+    if filter_path.starts_with("servers[") && filter_path.ends_with(']') && !filter_path.contains('.') {
         return format!("{filter_path}.name");
     }
     if filter_path == "route_prefix" {

@@ -71,10 +71,7 @@ impl LineIndex {
         let mut stack: Vec<Frame> = Vec::new();
         for event in Parser::new_from_str(source) {
             let Ok((event, span)) = event else { break };
-            let at = Position {
-                line: span.start.line(),
-                column: span.start.col() + 1,
-            };
+            let at = Position { line: span.start.line(), column: span.start.col() + 1 };
             if let Some(Frame::Ignored { depth }) = stack.last_mut() {
                 match event {
                     Event::MappingStart(..) | Event::SequenceStart(..) => *depth += 1,
@@ -114,10 +111,7 @@ impl LineIndex {
                     }
                     let path = index.node(&mut stack, at);
                     stack.push(if is_map {
-                        Frame::Mapping {
-                            path,
-                            pending_key: None,
-                        }
+                        Frame::Mapping { path, pending_key: None }
                     } else {
                         Frame::Sequence { path, next: 0 }
                     });
@@ -150,11 +144,7 @@ impl LineIndex {
         // Duplicate keys are reported by the deserializer; keep the first occurrence.
         if !self.by_path.contains_key(&path) {
             self.by_path.insert(path.clone(), self.entries.len());
-            self.entries.push(Entry {
-                path: path.clone(),
-                key,
-                value: at,
-            });
+            self.entries.push(Entry { path: path.clone(), key, value: at });
         }
         path
     }
@@ -186,12 +176,7 @@ impl LineIndex {
                     None => true,
                     Some((best_pos, best_depth, _)) => {
                         pos > best_pos
-                            || (pos == best_pos
-                                && if outer {
-                                    depth < best_depth
-                                } else {
-                                    depth > best_depth
-                                })
+                            || (pos == best_pos && if outer { depth < best_depth } else { depth > best_depth })
                     }
                 };
                 if better {
@@ -271,10 +256,7 @@ policy:
     fn missing_paths_fall_back_to_the_nearest_ancestor() {
         let index = LineIndex::build(DOC);
         assert_eq!(index.line_of("servers[1].timeout"), Some(5));
-        assert_eq!(
-            index.line_of("policy.roles.admin.resources.allow[0]"),
-            Some(10)
-        );
+        assert_eq!(index.line_of("policy.roles.admin.resources.allow[0]"), Some(10));
         assert_eq!(index.line_of("auth.jwt[0]"), Some(1));
     }
 

@@ -22,8 +22,8 @@
 pub mod error;
 mod filter;
 pub mod lines;
-pub mod raw;
 pub mod observability;
+pub mod raw;
 mod validate;
 
 #[cfg(test)]
@@ -209,13 +209,7 @@ impl Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}://{}{}",
-            self.scheme.as_str(),
-            self.authority(),
-            self.path
-        )
+        write!(f, "{}://{}{}", self.scheme.as_str(), self.authority(), self.path)
     }
 }
 
@@ -489,11 +483,7 @@ impl Registry {
 
     /// Validates registry `text` as if read from `file`: messages name `file`, and relative
     /// paths (`jwks_file`) resolve against its folder.
-    pub fn parse<S: SecretSource>(
-        text: &str,
-        file: &Path,
-        secrets: &S,
-    ) -> Result<Registry, LoadErrors> {
+    pub fn parse<S: SecretSource>(text: &str, file: &Path, secrets: &S) -> Result<Registry, LoadErrors> {
         let index = LineIndex::build(text);
         let diagnostic = |line: Option<usize>, path: Option<String>, error| Diagnostic {
             file: file.to_path_buf(),
@@ -506,36 +496,20 @@ impl Registry {
             line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
         });
         if blank {
-            return Err(LoadErrors(vec![diagnostic(
-                Some(1),
-                None,
-                RegistryError::Empty,
-            )]));
+            return Err(LoadErrors(vec![diagnostic(Some(1), None, RegistryError::Empty)]));
         }
         let raw: raw::RawRegistry = match serde_saphyr::from_str(text) {
             Ok(raw) => raw,
             Err(e) => {
                 let (line, path, message) = describe_yaml_error(&e, &index);
-                return Err(LoadErrors(vec![diagnostic(
-                    line,
-                    path,
-                    RegistryError::Yaml(message),
-                )]));
+                return Err(LoadErrors(vec![diagnostic(line, path, RegistryError::Yaml(message))]));
             }
         };
         let base_dir = file.parent().unwrap_or(Path::new("."));
-        let unvalidated = validate::Unvalidated {
-            raw,
-            file,
-            base_dir,
-            secrets,
-            index: &index,
-        };
+        let unvalidated = validate::Unvalidated { raw, file, base_dir, secrets, index: &index };
         Registry::try_from(unvalidated).map_err(|problems| {
-            let mut diagnostics: Vec<Diagnostic> = problems
-                .into_iter()
-                .map(|p| diagnostic(index.line_of(&p.path), Some(p.path), p.error))
-                .collect();
+            let mut diagnostics: Vec<Diagnostic> =
+                problems.into_iter().map(|p| diagnostic(index.line_of(&p.path), Some(p.path), p.error)).collect();
             // Stable: problems on the same line keep the order they were found in.
             diagnostics.sort_by_key(|d| d.line);
             LoadErrors(diagnostics)
@@ -586,11 +560,7 @@ impl Registry {
             plural(auth.jwt.len(), "jwt issuer"),
             plural(auth.api_keys.len(), "api key"),
             plural(self.filter.policy.roles.len(), "role"),
-            if auth.anonymous.is_some() {
-                ", anonymous access on"
-            } else {
-                ""
-            },
+            if auth.anonymous.is_some() { ", anonymous access on" } else { "" },
             self.listener,
         )
     }
@@ -605,10 +575,7 @@ fn plural(n: usize, what: &str) -> String {
 }
 
 /// Line, path and message (without serde-saphyr's trailing " at line X, column Y").
-fn describe_yaml_error(
-    error: &serde_saphyr::Error,
-    index: &LineIndex,
-) -> (Option<usize>, Option<String>, String) {
+fn describe_yaml_error(error: &serde_saphyr::Error, index: &LineIndex) -> (Option<usize>, Option<String>, String) {
     let mut message = error.without_snippet().to_string();
     if let Some(i) = message.rfind(" at line ") {
         message.truncate(i);

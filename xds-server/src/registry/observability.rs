@@ -101,10 +101,7 @@ pub struct Otel {
 }
 
 /// Validates `raw`; problems come back as `(path, error)` pairs, paths relative to the root.
-pub(crate) fn validate(
-    raw: &RawObservability,
-    base_dir: &Path,
-) -> Result<Observability, Vec<(String, RegistryError)>> {
+pub(crate) fn validate(raw: &RawObservability, base_dir: &Path) -> Result<Observability, Vec<(String, RegistryError)>> {
     let mut problems = Vec::new();
     let mut out = Observability::default();
     if let Some(log) = &raw.access_log {

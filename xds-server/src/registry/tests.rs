@@ -88,11 +88,7 @@ impl Fixture {
 /// mentioning `needle`.
 #[track_caller]
 fn assert_error(yaml: &str, path: &str, needle: &str) {
-    let line = yaml
-        .lines()
-        .position(|l| l.contains("# <-"))
-        .map(|i| i + 1)
-        .expect("mark the expected line with # <-");
+    let line = yaml.lines().position(|l| l.contains("# <-")).map(|i| i + 1).expect("mark the expected line with # <-");
     let fixture = Fixture::new(yaml);
     let errors = fixture.errors();
     let prefix = if path.is_empty() {
@@ -101,16 +97,13 @@ fn assert_error(yaml: &str, path: &str, needle: &str) {
         format!("{}:{line}: {path}: ", fixture.file.display())
     };
     assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with(&prefix) && e.contains(needle)),
+        errors.iter().any(|e| e.starts_with(&prefix) && e.contains(needle)),
         "expected an error starting with {prefix:?} containing {needle:?}, got:\n{}",
         errors.join("\n")
     );
 }
 
-const MINIMAL: &str =
-    "listener: { port: 10000 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
+const MINIMAL: &str = "listener: { port: 10000 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
 
 #[test]
 fn loads_the_documented_example() {
@@ -122,18 +115,12 @@ fn loads_the_documented_example() {
 
     let crm = &registry.servers[0];
     assert_eq!(crm.name, "crm");
-    assert_eq!(
-        crm.upstream.host,
-        UpstreamHost::Ip("127.0.0.1".parse().expect("ip"))
-    );
+    assert_eq!(crm.upstream.host, UpstreamHost::Ip("127.0.0.1".parse().expect("ip")));
     assert_eq!(crm.upstream.port, 9101);
     assert_eq!(crm.upstream.path, "/mcp");
     assert_eq!(crm.timeout, Duration::from_secs(300));
     let docs = &registry.servers[1];
-    assert_eq!(
-        docs.upstream.host,
-        UpstreamHost::Dns("docs.internal".to_string())
-    );
+    assert_eq!(docs.upstream.host, UpstreamHost::Dns("docs.internal".to_string()));
     assert_eq!(docs.upstream.authority(), "docs.internal:9102");
     assert_eq!(docs.timeout, Duration::ZERO);
     assert_eq!(registry.route_path(docs), "/mcp/docs");
@@ -142,18 +129,11 @@ fn loads_the_documented_example() {
     assert_eq!(filter.servers, ["crm", "docs"]);
     assert_eq!(filter.route_prefix, "/mcp/");
     let jwks: serde_json::Value = serde_json::from_str(JWKS).expect("jwks");
-    assert_eq!(
-        filter.auth.jwt[0].jwks.as_ref(),
-        Some(&jwks),
-        "jwks inlined"
-    );
+    assert_eq!(filter.auth.jwt[0].jwks.as_ref(), Some(&jwks), "jwks inlined");
     assert_eq!(filter.auth.jwt[0].consumer_claim, "sub");
     assert_eq!(filter.auth.jwt[0].roles_claim, "roles");
     assert_eq!(filter.auth.jwt[0].leeway_seconds, Some(30));
-    assert_eq!(
-        filter.auth.jwt[1].hs256_secret_env.as_deref(),
-        Some("TEST_SECRET")
-    );
+    assert_eq!(filter.auth.jwt[1].hs256_secret_env.as_deref(), Some("TEST_SECRET"));
     assert_eq!(filter.auth.jwt[1].consumer_claim, "email");
     assert_eq!(filter.auth.jwt[1].roles_claim, "groups");
     assert_eq!(filter.auth.api_keys[0].sha256, KEY_SHA256);
@@ -162,10 +142,7 @@ fn loads_the_documented_example() {
     assert_eq!(filter.limits.max_response_bytes, Some(8_388_608));
     assert_eq!(filter.secret_env_names(), ["TEST_SECRET"]);
     let json = serde_json::to_string(filter).expect("json");
-    assert!(
-        !json.contains("s3cret"),
-        "secret values never enter the filter config"
-    );
+    assert!(!json.contains("s3cret"), "secret values never enter the filter config");
 
     assert_eq!(
         registry.envoy,
@@ -177,9 +154,7 @@ fn loads_the_documented_example() {
     );
     let summary = registry.summary();
     assert!(
-        summary.contains(
-            "ok: 2 servers (crm, docs), 2 jwt issuers, 1 api key, 2 roles, anonymous access on"
-        ),
+        summary.contains("ok: 2 servers (crm, docs), 2 jwt issuers, 1 api key, 2 roles, anonymous access on"),
         "{summary}"
     );
 }
@@ -197,64 +172,29 @@ fn defaults() {
 
 #[test]
 fn yaml_errors_carry_the_parser_line() {
-    assert_error(
-        "listener: { port: 10000 }\nservers:\n  - name: crm\n    url: [http://x # <-\n",
-        "",
-        "",
-    );
-    assert_error(
-        "listener:\n  port: 10000\n  prot: 1 # <-\nservers: []\n",
-        "listener.prot",
-        "unknown field `prot`",
-    );
-    assert_error(
-        &format!("{MINIMAL}serverz: [] # <-\n"),
-        "serverz",
-        "unknown field `serverz`",
-    );
+    assert_error("listener: { port: 10000 }\nservers:\n  - name: crm\n    url: [http://x # <-\n", "", "");
+    assert_error("listener:\n  port: 10000\n  prot: 1 # <-\nservers: []\n", "listener.prot", "unknown field `prot`");
+    assert_error(&format!("{MINIMAL}serverz: [] # <-\n"), "serverz", "unknown field `serverz`");
     assert_error(
         &format!("{MINIMAL}policy:\n  roles:\n    a: {{ alow: [x] }} # <-\n"),
         "policy.roles.a.alow",
         "unknown field `alow`",
     );
-    assert_error(
-        "listener: { port: ten } # <-\nservers: []\n",
-        "listener.port",
-        "",
-    );
-    assert_error(
-        "listener: { port: 1 }\nservers:\n  - name: crm # <-\n",
-        "servers[0]",
-        "missing url (or urls)",
-    );
-    assert_error(
-        "listener: { port: 1 }\nservers: []\nservers: [] # <-\n",
-        "",
-        "duplicate mapping key: servers",
-    );
+    assert_error("listener: { port: ten } # <-\nservers: []\n", "listener.port", "");
+    assert_error("listener: { port: 1 }\nservers:\n  - name: crm # <-\n", "servers[0]", "missing url (or urls)");
+    assert_error("listener: { port: 1 }\nservers: []\nservers: [] # <-\n", "", "duplicate mapping key: servers");
 }
 
 #[test]
 fn empty_and_unreadable_files() {
     for text in ["  \n", "# nothing yet\n---\n"] {
         let fixture = Fixture::new(text);
-        assert_eq!(
-            fixture.errors(),
-            [format!("{}:1: registry is empty", fixture.file.display())]
-        );
+        assert_eq!(fixture.errors(), [format!("{}:1: registry is empty", fixture.file.display())]);
     }
-    assert_error(
-        &format!("{MINIMAL}---\nlistener: {{ port: 2 }} # <-\n"),
-        "",
-        "multiple YAML documents detected",
-    );
+    assert_error(&format!("{MINIMAL}---\nlistener: {{ port: 2 }} # <-\n"), "", "multiple YAML documents detected");
     let missing = Path::new("/nonexistent/registry.yaml");
     let err = Registry::load_with(missing, &FakeEnv::default()).expect_err("missing");
-    assert!(
-        err.to_string()
-            .starts_with("/nonexistent/registry.yaml: cannot read registry:"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("/nonexistent/registry.yaml: cannot read registry:"), "{err}");
 }
 
 #[test]
@@ -265,11 +205,7 @@ fn listener_and_admin_errors() {
         "listener.address",
         "\"localhost\" is not an IP address",
     );
-    assert_error(
-        &format!("listener:\n  port: 70000 # <-\n{servers}"),
-        "listener.port",
-        "70000 is not a port number",
-    );
+    assert_error(&format!("listener:\n  port: 70000 # <-\n{servers}"), "listener.port", "70000 is not a port number");
     assert_error(
         &format!("listener: {{ port: 9901 }}\nadmin: {{ port: 9901 }} # <-\n{servers}"),
         "admin.port",
@@ -282,11 +218,7 @@ fn listener_and_admin_errors() {
 
 #[test]
 fn server_errors() {
-    assert_error(
-        "listener: { port: 1 }\nservers: [] # <-\n",
-        "servers",
-        "at least one server",
-    );
+    assert_error("listener: { port: 1 }\nservers: [] # <-\n", "servers", "at least one server");
     assert_error(
         "listener: { port: 1 }\nservers:\n  - name: CRM # <-\n    url: http://127.0.0.1:1/\n",
         "servers[0].name",
@@ -388,10 +320,7 @@ auth:
   scopes: [mcp.tools, offline_access]
 envoy: { system_ca_file: /etc/pki/tls/certs/ca-bundle.crt }
 "#;
-    let fixture = Fixture::with_files(
-        yaml,
-        &[("ca.pem", CA_PEM), ("docs.token", "docs-token-value\n")],
-    );
+    let fixture = Fixture::with_files(yaml, &[("ca.pem", CA_PEM), ("docs.token", "docs-token-value\n")]);
     let registry = fixture.load().unwrap_or_else(|e| panic!("{e}"));
     let crm = &registry.servers[0];
     assert_eq!(crm.upstream.authority(), "10.0.0.1:9101");
@@ -419,38 +348,18 @@ envoy: { system_ca_file: /etc/pki/tls/certs/ca-bundle.crt }
     );
     assert_eq!(
         crm.circuit_breakers,
-        CircuitBreakers {
-            max_connections: 10,
-            max_pending_requests: 20,
-            max_requests: 30
-        }
+        CircuitBreakers { max_connections: 10, max_pending_requests: 20, max_requests: 30 }
     );
     let credentials = crm.credentials.as_ref().expect("credentials");
     assert_eq!(credentials.header, "x-upstream-key");
     assert_eq!(credentials.prefix, "Bearer ");
-    assert_eq!(
-        credentials.source,
-        CredentialSource::Env("TEST_SECRET".to_string())
-    );
-    assert_eq!(
-        credentials.value.expose(),
-        "s3cret-s3cret-s3cret-s3cret-s3cret"
-    );
+    assert_eq!(credentials.source, CredentialSource::Env("TEST_SECRET".to_string()));
+    assert_eq!(credentials.value.expose(), "s3cret-s3cret-s3cret-s3cret-s3cret");
     assert_eq!(crm.tools.len(), 2);
-    assert_eq!(
-        crm.tools[0].description.as_deref(),
-        Some("Look a customer up")
-    );
+    assert_eq!(crm.tools[0].description.as_deref(), Some("Look a customer up"));
     assert_eq!(
         crm.control_plane_keys,
-        [
-            "urls",
-            "connect_timeout",
-            "health_check",
-            "outlier_detection",
-            "circuit_breakers",
-            "credentials"
-        ]
+        ["urls", "connect_timeout", "health_check", "outlier_detection", "circuit_breakers", "credentials"]
     );
 
     let docs = &registry.servers[1];
@@ -462,11 +371,7 @@ envoy: { system_ca_file: /etc/pki/tls/certs/ca-bundle.crt }
     assert_eq!(docs.health_check, HealthCheck::None);
     let credentials = docs.credentials.as_ref().expect("credentials");
     assert_eq!(credentials.header, "authorization");
-    assert_eq!(
-        credentials.value.expose(),
-        "docs-token-value",
-        "newline dropped"
-    );
+    assert_eq!(credentials.value.expose(), "docs-token-value", "newline dropped");
 
     let ip = &registry.servers[2];
     let tls = ip.tls.as_ref().expect("https has tls");
@@ -474,10 +379,7 @@ envoy: { system_ca_file: /etc/pki/tls/certs/ca-bundle.crt }
     assert_eq!(tls.trust, Trust::System);
 
     assert_eq!(registry.scopes, ["mcp.tools", "offline_access"]);
-    assert_eq!(
-        registry.envoy.system_ca_file,
-        "/etc/pki/tls/certs/ca-bundle.crt"
-    );
+    assert_eq!(registry.envoy.system_ca_file, "/etc/pki/tls/certs/ca-bundle.crt");
 }
 
 #[test]
@@ -649,15 +551,9 @@ fn jwt_issuer_errors() {
         "auth.jwt[0]",
         "sets both jwks_file and hs256_secret_env",
     );
+    assert_error(&with_auth("  jwt:\n    - issuer: a # <-\n      audiences: [m]\n"), "auth.jwt[0]", "sets neither");
     assert_error(
-        &with_auth("  jwt:\n    - issuer: a # <-\n      audiences: [m]\n"),
-        "auth.jwt[0]",
-        "sets neither",
-    );
-    assert_error(
-        &with_auth(
-            "  jwt:\n    - issuer: a\n      audiences: [m]\n      jwks_file: keys/nope.json # <-\n",
-        ),
+        &with_auth("  jwt:\n    - issuer: a\n      audiences: [m]\n      jwks_file: keys/nope.json # <-\n"),
         "auth.jwt[0].jwks_file",
         "cannot read jwks file",
     );
@@ -675,35 +571,21 @@ fn jwt_issuer_errors() {
 
 #[test]
 fn jwks_files_must_hold_public_keys() {
-    let yaml = with_auth(
-        "  jwt:\n    - issuer: a\n      audiences: [m]\n      jwks_file: keys/jwks.json # <-\n",
-    );
+    let yaml = with_auth("  jwt:\n    - issuer: a\n      audiences: [m]\n      jwks_file: keys/jwks.json # <-\n");
     let cases = [
-        (
-            r#"{"keys":[{"kty":"RSA","n":"x","e":"AQAB","d":"secret"}]}"#,
-            "private member \"d\"",
-        ),
-        (
-            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#,
-            "private member \"k\"",
-        ),
+        (r#"{"keys":[{"kty":"RSA","n":"x","e":"AQAB","d":"secret"}]}"#, "private member \"d\""),
+        (r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#, "private member \"k\""),
         ("{not json", "bad JSON"),
         (r#"{"keys":[]}"#, "\"keys\" is empty"),
         (r#"[1, 2]"#, "\"keys\" array"),
     ];
-    let line = yaml
-        .lines()
-        .position(|l| l.contains("# <-"))
-        .map(|i| i + 1)
-        .unwrap_or_default();
+    let line = yaml.lines().position(|l| l.contains("# <-")).map(|i| i + 1).unwrap_or_default();
     for (jwks, needle) in cases {
         let fixture = Fixture::with_files(&yaml, &[("keys/jwks.json", jwks)]);
         let errors = fixture.errors();
         let prefix = format!("{}:{line}: auth.jwt[0].jwks_file: ", fixture.file.display());
         assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with(&prefix) && e.contains(needle)),
+            errors.iter().any(|e| e.starts_with(&prefix) && e.contains(needle)),
             "{jwks}: expected {prefix:?} + {needle:?}, got {errors:?}"
         );
     }
@@ -711,9 +593,8 @@ fn jwks_files_must_hold_public_keys() {
 
 #[test]
 fn jwks_file_resolves_against_the_registry_folder() {
-    let fixture = Fixture::new(&with_auth(
-        "  jwt:\n    - issuer: a\n      audiences: [m]\n      jwks_file: keys/jwks.json\n",
-    ));
+    let fixture =
+        Fixture::new(&with_auth("  jwt:\n    - issuer: a\n      audiences: [m]\n      jwks_file: keys/jwks.json\n"));
     // The test process's working directory has no keys/ folder: only the registry's does.
     let registry = fixture.load().unwrap_or_else(|e| panic!("{e}"));
     assert!(registry.filter.auth.jwt[0].jwks.is_some());
@@ -790,9 +671,7 @@ servers:
         "greater than 0",
     );
     assert_error(
-        &format!(
-            "{BLOCK}    tools:\n      - name: search\n        limits:\n          max_argument_bytes: 0 # <-\n"
-        ),
+        &format!("{BLOCK}    tools:\n      - name: search\n        limits:\n          max_argument_bytes: 0 # <-\n"),
         "servers[0].tools[0].limits.max_argument_bytes",
         "greater than 0",
     );
@@ -816,10 +695,7 @@ envoy: { log_level: loud }
     let lines: Vec<String> = fixture
         .errors()
         .iter()
-        .map(|e| {
-            e.trim_start_matches(&fixture.file.display().to_string())
-                .to_string()
-        })
+        .map(|e| e.trim_start_matches(&fixture.file.display().to_string()).to_string())
         .collect();
     assert_eq!(lines.len(), 4, "{lines:#?}");
     assert!(lines[0].starts_with(":1: listener.address: "), "{lines:#?}");
@@ -841,10 +717,7 @@ fn global_quotas_load_with_their_rate_limit_service() {
         registry.global_rules,
         [GlobalRule {
             name: "fleet".into(),
-            limit: meshgate_core::quota::Limit::Window {
-                limit: 100,
-                period_secs: 60
-            }
+            limit: meshgate_core::quota::Limit::Window { limit: 100, period_secs: 60 }
         }]
     );
     let service = registry.rate_limit_service.expect("service");
@@ -858,26 +731,16 @@ fn global_quotas_load_with_their_rate_limit_service() {
         "{MINIMAL}quotas:\n  - {{ quota: 1/d, scope: global }}\nrate_limit_service: {{ redis_url_env: REDIS_URL }}\n"
     );
     let fixture = Fixture::new(&yaml);
-    let env = FakeEnv(std::collections::HashMap::from([(
-        "REDIS_URL".to_string(),
-        "redis://cache:6379".to_string(),
-    )]));
+    let env = FakeEnv(std::collections::HashMap::from([("REDIS_URL".to_string(), "redis://cache:6379".to_string())]));
     let registry = Registry::load_with(&fixture.file, &env).unwrap_or_else(|e| panic!("{e}"));
     let service = registry.rate_limit_service.expect("service");
-    assert_eq!(
-        (service.failure_mode, service.timeout),
-        (FailureMode::Deny, defaults::RATE_LIMIT_TIMEOUT)
-    );
+    assert_eq!((service.failure_mode, service.timeout), (FailureMode::Deny, defaults::RATE_LIMIT_TIMEOUT));
     assert_eq!(service.redis_source, "redis_url_env REDIS_URL");
     assert_eq!(registry.global_rules[0].name, "quota-0");
 
     // Local quotas need no service.
     let yaml = format!("{MINIMAL}quotas:\n  - {{ rate: 5/s }}\n");
-    assert!(Fixture::new(&yaml)
-        .load()
-        .expect("local only")
-        .global_rules
-        .is_empty());
+    assert!(Fixture::new(&yaml).load().expect("local only").global_rules.is_empty());
 }
 
 #[test]
@@ -906,7 +769,9 @@ fn global_quota_errors() {
         "longer than 0",
     );
     assert_error(
-        &format!("{MINIMAL}quotas:\n  - {{ quota: 10/m, scope: global }}\nrate_limit_service: # <-\n  failure_mode: deny\n"),
+        &format!(
+            "{MINIMAL}quotas:\n  - {{ quota: 10/m, scope: global }}\nrate_limit_service: # <-\n  failure_mode: deny\n"
+        ),
         "rate_limit_service",
         "exactly one of redis_url and redis_url_env",
     );

@@ -11,9 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use meshgate_core::config::{
-    is_valid_server_name, FilterConfig, RawJwtProvider, RawQuotaScope, SecretSource,
-};
+use meshgate_core::config::{is_valid_server_name, FilterConfig, RawJwtProvider, RawQuotaScope, SecretSource};
 use meshgate_core::quota::QuotaScope;
 
 use crate::ratelimit::redis::RedisAddress;
@@ -22,14 +20,13 @@ use super::error::RegistryError;
 use super::filter::{self, FilterPath};
 use super::lines::LineIndex;
 use super::raw::{
-    RawCircuitBreakers, RawCredentials, RawEnvoy, RawHealthCheck, RawJwtIssuer,
-    RawOutlierDetection, RawRateLimitService, RawRegistry, RawServer, RawTls, RawTool,
+    RawCircuitBreakers, RawCredentials, RawEnvoy, RawHealthCheck, RawJwtIssuer, RawOutlierDetection,
+    RawRateLimitService, RawRegistry, RawServer, RawTls, RawTool,
 };
 use super::{
-    defaults, CircuitBreakers, CredentialSource, Credentials, EnvoySettings, FailureMode,
-    GlobalRule, HealthCheck, HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry,
-    Scheme, SecretValue, Server, Tool, Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName,
-    DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
+    defaults, CircuitBreakers, CredentialSource, Credentials, EnvoySettings, FailureMode, GlobalRule, HealthCheck,
+    HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Scheme, SecretValue, Server, Tool, Trust,
+    Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
 
 /// Where JWKS members that only private keys carry live (RFC 7518 §6).
@@ -61,49 +58,32 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn push(&mut self, path: impl Into<String>, error: RegistryError) {
-        self.0.push(Problem {
-            path: path.into(),
-            error,
-        });
+        self.0.push(Problem { path: path.into(), error });
     }
 
     /// True when `path` overlaps (equals, contains or is inside) an already reported path.
     fn overlaps(&self, path: &str) -> bool {
-        self.0
-            .iter()
-            .any(|p| is_within(&p.path, path) || is_within(path, &p.path))
+        self.0.iter().any(|p| is_within(&p.path, path) || is_within(path, &p.path))
     }
 }
 
 fn is_within(inner: &str, outer: &str) -> bool {
     inner == outer
         || outer.is_empty()
-        || (inner.starts_with(outer)
-            && matches!(inner.as_bytes().get(outer.len()), Some(b'.' | b'[')))
+        || (inner.starts_with(outer) && matches!(inner.as_bytes().get(outer.len()), Some(b'.' | b'[')))
 }
 
 impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
     type Error = Vec<Problem>;
 
     fn try_from(input: Unvalidated<'_, S>) -> Result<Self, Self::Error> {
-        let Unvalidated {
-            raw,
-            file,
-            base_dir,
-            secrets,
-            index,
-        } = input;
+        let Unvalidated { raw, file, base_dir, secrets, index } = input;
         let mut problems = Problems::default();
 
         let listener_ip = match raw.listener.address.as_deref() {
             None => DEFAULT_LISTENER_ADDRESS,
             Some(value) => value.parse().unwrap_or_else(|_| {
-                problems.push(
-                    "listener.address",
-                    RegistryError::InvalidListenerAddress {
-                        value: value.to_string(),
-                    },
-                );
+                problems.push("listener.address", RegistryError::InvalidListenerAddress { value: value.to_string() });
                 DEFAULT_LISTENER_ADDRESS
             }),
         };
@@ -116,29 +96,18 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             problems.push("admin.port", RegistryError::PortClash { port: admin_port });
         }
 
-        let servers = servers(
-            &mut problems,
-            &raw.servers,
-            &ServerContext {
-                index,
-                base_dir,
-                secrets,
-            },
-        );
+        let servers = servers(&mut problems, &raw.servers, &ServerContext { index, base_dir, secrets });
         let scopes = scopes(&mut problems, &raw.auth.scopes);
         let jwt = jwt_providers(&mut problems, &raw.auth.jwt, base_dir, secrets);
         check_role_references(&mut problems, &raw);
         let envoy = envoy_settings(&mut problems, &raw.envoy);
-        let observability = super::observability::validate(&raw.observability, base_dir)
-            .unwrap_or_else(|found| {
-                found.into_iter().for_each(|(path, e)| problems.push(path, e));
-                Default::default()
-            });
+        let observability = super::observability::validate(&raw.observability, base_dir).unwrap_or_else(|found| {
+            found.into_iter().for_each(|(path, e)| problems.push(path, e));
+            Default::default()
+        });
 
-        let rate_limit_service = raw
-            .rate_limit_service
-            .as_ref()
-            .and_then(|r| rate_limit_service(&mut problems, r, secrets));
+        let rate_limit_service =
+            raw.rate_limit_service.as_ref().and_then(|r| rate_limit_service(&mut problems, r, secrets));
 
         let filter = filter::make_filter_config(&raw, jwt);
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
@@ -155,20 +124,12 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
                 .quotas
                 .iter()
                 .filter(|rule| rule.scope == QuotaScope::Global)
-                .map(|rule| GlobalRule {
-                    name: rule.name.clone(),
-                    limit: rule.limit,
-                })
+                .map(|rule| GlobalRule { name: rule.name.clone(), limit: rule.limit })
                 .collect(),
         };
         if raw.rate_limit_service.is_none() {
             // Point at the first global rule's `scope` line.
-            if let Some((i, rule)) = raw
-                .quotas
-                .iter()
-                .enumerate()
-                .find(|(_, q)| q.scope == RawQuotaScope::Global)
-            {
+            if let Some((i, rule)) = raw.quotas.iter().enumerate().find(|(_, q)| q.scope == RawQuotaScope::Global) {
                 problems.push(
                     format!("quotas[{i}].scope"),
                     RegistryError::GlobalWithoutService {
@@ -209,27 +170,14 @@ fn rate_limit_service<S: SecretSource>(
         None | Some("deny") => FailureMode::Deny,
         Some("allow") => FailureMode::Allow,
         Some(other) => {
-            problems.push(
-                format!("{at}.failure_mode"),
-                RegistryError::InvalidFailureMode {
-                    value: other.to_string(),
-                },
-            );
+            problems.push(format!("{at}.failure_mode"), RegistryError::InvalidFailureMode { value: other.to_string() });
             FailureMode::Deny
         }
     };
-    let timeout = positive_duration(
-        problems,
-        &format!("{at}.timeout"),
-        raw.timeout.as_deref(),
-        defaults::RATE_LIMIT_TIMEOUT,
-    );
+    let timeout =
+        positive_duration(problems, &format!("{at}.timeout"), raw.timeout.as_deref(), defaults::RATE_LIMIT_TIMEOUT);
     let (url_path, url, redis_source) = match (&raw.redis_url, &raw.redis_url_env) {
-        (Some(url), None) => (
-            format!("{at}.redis_url"),
-            url.clone(),
-            "redis_url".to_string(),
-        ),
+        (Some(url), None) => (format!("{at}.redis_url"), url.clone(), "redis_url".to_string()),
         (None, Some(name)) => {
             let path = format!("{at}.redis_url_env");
             if !is_env_name(name) {
@@ -237,11 +185,7 @@ fn rate_limit_service<S: SecretSource>(
                 return None;
             }
             match secrets.secret(name) {
-                Some(url) => (
-                    path,
-                    url.trim().to_string(),
-                    format!("redis_url_env {name}"),
-                ),
+                Some(url) => (path, url.trim().to_string(), format!("redis_url_env {name}")),
                 None => {
                     problems.push(path, RegistryError::RedisUrlEnvUnset { name: name.clone() });
                     return None;
@@ -260,12 +204,7 @@ fn rate_limit_service<S: SecretSource>(
             return None;
         }
     };
-    (problems.0.len() == before).then_some(RateLimitService {
-        redis,
-        redis_source,
-        failure_mode,
-        timeout,
-    })
+    (problems.0.len() == before).then_some(RateLimitService { redis, redis_source, failure_mode, timeout })
 }
 
 fn port(problems: &mut Problems, path: &str, value: u64) -> u16 {
@@ -275,11 +214,7 @@ fn port(problems: &mut Problems, path: &str, value: u64) -> u16 {
     })
 }
 
-fn servers<S: SecretSource>(
-    problems: &mut Problems,
-    raw: &[RawServer],
-    context: &ServerContext<'_, S>,
-) -> Vec<Server> {
+fn servers<S: SecretSource>(problems: &mut Problems, raw: &[RawServer], context: &ServerContext<'_, S>) -> Vec<Server> {
     if raw.is_empty() {
         problems.push("servers", RegistryError::NoServers);
     }
@@ -290,24 +225,10 @@ fn servers<S: SecretSource>(
         let name_path = format!("{at}.name");
         let before = problems.0.len();
         if !is_valid_server_name(&server.name) {
-            problems.push(
-                &name_path,
-                RegistryError::InvalidServerName {
-                    name: server.name.clone(),
-                },
-            );
+            problems.push(&name_path, RegistryError::InvalidServerName { name: server.name.clone() });
         } else if let Some(first) = seen.get(server.name.as_str()) {
-            let first_line = context
-                .index
-                .line_of(&format!("servers[{first}].name"))
-                .unwrap_or(0);
-            problems.push(
-                &name_path,
-                RegistryError::DuplicateServer {
-                    name: server.name.clone(),
-                    first_line,
-                },
-            );
+            let first_line = context.index.line_of(&format!("servers[{first}].name")).unwrap_or(0);
+            problems.push(&name_path, RegistryError::DuplicateServer { name: server.name.clone(), first_line });
         } else {
             seen.insert(&server.name, i);
         }
@@ -337,9 +258,7 @@ fn server_settings<S: SecretSource>(
     let upstreams = endpoints(problems, at, server);
     let timeout = match &server.timeout {
         None => Duration::ZERO,
-        Some(value) => parse_duration(value)
-            .map_err(|e| problems.push(format!("{at}.timeout"), e))
-            .unwrap_or_default(),
+        Some(value) => parse_duration(value).map_err(|e| problems.push(format!("{at}.timeout"), e)).unwrap_or_default(),
     };
     let connect_timeout = positive_duration(
         problems,
@@ -360,15 +279,10 @@ fn server_settings<S: SecretSource>(
     let health_check = health_check(problems, at, server.health_check.as_ref());
     let outlier_detection = outlier_detection(problems, at, server.outlier_detection.as_ref());
     let circuit_breakers = circuit_breakers(problems, at, server.circuit_breakers.as_ref());
-    let credentials = server.credentials.as_ref().and_then(|raw| {
-        credentials(
-            problems,
-            &format!("{at}.credentials"),
-            raw,
-            context.base_dir,
-            context.secrets,
-        )
-    });
+    let credentials = server
+        .credentials
+        .as_ref()
+        .and_then(|raw| credentials(problems, &format!("{at}.credentials"), raw, context.base_dir, context.secrets));
     let tools = tools(problems, at, &server.tools);
 
     let (upstream, more_upstreams) = upstreams?;
@@ -379,10 +293,7 @@ fn server_settings<S: SecretSource>(
     for (key, set) in [
         ("urls", server.urls.is_some()),
         ("connect_timeout", server.connect_timeout.is_some()),
-        (
-            "tls",
-            server.tls.is_some() || upstream.scheme == Scheme::Https,
-        ),
+        ("tls", server.tls.is_some() || upstream.scheme == Scheme::Https),
         ("health_check", server.health_check.is_some()),
         ("outlier_detection", server.outlier_detection.is_some()),
         ("circuit_breakers", server.circuit_breakers.is_some()),
@@ -409,22 +320,16 @@ fn server_settings<S: SecretSource>(
 }
 
 /// `url` or `urls`: the first endpoint and the others, which must share scheme and path.
-fn endpoints(
-    problems: &mut Problems,
-    at: &str,
-    server: &RawServer,
-) -> Option<(Upstream, Vec<Upstream>)> {
+fn endpoints(problems: &mut Problems, at: &str, server: &RawServer) -> Option<(Upstream, Vec<Upstream>)> {
     let urls: Vec<(String, &str)> = match (&server.url, &server.urls) {
         (Some(url), None) => vec![(format!("{at}.url"), url.as_str())],
         (None, Some(urls)) if urls.is_empty() => {
             problems.push(format!("{at}.urls"), RegistryError::EmptyUrls);
             return None;
         }
-        (None, Some(urls)) => urls
-            .iter()
-            .enumerate()
-            .map(|(j, url)| (format!("{at}.urls[{j}]"), url.as_str()))
-            .collect(),
+        (None, Some(urls)) => {
+            urls.iter().enumerate().map(|(j, url)| (format!("{at}.urls[{j}]"), url.as_str())).collect()
+        }
         (Some(_), Some(_)) => {
             problems.push(format!("{at}.urls"), RegistryError::UrlAndUrls);
             return None;
@@ -459,20 +364,13 @@ fn endpoints(
         if let Some(what) = differs {
             problems.push(
                 path.as_str(),
-                RegistryError::MixedEndpoints {
-                    url: (*url).to_string(),
-                    first: (*first_url).to_string(),
-                    what,
-                },
+                RegistryError::MixedEndpoints { url: (*url).to_string(), first: (*first_url).to_string(), what },
             );
             ok = false;
         } else if upstream.scheme == Scheme::Https && upstream.host != first.host {
             problems.push(
                 path.as_str(),
-                RegistryError::HttpsHostsDiffer {
-                    host: upstream.host.to_string(),
-                    first: first.host.to_string(),
-                },
+                RegistryError::HttpsHostsDiffer { host: upstream.host.to_string(), first: first.host.to_string() },
             );
             ok = false;
         }
@@ -493,10 +391,7 @@ fn upstream_tls(
         (Some(sni), _) => {
             let lower = sni.to_ascii_lowercase();
             if !is_dns_name(&lower) {
-                problems.push(
-                    format!("{at}.tls.sni"),
-                    RegistryError::InvalidSni { value: sni.clone() },
-                );
+                problems.push(format!("{at}.tls.sni"), RegistryError::InvalidSni { value: sni.clone() });
                 return None;
             }
             Some(lower)
@@ -512,13 +407,7 @@ fn upstream_tls(
             let path = format!("{at}.tls.ca_file");
             match std::fs::read_to_string(&file) {
                 Err(e) => {
-                    problems.push(
-                        path,
-                        RegistryError::CaRead {
-                            file,
-                            error: e.to_string(),
-                        },
-                    );
+                    problems.push(path, RegistryError::CaRead { file, error: e.to_string() });
                     return None;
                 }
                 Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
@@ -545,19 +434,12 @@ fn is_dns_name(name: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
 }
 
 /// A duration that must be longer than zero; `default` when absent.
-fn positive_duration(
-    problems: &mut Problems,
-    path: &str,
-    value: Option<&str>,
-    default: Duration,
-) -> Duration {
+fn positive_duration(problems: &mut Problems, path: &str, value: Option<&str>, default: Duration) -> Duration {
     let Some(value) = value else { return default };
     match parse_duration(value) {
         Ok(d) if d.is_zero() => {
@@ -573,25 +455,12 @@ fn positive_duration(
 }
 
 /// `value` within `min..=max` (as `u32`), `default` when absent.
-fn number(
-    problems: &mut Problems,
-    path: &str,
-    value: Option<u64>,
-    (min, max): (u32, u32),
-    default: u32,
-) -> u32 {
+fn number(problems: &mut Problems, path: &str, value: Option<u64>, (min, max): (u32, u32), default: u32) -> u32 {
     let Some(value) = value else { return default };
     match u32::try_from(value) {
         Ok(n) if (min..=max).contains(&n) => n,
         _ => {
-            problems.push(
-                path,
-                RegistryError::NumberOutOfRange {
-                    value,
-                    min: min.into(),
-                    max: max.into(),
-                },
-            );
+            problems.push(path, RegistryError::NumberOutOfRange { value, min: min.into(), max: max.into() });
             default
         }
     }
@@ -638,22 +507,13 @@ fn health_check(problems: &mut Problems, at: &str, raw: Option<&RawHealthCheck>)
         Some("http") => HealthCheck::Http(timing),
         Some("none") => HealthCheck::None,
         Some(other) => {
-            problems.push(
-                format!("{at}.type"),
-                RegistryError::InvalidHealthCheckType {
-                    value: other.to_string(),
-                },
-            );
+            problems.push(format!("{at}.type"), RegistryError::InvalidHealthCheckType { value: other.to_string() });
             HealthCheck::default()
         }
     }
 }
 
-fn outlier_detection(
-    problems: &mut Problems,
-    at: &str,
-    raw: Option<&RawOutlierDetection>,
-) -> Option<OutlierDetection> {
+fn outlier_detection(problems: &mut Problems, at: &str, raw: Option<&RawOutlierDetection>) -> Option<OutlierDetection> {
     let Some(raw) = raw else {
         return Some(OutlierDetection::default());
     };
@@ -696,35 +556,17 @@ fn outlier_detection(
     raw.enabled.unwrap_or(true).then_some(detection)
 }
 
-fn circuit_breakers(
-    problems: &mut Problems,
-    at: &str,
-    raw: Option<&RawCircuitBreakers>,
-) -> CircuitBreakers {
+fn circuit_breakers(problems: &mut Problems, at: &str, raw: Option<&RawCircuitBreakers>) -> CircuitBreakers {
     let Some(raw) = raw else {
         return CircuitBreakers::default();
     };
     let at = format!("{at}.circuit_breakers");
     let mut limit = |key: &str, value: Option<u64>, default: u32| {
-        number(
-            problems,
-            &format!("{at}.{key}"),
-            value,
-            (1, u32::MAX),
-            default,
-        )
+        number(problems, &format!("{at}.{key}"), value, (1, u32::MAX), default)
     };
     CircuitBreakers {
-        max_connections: limit(
-            "max_connections",
-            raw.max_connections,
-            defaults::MAX_CONNECTIONS,
-        ),
-        max_pending_requests: limit(
-            "max_pending_requests",
-            raw.max_pending_requests,
-            defaults::MAX_PENDING_REQUESTS,
-        ),
+        max_connections: limit("max_connections", raw.max_connections, defaults::MAX_CONNECTIONS),
+        max_pending_requests: limit("max_pending_requests", raw.max_pending_requests, defaults::MAX_PENDING_REQUESTS),
         max_requests: limit("max_requests", raw.max_requests, defaults::MAX_REQUESTS),
     }
 }
@@ -754,19 +596,10 @@ fn credentials<S: SecretSource>(
     base_dir: &Path,
     secrets: &S,
 ) -> Option<Credentials> {
-    let header = raw
-        .header
-        .as_deref()
-        .unwrap_or(defaults::CREDENTIAL_HEADER)
-        .to_ascii_lowercase();
+    let header = raw.header.as_deref().unwrap_or(defaults::CREDENTIAL_HEADER).to_ascii_lowercase();
     let header_path = format!("{at}.header");
     if !is_header_name(&header) {
-        problems.push(
-            header_path,
-            RegistryError::InvalidHeaderName {
-                name: raw.header.clone().unwrap_or_default(),
-            },
-        );
+        problems.push(header_path, RegistryError::InvalidHeaderName { name: raw.header.clone().unwrap_or_default() });
         return None;
     }
     if FORBIDDEN_CREDENTIAL_HEADERS.contains(&header.as_str()) || header.starts_with("x-envoy-") {
@@ -786,10 +619,7 @@ fn credentials<S: SecretSource>(
                 return None;
             }
             let Some(value) = secrets.secret(name) else {
-                problems.push(
-                    path,
-                    RegistryError::CredentialEnvUnset { name: name.clone() },
-                );
+                problems.push(path, RegistryError::CredentialEnvUnset { name: name.clone() });
                 return None;
             };
             (CredentialSource::Env(name.clone()), value, path)
@@ -800,21 +630,12 @@ fn credentials<S: SecretSource>(
             match std::fs::read_to_string(&file) {
                 Ok(text) => {
                     // Editors and `echo` end files with a newline; it is not part of the value.
-                    let value = text
-                        .strip_suffix('\n')
-                        .map(|v| v.strip_suffix('\r').unwrap_or(v))
-                        .unwrap_or(&text)
-                        .to_string();
+                    let value =
+                        text.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&text).to_string();
                     (CredentialSource::File(file), value, path)
                 }
                 Err(e) => {
-                    problems.push(
-                        path,
-                        RegistryError::CredentialRead {
-                            file,
-                            error: e.to_string(),
-                        },
-                    );
+                    problems.push(path, RegistryError::CredentialRead { file, error: e.to_string() });
                     return None;
                 }
             }
@@ -832,36 +653,20 @@ fn credentials<S: SecretSource>(
         None
     };
     if let Some(reason) = unusable {
-        problems.push(
-            path,
-            RegistryError::CredentialInvalid {
-                origin: source.to_string(),
-                reason,
-            },
-        );
+        problems.push(path, RegistryError::CredentialInvalid { origin: source.to_string(), reason });
         return None;
     }
-    Some(Credentials {
-        header,
-        prefix,
-        source,
-        value: SecretValue::new(value),
-    })
+    Some(Credentials { header, prefix, source, value: SecretValue::new(value) })
 }
 
 /// An HTTP token (RFC 9110 `tchar`s).
 fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Visible ASCII, spaces and tabs (no CR/LF/NUL, nothing that needs encoding).
 fn is_header_value(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 fn tools(problems: &mut Problems, at: &str, raw: &[RawTool]) -> Vec<Tool> {
@@ -872,17 +677,9 @@ fn tools(problems: &mut Problems, at: &str, raw: &[RawTool]) -> Vec<Tool> {
         if tool.name.trim().is_empty() {
             problems.push(path, RegistryError::EmptyToolName);
         } else if !seen.insert(tool.name.as_str()) {
-            problems.push(
-                path,
-                RegistryError::DuplicateTool {
-                    name: tool.name.clone(),
-                },
-            );
+            problems.push(path, RegistryError::DuplicateTool { name: tool.name.clone() });
         } else {
-            tools.push(Tool {
-                name: tool.name.clone(),
-                description: tool.description.clone(),
-            });
+            tools.push(Tool { name: tool.name.clone(), description: tool.description.clone() });
         }
     }
     tools
@@ -890,25 +687,15 @@ fn tools(problems: &mut Problems, at: &str, raw: &[RawTool]) -> Vec<Tool> {
 
 /// Parses an upstream MCP endpoint: `http://` or `https://`, no userinfo, query or fragment.
 pub(crate) fn parse_upstream(url: &str) -> Result<Upstream, RegistryError> {
-    let invalid = |reason: &str| RegistryError::InvalidUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
-    let scheme = uri
-        .scheme_str()
-        .ok_or_else(|| invalid("missing scheme (expected http://host:port/path)"))?;
+    let invalid = |reason: &str| RegistryError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
+    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+    let scheme = uri.scheme_str().ok_or_else(|| invalid("missing scheme (expected http://host:port/path)"))?;
     let scheme = if scheme.eq_ignore_ascii_case("http") {
         Scheme::Http
     } else if scheme.eq_ignore_ascii_case("https") {
         Scheme::Https
     } else {
-        return Err(RegistryError::UnsupportedScheme {
-            url: url.to_string(),
-            scheme: scheme.to_string(),
-        });
+        return Err(RegistryError::UnsupportedScheme { url: url.to_string(), scheme: scheme.to_string() });
     };
     let authority = uri.authority().ok_or_else(|| invalid("missing host"))?;
     if authority.as_str().contains('@') {
@@ -919,16 +706,10 @@ pub(crate) fn parse_upstream(url: &str) -> Result<Upstream, RegistryError> {
     }
     let host = authority.host();
     let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        UpstreamHost::Ip(IpAddr::V6(
-            v6.parse().map_err(|_| invalid("bad IPv6 address"))?,
-        ))
+        UpstreamHost::Ip(IpAddr::V6(v6.parse().map_err(|_| invalid("bad IPv6 address"))?))
     } else if let Ok(ip) = host.parse::<IpAddr>() {
         UpstreamHost::Ip(ip)
-    } else if host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !host.is_empty()
-    {
+    } else if host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') && !host.is_empty() {
         UpstreamHost::Dns(host.to_ascii_lowercase())
     } else {
         return Err(invalid("bad host name"));
@@ -943,28 +724,16 @@ pub(crate) fn parse_upstream(url: &str) -> Result<Upstream, RegistryError> {
         "" => "/".to_string(),
         path => path.to_string(),
     };
-    Ok(Upstream {
-        scheme,
-        host,
-        port,
-        path,
-    })
+    Ok(Upstream { scheme, host, port, path })
 }
 
 /// `<digits><unit>` with unit `ms`, `s`, `m` or `h`: `300s`, `5m`, `0s`.
 pub(crate) fn parse_duration(value: &str) -> Result<Duration, RegistryError> {
-    let invalid = |reason| RegistryError::InvalidDuration {
-        value: value.to_string(),
-        reason,
-    };
-    let digits_end = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
+    let invalid = |reason| RegistryError::InvalidDuration { value: value.to_string(), reason };
+    let digits_end = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
     let (digits, unit) = value.split_at(digits_end);
     if digits.is_empty() {
-        return Err(invalid(
-            "expected a number followed by ms, s, m or h (e.g. 300s, 5m)",
-        ));
+        return Err(invalid("expected a number followed by ms, s, m or h (e.g. 300s, 5m)"));
     }
     let n: u64 = digits.parse().map_err(|_| invalid("number too large"))?;
     let millis_per_unit = match unit {
@@ -995,22 +764,13 @@ fn jwt_providers<S: SecretSource>(
             let at = format!("auth.jwt[{i}]");
             let mut jwks = None;
             match (&issuer.jwks_file, &issuer.hs256_secret_env) {
-                (Some(_), Some(_)) => problems.push(
-                    &at,
-                    RegistryError::BothKeySources {
-                        issuer: issuer.issuer.clone(),
-                    },
-                ),
-                (None, None) => problems.push(
-                    &at,
-                    RegistryError::NoKeySource {
-                        issuer: issuer.issuer.clone(),
-                    },
-                ),
+                (Some(_), Some(_)) => {
+                    problems.push(&at, RegistryError::BothKeySources { issuer: issuer.issuer.clone() })
+                }
+                (None, None) => problems.push(&at, RegistryError::NoKeySource { issuer: issuer.issuer.clone() }),
                 (Some(file), None) => {
-                    jwks = read_jwks(&base_dir.join(file))
-                        .map_err(|e| problems.push(format!("{at}.jwks_file"), e))
-                        .ok();
+                    jwks =
+                        read_jwks(&base_dir.join(file)).map_err(|e| problems.push(format!("{at}.jwks_file"), e)).ok();
                 }
                 (None, Some(name)) => {
                     let path = format!("{at}.hs256_secret_env");
@@ -1035,16 +795,10 @@ fn is_env_name(name: &str) -> bool {
 /// Reads a JWKS document and makes sure it carries public keys only: it ends up in the
 /// filter configuration, which Envoy shows to anyone with admin access (`/config_dump`).
 fn read_jwks(file: &Path) -> Result<serde_json::Value, RegistryError> {
-    let text = std::fs::read_to_string(file).map_err(|e| RegistryError::JwksRead {
-        file: file.to_path_buf(),
-        error: e.to_string(),
-    })?;
-    let invalid = |reason: String| RegistryError::JwksInvalid {
-        file: file.to_path_buf(),
-        reason,
-    };
-    let jwks: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| invalid(format!("bad JSON: {e}")))?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| RegistryError::JwksRead { file: file.to_path_buf(), error: e.to_string() })?;
+    let invalid = |reason: String| RegistryError::JwksInvalid { file: file.to_path_buf(), reason };
+    let jwks: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(format!("bad JSON: {e}")))?;
     let keys = jwks
         .get("keys")
         .and_then(|k| k.as_array())
@@ -1053,9 +807,7 @@ fn read_jwks(file: &Path) -> Result<serde_json::Value, RegistryError> {
         return Err(invalid("\"keys\" is empty".to_string()));
     }
     for (index, key) in keys.iter().enumerate() {
-        let key = key
-            .as_object()
-            .ok_or_else(|| invalid(format!("key {index} is not an object")))?;
+        let key = key.as_object().ok_or_else(|| invalid(format!("key {index} is not an object")))?;
         if let Some(member) = PRIVATE_JWK_MEMBERS.iter().find(|m| key.contains_key(**m)) {
             return Err(RegistryError::JwksPrivateKey {
                 file: file.to_path_buf(),
@@ -1073,12 +825,7 @@ fn check_role_references(problems: &mut Problems, raw: &RawRegistry) {
     let defined: BTreeSet<&str> = raw.policy.roles.keys().map(String::as_str).collect();
     let mut check = |path: String, role: &str| {
         if !defined.contains(role) {
-            problems.push(
-                path,
-                RegistryError::UnknownRole {
-                    role: role.to_string(),
-                },
-            );
+            problems.push(path, RegistryError::UnknownRole { role: role.to_string() });
         }
     };
     for (i, key) in raw.auth.api_keys.iter().enumerate() {
@@ -1096,26 +843,15 @@ fn check_role_references(problems: &mut Problems, raw: &RawRegistry) {
 fn envoy_settings(problems: &mut Problems, raw: &RawEnvoy) -> EnvoySettings {
     let concurrency = match raw.concurrency {
         None => DEFAULT_CONCURRENCY,
-        Some(value) => u32::try_from(value)
-            .ok()
-            .filter(|n| (1..=MAX_CONCURRENCY).contains(n))
-            .unwrap_or_else(|| {
-                problems.push(
-                    "envoy.concurrency",
-                    RegistryError::InvalidConcurrency { value },
-                );
-                DEFAULT_CONCURRENCY
-            }),
+        Some(value) => u32::try_from(value).ok().filter(|n| (1..=MAX_CONCURRENCY).contains(n)).unwrap_or_else(|| {
+            problems.push("envoy.concurrency", RegistryError::InvalidConcurrency { value });
+            DEFAULT_CONCURRENCY
+        }),
     };
     let log_level = match raw.log_level.as_deref() {
         None => LogLevel::default(),
         Some(value) => LogLevel::parse(value).unwrap_or_else(|| {
-            problems.push(
-                "envoy.log_level",
-                RegistryError::InvalidLogLevel {
-                    value: value.to_string(),
-                },
-            );
+            problems.push("envoy.log_level", RegistryError::InvalidLogLevel { value: value.to_string() });
             LogLevel::default()
         }),
     };
@@ -1123,35 +859,19 @@ fn envoy_settings(problems: &mut Problems, raw: &RawEnvoy) -> EnvoySettings {
         None => defaults::SYSTEM_CA_FILE.to_string(),
         Some(value) if value.starts_with('/') => value.clone(),
         Some(value) => {
-            problems.push(
-                "envoy.system_ca_file",
-                RegistryError::InvalidCaPath {
-                    value: value.clone(),
-                },
-            );
+            problems.push("envoy.system_ca_file", RegistryError::InvalidCaPath { value: value.clone() });
             defaults::SYSTEM_CA_FILE.to_string()
         }
     };
-    EnvoySettings {
-        concurrency,
-        log_level,
-        system_ca_file,
-    }
+    EnvoySettings { concurrency, log_level, system_ca_file }
 }
 
 fn scopes(problems: &mut Problems, raw: &[String]) -> Vec<String> {
     for (i, scope) in raw.iter().enumerate() {
-        let bad = scope.is_empty()
-            || scope
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\');
+        let bad =
+            scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\');
         if bad {
-            problems.push(
-                format!("auth.scopes[{i}]"),
-                RegistryError::InvalidScope {
-                    value: scope.clone(),
-                },
-            );
+            problems.push(format!("auth.scopes[{i}]"), RegistryError::InvalidScope { value: scope.clone() });
         }
     }
     raw.to_vec()

@@ -12,9 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 
 use super::{is_wildcard_type, Event, Outcome};
 use crate::snapshot::Snapshot;
@@ -61,36 +59,22 @@ impl DeltaStream {
         let mut outcome = Outcome::default();
         let type_url = request.type_url.as_str();
         if !type_url::ALL.contains(&type_url) {
-            outcome.events.push(Event::UnknownType {
-                type_url: type_url.to_string(),
-            });
+            outcome.events.push(Event::UnknownType { type_url: type_url.to_string() });
             return outcome;
         }
         if !request.response_nonce.is_empty() {
-            let sent = request
-                .response_nonce
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| self.pending.remove(&n));
+            let sent = request.response_nonce.parse::<u64>().ok().and_then(|n| self.pending.remove(&n));
             let version = sent.map(|(_, version)| version).unwrap_or_default();
             outcome.events.push(match &request.error_detail {
-                Some(error) => Event::Nack {
-                    type_url: type_url.to_string(),
-                    version,
-                    message: error.message.clone(),
-                },
-                None => Event::Ack {
-                    type_url: type_url.to_string(),
-                    version,
-                },
+                Some(error) => Event::Nack { type_url: type_url.to_string(), version, message: error.message.clone() },
+                None => Event::Ack { type_url: type_url.to_string(), version },
             });
         }
         let first = !self.types.contains_key(type_url);
         let state = self.types.entry(type_url.to_string()).or_default();
         if first {
             // Legacy wildcard: a first request for LDS/CDS without names means "everything".
-            state.wildcard =
-                request.resource_names_subscribe.is_empty() && is_wildcard_type(type_url);
+            state.wildcard = request.resource_names_subscribe.is_empty() && is_wildcard_type(type_url);
             state.known = request
                 .initial_resource_versions
                 .iter()
@@ -129,8 +113,7 @@ impl DeltaStream {
                 continue;
             }
             let mut diff = self.diff(type_url, snapshot);
-            if matches!(type_url, type_url::CLUSTER | type_url::SECRET) && !diff.removals.is_empty()
-            {
+            if matches!(type_url, type_url::CLUSTER | type_url::SECRET) && !diff.removals.is_empty() {
                 removals_later.push((type_url, std::mem::take(&mut diff.removals)));
             }
             if !diff.upserts.is_empty() || !diff.removals.is_empty() {
@@ -138,10 +121,7 @@ impl DeltaStream {
             }
         }
         for (type_url, removals) in removals_later {
-            let diff = Diff {
-                upserts: Vec::new(),
-                removals,
-            };
+            let diff = Diff { upserts: Vec::new(), removals };
             outcome.push(self.respond(type_url, snapshot, diff));
         }
         outcome
@@ -149,17 +129,12 @@ impl DeltaStream {
 
     fn diff(&self, type_url: &str, snapshot: &Snapshot) -> Diff {
         let Some(state) = self.types.get(type_url) else {
-            return Diff {
-                upserts: Vec::new(),
-                removals: Vec::new(),
-            };
+            return Diff { upserts: Vec::new(), removals: Vec::new() };
         };
         let available = snapshot.resources(type_url);
         let upserts = available
             .iter()
-            .filter(|(name, packed)| {
-                state.covers(name) && state.known.get(*name) != Some(&packed.version)
-            })
+            .filter(|(name, packed)| state.covers(name) && state.known.get(*name) != Some(&packed.version))
             .map(|(name, packed)| Resource {
                 name: name.clone(),
                 version: packed.version.clone(),
@@ -167,32 +142,19 @@ impl DeltaStream {
                 ..Default::default()
             })
             .collect();
-        let removals = state
-            .known
-            .keys()
-            .filter(|name| !available.contains_key(*name))
-            .cloned()
-            .collect();
+        let removals = state.known.keys().filter(|name| !available.contains_key(*name)).cloned().collect();
         Diff { upserts, removals }
     }
 
-    fn respond(
-        &mut self,
-        type_url: &str,
-        snapshot: &Snapshot,
-        diff: Diff,
-    ) -> DeltaDiscoveryResponse {
+    fn respond(&mut self, type_url: &str, snapshot: &Snapshot, diff: Diff) -> DeltaDiscoveryResponse {
         self.nonce += 1;
-        self.pending
-            .insert(self.nonce, (type_url.to_string(), snapshot.version.clone()));
+        self.pending.insert(self.nonce, (type_url.to_string(), snapshot.version.clone()));
         while self.pending.len() > PENDING_NONCES {
             self.pending.pop_first();
         }
         if let Some(state) = self.types.get_mut(type_url) {
             for resource in &diff.upserts {
-                state
-                    .known
-                    .insert(resource.name.clone(), resource.version.clone());
+                state.known.insert(resource.name.clone(), resource.version.clone());
             }
             for name in &diff.removals {
                 state.known.remove(name);

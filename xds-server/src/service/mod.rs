@@ -63,10 +63,7 @@ pub struct Outcome<R> {
 
 impl<R> Default for Outcome<R> {
     fn default() -> Self {
-        Outcome {
-            responses: Vec::new(),
-            events: Vec::new(),
-        }
+        Outcome { responses: Vec::new(), events: Vec::new() }
     }
 }
 
@@ -88,11 +85,7 @@ trait Protocol: Send + 'static {
     const API: Api;
 
     fn node(request: &Self::Request) -> Option<&Node>;
-    fn on_request(
-        &mut self,
-        request: &Self::Request,
-        snapshot: Option<&Snapshot>,
-    ) -> Outcome<Self::Response>;
+    fn on_request(&mut self, request: &Self::Request, snapshot: Option<&Snapshot>) -> Outcome<Self::Response>;
     fn on_snapshot(&mut self, snapshot: &Snapshot) -> Outcome<Self::Response>;
 }
 
@@ -109,12 +102,7 @@ impl Described for DiscoveryResponse {
 
 impl Described for DeltaDiscoveryResponse {
     fn describe(&self) -> (&str, &str, usize, usize) {
-        (
-            &self.type_url,
-            &self.system_version_info,
-            self.resources.len(),
-            self.removed_resources.len(),
-        )
+        (&self.type_url, &self.system_version_info, self.resources.len(), self.removed_resources.len())
     }
 }
 
@@ -126,11 +114,7 @@ impl Protocol for sotw::SotwStream {
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
     }
-    fn on_request(
-        &mut self,
-        request: &DiscoveryRequest,
-        snapshot: Option<&Snapshot>,
-    ) -> Outcome<DiscoveryResponse> {
+    fn on_request(&mut self, request: &DiscoveryRequest, snapshot: Option<&Snapshot>) -> Outcome<DiscoveryResponse> {
         sotw::SotwStream::on_request(self, request, snapshot)
     }
     fn on_snapshot(&mut self, snapshot: &Snapshot) -> Outcome<DiscoveryResponse> {
@@ -281,19 +265,10 @@ async fn run_stream<P: Protocol + Default>(
 fn record(control: &ControlPlane, node: &str, event: &Event) {
     match event {
         Event::Ack { type_url, version } => {
-            tracing::debug!(
-                node,
-                resource_type = type_url::short(type_url),
-                version,
-                "ack"
-            );
+            tracing::debug!(node, resource_type = type_url::short(type_url), version, "ack");
             control.record_ack(node, type_url, version);
         }
-        Event::Nack {
-            type_url,
-            version,
-            message,
-        } => {
+        Event::Nack { type_url, version, message } => {
             tracing::warn!(
                 node,
                 resource_type = type_url::short(type_url),

@@ -62,10 +62,7 @@ pub struct SotwStream {
 }
 
 fn same_content(a: &ByName, b: &ByName) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b.iter())
-            .all(|((na, pa), (nb, pb))| na == nb && pa.version == pb.version)
+    a.len() == b.len() && a.iter().zip(b.iter()).all(|((na, pa), (nb, pb))| na == nb && pa.version == pb.version)
 }
 
 impl SotwStream {
@@ -78,9 +75,7 @@ impl SotwStream {
         let mut outcome = Outcome::default();
         let type_url = request.type_url.as_str();
         if !type_url::ALL.contains(&type_url) {
-            outcome.events.push(Event::UnknownType {
-                type_url: type_url.to_string(),
-            });
+            outcome.events.push(Event::UnknownType { type_url: type_url.to_string() });
             return outcome;
         }
         let nonce = request.response_nonce.as_str();
@@ -97,10 +92,9 @@ impl SotwStream {
                     version: state.sent_version.clone(),
                     message: error.message.clone(),
                 }),
-                None => outcome.events.push(Event::Ack {
-                    type_url: type_url.to_string(),
-                    version: request.version_info.clone(),
-                }),
+                None => outcome
+                    .events
+                    .push(Event::Ack { type_url: type_url.to_string(), version: request.version_info.clone() }),
             }
         }
         let subscription = Subscription::from_request(type_url, &request.resource_names);

@@ -17,19 +17,10 @@ use crate::translate::{translate, type_url, TranslateOptions, WasmSource};
 fn snapshot(servers: &[&str], allow: &str) -> Snapshot {
     let mut yaml = String::from("listener: { port: 0 }\nservers:\n");
     for (i, name) in servers.iter().enumerate() {
-        yaml.push_str(&format!(
-            "  - {{ name: {name}, url: 'http://127.0.0.1:{}/mcp' }}\n",
-            9000 + i
-        ));
+        yaml.push_str(&format!("  - {{ name: {name}, url: 'http://127.0.0.1:{}/mcp' }}\n", 9000 + i));
     }
-    yaml.push_str(&format!(
-        "policy:\n  roles:\n    r: {{ allow: ['{allow}'] }}\n"
-    ));
-    let options = TranslateOptions {
-        wasm: WasmSource::Local {
-            path: "/m.wasm".into(),
-        },
-    };
+    yaml.push_str(&format!("policy:\n  roles:\n    r: {{ allow: ['{allow}'] }}\n"));
+    let options = TranslateOptions { wasm: WasmSource::Local { path: "/m.wasm".into() } };
     Snapshot::new(&translate(&registry(&yaml), &options).expect("translate")).expect("snapshot")
 }
 
@@ -44,11 +35,7 @@ fn sotw_request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> D
 }
 
 fn nack(mut request: DiscoveryRequest, message: &str) -> DiscoveryRequest {
-    request.error_detail = Some(RpcStatus {
-        code: 3,
-        message: message.to_string(),
-        details: Vec::new(),
-    });
+    request.error_detail = Some(RpcStatus { code: 3, message: message.to_string(), details: Vec::new() });
     request
 }
 
@@ -60,9 +47,7 @@ fn names_of(response: &DiscoveryResponse) -> Vec<String> {
         .iter()
         .map(|any| {
             if response.type_url == type_url::CLUSTER {
-                Cluster::decode(any.value.as_slice())
-                    .map(|c| c.name)
-                    .unwrap_or_default()
+                Cluster::decode(any.value.as_slice()).map(|c| c.name).unwrap_or_default()
             } else {
                 any.type_url.clone()
             }
@@ -105,13 +90,7 @@ fn sotw_first_request_ack_nack_and_stale_nonces() {
     let ack = sotw_request(type_url::CLUSTER, &[], &snap.version, &first.nonce);
     let out = stream.on_request(&ack, Some(&snap));
     assert!(out.responses.is_empty());
-    assert_eq!(
-        out.events,
-        [Event::Ack {
-            type_url: type_url::CLUSTER.into(),
-            version: snap.version.clone()
-        }]
-    );
+    assert_eq!(out.events, [Event::Ack { type_url: type_url::CLUSTER.into(), version: snap.version.clone() }]);
 
     // The same ACK again, or any old nonce: stale, ignored.
     let stale = sotw_request(type_url::CLUSTER, &[], &snap.version, "999");
@@ -143,19 +122,13 @@ fn sotw_sends_only_when_names_or_content_change() {
     let types: Vec<&str> = out.responses.iter().map(|r| r.type_url.as_str()).collect();
     assert_eq!(types, [type_url::EXTENSION_CONFIG]);
     // Unsubscribing the route config (names change) is answered, with nothing.
-    let out = stream.on_request(
-        &sotw_request(type_url::ROUTE, &[], "", &last_nonce(&out.responses)),
-        Some(&policy),
-    );
+    let out = stream.on_request(&sotw_request(type_url::ROUTE, &[], "", &last_nonce(&out.responses)), Some(&policy));
     // (the nonce above belongs to ECDS, so for RDS it is stale)
     assert!(out.responses.is_empty());
 }
 
 fn last_nonce(responses: &[DiscoveryResponse]) -> String {
-    responses
-        .last()
-        .map(|r| r.nonce.clone())
-        .unwrap_or_default()
+    responses.last().map(|r| r.nonce.clone()).unwrap_or_default()
 }
 
 #[test]
@@ -177,28 +150,14 @@ fn sotw_adds_clusters_first_and_removes_them_last() {
 
     let out = stream.on_snapshot(&two);
     let types: Vec<&str> = out.responses.iter().map(|r| r.type_url.as_str()).collect();
-    assert_eq!(
-        types,
-        [
-            type_url::CLUSTER,
-            type_url::EXTENSION_CONFIG,
-            type_url::ROUTE
-        ]
-    );
+    assert_eq!(types, [type_url::CLUSTER, type_url::EXTENSION_CONFIG, type_url::ROUTE]);
     assert_eq!(names_of(&out.responses[0]), ["mcp-a", "mcp-b"]);
     ack_all(&mut stream, &out.responses, &two);
 
     // Removing b: Envoy already has a and b, so the routes go first, then the clusters.
     let out = stream.on_snapshot(&one);
     let types: Vec<&str> = out.responses.iter().map(|r| r.type_url.as_str()).collect();
-    assert_eq!(
-        types,
-        [
-            type_url::EXTENSION_CONFIG,
-            type_url::ROUTE,
-            type_url::CLUSTER
-        ]
-    );
+    assert_eq!(types, [type_url::EXTENSION_CONFIG, type_url::ROUTE, type_url::CLUSTER]);
     assert_eq!(names_of(&out.responses[2]), ["mcp-a"]);
     assert_eq!(out.responses[2].version_info, one.version);
     ack_all(&mut stream, &out.responses, &one);
@@ -207,20 +166,9 @@ fn sotw_adds_clusters_first_and_removes_them_last() {
     let c = snapshot(&["c"], "c/x");
     let out = stream.on_snapshot(&c);
     let types: Vec<&str> = out.responses.iter().map(|r| r.type_url.as_str()).collect();
-    assert_eq!(
-        types,
-        [
-            type_url::CLUSTER,
-            type_url::EXTENSION_CONFIG,
-            type_url::ROUTE,
-            type_url::CLUSTER
-        ]
-    );
+    assert_eq!(types, [type_url::CLUSTER, type_url::EXTENSION_CONFIG, type_url::ROUTE, type_url::CLUSTER]);
     assert_eq!(names_of(&out.responses[0]), ["mcp-a", "mcp-c"]);
-    assert_eq!(
-        out.responses[0].version_info,
-        format!("{}-transition", c.version)
-    );
+    assert_eq!(out.responses[0].version_info, format!("{}-transition", c.version));
     assert_eq!(names_of(&out.responses[3]), ["mcp-c"]);
     assert_eq!(out.responses[3].version_info, c.version);
 }
@@ -232,12 +180,7 @@ fn ack_all(stream: &mut SotwStream, responses: &[DiscoveryResponse], snap: &Snap
             type_url::EXTENSION_CONFIG => vec!["meshgate.wasm"],
             _ => vec![],
         };
-        let ack = sotw_request(
-            &response.type_url,
-            &names,
-            &response.version_info,
-            &response.nonce,
-        );
+        let ack = sotw_request(&response.type_url, &names, &response.version_info, &response.nonce);
         let out = stream.on_request(&ack, Some(snap));
         assert!(out.responses.is_empty());
     }
@@ -269,13 +212,7 @@ fn delta_wildcard_ack_nack_and_diffs() {
 
     let out = stream.on_request(&delta_request(type_url::CLUSTER, &[], &nonce), Some(&one));
     assert!(out.responses.is_empty());
-    assert_eq!(
-        out.events,
-        [Event::Ack {
-            type_url: type_url::CLUSTER.into(),
-            version: one.version.clone()
-        }]
-    );
+    assert_eq!(out.events, [Event::Ack { type_url: type_url::CLUSTER.into(), version: one.version.clone() }]);
 
     // Only the new cluster goes out.
     let out = stream.on_snapshot(&two);
@@ -285,11 +222,7 @@ fn delta_wildcard_ack_nack_and_diffs() {
 
     // A NACK is recorded, nothing is resent.
     let mut refused = delta_request(type_url::CLUSTER, &[], &out.responses[0].nonce);
-    refused.error_detail = Some(RpcStatus {
-        code: 3,
-        message: "no".into(),
-        details: Vec::new(),
-    });
+    refused.error_detail = Some(RpcStatus { code: 3, message: "no".into(), details: Vec::new() });
     let out = stream.on_request(&refused, Some(&two));
     assert!(out.responses.is_empty());
     assert!(matches!(&out.events[..], [Event::Nack { message, .. }] if message == "no"));
@@ -319,32 +252,16 @@ fn delta_removes_clusters_after_routes() {
     let order: Vec<(&str, usize, usize)> = out
         .responses
         .iter()
-        .map(|r| {
-            (
-                type_url::short(&r.type_url),
-                r.resources.len(),
-                r.removed_resources.len(),
-            )
-        })
+        .map(|r| (type_url::short(&r.type_url), r.resources.len(), r.removed_resources.len()))
         .collect();
-    assert_eq!(
-        order,
-        [
-            ("extension_configs", 1, 0),
-            ("routes", 1, 0),
-            ("clusters", 0, 1)
-        ]
-    );
+    assert_eq!(order, [("extension_configs", 1, 0), ("routes", 1, 0), ("clusters", 0, 1)]);
 }
 
 #[test]
 fn delta_reconnect_with_current_versions_sends_nothing() {
     let snap = snapshot(&["a", "b"], "a/x");
-    let initial: HashMap<String, String> = snap
-        .resources(type_url::CLUSTER)
-        .iter()
-        .map(|(name, packed)| (name.clone(), packed.version.clone()))
-        .collect();
+    let initial: HashMap<String, String> =
+        snap.resources(type_url::CLUSTER).iter().map(|(name, packed)| (name.clone(), packed.version.clone())).collect();
     let mut stream = DeltaStream::default();
     let mut request = delta_request(type_url::CLUSTER, &[], "");
     request.initial_resource_versions = initial;
@@ -353,10 +270,8 @@ fn delta_reconnect_with_current_versions_sends_nothing() {
 
     // One stale version and one resource meshgate no longer has.
     let mut request = delta_request(type_url::CLUSTER, &[], "");
-    request.initial_resource_versions = HashMap::from([
-        ("mcp-a".to_string(), "old".to_string()),
-        ("mcp-gone".to_string(), "v".to_string()),
-    ]);
+    request.initial_resource_versions =
+        HashMap::from([("mcp-a".to_string(), "old".to_string()), ("mcp-gone".to_string(), "v".to_string())]);
     let mut stream = DeltaStream::default();
     let out = stream.on_request(&request, Some(&snap));
     assert_eq!(upserted(&out.responses[0]), ["mcp-a", "mcp-b"]);
@@ -367,18 +282,12 @@ fn delta_reconnect_with_current_versions_sends_nothing() {
 fn delta_subscribe_and_unsubscribe_names() {
     let snap = snapshot(&["a"], "a/x");
     let mut stream = DeltaStream::default();
-    let out = stream.on_request(
-        &delta_request(type_url::ROUTE, &["meshgate"], ""),
-        Some(&snap),
-    );
+    let out = stream.on_request(&delta_request(type_url::ROUTE, &["meshgate"], ""), Some(&snap));
     assert_eq!(upserted(&out.responses[0]), ["meshgate"]);
     let mut unsubscribe = delta_request(type_url::ROUTE, &[], "");
     unsubscribe.resource_names_unsubscribe = vec!["meshgate".to_string()];
     let out = stream.on_request(&unsubscribe, Some(&snap));
     assert!(out.responses.is_empty());
     // A policy edit does not resurrect an unsubscribed route config.
-    assert!(stream
-        .on_snapshot(&snapshot(&["a"], "a/y"))
-        .responses
-        .is_empty());
+    assert!(stream.on_snapshot(&snapshot(&["a"], "a/y")).responses.is_empty());
 }

@@ -14,25 +14,21 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, DnsLookupFamily,
-};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily};
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers as ProtoCircuitBreakers, Cluster, OutlierDetection as ProtoOutlierDetection,
 };
-use envoy_types::pb::envoy::config::core::v3::health_check::{
-    HealthChecker, HttpHealthCheck, TcpHealthCheck,
-};
+use envoy_types::pb::envoy::config::core::v3::health_check::{HealthChecker, HttpHealthCheck, TcpHealthCheck};
 use envoy_types::pb::envoy::config::core::v3::{
-    address, data_source, socket_address, transport_socket, Address, DataSource,
-    HealthCheck as ProtoHealthCheck, RoutingPriority, SocketAddress, TransportSocket,
+    address, data_source, socket_address, transport_socket, Address, DataSource, HealthCheck as ProtoHealthCheck,
+    RoutingPriority, SocketAddress, TransportSocket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     endpoint, lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType,
-    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
+    common_tls_context::ValidationContextType, subject_alt_name_matcher::SanType, CertificateValidationContext,
+    CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
@@ -40,8 +36,8 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{buffer_limit_u32, cluster_name, pack, proto_duration, RemoteWasm};
 use crate::registry::{
-    CircuitBreakers, HealthCheck, HealthTiming, OutlierDetection, Registry, Server, Trust,
-    Upstream, UpstreamHost, UpstreamTls, VerifyName,
+    CircuitBreakers, HealthCheck, HealthTiming, OutlierDetection, Registry, Server, Trust, Upstream, UpstreamHost,
+    UpstreamTls, VerifyName,
 };
 
 /// HTTP health checks count any answer below this as healthy: an MCP endpoint answers a
@@ -59,9 +55,7 @@ fn u32_value(value: u32) -> Option<UInt32Value> {
 /// The cluster of one server.
 pub fn make_cluster(registry: &Registry, server: &Server) -> Cluster {
     let name = cluster_name(server);
-    let any_dns = server
-        .upstreams()
-        .any(|u| matches!(u.host, UpstreamHost::Dns(_)));
+    let any_dns = server.upstreams().any(|u| matches!(u.host, UpstreamHost::Dns(_)));
     let kind = match (any_dns, server.more_upstreams.is_empty()) {
         (false, _) => DiscoveryType::Static,
         (true, true) => DiscoveryType::LogicalDns,
@@ -73,11 +67,7 @@ pub fn make_cluster(registry: &Registry, server: &Server) -> Cluster {
         connect_timeout: Some(proto_duration(server.connect_timeout)),
         per_connection_buffer_limit_bytes: u32_value(buffer_limit_u32(registry)),
         // `localhost` often resolves to ::1 first while local MCP servers bind 127.0.0.1.
-        dns_lookup_family: if any_dns {
-            DnsLookupFamily::V4Preferred as i32
-        } else {
-            DnsLookupFamily::Auto as i32
-        },
+        dns_lookup_family: if any_dns { DnsLookupFamily::V4Preferred as i32 } else { DnsLookupFamily::Auto as i32 },
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name,
             endpoints: vec![LocalityLbEndpoints {
@@ -87,15 +77,9 @@ pub fn make_cluster(registry: &Registry, server: &Server) -> Cluster {
             ..Default::default()
         }),
         health_checks: make_health_checks(server),
-        outlier_detection: server
-            .outlier_detection
-            .as_ref()
-            .map(make_outlier_detection),
+        outlier_detection: server.outlier_detection.as_ref().map(make_outlier_detection),
         circuit_breakers: Some(make_circuit_breakers(&server.circuit_breakers)),
-        transport_socket: server
-            .tls
-            .as_ref()
-            .map(|tls| make_tls_socket(tls, &registry.envoy.system_ca_file)),
+        transport_socket: server.tls.as_ref().map(|tls| make_tls_socket(tls, &registry.envoy.system_ca_file)),
         ..Default::default()
     }
 }
@@ -116,10 +100,7 @@ fn make_lb_endpoint(upstream: &Upstream) -> LbEndpoint {
         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
             address: Some(socket_address(upstream.host.to_string(), upstream.port)),
             hostname: authority.clone(),
-            health_check_config: Some(endpoint::HealthCheckConfig {
-                hostname: authority,
-                ..Default::default()
-            }),
+            health_check_config: Some(endpoint::HealthCheckConfig { hostname: authority, ..Default::default() }),
             ..Default::default()
         })),
         ..Default::default()
@@ -139,20 +120,12 @@ fn make_health_checks(server: &Server) -> Vec<ProtoHealthCheck> {
             HealthChecker::HttpHealthCheck(HttpHealthCheck {
                 // The endpoint's `health_check_config.hostname` supplies the Host.
                 path: server.upstream.path.clone(),
-                expected_statuses: vec![Int64Range {
-                    start: 100,
-                    end: HEALTHY_STATUS_BELOW,
-                }],
+                expected_statuses: vec![Int64Range { start: 100, end: HEALTHY_STATUS_BELOW }],
                 ..Default::default()
             }),
         ),
     };
-    let HealthTiming {
-        interval,
-        timeout,
-        healthy_threshold,
-        unhealthy_threshold,
-    } = timing;
+    let HealthTiming { interval, timeout, healthy_threshold, unhealthy_threshold } = timing;
     vec![ProtoHealthCheck {
         timeout: Some(proto_duration(timeout)),
         interval: Some(proto_duration(interval)),
@@ -201,23 +174,18 @@ fn make_tls_socket(tls: &UpstreamTls, system_ca_file: &str) -> TransportSocket {
     let context = UpstreamTlsContext {
         sni: tls.sni.clone().unwrap_or_default(),
         common_tls_context: Some(CommonTlsContext {
-            validation_context_type: Some(ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: Some(DataSource {
-                        specifier: Some(trusted_ca),
+            validation_context_type: Some(ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(DataSource { specifier: Some(trusted_ca), ..Default::default() }),
+                match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                    san_type: san_type as i32,
+                    matcher: Some(StringMatcher {
+                        match_pattern: Some(MatchPattern::Exact(expected)),
                         ..Default::default()
                     }),
-                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                        san_type: san_type as i32,
-                        matcher: Some(StringMatcher {
-                            match_pattern: Some(MatchPattern::Exact(expected)),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }],
                     ..Default::default()
-                },
-            )),
+                }],
+                ..Default::default()
+            })),
             // HTTP/1.1 upstreams: no ALPN needed.
             ..Default::default()
         }),
@@ -232,11 +200,7 @@ fn make_tls_socket(tls: &UpstreamTls, system_ca_file: &str) -> TransportSocket {
 /// The cluster Envoy fetches a remote wasm module through (meshgate's admin API, usually).
 pub fn make_wasm_source_cluster(remote: &RemoteWasm) -> Cluster {
     let is_ip = remote.host.parse::<std::net::IpAddr>().is_ok();
-    let kind = if is_ip {
-        DiscoveryType::Static
-    } else {
-        DiscoveryType::LogicalDns
-    };
+    let kind = if is_ip { DiscoveryType::Static } else { DiscoveryType::LogicalDns };
     Cluster {
         name: super::WASM_SOURCE_CLUSTER.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),

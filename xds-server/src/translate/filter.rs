@@ -9,13 +9,11 @@
 //! in anything meshgate builds. Envoy shows secrets as `[redacted]` in `/config_dump`.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    async_data_source, data_source, http_uri, AsyncDataSource, BackoffStrategy, DataSource,
-    HttpUri, RemoteDataSource, RetryPolicy, TypedExtensionConfig,
+    async_data_source, data_source, http_uri, AsyncDataSource, BackoffStrategy, DataSource, HttpUri, RemoteDataSource,
+    RetryPolicy, TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    secret, GenericSecret, Secret,
-};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, GenericSecret, Secret};
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     plugin_config, EnvironmentVariables, FailurePolicy, PluginConfig, VmConfig,
 };
@@ -23,8 +21,8 @@ use envoy_types::pb::google::protobuf::{BoolValue, StringValue, UInt32Value};
 
 use super::cluster::WASM_FETCH_TIMEOUT;
 use super::{
-    credential_secret_name, pack, proto_duration, TranslateError, WasmSource, WASM_FILTER_NAME,
-    WASM_PLUGIN_NAME, WASM_SOURCE_CLUSTER,
+    credential_secret_name, pack, proto_duration, TranslateError, WasmSource, WASM_FILTER_NAME, WASM_PLUGIN_NAME,
+    WASM_SOURCE_CLUSTER,
 };
 use crate::registry::{Registry, Server};
 
@@ -33,10 +31,7 @@ const V8_RUNTIME: &str = "envoy.wasm.runtime.v8";
 const WASM_FETCH_RETRIES: u32 = 5;
 
 /// The ECDS resource of the Meshgate filter.
-pub fn make_wasm_config(
-    registry: &Registry,
-    source: &WasmSource,
-) -> Result<TypedExtensionConfig, TranslateError> {
+pub fn make_wasm_config(registry: &Registry, source: &WasmSource) -> Result<TypedExtensionConfig, TranslateError> {
     let configuration = serde_json::to_string(&registry.filter)?;
     let code = match source {
         WasmSource::Local { path } => async_data_source::Specifier::Local(DataSource {
@@ -47,15 +42,11 @@ pub fn make_wasm_config(
             http_uri: Some(HttpUri {
                 uri: remote.url.clone(),
                 timeout: Some(proto_duration(WASM_FETCH_TIMEOUT)),
-                http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(
-                    WASM_SOURCE_CLUSTER.to_string(),
-                )),
+                http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(WASM_SOURCE_CLUSTER.to_string())),
             }),
             sha256: remote.sha256.clone(),
             retry_policy: Some(RetryPolicy {
-                num_retries: Some(UInt32Value {
-                    value: WASM_FETCH_RETRIES,
-                }),
+                num_retries: Some(UInt32Value { value: WASM_FETCH_RETRIES }),
                 retry_back_off: Some(BackoffStrategy {
                     base_interval: Some(proto_duration(std::time::Duration::from_millis(500))),
                     ..Default::default()
@@ -68,22 +59,16 @@ pub fn make_wasm_config(
     let vm_config = VmConfig {
         vm_id: WASM_PLUGIN_NAME.to_string(),
         runtime: V8_RUNTIME.to_string(),
-        code: Some(AsyncDataSource {
-            specifier: Some(code),
-        }),
-        environment_variables: (!env_keys.is_empty()).then(|| EnvironmentVariables {
-            host_env_keys: env_keys,
-            ..Default::default()
-        }),
+        code: Some(AsyncDataSource { specifier: Some(code) }),
+        environment_variables: (!env_keys.is_empty())
+            .then(|| EnvironmentVariables { host_env_keys: env_keys, ..Default::default() }),
         ..Default::default()
     };
     let wasm = Wasm {
         config: Some(PluginConfig {
             name: WASM_PLUGIN_NAME.to_string(),
             root_id: WASM_PLUGIN_NAME.to_string(),
-            configuration: Some(pack(&StringValue {
-                value: configuration,
-            })),
+            configuration: Some(pack(&StringValue { value: configuration })),
             failure_policy: FailurePolicy::FailClosed as i32,
             // The filter pauses on headers to read the body first.
             allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
@@ -91,10 +76,7 @@ pub fn make_wasm_config(
             ..Default::default()
         }),
     };
-    Ok(TypedExtensionConfig {
-        name: WASM_FILTER_NAME.to_string(),
-        typed_config: Some(pack(&wasm)),
-    })
+    Ok(TypedExtensionConfig { name: WASM_FILTER_NAME.to_string(), typed_config: Some(pack(&wasm)) })
 }
 
 /// The SDS secret with a server's upstream credential, if it has one.
@@ -104,9 +86,7 @@ pub fn make_credential_secret(server: &Server) -> Option<Secret> {
         name: credential_secret_name(server),
         r#type: Some(secret::Type::GenericSecret(GenericSecret {
             secret: Some(DataSource {
-                specifier: Some(data_source::Specifier::InlineString(
-                    credentials.value.expose().to_string(),
-                )),
+                specifier: Some(data_source::Specifier::InlineString(credentials.value.expose().to_string())),
                 ..Default::default()
             }),
             ..Default::default()

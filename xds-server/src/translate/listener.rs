@@ -22,8 +22,8 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use prost::Name;
 
 use super::{
-    ads_config_source, buffer_limit_u32, pack, proto_duration, ratelimit, CREDENTIALS_FILTER_NAME,
-    LISTENER_NAME, ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT, WASM_FILTER_NAME,
+    ads_config_source, buffer_limit_u32, pack, proto_duration, ratelimit, CREDENTIALS_FILTER_NAME, LISTENER_NAME,
+    ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT, WASM_FILTER_NAME,
 };
 use crate::registry::Registry;
 
@@ -48,15 +48,13 @@ pub fn make_listener(registry: &Registry) -> Listener {
         local_reply_config: ratelimit::make_local_reply_config(registry),
         http_filters: vec![HttpFilter {
             name: WASM_FILTER_NAME.to_string(),
-            config_type: Some(http_filter::ConfigType::ConfigDiscovery(
-                ExtensionConfigSource {
-                    config_source: Some(ads_config_source()),
-                    // No default: until the policy arrives the listener is not ready.
-                    apply_default_config_without_warming: false,
-                    type_urls: vec![Wasm::type_url()],
-                    ..Default::default()
-                },
-            )),
+            config_type: Some(http_filter::ConfigType::ConfigDiscovery(ExtensionConfigSource {
+                config_source: Some(ads_config_source()),
+                // No default: until the policy arrives the listener is not ready.
+                apply_default_config_without_warming: false,
+                type_urls: vec![Wasm::type_url()],
+                ..Default::default()
+            })),
             ..Default::default()
         }]
         .into_iter()
@@ -66,16 +64,12 @@ pub fn make_listener(registry: &Registry) -> Listener {
             HttpFilter {
                 name: CREDENTIALS_FILTER_NAME.to_string(),
                 // Empty by default; routes of servers with credentials add their injector.
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack(
-                    &FilterChainConfig::default(),
-                ))),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack(&FilterChainConfig::default()))),
                 ..Default::default()
             },
             HttpFilter {
                 name: ROUTER_FILTER.to_string(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack(
-                    &Router::default(),
-                ))),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
                 ..Default::default()
             },
         ])
@@ -88,15 +82,11 @@ pub fn make_listener(registry: &Registry) -> Listener {
         address: Some(Address {
             address: Some(address::Address::SocketAddress(SocketAddress {
                 address: registry.listener.ip().to_string(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
-                    registry.listener.port(),
-                ))),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(registry.listener.port()))),
                 ..Default::default()
             })),
         }),
-        per_connection_buffer_limit_bytes: Some(UInt32Value {
-            value: buffer_limit_u32(registry),
-        }),
+        per_connection_buffer_limit_bytes: Some(UInt32Value { value: buffer_limit_u32(registry) }),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: HCM_FILTER.to_string(),

@@ -37,8 +37,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
-    config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
-    TypedExtensionConfig,
+    config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource, TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -71,8 +70,7 @@ pub const BUFFER_HEADROOM_BYTES: u64 = 64 * 1024;
 pub mod type_url {
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-    pub const EXTENSION_CONFIG: &str =
-        "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+    pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
     pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
@@ -139,31 +137,11 @@ impl fmt::Debug for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names = |v: Vec<&str>| v.join(", ");
         f.debug_struct("Resources")
-            .field(
-                "secrets",
-                &names(self.secrets.iter().map(|s| s.name.as_str()).collect()),
-            )
-            .field(
-                "clusters",
-                &names(self.clusters.iter().map(|c| c.name.as_str()).collect()),
-            )
-            .field(
-                "extension_configs",
-                &names(
-                    self.extension_configs
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect(),
-                ),
-            )
-            .field(
-                "listeners",
-                &names(self.listeners.iter().map(|l| l.name.as_str()).collect()),
-            )
-            .field(
-                "routes",
-                &names(self.routes.iter().map(|r| r.name.as_str()).collect()),
-            )
+            .field("secrets", &names(self.secrets.iter().map(|s| s.name.as_str()).collect()))
+            .field("clusters", &names(self.clusters.iter().map(|c| c.name.as_str()).collect()))
+            .field("extension_configs", &names(self.extension_configs.iter().map(|c| c.name.as_str()).collect()))
+            .field("listeners", &names(self.listeners.iter().map(|l| l.name.as_str()).collect()))
+            .field("routes", &names(self.routes.iter().map(|r| r.name.as_str()).collect()))
             .finish()
     }
 }
@@ -195,11 +173,7 @@ impl Resources {
                 .iter()
                 .map(|item| {
                     let any = pack(item);
-                    Packed {
-                        name: name(item).to_string(),
-                        version: content_hash(&any.value),
-                        any,
-                    }
+                    Packed { name: name(item).to_string(), version: content_hash(&any.value), any }
                 })
                 .collect();
             out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -208,10 +182,7 @@ impl Resources {
         vec![
             (type_url::SECRET, packed(&self.secrets, |s| &s.name)),
             (type_url::CLUSTER, packed(&self.clusters, |c| &c.name)),
-            (
-                type_url::EXTENSION_CONFIG,
-                packed(&self.extension_configs, |c| &c.name),
-            ),
+            (type_url::EXTENSION_CONFIG, packed(&self.extension_configs, |c| &c.name)),
             (type_url::LISTENER, packed(&self.listeners, |l| &l.name)),
             (type_url::ROUTE, packed(&self.routes, |r| &r.name)),
         ]
@@ -219,24 +190,14 @@ impl Resources {
 }
 
 /// The whole registry as xDS resources.
-pub fn translate(
-    registry: &Registry,
-    options: &TranslateOptions,
-) -> Result<Resources, TranslateError> {
-    let mut clusters: Vec<Cluster> = registry
-        .servers
-        .iter()
-        .map(|server| cluster::make_cluster(registry, server))
-        .collect();
+pub fn translate(registry: &Registry, options: &TranslateOptions) -> Result<Resources, TranslateError> {
+    let mut clusters: Vec<Cluster> =
+        registry.servers.iter().map(|server| cluster::make_cluster(registry, server)).collect();
     if let WasmSource::Remote(remote) = &options.wasm {
         clusters.push(cluster::make_wasm_source_cluster(remote));
     }
     clusters.extend(observability::collector_cluster(registry));
-    let secrets = registry
-        .servers
-        .iter()
-        .filter_map(filter::make_credential_secret)
-        .collect();
+    let secrets = registry.servers.iter().filter_map(filter::make_credential_secret).collect();
     Ok(Resources {
         secrets,
         clusters,
@@ -248,10 +209,7 @@ pub fn translate(
 
 /// Packs `message` into an `Any` with its canonical type URL.
 pub fn pack<T: Message + Name>(message: &T) -> Any {
-    Any {
-        type_url: T::type_url(),
-        value: message.encode_to_vec(),
-    }
+    Any { type_url: T::type_url(), value: message.encode_to_vec() }
 }
 
 /// Hex SHA-256 of `bytes`, first 16 characters: versions are opaque to Envoy and only need
@@ -304,21 +262,15 @@ pub fn credential_secret_name(server: &Server) -> String {
 /// `per_connection_buffer_limit_bytes` for the listener and clusters.
 pub fn buffer_limit_bytes(registry: &Registry) -> u64 {
     let limits = &registry.filter.limits;
-    let request = limits
-        .max_request_bytes
-        .unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
-    let response = limits
-        .max_response_bytes
-        .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+    let request = limits.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
+    let response = limits.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
     // Per-server and per-tool overrides may raise either limit: the buffer must hold the largest.
     let overrides = registry.filter.server_limits.values().flat_map(|s| {
         let own = [s.max_request_bytes, s.max_response_bytes];
         let tools = s.tools.values().flat_map(|t| [t.max_request_bytes, t.max_response_bytes]);
         own.into_iter().chain(tools).flatten()
     });
-    overrides
-        .fold(request.max(response), u64::max)
-        .saturating_add(BUFFER_HEADROOM_BYTES)
+    overrides.fold(request.max(response), u64::max).saturating_add(BUFFER_HEADROOM_BYTES)
 }
 
 /// [`buffer_limit_bytes`] as the `UInt32Value` Envoy wants (saturating).

@@ -234,7 +234,8 @@ fn flatten(prefix: &str, entries: Vec<(&'static str, Entry)>, out: &mut dyn FnMu
 /// The OTLP/gRPC collector's cluster (HTTP/2), when the registry names one.
 pub fn collector_cluster(registry: &Registry) -> Option<Cluster> {
     let otel = registry.observability.otel.as_ref()?;
-    let kind = if otel.host.parse::<std::net::IpAddr>().is_ok() { DiscoveryType::Static } else { DiscoveryType::StrictDns };
+    let kind =
+        if otel.host.parse::<std::net::IpAddr>().is_ok() { DiscoveryType::Static } else { DiscoveryType::StrictDns };
     let options = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
             protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())),
@@ -246,7 +247,9 @@ pub fn collector_cluster(registry: &Registry) -> Option<Cluster> {
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
         connect_timeout: Some(proto_duration(Duration::from_secs(1))),
         dns_lookup_family: DnsLookupFamily::V4Preferred as i32,
-        typed_extension_protocol_options: [(HTTP_PROTOCOL_OPTIONS_KEY.to_string(), pack(&options))].into_iter().collect(),
+        typed_extension_protocol_options: [(HTTP_PROTOCOL_OPTIONS_KEY.to_string(), pack(&options))]
+            .into_iter()
+            .collect(),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: COLLECTOR_CLUSTER.to_string(),
             endpoints: vec![LocalityLbEndpoints {
@@ -313,8 +316,7 @@ mod tests {
     use crate::test_support::{registry, try_registry};
     use envoy_types::pb::google::protobuf::{value, Struct};
 
-    const MINIMAL: &str =
-        "listener: { port: 0 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
+    const MINIMAL: &str = "listener: { port: 0 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
 
     fn hcm(registry: &Registry) -> HttpConnectionManager {
         let mut hcm = HttpConnectionManager::default();
@@ -351,7 +353,10 @@ mod tests {
         insta::assert_debug_snapshot!("observability_collector_cluster", collector_cluster(&r));
         let json = access_log_json(&r);
         assert_eq!(json[0]["typed_config"]["path"], "/var/log/meshgate/audit.log");
-        assert_eq!(json[0]["typed_config"]["log_format"]["json_format"]["mcp"]["method"], "%FILTER_STATE(wasm.mcp_method:PLAIN)%");
+        assert_eq!(
+            json[0]["typed_config"]["log_format"]["json_format"]["mcp"]["method"],
+            "%FILTER_STATE(wasm.mcp_method:PLAIN)%"
+        );
     }
 
     #[test]
@@ -373,12 +378,17 @@ mod tests {
         let any = file_access_log("/tmp/audit.log");
         let decoded = FileAccessLog::decode(any.value.as_slice()).unwrap();
         assert_eq!(decoded.path, "/tmp/audit.log");
-        let Some(envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat::LogFormat(f)) =
-            decoded.access_log_format
+        let Some(
+            envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat::LogFormat(
+                f,
+            ),
+        ) = decoded.access_log_format
         else {
             panic!("no log_format");
         };
-        let Some(envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format::JsonFormat(s)) = f.format else {
+        let Some(envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format::JsonFormat(s)) =
+            f.format
+        else {
             panic!("no json_format");
         };
         let text = |s: &Struct, k: &str| match s.fields.get(k).and_then(|v| v.kind.clone()) {

@@ -25,8 +25,8 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     access_log_filter::FilterSpecifier, AccessLogFilter, ResponseFlagFilter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    data_source, grpc_service, header_value_option::HeaderAppendAction, substitution_format_string,
-    ApiVersion, DataSource, GrpcService, HeaderValue, HeaderValueOption, SubstitutionFormatString,
+    data_source, grpc_service, header_value_option::HeaderAppendAction, substitution_format_string, ApiVersion,
+    DataSource, GrpcService, HeaderValue, HeaderValueOption, SubstitutionFormatString,
 };
 use envoy_types::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig;
 use envoy_types::pb::envoy::config::route::v3::rate_limit::{action, Action};
@@ -63,19 +63,15 @@ pub fn make_ratelimit_filter(registry: &Registry) -> Option<HttpFilter> {
         failure_mode_deny: service.failure_mode == FailureMode::Deny,
         rate_limit_service: Some(RateLimitServiceConfig {
             grpc_service: Some(GrpcService {
-                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
-                    grpc_service::EnvoyGrpc {
-                        cluster_name: XDS_CLUSTER.to_string(),
-                        ..Default::default()
-                    },
-                )),
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                    cluster_name: XDS_CLUSTER.to_string(),
+                    ..Default::default()
+                })),
                 ..Default::default()
             }),
             transport_api_version: ApiVersion::V3 as i32,
         }),
-        status_on_error: Some(HttpStatus {
-            code: RLS_ERROR_STATUS as i32,
-        }),
+        status_on_error: Some(HttpStatus { code: RLS_ERROR_STATUS as i32 }),
         stat_prefix: DOMAIN.to_string(),
         ..Default::default()
     };
@@ -97,25 +93,21 @@ pub fn make_route_rate_limits(registry: &Registry) -> Vec<RouteRateLimit> {
         .map(|rule| RouteRateLimit {
             actions: vec![
                 Action {
-                    action_specifier: Some(action::ActionSpecifier::GenericKey(
-                        action::GenericKey {
-                            descriptor_key: RULE_ENTRY.to_string(),
-                            descriptor_value: rule.name.clone(),
-                            ..Default::default()
-                        },
-                    )),
+                    action_specifier: Some(action::ActionSpecifier::GenericKey(action::GenericKey {
+                        descriptor_key: RULE_ENTRY.to_string(),
+                        descriptor_value: rule.name.clone(),
+                        ..Default::default()
+                    })),
                 },
                 Action {
-                    action_specifier: Some(action::ActionSpecifier::RequestHeaders(
-                        action::RequestHeaders {
-                            header_name: rule_header(&rule.name),
-                            descriptor_key: KEY_ENTRY.to_string(),
-                            // Envoy: `true` drops only this *entry* (the descriptor would
-                            // still go out as `rule=<name>` alone); `false` drops the whole
-                            // descriptor when the header is absent, which is what we want.
-                            skip_if_absent: false,
-                        },
-                    )),
+                    action_specifier: Some(action::ActionSpecifier::RequestHeaders(action::RequestHeaders {
+                        header_name: rule_header(&rule.name),
+                        descriptor_key: KEY_ENTRY.to_string(),
+                        // Envoy: `true` drops only this *entry* (the descriptor would
+                        // still go out as `rule=<name>` alone); `false` drops the whole
+                        // descriptor when the header is absent, which is what we want.
+                        skip_if_absent: false,
+                    })),
                 },
             ],
             ..Default::default()
@@ -125,11 +117,7 @@ pub fn make_route_rate_limits(registry: &Registry) -> Vec<RouteRateLimit> {
 
 /// Headers every MCP route removes before the upstream: the global rules' descriptor headers.
 pub fn make_route_headers_to_remove(registry: &Registry) -> Vec<String> {
-    registry
-        .global_rules
-        .iter()
-        .map(|rule| rule_header(&rule.name))
-        .collect()
+    registry.global_rules.iter().map(|rule| rule_header(&rule.name)).collect()
 }
 
 /// The JSON-RPC error Envoy sends when meshgate (the rate-limit service) is unreachable.
@@ -158,16 +146,12 @@ pub fn make_local_reply_config(registry: &Registry) -> Option<LocalReplyConfig> 
                     flags: vec![RLS_ERROR_FLAG.to_string()],
                 })),
             }),
-            status_code: Some(UInt32Value {
-                value: RLS_ERROR_STATUS as u32,
-            }),
+            status_code: Some(UInt32Value { value: RLS_ERROR_STATUS as u32 }),
             body_format_override: Some(SubstitutionFormatString {
-                format: Some(substitution_format_string::Format::TextFormatSource(
-                    DataSource {
-                        specifier: Some(data_source::Specifier::InlineString(rls_error_body())),
-                        ..Default::default()
-                    },
-                )),
+                format: Some(substitution_format_string::Format::TextFormatSource(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(rls_error_body())),
+                    ..Default::default()
+                })),
                 content_type: "application/json".to_string(),
                 ..Default::default()
             }),

@@ -20,26 +20,23 @@
 use std::collections::{BTreeMap, HashMap};
 
 use envoy_types::pb::envoy::config::core::v3::{
-    data_source, header_value_option::HeaderAppendAction, DataSource, HeaderValue,
-    HeaderValueOption, TypedExtensionConfig,
+    data_source, header_value_option::HeaderAppendAction, DataSource, HeaderValue, HeaderValueOption,
+    TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    route::Action, route_action::ClusterSpecifier, route_action::HostRewriteSpecifier,
-    route_match::PathSpecifier, DirectResponseAction, Route, RouteAction, RouteConfiguration,
-    RouteMatch, VirtualHost,
+    route::Action, route_action::ClusterSpecifier, route_action::HostRewriteSpecifier, route_match::PathSpecifier,
+    DirectResponseAction, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
-use envoy_types::pb::envoy::extensions::filters::http::filter_chain::v3::{
-    FilterChain, FilterChainConfigPerRoute,
-};
+use envoy_types::pb::envoy::extensions::filters::http::filter_chain::v3::{FilterChain, FilterChainConfigPerRoute};
 use envoy_types::pb::envoy::extensions::http::injected_credentials::generic::v3::Generic;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig;
 use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use serde_json::json;
 
 use super::{
-    ads_config_source, cluster_name, credential_secret_name, pack, proto_duration, ratelimit,
-    CREDENTIALS_FILTER_NAME, ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT,
+    ads_config_source, cluster_name, credential_secret_name, pack, proto_duration, ratelimit, CREDENTIALS_FILTER_NAME,
+    ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT,
 };
 use crate::registry::{Registry, Server};
 
@@ -50,12 +47,7 @@ const GENERIC_CREDENTIAL: &str = "envoy.http.injected_credentials.generic";
 
 pub fn make_route_config(registry: &Registry) -> RouteConfiguration {
     let mut routes = protected_resource_routes(registry);
-    routes.extend(
-        registry
-            .servers
-            .iter()
-            .map(|server| make_route(registry, server)),
-    );
+    routes.extend(registry.servers.iter().map(|server| make_route(registry, server)));
     RouteConfiguration {
         name: ROUTE_CONFIG_NAME.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -152,21 +144,14 @@ pub fn protected_resource_documents(registry: &Registry) -> BTreeMap<String, Str
     documents.insert(PROTECTED_RESOURCE_PATH.to_string(), origin.clone());
     for server in &registry.servers {
         let path = registry.route_path(server);
-        documents.insert(
-            format!("{PROTECTED_RESOURCE_PATH}{path}"),
-            format!("{origin}{path}"),
-        );
+        documents.insert(format!("{PROTECTED_RESOURCE_PATH}{path}"), format!("{origin}{path}"));
     }
     // The advertised URL itself, when it is elsewhere under /.well-known/ (the only prefix
     // the filter lets through without credentials).
     let path = uri.path();
     if path.starts_with("/.well-known/") && !documents.contains_key(path) {
         let suffix = path.strip_prefix(PROTECTED_RESOURCE_PATH).unwrap_or("");
-        let resource = if suffix.starts_with('/') {
-            format!("{origin}{suffix}")
-        } else {
-            origin
-        };
+        let resource = if suffix.starts_with('/') { format!("{origin}{suffix}") } else { origin };
         documents.insert(path.to_string(), resource);
     }
     documents
@@ -199,10 +184,7 @@ fn protected_resource_routes(registry: &Registry) -> Vec<Route> {
             let body = protected_resource_metadata(registry, &resource).to_string();
             Route {
                 name: format!("protected-resource:{path}"),
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(PathSpecifier::Path(path)),
-                    ..Default::default()
-                }),
+                r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Path(path)), ..Default::default() }),
                 action: Some(Action::DirectResponse(DirectResponseAction {
                     status: 200,
                     body: Some(DataSource {
@@ -224,11 +206,7 @@ fn protected_resource_routes(registry: &Registry) -> Vec<Route> {
 
 fn header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_string(),
-            value: value.to_string(),
-            ..Default::default()
-        }),
+        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), ..Default::default() }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
     }

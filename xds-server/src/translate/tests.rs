@@ -64,20 +64,14 @@ limits: { max_request_bytes: 100000 }
 "#;
     let file = dir.path().join("registry.yaml");
     std::fs::write(&file, yaml).expect("registry");
-    let registry =
-        Registry::load_with(&file, &FakeEnv::default()).unwrap_or_else(|e| panic!("{e}"));
+    let registry = Registry::load_with(&file, &FakeEnv::default()).unwrap_or_else(|e| panic!("{e}"));
     (dir, registry)
 }
 
-const MINIMAL: &str =
-    "listener: { port: 0 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
+const MINIMAL: &str = "listener: { port: 0 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
 
 fn local_wasm() -> TranslateOptions {
-    TranslateOptions {
-        wasm: WasmSource::Local {
-            path: PathBuf::from("/opt/meshgate/meshgate_wasm.wasm"),
-        },
-    }
+    TranslateOptions { wasm: WasmSource::Local { path: PathBuf::from("/opt/meshgate/meshgate_wasm.wasm") } }
 }
 
 fn remote_wasm() -> TranslateOptions {
@@ -112,10 +106,7 @@ fn decode(any: &Any) -> Option<String> {
     if url == StringValue::type_url() {
         let value = StringValue::decode(bytes).ok()?.value;
         return Some(match serde_json::from_str::<serde_json::Value>(&value) {
-            Ok(json) => format!(
-                "StringValue(json) {}",
-                serde_json::to_string_pretty(&json).ok()?
-            ),
+            Ok(json) => format!("StringValue(json) {}", serde_json::to_string_pretty(&json).ok()?),
             Err(_) => format!("StringValue({value:?})"),
         });
     }
@@ -169,9 +160,8 @@ fn tidy(debug: &str) -> String {
                 continue;
             }
         }
-        let is_default = ["None,", "[],", "{},", "\"\",", "false,", "0,"]
-            .iter()
-            .any(|d| trimmed.ends_with(&format!(": {d}")));
+        let is_default =
+            ["None,", "[],", "{},", "\"\",", "false,", "0,"].iter().any(|d| trimmed.ends_with(&format!(": {d}")));
         if !is_default {
             out.push(line.to_string());
         }
@@ -183,11 +173,7 @@ fn tidy(debug: &str) -> String {
 /// Parses the `Any` block starting at `lines[start]`; returns its rendering and the index
 /// of the line after it.
 fn expand_any(lines: &[&str], start: usize) -> Option<(String, usize)> {
-    let type_url = lines
-        .get(start + 1)?
-        .trim()
-        .strip_prefix("type_url: \"")?
-        .strip_suffix("\",")?;
+    let type_url = lines.get(start + 1)?.trim().strip_prefix("type_url: \"")?.strip_suffix("\",")?;
     let mut bytes = Vec::new();
     let mut i = start + 2;
     let value = lines.get(i)?.trim();
@@ -207,10 +193,7 @@ fn expand_any(lines: &[&str], start: usize) -> Option<(String, usize)> {
     if !lines.get(i)?.trim().starts_with('}') {
         return None;
     }
-    let any = Any {
-        type_url: type_url.to_string(),
-        value: bytes,
-    };
+    let any = Any { type_url: type_url.to_string(), value: bytes };
     Some((render(&any), i + 1))
 }
 
@@ -218,12 +201,7 @@ fn render_all(resources: &Resources) -> String {
     let mut text = String::new();
     for (type_url, items) in resources.pack() {
         for item in items {
-            text.push_str(&format!(
-                "# {} {}\n{}\n\n",
-                type_url::short(type_url),
-                item.name,
-                render(&item.any)
-            ));
+            text.push_str(&format!("# {} {}\n{}\n\n", type_url::short(type_url), item.name, render(&item.any)));
         }
     }
     text
@@ -270,18 +248,10 @@ fn snapshot_global_limits() {
     let resources = translate(&registry, &local_wasm()).expect("translate");
     let mut text = String::new();
     for listener in &resources.listeners {
-        text.push_str(&format!(
-            "# listeners {}\n{}\n\n",
-            listener.name,
-            render(&pack(listener))
-        ));
+        text.push_str(&format!("# listeners {}\n{}\n\n", listener.name, render(&pack(listener))));
     }
     for routes in &resources.routes {
-        text.push_str(&format!(
-            "# routes {}\n{}\n\n",
-            routes.name,
-            render(&pack(routes))
-        ));
+        text.push_str(&format!("# routes {}\n{}\n\n", routes.name, render(&pack(routes))));
     }
     insta::assert_snapshot!("global_limits", text);
 }
@@ -291,9 +261,8 @@ fn global_limits_are_wired_only_when_configured() {
     let with = translate(&registry(GLOBAL_LIMITS), &local_wasm()).expect("translate");
     let filters = |r: &Resources| -> Vec<String> {
         let listener = &r.listeners[0];
-        let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
-            any,
-        )) = &listener.filter_chains[0].filters[0].config_type
+        let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) =
+            &listener.filter_chains[0].filters[0].config_type
         else {
             panic!("hcm")
         };
@@ -302,46 +271,25 @@ fn global_limits_are_wired_only_when_configured() {
     };
     assert_eq!(
         filters(&with),
-        [
-            WASM_FILTER_NAME,
-            ratelimit::RATELIMIT_FILTER_NAME,
-            CREDENTIALS_FILTER_NAME,
-            "envoy.filters.http.router"
-        ]
+        [WASM_FILTER_NAME, ratelimit::RATELIMIT_FILTER_NAME, CREDENTIALS_FILTER_NAME, "envoy.filters.http.router"]
     );
-    let Some(Action::Route(action)) = &routes(&with)[0].action else {
-        panic!("route")
-    };
-    assert_eq!(
-        action.rate_limits.len(),
-        2,
-        "one per global rule, none for the local one"
-    );
-    assert_eq!(
-        routes(&with)[0].request_headers_to_remove,
-        ["x-meshgate-rl-fleet-daily", "x-meshgate-rl-crm-burst"]
-    );
+    let Some(Action::Route(action)) = &routes(&with)[0].action else { panic!("route") };
+    assert_eq!(action.rate_limits.len(), 2, "one per global rule, none for the local one");
+    assert_eq!(routes(&with)[0].request_headers_to_remove, ["x-meshgate-rl-fleet-daily", "x-meshgate-rl-crm-burst"]);
     let without = translate(&registry(MINIMAL), &local_wasm()).expect("translate");
     assert_eq!(filters(&without).len(), 3);
-    let Some(Action::Route(action)) = &routes(&without)[0].action else {
-        panic!("route")
-    };
+    let Some(Action::Route(action)) = &routes(&without)[0].action else { panic!("route") };
     assert!(action.rate_limits.is_empty());
     assert!(routes(&without)[0].request_headers_to_remove.is_empty());
 }
 
 #[test]
 fn editing_a_global_rule_keeps_the_listener() {
-    let edited = GLOBAL_LIMITS
-        .replace("1000/d", "2000/d")
-        .replace("10/s", "12/s");
+    let edited = GLOBAL_LIMITS.replace("1000/d", "2000/d").replace("10/s", "12/s");
     let a = translate(&registry(GLOBAL_LIMITS), &local_wasm()).expect("translate");
     let b = translate(&registry(&edited), &local_wasm()).expect("translate");
     assert_eq!(a.listeners, b.listeners);
-    assert_eq!(
-        a.routes, b.routes,
-        "descriptors name rules, not their limits"
-    );
+    assert_eq!(a.routes, b.routes, "descriptors name rules, not their limits");
     assert_ne!(a.extension_configs, b.extension_configs);
 }
 
@@ -382,19 +330,9 @@ fn the_credential_value_is_only_in_its_secret() {
     let secret = test_secret();
     for (type_url, items) in resources.pack() {
         for item in items {
-            let holds = item
-                .any
-                .value
-                .windows(secret.len())
-                .any(|w| w == secret.as_bytes());
+            let holds = item.any.value.windows(secret.len()).any(|w| w == secret.as_bytes());
             let expected = type_url == type_url::SECRET;
-            assert_eq!(
-                holds,
-                expected,
-                "{} {}",
-                type_url::short(type_url),
-                item.name
-            );
+            assert_eq!(holds, expected, "{} {}", type_url::short(type_url), item.name);
         }
     }
     assert_eq!(resources.secrets.len(), 1);
@@ -417,10 +355,7 @@ fn protected_resource_metadata_follows_rfc_9728() {
         ]
     );
     assert_eq!(
-        route::protected_resource_metadata(
-            &registry,
-            &documents["/.well-known/oauth-protected-resource/mcp/crm"]
-        ),
+        route::protected_resource_metadata(&registry, &documents["/.well-known/oauth-protected-resource/mcp/crm"]),
         serde_json::json!({
             "resource": "https://gw.example.com/mcp/crm",
             "authorization_servers": ["https://hs.example.com"],
@@ -450,10 +385,7 @@ fn a_custom_metadata_path_is_served_too() {
         "auth:\n  resource_metadata: https://gw.example.com/.well-known/meshgate\n  anonymous: { roles: [] }\n",
     );
     let documents = route::protected_resource_documents(&registry);
-    assert_eq!(
-        documents.get("/.well-known/meshgate").map(String::as_str),
-        Some("https://gw.example.com")
-    );
+    assert_eq!(documents.get("/.well-known/meshgate").map(String::as_str), Some("https://gw.example.com"));
 }
 
 fn registry_with(extra: &str) -> Registry {
@@ -463,12 +395,8 @@ fn registry_with(extra: &str) -> Registry {
 #[test]
 fn translation_is_deterministic() {
     let (_dir, registry) = full_registry();
-    let a = translate(&registry, &local_wasm())
-        .expect("translate")
-        .pack();
-    let b = translate(&registry, &local_wasm())
-        .expect("translate")
-        .pack();
+    let a = translate(&registry, &local_wasm()).expect("translate").pack();
+    let b = translate(&registry, &local_wasm()).expect("translate").pack();
     assert_eq!(a, b);
 }
 
@@ -480,12 +408,7 @@ fn a_policy_edit_changes_only_the_extension_config() {
     let b = translate(&b, &local_wasm()).expect("translate").pack();
     for ((type_url, a), (_, b)) in a.iter().zip(b.iter()) {
         let changed = a != b;
-        assert_eq!(
-            changed,
-            *type_url == type_url::EXTENSION_CONFIG,
-            "{}",
-            type_url::short(type_url)
-        );
+        assert_eq!(changed, *type_url == type_url::EXTENSION_CONFIG, "{}", type_url::short(type_url));
     }
 }
 
@@ -504,9 +427,7 @@ fn adding_a_server_keeps_the_listener() {
 
 #[test]
 fn hs256_secret_names_become_vm_environment_keys() {
-    let registry = registry_with(
-        "auth:\n  jwt:\n    - { issuer: x, audiences: [y], hs256_secret_env: TEST_SECRET }\n",
-    );
+    let registry = registry_with("auth:\n  jwt:\n    - { issuer: x, audiences: [y], hs256_secret_env: TEST_SECRET }\n");
     let config = filter::make_wasm_config(&registry, &local_wasm().wasm).expect("config");
     let text = render(&pack(&config));
     assert!(text.contains("\"TEST_SECRET\""), "{text}");
@@ -515,10 +436,7 @@ fn hs256_secret_names_become_vm_environment_keys() {
 
 #[test]
 fn durations_render_for_envoy() {
-    assert_eq!(
-        envoy_duration(std::time::Duration::from_millis(250)),
-        "0.250s"
-    );
+    assert_eq!(envoy_duration(std::time::Duration::from_millis(250)), "0.250s");
     assert_eq!(envoy_duration(std::time::Duration::from_secs(300)), "300s");
     let d = proto_duration(std::time::Duration::from_millis(1500));
     assert_eq!((d.seconds, d.nanos), (1, 500_000_000));

@@ -47,10 +47,7 @@ pub fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
 
 /// The repository root (the workspace above this crate).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xds-server has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xds-server has a parent").to_path_buf()
 }
 
 /// Envoy as `meshgate up` would find it, or `None` with the reason printed (the test is
@@ -112,12 +109,7 @@ pub fn minimal_proxy_wasm() -> Vec<u8> {
     // Types: 0 (i32)->i32, 1 (i32,i32)->i32, 2 (i32,i32)->(), 3 ()->().
     module.extend(section(
         1,
-        &[
-            vec![0x60, 1, I32, 1, I32],
-            vec![0x60, 2, I32, I32, 1, I32],
-            vec![0x60, 2, I32, I32, 0],
-            vec![0x60, 0, 0],
-        ],
+        &[vec![0x60, 1, I32, 1, I32], vec![0x60, 2, I32, I32, 1, I32], vec![0x60, 2, I32, I32, 0], vec![0x60, 0, 0]],
     ));
     // Functions: abi marker, allocate, context_create, return-one.
     module.extend(section(3, &[vec![3], vec![0], vec![2], vec![1]]));

@@ -24,14 +24,20 @@ fn gateway() -> Gateway {
 fn pending(g: &Gateway) -> crate::gateway::PendingRequest {
     let h: Vec<(String, String)> =
         vec![("x-api-key".into(), "k".into()), ("content-type".into(), "application/json".into())];
-    match g.on_request_head(RequestHead { method: "POST", path: "/mcp/crm", headers: &h }, NOW, &mut g.new_token_cache()) {
+    match g.on_request_head(
+        RequestHead { method: "POST", path: "/mcp/crm", headers: &h },
+        NOW,
+        &mut g.new_token_cache(),
+    ) {
         HeadDecision::AwaitBody(p) => p,
         other => panic!("{other:?}"),
     }
 }
 
 fn call(tool: &str, arguments: serde_json::Value) -> Vec<u8> {
-    json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool,"arguments":arguments}}).to_string().into_bytes()
+    json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool,"arguments":arguments}})
+        .to_string()
+        .into_bytes()
 }
 
 fn field<'a>(fields: &'a [(&'static str, String)], key: &str) -> Option<&'a str> {
@@ -109,7 +115,10 @@ fn refusals_map_to_decisions() {
     let limited = Rejection::rate_limited("per-minute", 3, "slow down");
     let mut r = AuditRecord::for_path("/mcp/", &g.config().servers, "/mcp/crm?x=1");
     r.refused(&limited);
-    assert_eq!((r.decision, r.quota.as_deref(), r.server.as_deref()), (Decision::RateLimited, Some("limited:per-minute"), Some("crm")));
+    assert_eq!(
+        (r.decision, r.quota.as_deref(), r.server.as_deref()),
+        (Decision::RateLimited, Some("limited:per-minute"), Some("crm"))
+    );
     assert_eq!(AuditRecord::for_path("/mcp/", &g.config().servers, "/mcp/nope").server, None);
     assert_eq!(Decision::of_rejection(&Rejection::limiter_unavailable("x")), Decision::Error);
 }
@@ -140,7 +149,9 @@ fn response_outcomes_settle_the_decision() {
     r.upstream_answer(Some(200), response_error_code(err));
     r.finish();
     assert_eq!((r.decision, r.error_code), (Decision::Error, Some(-32601)));
-    assert!(names(&r.metrics(MetricOptions::default(), false)).contains(&"meshgate.upstream_errors.server.crm.code.-32601"));
+    assert!(
+        names(&r.metrics(MetricOptions::default(), false)).contains(&"meshgate.upstream_errors.server.crm.code.-32601")
+    );
 
     let mut r = AuditRecord::for_exchange(&ex);
     r.upstream_answer(Some(502), None);
@@ -173,7 +184,10 @@ fn error_codes_are_found_in_json_and_sse() {
     assert_eq!(response_error_code(sse), Some(-32602));
     assert_eq!(response_error_code(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"err"), None);
     // The scan that skips the parse must not miss an escaped key, nor whitespace around it.
-    assert_eq!(response_error_code(br#"{"jsonrpc":"2.0","id":1,"\u0065rror":{"code":-32001,"message":"x"}}"#), Some(-32001));
+    assert_eq!(
+        response_error_code(br#"{"jsonrpc":"2.0","id":1,"\u0065rror":{"code":-32001,"message":"x"}}"#),
+        Some(-32001)
+    );
     assert_eq!(response_error_code(br#"{"jsonrpc":"2.0","id":1,"e\u0072ror":{"code":-32002}}"#), Some(-32002));
     assert_eq!(response_error_code(b"{ \"error\" : {\"code\": -32003}, \"id\": 1}"), Some(-32003));
     // A result that merely mentions an error is still a result.
@@ -201,7 +215,8 @@ fn arguments_only_for_opted_in_tools() {
     assert_eq!(field(&r.fields(), field::ARGUMENTS), None);
     // Off by default.
     assert!(gateway().config().audit_values.is_empty());
-    let bad: RawFilterConfig = serde_json::from_value(json!({"servers": ["crm"], "observability": {"audit_values": ["crm/[x]"]}})).unwrap();
+    let bad: RawFilterConfig =
+        serde_json::from_value(json!({"servers": ["crm"], "observability": {"audit_values": ["crm/[x]"]}})).unwrap();
     let e = FilterConfig::compile(&bad, &EnvSecrets).unwrap_err();
     assert_eq!(e.path(), Some("observability.audit_values[0]"));
 }

@@ -67,7 +67,9 @@ fn rejected(d: HeadDecision) -> Rejection {
 }
 
 fn call(id: i64, tool: &str) -> Vec<u8> {
-    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{}}}).to_string().into_bytes()
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{}}})
+        .to_string()
+        .into_bytes()
 }
 
 #[test]
@@ -202,7 +204,11 @@ fn modern_routing_headers_must_match_the_body() {
         .into_bytes()
     };
     assert!(g.on_request_body(&ok, &enveloped(1, "get_customer")).is_ok());
-    let older = pending(&g, "a", &[("mcp-protocol-version", "2025-11-25"), ("mcp-method", "tools/call"), ("mcp-name", "get_customer")]);
+    let older = pending(
+        &g,
+        "a",
+        &[("mcp-protocol-version", "2025-11-25"), ("mcp-method", "tools/call"), ("mcp-name", "get_customer")],
+    );
     assert_eq!(g.on_request_body(&older, &enveloped(1, "get_customer")).unwrap_err().code, code::HEADER_MISMATCH);
     let headerless = pending(&g, "a", &[]);
     assert_eq!(g.on_request_body(&headerless, &enveloped(1, "get_customer")).unwrap_err().code, code::HEADER_MISMATCH);
@@ -218,12 +224,18 @@ fn response_plans() {
     let g = gateway(None);
     // docs has no redaction rule: only list answers are governed there.
     let h = headers(&[("x-api-key", "r"), ("content-type", "application/json")]);
-    let docs = match g.on_request_head(RequestHead { method: "POST", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache()) {
+    let docs = match g.on_request_head(
+        RequestHead { method: "POST", path: "/mcp/docs", headers: &h },
+        NOW,
+        &mut g.new_token_cache(),
+    ) {
         HeadDecision::AwaitBody(p) => p,
         other => panic!("{other:?}"),
     };
     let list = g.on_request_body(&docs, br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#).unwrap();
-    let plan = |status, ct, enc| list.response_plan(ResponseHead { status, content_type: ct, content_encoding: enc, content_length: None });
+    let plan = |status, ct, enc| {
+        list.response_plan(ResponseHead { status, content_type: ct, content_encoding: enc, content_length: None })
+    };
     assert_eq!(plan(200, Some("application/json"), None), ResponsePlan::Buffer);
     assert_eq!(plan(200, Some("text/event-stream; charset=utf-8"), None), ResponsePlan::Stream);
     // Not a list answer to filter, but still an answer to a request: held to the size limit.
@@ -232,11 +244,20 @@ fn response_plans() {
     assert!(matches!(plan(200, Some("text/html"), None), ResponsePlan::Replace(_)));
     let admin = pending(&g, "a", &[]);
     let h = headers(&[("x-api-key", "a"), ("content-type", "application/json")]);
-    let docs_admin = match g.on_request_head(RequestHead { method: "POST", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache()) {
+    let docs_admin = match g.on_request_head(
+        RequestHead { method: "POST", path: "/mcp/docs", headers: &h },
+        NOW,
+        &mut g.new_token_cache(),
+    ) {
         HeadDecision::AwaitBody(p) => p,
         other => panic!("{other:?}"),
     };
-    let sse = ResponseHead { status: 200, content_type: Some("text/event-stream"), content_encoding: None, content_length: None };
+    let sse = ResponseHead {
+        status: 200,
+        content_type: Some("text/event-stream"),
+        content_encoding: None,
+        content_length: None,
+    };
     let plain_call = g.on_request_body(&docs_admin, &call(1, "get_doc")).unwrap();
     // Nothing to rewrite, but the size limit reads an SSE answer event by event ...
     assert_eq!(plain_call.response_plan(sse), ResponsePlan::Stream);
@@ -246,9 +267,15 @@ fn response_plans() {
     // crm/* responses are redacted, so even a tool call's stream is governed, errors too.
     let crm_call = g.on_request_body(&admin, &call(1, "get_customer")).unwrap();
     assert_eq!(crm_call.response_plan(sse), ResponsePlan::Stream);
-    let html = ResponseHead { status: 502, content_type: Some("text/html"), content_encoding: None, content_length: None };
+    let html =
+        ResponseHead { status: 502, content_type: Some("text/html"), content_encoding: None, content_length: None };
     assert_eq!(crm_call.response_plan(html), ResponsePlan::Buffer);
-    let gz = ResponseHead { status: 200, content_type: Some("text/event-stream"), content_encoding: Some("gzip"), content_length: None };
+    let gz = ResponseHead {
+        status: 200,
+        content_type: Some("text/event-stream"),
+        content_encoding: Some("gzip"),
+        content_length: None,
+    };
     assert!(matches!(crm_call.response_plan(gz), ResponsePlan::Replace(_)));
 }
 
@@ -264,7 +291,9 @@ fn lazy_response_plans_read_only_the_headers_they_need_and_agree_with_the_full_h
         }
     };
     let h = headers(&[("x-api-key", "a")]);
-    let HeadDecision::Forward(get) = g.on_request_head(RequestHead { method: "GET", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache()) else {
+    let HeadDecision::Forward(get) =
+        g.on_request_head(RequestHead { method: "GET", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache())
+    else {
         panic!("GET is forwarded")
     };
     let exchanges = [
@@ -330,7 +359,8 @@ fn redaction_rewrites_responses_and_blocks_requests() {
     let admin = pending(&g, "a", &[]);
     let ex = g.on_request_body(&admin, &call(5, "get_customer")).unwrap();
     let mut counts = crate::redact::RedactionCounts::new();
-    let result = json!({"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"mail ada@example.com now"}]}});
+    let result =
+        json!({"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"mail ada@example.com now"}]}});
     let out = ex.rewrite_message(result.to_string().as_bytes(), &g.config().policy, &mut counts).unwrap();
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["result"]["content"][0]["text"], json!("mail [EMAIL] now"));
@@ -358,9 +388,7 @@ fn redaction_rewrites_responses_and_blocks_requests() {
 // ---- quotas and guardrails ----
 
 fn limited_gateway() -> Gateway {
-    let key = |k: &str, consumer: &str, role: &str| {
-        json!({"consumer": consumer, "sha256": hex::encode(Sha256::digest(k.as_bytes())), "roles": [role]})
-    };
+    let key = |k: &str, consumer: &str, role: &str| json!({"consumer": consumer, "sha256": hex::encode(Sha256::digest(k.as_bytes())), "roles": [role]});
     let raw: RawFilterConfig = serde_json::from_value(json!({
         "servers": ["crm", "docs"],
         "auth": {"api_keys": [key("r", "reader-bot", "reader"), key("a", "admin-bot", "admin")]},
@@ -380,14 +408,20 @@ fn limited_gateway() -> Gateway {
 
 fn pending_on(g: &Gateway, server: &str, key: &str) -> PendingRequest {
     let h = headers(&[("x-api-key", key), ("content-type", "application/json")]);
-    match g.on_request_head(RequestHead { method: "POST", path: &format!("/mcp/{server}"), headers: &h }, NOW, &mut g.new_token_cache()) {
+    match g.on_request_head(
+        RequestHead { method: "POST", path: &format!("/mcp/{server}"), headers: &h },
+        NOW,
+        &mut g.new_token_cache(),
+    ) {
         HeadDecision::AwaitBody(p) => p,
         other => panic!("{other:?}"),
     }
 }
 
 fn call_with(id: i64, tool: &str, arguments: Value) -> Vec<u8> {
-    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":arguments}}).to_string().into_bytes()
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":arguments}})
+        .to_string()
+        .into_bytes()
 }
 
 #[test]
@@ -407,7 +441,8 @@ fn charges_list_local_counters_and_global_descriptors() {
     let ex = g.on_request_body(&pending_on(&g, "crm", "a"), &call(2, "search")).unwrap();
     assert_eq!(ex.charges.local.iter().map(|c| c.rule.as_str()).collect::<Vec<_>>(), ["daily"]);
     // Only tools/call is charged.
-    let list = g.on_request_body(&pending_on(&g, "crm", "r"), br#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#).unwrap();
+    let list =
+        g.on_request_body(&pending_on(&g, "crm", "r"), br#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#).unwrap();
     assert!(list.charges.is_empty() && !list.counts_in_flight);
 }
 
@@ -460,8 +495,12 @@ fn global_refusal_from_envoy_becomes_the_same_error() {
 fn global_refusal_for_an_unavailable_store_says_so() {
     let g = limited_gateway();
     let ex = g.on_request_body(&pending_on(&g, "crm", "r"), &call(4, "search")).unwrap();
-    let refusal =
-        quota::GlobalRefusal { rule: Some("fleet"), retry_after: Some("1"), ratelimit_reset: None, error: Some("store-unavailable") };
+    let refusal = quota::GlobalRefusal {
+        rule: Some("fleet"),
+        retry_after: Some("1"),
+        ratelimit_reset: None,
+        error: Some("store-unavailable"),
+    };
     let r = g.global_rejection(&ex, &refusal);
     assert_eq!((r.status, r.code, r.id.clone()), (429, code::RATE_LIMITED, Some(json!(4))));
     assert!(r.message.contains("could not be checked") && !r.message.contains("exceeded"), "{}", r.message);
@@ -479,7 +518,8 @@ fn client_sent_meshgate_headers_are_stripped() {
     assert!(!names.contains(&"x-other".to_string()));
     // Only what is there: no host call for an absent header.
     assert!(!names.contains(&"authorization".to_string()), "{names:?}");
-    let h = headers(&[("Authorization", "Bearer t"), ("x-api-key", "k"), ("Accept-Encoding", "gzip"), ("accept", "*/*")]);
+    let h =
+        headers(&[("Authorization", "Bearer t"), ("x-api-key", "k"), ("Accept-Encoding", "gzip"), ("accept", "*/*")]);
     assert_eq!(headers_to_strip(&h), ["authorization", "x-api-key", "accept-encoding"]);
 }
 
@@ -493,7 +533,9 @@ fn argument_and_request_sizes_resolve_tool_then_server_then_defaults() {
     assert!(r.message.contains("crm/search") && r.message.contains("100-byte"), "{}", r.message);
     assert!(g.on_request_body(&pending_on(&g, "crm", "a"), &call_with(1, "search", json!({"q": "ok"}))).is_ok());
     // docs: 20 bytes, but its bulk_import tool takes 5000.
-    assert!(g.on_request_body(&pending_on(&g, "docs", "a"), &call_with(1, "search", json!({"q": "a longer query text"}))).is_err());
+    assert!(g
+        .on_request_body(&pending_on(&g, "docs", "a"), &call_with(1, "search", json!({"q": "a longer query text"})))
+        .is_err());
     assert!(g.on_request_body(&pending_on(&g, "docs", "a"), &call_with(1, "bulk_import", big)).is_ok());
     // The head check allows what the largest tool allows; the body check is per tool.
     let docs = pending_on(&g, "docs", "a");
@@ -512,7 +554,12 @@ fn oversized_responses_become_a_jsonrpc_error() {
     let g = limited_gateway();
     let ex = g.on_request_body(&pending_on(&g, "docs", "a"), &call(4, "search")).unwrap();
     assert_eq!(ex.response_limit, Some(50));
-    let head = ResponseHead { status: 200, content_type: Some("application/json"), content_encoding: None, content_length: Some(51) };
+    let head = ResponseHead {
+        status: 200,
+        content_type: Some("application/json"),
+        content_encoding: None,
+        content_length: Some(51),
+    };
     let ResponsePlan::Replace(body) = ex.response_plan(head) else { panic!("declared oversize must be replaced") };
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!((v["id"].clone(), v["error"]["code"].clone()), (json!(4), json!(code::INTERNAL_ERROR)));
@@ -528,7 +575,9 @@ fn oversized_responses_become_a_jsonrpc_error() {
     assert!(event.starts_with("event: message\ndata: {") && event.ends_with("}\n\n"), "{event}");
     // The GET stream has no request to answer: no size limit.
     let h = headers(&[("x-api-key", "a")]);
-    let HeadDecision::Forward(get) = g.on_request_head(RequestHead { method: "GET", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache()) else {
+    let HeadDecision::Forward(get) =
+        g.on_request_head(RequestHead { method: "GET", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache())
+    else {
         panic!("GET is forwarded")
     };
     assert_eq!(get.response_limit, None);

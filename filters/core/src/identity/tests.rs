@@ -95,9 +95,15 @@ fn check(a: &Authenticator, authz: &str, now: u64) -> Result<Arc<Consumer>, Auth
 fn accepts_rs256_es256_hs256() {
     let a = auth();
     let c = check(&a, &bearer(&rs256(&claims(json!({})))), NOW).unwrap();
-    assert_eq!((c.name.as_str(), c.roles.clone(), c.method), ("alice", vec!["reader".into(), "admin".into()], AuthMethod::Jwt));
+    assert_eq!(
+        (c.name.as_str(), c.roles.clone(), c.method),
+        ("alice", vec!["reader".into(), "admin".into()], AuthMethod::Jwt)
+    );
     assert_eq!(check(&a, &bearer(&es256(&claims(json!({})))), NOW).unwrap().name, "alice");
-    let hs = hs256(&claims(json!({"iss":"hs-issuer","aud":["other"],"email":"bob@example.com","scope":"reader writer"})), SECRET);
+    let hs = hs256(
+        &claims(json!({"iss":"hs-issuer","aud":["other"],"email":"bob@example.com","scope":"reader writer"})),
+        SECRET,
+    );
     let c = check(&a, &format!("bearer   {hs}"), NOW).unwrap();
     assert_eq!((c.name.as_str(), c.roles.clone()), ("bob@example.com", vec!["reader".into(), "writer".into()]));
 }
@@ -108,18 +114,33 @@ fn refuses_bad_tokens() {
     let cases: Vec<(String, AuthError)> = vec![
         (bearer(&rs256(&claims(json!({"exp": NOW - 31})))), AuthError::Expired),
         (bearer(&rs256(&claims(json!({"nbf": NOW + 31})))), AuthError::NotYetValid),
-        (bearer(&rs256(&claims(json!({"aud": "someone-else"})))), AuthError::InvalidToken("audience not accepted".into())),
-        (bearer(&rs256(&claims(json!({"iss": "https://evil.example"})))), AuthError::InvalidToken("untrusted issuer".into())),
+        (
+            bearer(&rs256(&claims(json!({"aud": "someone-else"})))),
+            AuthError::InvalidToken("audience not accepted".into()),
+        ),
+        (
+            bearer(&rs256(&claims(json!({"iss": "https://evil.example"})))),
+            AuthError::InvalidToken("untrusted issuer".into()),
+        ),
         (bearer(&rs256(&claims(json!({"iss": null})))), AuthError::InvalidToken("token has no issuer".into())),
-        (bearer(&rs256(&claims(json!({"exp": null})))), AuthError::InvalidToken("token lacks a required claim (exp, iss, aud)".into())),
+        (
+            bearer(&rs256(&claims(json!({"exp": null})))),
+            AuthError::InvalidToken("token lacks a required claim (exp, iss, aud)".into()),
+        ),
         (bearer(&rs256(&claims(json!({"sub": null})))), AuthError::InvalidToken("token has no \"sub\" claim".into())),
-        (bearer(&rs256(&claims(json!({"roles": 5})))), AuthError::InvalidToken("\"roles\" claim must be a string or an array of strings".into())),
+        (
+            bearer(&rs256(&claims(json!({"roles": 5})))),
+            AuthError::InvalidToken("\"roles\" claim must be a string or an array of strings".into()),
+        ),
         (
             bearer(&hs256(&claims(json!({"iss":"hs-issuer","email":"x"})), "wrong-secret-wrong-secret-wrong-secret")),
             AuthError::InvalidToken("signature verification failed".into()),
         ),
         // An HS256 token signed with a *public* key must not verify against the RSA issuer.
-        (bearer(&hs256(&claims(json!({})), SECRET)), AuthError::InvalidToken("no trusted key for the token's algorithm and key id".into())),
+        (
+            bearer(&hs256(&claims(json!({})), SECRET)),
+            AuthError::InvalidToken("no trusted key for the token's algorithm and key id".into()),
+        ),
         ("Bearer not.a.token".into(), AuthError::InvalidToken("malformed token".into())),
         ("Basic YWxpY2U6cHc=".into(), AuthError::NotBearer),
         ("Bearer".into(), AuthError::NotBearer),
@@ -132,7 +153,10 @@ fn refuses_bad_tokens() {
     let mut parts: Vec<&str> = t.split('.').collect();
     let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims(json!({"sub":"root"})).to_string());
     parts[1] = &forged;
-    assert_eq!(check(&a, &bearer(&parts.join(".")), NOW), Err(AuthError::InvalidToken("signature verification failed".into())));
+    assert_eq!(
+        check(&a, &bearer(&parts.join(".")), NOW),
+        Err(AuthError::InvalidToken("signature verification failed".into()))
+    );
 }
 
 #[test]
@@ -155,7 +179,8 @@ fn api_keys_and_anonymous() {
         a.authenticate(Credentials { authorization: Some("Bearer x"), api_key: Some("key-1") }, NOW, &mut cache),
         Err(AuthError::Ambiguous)
     );
-    let raw = RawAuth { anonymous: Some(RawAnonymous { consumer: "guest".into(), roles: vec![] }), ..Default::default() };
+    let raw =
+        RawAuth { anonymous: Some(RawAnonymous { consumer: "guest".into(), roles: vec![] }), ..Default::default() };
     let anon = Authenticator::compile(&raw, &Env, &|_| true).unwrap();
     assert_eq!(anon.authenticate(Credentials::default(), NOW, &mut cache).unwrap().name, "guest");
     // Anonymous access does not excuse a bad credential.
@@ -203,16 +228,31 @@ fn config_errors_name_the_path() {
     };
     let cases: Vec<(RawAuth, &str, &str)> = vec![
         (RawAuth { jwt: vec![provider(None, None)], ..Default::default() }, "auth.jwt[0]", "exactly one of"),
-        (RawAuth { jwt: vec![provider(None, Some("UNSET_VAR"))], ..Default::default() }, "auth.jwt[0].hs256_secret_env", "UNSET_VAR is not set"),
-        (RawAuth { jwt: vec![provider(Some(json!({"keys": []})), None)], ..Default::default() }, "auth.jwt[0].jwks_file", "no keys"),
-        (RawAuth { jwt: vec![provider(Some(json!([1])), None)], ..Default::default() }, "auth.jwt[0].jwks_file", "not a JWKS"),
+        (
+            RawAuth { jwt: vec![provider(None, Some("UNSET_VAR"))], ..Default::default() },
+            "auth.jwt[0].hs256_secret_env",
+            "UNSET_VAR is not set",
+        ),
+        (
+            RawAuth { jwt: vec![provider(Some(json!({"keys": []})), None)], ..Default::default() },
+            "auth.jwt[0].jwks_file",
+            "no keys",
+        ),
+        (
+            RawAuth { jwt: vec![provider(Some(json!([1])), None)], ..Default::default() },
+            "auth.jwt[0].jwks_file",
+            "not a JWKS",
+        ),
         (
             RawAuth { jwt: vec![provider(Some(jwks()), None), provider(Some(jwks()), None)], ..Default::default() },
             "auth.jwt[1].issuer",
             "duplicate issuer",
         ),
         (
-            RawAuth { api_keys: vec![RawApiKey { consumer: "c".into(), sha256: "abc".into(), roles: vec![] }], ..Default::default() },
+            RawAuth {
+                api_keys: vec![RawApiKey { consumer: "c".into(), sha256: "abc".into(), roles: vec![] }],
+                ..Default::default()
+            },
             "auth.api_keys[0].sha256",
             "not a hex SHA-256",
         ),

@@ -96,7 +96,9 @@ impl Limit {
     /// Takes one event at `now_ns` from `state` (`None`: never used).
     pub fn take(self, state: Option<State>, now_ns: u64) -> Taken {
         match self {
-            Limit::Bucket { per_period, period_secs, burst } => bucket_take(per_period, period_secs, burst, state, now_ns),
+            Limit::Bucket { per_period, period_secs, burst } => {
+                bucket_take(per_period, period_secs, burst, state, now_ns)
+            }
             Limit::Window { limit, period_secs } => window_take(limit, period_secs, state, now_ns),
         }
     }
@@ -111,7 +113,9 @@ impl Limit {
             other => format!("{other}s"),
         };
         match self {
-            Limit::Bucket { per_period, period_secs, burst } => format!("{per_period}/{} (burst {burst})", unit(period_secs)),
+            Limit::Bucket { per_period, period_secs, burst } => {
+                format!("{per_period}/{} (burst {burst})", unit(period_secs))
+            }
             Limit::Window { limit, period_secs } => format!("{limit}/{} quota", unit(period_secs)),
         }
     }
@@ -148,9 +152,19 @@ fn window_take(limit: u64, period_secs: u64, state: Option<State>, now_ns: u64) 
     let reset_secs = (window_start + period_ns - now_ns).div_ceil(NANOS_PER_SEC).max(1);
     if count < limit {
         let count = count + 1;
-        Taken { admitted: true, state: State { level: count, at: window_start }, retry_after_secs: 0, remaining: limit - count }
+        Taken {
+            admitted: true,
+            state: State { level: count, at: window_start },
+            retry_after_secs: 0,
+            remaining: limit - count,
+        }
     } else {
-        Taken { admitted: false, state: State { level: count, at: window_start }, retry_after_secs: reset_secs, remaining: 0 }
+        Taken {
+            admitted: false,
+            state: State { level: count, at: window_start },
+            retry_after_secs: reset_secs,
+            remaining: 0,
+        }
     }
 }
 

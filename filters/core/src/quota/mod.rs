@@ -332,7 +332,10 @@ impl QuotaRules {
                     Limit::Window { limit, period_secs }
                 }
                 (Some(_), Some(_)) => {
-                    return Err(ConfigError::invalid(path, "set either `rate` (token bucket) or `quota` (fixed window), not both"))
+                    return Err(ConfigError::invalid(
+                        path,
+                        "set either `rate` (token bucket) or `quota` (fixed window), not both",
+                    ))
                 }
                 (None, None) => {
                     return Err(ConfigError::invalid(path, "needs `rate` (token bucket) or `quota` (fixed window)"))
@@ -389,11 +392,7 @@ impl QuotaRules {
     /// `x-envoy-ratelimited`): JSON-RPC -32029 for the request, `Retry-After` from the
     /// response's `retry-after`, else `x-ratelimit-reset`, else 1 second. `rule` is the
     /// rate-limit service's `x-meshgate-limit-rule` header, when present.
-    pub fn global_rejection(
-        &self,
-        refusal: &GlobalRefusal<'_>,
-        id: Option<&Value>,
-    ) -> Rejection {
+    pub fn global_rejection(&self, refusal: &GlobalRefusal<'_>, id: Option<&Value>) -> Rejection {
         let retry = parse_secs(refusal.retry_after).or_else(|| parse_secs(refusal.ratelimit_reset)).unwrap_or(1).max(1);
         let rule = refusal.rule.map(str::trim).filter(|r| !r.is_empty());
         if refusal.error.is_some_and(|e| e.trim().eq_ignore_ascii_case(STORE_UNAVAILABLE)) {
@@ -513,10 +512,22 @@ mod tests {
                 "quotas[0]",
                 "not both",
             ),
-            (RawQuotaRule { rate: Some("60/fortnight".into()), ..Default::default() }, "quotas[0].rate", "60/fortnight"),
+            (
+                RawQuotaRule { rate: Some("60/fortnight".into()), ..Default::default() },
+                "quotas[0].rate",
+                "60/fortnight",
+            ),
             (RawQuotaRule { quota: Some("0/d".into()), ..Default::default() }, "quotas[0].quota", "at least 1"),
-            (RawQuotaRule { quota: Some("5/d".into()), burst: Some(3), ..Default::default() }, "quotas[0].burst", "burst"),
-            (RawQuotaRule { rate: Some("5/s".into()), burst: Some(0), ..Default::default() }, "quotas[0].burst", "at least 1"),
+            (
+                RawQuotaRule { quota: Some("5/d".into()), burst: Some(3), ..Default::default() },
+                "quotas[0].burst",
+                "burst",
+            ),
+            (
+                RawQuotaRule { rate: Some("5/s".into()), burst: Some(0), ..Default::default() },
+                "quotas[0].burst",
+                "at least 1",
+            ),
             (
                 RawQuotaRule { name: Some("Bad Name".into()), rate: Some("5/s".into()), ..Default::default() },
                 "quotas[0].name",

@@ -100,11 +100,9 @@ impl Detector {
     /// benchmark baseline.
     pub fn pattern(self) -> &'static str {
         match self {
-            Detector::Email => concat!(
-                wb!(),
-                r"[A-Za-z0-9_%+-][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}",
-                wb!()
-            ),
+            Detector::Email => {
+                concat!(wb!(), r"[A-Za-z0-9_%+-][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}", wb!())
+            }
             Detector::Phone => concat!(
                 // International: +country code, then digit groups with single separators and
                 // an optional trunk "(0)". The validator counts digits and checks the code.
@@ -132,11 +130,9 @@ impl Detector {
                 wb!()
             ),
             Detector::Ssn => concat!(wb!(), r"[0-9]{3}-[0-9]{2}-[0-9]{4}", wb!()),
-            Detector::Iban => concat!(
-                wb!(),
-                r"[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)",
-                wb!()
-            ),
+            Detector::Iban => {
+                concat!(wb!(), r"[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)", wb!())
+            }
             // IPv6: eight groups, or "::" somewhere (so times and MAC addresses are no
             // candidates); an optional dotted IPv4 tail (::ffff:192.0.2.1).
             Detector::Ip => concat!(

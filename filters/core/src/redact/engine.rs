@@ -92,7 +92,8 @@ impl ByteSet {
     }
 }
 
-type CachePool = Pool<DfaCache, Box<dyn Fn() -> DfaCache + Send + Sync + std::panic::UnwindSafe + std::panic::RefUnwindSafe>>;
+type CachePool =
+    Pool<DfaCache, Box<dyn Fn() -> DfaCache + Send + Sync + std::panic::UnwindSafe + std::panic::RefUnwindSafe>>;
 
 /// A forward lazy DFA of the same patterns, used only to ask "is there any match in this
 /// text at all?" — one table lookup per byte, no match bookkeeping, no reverse search.
@@ -137,7 +138,6 @@ impl Prescreen {
             Box::new(move || for_pool.create_cache());
         Some(Prescreen { dfa, caches: Pool::new(create) })
     }
-
 }
 
 /// A run of selected spans screened as one text: `src[start..end]` covers `spans[first..last]`.
@@ -531,7 +531,14 @@ impl Engine {
         Ok(())
     }
 
-    fn accept(&self, hay: &[u8], start: usize, end: usize, pattern: usize, enabled: &dyn Fn(usize) -> bool) -> Option<Found> {
+    fn accept(
+        &self,
+        hay: &[u8],
+        start: usize,
+        end: usize,
+        pattern: usize,
+        enabled: &dyn Fn(usize) -> bool,
+    ) -> Option<Found> {
         if !enabled(pattern) || end <= start {
             return None;
         }
@@ -603,7 +610,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn builtin(d: Detector) -> (Pattern, String) {
-        let pattern = Pattern { kind: Kind::Builtin(d), name: d.name().into(), label: d.label().into(), separator_safe: false };
+        let pattern =
+            Pattern { kind: Kind::Builtin(d), name: d.name().into(), label: d.label().into(), separator_safe: false };
         (pattern, d.pattern().to_string())
     }
 

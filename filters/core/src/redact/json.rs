@@ -39,9 +39,9 @@ pub(super) static RESPONSE: Sel = Sel::Fields(&[
     (
         "result",
         Sel::Fields(&[
-            ("content", CONTENT_BLOCK),                             // tools/call
-            ("structuredContent", Sel::All),                        // tools/call
-            ("contents", Sel::Fields(&[("text", Sel::All)])),       // resources/read
+            ("content", CONTENT_BLOCK),                               // tools/call
+            ("structuredContent", Sel::All),                          // tools/call
+            ("contents", Sel::Fields(&[("text", Sel::All)])),         // resources/read
             ("messages", Sel::Fields(&[("content", CONTENT_BLOCK)])), // prompts/get
         ]),
     ),
@@ -49,10 +49,10 @@ pub(super) static RESPONSE: Sel = Sel::Fields(&[
     (
         "params",
         Sel::Fields(&[
-            ("message", Sel::All),                                  // progress, elicitation
-            ("data", Sel::All),                                     // notifications/message
+            ("message", Sel::All),                                    // progress, elicitation
+            ("data", Sel::All),                                       // notifications/message
             ("messages", Sel::Fields(&[("content", CONTENT_BLOCK)])), // sampling/createMessage
-            ("systemPrompt", Sel::All),                             // sampling/createMessage
+            ("systemPrompt", Sel::All),                               // sampling/createMessage
         ]),
     ),
 ]);
@@ -311,7 +311,23 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_json() {
-        for bad in ["", "{", "{\"a\"}", "{\"a\":}", "[1,]", "{\"a\":1,}", "01", "1.", "-", "tru", "\"abc", "{} x", "{\"a\":1}}", "[1 2]", "\"a\\"] {
+        for bad in [
+            "",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "[1,]",
+            "{\"a\":1,}",
+            "01",
+            "1.",
+            "-",
+            "tru",
+            "\"abc",
+            "{} x",
+            "{\"a\":1}}",
+            "[1 2]",
+            "\"a\\",
+        ] {
             assert!(selected(&RESPONSE, bad).is_none(), "{bad:?}");
         }
         for good in ["1", "-0.5E+3", "\"s\"", "[]", "{}", " [ {} , [ ] , \"\\\\\" ] ", "null"] {

@@ -360,7 +360,10 @@ impl Redactor {
                 if !is_valid_custom_name(&custom.name) {
                     return Err(ConfigError::invalid(
                         format!("{cpath}.name"),
-                        format!("\"{}\" is not a valid detector name ([a-z][a-z0-9_]*, at most 64 characters)", custom.name),
+                        format!(
+                            "\"{}\" is not a valid detector name ([a-z][a-z0-9_]*, at most 64 characters)",
+                            custom.name
+                        ),
                     ));
                 }
                 if Detector::from_name(&custom.name).is_some() {
@@ -462,7 +465,13 @@ impl Redactor {
     /// The redaction that applies to one exchange with `server`: `tool` is the tool name of
     /// a `tools/call`, `None` for anything else; `roles` are the caller's. `None` when no
     /// rule applies.
-    pub fn plan(&self, server: &str, tool: Option<&str>, roles: &[String], direction: Direction) -> Option<RedactionPlan> {
+    pub fn plan(
+        &self,
+        server: &str,
+        tool: Option<&str>,
+        roles: &[String],
+        direction: Direction,
+    ) -> Option<RedactionPlan> {
         let mut actions: Option<Vec<Option<Mode>>> = None;
         for rule in self.rules.iter().filter(|r| r.applies(server, tool, roles, direction)) {
             let actions = actions.get_or_insert_with(|| vec![None; self.shared.engine.patterns().len()]);
@@ -511,9 +520,8 @@ impl regex_syntax::ast::Visitor for NoUnicodeProperties {
 /// Unicode property classes.
 fn check_custom_regex(regex: &str) -> Result<(), String> {
     let ast = regex_syntax::ast::parse::Parser::new().parse(regex).map_err(|e| format!("invalid regex: {e}"))?;
-    regex_syntax::ast::visit(&ast, NoUnicodeProperties).map_err(|()| {
-        format!("regex \"{regex}\" uses a Unicode property class (\\p{{..}}), which is not supported")
-    })?;
+    regex_syntax::ast::visit(&ast, NoUnicodeProperties)
+        .map_err(|()| format!("regex \"{regex}\" uses a Unicode property class (\\p{{..}}), which is not supported"))?;
     let hir = engine::parse(regex).map_err(|e| format!("invalid regex: {e}"))?;
     let props = hir.properties();
     if props.look_set().contains_anchor() {

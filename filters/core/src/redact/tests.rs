@@ -29,7 +29,13 @@ fn servers() -> HashSet<String> {
 
 fn compile(rules: Value) -> Result<Redactor, ConfigError> {
     let rules: Vec<RawRedactionRule> = serde_json::from_value(rules).map_err(|e| ConfigError::Json(e.to_string()))?;
-    Redactor::compile(&rules, Some("KEY"), &servers(), &|r| r == "support" || r == "admin", &Secrets(vec![("KEY", KEY)]))
+    Redactor::compile(
+        &rules,
+        Some("KEY"),
+        &servers(),
+        &|r| r == "support" || r == "admin",
+        &Secrets(vec![("KEY", KEY)]),
+    )
 }
 
 fn redactor(mode: &str) -> Redactor {
@@ -140,8 +146,16 @@ fn configuration_errors_name_the_path() {
         ),
         (json!([{"custom": [{"name": "a", "regex": "^SEC"}]}]), "redaction[0].custom[0].regex", "anchor"),
         (json!([{"custom": [{"name": "a", "regex": "x*"}]}]), "redaction[0].custom[0].regex", "empty string"),
-        (json!([{"custom": [{"name": "a", "regex": r"\p{Greek}+"}]}]), "redaction[0].custom[0].regex", "Unicode property"),
-        (json!([{"custom": [{"name": "a", "regex": r"[\pL0-9]+"}]}]), "redaction[0].custom[0].regex", "Unicode property"),
+        (
+            json!([{"custom": [{"name": "a", "regex": r"\p{Greek}+"}]}]),
+            "redaction[0].custom[0].regex",
+            "Unicode property",
+        ),
+        (
+            json!([{"custom": [{"name": "a", "regex": r"[\pL0-9]+"}]}]),
+            "redaction[0].custom[0].regex",
+            "Unicode property",
+        ),
         (json!([{"custom": [{"name": "Bad-Name", "regex": "x"}]}]), "redaction[0].custom[0].name", "not a valid"),
         (json!([{"custom": [{"name": "email", "regex": "x"}]}]), "redaction[0].custom[0].name", "built-in"),
         (
@@ -150,8 +164,16 @@ fn configuration_errors_name_the_path() {
             "duplicate",
         ),
         (json!([{"match": {"tools": ["crm/[x]"]}, "detectors": ["ip"]}]), "redaction[0].match.tools[0]", "glob"),
-        (json!([{"match": {"tools": ["crmx/*"]}, "detectors": ["ip"]}]), "redaction[0].match.tools[0]", "unknown server"),
-        (json!([{"match": {"tools": ["get_x"]}, "detectors": ["ip"]}]), "redaction[0].match.tools[0]", "must have the form server/name"),
+        (
+            json!([{"match": {"tools": ["crmx/*"]}, "detectors": ["ip"]}]),
+            "redaction[0].match.tools[0]",
+            "unknown server",
+        ),
+        (
+            json!([{"match": {"tools": ["get_x"]}, "detectors": ["ip"]}]),
+            "redaction[0].match.tools[0]",
+            "must have the form server/name",
+        ),
         (json!([{"match": {"roles": ["ghost"]}, "detectors": ["ip"]}]), "redaction[0].match.roles[0]", "not a role"),
     ];
     for (rules, path, message) in cases {
@@ -167,12 +189,16 @@ fn configuration_errors_name_the_path() {
 
 #[test]
 fn hash_key_errors() {
-    let rules: Vec<RawRedactionRule> = serde_json::from_value(json!([{"detectors": ["email"], "mode": "hash"}])).unwrap();
+    let rules: Vec<RawRedactionRule> =
+        serde_json::from_value(json!([{"detectors": ["email"], "mode": "hash"}])).unwrap();
     let known = |_: &str| true;
     let err = Redactor::compile(&rules, None, &servers(), &known, &Secrets(vec![])).unwrap_err();
     assert_eq!(err.path(), Some("redaction[0].mode"));
     let err = Redactor::compile(&rules, Some("K"), &servers(), &known, &Secrets(vec![])).unwrap_err();
-    assert_eq!((err.path(), err.message()), (Some("redaction_hash_key_env"), "environment variable K is not set or empty"));
+    assert_eq!(
+        (err.path(), err.message()),
+        (Some("redaction_hash_key_env"), "environment variable K is not set or empty")
+    );
     let err = Redactor::compile(&rules, Some("K"), &servers(), &known, &Secrets(vec![("K", "short")])).unwrap_err();
     assert!(err.message().contains("shorter than 32 bytes"), "{err}");
     assert!(!format!("{:?}", redactor("hash")).contains(KEY), "the key must not appear in Debug output");
@@ -188,9 +214,8 @@ fn plans_follow_scope_roles_and_direction() {
     ]))
     .unwrap();
     let support = vec!["support".to_string()];
-    let modes = |p: Option<RedactionPlan>| {
-        p.map(|p| ["email", "phone", "ssn"].map(|d| p.mode_of(d))).unwrap_or([None; 3])
-    };
+    let modes =
+        |p: Option<RedactionPlan>| p.map(|p| ["email", "phone", "ssn"].map(|d| p.mode_of(d))).unwrap_or([None; 3]);
     use Mode::*;
     // Strictest mode wins: email is masked by rule 0 and hashed by rule 3.
     assert_eq!(modes(r.plan("crm", Some("find"), &[], Direction::Response)), [Some(Hash), None, None]);
@@ -268,12 +293,30 @@ fn requests_redact_arguments_only() {
 fn server_messages_errors_and_notifications() {
     let p = plan("mask");
     for (body, pointer) in [
-        (json!({"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"no user jane@example.com"}}), "/error/message"),
-        (json!({"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x","data":{"who":["jane@example.com"]}}}), "/error/data/who/0"),
-        (json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":{"m":"jane@example.com"}}}), "/params/data/m"),
-        (json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1,"message":"mailing jane@example.com"}}), "/params/message"),
-        (json!({"jsonrpc":"2.0","id":1,"result":{"contents":[{"uri":"crm://c/1","text":"jane@example.com"}]}}), "/result/contents/0/text"),
-        (json!({"jsonrpc":"2.0","id":1,"result":{"messages":[{"role":"user","content":{"type":"text","text":"jane@example.com"}}]}}), "/result/messages/0/content/text"),
+        (
+            json!({"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"no user jane@example.com"}}),
+            "/error/message",
+        ),
+        (
+            json!({"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x","data":{"who":["jane@example.com"]}}}),
+            "/error/data/who/0",
+        ),
+        (
+            json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":{"m":"jane@example.com"}}}),
+            "/params/data/m",
+        ),
+        (
+            json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1,"message":"mailing jane@example.com"}}),
+            "/params/message",
+        ),
+        (
+            json!({"jsonrpc":"2.0","id":1,"result":{"contents":[{"uri":"crm://c/1","text":"jane@example.com"}]}}),
+            "/result/contents/0/text",
+        ),
+        (
+            json!({"jsonrpc":"2.0","id":1,"result":{"messages":[{"role":"user","content":{"type":"text","text":"jane@example.com"}}]}}),
+            "/result/messages/0/content/text",
+        ),
     ] {
         let (out, _) = redact(&p, body.to_string().as_bytes());
         let v: Value = serde_json::from_slice(&out.expect("rewritten")).unwrap();
@@ -298,11 +341,18 @@ fn hash_tokens_are_stable_keyed_and_normalized() {
     assert_eq!(token("Jane@Example.com"), token("jane@example.com"));
     assert_eq!(token("(415) 555-0132"), token("+1 415 555 0132"));
     // Another key, other tokens.
-    let rules: Vec<RawRedactionRule> = serde_json::from_value(json!([{"detectors": ["credit_card"], "mode": "hash"}])).unwrap();
-    let other = Redactor::compile(&rules, Some("K"), &servers(), &|_| true, &Secrets(vec![("K", "another-key-another-key-another-key")]))
-        .unwrap()
-        .plan("crm", None, &[], Direction::Response)
-        .unwrap();
+    let rules: Vec<RawRedactionRule> =
+        serde_json::from_value(json!([{"detectors": ["credit_card"], "mode": "hash"}])).unwrap();
+    let other = Redactor::compile(
+        &rules,
+        Some("K"),
+        &servers(),
+        &|_| true,
+        &Secrets(vec![("K", "another-key-another-key-another-key")]),
+    )
+    .unwrap()
+    .plan("crm", None, &[], Direction::Response)
+    .unwrap();
     let (out, _) = redact(&other, &tool_result("4111111111111111"));
     assert!(!String::from_utf8(out.unwrap()).unwrap().contains(&a));
 }
@@ -355,8 +405,10 @@ fn redact_text_and_event_data() {
 
 #[test]
 fn custom_detectors_win_ties_and_labels_are_upper_case() {
-    let r = compile(json!([{"detectors": ["ssn"], "custom": [{"name": "employee_id", "regex": "[0-9]{3}-[0-9]{2}-[0-9]{4}"}]}]))
-        .unwrap();
+    let r = compile(
+        json!([{"detectors": ["ssn"], "custom": [{"name": "employee_id", "regex": "[0-9]{3}-[0-9]{2}-[0-9]{4}"}]}]),
+    )
+    .unwrap();
     let p = r.plan("crm", None, &[], Direction::Response).unwrap();
     let (out, counts) = redact(&p, &tool_result("emp 123-45-6789"));
     assert!(String::from_utf8(out.unwrap()).unwrap().contains("emp [EMPLOYEE_ID]"));
@@ -368,11 +420,35 @@ fn custom_detectors_win_ties_and_labels_are_upper_case() {
 /// Text fragments: PII, near misses, JSON-hostile characters and non-ASCII.
 fn fragment() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just("jane.doe@example.com"), Just("(415) 555-0132"), Just("+44 20 7946 0958"), Just("4111 1111 1111 1111"),
-        Just("123-45-6789"), Just("DE89370400440532013000"), Just("10.0.0.1"), Just("fe80::1"), Just("AKIAIOSFODNN7EXAMPLE"),
-        Just("Bearer 8f14e45fceea167a5a36dedd4bea2543"), Just("ORD-2024-000123"), Just("1.2.3"), Just("2024-05-01T12:30:00Z"),
-        Just("$1,299.00"), Just("\n"), Just("\""), Just("\\"), Just("\t"), Just(" "), Just("é"), Just("🚀"), Just("-"),
-        Just("."), Just("@"), Just("415"), Just("x"), Just("\u{0}"), Just("\u{1f}"), Just("eyJ"),
+        Just("jane.doe@example.com"),
+        Just("(415) 555-0132"),
+        Just("+44 20 7946 0958"),
+        Just("4111 1111 1111 1111"),
+        Just("123-45-6789"),
+        Just("DE89370400440532013000"),
+        Just("10.0.0.1"),
+        Just("fe80::1"),
+        Just("AKIAIOSFODNN7EXAMPLE"),
+        Just("Bearer 8f14e45fceea167a5a36dedd4bea2543"),
+        Just("ORD-2024-000123"),
+        Just("1.2.3"),
+        Just("2024-05-01T12:30:00Z"),
+        Just("$1,299.00"),
+        Just("\n"),
+        Just("\""),
+        Just("\\"),
+        Just("\t"),
+        Just(" "),
+        Just("é"),
+        Just("🚀"),
+        Just("-"),
+        Just("."),
+        Just("@"),
+        Just("415"),
+        Just("x"),
+        Just("\u{0}"),
+        Just("\u{1f}"),
+        Just("eyJ"),
     ]
     .prop_map(String::from)
 }
@@ -400,11 +476,7 @@ fn tokens(text: &[u8]) -> Vec<String> {
 
 /// JSON values whose strings are PII-rich text.
 fn value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<i64>().prop_map(Value::from),
-        text().prop_map(Value::String),
-    ];
+    let leaf = prop_oneof![Just(Value::Null), any::<i64>().prop_map(Value::from), text().prop_map(Value::String),];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),

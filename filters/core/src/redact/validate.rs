@@ -47,8 +47,8 @@ fn is_word(b: u8) -> bool {
 
 /// File extensions that follow `@` in asset names (`icon@2x.png`): never e-mail domains here.
 const NOT_EMAIL_TLDS: &[&str] = &[
-    "avif", "bmp", "css", "gif", "heic", "ico", "jpeg", "jpg", "js", "json", "map", "png", "svg", "tif", "tiff",
-    "ttf", "txt", "webp", "woff", "woff2",
+    "avif", "bmp", "css", "gif", "heic", "ico", "jpeg", "jpg", "js", "json", "map", "png", "svg", "tif", "tiff", "ttf",
+    "txt", "webp", "woff", "woff2",
 ];
 
 fn email(hay: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
@@ -71,16 +71,15 @@ fn email(hay: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
 
 /// Assigned ITU country calling codes, ascending (prefix-free, so a prefix match is exact).
 const COUNTRY_CODES: &[u16] = &[
-    1, 7, 20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55, 56, 57,
-    58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98, 211, 212, 213, 216, 218, 220,
-    221, 222, 223, 224, 225, 226, 227, 228, 229, 230, 231, 232, 233, 234, 235, 236, 237, 238, 239, 240, 241,
-    242, 243, 244, 245, 246, 248, 249, 250, 251, 252, 253, 254, 255, 256, 257, 258, 260, 261, 262, 263, 264,
-    265, 266, 267, 268, 269, 290, 291, 297, 298, 299, 350, 351, 352, 353, 354, 355, 356, 357, 358, 359, 370,
-    371, 372, 373, 374, 375, 376, 377, 378, 379, 380, 381, 382, 383, 385, 386, 387, 389, 420, 421, 423, 500,
-    501, 502, 503, 504, 505, 506, 507, 508, 509, 590, 591, 592, 593, 594, 595, 596, 597, 598, 599, 670, 672,
-    673, 674, 675, 676, 677, 678, 679, 680, 681, 682, 683, 685, 686, 687, 688, 689, 690, 691, 692, 850, 852,
-    853, 855, 856, 880, 886, 960, 961, 962, 963, 964, 965, 966, 967, 968, 970, 971, 972, 973, 974, 975, 976,
-    977, 992, 993, 994, 995, 996, 998,
+    1, 7, 20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55, 56, 57, 58, 60,
+    61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98, 211, 212, 213, 216, 218, 220, 221, 222, 223,
+    224, 225, 226, 227, 228, 229, 230, 231, 232, 233, 234, 235, 236, 237, 238, 239, 240, 241, 242, 243, 244, 245, 246,
+    248, 249, 250, 251, 252, 253, 254, 255, 256, 257, 258, 260, 261, 262, 263, 264, 265, 266, 267, 268, 269, 290, 291,
+    297, 298, 299, 350, 351, 352, 353, 354, 355, 356, 357, 358, 359, 370, 371, 372, 373, 374, 375, 376, 377, 378, 379,
+    380, 381, 382, 383, 385, 386, 387, 389, 420, 421, 423, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 590, 591,
+    592, 593, 594, 595, 596, 597, 598, 599, 670, 672, 673, 674, 675, 676, 677, 678, 679, 680, 681, 682, 683, 685, 686,
+    687, 688, 689, 690, 691, 692, 850, 852, 853, 855, 856, 880, 886, 960, 961, 962, 963, 964, 965, 966, 967, 968, 970,
+    971, 972, 973, 974, 975, 976, 977, 992, 993, 994, 995, 996, 998,
 ];
 
 fn phone(hay: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
@@ -99,9 +98,9 @@ fn phone(hay: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
             return Some((start, cut));
         }
         // The previous separator that follows a digit or ')'.
-        cut = (start + 2..cut).rev().find(|&i| {
-            matches!(hay[i], b' ' | b'.' | b'-') && (hay[i - 1].is_ascii_digit() || hay[i - 1] == b')')
-        })?;
+        cut = (start + 2..cut)
+            .rev()
+            .find(|&i| matches!(hay[i], b' ' | b'.' | b'-') && (hay[i - 1].is_ascii_digit() || hay[i - 1] == b')'))?;
     }
 }
 
@@ -163,13 +162,13 @@ fn card_issuer_ok(digits: &[u8]) -> bool {
     let two = (digits[0] - b'0') * 10 + (digits[1] - b'0');
     let four = digits[..4].iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
     match digits[0] {
-        b'4' => matches!(n, 13 | 16 | 19),                     // Visa
-        b'5' => (51..=55).contains(&two) && n == 16,           // Mastercard
-        b'2' => (2221..=2720).contains(&four) && n == 16,      // Mastercard 2-series
-        b'3' if two == 34 || two == 37 => n == 15,             // American Express
-        b'3' if two == 35 => (16..=19).contains(&n),           // JCB
+        b'4' => matches!(n, 13 | 16 | 19),                                  // Visa
+        b'5' => (51..=55).contains(&two) && n == 16,                        // Mastercard
+        b'2' => (2221..=2720).contains(&four) && n == 16,                   // Mastercard 2-series
+        b'3' if two == 34 || two == 37 => n == 15,                          // American Express
+        b'3' if two == 35 => (16..=19).contains(&n),                        // JCB
         b'3' if matches!(two, 30 | 36 | 38 | 39) => (14..=19).contains(&n), // Diners Club
-        b'6' => (16..=19).contains(&n),                        // Discover, UnionPay, Maestro
+        b'6' => (16..=19).contains(&n),                                     // Discover, UnionPay, Maestro
         _ => false,
     }
 }
@@ -211,17 +210,94 @@ fn ssn(hay: &[u8], start: usize, end: usize) -> Option<(usize, usize)> {
 
 /// IBAN lengths by country (SWIFT IBAN registry).
 const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
-    (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20), (b"BE", 16), (b"BG", 22),
-    (b"BH", 22), (b"BI", 27), (b"BR", 29), (b"BY", 28), (b"CH", 21), (b"CR", 22), (b"CY", 28), (b"CZ", 24),
-    (b"DE", 22), (b"DJ", 27), (b"DK", 18), (b"DO", 28), (b"EE", 20), (b"EG", 29), (b"ES", 24), (b"FI", 18),
-    (b"FK", 18), (b"FO", 18), (b"FR", 27), (b"GB", 22), (b"GE", 22), (b"GI", 23), (b"GL", 18), (b"GR", 27),
-    (b"GT", 28), (b"HN", 28), (b"HR", 21), (b"HU", 28), (b"IE", 22), (b"IL", 23), (b"IQ", 23), (b"IS", 26),
-    (b"IT", 27), (b"JO", 30), (b"KW", 30), (b"KZ", 20), (b"LB", 28), (b"LC", 32), (b"LI", 21), (b"LT", 20),
-    (b"LU", 20), (b"LV", 21), (b"LY", 25), (b"MC", 27), (b"MD", 24), (b"ME", 22), (b"MK", 19), (b"MN", 20),
-    (b"MR", 27), (b"MT", 31), (b"MU", 30), (b"NI", 28), (b"NL", 18), (b"NO", 15), (b"OM", 23), (b"PK", 24),
-    (b"PL", 28), (b"PS", 29), (b"PT", 25), (b"QA", 29), (b"RO", 24), (b"RS", 22), (b"RU", 33), (b"SA", 24),
-    (b"SC", 31), (b"SD", 18), (b"SE", 24), (b"SI", 19), (b"SK", 24), (b"SM", 27), (b"SO", 23), (b"ST", 25),
-    (b"SV", 28), (b"TL", 23), (b"TN", 24), (b"TR", 26), (b"UA", 29), (b"VA", 22), (b"VG", 24), (b"XK", 20),
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BI", 27),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DJ", 27),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FK", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HN", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"LY", 25),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MN", 20),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NI", 28),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"OM", 23),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"RU", 33),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SD", 18),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"SO", 23),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
     (b"YE", 30),
 ];
 
@@ -355,7 +431,7 @@ mod tests {
             "1714566600123",    // millisecond epoch: Luhn may pass, issuer never does
             "9111111111111111",
             "5011111111111111",
-            "37828224631000",  // Amex with 14 digits
+            "37828224631000", // Amex with 14 digits
         ] {
             assert_eq!(v(Detector::CreditCard, bad), None, "{bad}");
         }
@@ -404,7 +480,8 @@ mod tests {
 
     #[test]
     fn ip_addresses() {
-        for good in ["10.0.0.1", "255.255.255.255", "0.0.0.0", "fe80::1", "2001:db8::8a2e:370:7334", "::ffff:192.0.2.1"] {
+        for good in ["10.0.0.1", "255.255.255.255", "0.0.0.0", "fe80::1", "2001:db8::8a2e:370:7334", "::ffff:192.0.2.1"]
+        {
             assert_eq!(v(Detector::Ip, good).as_deref(), Some(good), "{good}");
         }
         for bad in ["256.1.1.1", "01.2.3.4", "12:30:00", "00:1A:2B:3C:4D:5E", "dead::beef", "::1", "a::b"] {
