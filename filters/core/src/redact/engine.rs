@@ -707,21 +707,22 @@ mod tests {
     }
 
     fn span_text() -> impl Strategy<Value = String> {
-        let piece = prop_oneof![
-            Just("jane.doe@example.com".to_string()),
-            Just("4111 1111 1111 1111".to_string()),
-            Just("123-45-6789".to_string()),
-            Just("+44 20 7946 0958".to_string()),
-            Just("(415) 555-0132".to_string()),
-            Just("10.0.1.4".to_string()),
-            Just("fe80::1".to_string()),
-            Just("AKIAIOSFODNN7EXAMPLE".to_string()),
-            Just("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2ln".to_string()),
-            Just("Bearer 8f14e45fceea167a5a36".to_string()),
-            Just("DE89 3704 0044 0532 0130 00".to_string()),
-            Just("ORD-2024-000123 v1.2.3 12:30 Müller".to_string()),
-            "[a-z0-9 .@:+()-]{0,12}",
+        const SAMPLES: [&str; 12] = [
+            "jane.doe@example.com",
+            "4111 1111 1111 1111",
+            "123-45-6789",
+            "+44 20 7946 0958",
+            "(415) 555-0132",
+            "10.0.1.4",
+            "fe80::1",
+            "AKIAIOSFODNN7EXAMPLE",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2ln",
+            "Bearer 8f14e45fceea167a5a36",
+            "DE89 3704 0044 0532 0130 00",
+            "ORD-2024-000123 v1.2.3 12:30 Müller",
         ];
+        let piece =
+            prop_oneof![proptest::sample::select(&SAMPLES[..]).prop_map(str::to_string), "[a-z0-9 .@:+()-]{0,12}"];
         proptest::collection::vec(piece, 0..6).prop_map(|v| v.join(" "))
     }
 
