@@ -18,6 +18,7 @@
 //! so a `.` in a tool name cannot break tag extraction, and bounded: methods outside the
 //! MCP vocabulary become `other`, names are cut at [`MAX_LABEL_CHARS`].
 
+use memchr::memmem;
 use serde_json::Value;
 
 use crate::gateway::{Exchange, PendingRequest};
@@ -458,7 +459,7 @@ pub fn response_error_code(bytes: &[u8]) -> Option<i64> {
     // Only a message with an `error` member carries a code. JSON spells that key `"error"`
     // unless its letters are escaped (`\u0065rror`): bytes holding neither cannot carry one,
     // so the common answer (a result) is settled by a scan instead of a parse.
-    if !contains(bytes, b"\"error\"") && !contains(bytes, b"\\u") {
+    if memmem::find(bytes, b"\"error\"").is_none() && memmem::find(bytes, b"\\u").is_none() {
         return None;
     }
     let code_of = |v: &Value| v.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64);
@@ -470,10 +471,6 @@ pub fn response_error_code(bytes: &[u8]) -> Option<i64> {
         .filter_map(|l| l.strip_prefix("data:"))
         .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
         .find_map(|v| code_of(&v))
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

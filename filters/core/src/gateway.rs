@@ -185,7 +185,7 @@ impl Exchange {
     /// successful answers; redaction to every body, errors included; the size limit to
     /// every answer to a request.
     pub fn response_plan(&self, head: ResponseHead<'_>) -> ResponsePlan {
-        let filter = self.list_filter.is_some() && (200..300).contains(&head.status) && head.status != 202;
+        let filter = self.filters_list(head.status);
         let rewrites = self.rewrites_response(head.status);
         if let (Some(limit), Some(len)) = (self.response_limit, head.content_length) {
             if len > limit {
@@ -247,8 +247,12 @@ impl Exchange {
     /// Whether a response with `status` may have its body rewritten (list filtering or
     /// redaction), which needs its type and encoding.
     fn rewrites_response(&self, status: u16) -> bool {
-        let filter = self.list_filter.is_some() && (200..300).contains(&status) && status != 202;
-        filter || self.response_redaction.is_some()
+        self.filters_list(status) || self.response_redaction.is_some()
+    }
+
+    /// Whether a response with `status` is a list answer to filter (a 2xx with a body).
+    fn filters_list(&self, status: u16) -> bool {
+        self.list_filter.is_some() && (200..300).contains(&status) && status != 202
     }
 
     /// Governs one upstream message (a JSON body, or one SSE event's data): list filtering,

@@ -92,8 +92,8 @@ impl ByteSet {
     }
 }
 
-type CachePool =
-    Pool<DfaCache, Box<dyn Fn() -> DfaCache + Send + Sync + std::panic::UnwindSafe + std::panic::RefUnwindSafe>>;
+type NewCache = Box<dyn Fn() -> DfaCache + Send + Sync + std::panic::UnwindSafe + std::panic::RefUnwindSafe>;
+type CachePool = Pool<DfaCache, NewCache>;
 
 /// A forward lazy DFA of the same patterns, used only to ask "is there any match in this
 /// text at all?" — one table lookup per byte, no match bookkeeping, no reverse search.
@@ -134,8 +134,7 @@ impl Prescreen {
             .build_many(sources)
             .ok()?;
         let for_pool = dfa.clone();
-        let create: Box<dyn Fn() -> DfaCache + Send + Sync + std::panic::UnwindSafe + std::panic::RefUnwindSafe> =
-            Box::new(move || for_pool.create_cache());
+        let create: NewCache = Box::new(move || for_pool.create_cache());
         Some(Prescreen { dfa, caches: Pool::new(create) })
     }
 }
