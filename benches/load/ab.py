@@ -48,7 +48,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--duration", type=int, default=4, help="seconds per round (default 4)")
     parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--pause-ms", type=int, default=1, help="pause per connection between requests (default 1)")
+    parser.add_argument("--pause-ms", type=int, default=1,
+                        help="mean random pause per connection between requests (default 1)")
     args = parser.parse_args()
     if (args.wasm_b is None) == (args.side_by_side is None):
         parser.error("give --wasm-b (A/B of two builds) or --side-by-side KEYS")
@@ -110,7 +111,7 @@ def main() -> int:
             upstream.stop()
 
     print(f"\nA = {args.wasm_a}, B = {args.wasm_b}; {args.rounds} rounds of {args.duration} s, wrk -c{args.connections} "
-          f"with a {args.pause_ms} ms pause, A and B at the same time; load average now "
+          f"with a random pause (mean {args.pause_ms} ms), A and B at the same time; load average now "
           + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     for a, b in pairs:
         ka, kb = a.config.key, b.config.key
@@ -146,7 +147,8 @@ def side_by_side(live: list[run.Live], args: argparse.Namespace) -> int:
             f"({k}) {results[k].envoy_cpu_us_per_req or 0:.1f} µs/req at {results[k].rps:,.0f} req/s" for k in cpu),
             flush=True)
     base = live[0].config.key
-    print(f"\n{args.rounds} rounds of {args.duration} s, wrk -c{args.connections} with a {args.pause_ms} ms pause, "
+    print(f"\n{args.rounds} rounds of {args.duration} s, wrk -c{args.connections} with a random pause "
+          f"(mean {args.pause_ms} ms), "
           "all at the same time; load average now " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     for item in live:
         k = item.config.key

@@ -8,10 +8,11 @@
 --
 --   wrk -t1 -c32 -d10s -s mcp.lua http://127.0.0.1:PORT/mcp/bench -- plain|masked [BEARER_TOKEN] [PAUSE_MS]
 --
--- PAUSE_MS > 0 paces the load: each connection waits that many milliseconds after a
--- response before its next request (wrk's `delay()` hook), so -c4 with 3 ms offers about
--- 4 / (3 ms + latency) requests per second whatever the configuration's capacity. wrk
--- starts a request's latency clock when it writes the request, after the pause. Without
+-- PAUSE_MS > 0 paces the load: each connection waits a random time after a response
+-- before its next request (wrk's `delay()` hook; exponential with mean PAUSE_MS, in whole
+-- milliseconds), so -c4 with 3 ms offers about 4 / (3 ms + latency) requests per second
+-- whatever the configuration's capacity, at random moments. wrk starts a request's latency
+-- clock when it writes the request, after the pause. Without
 -- PAUSE_MS no `delay()` is defined and wrk runs closed-loop as fast as answers come.
 
 local MARKER = "meshgate-bench-ok"
@@ -36,7 +37,13 @@ function init(args)
   if pause_ms > 0 then
     -- Defined here, not at the top level: wrk looks for it after init(), and a top-level
     -- delay() returning 0 would still send every request through wrk's timer.
-    delay = function() return pause_ms end
+    -- Exponentially distributed pauses (mean PAUSE_MS, in wrk's whole milliseconds): the
+    -- connections' requests arrive at random moments, as independent clients' do. A fixed
+    -- pause lines the connections up on the same millisecond tick of wrk's timer, so they
+    -- send together and every request queues behind the others: latency then grows with
+    -- about 2.5x the per-request cost instead of 1x (measured, BENCHMARKS.md).
+    math.randomseed(os.time())
+    delay = function() return math.floor(-math.log(1 - math.random()) * pause_ms + 0.5) end
   end
   local note = string.rep("Customer asked about the delivery window and invoice copy. ", 13)
   wrk.method = "POST"
