@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Envoy instructions per request, counted by valgrind (issue 7): a repeatable A/B.
+
+Wall-clock and CPU-time comparisons on this 2-core VM swing by tens of µs per request from
+one run to the next (other tenants, wake-up costs), more than most single changes to the
+filter are worth. Instruction counts do not: callgrind counts every instruction Envoy's
+threads execute, JIT-compiled wasm included, and the count for a fixed number of identical
+requests barely moves between runs whatever else the machine does.
+
+For each configuration (run.py's keys, e.g. `bfcd`; `C`/`D` with `--wasm-b`) this starts
+Envoy under `valgrind --tool=callgrind --instr-atstart=no` (start-up, V8's compilation
+and the warm-up are not counted), sends `--warmup` checked requests, switches
+instrumentation on with `callgrind_control`, sends `--requests` more (one keep-alive
+connection, the Lua script's ~1 KB tools/call, every body checked), switches it off, and
+reads the total.
+It reports instructions per request and the difference to the first configuration.
+
+  .venv/bin/python benches/load/instructions.py --only bcd
+  .venv/bin/python benches/load/instructions.py --only cC --wasm-b /tmp/old.wasm
+
+Under valgrind Envoy runs some 50x slower and needs a minute or two to start (V8 compiles
+the module); the defaults take about 3 minutes per configuration. The counts include
+Envoy's timers and V8's background tier-up, which is why several hundred requests are
+measured; instruction counts say nothing about cache misses or host-call latency, so
+speed claims still come from `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (the load benchmark's helpers)
+
+ENVOY_BINARY = run.ROOT / ".venv" / "lib" / "python3.11" / "site-packages" / "envoy" / "_bin" / "envoy"
+
+# mcp.lua's request body (its `note` is 13 copies of the sentence): the same ~1 KB tools/call.
+NOTE = "Customer asked about the delivery window and invoice copy. " * 13
+BODY = ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_item","arguments":'
+        '{"id":"c-001","fields":["name","status","owner","orders"],"include_history":false,'
+        f'"note":"{NOTE}"}},"_meta":{{"progressToken":"bench-1"}}}}}}').encode()
+
+
+def checked_requests(url: str, config: run.Config, n: int) -> None:
+    """`n` POSTs of BODY on one keep-alive connection; every answer checked like mcp.lua does."""
+    parsed = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
+    if parsed is None:
+        raise SystemExit(f"unexpected URL {url}")
+    host, port, path = parsed.group(1), int(parsed.group(2)), parsed.group(3)
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    if config.token:
+        headers["authorization"] = f"Bearer {config.token}"
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        for _ in range(n):
+            conn.request("POST", path, body=BODY, headers=headers)
+            response = conn.getresponse()
+            text = response.read().decode(errors="replace")
+            ok = response.status == 200 and "meshgate-bench-ok" in text
+            if config.expect == "masked":
+                ok = ok and "[EMAIL]" in text and "alice@example.com" not in text
+            else:
+                ok = ok and "alice@example.com" in text
+            if not ok:
+                raise SystemExit(f"({config.key}) failed the check: {response.status} {text[:300]}")
+    finally:
+        conn.close()
+
+
+def callgrind_control(*args: str) -> None:
+    out = subprocess.run(["callgrind_control", *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"callgrind_control {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
+
+
+def counted(config: run.Config, workdir: Path, args: argparse.Namespace) -> float:
+    """Instructions per request of `config` (Envoy under callgrind)."""
+    assert config.bootstrap is not None
+    path = workdir / f"envoy-{config.key}.json"
+    path.write_text(json.dumps(config.bootstrap, indent=1))
+    port = config.bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    admin = config.bootstrap["admin"]["address"]["socket_address"]["port_value"]
+    url = f"http://127.0.0.1:{port}{run.ROUTE}"
+    out_file = workdir / f"callgrind-{config.key}.out"
+    envoy = run.start(f"valgrind-{config.key}", [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}",
+        str(ENVOY_BINARY), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
+        "--base-id", str(int.from_bytes(os.urandom(2), "big") + 1000), "--log-level", "warn",
+    ], workdir, env=config.env)
+    try:
+        def ready() -> bool:
+            with run.urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=5) as r:
+                return r.status == 200
+
+        run.wait_until(f"Envoy ({config.key}) under valgrind", ready, args.start_timeout, envoy)
+        run.wait_until(f"({config.key}) answering", lambda: run.probe(url, config.token, config.expect), 120, envoy)
+        checked_requests(url, config, args.warmup)
+        callgrind_control("--instr=on", str(envoy.pid))
+        started = time.monotonic()
+        checked_requests(url, config, args.requests)
+        callgrind_control("--instr=off", str(envoy.pid))
+        print(f"   ({config.key}) {args.requests} requests counted in {time.monotonic() - started:.0f} s", flush=True)
+    finally:
+        envoy.stop()  # SIGTERM: Envoy exits cleanly and callgrind writes its totals
+    # The parts callgrind wrote (the file itself at exit, `<file>.N` per dump): instructions
+    # are only counted while instrumentation is on, so their sum is the measured window's.
+    parts = [p for p in workdir.iterdir() if p.name == out_file.name or p.name.startswith(out_file.name + ".")]
+    totals = [int(line.split()[1]) for p in parts for line in p.read_text().splitlines() if line.startswith("totals:")]
+    if not totals or sum(totals) == 0:
+        raise SystemExit(f"callgrind counted nothing in {[p.name for p in parts]}")
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        for part in parts:
+            shutil.copy(part, args.keep / part.name)
+    return sum(totals) / args.requests
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="bcd", help="run.py configuration keys, first = baseline (default bcd)")
+    parser.add_argument("--wasm-b", type=Path, default=None, help="adds (C)/(D): (c)/(d) with this module")
+    parser.add_argument("--requests", type=int, default=400, help="requests counted (default 400)")
+    parser.add_argument("--warmup", type=int, default=200, help="requests before counting (default 200)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="copy callgrind's output files here (for callgrind_annotate)")
+    parser.add_argument("--start-timeout", type=float, default=600, help="seconds for Envoy to start under valgrind")
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (make system-deps)")
+    if not ENVOY_BINARY.exists():
+        raise SystemExit(f"missing {ENVOY_BINARY} (make venv)")
+
+    with tempfile.TemporaryDirectory(prefix="meshgate-instructions-") as tmp:
+        workdir = Path(tmp)
+        ready = workdir / "upstream.ready"
+        upstream = run.start("upstream", [str(run.UPSTREAM), "--ready-file", str(ready)], workdir)
+        try:
+            run.wait_until("the upstream's ready file", ready.exists, 10, upstream)
+            port = json.loads(ready.read_text())["port"]
+            secret = base64.urlsafe_b64encode(os.urandom(36)).decode()
+            configs = {c.key: c for c in run.build_configs(workdir, port, secret, args.wasm_b)}
+            per_request: dict[str, float] = {}
+            for key in args.only:
+                config = configs[key]
+                if config.bootstrap is None:
+                    raise SystemExit(f"({key}) has no Envoy to count")
+                print(f"== ({key}) {config.label}", flush=True)
+                per_request[key] = counted(config, workdir, args)
+        finally:
+            upstream.stop()
+
+    base = args.only[0]
+    print(f"\nEnvoy instructions per request (callgrind, {args.requests} requests after {args.warmup} of warm-up, "
+          "one keep-alive connection)")
+    for key, n in per_request.items():
+        delta = "" if key == base else f"  ({n - per_request[base]:+,.0f} vs ({base}))"
+        print(f"({key}) {configs[key].label}: {n:,.0f}{delta}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
