@@ -27,6 +27,8 @@ use crate::mcp::{self, method, ResourceKind};
 use crate::redact::RedactionCounts;
 use crate::reject::Rejection;
 
+pub mod batch;
+
 /// Filter-state keys (single path segment: the host stores them as `wasm.<key>`).
 pub mod field {
     pub const METHOD: &str = "mcp_method";

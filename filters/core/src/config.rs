@@ -58,7 +58,7 @@ pub struct RawFilterConfig {
 }
 
 /// How the filter reports what it decided.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawObservability {
     /// Add a `consumer` label to tool-call metrics. Off by default: only turn it on when the
@@ -76,6 +76,25 @@ pub struct RawObservability {
     /// each field once, in `on_log`, for the access loggers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tracing: bool,
+    /// Write the audit fields to filter state at all (default true). Every field is a host
+    /// call and a filter-state object per exchange; the control plane turns this off when
+    /// neither an audit access log nor a tracer reads them. Metrics do not depend on it.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub audit_fields: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
+}
+
+impl Default for RawObservability {
+    fn default() -> Self {
+        Self { consumer_label: false, audit_values: Vec::new(), tracing: false, audit_fields: true }
+    }
 }
 
 impl RawObservability {
@@ -560,6 +579,8 @@ pub struct FilterConfig {
     /// Span tags read the audit fields: write them before the stream ends, not only in
     /// `on_log` ([`RawObservability::tracing`]).
     pub audit_before_stream_end: bool,
+    /// Write the audit fields to filter state at all ([`RawObservability::audit_fields`]).
+    pub audit_fields: bool,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -636,6 +657,7 @@ impl FilterConfig {
             metrics: crate::audit::MetricOptions { consumer_label: raw.observability.consumer_label },
             audit_values,
             audit_before_stream_end: raw.observability.tracing,
+            audit_fields: raw.observability.audit_fields,
         })
     }
 }

@@ -23,7 +23,8 @@
 //! in `on_log` come too late for a span), and `on_log` then rewrites only changed values.
 //! Every field is a host call that copies into Envoy, so none is written twice with the
 //! same value and empty values are not written (the access log shows `null`). Metrics are
-//! bumped once, in `on_log`, through [`metrics`].
+//! recorded once, in `on_log`, through [`metrics`]; counters reach Envoy in per-worker
+//! batches on the root context's tick (at most [`metrics::FLUSH_PERIOD`] late).
 
 // Rejections are the cold path and carry what the client is told; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
@@ -61,9 +62,18 @@ struct Root {
     tokens: Rc<RefCell<TokenCache>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        metrics::flush();
+        true
+    }
+}
 
 impl RootContext for Root {
+    fn on_tick(&mut self) {
+        metrics::flush();
+    }
+
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let compiled = RawFilterConfig::from_json(&bytes).and_then(|raw| FilterConfig::compile(&raw, &EnvSecrets));
@@ -76,6 +86,7 @@ impl RootContext for Root {
                 let gateway = Gateway::new(config);
                 self.tokens = Rc::new(RefCell::new(gateway.new_token_cache()));
                 self.gateway = Some(Rc::new(gateway));
+                self.set_tick_period(metrics::FLUSH_PERIOD);
                 true
             }
             Err(e) => {
@@ -174,11 +185,13 @@ impl Stream {
     }
 
     /// Writes the audit fields to filter state (`wasm.<key>`), for the access log and span
-    /// tags: at [`Moment::Settled`] only when tracing reads them that early. A field is
+    /// tags: never when the configuration says nothing reads them, and at
+    /// [`Moment::Settled`] only when tracing reads them that early. A field is
     /// written only when its value differs from what filter state holds (an empty value is
     /// what an unset field reads as).
     fn publish_audit(&self, moment: Moment) {
-        if moment == Moment::Settled && !self.gateway.config().audit_before_stream_end {
+        let config = self.gateway.config();
+        if !config.audit_fields || (moment == Moment::Settled && !config.audit_before_stream_end) {
             return;
         }
         let Some(record) = self.audit.as_ref() else {

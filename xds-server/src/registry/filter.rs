@@ -40,6 +40,10 @@ pub(crate) fn make_filter_config(raw: &RawRegistry, jwt: Vec<RawJwtProvider>) ->
             audit_values: raw.observability.audit_values.clone(),
             // Envoy's tracer (translate::observability) reads span tags from the audit fields.
             tracing: raw.observability.otel.is_some(),
+            // Read by the audit access log and by the tracer and OTel access log: with
+            // neither, writing them would only cost host calls.
+            audit_fields: raw.observability.otel.is_some()
+                || raw.observability.access_log.as_ref().and_then(|log| log.enabled).unwrap_or(true),
         },
     }
 }

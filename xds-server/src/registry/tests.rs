@@ -796,3 +796,14 @@ fn the_filter_writes_audit_fields_early_only_when_spans_read_them() {
         .expect("valid");
     assert!(traced.filter.observability.tracing, "span tags read the audit fields before on_log");
 }
+
+#[test]
+fn the_filter_skips_audit_fields_only_when_no_log_or_tracer_reads_them() {
+    let with = |observability: &str| {
+        Fixture::new(&format!("{MINIMAL}observability:\n{observability}")).load().expect("valid").filter.observability
+    };
+    assert!(Fixture::new(MINIMAL).load().expect("valid").filter.observability.audit_fields, "default audit log");
+    assert!(!with("  access_log: { enabled: false }\n").audit_fields, "nothing reads them");
+    assert!(with("  access_log: { enabled: false }\n  otel: { collector: '127.0.0.1:4317' }\n").audit_fields);
+    assert!(with("  access_log: { path: audit.log }\n").audit_fields);
+}

@@ -220,3 +220,19 @@ fn arguments_only_for_opted_in_tools() {
     let e = FilterConfig::compile(&bad, &EnvSecrets).unwrap_err();
     assert_eq!(e.path(), Some("observability.audit_values[0]"));
 }
+
+#[test]
+fn audit_fields_are_written_unless_the_configuration_says_nothing_reads_them() {
+    let compiled = |observability: serde_json::Value| {
+        let raw: RawFilterConfig =
+            serde_json::from_value(json!({"servers": ["crm"], "observability": observability})).unwrap();
+        (FilterConfig::compile(&raw, &EnvSecrets).unwrap().audit_fields, serde_json::to_value(&raw).unwrap())
+    };
+    let (on, raw) = compiled(json!({}));
+    assert!(on, "absent means written: a hand-written filter config keeps its audit fields");
+    assert!(raw.get("observability").is_none(), "the default is not serialized: {raw}");
+    let (off, raw) = compiled(json!({"audit_fields": false}));
+    assert!(!off);
+    assert_eq!(raw["observability"]["audit_fields"], json!(false));
+    assert!(compiled(json!({"audit_fields": true})).0);
+}
