@@ -370,20 +370,22 @@ impl HttpContext for Stream {
         let State::Forwarded(exchange) = &self.state else {
             return Action::Continue;
         };
-        let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        // One host call for every header: each host call that returns data costs a callback
+        // into the VM to allocate its buffer, about as much as copying a whole header map.
+        let headers = self.get_http_response_headers();
+        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         if let Some(record) = self.audit.as_mut() {
             record.upstream_answer(Some(status), None);
         }
-        // Only a 429 can be the ratelimit filter's refusal: no header read on other answers.
+        // Only a 429 can be the ratelimit filter's refusal.
         let ratelimited = status == 429
-            && self
-                .get_http_response_header(quota::ENVOY_RATELIMITED_HEADER)
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+            && header(quota::ENVOY_RATELIMITED_HEADER).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         if ratelimited {
-            let rule = self.get_http_response_header(quota::LIMIT_RULE_RESPONSE_HEADER);
-            let retry_after = self.get_http_response_header("retry-after");
-            let reset = self.get_http_response_header("x-ratelimit-reset");
-            let error = self.get_http_response_header(quota::LIMIT_ERROR_RESPONSE_HEADER);
+            let rule = header(quota::LIMIT_RULE_RESPONSE_HEADER);
+            let retry_after = header("retry-after");
+            let reset = header("x-ratelimit-reset");
+            let error = header(quota::LIMIT_ERROR_RESPONSE_HEADER);
             let refusal = quota::GlobalRefusal {
                 rule: rule.as_deref(),
                 retry_after: retry_after.as_deref(),
@@ -420,8 +422,7 @@ impl HttpContext for Stream {
             }
             self.publish_audit(Moment::Settled);
         }
-        // Only the headers this exchange's plan depends on: each read is a host call.
-        let plan = exchange.response_plan_from(status, &mut |name| self.get_http_response_header(name));
+        let plan = exchange.response_plan_from(status, &mut |name| header(name));
         self.response = match plan {
             ResponsePlan::PassThrough => return Action::Continue,
             ResponsePlan::Buffer => Response::Buffer,
