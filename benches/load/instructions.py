@@ -17,6 +17,11 @@ It reports instructions per request and the difference to the first configuratio
 
   .venv/bin/python benches/load/instructions.py --only bcd
   .venv/bin/python benches/load/instructions.py --only cC --wasm-b /tmp/old.wasm
+  .venv/bin/python benches/load/instructions.py --only fPH --probe P:props=10 --probe H:header=4
+
+`--probe KEY:OPS` adds the floor module (benches/wasm-floor) with the plugin configuration
+`floor-probe:OPS`, which adds that many of one host operation per request: its difference
+to (f) is the operation's cost in Envoy (the per-operation table in BENCHMARKS.md).
 
 Under valgrind Envoy runs some 50x slower and needs a minute or two to start (V8 compiles
 the module); the defaults take about 3 minutes per configuration. The counts include
@@ -78,6 +83,41 @@ def checked_requests(url: str, config: run.Config, n: int) -> None:
         conn.close()
 
 
+def split_by_object(path: Path, requests: int) -> dict[str, float]:
+    """Instructions per request by where they ran, from `callgrind_annotate`: the Envoy
+    binary (stripped: no finer split), JIT code (anonymous mappings: V8's compiled wasm and
+    call stubs), the allocator (anonymous code inside the binary's mapping, low addresses)
+    and libc."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", str(path)], capture_output=True, text=True,
+                         check=False).stdout
+    split: dict[str, float] = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+\S+?:(\S+) \[(.*)\]$", line)
+        if m is None:
+            continue
+        count, function, obj = int(m.group(1).replace(",", "")), m.group(2), m.group(3)
+        if obj == "???":
+            address = int(function, 16) if function.startswith("0x") else 0
+            where = "JIT" if address >= 1 << 32 else "allocator"
+        elif obj.endswith("/envoy"):
+            where = "Envoy binary"
+        elif "libc" in obj:
+            where = "libc"
+        else:
+            where = "other"
+        split[where] = split.get(where, 0.0) + count / requests
+    return split
+
+
+def probe_config(floor: run.Config, key: str, ops: str) -> run.Config:
+    """The floor's bootstrap with the plugin configuration `floor-probe:<ops>`."""
+    bootstrap = run.relocated(floor.bootstrap or {})
+    for f in run.hcm_of(bootstrap)["http_filters"]:
+        if f["name"] == "envoy.filters.http.wasm":
+            f["typed_config"]["config"]["configuration"]["value"] = f"floor-probe:{ops}"
+    return run.Config(key, f"floor + {ops}", bootstrap=bootstrap)
+
+
 def callgrind_control(*args: str) -> None:
     out = subprocess.run(["callgrind_control", *args], capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -123,6 +163,9 @@ def counted(config: run.Config, workdir: Path, args: argparse.Namespace) -> floa
         args.keep.mkdir(parents=True, exist_ok=True)
         for part in parts:
             shutil.copy(part, args.keep / part.name)
+    if args.split:
+        split = split_by_object(out_file, args.requests)
+        print("   (" + config.key + ") " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(split.items())), flush=True)
     return sum(totals) / args.requests
 
 
@@ -132,6 +175,12 @@ def main() -> int:
     parser.add_argument("--wasm-b", type=Path, default=None, help="adds (C)/(D): (c)/(d) with this module")
     parser.add_argument("--requests", type=int, default=400, help="requests counted (default 400)")
     parser.add_argument("--warmup", type=int, default=200, help="requests before counting (default 200)")
+    parser.add_argument("--probe", action="append", default=[], metavar="KEY:OPS",
+                        help="adds configuration KEY: the floor (f) with the probe configuration OPS, e.g. "
+                             "'P:props=10' (benches/wasm-floor); repeatable")
+    parser.add_argument("--split", action="store_true",
+                        help="also print each configuration's instructions per request by object (Envoy binary, "
+                             "JIT, allocator, libc)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="copy callgrind's output files here (for callgrind_annotate)")
     parser.add_argument("--start-timeout", type=float, default=600, help="seconds for Envoy to start under valgrind")
@@ -151,6 +200,11 @@ def main() -> int:
             port = json.loads(ready.read_text())["port"]
             secret = base64.urlsafe_b64encode(os.urandom(36)).decode()
             configs = {c.key: c for c in run.build_configs(workdir, port, secret, args.wasm_b)}
+            for spec in args.probe:
+                key, _, ops = spec.partition(":")
+                if len(key) != 1 or key in configs or not ops:
+                    raise SystemExit(f"--probe {spec!r}: want KEY:OPS with a new one-letter KEY")
+                configs[key] = probe_config(configs["f"], key, ops)
             per_request: dict[str, float] = {}
             for key in args.only:
                 config = configs[key]
