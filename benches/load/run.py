@@ -558,8 +558,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     rows += [
         "",
         f"**Latency** — closed loop at -c{mc} (near saturation for the governed configurations on 2 cores: "
-        f"queueing) and **paced** (moderate load: -c{pc}, {args.paced_pause_ms} ms pause between a connection's "
-        "requests; the p99 verdict)",
+        f"queueing) and **paced** (moderate load: -c{pc}, random pauses of mean {args.paced_pause_ms} ms between a "
+        "connection's requests; the p99 verdict)",
         "",
         f"| configuration | -c{mc} req/s | -c{mc} p50 / p99 | -c{mc} p99 added vs (b) "
         "| paced req/s | paced p50 / p99 | **paced p99 added vs (b)** |",
