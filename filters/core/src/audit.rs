@@ -384,6 +384,7 @@ impl AuditRecord {
     /// The metric updates this exchange makes. `tool_overflow`: the worker already holds
     /// its cap of distinct metric names, so tool labels collapse to [`OTHER`].
     pub fn metrics(&self, options: MetricOptions, tool_overflow: bool) -> Vec<MetricUpdate> {
+        // Every exchange builds these names: one allocation per name, no formatting machinery.
         let method = self.method.as_deref().map_or_else(|| "none".to_string(), method_label);
         let decision = self.decision.as_str();
         let server = self.server.as_deref().map_or_else(|| "none".to_string(), sanitize);
@@ -393,29 +394,45 @@ impl AuditRecord {
             _ => "none".to_string(),
         };
         let mut out = vec![
-            MetricUpdate::Counter { name: format!("{}.method.{method}.decision.{decision}", metric::REQUESTS), by: 1 },
+            MetricUpdate::Counter {
+                name: [metric::REQUESTS, ".method.", &method, ".decision.", decision].concat(),
+                by: 1,
+            },
             MetricUpdate::Histogram {
-                name: format!("{}.method.{method}", metric::DECISION_TIME_US),
+                name: [metric::DECISION_TIME_US, ".method.", &method].concat(),
                 value: self.decision_us,
             },
         ];
         if self.target_kind == Some(ResourceKind::Tool) {
-            let mut name = format!("{}.server.{server}.tool.{tool}.decision.{decision}", metric::TOOL_CALLS);
-            if options.consumer_label {
+            let name = if options.consumer_label {
                 let consumer = self.consumer.as_deref().map_or_else(|| "none".to_string(), sanitize);
-                name.push_str(&format!(".consumer.{consumer}"));
-            }
+                [
+                    metric::TOOL_CALLS,
+                    ".server.",
+                    &server,
+                    ".tool.",
+                    &tool,
+                    ".decision.",
+                    decision,
+                    ".consumer.",
+                    &consumer,
+                ]
+                .concat()
+            } else {
+                [metric::TOOL_CALLS, ".server.", &server, ".tool.", &tool, ".decision.", decision].concat()
+            };
             out.push(MetricUpdate::Counter { name, by: 1 });
         }
         for (detector, n) in self.redactions.iter() {
             out.push(MetricUpdate::Counter {
-                name: format!("{}.server.{server}.tool.{tool}.detector.{}", metric::REDACTIONS, sanitize(detector)),
+                name: [metric::REDACTIONS, ".server.", &server, ".tool.", &tool, ".detector.", &sanitize(detector)]
+                    .concat(),
                 by: n,
             });
         }
         if let Some(c) = self.upstream_error_code {
             out.push(MetricUpdate::Counter {
-                name: format!("{}.server.{server}.code.{c}", metric::UPSTREAM_ERRORS),
+                name: [metric::UPSTREAM_ERRORS, ".server.", &server, ".code.", &c.to_string()].concat(),
                 by: 1,
             });
         }
@@ -432,11 +449,13 @@ fn redactions_text(counts: &RedactionCounts) -> String {
 /// A metric label value: `[A-Za-z0-9_-]` only (anything else, `.` included, becomes `_`),
 /// at most [`MAX_LABEL_CHARS`] characters, never empty.
 pub fn sanitize(value: &str) -> String {
-    let out: String = value
-        .chars()
-        .take(MAX_LABEL_CHARS)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
-        .collect();
+    let clean = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    // Names are almost always clean already: a byte check and one copy.
+    if !value.is_empty() && value.len() <= MAX_LABEL_CHARS && value.bytes().all(clean) {
+        return value.to_string();
+    }
+    let out: String =
+        value.chars().take(MAX_LABEL_CHARS).map(|c| if c.is_ascii() && clean(c as u8) { c } else { '_' }).collect();
     if out.is_empty() {
         "_".to_string()
     } else {

@@ -236,3 +236,17 @@ fn audit_fields_are_written_unless_the_configuration_says_nothing_reads_them() {
     assert_eq!(raw["observability"]["audit_fields"], json!(false));
     assert!(compiled(json!({"audit_fields": true})).0);
 }
+
+proptest::proptest! {
+    /// The clean-name fast path answers exactly what the per-character rule does.
+    #[test]
+    fn sanitize_is_the_per_character_rule(value in "[a-z0-9_-]{0,80}|(\\PC|[a-z_.-]){0,80}") {
+        let rule: String = value
+            .chars()
+            .take(MAX_LABEL_CHARS)
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+            .collect();
+        let expected = if rule.is_empty() { "_".to_string() } else { rule };
+        proptest::prop_assert_eq!(sanitize(&value), expected);
+    }
+}
