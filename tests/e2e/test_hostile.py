@@ -8,7 +8,9 @@ neither the marker nor any new POST.
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 import httpx2
@@ -251,3 +253,50 @@ def test_body_just_under_limit_is_forwarded(gateway, docs):
     response = post(gateway.url("docs"), body, READER, modern_headers("tools/call", "search_docs"))
     assert response.status_code == 200, describe(response)
     assert docs.log.containing(canary)
+
+
+def raw_post(url: str, headers: dict[str, str], extra: bytes, body: bytes) -> tuple[int, bytes]:
+    """One HTTP/1.1 POST over a plain socket, so a header can carry bytes no HTTP client
+    library would send (obs-text: HTTP allows any byte from 0x80 up in a field value)."""
+    parsed = urllib.parse.urlsplit(url)
+    head = [f"POST {parsed.path} HTTP/1.1", f"Host: {parsed.hostname}", "Connection: close",
+            f"Content-Length: {len(body)}"] + [f"{k}: {v}" for k, v in headers.items()]
+    request = "\r\n".join(head).encode() + b"\r\n" + extra + b"\r\n" + body
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=15) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def test_non_utf8_header_bytes_neither_crash_the_filter_nor_authenticate(gateway, docs):
+    """A Latin-1 byte in a header value once made the filter's VM trap: one request turned
+    every later request on that worker into a 503. Now such a value is read leniently: an
+    unrelated header passes through, a mangled credential is refused, and the gateway keeps
+    serving."""
+    url = gateway.url("docs")
+    canary = marker()
+    body = json.dumps(modern_body("tools/call", {"name": "search_docs", "arguments": {"query": canary}})).encode()
+    headers = {**base_headers(READER), **modern_headers("tools/call", "search_docs")}
+
+    status, answer = raw_post(url, headers, b"X-Note: caf\xe9 cr\xe8me\r\n", body)
+    assert status == 200, answer[:300]
+    assert docs.log.containing(canary), "the request with a Latin-1 header did not reach the upstream"
+
+    refused_canary = marker()
+    refused_body = json.dumps(
+        modern_body("tools/call", {"name": "search_docs", "arguments": {"query": refused_canary}})).encode()
+    without_key = {k: v for k, v in headers.items() if k.lower() != "x-api-key"}
+    before = docs.log.mark()
+    status, answer = raw_post(url, without_key, b"X-Api-Key: e2e-reader-key\xe9\r\n", refused_body)
+    assert status == 401, answer[:300]
+    assert json.loads(answer)["error"]["code"] == -32001
+    assert_not_forwarded(docs, before, refused_canary)
+
+    after = marker()
+    response = post(url, modern_body("tools/call", {"name": "search_docs", "arguments": {"query": after}}), READER,
+                    modern_headers("tools/call", "search_docs"))
+    assert response.status_code == 200, describe(response)
+    assert docs.log.containing(after)

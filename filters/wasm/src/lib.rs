@@ -313,7 +313,7 @@ impl Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let headers = self.get_http_request_headers();
+        let headers = lenient(self.get_http_request_headers_bytes());
         let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
         let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers };
         let started = self.now_ns();
@@ -372,7 +372,7 @@ impl HttpContext for Stream {
         };
         // One host call for every header: each host call that returns data costs a callback
         // into the VM to allocate its buffer, about as much as copying a whole header map.
-        let headers = self.get_http_response_headers();
+        let headers = lenient(self.get_http_response_headers_bytes());
         let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         if let Some(record) = self.audit.as_mut() {
@@ -574,6 +574,21 @@ impl Stream {
             }
         }
     }
+}
+
+/// A header map as the core reads it, values decoded leniently. HTTP header values may
+/// carry any byte (obs-text such as Latin-1), and the SDK's `String` readers panic on one
+/// that is not UTF-8, which would trap and kill the worker's VM for every later request.
+/// Here such bytes become U+FFFD: the value then equals no credential, session id or
+/// routing header the core compares it with (it fails closed), and Envoy still forwards
+/// the original bytes. Names are tokens (Envoy's codecs refuse anything else).
+fn lenient(map: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
+    map.into_iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            (name, value)
+        })
+        .collect()
 }
 
 /// Charges one local counter. `Ok(None)`: admitted; `Ok(Some(secs))`: refused, retry after.
