@@ -198,12 +198,20 @@ impl Stream {
             return;
         };
         let decision_us = (self.decision_ns / 1000).to_string();
+        // Without tracing, `on_log` is the only write: nothing to compare with, nothing to keep.
+        let once = !config.audit_before_stream_end;
         let mut published = self.published.borrow_mut();
         for (key, value) in record.fields() {
-            let value = if key == audit::field::DECISION_US { decision_us.clone() } else { value };
+            let value = if key == audit::field::DECISION_US { &decision_us } else { &value };
+            if once {
+                if !value.is_empty() {
+                    self.set_property(vec![key], Some(value.as_bytes()));
+                }
+                continue;
+            }
             match published.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, old)) if *old == value => continue,
-                Some((_, old)) => *old = value.clone(),
+                Some((_, old)) if old == value => continue,
+                Some((_, old)) => old.clone_from(value),
                 None if value.is_empty() => continue,
                 None => published.push((key, value.clone())),
             }
