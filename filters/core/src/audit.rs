@@ -288,6 +288,9 @@ impl AuditRecord {
         else {
             return;
         };
+        if opted_in.is_empty() {
+            return;
+        }
         let qualified = format!("{server}/{tool}");
         if !opted_in.iter().any(|g| g.matches(&qualified)) {
             return;

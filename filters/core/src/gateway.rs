@@ -32,13 +32,17 @@ pub const STRIPPED_REQUEST_HEADERS: &[&str] = &["authorization", "x-api-key", "a
 /// rate-limit descriptors; a client must not be able to choose its counter). Only headers
 /// present in `headers` are named (each removal is a host call), lowercase, once each.
 pub fn headers_to_strip(headers: &[(String, String)]) -> Vec<String> {
+    let prefix = quota::RESERVED_HEADER_PREFIX;
     let mut names: Vec<String> = Vec::new();
     for (name, _) in headers {
-        let lower = name.to_ascii_lowercase();
-        let strip =
-            STRIPPED_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with(quota::RESERVED_HEADER_PREFIX);
-        if strip && !names.contains(&lower) {
-            names.push(lower);
+        // Compared without a lowercase copy: every request runs this over all its headers.
+        let strip = STRIPPED_REQUEST_HEADERS.iter().any(|s| name.eq_ignore_ascii_case(s))
+            || name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+        if strip {
+            let lower = name.to_ascii_lowercase();
+            if !names.contains(&lower) {
+                names.push(lower);
+            }
         }
     }
     names

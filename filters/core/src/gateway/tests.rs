@@ -521,6 +521,9 @@ fn client_sent_meshgate_headers_are_stripped() {
     let h =
         headers(&[("Authorization", "Bearer t"), ("x-api-key", "k"), ("Accept-Encoding", "gzip"), ("accept", "*/*")]);
     assert_eq!(headers_to_strip(&h), ["authorization", "x-api-key", "accept-encoding"]);
+    // Any case, each name once; names shorter than the prefix are not ours.
+    let h = headers(&[("X-MESHGATE-Z", "1"), ("x-mesh", "2"), ("Authorization", "a"), ("authorization", "b")]);
+    assert_eq!(headers_to_strip(&h), ["x-meshgate-z", "authorization"]);
 }
 
 #[test]
