@@ -10,14 +10,20 @@ use meshgate_core::config::{
     ConfigError, RawAuth, RawFilterConfig, RawJwtProvider, RawServerLimits, DEFAULT_ROUTE_PREFIX,
 };
 
+use super::observability::Observability;
 use super::raw::{RawJwtIssuer, RawRegistry};
 
 /// Claim defaults, the same as the filter's serde defaults.
 const DEFAULT_CONSUMER_CLAIM: &str = "sub";
 const DEFAULT_ROLES_CLAIM: &str = "roles";
 
-/// Builds the filter configuration. `jwt` holds the issuers with their JWKS already read.
-pub(crate) fn make_filter_config(raw: &RawRegistry, jwt: Vec<RawJwtProvider>) -> RawFilterConfig {
+/// Builds the filter configuration. `jwt` holds the issuers with their JWKS already read;
+/// `observability` is the validated section (which decides what reads the audit fields).
+pub(crate) fn make_filter_config(
+    raw: &RawRegistry,
+    jwt: Vec<RawJwtProvider>,
+    observability: &Observability,
+) -> RawFilterConfig {
     RawFilterConfig {
         // The registry does not expose the prefix: servers are always at `/mcp/<name>`.
         route_prefix: DEFAULT_ROUTE_PREFIX.to_string(),
@@ -39,11 +45,10 @@ pub(crate) fn make_filter_config(raw: &RawRegistry, jwt: Vec<RawJwtProvider>) ->
             consumer_label: raw.observability.metrics.as_ref().is_some_and(|m| m.consumer_label),
             audit_values: raw.observability.audit_values.clone(),
             // Envoy's tracer (translate::observability) reads span tags from the audit fields.
-            tracing: raw.observability.otel.is_some(),
+            tracing: observability.otel.is_some(),
             // Read by the audit access log and by the tracer and OTel access log: with
             // neither, writing them would only cost host calls.
-            audit_fields: raw.observability.otel.is_some()
-                || raw.observability.access_log.as_ref().and_then(|log| log.enabled).unwrap_or(true),
+            audit_fields: observability.access_log_path.is_some() || observability.otel.is_some(),
         },
     }
 }

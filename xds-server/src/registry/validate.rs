@@ -109,7 +109,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         let rate_limit_service =
             raw.rate_limit_service.as_ref().and_then(|r| rate_limit_service(&mut problems, r, secrets));
 
-        let filter = filter::make_filter_config(&raw, jwt);
+        let filter = filter::make_filter_config(&raw, jwt, &observability);
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
         // at something already reported, the registry's message is the clearer one.
         let global_rules = match FilterConfig::compile(&filter, secrets) {
