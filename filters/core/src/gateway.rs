@@ -48,6 +48,11 @@ pub fn headers_to_strip(headers: &[(String, String)]) -> Vec<String> {
     names
 }
 
+/// The first value of header `name` (any case) in a header list as the host presents it.
+pub fn header_value<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
 /// Paths outside the MCP routes that pass ungoverned (discovery documents only).
 const UNGOVERNED_PREFIXES: &[&str] = &["/.well-known/"];
 
@@ -63,7 +68,7 @@ impl<'a> RequestHead<'a> {
     /// The first value of header `name`, or `None`. Where a repeated header would be
     /// ambiguous the pipeline refuses it first (see [`Self::count`]).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        header_value(self.headers, name)
     }
 
     pub fn count(&self, name: &str) -> usize {

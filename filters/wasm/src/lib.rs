@@ -39,7 +39,7 @@ use std::time::UNIX_EPOCH;
 use meshgate_core::audit::{self, AuditRecord};
 use meshgate_core::config::{EnvSecrets, FilterConfig, RawFilterConfig};
 use meshgate_core::gateway::{
-    headers_to_strip, Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponsePlan,
+    header_value, headers_to_strip, Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponsePlan,
 };
 use meshgate_core::identity::TokenCache;
 use meshgate_core::jsonrpc::{code, error_body};
@@ -322,7 +322,7 @@ impl Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let headers = lenient(self.get_http_request_headers_bytes());
-        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
+        let find = |name: &str| header_value(&headers, name).unwrap_or_default();
         let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers };
         let started = self.now_ns();
         let now = started / 1_000_000_000;
@@ -381,7 +381,7 @@ impl HttpContext for Stream {
         // One host call for every header: each host call that returns data costs a callback
         // into the VM to allocate its buffer, about as much as copying a whole header map.
         let headers = lenient(self.get_http_response_headers_bytes());
-        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let header = |name: &str| header_value(&headers, name).map(str::to_string);
         let status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         if let Some(record) = self.audit.as_mut() {
             record.upstream_answer(Some(status), None);
