@@ -170,6 +170,33 @@ async fn charging_is_all_or_nothing() {
     assert_eq!(alone.verdicts[0].remaining, 7);
 }
 
+/// Redis restarts while the pool holds idle connections: the next calls are answered, each
+/// closed connection discarded unused, instead of one failed call per stale connection.
+#[tokio::test]
+async fn idle_connections_to_a_restarted_redis_are_replaced_unused() {
+    let Some(mut redis) = Redis::start() else { return };
+    let store = store(&redis);
+    let charge = Charge {
+        rule: "restart".into(),
+        limit: Limit::Window { limit: 100, period_secs: 3_600 },
+        key: "k".into(),
+        hits: 1,
+    };
+    // Concurrent calls open several connections; all go back to the pool idle.
+    let one = || store.charge(std::slice::from_ref(&charge));
+    let (a, b, c, d) = tokio::join!(one(), one(), one(), one());
+    for outcome in [a, b, c, d] {
+        assert!(outcome.unwrap().admitted);
+    }
+    redis.restart();
+    for n in 0..4u64 {
+        let outcome = store.charge(std::slice::from_ref(&charge)).await;
+        let outcome = outcome.unwrap_or_else(|e| panic!("call {n} after the restart failed: {e}"));
+        // A fresh (empty) Redis: counting starts over.
+        assert_eq!(outcome.verdicts[0].remaining, 99 - n);
+    }
+}
+
 const REGISTRY_HEAD: &str = "\
 listener: { port: 0 }
 servers:

@@ -4,7 +4,10 @@
 //! Why not the `redis` crate: its current releases need a newer Rust than the workspace's
 //! minimum, and the rate-limit service uses five commands. Reconnecting is implicit: a
 //! connection that fails (I/O error, timeout, protocol error) is dropped, and the next call
-//! opens a new one, so a restarted Redis is used again on the next request.
+//! opens a new one. An idle connection is checked before reuse: one the server has closed
+//! meanwhile (Redis restarted, or its `timeout` dropped idle clients) is discarded unused,
+//! so a restarted Redis is used again on the very next request, not after one failed call
+//! per stale connection, and no command is ever sent twice.
 //!
 //! Invariants: at most [`MAX_CONNECTIONS`] connections are open (callers beyond wait);
 //! every call is bounded by the pool's timeout (connect included); replies larger than
@@ -170,6 +173,16 @@ impl From<std::io::Error> for Fault {
 }
 
 impl Connection {
+    /// Whether an idle connection can carry the next command: the server has not closed or
+    /// reset it and sent nothing unasked (which would desynchronize replies). A peek at the
+    /// kernel's socket (non-blocking, as tokio's sockets are), not at tokio's readiness,
+    /// which is only as fresh as the last reactor turn.
+    fn is_reusable(&self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let socket = socket2::SockRef::from(self.stream.get_ref());
+        matches!(socket.peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     async fn send(&mut self, args: &[&[u8]]) -> Result<Reply, Fault> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
@@ -281,7 +294,7 @@ impl RedisPool {
                 .acquire()
                 .await
                 .map_err(|_| RedisError::Io { address: address.clone(), reason: "pool closed".to_string() })?;
-            let pooled = self.idle.lock().await.pop();
+            let pooled = self.reusable_idle().await;
             let mut connection = match pooled {
                 Some(c) => c,
                 None => self.open().await?,
@@ -297,6 +310,17 @@ impl RedisPool {
         tokio::time::timeout(self.timeout, attempt)
             .await
             .unwrap_or_else(|_| Err(RedisError::Timeout { address: address.clone(), millis: self.timeout.as_millis() }))
+    }
+
+    /// The most recently used idle connection that is still open; closed ones are dropped.
+    async fn reusable_idle(&self) -> Option<Connection> {
+        let mut idle = self.idle.lock().await;
+        while let Some(connection) = idle.pop() {
+            if connection.is_reusable() {
+                return Some(connection);
+            }
+        }
+        None
     }
 
     fn fault(&self, fault: Fault) -> RedisError {
