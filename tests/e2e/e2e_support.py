@@ -91,6 +91,20 @@ def wait_tcp(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+def wait_outside_window_edge(period: float, margin: float) -> None:
+    """Fixed quota windows are aligned to their period (from the epoch): rather than start a
+    sequence of calls that could straddle two windows, wait for the next one to begin."""
+    into = time.time() % period
+    if into > period - margin:
+        time.sleep(period - into + 0.2)
+
+
+def complete_json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a file being appended to: a last line still being written (no
+    newline yet) is left for the next read instead of failing to parse."""
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -196,7 +210,7 @@ class UpstreamLog:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return complete_json_lines(text)
 
     def mark(self) -> int:
         return len(self.entries())

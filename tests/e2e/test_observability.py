@@ -35,11 +35,13 @@ from e2e_support import (
     Upstream,
     api_key,
     bearer,
+    complete_json_lines,
     legacy_body,
     post,
     registry_yaml,
     start_gateway,
     stop_gateway,
+    wait_outside_window_edge,
 )
 from otlp_receiver import OtlpReceiver
 
@@ -113,6 +115,7 @@ def traffic(
         call("obs-bad-key", "unauthenticated", "docs", "search_docs", {"query": "x"}, api_key("not-a-key"))
         call("obs-redacted", "redacted", "docs", "get_doc", {"id": "support"}, ADMIN)
         call("obs-blocked", "blocked", "crm", "update_customer", {"id": "c-001", "email": CARD}, ADMIN)
+        wait_outside_window_edge(3600, margin=10)  # `reindex` is 1/h: both calls in one window
         call("obs-quota-1", "allowed", "docs", "admin_reindex", {}, ADMIN)
         call("obs-quota-2", "rate_limited", "docs", "admin_reindex", {}, ADMIN)
         # A method the server does not implement: it answers with a JSON-RPC error.
@@ -166,7 +169,7 @@ def sample(samples: dict, name: str, **labels: str) -> float | None:
 
 def audit_lines(gw: Gateway) -> list[dict[str, Any]]:
     path = gw.workdir / "audit.log"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return complete_json_lines(path.read_text()) if path.exists() else []
 
 
 def rid_key(request_id: str | None) -> str | None:

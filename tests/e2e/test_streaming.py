@@ -15,7 +15,7 @@ from e2e_support import api_key, legacy_session, modern_client
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.streaming]
 
 STEPS = 4
-DELAY = 0.75  # seconds per step: the call takes ~3 s
+DELAY = 1.0  # seconds per step: the call takes ~4 s; a 1 s stall still passes
 
 
 @pytest.mark.parametrize("era", ["legacy-2025-11-25", "modern-2026-07-28"])

@@ -69,6 +69,9 @@ def test_serves_the_registry_with_catalog_and_metadata(xds):
     plane: ControlPlane = xds.plane
     envoy: EnvoyNode = xds.envoy
     assert docs_search_ok(envoy)
+    # Envoy serves a config before meshgate has necessarily read its ACK: poll for the ACKs.
+    wait_for("Envoy's ACKs reach /status",
+             lambda: set(plane.status()["nodes"][envoy.node_id]["acked"]) >= {"clusters", "listeners", "routes", "extension_configs"})
     status = plane.status()
     node = status["nodes"][envoy.node_id]
     assert node["streams"] == 1 and node["api"] == xds.api, status
@@ -97,10 +100,11 @@ def test_add_and_remove_a_server_while_traffic_flows(xds, crm):
     with_crm = dataclasses.replace(xds.base, servers={**xds.base.servers, "crm": crm.url})
     with Traffic(envoy.url("docs"), "search_docs", {"query": "envoy"}) as traffic:
         write_registry(xds.registry, with_crm.render())
-        added = wait_for("the new /mcp/crm route answers", lambda: crm_call().status_code == 200)
+        added = wait_for("the new /mcp/crm route answers", lambda: crm_call().status_code == 200, within=CONVERGE_WITHIN)
         assert "Grace Hopper" in crm_call().text
         write_registry(xds.registry, xds.base.render())
-        removed = wait_for("the removed /mcp/crm route is gone", lambda: crm_call().status_code == 404)
+        removed = wait_for("the removed /mcp/crm route is gone", lambda: crm_call().status_code == 404,
+                           within=CONVERGE_WITHIN)
         time.sleep(0.3)  # a little traffic after the removal too
     assert traffic.ok > 0, "no background traffic completed"
     assert not traffic.failures, f"traffic to docs failed during the changes: {traffic.failures[:5]}"
@@ -265,7 +269,12 @@ def test_two_envoys_converge(xds):
                      lambda envoy=envoy: call(envoy.url("docs"), "get_doc", arguments={"id": "policy"}).status_code == 403)
         nodes = plane.status()["nodes"]
         assert nodes[xds.envoy.node_id]["streams"] == 1 and nodes[second.node_id]["streams"] == 1, nodes
-        versions = {node: nodes[node]["acked"].get("extension_configs") for node in (xds.envoy.node_id, second.node_id)}
-        assert len(set(versions.values())) == 1, versions
+
+        # Envoy may apply a config before meshgate has read its ACK: poll for the same version.
+        def same_filter_version() -> bool:
+            nodes = plane.status()["nodes"]
+            return len({nodes[node]["acked"].get("extension_configs") for node in (xds.envoy.node_id, second.node_id)}) == 1
+
+        wait_for("both Envoys ACK the same filter version", same_filter_version)
     finally:
         stop_quietly(second.proc)
