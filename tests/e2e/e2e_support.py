@@ -17,12 +17,16 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx2
 import jwt
 import pytest
@@ -582,6 +586,34 @@ def post(
     merged = base_headers(credentials)
     merged.update(headers or {})
     return httpx2.post(url, content=content, headers=merged, timeout=timeout)
+
+
+def h2c_post(url: str, headers: dict[str, str], body: bytes, trailers: list[tuple[str, str]]) -> tuple[int, bytes]:
+    """One HTTP/2 POST with prior knowledge (h2c) whose body is followed by trailers: the
+    request then ends with a trailers frame, not with the last body chunk."""
+    parsed = urllib.parse.urlsplit(url)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    status, answer, done = 0, b"", False
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=15) as s:
+        stream = conn.get_next_available_stream_id()
+        request = [(":method", "POST"), (":scheme", "http"), (":authority", parsed.netloc), (":path", parsed.path)]
+        conn.send_headers(stream, request + [(k.lower(), v) for k, v in headers.items()])
+        conn.send_data(stream, body)
+        conn.send_headers(stream, trailers, end_stream=True)
+        s.sendall(conn.data_to_send())
+        while not done and (chunk := s.recv(65536)):
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    answer += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    done = True
+            s.sendall(conn.data_to_send())
+    return status, answer
+
 
 
 def gzip(data: bytes) -> bytes:

@@ -25,6 +25,7 @@ from e2e_support import (
     base_headers,
     describe,
     gzip,
+    h2c_post,
     jsonrpc_error,
     marker,
     modern_body,
@@ -300,3 +301,25 @@ def test_non_utf8_header_bytes_neither_crash_the_filter_nor_authenticate(gateway
                     modern_headers("tools/call", "search_docs"))
     assert response.status_code == 200, describe(response)
     assert docs.log.containing(after)
+
+
+def test_request_trailers_do_not_skip_the_body_decision(gateway, crm):
+    """With trailers, Envoy ends the request with the trailers callback, not with a last
+    body chunk: the filter must still decide on the whole body before anything is sent."""
+    headers = {**base_headers(READER), **modern_headers("tools/call", "delete_customer")}
+    trailers = [("x-checksum", "0")]
+    denied = marker()
+    before = crm.log.mark()
+    body = json.dumps(modern_body("tools/call", {"name": "delete_customer", "arguments": {"id": denied}})).encode()
+    status, answer = h2c_post(gateway.url("crm"), headers, body, trailers)
+    assert status == 403, answer[:300]
+    assert json.loads(answer)["error"]["code"] == -32003, answer[:300]
+    assert_not_forwarded(crm, before, denied)
+
+    # The same shape, allowed: decided on the body read at the trailers, then forwarded.
+    allowed = marker()
+    headers = {**base_headers(READER), **modern_headers("tools/call", "get_customer")}
+    body = json.dumps(modern_body("tools/call", {"name": "get_customer", "arguments": {"id": allowed}})).encode()
+    status, answer = h2c_post(gateway.url("crm"), headers, body, trailers)
+    assert status == 200, answer[:300]
+    assert crm.log.containing(allowed), "the allowed request with trailers did not reach the upstream"

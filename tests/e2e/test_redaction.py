@@ -19,11 +19,15 @@ from e2e_support import (
     Keys,
     Upstream,
     api_key,
+    base_headers,
+    h2c_post,
     jsonrpc_error,
     legacy_body,
     legacy_session,
     marker,
+    modern_body,
     modern_client,
+    modern_headers,
     post,
     registry_yaml,
     start_gateway,
@@ -42,6 +46,10 @@ redaction:
   - match: { tools: ["crm/update_*"] }
     detectors: [credit_card]
     mode: block
+    direction: request
+  - match: { tools: ["docs/search_*"] }
+    detectors: [email]
+    mode: mask
     direction: request
 """
 
@@ -107,3 +115,22 @@ def test_blocked_argument_never_reaches_the_upstream(redacting_gateway, crm):
     ok = post(redacting_gateway.url("crm"), legacy_body("tools/call", {"name": "update_customer", "arguments": {"id": "c-001", "tier": "gold"}}, id=42), ADMIN)
     assert ok.status_code in (200, 400, 404), ok.text  # stateful server may want a session; it was forwarded
     assert crm.log.calls(mark, "tools/call", "update_customer"), "the allowed call was not forwarded"
+
+
+@pytest.mark.parametrize("transport", ["http1", "h2c-with-trailers"])
+def test_request_arguments_are_masked_before_the_upstream(transport, redacting_gateway, docs):
+    """A `direction: request` mask rewrites the arguments the upstream receives; with
+    trailers the rewrite happens when the trailers end the request."""
+    canary = marker()
+    body = modern_body("tools/call", {"name": "search_docs", "arguments": {"query": f"{canary} ada@example.org"}})
+    headers = {**base_headers(ADMIN), **modern_headers("tools/call", "search_docs")}
+    if transport == "http1":
+        response = post(redacting_gateway.url("docs"), body, ADMIN, modern_headers("tools/call", "search_docs"))
+        status = response.status_code
+    else:
+        status, _ = h2c_post(redacting_gateway.url("docs"), headers, json.dumps(body).encode(), [("x-checksum", "0")])
+    assert status == 200
+    seen = docs.log.containing(canary)
+    assert seen, "the call did not reach the upstream"
+    text = json.dumps(seen)
+    assert "ada@example.org" not in text and "[EMAIL]" in text, text

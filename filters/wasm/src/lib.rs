@@ -123,8 +123,10 @@ enum State {
     Headers,
     /// Not governed (discovery documents) or already answered locally.
     Done,
-    /// Waiting for the whole POST body.
-    AwaitingBody(PendingRequest),
+    /// Waiting for the whole POST body; `buffered` is how much of it Envoy holds so far.
+    /// The request ends with its last body chunk, or with trailers (HTTP/2, or HTTP/1.1
+    /// chunked with trailers enabled): both end here, in [`Stream::decide_body`].
+    AwaitingBody { pending: PendingRequest, buffered: usize },
     /// Let through; its response may need work.
     Forwarded(Exchange),
 }
@@ -353,14 +355,14 @@ impl HttpContext for Stream {
                     // A POST without a body: decide now (it is refused as unparsable).
                     return self.decide_body(&pending, 0);
                 }
-                self.state = State::AwaitingBody(pending);
+                self.state = State::AwaitingBody { pending, buffered: 0 };
                 Action::Pause
             }
         }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let State::AwaitingBody(pending) = &self.state else {
+        let State::AwaitingBody { pending, buffered } = &mut self.state else {
             return Action::Continue;
         };
         if let Some(r) = self.gateway.request_too_large(pending, body_size as u64) {
@@ -368,10 +370,21 @@ impl HttpContext for Stream {
             return self.reject(&r);
         }
         if !end_of_stream {
+            *buffered = body_size;
             return Action::Pause;
         }
         let pending = pending.clone();
         self.decide_body(&pending, body_size)
+    }
+
+    /// Trailers end the request: no body callback with `end_of_stream` follows, and
+    /// continuing here would send the buffered body upstream undecided. Decide on it now.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let State::AwaitingBody { pending, buffered } = &self.state else {
+            return Action::Continue;
+        };
+        let (pending, buffered) = (pending.clone(), *buffered);
+        self.decide_body(&pending, buffered)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
