@@ -15,6 +15,8 @@ every request this server receives (see upstream.py).
 from __future__ import annotations
 
 import sys
+import uuid
+from collections import deque
 from pathlib import Path
 
 import anyio
@@ -23,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mcp.server.mcpserver import Context, MCPServer  # noqa: E402
 from mcp.server.mcpserver.exceptions import ToolError  # noqa: E402
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore  # noqa: E402
+from mcp.types import JSONRPCMessage  # noqa: E402
 
 from upstream import parse_args, serve  # noqa: E402
 
@@ -108,10 +112,46 @@ def summarize_customer(id: str) -> str:
     return f"Summarize this customer for an account review: {customer}"
 
 
+class MemoryEventStore(EventStore):
+    """Resumability (`--resumable`): the last `per_stream` events of each SSE stream, so a
+    client can reconnect with `Last-Event-ID`. With a store the SDK primes every stream with
+    an event that has an id and empty data."""
+
+    def __init__(self, per_stream: int = 256) -> None:
+        self.per_stream = per_stream
+        self.streams: dict[str, deque[tuple[str, JSONRPCMessage | None]]] = {}
+        self.stream_of: dict[str, str] = {}
+
+    async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
+        events = self.streams.setdefault(stream_id, deque())
+        if len(events) == self.per_stream:
+            self.stream_of.pop(events.popleft()[0], None)
+        event_id = uuid.uuid4().hex
+        events.append((event_id, message))
+        self.stream_of[event_id] = stream_id
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        stream_id = self.stream_of.get(last_event_id)
+        if stream_id is None:
+            return None
+        after = False
+        for event_id, message in list(self.streams.get(stream_id, ())):
+            if after and message is not None:
+                await send_callback(EventMessage(message, event_id))
+            after = after or event_id == last_event_id
+        return stream_id
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], default_port=9101)
+    args = parse_args(__doc__.splitlines()[0], default_port=9101, resumable=True)
     # Stateful (session ids) with the SDK's default SSE replies.
-    app = mcp.streamable_http_app(stateless_http=False, json_response=False, host=args.host)
+    app = mcp.streamable_http_app(
+        stateless_http=False,
+        json_response=False,
+        host=args.host,
+        event_store=MemoryEventStore() if args.resumable else None,
+    )
     serve(app, "crm", args)
 
 

@@ -147,7 +147,7 @@ class RequestLogMiddleware:
         await self.app(scope, replay, send)
 
 
-def parse_args(description: str, default_port: int) -> argparse.Namespace:
+def parse_args(description: str, default_port: int, resumable: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument(
@@ -155,6 +155,9 @@ def parse_args(description: str, default_port: int) -> argparse.Namespace:
     )
     parser.add_argument("--port-file", help="write the bound port here once listening (useful with --port 0)")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level (default: warning)")
+    if resumable:
+        parser.add_argument("--resumable", action="store_true",
+                            help="keep recent SSE events in memory so clients can resume (Last-Event-ID)")
     return parser.parse_args()
 
 

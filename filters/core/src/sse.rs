@@ -70,7 +70,9 @@ impl SseFramer {
 }
 
 /// The `data` of one raw event: every `data` field's value joined with `\n`, or `None` when
-/// the event carries no data field.
+/// the event carries no data, no field or only empty ones. An event with empty data is not
+/// a message: browsers do not dispatch it, and MCP servers send one (`id: …` + `data: `) to
+/// prime a stream for resumption. It passes through untouched.
 pub fn event_data(raw: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(raw);
     let mut data: Option<String> = None;
@@ -86,7 +88,7 @@ pub fn event_data(raw: &[u8]) -> Option<String> {
             }
         }
     }
-    data
+    data.filter(|d| !d.is_empty())
 }
 
 /// Rebuilds `raw` with its data fields replaced by `new_data` (one `data:` line per line),
@@ -228,6 +230,9 @@ mod tests {
     fn event_data_joins_lines() {
         assert_eq!(event_data(b"id: 1\ndata: a\ndata:b\n\n").as_deref(), Some("a\nb"));
         assert_eq!(event_data(b": comment\n\n"), None);
+        // A resumption priming event carries an id and empty data: not a message.
+        assert_eq!(event_data(b"id: ev-1\r\ndata: \r\n\r\n"), None);
+        assert_eq!(event_data(b"data:\n\n"), None);
     }
 
     #[test]

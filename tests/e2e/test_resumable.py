@@ -1,0 +1,89 @@
+"""An upstream with resumability on (the SDK's event store): every SSE stream starts with a
+priming event, an `id` and empty data, before the JSON-RPC messages.
+
+The gateway must pass that event through untouched (it is not a message) and still filter
+the list reply and redact results that follow it, for both protocol eras.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from e2e_support import (
+    HS_SECRET_ENV,
+    Gateway,
+    Keys,
+    Upstream,
+    api_key,
+    base_headers,
+    legacy_body,
+    legacy_handshake,
+    legacy_headers,
+    legacy_session,
+    modern_client,
+    registry_yaml,
+    start_gateway,
+    start_upstream,
+    stop_gateway,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+READER = api_key("e2e-reader-key")
+REDACTION = """
+redaction:
+  - match: { tools: ["crm/*"] }
+    detectors: [email]
+    mode: mask
+"""
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream]) -> Iterator[Gateway]:
+    workdir: Path = tmp_path_factory.mktemp("resumable")
+    crm = start_upstream("crm-resumable", "crm_server.py", workdir, ["--resumable"])
+    try:
+        (workdir / "jwks.json").write_text(json.dumps(keys.jwks()))
+        registry = workdir / "registry.yaml"
+        registry.write_text(registry_yaml(crm.url, upstreams["docs"].url) + REDACTION)
+        gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret})
+        try:
+            yield gw
+        finally:
+            stop_gateway(gw)
+    finally:
+        crm.proc.stop()
+
+
+def test_the_priming_event_passes_and_the_list_is_filtered(resumable):
+    url = resumable.url("crm")
+    session = legacy_handshake(url, READER)
+    headers = {**base_headers(READER), **legacy_headers(session)}
+    response = httpx2.post(url, json=legacy_body("tools/list", id=7), headers=headers, timeout=15)
+    assert response.status_code == 200, response.text
+    events = [e for e in response.text.replace("\r\n", "\n").split("\n\n") if e.strip()]
+    # The upstream really primes the stream: an event with an id and nothing but empty data.
+    first = dict(line.split(":", 1) for line in events[0].split("\n") if ":" in line)
+    assert "id" in first and first.get("data", "").strip() == "", events
+    messages = [json.loads(line[5:]) for e in events[1:] for line in e.split("\n") if line.startswith("data:")]
+    reply = next(m for m in messages if m.get("id") == 7)
+    names = {tool["name"] for tool in reply["result"]["tools"]}
+    assert "get_customer" in names and "delete_customer" not in names, names
+
+
+@pytest.mark.parametrize("era", ["legacy-2025-11-25", "modern-2026-07-28"])
+async def test_sdk_clients_list_and_call_through_a_resumable_upstream(era, resumable):
+    connect = legacy_session if era.startswith("legacy") else modern_client
+    async with connect(resumable.url("crm"), READER) as client:
+        listed = await client.list_tools()
+        names = {tool.name for tool in listed.tools}
+        assert "get_customer" in names and "delete_customer" not in names, names
+        result = await client.call_tool("get_customer", {"id": "c-002"})
+    text = "\n".join(getattr(block, "text", "") for block in result.content)
+    assert not result.is_error and "Grace Hopper" in text, text
+    assert "[EMAIL]" in text and "@" not in text, text
