@@ -56,11 +56,13 @@ impl RedisAddress {
     pub fn parse(url: &str) -> Result<RedisAddress, RedisUrlError> {
         let rest = url.strip_prefix("redis://").ok_or_else(|| RedisUrlError::Scheme { url: redact_url(url) })?;
         let shown = || redact_url(url);
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((user, host)) => (Some(user), host),
-            None => (None, authority),
+        // Credentials end at the last '@' (a generated password may hold '/' or '@'); the
+        // path (the database) starts at the first '/' after them.
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((user, rest)) => (Some(user), rest),
+            None => (None, rest),
         };
+        let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (username, password) = match userinfo {
             None => (None, None),
             Some(info) => match info.split_once(':') {
@@ -107,14 +109,14 @@ impl RedisAddress {
     }
 }
 
-/// The URL without its password, for messages.
+/// The URL without its credentials, for messages: everything before the last '@' after the
+/// scheme (or before the last '@' at all, when the scheme is missing or mistyped).
 fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(start), Some(at)) if at > start => {
-            format!("{}[redacted]@{}", &url[..start + 3], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let scheme_end = url.find("://").map(|i| i + 3).filter(|end| *end <= at).unwrap_or(0);
+    format!("{}[redacted]@{}", &url[..scheme_end], &url[at + 1..])
 }
 
 /// Shows `redis://host:port/db`, never the password.
@@ -385,6 +387,10 @@ mod tests {
         assert_eq!(a.username.as_deref(), Some("app"));
         assert_eq!(a.to_string(), "redis://[::1]:7000/1");
         assert!(!format!("{a:?}").contains("pw"));
+        // Generated passwords may hold '/' or '@': the credentials end at the last '@'.
+        let a = RedisAddress::parse("redis://app:s3cr/et@x@cache:6380/3").unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.db), ("cache", 6380, 3));
+        assert_eq!((a.username.as_deref(), a.password.as_ref().map(|p| p.expose())), (Some("app"), Some("s3cr/et@x")));
     }
 
     #[test]
@@ -394,6 +400,10 @@ mod tests {
             ("redis://:pw@:1", "no host"),
             ("redis://:pw@h:99999", "99999"),
             ("redis://:pw@h:1/x", "\"x\""),
+            ("redis://app:pw/pw@h:99999/0", "99999"),
+            (":pw@cache:6379", "redis://"),
+            ("redis:/:pw@cache:6379", "redis://"),
+            ("rediss://u:pw@cache:6379", "redis://"),
         ] {
             let e = RedisAddress::parse(url).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
