@@ -70,6 +70,15 @@ CASES: dict[str, Case] = {
     "jsonrpc-id-is-object": Case('{"jsonrpc":"2.0","id":{"x":"MARK"},"method":"tools/list"}', {400}, {INVALID_REQUEST}),
     "jsonrpc-top-level-string": Case('"MARK"', {400}, {INVALID_REQUEST}),
     "jsonrpc-params-not-structured": Case('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"MARK"}', {400}, {INVALID_REQUEST}),
+    # --- governed methods without an id (a notification) cannot be authorized: refused
+    "notification-tools-call": Case(
+        '{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_customer","arguments":{"id":"MARK"}}}',
+        {400},
+        {INVALID_REQUEST},
+    ),
+    "notification-resources-read": Case(
+        '{"jsonrpc":"2.0","method":"resources/read","params":{"uri":"crm://customers/MARK"}}', {400}, {INVALID_REQUEST}
+    ),
     # --- batches are rejected outright
     "batch-array": Case(
         '[{"jsonrpc":"2.0","id":1,"method":"tools/list"},'

@@ -160,6 +160,10 @@ pub enum MessageError {
     BadResponse,
     #[error("{method} requires a string params.{key}")]
     MissingName { method: String, key: &'static str },
+    /// A governed method without an id: it could not be authorized by target nor answered,
+    /// and an upstream that dispatches on the method alone would run it.
+    #[error("{method} must be a request with an \"id\", not a notification")]
+    GovernedNotification { method: String },
 }
 
 impl MessageError {
@@ -327,6 +331,9 @@ fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), 
                 Some(_) => return Err(MessageError::ParamsNotStructured),
             }
             match id {
+                None if ResourceKind::of_method(&method).is_some() => {
+                    return Err(MessageError::GovernedNotification { method: method.into_owned() })
+                }
                 None => Message::Notification { method: method.into_owned() },
                 Some(id) => {
                     let target = match ResourceKind::of_method(&method) {
@@ -413,6 +420,12 @@ mod tests {
         assert_eq!(classify(&json!({"jsonrpc":"2.0","id":5,"result":{}})), Ok(Message::Response { id: json!(5) }));
         assert_eq!(classify(&json!({"jsonrpc":"2.0","id":5,"result":{},"error":{}})), Err(MessageError::BadResponse));
         assert_eq!(classify(&json!({"jsonrpc":"2.0","result":{}})), Err(MessageError::BadResponse));
+        // Governed methods are requests only: without an id they cannot be authorized.
+        for method in ["tools/call", "resources/read", "prompts/get"] {
+            let m = classify(&json!({"jsonrpc":"2.0","method":method,"params":{"name":"x","uri":"y"}}));
+            assert_eq!(m, Err(MessageError::GovernedNotification { method: method.into() }));
+            assert_eq!(MessageError::GovernedNotification { method: method.into() }.code(), code::INVALID_REQUEST);
+        }
     }
 
     #[test]
