@@ -571,7 +571,10 @@ impl Stream {
                 }
                 // An event still growing past the limit is never sent: the stream ends with
                 // an error for the request, and the rest of the upstream's bytes are dropped.
-                let overflow = exchange.response_limit.filter(|l| rewriter.pending_len() as u64 > *l);
+                // Streams without a request (GET) are bounded by the default limit: the VM
+                // never holds an unbounded event.
+                let limit = exchange.response_limit.unwrap_or_else(|| self.gateway.max_response_bytes());
+                let overflow = Some(limit).filter(|l| rewriter.pending_len() as u64 > *l);
                 if let Some(limit) = overflow {
                     out.extend(exchange.oversized_sse_event(limit));
                     self.set_http_response_body(0, body_size, &out);
