@@ -132,10 +132,12 @@ impl Fingerprinter {
     }
 }
 
-/// Reloads on every settled change until `shutdown` turns true.
-pub async fn watch(loader: Loader, mut shutdown: watch::Receiver<bool>) {
+/// Reloads on every settled change until `shutdown` turns true. `loaded_from` is the
+/// [`fingerprint`] taken before the load already done, so that nothing changed since that
+/// load is missed however late this task starts.
+pub async fn watch(loader: Loader, loaded_from: Option<[u8; 32]>, mut shutdown: watch::Receiver<bool>) {
     let mut fingerprinter = Fingerprinter::default();
-    let mut last = fingerprinter.fingerprint(&loader.file);
+    let mut last = loaded_from;
     let mut missing_reported = false;
     loop {
         tokio::select! {
@@ -154,6 +156,8 @@ pub async fn watch(loader: Loader, mut shutdown: watch::Receiver<bool>) {
             tokio::time::sleep(SETTLE_DELAY).await;
             if fingerprinter.fingerprint(&loader.file).is_none() && !missing_reported {
                 missing_reported = true;
+                // Whatever comes back, even the same content, is loaded: that clears the error.
+                last = None;
                 tracing::warn!(file = %loader.file.display(), "registry file is gone; still serving the last good snapshot");
                 loader.control.record_error_lines(vec![format!(
                     "{}: cannot read registry: the file is gone",
@@ -231,6 +235,42 @@ mod tests {
         let fixed = loader.load().expect("valid");
         assert_ne!(fixed.version, first.version);
         assert!(loader.control.last_error().is_none(), "cleared by a good load");
+    }
+
+    /// A registry file removed and put back unchanged (a config tool recreating it): the
+    /// "file is gone" error is cleared once it is back, and reported again if it goes again.
+    #[tokio::test]
+    async fn a_file_put_back_unchanged_clears_the_gone_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let loader = loader(dir.path());
+        std::fs::write(&loader.file, GOOD).expect("write");
+        let loaded_from = fingerprint(&loader.file);
+        loader.load().expect("valid");
+        let control = loader.control.clone();
+        let (stop, shutdown) = watch::channel(false);
+        // The file goes away before the watcher first runs: still seen.
+        let task = tokio::spawn(watch(loader.clone(), loaded_from, shutdown));
+        let gone = |control: &ControlPlane| {
+            control.last_error().is_some_and(|e| e.errors.iter().any(|l| l.contains("the file is gone")))
+        };
+        // Polls (every 50 ms, up to 5 s) until `done` holds.
+        async fn until(done: impl Fn() -> bool) -> bool {
+            for _ in 0..100 {
+                if done() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            done()
+        }
+        for round in 0..2 {
+            std::fs::rename(&loader.file, dir.path().join("aside.yaml")).expect("move away");
+            assert!(until(|| gone(&control)).await, "round {round}: the missing file is reported");
+            std::fs::rename(dir.path().join("aside.yaml"), &loader.file).expect("move back");
+            assert!(until(|| control.last_error().is_none()).await, "round {round}: cleared once the file is back");
+        }
+        stop.send(true).expect("stop");
+        task.await.expect("watcher ends");
     }
 
     #[test]

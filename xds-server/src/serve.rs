@@ -139,6 +139,8 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
     let control = ControlPlane::new();
     let loader =
         Loader { file: options.registry.clone(), options: options.wasm.translate_options()?, control: control.clone() };
+    // Taken before the first load: an edit made while it runs is picked up by the watcher.
+    let loaded_from = reload::fingerprint(&loader.file);
     let loaded = loader.load()?;
 
     let xds_listener = bind(options.xds_listen, "xDS").await?;
@@ -184,7 +186,7 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
         }
     }));
 
-    tasks.push(tokio::spawn(reload::watch(loader, shutdown.subscribe())));
+    tasks.push(tokio::spawn(reload::watch(loader, loaded_from, shutdown.subscribe())));
 
     tracing::info!(
         %xds,
