@@ -354,21 +354,30 @@ async fn first_nack(control: &ControlPlane, node: &str) -> crate::control::Nack 
     }
 }
 
-/// SIGINT or SIGTERM, whichever comes first.
+/// SIGINT, SIGTERM or SIGHUP, whichever comes first: each stops meshgate cleanly (and its
+/// Envoy with it). SIGHUP is the terminal or SSH session closing; left to its default action
+/// it would kill meshgate without cleanup, and Envoy, which ignores SIGHUP, would stay
+/// behind holding the ports.
 pub struct Signals {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
 }
 
 impl Signals {
     pub fn new() -> std::io::Result<Signals> {
-        Ok(Signals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
     }
 
     pub async fn next(&mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
         }
     }
 }

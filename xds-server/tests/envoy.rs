@@ -233,8 +233,40 @@ fn pid_alive(pid: i32) -> bool {
 }
 
 fn terminate(pid: u32) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
+    send(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+fn send(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), signal).unwrap();
+}
+
+/// The terminal or SSH session running `up` closes (SIGHUP): meshgate stops its Envoy (which
+/// ignores SIGHUP itself) instead of dying and leaving it behind on the ports.
+#[test]
+fn up_stops_its_envoy_on_sighup() {
+    let Some(envoy) = envoy_or_skip("up_stops_its_envoy_on_sighup") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = write(dir.path(), "minimal.wasm", minimal_proxy_wasm());
+    let registry = write(
+        dir.path(),
+        "registry.yaml",
+        "listener: { port: 0 }\nadmin: { port: 0 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9/mcp' }\n\
+         envoy: { concurrency: 1 }\n",
+    );
+    let mut up = Up::start(&envoy, dir.path(), &registry, &wasm);
+    let ready = up.wait_ready();
+    let envoy_pid = i32::try_from(ready["envoy_pid"].as_u64().unwrap()).unwrap();
+    assert!(pid_alive(envoy_pid));
+    send(up.child.id(), nix::sys::signal::Signal::SIGHUP);
+    let status = up.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", up.output());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(envoy_pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!pid_alive(envoy_pid), "envoy outlived meshgate after SIGHUP");
 }
 
 #[test]
