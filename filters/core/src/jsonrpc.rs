@@ -95,7 +95,9 @@ fn classify(e: serde_json::Error) -> ParseError {
     match msg.find(DUPLICATE_MARKER) {
         Some(start) => {
             let rest = &msg[start + DUPLICATE_MARKER.len()..];
-            let key = rest.split('\u{0}').next().unwrap_or_default().to_string();
+            // The key is the caller's text: shown escaped and cut short (128 chars) in the
+            // error body, the audit reason and the log.
+            let key = crate::reject::printable(rest.split('\u{0}').next().unwrap_or_default());
             ParseError::DuplicateKey { key }
         }
         None => ParseError::Malformed { detail: msg },
@@ -201,6 +203,12 @@ mod tests {
         assert_eq!(
             parse_strict(br#"{"params":{"name":"ok","name":"delete"}}"#),
             Err(ParseError::DuplicateKey { key: "name".into() })
+        );
+        let long = "k".repeat(10_000);
+        let body = format!(r#"{{"{long}":1,"{long}":2}}"#);
+        assert_eq!(
+            parse_strict(body.as_bytes()),
+            Err(ParseError::DuplicateKey { key: format!("{}…", "k".repeat(128)) })
         );
     }
 
