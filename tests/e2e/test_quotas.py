@@ -360,3 +360,63 @@ async def test_sdk_client_sees_the_rate_limit_error(qgw, quota_upstreams):
     assert excinfo.value.error.code == RATE_LIMITED, repr(excinfo.value.error)
     assert '"sdk"' in excinfo.value.error.message and "retry in" in excinfo.value.error.message
 
+
+
+# --------------------------------------------------------------------------- bounded counters
+
+CAPPED_REGISTRY = """\
+listener: {{ address: 127.0.0.1, port: 0 }}
+admin: {{ port: 0 }}
+servers:
+  - name: tools
+    url: {url}
+auth:
+  api_keys:
+{keys}
+policy:
+  roles:
+    user: {{ allow: ["tools/*"] }}
+limits:
+  max_local_counters: 2
+quotas:
+  - name: per-tool
+    match: {{ tools: ["tools/*"] }}
+    quota: 1/h
+    key: consumer_tool
+envoy: {{ concurrency: 2, log_level: warn }}
+"""
+
+
+@pytest.fixture(scope="module")
+def capped_gw(tmp_path_factory: pytest.TempPathFactory, quota_upstreams: dict[str, Upstream]):
+    workdir = tmp_path_factory.mktemp("capped-gateway")
+    path = workdir / "registry.yaml"
+    keys = "\n".join(api_key_yaml(k, k, ["user"]) for k in ["capped-a", "capped-b"])
+    path.write_text(CAPPED_REGISTRY.format(url=quota_upstreams["json"].url, keys=keys))
+    gw = start_gateway(path, workdir)
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)
+
+
+def test_counters_are_bounded_and_new_keys_share_the_overflow(capped_gw):
+    """Tool names are the caller's text: each new one would be a shared-data key Envoy never
+    frees. Past `limits.max_local_counters`, new keys share their rule's overflow counter
+    (fail closed), while counters that exist keep counting on their own."""
+    url = capped_gw.url("tools")
+    wait_outside_window_edge(3600, margin=10)
+
+    def status(key: str, tool: str, id: int) -> int:
+        return post(url, call_body(tool, id=id), api_key(key)).status_code
+
+    # Two counters fill the cap; each admits its one call per hour.
+    assert status("capped-a", "echo_args", 1) == 200
+    assert status("capped-a", "hit", 2) == 200
+    # New keys (a long random-looking name too) go to the one overflow counter: the first
+    # is admitted, the next refused, whoever asks.
+    assert status("capped-a", "get_" + "z" * 5000, 3) == 200
+    refused = post(url, call_body("another_new_tool", id=4), api_key("capped-b"))
+    assert assert_rate_limited(refused, 4, "per-tool") >= 1
+    # The existing counters still refuse on their own count, not the overflow's.
+    assert_rate_limited(post(url, call_body("echo_args", id=5), api_key("capped-a")), 5, "per-tool")

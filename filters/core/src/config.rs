@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024;
 /// Default cap on a JSON response body the filter buffers to filter (8 MiB).
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+/// Default `limits.max_local_counters`: at about 200 bytes each, 20 MB of shared data.
+pub const DEFAULT_MAX_LOCAL_COUNTERS: u64 = 100_000;
 /// Default clock skew tolerated on `exp` / `nbf`.
 pub const DEFAULT_JWT_LEEWAY_SECONDS: u64 = 30;
 /// Default number of verified tokens remembered per Envoy worker.
@@ -235,6 +237,10 @@ pub struct RawLimits {
     /// workers (no limit when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_consumer: Option<u64>,
+    /// Most local quota counters (rule × key) this Envoy creates; shared data never forgets
+    /// one. Past it, calls needing a new counter share their rule's overflow counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_local_counters: Option<u64>,
 }
 
 /// Size guardrails of one server or tool. Absent values inherit (tool ← server ← `limits`).
@@ -491,6 +497,8 @@ pub struct Limits {
     pub defaults: SizeLimits,
     /// Most open `tools/call` requests per consumer; `None` = unlimited. > 0.
     pub max_in_flight_per_consumer: Option<u64>,
+    /// Most local quota counters per Envoy (see [`RawLimits::max_local_counters`]). > 0.
+    pub max_local_counters: u64,
     servers: std::collections::HashMap<String, ServerSizes>,
 }
 
@@ -530,6 +538,8 @@ impl Limits {
         };
         let max_in_flight_per_consumer =
             positive(top.max_in_flight_per_consumer, "limits", "max_in_flight_per_consumer")?;
+        let max_local_counters =
+            positive(top.max_local_counters, "limits", "max_local_counters")?.unwrap_or(DEFAULT_MAX_LOCAL_COUNTERS);
         let mut by_server = std::collections::HashMap::new();
         for (name, limits) in &raw.server_limits {
             let path = format!("server_limits.{name}");
@@ -554,7 +564,7 @@ impl Limits {
                 tools.values().map(|t| t.max_request_bytes).fold(base.max_request_bytes, u64::max);
             by_server.insert(name.clone(), ServerSizes { base, largest_request_bytes, tools });
         }
-        Ok(Self { defaults, max_in_flight_per_consumer, servers: by_server })
+        Ok(Self { defaults, max_in_flight_per_consumer, max_local_counters, servers: by_server })
     }
 }
 

@@ -453,6 +453,11 @@ impl Gateway {
         self.config.limits.defaults.max_response_bytes
     }
 
+    /// `limits.max_local_counters`.
+    pub fn max_local_counters(&self) -> u64 {
+        self.config.limits.max_local_counters
+    }
+
     /// `limits.max_in_flight_per_consumer`.
     pub fn max_in_flight(&self) -> Option<u64> {
         self.config.limits.max_in_flight_per_consumer

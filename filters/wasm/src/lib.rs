@@ -256,7 +256,7 @@ impl Stream {
             }
         }
         for charge in &exchange.charges.local {
-            match take(charge, now_ns) {
+            match take(charge, self.gateway.max_local_counters(), now_ns) {
                 Ok(None) => {}
                 Ok(Some(retry_after)) => return Err(charge.rejection(retry_after, id)),
                 Err(e) => {
@@ -616,8 +616,10 @@ fn lenient(map: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
 }
 
 /// Charges one local counter. `Ok(None)`: admitted; `Ok(Some(secs))`: refused, retry after.
-fn take(charge: &LocalCharge, now_ns: u64) -> Result<Option<u64>, shared::SharedError> {
-    shared::update(&charge.shared_key, now_ns, &mut |bytes| {
+/// When `cap` counters exist and this call's does not, its rule's overflow counter is
+/// charged instead (see [`LocalCharge::overflow_key`]).
+fn take(charge: &LocalCharge, cap: u64, now_ns: u64) -> Result<Option<u64>, shared::SharedError> {
+    let mut compute = |bytes: Option<&[u8]>| {
         let taken = charge.limit.take(bytes.and_then(QuotaState::decode), now_ns);
         if taken.admitted {
             (Some(taken.state.encode().to_vec()), None)
@@ -625,5 +627,22 @@ fn take(charge: &LocalCharge, now_ns: u64) -> Result<Option<u64>, shared::Shared
             // A refusal changes nothing that matters: skip the write, spare the contention.
             (None, Some(taken.retry_after_secs))
         }
-    })
+    };
+    match shared::update_capped(&charge.shared_key, Some(cap), now_ns, &mut compute) {
+        Err(e @ shared::SharedError::Full { .. }) => {
+            warn_overflow_once(&e);
+            shared::update(&charge.overflow_key, now_ns, &mut compute)
+        }
+        other => other,
+    }
+}
+
+/// Logs, once per worker, that new quota counters go to overflow counters.
+fn warn_overflow_once(e: &shared::SharedError) {
+    thread_local! {
+        static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !WARNED.with(|w| w.replace(true)) {
+        log::warn!("meshgate: {e}: calls needing a new quota counter are charged to their rule's overflow counter");
+    }
 }

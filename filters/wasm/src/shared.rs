@@ -20,6 +20,9 @@ use proxy_wasm::types::Status;
 const LOCK_KEY: &str = "meshgate/lock/create";
 /// A lock held longer than this is abandoned (the holder never keeps it across callbacks).
 const LOCK_STALE_NS: u64 = 1_000_000_000;
+/// How many capped keys ([`update_capped`]) exist: 8 bytes, little-endian, written only
+/// under the creation lock.
+const COUNT_KEY: &str = "meshgate/count/capped-keys";
 /// CAS attempts before giving up on a contended counter.
 const MAX_ATTEMPTS: usize = 256;
 /// Reads of a held creation lock before giving up.
@@ -32,6 +35,8 @@ pub enum SharedError {
     Host(Status),
     /// Still contended after the bounded number of attempts.
     Contended,
+    /// The key does not exist and `cap` capped keys already do.
+    Full { cap: u64 },
 }
 
 impl std::fmt::Display for SharedError {
@@ -39,6 +44,7 @@ impl std::fmt::Display for SharedError {
         match self {
             SharedError::Host(s) => write!(f, "shared data host call failed: {s:?}"),
             SharedError::Contended => write!(f, "shared data still contended after bounded retries"),
+            SharedError::Full { cap } => write!(f, "{cap} counters exist (limits.max_local_counters)"),
         }
     }
 }
@@ -63,10 +69,22 @@ pub fn ensure_lock() -> Result<(), SharedError> {
 /// exist yet) and returns the bytes to store (`None`: leave it as it is) and the result.
 /// `compute` may run several times (once per attempt); only the last run's write counts.
 pub fn update<T>(key: &str, now_ns: u64, compute: &mut Compute<'_, T>) -> Result<T, SharedError> {
+    update_capped(key, None, now_ns, compute)
+}
+
+/// [`update`], where creating `key` counts against `cap` keys created this way (shared data
+/// never forgets a key): past it, `Err(Full)` and nothing is written. Existing keys are
+/// updated whatever the count.
+pub fn update_capped<T>(
+    key: &str,
+    cap: Option<u64>,
+    now_ns: u64,
+    compute: &mut Compute<'_, T>,
+) -> Result<T, SharedError> {
     for _ in 0..MAX_ATTEMPTS {
         let (bytes, cas) = get_shared_data(key).map_err(SharedError::Host)?;
         let Some(cas) = cas else {
-            if let Some(result) = create(key, now_ns, compute)? {
+            if let Some(result) = create(key, cap, now_ns, compute)? {
                 return Ok(result);
             }
             continue;
@@ -86,16 +104,30 @@ pub fn update<T>(key: &str, now_ns: u64, compute: &mut Compute<'_, T>) -> Result
 
 /// Creates `key` under the creation lock. `Ok(None)`: another worker created it meanwhile
 /// (the caller goes back to the CAS path).
-fn create<T>(key: &str, now_ns: u64, compute: &mut Compute<'_, T>) -> Result<Option<T>, SharedError> {
+fn create<T>(key: &str, cap: Option<u64>, now_ns: u64, compute: &mut Compute<'_, T>) -> Result<Option<T>, SharedError> {
     acquire_lock(now_ns)?;
     let outcome = (|| {
         let (_, cas) = get_shared_data(key).map_err(SharedError::Host)?;
         if cas.is_some() {
             return Ok(None);
         }
+        let count = match cap {
+            None => None,
+            Some(cap) => {
+                let (bytes, _) = get_shared_data(COUNT_KEY).map_err(SharedError::Host)?;
+                let count = bytes.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_le_bytes);
+                if count >= cap {
+                    return Err(SharedError::Full { cap });
+                }
+                Some(count)
+            }
+        };
         let (new, result) = compute(None);
         if let Some(new) = new {
             set_shared_data(key, Some(&new), None).map_err(SharedError::Host)?;
+            if let Some(count) = count {
+                set_shared_data(COUNT_KEY, Some(&(count + 1).to_le_bytes()), None).map_err(SharedError::Host)?;
+            }
         }
         Ok(Some(result))
     })();

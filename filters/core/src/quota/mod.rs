@@ -25,6 +25,7 @@ use std::collections::HashSet;
 pub use arithmetic::{parse_rate, Limit, RateError, State, Taken};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::config::{ConfigError, RawQuotaKey, RawQuotaRule, RawQuotaScope};
 use crate::policy::TargetPattern;
@@ -49,6 +50,8 @@ pub const STORE_UNAVAILABLE: &str = "store-unavailable";
 pub const IN_FLIGHT_LIMIT_NAME: &str = "in_flight";
 /// Prefix of every shared-data key Meshgate uses.
 const SHARED_PREFIX: &str = "meshgate/";
+/// Longest counter key kept as it is; longer ones are hashed (see [`QuotaRule::counter_key`]).
+pub const MAX_PLAIN_COUNTER_KEY: usize = 192;
 
 /// One local counter a call takes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,11 @@ pub struct LocalCharge {
     /// fingerprint changes whenever the rule's limit or key kind does, so an edited rule
     /// starts with fresh counters instead of misreading old state.
     pub shared_key: String,
+    /// The rule's one overflow counter, `meshgate/q/<rule>/<limit fingerprint>/!overflow`:
+    /// shared data cannot forget a key, so once `limits.max_local_counters` keys exist, a
+    /// call whose own counter does not exist yet is charged here instead (fail closed: those
+    /// callers share one budget; memory stays bounded).
+    pub overflow_key: String,
 }
 
 impl LocalCharge {
@@ -196,7 +204,9 @@ impl QuotaRule {
     /// The counter this call is charged to, unique per (rule key kind, consumer, server, tool)
     /// and safe as an HTTP header value: each component is percent-encoded (everything but
     /// `[A-Za-z0-9._~-]`) and components are joined with `/`, so distinct tuples never collide.
-    /// The rule name is *not* part of it; callers namespace by rule.
+    /// A key longer than [`MAX_PLAIN_COUNTER_KEY`] (a tool name is the caller's text) becomes
+    /// `!` + 128 bits of its SHA-256: bounded, and never equal to a plain key (`!` is always
+    /// encoded). The rule name is *not* part of it; callers namespace by rule.
     pub fn counter_key(&self, consumer: &str, server: &str, tool: &str) -> String {
         let mut out = String::new();
         match self.key {
@@ -214,17 +224,26 @@ impl QuotaRule {
                 push_encoded(&mut out, tool);
             }
         }
+        if out.len() > MAX_PLAIN_COUNTER_KEY {
+            let digest = Sha256::digest(out.as_bytes());
+            return format!("!{}", hex::encode(&digest[..16]));
+        }
         out
     }
 
     /// The shared-data key of this rule's counter for a call (see [`LocalCharge::shared_key`]).
     pub fn shared_key(&self, counter_key: &str) -> String {
+        format!("{}{counter_key}", self.shared_prefix())
+    }
+
+    /// `meshgate/q/<rule>/<limit fingerprint>/`: every shared-data key of this rule.
+    fn shared_prefix(&self) -> String {
         let canonical = match self.limit {
             Limit::Bucket { per_period, period_secs, burst } => format!("b:{per_period}:{period_secs}:{burst}"),
             Limit::Window { limit, period_secs } => format!("w:{limit}:{period_secs}"),
         };
         let print = fingerprint(&format!("{canonical}:{}", self.key.tag()));
-        format!("{SHARED_PREFIX}q/{}/{print:016x}/{counter_key}", self.name)
+        format!("{SHARED_PREFIX}q/{}/{print:016x}/", self.name)
     }
 }
 
@@ -377,6 +396,7 @@ impl QuotaRules {
                     limit: rule.limit,
                     key: rule.key,
                     shared_key: rule.shared_key(&counter),
+                    overflow_key: format!("{}!overflow", rule.shared_prefix()),
                 }),
                 QuotaScope::Global => charges.global.push(GlobalDescriptor {
                     rule: rule.name.clone(),
@@ -578,6 +598,16 @@ mod tests {
         assert_eq!(ct.counter_key("ä x", "crm", "t"), "%C3%A4%20x/crm/t");
         assert_eq!(rule_with(QuotaKey::Consumer).counter_key("alice", "crm", "search"), "alice");
         assert_eq!(rule_with(QuotaKey::Tool).counter_key("alice", "crm", "search"), "crm/search");
+        // A caller-chosen long tool name gives a bounded key, distinct per name and from
+        // every plain key.
+        let long = |n: usize| ct.counter_key("alice", "crm", &format!("get_{}", "x".repeat(n)));
+        assert_eq!(long(1_000_000).len(), 33);
+        assert!(long(1_000_000).starts_with('!') && long(1_000).starts_with('!'));
+        assert_ne!(long(1_000_000), long(1_000_001));
+        let plain = ct.counter_key("alice", "crm", &"y".repeat(MAX_PLAIN_COUNTER_KEY - 10));
+        assert_eq!(plain.len(), MAX_PLAIN_COUNTER_KEY);
+        assert!(!plain.starts_with('!'));
+        assert!(!ct.counter_key("!", "!", "!").contains('!'), "'!' is always encoded");
         let key = ct.counter_key("\r\n\"evil\0", "crm", "t");
         assert!(key.bytes().all(|b| b.is_ascii_graphic()), "{key}");
     }
