@@ -54,7 +54,13 @@ pub struct NodeStatus {
     pub nacks: u64,
     /// Seconds since the Unix epoch of the last stream opening.
     pub connected_at: u64,
+    /// Seconds since the Unix epoch of the last stream closing, while none is open.
+    pub disconnected_at: Option<u64>,
 }
+
+/// Disconnected nodes kept in the status (the most recently disconnected): node ids come
+/// and go with pods, and any client can open a stream with any id.
+pub const MAX_DISCONNECTED_NODES: usize = 256;
 
 /// The last registry edit that was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -172,6 +178,7 @@ impl ControlPlane {
         status.streams += 1;
         status.api = Some(api);
         status.connected_at = unix_now();
+        status.disconnected_at = None;
         StreamGuard { control: self.clone(), node: node.to_string() }
     }
 
@@ -209,8 +216,52 @@ pub struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let mut inner = self.control.lock();
-        if let Some(status) = inner.nodes.get_mut(&self.node) {
-            status.streams = status.streams.saturating_sub(1);
+        let Some(status) = inner.nodes.get_mut(&self.node) else {
+            return;
+        };
+        status.streams = status.streams.saturating_sub(1);
+        if status.streams > 0 {
+            return;
         }
+        status.disconnected_at = Some(unix_now());
+        prune_disconnected(&mut inner.nodes, MAX_DISCONNECTED_NODES);
+    }
+}
+
+/// Forgets the longest-disconnected nodes beyond `keep` disconnected ones.
+fn prune_disconnected(nodes: &mut BTreeMap<String, NodeStatus>, keep: usize) {
+    let mut gone: Vec<(u64, String)> =
+        nodes.iter().filter_map(|(id, s)| s.disconnected_at.map(|at| (at, id.clone()))).collect();
+    if gone.len() <= keep {
+        return;
+    }
+    gone.sort();
+    let excess = gone.len() - keep;
+    for (_, id) in gone.into_iter().take(excess) {
+        nodes.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Node ids come and go (pods, or any client naming itself): the status keeps every
+    /// connected node and only the most recently disconnected ones.
+    #[test]
+    fn disconnected_nodes_are_bounded() {
+        let control = ControlPlane::new();
+        let connected = control.stream_opened("steady", Api::Sotw);
+        for n in 0..MAX_DISCONNECTED_NODES + 50 {
+            drop(control.stream_opened(&format!("pod-{n}"), Api::Delta));
+        }
+        let nodes = control.nodes();
+        assert_eq!(nodes.len(), MAX_DISCONNECTED_NODES + 1);
+        assert_eq!(nodes["steady"].streams, 1);
+        assert!(nodes.values().filter(|s| s.streams == 0).all(|s| s.disconnected_at.is_some()));
+        drop(connected);
+        let nodes = control.nodes();
+        assert_eq!(nodes.len(), MAX_DISCONNECTED_NODES);
+        assert!(nodes["steady"].disconnected_at.is_some(), "the latest disconnection is kept");
     }
 }
