@@ -197,6 +197,54 @@ async fn idle_connections_to_a_restarted_redis_are_replaced_unused() {
     }
 }
 
+/// A Redis stand-in that answers every command after `delay`: `NOSCRIPT` to each
+/// `EVALSHA` (as a restarted Redis does) and a sha to `SCRIPT LOAD`.
+async fn slow_noscript_redis(delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                    let text = String::from_utf8_lossy(&buf[..n]).to_ascii_uppercase();
+                    let reply: &[u8] = if text.contains("SCRIPT") && text.contains("LOAD") {
+                        b"$40\r\n0123456789012345678901234567890123456789\r\n"
+                    } else {
+                        b"-NOSCRIPT No matching script.\r\n"
+                    };
+                    if socket.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Each call within its timeout, the decision not: after a Redis restart a decision takes
+/// three calls, and the whole of it must end within the pool's timeout (half of Envoy's),
+/// so Envoy gets meshgate's answer rather than timing out itself.
+#[tokio::test]
+async fn a_decision_as_a_whole_ends_within_the_timeout() {
+    let port = slow_noscript_redis(Duration::from_millis(300)).await;
+    let address = RedisAddress::parse(&format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let store = Store::new(RedisPool::new(address, Duration::from_millis(500)));
+    let charge =
+        Charge { rule: "slow".into(), limit: Limit::Window { limit: 1, period_secs: 60 }, key: "k".into(), hits: 1 };
+    let started = Instant::now();
+    let outcome = store.charge(std::slice::from_ref(&charge)).await;
+    let took = started.elapsed();
+    let error = outcome.expect_err("three 300 ms calls do not fit in 500 ms").to_string();
+    assert!(error.contains("did not answer within 500 ms"), "{error}");
+    assert!(took < Duration::from_millis(800), "the decision took {took:?}");
+}
+
 const REGISTRY_HEAD: &str = "\
 listener: { port: 0 }
 servers:

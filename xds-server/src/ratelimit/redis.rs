@@ -287,6 +287,11 @@ impl RedisPool {
         &self.address
     }
 
+    /// The bound on each call, connecting included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends one command and returns its reply (error replies included: they are answers).
     pub async fn call(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         let address = self.address.to_string();

@@ -190,7 +190,21 @@ impl Store {
     }
 
     /// [`Store::charge`] at an explicit time in µs (tests compare it with the core).
+    ///
+    /// The whole decision, not just each Redis call, is bounded by the pool's timeout: after
+    /// a Redis restart it takes three calls (`EVALSHA` → `NOSCRIPT`, `SCRIPT LOAD`, `EVALSHA`),
+    /// each on a new connection, and the answer must still come before Envoy's own timeout.
     pub async fn charge_at(&self, charges: &[Charge], now_us: Option<u64>) -> Result<Outcome, StoreError> {
+        let timeout = self.pool.timeout();
+        tokio::time::timeout(timeout, self.charge_within(charges, now_us)).await.unwrap_or_else(|_| {
+            Err(StoreError::Redis(RedisError::Timeout {
+                address: self.pool.address().to_string(),
+                millis: timeout.as_millis(),
+            }))
+        })
+    }
+
+    async fn charge_within(&self, charges: &[Charge], now_us: Option<u64>) -> Result<Outcome, StoreError> {
         if charges.is_empty() {
             return Ok(Outcome { admitted: true, verdicts: Vec::new() });
         }
