@@ -203,6 +203,11 @@ async fn run_stream<P: Protocol + Default>(
 {
     let mut machine = P::default();
     let mut snapshots = control.subscribe();
+    // Requests are answered from the snapshot `on_snapshot` last handled, never from a newer
+    // one published meanwhile: only `on_snapshot` orders a change make-before-break
+    // (clusters before the routes naming them, routes before a cluster goes). An ACK read
+    // just after a publish would otherwise push, say, routes to a cluster Envoy lacks.
+    let mut current = snapshots.borrow_and_update().clone();
     let mut node = String::from("unknown");
     let mut guard: Option<StreamGuard> = None;
     'stream: loop {
@@ -216,10 +221,7 @@ async fn run_stream<P: Protocol + Default>(
                         tracing::info!(node = %node, api = ?P::API, "envoy connected");
                         guard = Some(control.stream_opened(&node, P::API));
                     }
-                    // Not marked as seen: a snapshot published meanwhile still reaches
-                    // `on_snapshot` for the other types.
-                    let snapshot = snapshots.borrow().clone();
-                    machine.on_request(&request, snapshot.as_deref())
+                    machine.on_request(&request, current.as_deref())
                 }
                 Ok(None) => break,
                 Err(status) => {
@@ -232,6 +234,7 @@ async fn run_stream<P: Protocol + Default>(
                     break;
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
+                current = snapshot.clone();
                 match snapshot {
                     Some(snapshot) => machine.on_snapshot(&snapshot),
                     None => Outcome::default(),
