@@ -87,3 +87,34 @@ async def test_sdk_clients_list_and_call_through_a_resumable_upstream(era, resum
     text = "\n".join(getattr(block, "text", "") for block in result.content)
     assert not result.is_error and "Grace Hopper" in text, text
     assert "[EMAIL]" in text and "@" not in text, text
+
+
+def test_a_replayed_list_on_the_get_stream_is_not_let_through_unfiltered(resumable):
+    """Resuming with `Last-Event-ID` replays the stream's events on a GET, the reply to
+    `tools/list` included. The gateway cannot tell which request a replayed response
+    answers, so it cannot filter it: it replaces it with an error for its id instead of
+    letting the unfiltered list (here with `delete_customer`) through."""
+    url = resumable.url("crm")
+    session = legacy_handshake(url, READER)
+    headers = {**base_headers(READER), **legacy_headers(session)}
+    listed = httpx2.post(url, json=legacy_body("tools/list", id=7), headers=headers, timeout=15)
+    assert listed.status_code == 200, listed.text
+    priming_id = next(line[3:].strip() for line in listed.text.splitlines() if line.startswith("id:"))
+
+    replay_headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+    replay_headers.update({"Accept": "text/event-stream", "Last-Event-ID": priming_id})
+    replayed: list[dict] = []
+    with httpx2.stream("GET", url, headers=replay_headers, timeout=httpx2.Timeout(10, read=5)) as stream:
+        assert stream.status_code == 200, stream.read()
+        try:
+            for line in stream.iter_lines():
+                if line.startswith("data:") and line[5:].strip():
+                    replayed.append(json.loads(line[5:]))
+                    if any(m.get("id") == 7 for m in replayed):
+                        break
+        except httpx2.ReadTimeout:
+            pass
+    answer = next((m for m in replayed if m.get("id") == 7), None)
+    assert answer is not None, f"the upstream replayed nothing for id 7: {replayed}"
+    assert "delete_customer" not in json.dumps(replayed), replayed
+    assert answer.get("error", {}).get("code") == -32603 and "result" not in answer, answer

@@ -16,7 +16,7 @@ use crate::config::FilterConfig;
 use crate::identity::{AuthError, Consumer, Credentials, TokenCache};
 use crate::jsonrpc::{self, code};
 use crate::listing::{ListFilter, ListOutcome};
-use crate::mcp::{self, header, Message, ReadError, ResourceKind, MODERN_PROTOCOL_VERSIONS};
+use crate::mcp::{self, header, Message, ReadError, ReadMessage, ResourceKind, MODERN_PROTOCOL_VERSIONS};
 use crate::policy::{Policy, Verdict};
 use crate::quota::{self, Charges};
 use crate::redact::{Direction, RedactionCounts, RedactionPlan};
@@ -141,6 +141,11 @@ pub struct Exchange {
     /// Largest response body (JSON) or SSE event accepted for this request; `None` for
     /// exchanges without a request to answer (the GET stream, DELETE, notifications).
     pub response_limit: Option<u64>,
+    /// The GET stream: it carries server notifications and requests, and JSON-RPC
+    /// responses only when a client resumes a stream (`Last-Event-ID`). Such a response
+    /// cannot be attributed to the request it answers, so neither that request's list
+    /// filter nor its per-tool redaction could be applied: it is replaced by an error.
+    pub server_stream: bool,
 }
 
 /// How the response body must be handled.
@@ -201,6 +206,12 @@ impl Exchange {
                 return ResponsePlan::Replace(self.oversized_response(limit));
             }
         }
+        let sse = head.content_type.map(media_type).is_some_and(|t| t == "text/event-stream");
+        if !rewrites && self.server_stream {
+            // Only events are looked at (see `rewrite_event`); any other body on a GET is
+            // the server's own answer to it.
+            return if sse { ResponsePlan::Stream } else { ResponsePlan::PassThrough };
+        }
         if !rewrites {
             return match (self.response_limit, head.content_length) {
                 // Declared and within the limit (checked above), or nothing to answer.
@@ -239,11 +250,12 @@ impl Exchange {
         } else {
             None
         };
-        let content_type = if rewrites || (self.response_limit.is_some() && content_length.is_none()) {
-            header("content-type")
-        } else {
-            None
-        };
+        let content_type =
+            if rewrites || self.server_stream || (self.response_limit.is_some() && content_length.is_none()) {
+                header("content-type")
+            } else {
+                None
+            };
         let content_encoding = if rewrites { header("content-encoding") } else { None };
         self.response_plan(ResponseHead {
             status,
@@ -264,6 +276,24 @@ impl Exchange {
         self.list_filter.is_some() && (200..300).contains(&status) && status != 202
     }
 
+    /// Governs one SSE event's data: [`Self::rewrite_message`], except that on the GET stream
+    /// a JSON-RPC response (a resumed stream's replay) is replaced by an error for its id:
+    /// it cannot be attributed to the request it answers, whose list filter or per-tool
+    /// redaction it would escape. Server requests and notifications are governed as usual.
+    pub fn rewrite_event(&self, data: &[u8], policy: &Policy, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
+        if self.server_stream {
+            if let Ok(ReadMessage { message: Message::Response { id }, .. }) = mcp::read_message(data) {
+                return Some(jsonrpc::error_body(
+                    Some(&id),
+                    code::INTERNAL_ERROR,
+                    "a response replayed on the GET stream cannot be attributed to its request, so the \
+                     gateway cannot govern it; send the request again",
+                ));
+            }
+        }
+        self.rewrite_message(data, policy, counts)
+    }
+
     /// Governs one upstream message (a JSON body, or one SSE event's data): list filtering,
     /// then redaction. `None` when it passes unchanged; otherwise the bytes to send instead
     /// (a JSON-RPC error for the request when the message cannot be read or is blocked).
@@ -271,6 +301,7 @@ impl Exchange {
         if let Some(limit) = self.response_limit.filter(|l| message.len() as u64 > *l) {
             return Some(self.oversized_response(limit));
         }
+
         let filtered = match &self.list_filter {
             None => None,
             Some(filter) => match filter.apply(message, policy) {
@@ -353,6 +384,7 @@ impl Gateway {
                     charges: Charges::default(),
                     counts_in_flight: false,
                     response_limit: None,
+                    server_stream: head.method == "GET",
                 })
             }
             "POST" => match self.check_post_head(head, &server) {
@@ -566,6 +598,7 @@ impl Gateway {
             charges,
             counts_in_flight,
             response_limit,
+            server_stream: false,
         })
     }
 }

@@ -563,7 +563,7 @@ impl Stream {
                 let chunk = self.response_chunk(chunk, body_size);
                 let counts = &mut self.redactions;
                 let mut rewrite = |data: &str| {
-                    exchange.rewrite_message(data.as_bytes(), policy, counts).and_then(|b| String::from_utf8(b).ok())
+                    exchange.rewrite_event(data.as_bytes(), policy, counts).and_then(|b| String::from_utf8(b).ok())
                 };
                 let mut out = rewriter.feed(chunk, &mut rewrite);
                 if end_of_stream {

@@ -338,7 +338,8 @@ fn lazy_response_plans_read_only_the_headers_they_need_and_agree_with_the_full_h
         }
     }
     // A call without response rewriting and with a declared length needs that length only;
-    // the GET stream (no request to answer, no rewriting) needs no header at all.
+    // the GET stream (no request to answer, no rewriting) only its type: events are checked
+    // for replayed responses.
     let count = |ex: &Exchange, len: Option<&str>| {
         let mut n = 0;
         ex.response_plan_from(200, &mut |h| {
@@ -350,7 +351,7 @@ fn lazy_response_plans_read_only_the_headers_they_need_and_agree_with_the_full_h
     assert_eq!(count(&exchanges[1].1, Some("10")), 1);
     assert_eq!(count(&exchanges[1].1, None), 2);
     assert_eq!(count(&exchanges[2].1, Some("10")), 3);
-    assert_eq!(count(&exchanges[5].1, None), 0);
+    assert_eq!(count(&exchanges[5].1, None), 1);
 }
 
 #[test]
@@ -584,6 +585,27 @@ fn oversized_responses_become_a_jsonrpc_error() {
         panic!("GET is forwarded")
     };
     assert_eq!(get.response_limit, None);
+    // A response on the GET stream (a resumed stream's replay) cannot be attributed to its
+    // request: replaced by an error for its id. Server requests and notifications pass.
+    assert!(get.server_stream);
+    let head = |content_type| ResponseHead { status: 200, content_type, content_encoding: None, content_length: None };
+    assert_eq!(get.response_plan(head(Some("text/event-stream"))), ResponsePlan::Stream);
+    // A JSON body on a GET is the server's own answer to it (a 405 from a stateless server).
+    assert_eq!(get.response_plan(head(Some("application/json"))), ResponsePlan::PassThrough);
+    let replayed = json!({"jsonrpc":"2.0","id":"r-7","result":{"tools":[{"name":"admin_reindex"}]}}).to_string();
+    let out = get.rewrite_event(replayed.as_bytes(), policy, &mut counts).expect("replaced");
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!((out["id"].clone(), out["error"]["code"].clone()), (json!("r-7"), json!(code::INTERNAL_ERROR)), "{out}");
+    assert!(out.get("result").is_none());
+    for passing in [
+        json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}),
+        json!({"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}}),
+    ] {
+        assert_eq!(get.rewrite_event(passing.to_string().as_bytes(), policy, &mut counts), None, "{passing}");
+    }
+    // POST exchanges answer their own request as before.
+    assert!(!ex.server_stream);
+    assert_eq!(ex.rewrite_event(b"{}", policy, &mut counts), None);
 }
 
 #[test]
