@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,6 +389,19 @@ def write_test_registry(workdir: Path, keys: Keys, upstreams: dict[str, Upstream
     registry = workdir / "registry.yaml"
     registry.write_text(registry_yaml(upstreams["crm"].url, upstreams["docs"].url))
     return registry
+
+
+@contextlib.contextmanager
+def running_gateway(workdir: Path, keys: Keys, crm_url: str, docs_url: str, extra: str = "") -> Iterator[Gateway]:
+    """A gateway on the test registry (`registry_yaml`) plus `extra` YAML; stopped on exit."""
+    (workdir / "jwks.json").write_text(json.dumps(keys.jwks(), indent=2))
+    registry = workdir / "registry.yaml"
+    registry.write_text(registry_yaml(crm_url, docs_url) + extra)
+    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret})
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)
 
 
 # --------------------------------------------------------------------------- keys and tokens

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from e2e_support import (
-    HS_SECRET_ENV,
     Gateway,
     Keys,
     Upstream,
@@ -29,9 +28,7 @@ from e2e_support import (
     modern_client,
     modern_headers,
     post,
-    registry_yaml,
-    start_gateway,
-    stop_gateway,
+    running_gateway,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -57,14 +54,8 @@ redaction:
 @pytest.fixture(scope="module")
 def redacting_gateway(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream]) -> Iterator[Gateway]:
     workdir: Path = tmp_path_factory.mktemp("redacting-gateway")
-    (workdir / "jwks.json").write_text(json.dumps(keys.jwks()))
-    registry = workdir / "registry.yaml"
-    registry.write_text(registry_yaml(upstreams["crm"].url, upstreams["docs"].url) + REDACTION)
-    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret})
-    try:
+    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, REDACTION) as gw:
         yield gw
-    finally:
-        stop_gateway(gw)
 
 
 def _text(result) -> str:

@@ -15,7 +15,6 @@ import httpx2
 import pytest
 
 from e2e_support import (
-    HS_SECRET_ENV,
     Gateway,
     Keys,
     Upstream,
@@ -26,10 +25,8 @@ from e2e_support import (
     legacy_headers,
     legacy_session,
     modern_client,
-    registry_yaml,
-    start_gateway,
+    running_gateway,
     start_upstream,
-    stop_gateway,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -48,14 +45,8 @@ def resumable(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: d
     workdir: Path = tmp_path_factory.mktemp("resumable")
     crm = start_upstream("crm-resumable", "crm_server.py", workdir, ["--resumable"])
     try:
-        (workdir / "jwks.json").write_text(json.dumps(keys.jwks()))
-        registry = workdir / "registry.yaml"
-        registry.write_text(registry_yaml(crm.url, upstreams["docs"].url) + REDACTION)
-        gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret})
-        try:
+        with running_gateway(workdir, keys, crm.url, upstreams["docs"].url, REDACTION) as gw:
             yield gw
-        finally:
-            stop_gateway(gw)
     finally:
         crm.proc.stop()
 

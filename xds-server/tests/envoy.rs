@@ -244,18 +244,9 @@ fn send(pid: u32, signal: nix::sys::signal::Signal) {
 /// ignores SIGHUP itself) instead of dying and leaving it behind on the ports.
 #[test]
 fn up_stops_its_envoy_on_sighup() {
-    let Some(envoy) = envoy_or_skip("up_stops_its_envoy_on_sighup") else {
+    let Some((_dir, mut up)) = up_with_one_server("up_stops_its_envoy_on_sighup") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let wasm = write(dir.path(), "minimal.wasm", minimal_proxy_wasm());
-    let registry = write(
-        dir.path(),
-        "registry.yaml",
-        "listener: { port: 0 }\nadmin: { port: 0 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9/mcp' }\n\
-         envoy: { concurrency: 1 }\n",
-    );
-    let mut up = Up::start(&envoy, dir.path(), &registry, &wasm);
     let ready = up.wait_ready();
     let envoy_pid = i32::try_from(ready["envoy_pid"].as_u64().unwrap()).unwrap();
     assert!(pid_alive(envoy_pid));
@@ -323,11 +314,9 @@ fn up_routes_reports_ready_and_stops_on_sigterm() {
     assert!(!up.ready_file.exists(), "the ready file is removed on exit");
 }
 
-#[test]
-fn up_exits_nonzero_when_envoy_quits_on_its_own() {
-    let Some(envoy) = envoy_or_skip("up_exits_nonzero_when_envoy_quits_on_its_own") else {
-        return;
-    };
+/// `meshgate up` (minimal module, one server nobody listens for), or `None` without Envoy.
+fn up_with_one_server(test: &str) -> Option<(tempfile::TempDir, Up)> {
+    let envoy = envoy_or_skip(test)?;
     let dir = tempfile::tempdir().unwrap();
     let wasm = write(dir.path(), "minimal.wasm", minimal_proxy_wasm());
     let registry = write(
@@ -335,7 +324,15 @@ fn up_exits_nonzero_when_envoy_quits_on_its_own() {
         "registry.yaml",
         "listener: { port: 0 }\nservers: [{ name: a, url: 'http://127.0.0.1:9/' }]\nenvoy: { concurrency: 1 }\n",
     );
-    let mut up = Up::start(&envoy, dir.path(), &registry, &wasm);
+    let up = Up::start(&envoy, dir.path(), &registry, &wasm);
+    Some((dir, up))
+}
+
+#[test]
+fn up_exits_nonzero_when_envoy_quits_on_its_own() {
+    let Some((_dir, mut up)) = up_with_one_server("up_exits_nonzero_when_envoy_quits_on_its_own") else {
+        return;
+    };
     let ready = up.wait_ready();
     let admin = ready["admin"].as_str().unwrap().trim_start_matches("http://").to_string();
     let mut stream = TcpStream::connect(&admin).unwrap();
