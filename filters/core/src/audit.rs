@@ -98,6 +98,10 @@ pub mod metric {
 pub const MAX_LABEL_CHARS: usize = 64;
 /// The label value that replaces a tool or method outside the bounded set.
 pub const OTHER: &str = "other";
+/// Longest target (tool or prompt name, resource URI) written to an audit line; a longer one
+/// is cut and ends with `…`. It is the caller's text, and a log line of a megabyte is one
+/// that log shippers drop.
+pub const MAX_AUDIT_TARGET_CHARS: usize = 1024;
 
 /// Methods that get their own `method` label; any other becomes [`OTHER`].
 const KNOWN_METHODS: &[&str] = &[
@@ -368,7 +372,7 @@ impl AuditRecord {
         put(field::METHOD, self.method.clone());
         put(field::SERVER, self.server.clone());
         put(field::TARGET_KIND, self.target_kind.map(|k| k.noun().to_string()));
-        put(field::TARGET, self.target.clone());
+        put(field::TARGET, self.target.as_deref().map(bounded_target));
         put(field::CONSUMER, self.consumer.clone());
         put(field::ROLES, (!self.roles.is_empty()).then(|| self.roles.join(",")));
         put(field::DECISION, Some(self.decision.as_str().to_string()));
@@ -447,6 +451,14 @@ impl AuditRecord {
 /// `email=2,phone=1`, in order of first match; empty when nothing was redacted.
 fn redactions_text(counts: &RedactionCounts) -> String {
     counts.iter().map(|(d, n)| format!("{d}={n}")).collect::<Vec<_>>().join(",")
+}
+
+/// `target`, cut to [`MAX_AUDIT_TARGET_CHARS`] characters (then ending with `…`).
+pub fn bounded_target(target: &str) -> String {
+    match target.char_indices().nth(MAX_AUDIT_TARGET_CHARS) {
+        None => target.to_string(),
+        Some((cut, _)) => format!("{}…", &target[..cut]),
+    }
 }
 
 /// A metric label value: `[A-Za-z0-9_-]` only (anything else, `.` included, becomes `_`),

@@ -250,3 +250,14 @@ proptest::proptest! {
         proptest::prop_assert_eq!(sanitize(&value), expected);
     }
 }
+
+#[test]
+fn audit_targets_are_bounded() {
+    assert_eq!(bounded_target("crm/get_customer"), "crm/get_customer");
+    let exact = "é".repeat(MAX_AUDIT_TARGET_CHARS);
+    assert_eq!(bounded_target(&exact), exact);
+    let long = format!("{exact}tail");
+    let cut = bounded_target(&long);
+    assert_eq!(cut.chars().count(), MAX_AUDIT_TARGET_CHARS + 1);
+    assert!(cut.starts_with(&exact) && cut.ends_with('…'));
+}
