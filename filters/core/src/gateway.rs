@@ -142,9 +142,10 @@ pub struct Exchange {
     /// exchanges without a request to answer (the GET stream, DELETE, notifications).
     pub response_limit: Option<u64>,
     /// The GET stream: it carries server notifications and requests, and JSON-RPC
-    /// responses only when a client resumes a stream (`Last-Event-ID`). Such a response
-    /// cannot be attributed to the request it answers, so neither that request's list
-    /// filter nor its per-tool redaction could be applied: it is replaced by an error.
+    /// responses only when a client resumes a stream (`Last-Event-ID`). The request such a
+    /// response answers is unknown here, so it is governed by what it is: a list result
+    /// is filtered for the caller, and redaction is every rule for any tool of the server
+    /// (see [`Self::rewrite_event`]).
     pub server_stream: bool,
 }
 
@@ -209,8 +210,15 @@ impl Exchange {
         let sse = head.content_type.map(media_type).is_some_and(|t| t == "text/event-stream");
         if !rewrites && self.server_stream {
             // Only events are looked at (see `rewrite_event`); any other body on a GET is
-            // the server's own answer to it.
-            return if sse { ResponsePlan::Stream } else { ResponsePlan::PassThrough };
+            // the server's own answer to it. An encoded event stream cannot be looked at.
+            if !sse {
+                return ResponsePlan::PassThrough;
+            }
+            if head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+                let why = "upstream sent an encoded event stream the gateway cannot inspect";
+                return ResponsePlan::Replace(jsonrpc::error_body(None, code::INTERNAL_ERROR, why));
+            }
+            return ResponsePlan::Stream;
         }
         if !rewrites {
             return match (self.response_limit, head.content_length) {
@@ -256,7 +264,7 @@ impl Exchange {
             } else {
                 None
             };
-        let content_encoding = if rewrites { header("content-encoding") } else { None };
+        let content_encoding = if rewrites || self.server_stream { header("content-encoding") } else { None };
         self.response_plan(ResponseHead {
             status,
             content_type: content_type.as_deref(),
@@ -276,28 +284,57 @@ impl Exchange {
         self.list_filter.is_some() && (200..300).contains(&status) && status != 202
     }
 
-    /// Governs one SSE event's data: [`Self::rewrite_message`], except that on the GET stream
-    /// a JSON-RPC response (a resumed stream's replay) is replaced by an error for its id:
-    /// it cannot be attributed to the request it answers, whose list filter or per-tool
-    /// redaction it would escape. Server requests and notifications are governed as usual.
+    /// Governs one SSE event's data: [`Self::rewrite_message`], plus, on the GET stream,
+    /// what a response there needs. A response replayed there (a resumed stream) answers a
+    /// request the gateway cannot see: a `*/list` result is filtered for the caller by the
+    /// shape of its result, and redaction already covers every tool of the server. An event
+    /// that is not one MCP message is replaced by an error (fail closed).
     pub fn rewrite_event(&self, data: &[u8], policy: &Policy, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
-        if self.server_stream {
-            if let Ok(ReadMessage { message: Message::Response { id }, .. }) = mcp::read_message(data) {
-                return Some(jsonrpc::error_body(
-                    Some(&id),
-                    code::INTERNAL_ERROR,
-                    "a response replayed on the GET stream cannot be attributed to its request, so the \
-                     gateway cannot govern it; send the request again",
-                ));
-            }
+        if !self.server_stream {
+            return self.rewrite_message(data, policy, counts);
         }
-        self.rewrite_message(data, policy, counts)
+        let id = match mcp::read_message(data) {
+            Ok(ReadMessage { message: Message::Response { id }, .. }) => id,
+            Ok(_) => return self.rewrite_message(data, policy, counts),
+            Err(_) => {
+                let why = "upstream sent an event on the GET stream that is not one JSON-RPC message";
+                return Some(jsonrpc::error_body(None, code::INTERNAL_ERROR, why));
+            }
+        };
+        let id_value = id.clone();
+        let shape = serde_json::from_slice::<serde_json::Value>(data).ok().and_then(|doc| {
+            let result = doc.get("result")?;
+            LIST_SHAPES.iter().filter_map(|m| ResourceKind::of_list_method(m)).find(|s| result.get(s.array).is_some())
+        });
+        let filtered = shape.and_then(|shape| {
+            let filter =
+                ListFilter { shape, request_id: id, server: self.server.clone(), roles: self.consumer.roles.clone() };
+            match filter.apply(data, policy) {
+                ListOutcome::Unchanged => None,
+                ListOutcome::Rewritten(b) | ListOutcome::Unreadable(b) => Some(b),
+            }
+        });
+        match filtered {
+            None => self.govern(data, policy, counts, Some(&id_value)),
+            Some(list) => self.govern(&list, policy, counts, Some(&id_value)).or(Some(list)),
+        }
     }
 
     /// Governs one upstream message (a JSON body, or one SSE event's data): list filtering,
     /// then redaction. `None` when it passes unchanged; otherwise the bytes to send instead
     /// (a JSON-RPC error for the request when the message cannot be read or is blocked).
     pub fn rewrite_message(&self, message: &[u8], policy: &Policy, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
+        self.govern(message, policy, counts, self.request_id())
+    }
+
+    /// [`Self::rewrite_message`], answering a blocked message as the response to `id`.
+    fn govern(
+        &self,
+        message: &[u8],
+        policy: &Policy,
+        counts: &mut RedactionCounts,
+        id: Option<&serde_json::Value>,
+    ) -> Option<Vec<u8>> {
         if let Some(limit) = self.response_limit.filter(|l| message.len() as u64 > *l) {
             return Some(self.oversized_response(limit));
         }
@@ -318,7 +355,7 @@ impl Exchange {
             Ok(Some(redacted)) => Some(redacted),
             Ok(None) => filtered,
             Err(blocked) => Some(jsonrpc::error_body(
-                self.request_id(),
+                id,
                 code::FORBIDDEN,
                 &format!(
                     "the response from {} was blocked: it contains a value of kind {}",
@@ -329,6 +366,14 @@ impl Exchange {
         }
     }
 }
+
+/// The list methods whose results a replayed response on the GET stream is matched against.
+const LIST_SHAPES: [&str; 4] = [
+    mcp::method::TOOLS_LIST,
+    mcp::method::RESOURCES_LIST,
+    mcp::method::RESOURCES_TEMPLATES_LIST,
+    mcp::method::PROMPTS_LIST,
+];
 
 /// The lowercase media type of a `Content-Type` value, without parameters.
 fn media_type(content_type: &str) -> String {
@@ -371,9 +416,10 @@ impl Gateway {
         };
         match head.method {
             "GET" | "DELETE" => {
-                // The GET stream carries server notifications and requests: server-wide
-                // redaction rules cover it.
-                let response_redaction = self.config.redactor.plan(&server, None, &consumer.roles, Direction::Response);
+                // The GET stream carries server notifications and requests, and replays of
+                // any tool's results: every rule for any tool of the server covers it.
+                let response_redaction =
+                    self.config.redactor.plan_any_tool(&server, &consumer.roles, Direction::Response);
                 HeadDecision::Forward(Exchange {
                     consumer,
                     server,

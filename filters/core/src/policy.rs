@@ -72,6 +72,11 @@ impl TargetPattern {
         self.server.matches(server) && self.name.matches(name)
     }
 
+    /// Whether the pattern names `server`, for some name.
+    pub fn touches_server(&self, server: &str) -> bool {
+        self.server.matches(server)
+    }
+
     /// Whether the pattern covers every name on `server` (its name part is all `*`), so it
     /// also covers that server's traffic that names no tool.
     pub fn covers_server(&self, server: &str) -> bool {

@@ -338,8 +338,8 @@ fn lazy_response_plans_read_only_the_headers_they_need_and_agree_with_the_full_h
         }
     }
     // A call without response rewriting and with a declared length needs that length only;
-    // the GET stream (no request to answer, no rewriting) only its type: events are checked
-    // for replayed responses.
+    // the GET stream (no request to answer, no rewriting) its type and encoding: events are
+    // checked for replayed responses.
     let count = |ex: &Exchange, len: Option<&str>| {
         let mut n = 0;
         ex.response_plan_from(200, &mut |h| {
@@ -351,7 +351,7 @@ fn lazy_response_plans_read_only_the_headers_they_need_and_agree_with_the_full_h
     assert_eq!(count(&exchanges[1].1, Some("10")), 1);
     assert_eq!(count(&exchanges[1].1, None), 2);
     assert_eq!(count(&exchanges[2].1, Some("10")), 3);
-    assert_eq!(count(&exchanges[5].1, None), 1);
+    assert_eq!(count(&exchanges[5].1, None), 2);
 }
 
 #[test]
@@ -585,24 +585,53 @@ fn oversized_responses_become_a_jsonrpc_error() {
         panic!("GET is forwarded")
     };
     assert_eq!(get.response_limit, None);
-    // A response on the GET stream (a resumed stream's replay) cannot be attributed to its
-    // request: replaced by an error for its id. Server requests and notifications pass.
+    // A response on the GET stream (a resumed stream's replay) answers a request the gateway
+    // cannot see: governed by what it is. Events are read; other GET bodies pass.
     assert!(get.server_stream);
-    let head = |content_type| ResponseHead { status: 200, content_type, content_encoding: None, content_length: None };
-    assert_eq!(get.response_plan(head(Some("text/event-stream"))), ResponsePlan::Stream);
-    // A JSON body on a GET is the server's own answer to it (a 405 from a stateless server).
-    assert_eq!(get.response_plan(head(Some("application/json"))), ResponsePlan::PassThrough);
-    let replayed = json!({"jsonrpc":"2.0","id":"r-7","result":{"tools":[{"name":"admin_reindex"}]}}).to_string();
-    let out = get.rewrite_event(replayed.as_bytes(), policy, &mut counts).expect("replaced");
+    let head = |content_type, content_encoding| ResponseHead {
+        status: 200,
+        content_type,
+        content_encoding,
+        content_length: None,
+    };
+    let reader_get = |g: &Gateway| {
+        let h = headers(&[("x-api-key", "r")]);
+        match g.on_request_head(
+            RequestHead { method: "GET", path: "/mcp/crm", headers: &h },
+            NOW,
+            &mut g.new_token_cache(),
+        ) {
+            HeadDecision::Forward(ex) => ex,
+            other => panic!("{other:?}"),
+        }
+    };
+    let plain = gateway(None);
+    let replay = reader_get(&plain);
+    assert_eq!(replay.response_plan(head(Some("text/event-stream"), None)), ResponsePlan::Stream);
+    assert!(matches!(replay.response_plan(head(Some("text/event-stream"), Some("gzip"))), ResponsePlan::Replace(_)));
+    assert_eq!(get.response_plan(head(Some("application/json"), None)), ResponsePlan::PassThrough);
+    let policy = &plain.config().policy;
+    // A replayed tools/list is filtered for the caller by its result's shape.
+    let listed =
+        json!({"jsonrpc":"2.0","id":"r-7","result":{"tools":[{"name":"get_customer"},{"name":"delete_customer"}]}});
+    let out = replay.rewrite_event(listed.to_string().as_bytes(), policy, &mut counts).expect("filtered");
     let out: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!((out["id"].clone(), out["error"]["code"].clone()), (json!("r-7"), json!(code::INTERNAL_ERROR)), "{out}");
-    assert!(out.get("result").is_none());
+    assert_eq!(out["id"], json!("r-7"));
+    assert_eq!(out["result"]["tools"], json!([{"name":"get_customer"}]), "{out}");
+    // A replayed result gets every rule of any crm tool: here get_secret's SSN block.
+    let secret = json!({"jsonrpc":"2.0","id":8,"result":{"content":[{"type":"text","text":"ssn 123-45-6789"}]}});
+    let out = replay.rewrite_event(secret.to_string().as_bytes(), policy, &mut counts).expect("blocked");
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!((out["id"].clone(), out["error"]["code"].clone()), (json!(8), json!(code::FORBIDDEN)), "{out}");
+    // Server requests and notifications pass; what is not one message does not.
     for passing in [
         json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}),
         json!({"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}}),
     ] {
-        assert_eq!(get.rewrite_event(passing.to_string().as_bytes(), policy, &mut counts), None, "{passing}");
+        assert_eq!(replay.rewrite_event(passing.to_string().as_bytes(), policy, &mut counts), None, "{passing}");
     }
+    let garbage = replay.rewrite_event(b"[1,2]", policy, &mut counts).expect("refused");
+    assert!(String::from_utf8_lossy(&garbage).contains("not one JSON-RPC message"));
     // POST exchanges answer their own request as before.
     assert!(!ex.server_stream);
     assert_eq!(ex.rewrite_event(b"{}", policy, &mut counts), None);

@@ -254,6 +254,10 @@ impl Scope {
             None => self.0.covers_server(server),
         }
     }
+
+    fn touches(&self, server: &str) -> bool {
+        self.0.touches_server(server)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +282,17 @@ impl Rule {
         direction_ok
             && (self.roles.is_empty() || roles.iter().any(|r| self.roles.contains(r)))
             && (self.scopes.is_empty() || self.scopes.iter().any(|s| s.matches(server, tool)))
+    }
+
+    /// [`Self::applies`] for some tool of `server`.
+    fn applies_to_any_tool(&self, server: &str, roles: &[String], direction: Direction) -> bool {
+        let direction_ok = match direction {
+            Direction::Request => self.request,
+            Direction::Response => self.response,
+        };
+        direction_ok
+            && (self.roles.is_empty() || roles.iter().any(|r| self.roles.contains(r)))
+            && (self.scopes.is_empty() || self.scopes.iter().any(|s| s.touches(server)))
     }
 }
 
@@ -472,8 +487,19 @@ impl Redactor {
         roles: &[String],
         direction: Direction,
     ) -> Option<RedactionPlan> {
+        self.plan_of(self.rules.iter().filter(|r| r.applies(server, tool, roles, direction)), direction)
+    }
+
+    /// Every rule for some tool of `server` (and the caller's `roles`), each detector in its
+    /// strictest mode: for messages whose tool is unknown, such as a response replayed on
+    /// the GET stream. At least as strict as [`Self::plan`] for any one tool.
+    pub fn plan_any_tool(&self, server: &str, roles: &[String], direction: Direction) -> Option<RedactionPlan> {
+        self.plan_of(self.rules.iter().filter(|r| r.applies_to_any_tool(server, roles, direction)), direction)
+    }
+
+    fn plan_of<'a>(&self, rules: impl Iterator<Item = &'a Rule>, direction: Direction) -> Option<RedactionPlan> {
         let mut actions: Option<Vec<Option<Mode>>> = None;
-        for rule in self.rules.iter().filter(|r| r.applies(server, tool, roles, direction)) {
+        for rule in rules {
             let actions = actions.get_or_insert_with(|| vec![None; self.shared.engine.patterns().len()]);
             for &id in &rule.patterns {
                 if let Some(slot) = actions.get_mut(id) {
