@@ -259,6 +259,13 @@ def test_two_envoys_converge(xds):
     second = start_envoy(plane, f"envoy-{xds.api}-b", xds.api, xds.workdir)
     try:
         assert docs_search_ok(second)
+        def filter_versions() -> set[str | None]:
+            nodes = plane.status()["nodes"]
+            return {nodes[node]["acked"].get("extension_configs") for node in (xds.envoy.node_id, second.node_id)}
+
+        # The base filter: what both ACK before the edit (the new Envoy got the current one).
+        wait_for("both Envoys ACK the base filter", lambda: len(filter_versions()) == 1 and None not in filter_versions())
+        (base_version,) = filter_versions()
         widened = dataclasses.replace(xds.base, reader_allow=["docs/search_*", "docs/get_*"])
         with registry_edit(xds.registry, widened.render()):
             for envoy in (xds.envoy, second):
@@ -270,11 +277,8 @@ def test_two_envoys_converge(xds):
         nodes = plane.status()["nodes"]
         assert nodes[xds.envoy.node_id]["streams"] == 1 and nodes[second.node_id]["streams"] == 1, nodes
 
-        # Envoy may apply a config before meshgate has read its ACK: poll for the same version.
-        def same_filter_version() -> bool:
-            nodes = plane.status()["nodes"]
-            return len({nodes[node]["acked"].get("extension_configs") for node in (xds.envoy.node_id, second.node_id)}) == 1
-
-        wait_for("both Envoys ACK the same filter version", same_filter_version)
+        # Envoy may apply a config before meshgate has read its ACK: poll until both ACKed the
+        # reverted filter, whose version (a content hash) is the base one again.
+        wait_for("both Envoys ACK the reverted filter", lambda: filter_versions() == {base_version})
     finally:
         stop_quietly(second.proc)

@@ -56,6 +56,10 @@ pub struct NodeStatus {
     pub connected_at: u64,
     /// Seconds since the Unix epoch of the last stream closing, while none is open.
     pub disconnected_at: Option<u64>,
+    /// Order of that disconnection among all nodes' (what pruning goes by: many can
+    /// disconnect within one second).
+    #[serde(skip)]
+    disconnect_order: u64,
 }
 
 /// Disconnected nodes kept in the status (the most recently disconnected): node ids come
@@ -76,6 +80,8 @@ struct Inner {
     loaded_at: u64,
     last_error: Option<LoadFailure>,
     nodes: BTreeMap<String, NodeStatus>,
+    /// Disconnections so far (orders [`NodeStatus::disconnect_order`]).
+    disconnections: u64,
 }
 
 /// See the module docs. Cheap to share (`Arc`).
@@ -224,6 +230,11 @@ impl Drop for StreamGuard {
             return;
         }
         status.disconnected_at = Some(unix_now());
+        inner.disconnections += 1;
+        let order = inner.disconnections;
+        if let Some(status) = inner.nodes.get_mut(&self.node) {
+            status.disconnect_order = order;
+        }
         prune_disconnected(&mut inner.nodes, MAX_DISCONNECTED_NODES);
     }
 }
@@ -231,7 +242,7 @@ impl Drop for StreamGuard {
 /// Forgets the longest-disconnected nodes beyond `keep` disconnected ones.
 fn prune_disconnected(nodes: &mut BTreeMap<String, NodeStatus>, keep: usize) {
     let mut gone: Vec<(u64, String)> =
-        nodes.iter().filter_map(|(id, s)| s.disconnected_at.map(|at| (at, id.clone()))).collect();
+        nodes.iter().filter(|(_, s)| s.disconnected_at.is_some()).map(|(id, s)| (s.disconnect_order, id.clone())).collect();
     if gone.len() <= keep {
         return;
     }
@@ -251,17 +262,18 @@ mod tests {
     #[test]
     fn disconnected_nodes_are_bounded() {
         let control = ControlPlane::new();
-        let connected = control.stream_opened("steady", Api::Sotw);
+        // Named to sort first: pruning goes by disconnection order, not by name.
+        let connected = control.stream_opened("a-steady", Api::Sotw);
         for n in 0..MAX_DISCONNECTED_NODES + 50 {
             drop(control.stream_opened(&format!("pod-{n}"), Api::Delta));
         }
         let nodes = control.nodes();
         assert_eq!(nodes.len(), MAX_DISCONNECTED_NODES + 1);
-        assert_eq!(nodes["steady"].streams, 1);
+        assert_eq!(nodes["a-steady"].streams, 1);
         assert!(nodes.values().filter(|s| s.streams == 0).all(|s| s.disconnected_at.is_some()));
         drop(connected);
         let nodes = control.nodes();
         assert_eq!(nodes.len(), MAX_DISCONNECTED_NODES);
-        assert!(nodes["steady"].disconnected_at.is_some(), "the latest disconnection is kept");
+        assert!(nodes["a-steady"].disconnected_at.is_some(), "the latest disconnection is kept");
     }
 }
