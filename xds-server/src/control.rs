@@ -241,8 +241,11 @@ impl Drop for StreamGuard {
 
 /// Forgets the longest-disconnected nodes beyond `keep` disconnected ones.
 fn prune_disconnected(nodes: &mut BTreeMap<String, NodeStatus>, keep: usize) {
-    let mut gone: Vec<(u64, String)> =
-        nodes.iter().filter(|(_, s)| s.disconnected_at.is_some()).map(|(id, s)| (s.disconnect_order, id.clone())).collect();
+    let mut gone: Vec<(u64, String)> = nodes
+        .iter()
+        .filter(|(_, s)| s.disconnected_at.is_some())
+        .map(|(id, s)| (s.disconnect_order, id.clone()))
+        .collect();
     if gone.len() <= keep {
         return;
     }
