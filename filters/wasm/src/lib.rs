@@ -631,7 +631,7 @@ fn take(charge: &LocalCharge, cap: u64, now_ns: u64) -> Result<Option<u64>, shar
     match shared::update_capped(&charge.shared_key, Some(cap), now_ns, &mut compute) {
         Err(e @ shared::SharedError::Full { .. }) => {
             warn_overflow_once(&e);
-            shared::update(&charge.overflow_key, now_ns, &mut compute)
+            shared::update(&charge.overflow_key(), now_ns, &mut compute)
         }
         other => other,
     }

@@ -434,6 +434,9 @@ fn charges_list_local_counters_and_global_descriptors() {
     assert!(ex.charges.local[0].shared_key.starts_with("meshgate/q/quota-0/"));
     assert!(ex.charges.local[0].shared_key.ends_with("/reader-bot/crm/search"), "{}", ex.charges.local[0].shared_key);
     assert!(ex.charges.local[1].shared_key.ends_with("/reader-bot"));
+    let overflow = ex.charges.local[0].overflow_key();
+    assert!(overflow.starts_with("meshgate/q/quota-0/") && overflow.ends_with("/!overflow"), "{overflow}");
+    assert_eq!(overflow.matches('/').count(), 4, "{overflow}");
     assert_eq!(ex.charges.global.len(), 1);
     assert_eq!(ex.charges.global[0].header, "x-meshgate-rl-fleet");
     assert_eq!(ex.charges.global[0].value, "crm/search");

@@ -63,14 +63,19 @@ pub struct LocalCharge {
     /// fingerprint changes whenever the rule's limit or key kind does, so an edited rule
     /// starts with fresh counters instead of misreading old state.
     pub shared_key: String,
-    /// The rule's one overflow counter, `meshgate/q/<rule>/<limit fingerprint>/!overflow`:
-    /// shared data cannot forget a key, so once `limits.max_local_counters` keys exist, a
-    /// call whose own counter does not exist yet is charged here instead (fail closed: those
-    /// callers share one budget; memory stays bounded).
-    pub overflow_key: String,
+    /// Length of `shared_key`'s rule prefix (`meshgate/q/<rule>/<limit fingerprint>/`).
+    prefix_len: usize,
 }
 
 impl LocalCharge {
+    /// The rule's one overflow counter, `meshgate/q/<rule>/<limit fingerprint>/!overflow`:
+    /// shared data cannot forget a key, so once `limits.max_local_counters` keys exist, a
+    /// call whose own counter does not exist yet is charged here instead (fail closed: those
+    /// callers share one budget; memory stays bounded). Built only when needed.
+    pub fn overflow_key(&self) -> String {
+        format!("{}!overflow", self.shared_key.get(..self.prefix_len).unwrap_or_default())
+    }
+
     /// The answer to a call this counter refused: HTTP 429, `Retry-After`, JSON-RPC -32029.
     pub fn rejection(&self, retry_after_secs: u64, id: Option<&Value>) -> Rejection {
         let retry = retry_after_secs.max(1);
@@ -233,7 +238,9 @@ impl QuotaRule {
 
     /// The shared-data key of this rule's counter for a call (see [`LocalCharge::shared_key`]).
     pub fn shared_key(&self, counter_key: &str) -> String {
-        format!("{}{counter_key}", self.shared_prefix())
+        let mut key = self.shared_prefix();
+        key.push_str(counter_key);
+        key
     }
 
     /// `meshgate/q/<rule>/<limit fingerprint>/`: every shared-data key of this rule.
@@ -391,13 +398,18 @@ impl QuotaRules {
         for rule in self.matching(server, tool, roles) {
             let counter = rule.counter_key(consumer, server, tool);
             match rule.scope {
-                QuotaScope::Local => charges.local.push(LocalCharge {
-                    rule: rule.name.clone(),
-                    limit: rule.limit,
-                    key: rule.key,
-                    shared_key: rule.shared_key(&counter),
-                    overflow_key: format!("{}!overflow", rule.shared_prefix()),
-                }),
+                QuotaScope::Local => {
+                    let mut shared_key = rule.shared_prefix();
+                    let prefix_len = shared_key.len();
+                    shared_key.push_str(&counter);
+                    charges.local.push(LocalCharge {
+                        rule: rule.name.clone(),
+                        limit: rule.limit,
+                        key: rule.key,
+                        shared_key,
+                        prefix_len,
+                    })
+                }
                 QuotaScope::Global => charges.global.push(GlobalDescriptor {
                     rule: rule.name.clone(),
                     header: format!("{GLOBAL_HEADER_PREFIX}{}", rule.name),
