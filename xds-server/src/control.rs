@@ -221,7 +221,8 @@ pub struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        let mut inner = self.control.lock();
+        let mut guard = self.control.lock();
+        let inner = &mut *guard;
         let Some(status) = inner.nodes.get_mut(&self.node) else {
             return;
         };
@@ -229,12 +230,9 @@ impl Drop for StreamGuard {
         if status.streams > 0 {
             return;
         }
-        status.disconnected_at = Some(unix_now());
         inner.disconnections += 1;
-        let order = inner.disconnections;
-        if let Some(status) = inner.nodes.get_mut(&self.node) {
-            status.disconnect_order = order;
-        }
+        status.disconnected_at = Some(unix_now());
+        status.disconnect_order = inner.disconnections;
         prune_disconnected(&mut inner.nodes, MAX_DISCONNECTED_NODES);
     }
 }

@@ -207,11 +207,10 @@ impl Exchange {
                 return ResponsePlan::Replace(self.oversized_response(limit));
             }
         }
-        let sse = head.content_type.map(media_type).is_some_and(|t| t == "text/event-stream");
         if !rewrites && self.server_stream {
             // Only events are looked at (see `rewrite_event`); any other body on a GET is
             // the server's own answer to it. An encoded event stream cannot be looked at.
-            if !sse {
+            if head.content_type.map(media_type).is_none_or(|t| t != "text/event-stream") {
                 return ResponsePlan::PassThrough;
             }
             if head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
@@ -301,22 +300,22 @@ impl Exchange {
                 return Some(jsonrpc::error_body(None, code::INTERNAL_ERROR, why));
             }
         };
-        let id_value = id.clone();
-        let shape = serde_json::from_slice::<serde_json::Value>(data).ok().and_then(|doc| {
-            let result = doc.get("result")?;
+        let shape = jsonrpc::validate_strict(data).ok().and_then(|doc| {
+            let result = doc.root().get("result")?;
             LIST_SHAPES.iter().filter_map(|m| ResourceKind::of_list_method(m)).find(|s| result.get(s.array).is_some())
         });
         let filtered = shape.and_then(|shape| {
+            let request_id = id.clone();
             let filter =
-                ListFilter { shape, request_id: id, server: self.server.clone(), roles: self.consumer.roles.clone() };
+                ListFilter { shape, request_id, server: self.server.clone(), roles: self.consumer.roles.clone() };
             match filter.apply(data, policy) {
                 ListOutcome::Unchanged => None,
                 ListOutcome::Rewritten(b) | ListOutcome::Unreadable(b) => Some(b),
             }
         });
         match filtered {
-            None => self.govern(data, policy, counts, Some(&id_value)),
-            Some(list) => self.govern(&list, policy, counts, Some(&id_value)).or(Some(list)),
+            None => self.govern(data, policy, counts, Some(&id)),
+            Some(list) => self.govern(&list, policy, counts, Some(&id)).or(Some(list)),
         }
     }
 
@@ -338,7 +337,6 @@ impl Exchange {
         if let Some(limit) = self.response_limit.filter(|l| message.len() as u64 > *l) {
             return Some(self.oversized_response(limit));
         }
-
         let filtered = match &self.list_filter {
             None => None,
             Some(filter) => match filter.apply(message, policy) {

@@ -115,7 +115,7 @@ fn create<T>(key: &str, cap: Option<u64>, now_ns: u64, compute: &mut Compute<'_,
             None => None,
             Some(cap) => {
                 let (bytes, _) = get_shared_data(COUNT_KEY).map_err(SharedError::Host)?;
-                let count = bytes.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_le_bytes);
+                let count = le_u64(bytes.as_deref());
                 if count >= cap {
                     return Err(SharedError::Full { cap });
                 }
@@ -147,7 +147,7 @@ fn acquire_lock(now_ns: u64) -> Result<(), SharedError> {
             ensure_lock()?;
             continue;
         };
-        let holder = bytes.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(0);
+        let holder = le_u64(bytes.as_deref());
         if holder != 0 && now_ns.saturating_sub(holder) <= LOCK_STALE_NS {
             continue;
         }
@@ -158,4 +158,10 @@ fn acquire_lock(now_ns: u64) -> Result<(), SharedError> {
         }
     }
     Err(SharedError::Contended)
+}
+
+/// An 8-byte little-endian value as the lock and the key count store it; 0 when absent or
+/// not 8 bytes.
+fn le_u64(bytes: Option<&[u8]>) -> u64 {
+    bytes.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_le_bytes)
 }

@@ -238,19 +238,12 @@ impl QuotaRule {
 
     /// The shared-data key of this rule's counter for a call (see [`LocalCharge::shared_key`]).
     pub fn shared_key(&self, counter_key: &str) -> String {
-        let mut key = self.shared_prefix();
-        key.push_str(counter_key);
-        key
-    }
-
-    /// `meshgate/q/<rule>/<limit fingerprint>/`: every shared-data key of this rule.
-    fn shared_prefix(&self) -> String {
         let canonical = match self.limit {
             Limit::Bucket { per_period, period_secs, burst } => format!("b:{per_period}:{period_secs}:{burst}"),
             Limit::Window { limit, period_secs } => format!("w:{limit}:{period_secs}"),
         };
         let print = fingerprint(&format!("{canonical}:{}", self.key.tag()));
-        format!("{SHARED_PREFIX}q/{}/{print:016x}/", self.name)
+        format!("{SHARED_PREFIX}q/{}/{print:016x}/{counter_key}", self.name)
     }
 }
 
@@ -399,9 +392,8 @@ impl QuotaRules {
             let counter = rule.counter_key(consumer, server, tool);
             match rule.scope {
                 QuotaScope::Local => {
-                    let mut shared_key = rule.shared_prefix();
-                    let prefix_len = shared_key.len();
-                    shared_key.push_str(&counter);
+                    let shared_key = rule.shared_key(&counter);
+                    let prefix_len = shared_key.len() - counter.len();
                     charges.local.push(LocalCharge {
                         rule: rule.name.clone(),
                         limit: rule.limit,

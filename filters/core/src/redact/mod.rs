@@ -275,24 +275,24 @@ struct Rule {
 
 impl Rule {
     fn applies(&self, server: &str, tool: Option<&str>, roles: &[String], direction: Direction) -> bool {
-        let direction_ok = match direction {
-            Direction::Request => self.request,
-            Direction::Response => self.response,
-        };
-        direction_ok
-            && (self.roles.is_empty() || roles.iter().any(|r| self.roles.contains(r)))
-            && (self.scopes.is_empty() || self.scopes.iter().any(|s| s.matches(server, tool)))
+        self.applies_where(roles, direction, |s| s.matches(server, tool))
     }
 
     /// [`Self::applies`] for some tool of `server`.
     fn applies_to_any_tool(&self, server: &str, roles: &[String], direction: Direction) -> bool {
+        self.applies_where(roles, direction, |s| s.touches(server))
+    }
+
+    /// The rule's direction and roles admit the exchange, and `scope` accepts one of its
+    /// scopes (a rule without scopes covers everything).
+    fn applies_where(&self, roles: &[String], direction: Direction, scope: impl Fn(&Scope) -> bool) -> bool {
         let direction_ok = match direction {
             Direction::Request => self.request,
             Direction::Response => self.response,
         };
         direction_ok
             && (self.roles.is_empty() || roles.iter().any(|r| self.roles.contains(r)))
-            && (self.scopes.is_empty() || self.scopes.iter().any(|s| s.touches(server)))
+            && (self.scopes.is_empty() || self.scopes.iter().any(scope))
     }
 }
 
