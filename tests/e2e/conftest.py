@@ -9,6 +9,10 @@ Keys (RSA + EC in a JWKS file, an HS256 secret in an env var) and the
 registry are generated per run under pytest's tmp dir. Each upstream writes
 every request it receives to a JSON-lines log, which tests read to prove a
 rejected request never reached it.
+
+Hostile-upstream tests use `hostile_gateway`: the same registry plus server `evil`, the
+scripted malicious upstream (scripted_upstream.py) running in this process, whose every
+answer a test writes byte by byte.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from e2e_support import (
     Gateway,
     Keys,
     Upstream,
+    running_gateway,
     start_gateway,
     start_upstream,
     stop_gateway,
     write_test_registry,
 )
+from scripted_upstream import ScriptedUpstream, scripted_upstream
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +67,23 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dic
         yield gw
     finally:
         stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def scripted() -> Iterator[ScriptedUpstream]:
+    """The malicious upstream, scripted per test (tests/e2e/scripted_upstream.py)."""
+    with scripted_upstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="session")
+def hostile_gateway(
+    tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream], scripted: ScriptedUpstream
+) -> Iterator[Gateway]:
+    """A gateway whose registry adds server `evil`, the scripted upstream (see `registry_yaml`)."""
+    workdir = tmp_path_factory.mktemp("hostile-gateway")
+    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, evil_url=scripted.url) as gw:
+        yield gw
 
 
 @pytest.fixture
