@@ -54,6 +54,8 @@ INVALID_REQUEST = -32600
 UNAUTHENTICATED = -32001
 FORBIDDEN = -32003
 HEADER_MISMATCH = -32020
+# The HTTP status of a call refused by policy or blocked by redaction (JSON-RPC FORBIDDEN).
+POLICY_DENIED_STATUS = 403
 
 ISSUER_JWKS = "https://idp.e2e.test"
 ISSUER_HS = "https://hs.e2e.test"

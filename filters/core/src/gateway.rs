@@ -563,17 +563,13 @@ impl Gateway {
         if let Some(target) = message.target() {
             if let Verdict::Deny(reason) = self.config.policy.decide(&consumer.roles, target.kind, server, &target.name)
             {
-                return Err(Rejection::new(
-                    403,
-                    code::FORBIDDEN,
-                    format!(
-                        "{} \"{}/{}\" is not allowed: {}",
-                        target.kind.noun(),
-                        server,
-                        printable(&target.name),
-                        reason.describe()
-                    ),
-                )
+                return Err(Rejection::forbidden(format!(
+                    "{} \"{}/{}\" is not allowed: {}",
+                    target.kind.noun(),
+                    server,
+                    printable(&target.name),
+                    reason.describe()
+                ))
                 .with_id(message.id()));
             }
         }
@@ -603,14 +599,10 @@ impl Gateway {
             match plan.redact_message(body, &mut counts) {
                 Ok(rewritten) => rewritten_request = rewritten,
                 Err(blocked) => {
-                    return Err(Rejection::new(
-                        403,
-                        code::FORBIDDEN,
-                        format!(
-                            "the request to {server} was blocked: it contains a value of kind {}",
-                            blocked.detector()
-                        ),
-                    )
+                    return Err(Rejection::forbidden(format!(
+                        "the request to {server} was blocked: it contains a value of kind {}",
+                        blocked.detector()
+                    ))
                     .with_id(message.id()))
                 }
             }

@@ -71,6 +71,13 @@ impl Rejection {
         Self::new(400, code, message)
     }
 
+    /// A call the caller may not make: refused by policy, or blocked by a redaction rule
+    /// (JSON-RPC `FORBIDDEN`). Every such refusal is built here, so its HTTP status is
+    /// chosen in one place.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, code::FORBIDDEN, message)
+    }
+
     /// 404 for paths the gateway does not serve.
     pub fn not_found(path: &str) -> Self {
         Self::new(404, code::INVALID_REQUEST, format!("no MCP server is served at {}", printable(path)))
