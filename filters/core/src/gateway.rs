@@ -82,8 +82,11 @@ impl<'a> RequestHead<'a> {
     }
 
     /// Every value of header `name`, in order.
-    pub fn values(&self, name: &str) -> Vec<&'a str> {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    pub fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + 'n
+    where
+        'a: 'n,
+    {
+        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -510,8 +513,8 @@ impl Gateway {
     ) -> Result<(RoutingHeaders, ContentTypeAction), Rejection> {
         let max_request_bytes = self.config.limits.head_request_bytes(server);
         let unsupported = |e: content_type::ContentTypeError| Rejection::new(415, code::INVALID_REQUEST, e.to_string());
-        let content_type = content_type::check_content_type(&head.values("content-type")).map_err(unsupported)?;
-        content_type::check_content_encoding(&head.values("content-encoding")).map_err(unsupported)?;
+        let content_type = content_type::check_content_type(head.values("content-type")).map_err(unsupported)?;
+        content_type::check_content_encoding(head.values("content-encoding")).map_err(unsupported)?;
         if let Some(len) = head.header("content-length") {
             match len.trim().parse::<u64>() {
                 Ok(n) if n > max_request_bytes => return Err(Rejection::too_large(max_request_bytes)),
