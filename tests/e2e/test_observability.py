@@ -30,6 +30,7 @@ from e2e_support import (
     API_KEYS,
     REPO,
     HS_SECRET_ENV,
+    ISSUER_JWKS,
     Gateway,
     Keys,
     Upstream,
@@ -49,6 +50,9 @@ pytestmark = [pytest.mark.e2e]
 
 ADMIN = api_key("e2e-admin-key")
 READER = api_key("e2e-reader-key")
+# JWT consumers are named <issuer>#<subject>; metric labels keep [A-Za-z0-9_-] (64 at most).
+ALICE = f"{ISSUER_JWKS}#obs-alice"
+ALICE_LABEL = re.sub(r"[^A-Za-z0-9_-]", "_", ALICE)[:64]
 
 OBSERVABILITY = """
 observability:
@@ -187,7 +191,7 @@ def test_traffic_got_the_expected_answers(traffic: Traffic) -> None:
 def test_metrics_carry_labels_with_exact_counts(traffic: Traffic) -> None:
     tool_calls = {
         ("docs", "search_docs", "allowed", "e2e-admin"): 1,
-        ("docs", "search_docs", "allowed", "obs-alice"): 1,
+        ("docs", "search_docs", "allowed", ALICE_LABEL): 1,
         ("crm", "delete_customer", "denied", "e2e-reader"): 1,
         ("docs", "get_doc", "redacted", "e2e-admin"): 1,
         ("crm", "update_customer", "blocked", "e2e-admin"): 1,
@@ -254,7 +258,7 @@ def test_one_audit_line_per_call_with_the_right_fields(traffic: Traffic) -> None
     by_label = {traffic.calls[rid_key(line["request_id"])][0]: line for line in lines}
     allowed = by_label["obs-allowed-2"]
     assert (allowed["consumer"], allowed["roles"], allowed["mcp"]) == (
-        "obs-alice",
+        ALICE,
         "reader",
         {"method": "tools/call", "server": "docs", "kind": "tool", "target": "search_docs"},
     )
