@@ -182,3 +182,40 @@ def test_get_stream_requires_credentials(gateway, crm):
     assert response.status_code == 401, describe(response)
     assert "resource_metadata=" in response.headers.get("www-authenticate", "")
     assert not [e for e in crm.log.since(mark) if e.get("http_method") == "GET"]
+
+
+# --------------------------------------------------------------------------- consumers are namespaced by issuer
+
+
+TWIN_QUOTA = """
+quotas:
+  - name: twins
+    match: { tools: ["docs/search_*"] }
+    quota: 1/h
+    key: consumer
+"""
+
+
+@pytest.fixture(scope="module")
+def twin_gateway(tmp_path_factory, keys, upstreams):
+    """The test registry (two JWT issuers) with a 1/h quota per consumer on docs/search_*."""
+    from e2e_support import running_gateway
+
+    workdir = tmp_path_factory.mktemp("twin-gateway")
+    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, extra=TWIN_QUOTA) as gw:
+        yield gw
+
+
+def test_same_subject_from_two_issuers_is_two_consumers(twin_gateway, keys, docs):
+    """Two identity providers' users with the same `sub` must not share a quota (nor
+    in-flight slots, nor an audit identity): one's call does not spend the other's."""
+    sub = marker()
+    search = {"name": "search_docs", "arguments": {"query": "policy"}}
+    first = post(twin_gateway.url("docs"), legacy_body("tools/call", search, id=1), bearer(keys.token(sub, ["reader"])))
+    assert first.status_code == 200, describe(first)
+    # The same issuer and subject again: its one call an hour is spent (the premise).
+    again = post(twin_gateway.url("docs"), legacy_body("tools/call", search, id=2), bearer(keys.token(sub, ["reader"])))
+    assert again.status_code == 429, describe(again)
+    twin = post(twin_gateway.url("docs"), legacy_body("tools/call", search, id=3),
+                bearer(keys.token(sub, ["reader"], alg="HS256")))
+    assert twin.status_code == 200, f"the other issuer's {sub} was charged to the first one's quota: {describe(twin)}"

@@ -30,6 +30,7 @@ from e2e_support import (
     API_KEYS,
     REPO,
     HS_SECRET_ENV,
+    ISSUER_JWKS,
     Gateway,
     Keys,
     Upstream,
@@ -49,6 +50,9 @@ pytestmark = [pytest.mark.e2e]
 
 ADMIN = api_key("e2e-admin-key")
 READER = api_key("e2e-reader-key")
+# JWT consumers are named <issuer>#<subject>; metric labels keep [A-Za-z0-9_-] (64 at most).
+ALICE = f"{ISSUER_JWKS}#obs-alice"
+ALICE_LABEL = re.sub(r"[^A-Za-z0-9_-]", "_", ALICE)[:64]
 
 OBSERVABILITY = """
 observability:
@@ -118,9 +122,9 @@ def traffic(
         wait_outside_window_edge(3600, margin=10)  # `reindex` is 1/h: both calls in one window
         call("obs-quota-1", "allowed", "docs", "admin_reindex", {}, ADMIN)
         call("obs-quota-2", "rate_limited", "docs", "admin_reindex", {}, ADMIN)
-        # A method the server does not implement: it answers with a JSON-RPC error.
-        complete = {"ref": {"type": "ref/prompt", "name": "x"}, "argument": {"name": "a", "value": "b"}}
-        send("obs-upstream-error", "error", "docs", legacy_body("completion/complete", complete, id=1), ADMIN)
+        # A method the server does not implement: it answers with a JSON-RPC error. (Not
+        # completion/complete: its ref names a prompt or resource, which the gateway governs.)
+        send("obs-upstream-error", "error", "docs", legacy_body("logging/setLevel", {"level": "info"}, id=1), ADMIN)
         yield Traffic(gw, otlp, calls, token)
     finally:
         stop_gateway(gw)
@@ -187,7 +191,7 @@ def test_traffic_got_the_expected_answers(traffic: Traffic) -> None:
 def test_metrics_carry_labels_with_exact_counts(traffic: Traffic) -> None:
     tool_calls = {
         ("docs", "search_docs", "allowed", "e2e-admin"): 1,
-        ("docs", "search_docs", "allowed", "obs-alice"): 1,
+        ("docs", "search_docs", "allowed", ALICE_LABEL): 1,
         ("crm", "delete_customer", "denied", "e2e-reader"): 1,
         ("docs", "get_doc", "redacted", "e2e-admin"): 1,
         ("crm", "update_customer", "blocked", "e2e-admin"): 1,
@@ -209,7 +213,7 @@ def test_metrics_carry_labels_with_exact_counts(traffic: Traffic) -> None:
             ("tools_call", "blocked"): 1,
             ("tools_call", "rate_limited"): 1,
             ("none", "unauthenticated"): 2,
-            ("completion_complete", "error"): 1,
+            ("logging_setLevel", "error"): 1,
         }
         for (method, decision), n in requests.items():
             got = sample(samples, "meshgate_requests", method=method, decision=decision)
@@ -254,7 +258,7 @@ def test_one_audit_line_per_call_with_the_right_fields(traffic: Traffic) -> None
     by_label = {traffic.calls[rid_key(line["request_id"])][0]: line for line in lines}
     allowed = by_label["obs-allowed-2"]
     assert (allowed["consumer"], allowed["roles"], allowed["mcp"]) == (
-        "obs-alice",
+        ALICE,
         "reader",
         {"method": "tools/call", "server": "docs", "kind": "tool", "target": "search_docs"},
     )
@@ -270,7 +274,7 @@ def test_one_audit_line_per_call_with_the_right_fields(traffic: Traffic) -> None
     assert by_label["obs-quota-2"]["quota"] == "limited:reindex"
     assert by_label["obs-unauth"]["consumer"] is None and by_label["obs-unauth"]["mcp"]["server"] == "docs"
     error = by_label["obs-upstream-error"]
-    assert (error["upstream_jsonrpc_error_code"], error["mcp"]["method"]) == ("-32601", "completion/complete")
+    assert (error["upstream_jsonrpc_error_code"], error["mcp"]["method"]) == ("-32601", "logging/setLevel")
 
 
 #: Audit fields whose values the gateway generates, not the caller: masked before short

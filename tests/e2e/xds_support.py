@@ -86,6 +86,7 @@ class RegistrySpec:
             # Globs over every server: the policy stays valid whichever servers are registered.
             '    admin: { allow: ["*"], deny: ["*/delete_*"] }',
             '    gdpr-officer: { allow: ["*/get_*"] }',
+            "    auditor: { allow: [] }",
             "limits: { max_request_bytes: 65536, max_response_bytes: 1048576 }",
         ]
         return "\n".join(lines) + "\n" + self.extra

@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
     let g = gateway();
     let mut cache = g.new_token_cache();
     let api = headers(&[(":method", "POST"), ("x-api-key", "bench-key"), ("content-type", "application/json")]);
-    let head = RequestHead { method: "POST", path: "/mcp/crm", headers: &api };
+    let head = RequestHead { method: "POST", path: "/mcp/crm", headers: &api, end_of_stream: false };
 
     c.bench_function("head/route+api_key", |b| {
         b.iter(|| black_box(matches!(g.on_request_head(black_box(head), NOW, &mut cache), HeadDecision::AwaitBody(_))))
@@ -148,7 +148,7 @@ fn bench(c: &mut Criterion) {
     ] {
         let authz = format!("Bearer {}", token(alg, issuer));
         let h = headers(&[("authorization", &authz), ("content-type", "application/json")]);
-        let head = RequestHead { method: "POST", path: "/mcp/crm", headers: &h };
+        let head = RequestHead { method: "POST", path: "/mcp/crm", headers: &h, end_of_stream: false };
         let mut cold = TokenCache::new(0);
         group.bench_function(format!("{name}/cold"), |b| {
             b.iter(|| black_box(matches!(g.on_request_head(head, NOW, &mut cold), HeadDecision::AwaitBody(_))))

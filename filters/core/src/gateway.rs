@@ -13,14 +13,17 @@
 use std::sync::Arc;
 
 use crate::config::FilterConfig;
+use crate::content_type::{self, ContentTypeAction};
 use crate::identity::{AuthError, Consumer, Credentials, TokenCache};
 use crate::jsonrpc::{self, code};
 use crate::listing::{ListFilter, ListOutcome};
 use crate::mcp::{self, header, Message, ReadError, ReadMessage, ResourceKind, MODERN_PROTOCOL_VERSIONS};
+use crate::param_headers::{self, ParamHeaders};
 use crate::policy::{Policy, Verdict};
 use crate::quota::{self, Charges};
 use crate::redact::{Direction, RedactionCounts, RedactionPlan};
 use crate::reject::{printable, Rejection};
+use crate::resource_uri;
 
 /// Request headers the filter removes before forwarding: the client's own credentials
 /// (MCP forbids token passthrough) and `accept-encoding` (the filter must be able to read
@@ -62,6 +65,9 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub headers: &'a [(String, String)],
+    /// The request ends with its headers: no body follows (the host's `end_of_stream` in
+    /// the request-headers callback). A GET or DELETE that does not end here carries a body.
+    pub end_of_stream: bool,
 }
 
 impl<'a> RequestHead<'a> {
@@ -73,6 +79,14 @@ impl<'a> RequestHead<'a> {
 
     pub fn count(&self, name: &str) -> usize {
         self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + 'n
+    where
+        'a: 'n,
+    {
+        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -97,6 +111,9 @@ pub struct PendingRequest {
     consumer: Arc<Consumer>,
     server: String,
     routing: RoutingHeaders,
+    /// The `Content-Type` is an equivalent spelling of `application/json`: the canonical
+    /// value is forwarded instead (see [`content_type`]).
+    canonicalize_content_type: bool,
 }
 
 impl PendingRequest {
@@ -118,6 +135,8 @@ struct RoutingHeaders {
     version: Option<String>,
     method: Option<String>,
     name: Option<String>,
+    /// The `Mcp-Param-*` headers (tool arguments mirrored by a 2026-07-28 client).
+    params: ParamHeaders,
 }
 
 /// An exchange the gateway let through, with what its response needs.
@@ -133,6 +152,10 @@ pub struct Exchange {
     pub response_redaction: Option<RedactionPlan>,
     /// The request body to forward instead of the original (request-direction redaction).
     pub rewritten_request: Option<Vec<u8>>,
+    /// Request headers to set (`Some`) or remove (`None`) before forwarding, applied with
+    /// the body decision: the canonical `Content-Type`, `Mcp-Param-*` headers rewritten as
+    /// the arguments they mirror were redacted. Lowercase names.
+    pub request_header_rewrites: Vec<(String, Option<String>)>,
     /// Rate limits and quotas this `tools/call` is charged to (empty otherwise).
     pub charges: Charges,
     /// Whether this exchange holds one of its consumer's in-flight slots while it is open
@@ -413,6 +436,13 @@ impl Gateway {
             Err(rejection) => return HeadDecision::Reject(rejection),
         };
         match head.method {
+            "GET" | "DELETE" if !head.end_of_stream => HeadDecision::Reject(Rejection::bad_request(
+                code::INVALID_REQUEST,
+                format!(
+                    "{} requests to MCP endpoints must not carry a body; send JSON-RPC messages with POST",
+                    head.method
+                ),
+            )),
             "GET" | "DELETE" => {
                 // The GET stream carries server notifications and requests, and replays of
                 // any tool's results: every rule for any tool of the server covers it.
@@ -425,6 +455,7 @@ impl Gateway {
                     list_filter: None,
                     response_redaction,
                     rewritten_request: None,
+                    request_header_rewrites: Vec::new(),
                     charges: Charges::default(),
                     counts_in_flight: false,
                     response_limit: None,
@@ -432,7 +463,12 @@ impl Gateway {
                 })
             }
             "POST" => match self.check_post_head(head, &server) {
-                Ok(routing) => HeadDecision::AwaitBody(PendingRequest { consumer, server, routing }),
+                Ok((routing, content_type)) => HeadDecision::AwaitBody(PendingRequest {
+                    consumer,
+                    server,
+                    routing,
+                    canonicalize_content_type: content_type == ContentTypeAction::Canonicalize,
+                }),
                 Err(r) => HeadDecision::Reject(r),
             },
             other => HeadDecision::Reject(
@@ -470,30 +506,15 @@ impl Gateway {
         Rejection::new(401, code::UNAUTHENTICATED, error.to_string()).with_header("www-authenticate", challenge)
     }
 
-    fn check_post_head(&self, head: RequestHead<'_>, server: &str) -> Result<RoutingHeaders, Rejection> {
+    fn check_post_head(
+        &self,
+        head: RequestHead<'_>,
+        server: &str,
+    ) -> Result<(RoutingHeaders, ContentTypeAction), Rejection> {
         let max_request_bytes = self.config.limits.head_request_bytes(server);
-        match head.header("content-type").map(media_type) {
-            Some(t) if t == "application/json" => {}
-            other => {
-                return Err(Rejection::new(
-                    415,
-                    code::INVALID_REQUEST,
-                    format!(
-                        "content type {} is not supported; send application/json",
-                        printable(other.as_deref().unwrap_or("(none)"))
-                    ),
-                ))
-            }
-        }
-        if let Some(enc) = head.header("content-encoding") {
-            if !enc.trim().eq_ignore_ascii_case("identity") {
-                return Err(Rejection::new(
-                    415,
-                    code::INVALID_REQUEST,
-                    format!("content encoding {} is not supported; send the body unencoded", printable(enc)),
-                ));
-            }
-        }
+        let unsupported = |e: content_type::ContentTypeError| Rejection::new(415, code::INVALID_REQUEST, e.to_string());
+        let content_type = content_type::check_content_type(head.values("content-type")).map_err(unsupported)?;
+        content_type::check_content_encoding(head.values("content-encoding")).map_err(unsupported)?;
         if let Some(len) = head.header("content-length") {
             match len.trim().parse::<u64>() {
                 Ok(n) if n > max_request_bytes => return Err(Rejection::too_large(max_request_bytes)),
@@ -506,13 +527,42 @@ impl Gateway {
                 return Err(Rejection::bad_request(code::HEADER_MISMATCH, format!("header {name} is repeated")));
             }
         }
+        let params = ParamHeaders::from_headers(head.headers)
+            .map_err(|e| Rejection::bad_request(code::HEADER_MISMATCH, e.to_string()))?;
         let version = head.header(header::PROTOCOL_VERSION).map(str::trim);
-        Ok(RoutingHeaders {
+        let routing = RoutingHeaders {
             modern: version.is_some_and(|v| MODERN_PROTOCOL_VERSIONS.contains(&v)),
             version: version.map(String::from),
             method: head.header(header::METHOD).map(|v| v.trim().to_string()),
             name: head.header(header::NAME).map(|v| v.trim().to_string()),
-        })
+            params,
+        };
+        Ok((routing, content_type))
+    }
+
+    /// The policy decision on one tool, resource or prompt a request names. Resource URIs
+    /// are matched in canonical form; a URI that readers resolve differently is refused
+    /// (400) rather than matched (see [`resource_uri`]).
+    fn authorize(&self, consumer: &Consumer, server: &str, target: &mcp::Target) -> Result<(), Rejection> {
+        let canonical = match target.kind {
+            ResourceKind::Resource => resource_uri::canonical(&target.name).map_err(|e| {
+                Rejection::bad_request(
+                    code::INVALID_PARAMS,
+                    format!("resource URI \"{}\" is refused: {e}", printable(&target.name)),
+                )
+            })?,
+            ResourceKind::Tool | ResourceKind::Prompt => std::borrow::Cow::Borrowed(target.name.as_str()),
+        };
+        match self.config.policy.decide(&consumer.roles, target.kind, server, &canonical) {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(reason) => Err(Rejection::forbidden(format!(
+                "{} \"{}/{}\" is not allowed: {}",
+                target.kind.noun(),
+                server,
+                printable(&target.name),
+                reason.describe()
+            ))),
+        }
     }
 
     /// Whether a body of `len` bytes so far is already over the request limit (checked on
@@ -560,18 +610,8 @@ impl Gateway {
 
         let consumer = &pending.consumer;
         let server = &pending.server;
-        if let Some(target) = message.target() {
-            if let Verdict::Deny(reason) = self.config.policy.decide(&consumer.roles, target.kind, server, &target.name)
-            {
-                return Err(Rejection::forbidden(format!(
-                    "{} \"{}/{}\" is not allowed: {}",
-                    target.kind.noun(),
-                    server,
-                    printable(&target.name),
-                    reason.describe()
-                ))
-                .with_id(message.id()));
-            }
+        for target in message.named() {
+            self.authorize(consumer, server, target).map_err(|r| r.with_id(message.id()))?;
         }
         let tool = message.target().filter(|t| t.kind == ResourceKind::Tool).map(|t| t.name.as_str());
         let sizes = self.config.limits.sizes(server, tool);
@@ -592,6 +632,10 @@ impl Gateway {
                 .with_id(message.id()));
             }
         }
+        // Each `Mcp-Param-*` header must mirror an argument of the call (read only when the
+        // request has such headers).
+        let mirrored = param_headers::match_arguments(&pending.routing.params, body)
+            .map_err(|e| Rejection::bad_request(code::HEADER_MISMATCH, e.to_string()).with_id(message.id()))?;
         let redactor = &self.config.redactor;
         let mut rewritten_request = None;
         if let Some(plan) = redactor.plan(server, tool, &consumer.roles, Direction::Request) {
@@ -606,6 +650,14 @@ impl Gateway {
                     .with_id(message.id()))
                 }
             }
+        }
+        let mut request_header_rewrites = Vec::new();
+        if pending.canonicalize_content_type {
+            request_header_rewrites.push(("content-type".to_string(), Some(content_type::CANONICAL_JSON.to_string())));
+        }
+        if let Some(rewritten) = &rewritten_request {
+            // The body's arguments changed: each header mirroring one now says what it says.
+            request_header_rewrites.extend(param_headers::rewrites_after_redaction(&mirrored, rewritten));
         }
         let response_redaction = redactor.plan(server, tool, &consumer.roles, Direction::Response);
         let list_filter = match (&message, message.method().and_then(ResourceKind::of_list_method)) {
@@ -631,6 +683,7 @@ impl Gateway {
             list_filter,
             response_redaction,
             rewritten_request,
+            request_header_rewrites,
             charges,
             counts_in_flight,
             response_limit,
@@ -642,7 +695,9 @@ impl Gateway {
 /// 2026-07-28: `MCP-Protocol-Version` must equal the envelope's version, `Mcp-Method` the
 /// body's method and `Mcp-Name` the named param. Checked whenever the headers are present (a
 /// gateway or server that routes or authorizes on headers must not be fooled), and required
-/// when the request declares a modern version (by header or by envelope).
+/// when the request declares a modern version (by header or by envelope). A header that
+/// names what the body does not have is a mismatch too: `Mcp-Method` on a response,
+/// `Mcp-Name` on a message that names nothing, `Mcp-Param-*` on anything but `tools/call`.
 fn check_routing_headers(
     routing: &RoutingHeaders,
     message: &Message,
@@ -653,6 +708,16 @@ fn check_routing_headers(
             .with_id(message.id()))
     };
     let Some(method) = message.method() else {
+        // A response (to a server's request) has no method and names nothing.
+        if routing.method.is_some() {
+            return mismatch(header::METHOD);
+        }
+        if routing.name.is_some() {
+            return mismatch(header::NAME);
+        }
+        if let Some(name) = routing.params.first_name() {
+            return mismatch(name);
+        }
         return Ok(());
     };
     if let Some(envelope) = envelope_version {
@@ -666,14 +731,17 @@ fn check_routing_headers(
         None if modern => return mismatch(header::METHOD),
         _ => {}
     }
-    if let Some(target) = message.target() {
-        match &routing.name {
-            Some(h) if mcp::decode_header_value(h).as_deref() != Some(target.name.as_str()) => {
-                return mismatch(header::NAME)
-            }
-            None if modern => return mismatch(header::NAME),
-            _ => {}
+    match (message.target(), &routing.name) {
+        (Some(target), Some(h)) if mcp::decode_header_value(h).as_deref() != Some(target.name.as_str()) => {
+            return mismatch(header::NAME)
         }
+        (Some(_), None) if modern => return mismatch(header::NAME),
+        (None, Some(_)) => return mismatch(header::NAME),
+        _ => {}
+    }
+    let is_call = matches!(message, Message::Request { method, .. } if method == mcp::method::TOOLS_CALL);
+    if let (false, Some(name)) = (is_call, routing.params.first_name()) {
+        return mismatch(name);
     }
     Ok(())
 }

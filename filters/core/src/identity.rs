@@ -6,6 +6,13 @@
 //! in wasm (RS256 ≈ 1 ms in V8), so verified tokens are remembered per worker in a bounded
 //! [`TokenCache`] until they expire. Credentials never appear in errors or logs: messages
 //! say what was wrong, never the token or key.
+//!
+//! Consumer names are what quotas, in-flight slots and the audit key on, so two callers
+//! must never share one. A JWT consumer is namespaced by its issuer,
+//! `<issuer>#<claim value>` (see [`jwt_consumer_name`]): two identity providers' users
+//! with the same `sub` are different consumers. The name is unambiguous because an issuer
+//! may not contain `#` (OIDC and RFC 8414 issuers have no fragment), and no API-key or
+//! anonymous consumer may be named `<a configured issuer>#…`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,10 +26,23 @@ use thiserror::Error;
 
 use crate::config::{ConfigError, RawAuth, RawJwtProvider, SecretSource, DEFAULT_JWT_LEEWAY_SECONDS};
 
+/// Separates the issuer from the consumer claim in a JWT consumer's name.
+pub const ISSUER_SEPARATOR: char = '#';
+
+/// The consumer name of a JWT verified for `issuer` whose consumer claim is `claim`.
+pub fn jwt_consumer_name(issuer: &str, claim: &str) -> String {
+    let mut name = String::with_capacity(issuer.len() + 1 + claim.len());
+    name.push_str(issuer);
+    name.push(ISSUER_SEPARATOR);
+    name.push_str(claim);
+    name
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
-    /// Stable consumer name (JWT claim, API-key entry, or the anonymous consumer).
+    /// Stable consumer name: `<issuer>#<claim>` for a JWT ([`jwt_consumer_name`]), the
+    /// entry's `consumer` for an API key, the anonymous consumer's name.
     pub name: String,
     /// Roles, as granted by the token or the API-key entry.
     pub roles: Vec<String>,
@@ -131,6 +151,15 @@ impl Authenticator {
                     format!("duplicate issuer \"{}\"", p.issuer),
                 ));
             }
+            if p.issuer.contains(ISSUER_SEPARATOR) {
+                return Err(ConfigError::invalid(
+                    format!("{path}.issuer"),
+                    format!(
+                        "issuer \"{}\" must not contain '{ISSUER_SEPARATOR}' (JWT consumers are named <issuer>{ISSUER_SEPARATOR}<claim>)",
+                        p.issuer
+                    ),
+                ));
+            }
             providers.push(compile_provider(p, &path, secrets)?);
         }
         let mut api_keys = HashMap::new();
@@ -144,6 +173,7 @@ impl Authenticator {
                 ));
             }
             check_consumer(&k.consumer, &k.roles, &path, known_role)?;
+            check_not_namespaced(&k.consumer, &issuers, &path)?;
             let consumer = Consumer { name: k.consumer.clone(), roles: k.roles.clone(), method: AuthMethod::ApiKey };
             if api_keys.insert(hash, Arc::new(consumer)).is_some() {
                 return Err(ConfigError::invalid(format!("{path}.sha256"), "duplicate API key digest"));
@@ -153,6 +183,7 @@ impl Authenticator {
             None => None,
             Some(a) => {
                 check_consumer(&a.consumer, &a.roles, "auth.anonymous", known_role)?;
+                check_not_namespaced(&a.consumer, &issuers, "auth.anonymous")?;
                 Some(Arc::new(Consumer {
                     name: a.consumer.clone(),
                     roles: a.roles.clone(),
@@ -268,7 +299,7 @@ impl JwtProvider {
                 )))
             }
         };
-        let consumer = Consumer { name: name.to_string(), roles, method: AuthMethod::Jwt };
+        let consumer = Consumer { name: jwt_consumer_name(&self.issuer, name), roles, method: AuthMethod::Jwt };
         Ok((Arc::new(consumer), exp.saturating_add(self.leeway)))
     }
 }
@@ -302,6 +333,20 @@ fn unverified_issuer(token: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
     claims.get("iss")?.as_str().map(String::from)
+}
+
+/// A static consumer's name must not be one a JWT consumer can have.
+fn check_not_namespaced(consumer: &str, issuers: &HashSet<String>, path: &str) -> Result<(), ConfigError> {
+    let taken = consumer.split_once(ISSUER_SEPARATOR).is_some_and(|(prefix, _)| issuers.contains(prefix));
+    if taken {
+        return Err(ConfigError::invalid(
+            format!("{path}.consumer"),
+            format!(
+                "consumer name \"{consumer}\" is reserved: <issuer>{ISSUER_SEPARATOR}<claim> names the consumers of a configured JWT issuer"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_consumer(

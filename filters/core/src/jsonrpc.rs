@@ -26,6 +26,8 @@ pub mod code {
     pub const PARSE_ERROR: i64 = -32700;
     /// The JSON sent is not a valid request object.
     pub const INVALID_REQUEST: i64 = -32600;
+    /// The method does not exist or is not available (through the gateway).
+    pub const METHOD_NOT_FOUND: i64 = -32601;
     /// Invalid method parameter(s).
     pub const INVALID_PARAMS: i64 = -32602;
     /// Internal error (used when an upstream answer cannot be governed).

@@ -21,14 +21,17 @@
 
 pub mod audit;
 pub mod config;
+pub mod content_type;
 pub mod gateway;
 pub mod glob;
 pub mod identity;
 pub mod jsonrpc;
 pub mod listing;
 pub mod mcp;
+pub mod param_headers;
 pub mod policy;
 pub mod quota;
 pub mod redact;
 pub mod reject;
+pub mod resource_uri;
 pub mod sse;

@@ -24,6 +24,22 @@ pub mod method {
     pub const RESOURCES_TEMPLATES_LIST: &str = "resources/templates/list";
     pub const PROMPTS_GET: &str = "prompts/get";
     pub const PROMPTS_LIST: &str = "prompts/list";
+    /// 2025-03-26 … 2025-11-25: `params.uri` names a resource.
+    pub const RESOURCES_SUBSCRIBE: &str = "resources/subscribe";
+    pub const RESOURCES_UNSUBSCRIBE: &str = "resources/unsubscribe";
+    /// `params.ref` names a prompt (`ref/prompt`) or a resource (template) (`ref/resource`).
+    pub const COMPLETION_COMPLETE: &str = "completion/complete";
+    /// 2026-07-28: `params.notifications.resourceSubscriptions` names resources.
+    pub const SUBSCRIPTIONS_LISTEN: &str = "subscriptions/listen";
+    /// Every task method (`tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel`,
+    /// `tasks/update`, and any later one) starts with this.
+    pub const TASKS_PREFIX: &str = "tasks/";
+}
+
+/// `params.ref.type` values of `completion/complete`.
+pub mod reference {
+    pub const PROMPT: &str = "ref/prompt";
+    pub const RESOURCE: &str = "ref/resource";
 }
 
 /// MCP HTTP header names (lowercase, as Envoy presents them).
@@ -110,8 +126,11 @@ pub struct Target {
 /// One classified JSON-RPC message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    /// A request: has an id and a method.
-    Request { id: Value, method: String, target: Option<Target> },
+    /// A request: has an id and a method. `target` is what `tools/call`, `resources/read`
+    /// and `prompts/get` name (mirrored by `Mcp-Name`); `references` are the other tools,
+    /// resources or prompts a request names (`completion/complete` refs, subscriptions),
+    /// each authorized like a target.
+    Request { id: Value, method: String, target: Option<Target>, references: Vec<Target> },
     /// A notification: a method, no id.
     Notification { method: String },
     /// A response to a server-initiated request (sampling, elicitation, roots).
@@ -137,6 +156,27 @@ impl Message {
             _ => None,
         }
     }
+    /// Every tool, resource or prompt the message names: the target, then the references.
+    pub fn named(&self) -> impl Iterator<Item = &Target> {
+        let (target, references) = match self {
+            Message::Request { target, references, .. } => (target.as_ref(), references.as_slice()),
+            _ => (None, &[][..]),
+        };
+        target.into_iter().chain(references)
+    }
+}
+
+/// Whether `method` names a tool, resource or prompt the policy governs (its requests must
+/// carry an id: a notification could be neither authorized nor answered).
+pub fn names_targets(method: &str) -> bool {
+    ResourceKind::of_method(method).is_some()
+        || matches!(
+            method,
+            method::RESOURCES_SUBSCRIBE
+                | method::RESOURCES_UNSUBSCRIBE
+                | method::COMPLETION_COMPLETE
+                | method::SUBSCRIPTIONS_LISTEN
+        )
 }
 
 /// Why a parsed JSON value is not an acceptable MCP message.
@@ -164,13 +204,27 @@ pub enum MessageError {
     /// and an upstream that dispatches on the method alone would run it.
     #[error("{method} must be a request with an \"id\", not a notification")]
     GovernedNotification { method: String },
+    #[error("completion/complete requires params.ref with type \"ref/prompt\" (and a string name) or \"ref/resource\" (and a string uri)")]
+    BadReference,
+    #[error("subscriptions/listen: params.notifications.resourceSubscriptions must be an array of strings")]
+    BadSubscriptions,
+    /// Tasks are refused: a task's result is fetched by task id alone, which the gateway
+    /// cannot bind to the caller and tool that created the task (the upstream sees every
+    /// caller as the gateway), so it could carry another caller's or a denied tool's output,
+    /// past the redaction of the tool that produced it.
+    #[error("{what} is not supported through the gateway: task results cannot be bound to the caller and tool that created them")]
+    Tasks { what: String },
 }
 
 impl MessageError {
     /// The JSON-RPC error code this maps to.
     pub fn code(&self) -> i64 {
         match self {
-            MessageError::MissingName { .. } | MessageError::BadParams => code::INVALID_PARAMS,
+            MessageError::MissingName { .. }
+            | MessageError::BadParams
+            | MessageError::BadReference
+            | MessageError::BadSubscriptions => code::INVALID_PARAMS,
+            MessageError::Tasks { .. } => code::METHOD_NOT_FOUND,
             _ => code::INVALID_REQUEST,
         }
     }
@@ -257,6 +311,8 @@ trait JsonView<'a>: Copy {
     fn to_value(self) -> Value;
     /// For numbers: an integer (`i64` or `u64`), not a float.
     fn is_integer(self) -> bool;
+    /// The elements of an array; `None` for other values.
+    fn items(self) -> Option<Vec<Self>>;
 }
 
 impl<'a> JsonView<'a> for &'a Value {
@@ -282,6 +338,9 @@ impl<'a> JsonView<'a> for &'a Value {
     fn is_integer(self) -> bool {
         self.is_i64() || self.is_u64()
     }
+    fn items(self) -> Option<Vec<Self>> {
+        self.as_array().map(|a| a.iter().collect())
+    }
 }
 
 impl<'a> JsonView<'a> for RawJson<'a> {
@@ -302,6 +361,9 @@ impl<'a> JsonView<'a> for RawJson<'a> {
         self.kind() == JsonKind::Number
             && RawJson::to_value(&self).as_number().is_some_and(|n| n.is_i64() || n.is_u64())
     }
+    fn items(self) -> Option<Vec<Self>> {
+        (self.kind() == JsonKind::Array).then(|| self.elements().collect())
+    }
 }
 
 /// The classification rules, once for both views. Also returns `params._meta` (whatever
@@ -314,7 +376,8 @@ fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), 
     }
     let [jsonrpc, id, method, params, result, error] =
         value.fields(["jsonrpc", "id", "method", "params", "result", "error"]);
-    let [name, uri, meta] = params.map_or([None; 3], |p| p.fields(["name", "uri", "_meta"]));
+    let [name, uri, meta, reference, notifications, task] =
+        params.map_or([None; 6], |p| p.fields(["name", "uri", "_meta", "ref", "notifications", "task"]));
     if jsonrpc.and_then(J::string).as_deref() != Some("2.0") {
         return Err(MessageError::Version);
     }
@@ -330,8 +393,14 @@ fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), 
                 Some(JsonKind::Array) => return Err(MessageError::BadParams),
                 Some(_) => return Err(MessageError::ParamsNotStructured),
             }
+            if method.starts_with(method::TASKS_PREFIX) {
+                return Err(MessageError::Tasks { what: format!("method {method}") });
+            }
+            if id.is_some() && task.is_some() {
+                return Err(MessageError::Tasks { what: format!("a task-augmented {method} (params.task)") });
+            }
             match id {
-                None if ResourceKind::of_method(&method).is_some() => {
+                None if names_targets(&method) => {
                     return Err(MessageError::GovernedNotification { method: method.into_owned() })
                 }
                 None => Message::Notification { method: method.into_owned() },
@@ -350,7 +419,8 @@ fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), 
                             }
                         }
                     };
-                    Message::Request { id, method: method.into_owned(), target }
+                    let references = references_of(&method, uri, reference, notifications)?;
+                    Message::Request { id, method: method.into_owned(), target, references }
                 }
             }
         }
@@ -364,6 +434,46 @@ fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), 
         }
     };
     Ok((message, meta))
+}
+
+/// The tools, resources and prompts a request names besides its target.
+fn references_of<'a, J: JsonView<'a>>(
+    method: &str,
+    uri: Option<J>,
+    reference: Option<J>,
+    notifications: Option<J>,
+) -> Result<Vec<Target>, MessageError> {
+    let resource = |name: Cow<'a, str>| Target { kind: ResourceKind::Resource, name: name.into_owned() };
+    match method {
+        method::RESOURCES_SUBSCRIBE | method::RESOURCES_UNSUBSCRIBE => match uri.and_then(J::string) {
+            Some(uri) => Ok(vec![resource(uri)]),
+            None => Err(MessageError::MissingName { method: method.to_string(), key: "uri" }),
+        },
+        method::COMPLETION_COMPLETE => {
+            let [kind, name, uri] = reference.map_or([None; 3], |r| r.fields(["type", "name", "uri"]));
+            let target = match kind.and_then(J::string).as_deref() {
+                Some(reference::PROMPT) => {
+                    name.and_then(J::string).map(|n| Target { kind: ResourceKind::Prompt, name: n.into_owned() })
+                }
+                Some(reference::RESOURCE) => uri.and_then(J::string).map(resource),
+                _ => None,
+            };
+            target.map(|t| vec![t]).ok_or(MessageError::BadReference)
+        }
+        method::SUBSCRIPTIONS_LISTEN => {
+            let [subscriptions, task_ids] =
+                notifications.map_or([None; 2], |n| n.fields(["resourceSubscriptions", "taskIds"]));
+            if task_ids.is_some() {
+                return Err(MessageError::Tasks { what: "a subscription to task notifications (taskIds)".into() });
+            }
+            let Some(subscriptions) = subscriptions else {
+                return Ok(Vec::new());
+            };
+            let items = subscriptions.items().ok_or(MessageError::BadSubscriptions)?;
+            items.into_iter().map(|u| u.string().map(resource).ok_or(MessageError::BadSubscriptions)).collect()
+        }
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// Decodes an `Mcp-Name` header value: verbatim, or `=?base64?...?=` wrapped UTF-8 for
@@ -383,6 +493,20 @@ pub fn decode_header_value(raw: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// Encodes a value for `Mcp-Name` or `Mcp-Param-*` as the spec's Value Encoding (and the
+/// official SDKs) do: verbatim when it is visible ASCII or space without leading or
+/// trailing whitespace and does not look like the sentinel, else `=?base64?…?=`.
+pub fn encode_header_value(value: &str) -> String {
+    use base64::Engine;
+    let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && value.trim() == value
+        && !(value.starts_with("=?base64?") && value.ends_with("?="));
+    if plain {
+        return value.to_string();
+    }
+    format!("=?base64?{}?=", base64::engine::general_purpose::STANDARD.encode(value.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,7 +522,8 @@ mod tests {
             Ok(Message::Request {
                 id: json!(1),
                 method: "tools/call".into(),
-                target: Some(Target { kind: ResourceKind::Tool, name: "get_customer".into() })
+                target: Some(Target { kind: ResourceKind::Tool, name: "get_customer".into() }),
+                references: vec![],
             })
         );
     }
@@ -567,5 +692,20 @@ mod tests {
         assert_eq!(decode_header_value("=?base64?w6k=?=").as_deref(), Some("é"));
         assert_eq!(decode_header_value("=?base64?w6k?=").as_deref(), None);
         assert_eq!(decode_header_value("=?base64?!!!?=").as_deref(), None);
+    }
+
+    #[test]
+    fn encodes_header_values_as_the_spec_does() {
+        for (value, want) in [
+            ("us-west1", "us-west1"),
+            ("[CREDIT_CARD]", "[CREDIT_CARD]"),
+            ("Hello, 世界", "=?base64?SGVsbG8sIOS4lueVjA==?="),
+            (" padded ", "=?base64?IHBhZGRlZCA=?="),
+            ("line1\nline2", "=?base64?bGluZTEKbGluZTI=?="),
+            ("=?base64?literal?=", "=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?="),
+        ] {
+            assert_eq!(encode_header_value(value), want, "{value:?}");
+            assert_eq!(decode_header_value(&encode_header_value(value)).as_deref(), Some(value));
+        }
     }
 }

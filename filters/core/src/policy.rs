@@ -8,12 +8,19 @@
 //! 3. else → [`Verdict::Deny`] (`NotGranted`): default deny.
 //!
 //! Roles the policy does not know (a JWT may carry any) grant nothing.
+//!
+//! Resource URIs are matched in canonical form, and resource patterns are canonicalised
+//! the same way when compiled ([`crate::resource_uri`]): `FILE://localhost/srv/%70ublic/a`
+//! is `file:///srv/public/a` to every rule. A URI that different readers resolve to
+//! different resources (`..`, `%2f`, `//`, …) matches no rule: it is denied here, and
+//! refused with a message naming the problem on the request path.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::config::{ConfigError, RawPolicy, RawRules};
 use crate::glob::Glob;
 use crate::mcp::ResourceKind;
+use crate::resource_uri;
 
 /// The outcome of a policy check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +74,17 @@ impl TargetPattern {
         Ok(Self { server: server_glob, name: name_glob })
     }
 
+    /// [`Self::compile`] for a resource pattern: its URI part is canonicalised as resource
+    /// URIs are before matching, and a pattern no governed URI can match is an error.
+    pub fn compile_resource(pattern: &str, servers: &HashSet<String>) -> Result<Self, String> {
+        let Some((server, name)) = pattern.split_once('/').filter(|_| pattern != "*") else {
+            return Self::compile(pattern, servers);
+        };
+        let name = resource_uri::canonical_pattern(name)
+            .map_err(|e| format!("pattern \"{pattern}\" can never match a resource: {e}"))?;
+        Self::compile(&format!("{server}/{name}"), servers)
+    }
+
     /// Whether `server/name` matches.
     pub fn matches(&self, server: &str, name: &str) -> bool {
         self.server.matches(server) && self.name.matches(name)
@@ -91,14 +109,17 @@ struct RuleSet {
 }
 
 impl RuleSet {
-    fn compile(raw: &RawRules, servers: &HashSet<String>, path: &str) -> Result<Self, ConfigError> {
+    fn compile(raw: &RawRules, servers: &HashSet<String>, path: &str, kind: ResourceKind) -> Result<Self, ConfigError> {
         let list = |items: &[String], which: &str| {
             items
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    TargetPattern::compile(p, servers)
-                        .map_err(|message| ConfigError::invalid(format!("{path}{which}[{i}]"), message))
+                    let compiled = match kind {
+                        ResourceKind::Resource => TargetPattern::compile_resource(p, servers),
+                        ResourceKind::Tool | ResourceKind::Prompt => TargetPattern::compile(p, servers),
+                    };
+                    compiled.map_err(|message| ConfigError::invalid(format!("{path}{which}[{i}]"), message))
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -136,10 +157,15 @@ impl Policy {
         let mut roles = HashMap::new();
         for (name, role) in &raw.roles {
             let base = format!("policy.roles.{name}.");
-            let tools =
-                RuleSet::compile(&RawRules { allow: role.allow.clone(), deny: role.deny.clone() }, servers, &base)?;
-            let resources = RuleSet::compile(&role.resources, servers, &format!("{base}resources."))?;
-            let prompts = RuleSet::compile(&role.prompts, servers, &format!("{base}prompts."))?;
+            let tools = RuleSet::compile(
+                &RawRules { allow: role.allow.clone(), deny: role.deny.clone() },
+                servers,
+                &base,
+                ResourceKind::Tool,
+            )?;
+            let resources =
+                RuleSet::compile(&role.resources, servers, &format!("{base}resources."), ResourceKind::Resource)?;
+            let prompts = RuleSet::compile(&role.prompts, servers, &format!("{base}prompts."), ResourceKind::Prompt)?;
             roles.insert(name.clone(), Role { tools, resources, prompts });
         }
         Ok(Self { roles })
@@ -150,8 +176,20 @@ impl Policy {
         self.roles.contains_key(role)
     }
 
-    /// Decides whether a consumer holding `roles` may use `name` of `kind` on `server`.
+    /// Decides whether a consumer holding `roles` may use `name` of `kind` on `server`. A
+    /// resource URI is matched in canonical form; one that has none is denied.
     pub fn decide(&self, roles: &[String], kind: ResourceKind, server: &str, name: &str) -> Verdict {
+        if kind != ResourceKind::Resource {
+            return self.decide_exact(roles, kind, server, name);
+        }
+        match resource_uri::canonical(name) {
+            Ok(uri) => self.decide_exact(roles, kind, server, &uri),
+            Err(_) => Verdict::Deny(DenyReason::NotGranted),
+        }
+    }
+
+    /// [`Self::decide`] on `name` exactly as given.
+    fn decide_exact(&self, roles: &[String], kind: ResourceKind, server: &str, name: &str) -> Verdict {
         // One pass, one role lookup each: a deny anywhere returns at once, an allow only
         // counts once every role's denies were checked.
         let mut allowed = false;

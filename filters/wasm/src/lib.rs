@@ -299,6 +299,9 @@ impl Stream {
                 for global in &exchange.charges.global {
                     self.set_http_request_header(&global.header, Some(&global.value));
                 }
+                for (name, value) in &exchange.request_header_rewrites {
+                    self.set_http_request_header(name, value.as_deref());
+                }
                 if let Some(rewritten) = &exchange.rewritten_request {
                     self.set_http_request_header("content-length", Some(&rewritten.len().to_string()));
                     self.set_http_request_body(0, body_size, rewritten);
@@ -325,7 +328,7 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let headers = lenient(self.get_http_request_headers_bytes());
         let find = |name: &str| header_value(&headers, name).unwrap_or_default();
-        let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers };
+        let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers, end_of_stream };
         let started = self.now_ns();
         let now = started / 1_000_000_000;
         let decision = {

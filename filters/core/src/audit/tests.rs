@@ -25,7 +25,7 @@ fn pending(g: &Gateway) -> crate::gateway::PendingRequest {
     let h: Vec<(String, String)> =
         vec![("x-api-key".into(), "k".into()), ("content-type".into(), "application/json".into())];
     match g.on_request_head(
-        RequestHead { method: "POST", path: "/mcp/crm", headers: &h },
+        RequestHead { method: "POST", path: "/mcp/crm", headers: &h, end_of_stream: false },
         NOW,
         &mut g.new_token_cache(),
     ) {

@@ -47,7 +47,11 @@ fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 fn head_of(g: &Gateway, method: &str, path: &str, h: &[(&str, &str)]) -> HeadDecision {
     let h = headers(h);
-    g.on_request_head(RequestHead { method, path, headers: &h }, NOW, &mut g.new_token_cache())
+    g.on_request_head(
+        RequestHead { method, path, headers: &h, end_of_stream: method != "POST" },
+        NOW,
+        &mut g.new_token_cache(),
+    )
 }
 
 fn pending(g: &Gateway, key: &str, extra: &[(&str, &str)]) -> PendingRequest {
@@ -225,7 +229,7 @@ fn response_plans() {
     // docs has no redaction rule: only list answers are governed there.
     let h = headers(&[("x-api-key", "r"), ("content-type", "application/json")]);
     let docs = match g.on_request_head(
-        RequestHead { method: "POST", path: "/mcp/docs", headers: &h },
+        RequestHead { method: "POST", path: "/mcp/docs", headers: &h, end_of_stream: false },
         NOW,
         &mut g.new_token_cache(),
     ) {
@@ -245,7 +249,7 @@ fn response_plans() {
     let admin = pending(&g, "a", &[]);
     let h = headers(&[("x-api-key", "a"), ("content-type", "application/json")]);
     let docs_admin = match g.on_request_head(
-        RequestHead { method: "POST", path: "/mcp/docs", headers: &h },
+        RequestHead { method: "POST", path: "/mcp/docs", headers: &h, end_of_stream: false },
         NOW,
         &mut g.new_token_cache(),
     ) {
@@ -285,15 +289,21 @@ fn lazy_response_plans_read_only_the_headers_they_need_and_agree_with_the_full_h
     let limited = limited_gateway();
     let body_of = |g: &Gateway, key: &str, path: &str, body: &[u8]| {
         let h = headers(&[("x-api-key", key), ("content-type", "application/json")]);
-        match g.on_request_head(RequestHead { method: "POST", path, headers: &h }, NOW, &mut g.new_token_cache()) {
+        match g.on_request_head(
+            RequestHead { method: "POST", path, headers: &h, end_of_stream: false },
+            NOW,
+            &mut g.new_token_cache(),
+        ) {
             HeadDecision::AwaitBody(p) => g.on_request_body(&p, body).unwrap(),
             other => panic!("{other:?}"),
         }
     };
     let h = headers(&[("x-api-key", "a")]);
-    let HeadDecision::Forward(get) =
-        g.on_request_head(RequestHead { method: "GET", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache())
-    else {
+    let HeadDecision::Forward(get) = g.on_request_head(
+        RequestHead { method: "GET", path: "/mcp/docs", headers: &h, end_of_stream: true },
+        NOW,
+        &mut g.new_token_cache(),
+    ) else {
         panic!("GET is forwarded")
     };
     let exchanges = [
@@ -410,7 +420,7 @@ fn limited_gateway() -> Gateway {
 fn pending_on(g: &Gateway, server: &str, key: &str) -> PendingRequest {
     let h = headers(&[("x-api-key", key), ("content-type", "application/json")]);
     match g.on_request_head(
-        RequestHead { method: "POST", path: &format!("/mcp/{server}"), headers: &h },
+        RequestHead { method: "POST", path: &format!("/mcp/{server}"), headers: &h, end_of_stream: false },
         NOW,
         &mut g.new_token_cache(),
     ) {
@@ -582,9 +592,11 @@ fn oversized_responses_become_a_jsonrpc_error() {
     assert!(event.starts_with("event: message\ndata: {") && event.ends_with("}\n\n"), "{event}");
     // The GET stream has no request to answer: no size limit.
     let h = headers(&[("x-api-key", "a")]);
-    let HeadDecision::Forward(get) =
-        g.on_request_head(RequestHead { method: "GET", path: "/mcp/docs", headers: &h }, NOW, &mut g.new_token_cache())
-    else {
+    let HeadDecision::Forward(get) = g.on_request_head(
+        RequestHead { method: "GET", path: "/mcp/docs", headers: &h, end_of_stream: true },
+        NOW,
+        &mut g.new_token_cache(),
+    ) else {
         panic!("GET is forwarded")
     };
     assert_eq!(get.response_limit, None);
@@ -600,7 +612,7 @@ fn oversized_responses_become_a_jsonrpc_error() {
     let reader_get = |g: &Gateway| {
         let h = headers(&[("x-api-key", "r")]);
         match g.on_request_head(
-            RequestHead { method: "GET", path: "/mcp/crm", headers: &h },
+            RequestHead { method: "GET", path: "/mcp/crm", headers: &h, end_of_stream: true },
             NOW,
             &mut g.new_token_cache(),
         ) {
@@ -656,4 +668,302 @@ fn guardrail_config_errors_name_their_path() {
     assert_eq!(e.path(), Some("server_limits.crm.tools.t.max_argument_bytes"));
     let e = compile(json!({"server_limits": {"crm": {"max_response_bytes": 0}}}));
     assert_eq!(e.path(), Some("server_limits.crm.max_response_bytes"));
+}
+
+/// Readers: `crm/get_*`, resources under `file:///srv/public/`, prompts `public_*`. Admins:
+/// every tool and resource of crm but `file:///srv/private/*`. Card numbers in `crm/pay*`
+/// arguments are masked.
+fn governed_gateway() -> Gateway {
+    let key = |k: &str, consumer: &str, role: &str| json!({"consumer": consumer, "sha256": hex::encode(Sha256::digest(k.as_bytes())), "roles": [role]});
+    let raw: RawFilterConfig = serde_json::from_value(json!({
+        "servers": ["crm", "docs"],
+        "auth": {"api_keys": [key("r", "reader-bot", "reader"), key("a", "admin-bot", "admin")]},
+        "policy": {"roles": {
+            "reader": {"allow": ["crm/get_*", "crm/pay*"], "resources": {"allow": ["crm/file:///srv/public/*"]},
+                       "prompts": {"allow": ["crm/public_*"]}},
+            "admin": {"allow": ["*"], "resources": {"allow": ["crm/*"], "deny": ["crm/FILE://localhost/srv/private/*"]},
+                      "prompts": {"allow": ["crm/*"]}}
+        }},
+        "redaction": [{"match": {"tools": ["crm/pay*"]}, "detectors": ["credit_card"], "mode": "mask", "direction": "request"}]
+    }))
+    .unwrap();
+    Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
+}
+
+fn request(id: i64, method: &str, params: Value) -> Vec<u8> {
+    json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string().into_bytes()
+}
+
+#[test]
+fn request_charsets_other_than_utf8_are_refused_and_equivalents_canonicalised() {
+    let g = gateway(None);
+    let head = |ct: &[&str]| {
+        let mut h = vec![("x-api-key", "r")];
+        h.extend(ct.iter().map(|v| ("content-type", *v)));
+        head_of(&g, "POST", "/mcp/crm", &h)
+    };
+    for ct in [
+        &["application/json; charset=utf-7"][..],
+        &["application/json; charset=\"UTF-16\""],
+        &["application/json;charset=utf-8;charset=utf-7"],
+        &["application/json", "application/json"],
+        &["application/json; charset=\"utf-8"],
+    ] {
+        let r = rejected(head(ct));
+        assert_eq!((r.status, r.code), (415, code::INVALID_REQUEST), "{ct:?}");
+    }
+    assert!(rejected(head(&["application/json; charset=utf-7"])).message.contains("charset \"utf-7\""));
+    // The exact canonical value is forwarded as is; an equivalent is replaced by it.
+    let HeadDecision::AwaitBody(plain) = head(&["application/json"]) else { panic!() };
+    assert!(g.on_request_body(&plain, &call(1, "get_customer")).unwrap().request_header_rewrites.is_empty());
+    let HeadDecision::AwaitBody(spelled) = head(&["Application/JSON; Charset=\"UTF-8\"; x=y"]) else { panic!() };
+    assert_eq!(
+        g.on_request_body(&spelled, &call(1, "get_customer")).unwrap().request_header_rewrites,
+        vec![("content-type".to_string(), Some("application/json".to_string()))]
+    );
+    let r = rejected(head_of(
+        &g,
+        "POST",
+        "/mcp/crm",
+        &[
+            ("x-api-key", "r"),
+            ("content-type", "application/json"),
+            ("content-encoding", "identity"),
+            ("content-encoding", "gzip"),
+        ],
+    ));
+    assert_eq!(r.status, 415);
+}
+
+#[test]
+fn get_and_delete_must_not_carry_a_body() {
+    let g = gateway(None);
+    let h = headers(&[("x-api-key", "r")]);
+    for method in ["GET", "DELETE"] {
+        let with_body = g.on_request_head(
+            RequestHead { method, path: "/mcp/crm", headers: &h, end_of_stream: false },
+            NOW,
+            &mut g.new_token_cache(),
+        );
+        let r = rejected(with_body);
+        assert_eq!((r.status, r.code), (400, code::INVALID_REQUEST), "{method}");
+        assert!(
+            r.message.starts_with(&format!("{method} requests to MCP endpoints must not carry a body")),
+            "{}",
+            r.message
+        );
+        let without = g.on_request_head(
+            RequestHead { method, path: "/mcp/crm", headers: &h, end_of_stream: true },
+            NOW,
+            &mut g.new_token_cache(),
+        );
+        assert!(matches!(without, HeadDecision::Forward(_)), "{method}");
+    }
+}
+
+#[test]
+fn every_method_that_names_a_target_is_governed() {
+    let g = governed_gateway();
+    let reader = pending(&g, "r", &[]);
+    let allowed = [
+        request(
+            1,
+            "completion/complete",
+            json!({"ref":{"type":"ref/prompt","name":"public_summary"},"argument":{"name":"a","value":""}}),
+        ),
+        request(
+            1,
+            "completion/complete",
+            json!({"ref":{"type":"ref/resource","uri":"file:///srv/public/{name}"},"argument":{"name":"name","value":""}}),
+        ),
+        request(1, "resources/subscribe", json!({"uri":"file:///srv/public/a.txt"})),
+        request(1, "resources/unsubscribe", json!({"uri":"file:///srv/public/a.txt"})),
+        request(
+            1,
+            "subscriptions/listen",
+            json!({"notifications":{"toolsListChanged":true,"resourceSubscriptions":["file:///srv/public/a"]}}),
+        ),
+        request(1, "subscriptions/listen", json!({"notifications":{"toolsListChanged":true}})),
+    ];
+    for body in allowed {
+        assert!(g.on_request_body(&reader, &body).is_ok(), "{}", String::from_utf8_lossy(&body));
+    }
+    let denied = [
+        (
+            request(
+                2,
+                "completion/complete",
+                json!({"ref":{"type":"ref/prompt","name":"secret_plan"},"argument":{"name":"a","value":""}}),
+            ),
+            "prompt \"crm/secret_plan\"",
+        ),
+        (
+            request(
+                2,
+                "completion/complete",
+                json!({"ref":{"type":"ref/resource","uri":"file:///srv/private/{name}"},"argument":{"name":"name","value":""}}),
+            ),
+            "resource \"crm/file:///srv/private/{name}\"",
+        ),
+        (
+            request(2, "resources/subscribe", json!({"uri":"file:///srv/private/x"})),
+            "resource \"crm/file:///srv/private/x\"",
+        ),
+        (
+            request(2, "resources/unsubscribe", json!({"uri":"file:///srv/private/x"})),
+            "resource \"crm/file:///srv/private/x\"",
+        ),
+        (
+            request(
+                2,
+                "subscriptions/listen",
+                json!({"notifications":{"resourceSubscriptions":["file:///srv/public/a","file:///srv/private/b"]}}),
+            ),
+            "resource \"crm/file:///srv/private/b\"",
+        ),
+    ];
+    for (body, named) in denied {
+        let r = g.on_request_body(&reader, &body).unwrap_err();
+        assert_eq!(
+            (r.status, r.code, r.id.clone()),
+            (403, code::FORBIDDEN, Some(json!(2))),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(r.message.starts_with(named), "{}", r.message);
+    }
+    let malformed = [
+        request(
+            3,
+            "completion/complete",
+            json!({"ref":{"type":"ref/tool","name":"get_x"},"argument":{"name":"a","value":""}}),
+        ),
+        request(3, "completion/complete", json!({"ref":{"type":"ref/prompt"},"argument":{"name":"a","value":""}})),
+        request(3, "completion/complete", json!({"argument":{"name":"a","value":""}})),
+        request(3, "resources/subscribe", json!({})),
+        request(3, "subscriptions/listen", json!({"notifications":{"resourceSubscriptions":"file:///srv/private/x"}})),
+        request(3, "subscriptions/listen", json!({"notifications":{"resourceSubscriptions":[7]}})),
+    ];
+    for body in malformed {
+        let r = g.on_request_body(&reader, &body).unwrap_err();
+        assert_eq!((r.status, r.code), (400, code::INVALID_PARAMS), "{}", String::from_utf8_lossy(&body));
+    }
+    // Without an id, a method that names a target could be neither authorized nor answered.
+    let note = json!({"jsonrpc":"2.0","method":"resources/subscribe","params":{"uri":"file:///srv/private/x"}});
+    assert_eq!(g.on_request_body(&reader, note.to_string().as_bytes()).unwrap_err().code, code::INVALID_REQUEST);
+}
+
+#[test]
+fn tasks_are_refused_because_their_results_cannot_be_bound_to_a_caller() {
+    let g = governed_gateway();
+    let admin = pending(&g, "a", &[]);
+    for body in [
+        request(4, "tasks/get", json!({"taskId":"t-1"})),
+        request(4, "tasks/result", json!({"taskId":"t-1"})),
+        request(4, "tasks/list", json!({})),
+        request(4, "tasks/cancel", json!({"taskId":"t-1"})),
+        request(4, "tasks/update", json!({"taskId":"t-1","inputResponses":{}})),
+        request(4, "tools/call", json!({"name":"get_customer","arguments":{},"task":{"ttl":60000}})),
+        request(4, "subscriptions/listen", json!({"notifications":{"taskIds":["t-1"]}})),
+    ] {
+        let r = g.on_request_body(&admin, &body).unwrap_err();
+        assert_eq!(
+            (r.status, r.code, r.id.clone()),
+            (400, code::METHOD_NOT_FOUND, Some(json!(4))),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(r.message.contains("not supported through the gateway"), "{}", r.message);
+    }
+}
+
+#[test]
+fn resource_uris_are_matched_canonically_and_ambiguous_ones_refused() {
+    let g = governed_gateway();
+    let reader = pending(&g, "r", &[]);
+    let admin = pending(&g, "a", &[]);
+    let read = |uri: &str| request(5, "resources/read", json!({"uri": uri}));
+    assert!(g.on_request_body(&reader, &read("file:///srv/public/a.txt")).is_ok());
+    assert!(g.on_request_body(&reader, &read("FILE://localhost/srv/%70ublic/a.txt")).is_ok());
+    for uri in [
+        "file:///srv/public/../private/x",
+        "file:///srv/public/%2e%2e/private/x",
+        "file:///srv/public/..%2fprivate/x",
+        "file:///srv/public/..%5Cprivate/x",
+        "file:///srv/public//../private/x",
+        "file:///srv/public/./a.txt",
+        "file:///srv/public/..\\private\\x",
+    ] {
+        for who in [&reader, &admin] {
+            let r = g.on_request_body(who, &read(uri)).unwrap_err();
+            assert_eq!((r.status, r.code, r.id.clone()), (400, code::INVALID_PARAMS, Some(json!(5))), "{uri}");
+            assert!(r.message.starts_with("resource URI \""), "{}", r.message);
+        }
+    }
+    // The admin's deny rule (written with another spelling) holds against every spelling.
+    for uri in [
+        "file:///srv/private/x",
+        "FILE:///srv/private/x",
+        "file://localhost/srv/private/x",
+        "file:/srv/private/x",
+        "file:///srv/%70rivate/x",
+    ] {
+        let r = g.on_request_body(&admin, &read(uri)).unwrap_err();
+        assert_eq!((r.status, r.code), (403, code::FORBIDDEN), "{uri}");
+    }
+    assert!(g.on_request_body(&admin, &read("file:///srv/other/x")).is_ok());
+    // List filtering matches the same way: an item spelled around a rule is not shown.
+    let list = g.on_request_body(&reader, &request(6, "resources/list", json!({}))).unwrap();
+    let answer = json!({"jsonrpc":"2.0","id":6,"result":{"resources":[
+        {"uri":"file:///srv/public/a"},{"uri":"file:///srv/public/../private/b"},{"uri":"FILE:///srv/%70ublic/c"}
+    ]}});
+    let mut counts = RedactionCounts::new();
+    let out = list.rewrite_message(answer.to_string().as_bytes(), &g.config().policy, &mut counts).unwrap();
+    let kept: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(kept["result"]["resources"], json!([{"uri":"file:///srv/public/a"},{"uri":"FILE:///srv/%70ublic/c"}]));
+}
+
+#[test]
+fn routing_headers_that_name_what_the_body_does_not_are_mismatches() {
+    let g = governed_gateway();
+    let p = |extra: &[(&str, &str)]| pending(&g, "a", extra);
+    let response = br#"{"jsonrpc":"2.0","id":3,"result":{}}"#;
+    for extra in [&[("mcp-method", "tools/call")][..], &[("mcp-name", "get_customer")], &[("mcp-param-card", "1")]] {
+        let r = g.on_request_body(&p(extra), response).unwrap_err();
+        assert_eq!((r.status, r.code, r.id.clone()), (400, code::HEADER_MISMATCH, Some(json!(3))), "{extra:?}");
+    }
+    assert!(g.on_request_body(&p(&[]), response).is_ok());
+    let list = request(4, "tools/list", json!({}));
+    for extra in [&[("mcp-name", "delete_customer")][..], &[("mcp-method", "tools/list"), ("mcp-param-x", "1")]] {
+        assert_eq!(g.on_request_body(&p(extra), &list).unwrap_err().code, code::HEADER_MISMATCH, "{extra:?}");
+    }
+    let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
+    assert_eq!(g.on_request_body(&p(&[("mcp-name", "x")]), note.as_bytes()).unwrap_err().code, code::HEADER_MISMATCH);
+    assert!(g.on_request_body(&p(&[("mcp-method", "tools/list")]), &list).is_ok());
+}
+
+#[test]
+fn param_headers_mirror_the_arguments_and_follow_their_redaction() {
+    let g = governed_gateway();
+    let pay = |arguments: Value| request(7, "tools/call", json!({"name":"pay_invoice","arguments":arguments}));
+    let card = "4111 1111 1111 1111";
+    let p = pending(&g, "r", &[("mcp-param-card", card), ("mcp-param-amount", "25")]);
+    let ex = g.on_request_body(&p, &pay(json!({"card": card, "amount": 25, "memo": "x"}))).unwrap();
+    let body: Value = serde_json::from_slice(ex.rewritten_request.as_deref().unwrap()).unwrap();
+    assert_eq!(body["params"]["arguments"]["card"], json!("[CREDIT_CARD]"));
+    assert_eq!(ex.request_header_rewrites, vec![("mcp-param-card".to_string(), Some("[CREDIT_CARD]".to_string()))]);
+    // Nothing redacted: nothing rewritten.
+    let p = pending(&g, "r", &[("mcp-param-memo", "hello")]);
+    assert!(g.on_request_body(&p, &pay(json!({"memo": "hello"}))).unwrap().request_header_rewrites.is_empty());
+    // A header that says what no argument says, or is malformed or repeated, is refused.
+    for extra in [&[("mcp-param-card", card)][..], &[("mcp-param-card", "=?base64?%%?=")]] {
+        let r = g.on_request_body(&pending(&g, "r", extra), &pay(json!({"card": "4242"}))).unwrap_err();
+        assert_eq!((r.status, r.code, r.id.clone()), (400, code::HEADER_MISMATCH, Some(json!(7))), "{extra:?}");
+    }
+    for extra in [&[("mcp-param-a", "1"), ("Mcp-Param-A", "1")][..], &[("mcp-param-card", "caf\u{e9}")]] {
+        let mut h = vec![("x-api-key", "r"), ("content-type", "application/json")];
+        h.extend_from_slice(extra);
+        let r = rejected(head_of(&g, "POST", "/mcp/crm", &h));
+        assert_eq!((r.status, r.code), (400, code::HEADER_MISMATCH), "{extra:?}");
+    }
 }

@@ -95,17 +95,70 @@ fn check(a: &Authenticator, authz: &str, now: u64) -> Result<Arc<Consumer>, Auth
 fn accepts_rs256_es256_hs256() {
     let a = auth();
     let c = check(&a, &bearer(&rs256(&claims(json!({})))), NOW).unwrap();
+    let alice = format!("{ISS}#alice");
     assert_eq!(
         (c.name.as_str(), c.roles.clone(), c.method),
-        ("alice", vec!["reader".into(), "admin".into()], AuthMethod::Jwt)
+        (alice.as_str(), vec!["reader".into(), "admin".into()], AuthMethod::Jwt)
     );
-    assert_eq!(check(&a, &bearer(&es256(&claims(json!({})))), NOW).unwrap().name, "alice");
+    assert_eq!(check(&a, &bearer(&es256(&claims(json!({})))), NOW).unwrap().name, alice);
     let hs = hs256(
         &claims(json!({"iss":"hs-issuer","aud":["other"],"email":"bob@example.com","scope":"reader writer"})),
         SECRET,
     );
     let c = check(&a, &format!("bearer   {hs}"), NOW).unwrap();
-    assert_eq!((c.name.as_str(), c.roles.clone()), ("bob@example.com", vec!["reader".into(), "writer".into()]));
+    assert_eq!(
+        (c.name.as_str(), c.roles.clone()),
+        ("hs-issuer#bob@example.com", vec!["reader".into(), "writer".into()])
+    );
+}
+
+#[test]
+fn consumers_of_different_issuers_never_share_a_name() {
+    let a = auth();
+    // The same subject from two identity providers: two consumers.
+    let from_rsa = check(&a, &bearer(&rs256(&claims(json!({"sub": "carol"})))), NOW).unwrap();
+    let hs = hs256(&claims(json!({"iss":"hs-issuer","email":"carol","scope":"reader"})), SECRET);
+    let from_hs = check(&a, &bearer(&hs), NOW).unwrap();
+    assert_ne!(from_rsa.name, from_hs.name);
+    assert_eq!(from_hs.name, jwt_consumer_name("hs-issuer", "carol"));
+    // A subject that itself contains the separator stays inside its issuer's namespace.
+    let tricky = check(&a, &bearer(&rs256(&claims(json!({"sub": "x#y"})))), NOW).unwrap();
+    assert_eq!(tricky.name.split_once(ISSUER_SEPARATOR), Some((ISS, "x#y")));
+}
+
+#[test]
+fn static_consumers_cannot_take_a_jwt_consumer_name() {
+    let provider = RawJwtProvider {
+        issuer: "hs-issuer".into(),
+        audiences: vec!["m".into()],
+        jwks: None,
+        hs256_secret_env: Some("TEST_SECRET".into()),
+        consumer_claim: "sub".into(),
+        roles_claim: "roles".into(),
+        leeway_seconds: None,
+    };
+    let key = |consumer: &str| RawApiKey { consumer: consumer.into(), sha256: "a".repeat(64), roles: vec![] };
+    let raw = RawAuth { jwt: vec![provider.clone()], api_keys: vec![key("hs-issuer#alice")], ..Default::default() };
+    let err = Authenticator::compile(&raw, &Env, &|_| true).unwrap_err();
+    assert_eq!(err.path(), Some("auth.api_keys[0].consumer"), "{err}");
+    assert!(err.message().contains("reserved"), "{err}");
+    let raw = RawAuth {
+        jwt: vec![provider.clone()],
+        anonymous: Some(RawAnonymous { consumer: "hs-issuer#guest".into(), roles: vec![] }),
+        ..Default::default()
+    };
+    assert_eq!(Authenticator::compile(&raw, &Env, &|_| true).unwrap_err().path(), Some("auth.anonymous.consumer"));
+    // Names with the separator but another prefix, or without it, stay valid.
+    let raw = RawAuth {
+        jwt: vec![provider.clone()],
+        api_keys: vec![key("team#bot"), RawApiKey { sha256: "b".repeat(64), ..key("alice") }],
+        ..Default::default()
+    };
+    assert!(Authenticator::compile(&raw, &Env, &|_| true).is_ok());
+    let raw =
+        RawAuth { jwt: vec![RawJwtProvider { issuer: "https://idp#x".into(), ..provider }], ..Default::default() };
+    let err = Authenticator::compile(&raw, &Env, &|_| true).unwrap_err();
+    assert_eq!(err.path(), Some("auth.jwt[0].issuer"), "{err}");
 }
 
 #[test]
