@@ -17,6 +17,7 @@ import httpx2
 import pytest
 
 from e2e_support import (
+    POLICY_DENIED_STATUS,
     HEADER_MISMATCH,
     INVALID_REQUEST,
     MAX_REQUEST_BYTES,
@@ -125,10 +126,10 @@ CASES: dict[str, Case] = {
     "content-encoding-gzip": Case(CALL, {415}, None, headers={**LEGACY, "Content-Encoding": "gzip"}, gzip=True),
     "content-type-text-plain": Case(CALL, {415}, None, headers={**LEGACY, "Content-Type": "text/plain"}),
     "content-type-form": Case(CALL, {415}, None, headers={**LEGACY, "Content-Type": "application/x-www-form-urlencoded"}),
-    # --- tool name of the wrong type: either malformed (400) or unauthorizable (403), never forwarded
+    # --- tool name of the wrong type: either malformed (400) or unauthorizable (denied), never forwarded
     "tool-name-not-string": Case(
         '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["delete_customer"],"arguments":{"id":"MARK"}}}',
-        {400, 403},
+        {400, POLICY_DENIED_STATUS},
         None,
     ),
 }
@@ -321,7 +322,7 @@ def test_request_trailers_do_not_skip_the_body_decision(gateway, crm):
     before = crm.log.mark()
     body = json.dumps(modern_body("tools/call", {"name": "delete_customer", "arguments": {"id": denied}})).encode()
     status, answer = h2c_post(gateway.url("crm"), headers, body, trailers)
-    assert status == 403, answer[:300]
+    assert status == POLICY_DENIED_STATUS, answer[:300]
     assert json.loads(answer)["error"]["code"] == -32003, answer[:300]
     assert_not_forwarded(crm, before, denied)
 
