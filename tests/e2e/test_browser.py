@@ -88,23 +88,32 @@ def preflight(url: str, origin: str, headers: str = "authorization, content-type
 
 def test_dns_rebinding_requests_are_refused_and_never_forwarded(hostile_gateway, scripted):
     """A page on evil.example.com rebinds its name to 127.0.0.1: the browser sends the
-    gateway the attacker's Host and Origin. Refused with 403 + a JSON-RPC error (no id:
-    nothing was read), whatever the credentials, and never forwarded."""
+    gateway the attacker's Host (and, but on same-origin GETs, its Origin). Refused with a
+    JSON-RPC error without id (nothing was read), whatever the credentials, and never
+    forwarded: 403 for a foreign Origin (MCP's rule, whatever else is wrong), 421 for a
+    foreign Host with no Origin."""
     script = ok_script(scripted)
     url = hostile_gateway.url("evil")
     port = port_of(url)
     attacks = {
-        "rebinding, no port": {"Host": "evil.example.com", "Origin": "http://evil.example.com"},
-        "rebinding, gateway port": {"Host": f"evil.example.com:{port}", "Origin": f"http://evil.example.com:{port}"},
-        "foreign Host, no Origin (a same-origin request)": {"Host": f"rebind.127.0.0.1.nip.io:{port}"},
-        "loopback Host, foreign Origin (a cross-site page)": {"Host": f"127.0.0.1:{port}", "Origin": "https://evil.example.com"},
-        "Origin null (sandboxed frame)": {"Origin": "null"},
-        "loopback lookalike": {"Host": f"localhost.evil.example.com:{port}", "Origin": f"http://localhost.evil.example.com:{port}"},
+        "rebinding, no port": ({"Host": "evil.example.com", "Origin": "http://evil.example.com"}, 403),
+        "rebinding, gateway port": ({"Host": f"evil.example.com:{port}", "Origin": f"http://evil.example.com:{port}"}, 403),
+        "foreign Host, no Origin (a same-origin request)": ({"Host": f"rebind.127.0.0.1.nip.io:{port}"}, 421),
+        "foreign Host, loopback Origin": ({"Host": f"rebind.example.com:{port}", "Origin": "http://localhost:3000"}, 421),
+        "loopback Host, foreign Origin (a cross-site page)": (
+            {"Host": f"127.0.0.1:{port}", "Origin": "https://evil.example.com"},
+            403,
+        ),
+        "Origin null (sandboxed frame)": ({"Origin": "null"}, 403),
+        "loopback lookalike": (
+            {"Host": f"localhost.evil.example.com:{port}", "Origin": f"http://localhost.evil.example.com:{port}"},
+            403,
+        ),
     }
-    for name, headers in attacks.items():
+    for name, (headers, status) in attacks.items():
         for creds in (READER, {}):
             r = post(url, tool_call("get_record"), creds, {**LEGACY, **script.headers, **headers})
-            assert r.status_code == 403, f"{name}: {describe(r)}"
+            assert r.status_code == status, f"{name}: {describe(r)}"
             body = jsonrpc_error(r)
             assert body["id"] is None, f"{name}: {describe(r)}"
             assert body["error"]["code"] == FORBIDDEN, f"{name}: {describe(r)}"

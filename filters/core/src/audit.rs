@@ -131,7 +131,8 @@ pub enum Decision {
     /// Let through and answered without a JSON-RPC error.
     #[default]
     Allowed,
-    /// Refused by policy (RBAC), a size guardrail (413) or for a foreign Host or Origin (403).
+    /// Refused by policy (RBAC), a size guardrail (413) or for a foreign Origin or Host
+    /// (403, 421).
     Denied,
     /// No valid credentials (401).
     Unauthenticated,

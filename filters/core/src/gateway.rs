@@ -439,20 +439,19 @@ impl Gateway {
         if UNGOVERNED_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return HeadDecision::PassThrough;
         }
-        // Before anything else answers: a DNS-rebinding page learns nothing from the gateway.
+        // Before anything else answers (a DNS-rebinding page learns nothing from the gateway):
+        // a foreign Origin (403, as MCP requires, whatever else is wrong), then a foreign Host.
         let origins = &self.config.origin_policy;
-        if let Err(r) = origins.check_host(head.header(":authority").or_else(|| head.header("host"))) {
-            return HeadDecision::Reject(r);
-        }
-        let server = match path.strip_prefix(self.config.route_prefix.as_str()) {
-            Some(name) if self.config.servers.contains(name) => name.to_string(),
-            _ => return HeadDecision::Reject(Rejection::not_found(path)),
-        };
+        let host = origins.check_host(head.header(":authority").or_else(|| head.header("host")));
+        let server = path.strip_prefix(self.config.route_prefix.as_str()).filter(|n| self.config.servers.contains(*n));
         let origin_values =
             head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("origin")).map(|(_, v)| v.as_str());
-        if let Err(r) = origins.check_origin(&server, origin_values) {
+        if let Err(r) = origins.check_origin(server, origin_values).and(host) {
             return HeadDecision::Reject(r);
         }
+        let Some(server) = server.map(str::to_string) else {
+            return HeadDecision::Reject(Rejection::not_found(path));
+        };
         let consumer = match self.authenticate(head, now, cache) {
             Ok(c) => c,
             Err(rejection) => return HeadDecision::Reject(rejection),

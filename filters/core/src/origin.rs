@@ -12,9 +12,14 @@
 //!   present it must match an allowed origin: the listener's list, or the CORS policy of the
 //!   server the request is for. `Origin: null` (sandboxed frames, `file:`) never matches.
 //!
-//! A refusal is HTTP 403 with a JSON-RPC error without id (MCP transports: "if the Origin
-//! header is present and invalid, servers MUST respond with HTTP 403 Forbidden"); the
-//! request never reaches the upstream.
+//! Refusals carry a JSON-RPC error without id (`-32003`, naming the value) and never reach
+//! the upstream. A foreign `Origin` gets HTTP **403**, whatever else is wrong (MCP
+//! transports: "if the Origin header is present and invalid, servers MUST respond with HTTP
+//! 403 Forbidden"); a foreign `Host` with an acceptable (or no) `Origin` gets **421**
+//! Misdirected Request, as the Python SDK's own check answers: it is what a non-browser
+//! client meets when it reaches a loopback gateway under another name (a host alias, a
+//! reverse proxy keeping `Host`), and MCP clients treat 403 as an authorization problem
+//! (the Inspector starts OAuth), which would hide the message.
 //!
 //! Patterns (`listener.allowed_hosts`, `listener.allowed_origins`, `cors.allow_origins`):
 //! - host: `name`, `*.suffix` (any subdomain of `suffix`, not `suffix` itself), an IPv4
@@ -244,40 +249,49 @@ impl OriginPolicy {
         Ok(Self { hosts, origins, server_origins })
     }
 
-    /// Whether the request's Host is one clients may address the gateway by. `authority`
-    /// is the request's `:authority` (HTTP/1.1 `Host`).
+    /// Whether the request's Host is one clients may address the gateway by (421 if not).
+    /// `authority` is the request's `:authority` (HTTP/1.1 `Host`).
     pub fn check_host(&self, authority: Option<&str>) -> Result<(), Rejection> {
         let Some(patterns) = &self.hosts else {
             return Ok(());
         };
         let Some(authority) = authority else {
-            return Err(refused("the request names no host"));
+            return Err(Rejection::foreign_host(code::FORBIDDEN, "the request names no host"));
         };
         let accepted =
             request_host(authority).is_some_and(|(host, port)| patterns.iter().any(|p| p.matches(&host, port)));
         if accepted {
             Ok(())
         } else {
-            Err(refused(format!("host \"{}\" is not allowed on this gateway", printable(authority))))
+            let message = format!("host \"{}\" is not allowed on this gateway", printable(authority));
+            Err(Rejection::foreign_host(code::FORBIDDEN, message))
         }
     }
 
-    /// Whether a request to `server` may carry these `Origin` header values (all of them:
-    /// a repeated `Origin` is refused). No `Origin` passes: only browsers send one.
-    pub fn check_origin<'v>(&self, server: &str, mut values: impl Iterator<Item = &'v str>) -> Result<(), Rejection> {
+    /// Whether a request may carry these `Origin` header values (all of them: a repeated
+    /// `Origin` is refused), 403 if not. `server` is the server its path names, if any (its
+    /// CORS origins are accepted too). No `Origin` passes: only browsers send one.
+    pub fn check_origin<'v>(
+        &self,
+        server: Option<&str>,
+        mut values: impl Iterator<Item = &'v str>,
+    ) -> Result<(), Rejection> {
         let Some(value) = values.next() else {
             return Ok(());
         };
         if values.next().is_some() {
-            return Err(refused("the Origin header is repeated"));
+            return Err(Rejection::foreign_origin(code::FORBIDDEN, "the Origin header is repeated"));
         }
-        let own = self.server_origins.get(server).map(Vec::as_slice).unwrap_or_default();
+        let own = server.and_then(|s| self.server_origins.get(s)).map(Vec::as_slice).unwrap_or_default();
         let accepted = request_origin(value).is_some_and(|o| self.origins.iter().chain(own).any(|p| p.matches(&o)));
         if accepted {
-            Ok(())
-        } else {
-            Err(refused(format!("origin \"{}\" is not allowed to call {server}", printable(value))))
+            return Ok(());
         }
+        let message = match server {
+            Some(server) => format!("origin \"{}\" is not allowed to call {server}", printable(value)),
+            None => format!("origin \"{}\" is not allowed on this gateway", printable(value)),
+        };
+        Err(Rejection::foreign_origin(code::FORBIDDEN, message))
     }
 }
 
@@ -286,11 +300,6 @@ fn compile_origins(list: &[String], path: &str) -> Result<Vec<OriginPattern>, Co
         .enumerate()
         .map(|(i, p)| OriginPattern::parse(p).map_err(|e| ConfigError::invalid(format!("{path}[{i}]"), e)))
         .collect()
-}
-
-/// The refusal of a foreign Host or Origin (see the module docs).
-fn refused(message: impl Into<String>) -> Rejection {
-    Rejection::foreign_origin(code::FORBIDDEN, message)
 }
 
 /// An `Origin` as a request carries it.

@@ -13,8 +13,8 @@
 //!   other non-2xx answer as an HTTP error around the raw body;
 //! - 401 (with `WWW-Authenticate`) stays: missing or bad credentials *should* start the
 //!   client's authorization flow;
-//! - a request that is not readable MCP (400, 413, 415, 404, 405), a foreign Host or
-//!   Origin (403, as MCP requires) and a rate limit (429 with `Retry-After`, which the
+//! - a request that is not readable MCP (400, 413, 415, 404, 405), a foreign Origin (403,
+//!   as MCP requires) or Host (421) and a rate limit (429 with `Retry-After`, which the
 //!   Inspector reads) keep their HTTP meaning.
 //!
 //! [`Refusal`] says why, independently of the status: audit and metrics classify by it.
@@ -62,7 +62,7 @@ pub enum Refusal {
     Denied,
     /// A request carrying a value of a blocking redaction detector.
     Blocked,
-    /// A Host or Origin the listener does not accept (DNS rebinding, cross-site browsers).
+    /// A Host or Origin the listener does not accept (DNS rebinding, cross-site pages).
     ForeignOrigin,
     /// A rate limit, quota or in-flight limit.
     RateLimited,
@@ -148,10 +148,16 @@ impl Rejection {
             .with_header("www-authenticate", challenge)
     }
 
-    /// 403 for a Host or Origin the listener does not accept. MCP requires 403 for an
-    /// invalid `Origin`, with a JSON-RPC error without id.
+    /// 403 for an `Origin` the listener does not accept: MCP requires 403 for an invalid
+    /// `Origin` (see [`crate::origin`]).
     pub fn foreign_origin(code: i64, message: impl Into<String>) -> Self {
         Self::of(Refusal::ForeignOrigin, 403, code, message)
+    }
+
+    /// 421 Misdirected Request for a `Host` the listener does not answer to (see
+    /// [`crate::origin`] for why not 403).
+    pub fn foreign_host(code: i64, message: impl Into<String>) -> Self {
+        Self::of(Refusal::ForeignOrigin, 421, code, message)
     }
 
     /// 413 for `tools/call` arguments over their limit (JSON-RPC `INVALID_PARAMS`).

@@ -696,8 +696,22 @@ fn dns_rebinding_and_cross_site_requests_are_refused_first() {
     ];
     let r = rejected(head("POST", "/mcp/crm", &rebinding));
     assert_eq!((r.status, r.code, r.id.clone(), r.refusal), (403, code::FORBIDDEN, None, Refusal::ForeignOrigin));
-    // The Host alone is enough, before routing: an unknown path answers nothing else either.
-    assert_eq!(rejected(head("POST", "/mcp/nope", &[(":authority", "evil.example.com:80")])).status, 403);
+    // The same with an unknown path: still 403 (MCP's answer to an invalid Origin comes first).
+    assert_eq!(rejected(head("POST", "/mcp/nope", &rebinding)).status, 403);
+    // A foreign Host alone (a same-origin page sends no Origin on GET; a host alias): 421,
+    // before routing, so an unknown path answers nothing else either.
+    let r = rejected(head("POST", "/mcp/nope", &[(":authority", "evil.example.com:80")]));
+    assert_eq!((r.status, r.refusal), (421, Refusal::ForeignOrigin));
+    assert_eq!(
+        rejected(head(
+            "GET",
+            "/mcp/crm",
+            &[(":authority", "alias.example.com:10000"), ("origin", "http://localhost:1")]
+        ))
+        .status,
+        421
+    );
+    assert_eq!(rejected(head("POST", "/mcp/nope", &[(":authority", "127.0.0.1:10000")])).status, 404);
     // A loopback Host with a foreign Origin (a cross-site page): refused.
     let cross = [
         (":authority", "127.0.0.1:10000"),

@@ -23,7 +23,7 @@ fn loopback() -> OriginPolicy {
 }
 
 fn origin_ok(p: &OriginPolicy, server: &str, values: &[&str]) -> bool {
-    p.check_origin(server, values.iter().copied()).is_ok()
+    p.check_origin(Some(server), values.iter().copied()).is_ok()
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn loopback_hosts_accept_only_loopback_names() {
         let r = p.check_host(Some(bad)).unwrap_err();
         assert_eq!(
             (r.status, r.code, r.refusal),
-            (403, code::FORBIDDEN, crate::reject::Refusal::ForeignOrigin),
+            (421, code::FORBIDDEN, crate::reject::Refusal::ForeignOrigin),
             "{bad}"
         );
         assert_eq!(r.id, None);
@@ -105,11 +105,11 @@ fn origin_absent_passes_foreign_refused() {
         "chrome-extension://abcdef",
         "",
     ] {
-        let r = p.check_origin("crm", [bad].into_iter()).unwrap_err();
+        let r = p.check_origin(Some("crm"), [bad].into_iter()).unwrap_err();
         assert_eq!((r.status, r.refusal), (403, crate::reject::Refusal::ForeignOrigin), "{bad}");
         assert!(r.message.contains("is not allowed"), "{}", r.message);
     }
-    let r = p.check_origin("crm", ["http://localhost:1", "http://localhost:1"].into_iter()).unwrap_err();
+    let r = p.check_origin(Some("crm"), ["http://localhost:1", "http://localhost:1"].into_iter()).unwrap_err();
     assert!(r.message.contains("repeated"), "{}", r.message);
 }
 
@@ -210,7 +210,7 @@ proptest! {
     fn arbitrary_values_never_pass_as_loopback(value in "\\PC{0,40}") {
         let p = loopback();
         let host_ok = p.check_host(Some(&value)).is_ok();
-        let origin_ok = p.check_origin("crm", [value.as_str()].into_iter()).is_ok();
+        let origin_ok = p.check_origin(Some("crm"), [value.as_str()].into_iter()).is_ok();
         let lower = value.to_ascii_lowercase();
         let names_loopback = ["localhost", "127.0.0.1", "[::1]", "[0:0:0:0:0:0:0:1]", "[0:0::1]", "[::0:1]"]
             .iter()
