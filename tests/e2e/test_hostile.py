@@ -142,10 +142,10 @@ CASES: dict[str, Case] = {
     "body-utf32-le": Case(CALL.encode("utf-32-le"), {400}, PARSE_OR_INVALID),
     "body-utf16-declared": Case(CALL.encode("utf-16"), {415}, None,
                                 headers={**LEGACY, "Content-Type": "application/json; charset=utf-16"}),
-    # --- tool name of the wrong type: either malformed (400) or unauthorizable (403), never forwarded
+    # --- tool name of the wrong type: either malformed (400) or unauthorizable (denied), never forwarded
     "tool-name-not-string": Case(
         '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["delete_customer"],"arguments":{"id":"MARK"}}}',
-        {400, 403},
+        {400, POLICY_DENIED_STATUS},
         None,
     ),
 }
@@ -338,7 +338,7 @@ def test_request_trailers_do_not_skip_the_body_decision(gateway, crm):
     before = crm.log.mark()
     body = json.dumps(modern_body("tools/call", {"name": "delete_customer", "arguments": {"id": denied}})).encode()
     status, answer = h2c_post(gateway.url("crm"), headers, body, trailers)
-    assert status == 403, answer[:300]
+    assert status == POLICY_DENIED_STATUS, answer[:300]
     assert json.loads(answer)["error"]["code"] == -32003, answer[:300]
     assert_not_forwarded(crm, before, denied)
 

@@ -27,6 +27,7 @@ import httpx2
 import pytest
 
 from e2e_support import (
+    POLICY_DENIED_STATUS,
     API_KEYS,
     REPO,
     HS_SECRET_ENV,
@@ -134,10 +135,10 @@ def traffic(
 
 EXPECTED_STATUS = {
     "allowed": 200,
-    "denied": 403,
+    "denied": POLICY_DENIED_STATUS,
     "unauthenticated": 401,
     "redacted": 200,
-    "blocked": 403,
+    "blocked": POLICY_DENIED_STATUS,
     "rate_limited": 429,
     "error": 200,
 }

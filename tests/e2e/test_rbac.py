@@ -12,6 +12,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from e2e_support import (
+    POLICY_DENIED_STATUS,
     FORBIDDEN,
     VISIBLE_TOOLS,
     api_key,
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.rbac]
 
 
 def assert_forbidden(response, request_id, needle: str) -> None:
-    assert response.status_code == 403, f"expected 403, got {describe(response)}"
+    assert response.status_code == POLICY_DENIED_STATUS, f"expected {POLICY_DENIED_STATUS}, got {describe(response)}"
     body = jsonrpc_error(response)
     assert body["error"]["code"] == FORBIDDEN, describe(response)
     assert body.get("id") == request_id and type(body.get("id")) is type(request_id), (

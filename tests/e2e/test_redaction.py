@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from e2e_support import (
+    POLICY_DENIED_STATUS,
     Gateway,
     Keys,
     Upstream,
@@ -95,7 +96,7 @@ def test_blocked_argument_never_reaches_the_upstream(redacting_gateway, crm):
         id=41,
     )
     response = post(redacting_gateway.url("crm"), body, ADMIN)
-    assert response.status_code == 403, response.text
+    assert response.status_code == POLICY_DENIED_STATUS, response.text
     reply = jsonrpc_error(response)
     error = reply["error"]
     assert reply["id"] == 41, reply

@@ -27,6 +27,7 @@ from xds_support import (
     call,
     keys_jwks,
     kill,
+    outcome,
     registry_edit,
     start_control_plane,
     start_envoy,
@@ -62,7 +63,7 @@ def xds(request, tmp_path_factory, keys, upstreams) -> Iterator[SimpleNamespace]
 
 
 def docs_search_ok(envoy: EnvoyNode) -> bool:
-    return call(envoy.url("docs"), "search_docs", arguments={"query": "envoy"}).status_code == 200
+    return outcome(call(envoy.url("docs"), "search_docs", arguments={"query": "envoy"})) == "allowed"
 
 
 def test_serves_the_registry_with_catalog_and_metadata(xds):
@@ -100,7 +101,7 @@ def test_add_and_remove_a_server_while_traffic_flows(xds, crm):
     with_crm = dataclasses.replace(xds.base, servers={**xds.base.servers, "crm": crm.url})
     with Traffic(envoy.url("docs"), "search_docs", {"query": "envoy"}) as traffic:
         write_registry(xds.registry, with_crm.render())
-        added = wait_for("the new /mcp/crm route answers", lambda: crm_call().status_code == 200, within=CONVERGE_WITHIN)
+        added = wait_for("the new /mcp/crm route answers", lambda: outcome(crm_call()) == "allowed", within=CONVERGE_WITHIN)
         assert "Grace Hopper" in crm_call().text
         write_registry(xds.registry, xds.base.render())
         removed = wait_for("the removed /mcp/crm route is gone", lambda: crm_call().status_code == 404,
@@ -115,12 +116,12 @@ def test_add_and_remove_a_server_while_traffic_flows(xds, crm):
 
 def test_a_policy_edit_applies_to_the_next_call(xds):
     envoy: EnvoyNode = xds.envoy
-    get_doc = lambda: call(envoy.url("docs"), "get_doc", arguments={"id": "policy"}).status_code  # noqa: E731
-    assert get_doc() == 403
+    get_doc = lambda: outcome(call(envoy.url("docs"), "get_doc", arguments={"id": "policy"}))  # noqa: E731
+    assert get_doc() == "denied"
     widened = dataclasses.replace(xds.base, reader_allow=["docs/search_*", "docs/get_*"])
     with registry_edit(xds.registry, widened.render()):
-        wait_for("reader may call docs/get_doc", lambda: get_doc() == 200)
-    wait_for("reader is denied docs/get_doc again", lambda: get_doc() == 403)
+        wait_for("reader may call docs/get_doc", lambda: get_doc() == "allowed")
+    wait_for("reader is denied docs/get_doc again", lambda: get_doc() == "denied")
 
 
 def test_an_invalid_edit_is_refused_and_the_old_config_keeps_serving(xds):
@@ -241,7 +242,7 @@ def test_envoy_keeps_serving_while_meshgate_restarts_and_resyncs(xds):
     try:
         took = wait_for(
             "the edit made while meshgate was down reaches Envoy",
-            lambda: call(envoy.url("docs"), "get_doc", arguments={"id": "policy"}).status_code == 200,
+            lambda: outcome(call(envoy.url("docs"), "get_doc", arguments={"id": "policy"})) == "allowed",
             within=RESYNC_WITHIN,
         )
         print(f"[{xds.api}] resynced {took:.2f}s after restart")
@@ -251,7 +252,7 @@ def test_envoy_keeps_serving_while_meshgate_restarts_and_resyncs(xds):
     finally:
         write_registry(xds.registry, xds.base.render())
     wait_for("back to the base policy",
-             lambda: call(envoy.url("docs"), "get_doc", arguments={"id": "policy"}).status_code == 403)
+             lambda: outcome(call(envoy.url("docs"), "get_doc", arguments={"id": "policy"})) == "denied")
 
 
 def test_two_envoys_converge(xds):
@@ -270,10 +271,10 @@ def test_two_envoys_converge(xds):
         with registry_edit(xds.registry, widened.render()):
             for envoy in (xds.envoy, second):
                 wait_for(f"{envoy.node_id} applies the edit",
-                         lambda envoy=envoy: call(envoy.url("docs"), "get_doc", arguments={"id": "policy"}).status_code == 200)
+                         lambda envoy=envoy: outcome(call(envoy.url("docs"), "get_doc", arguments={"id": "policy"})) == "allowed")
         for envoy in (xds.envoy, second):
             wait_for(f"{envoy.node_id} reverts",
-                     lambda envoy=envoy: call(envoy.url("docs"), "get_doc", arguments={"id": "policy"}).status_code == 403)
+                     lambda envoy=envoy: outcome(call(envoy.url("docs"), "get_doc", arguments={"id": "policy"})) == "denied")
         nodes = plane.status()["nodes"]
         assert nodes[xds.envoy.node_id]["streams"] == 1 and nodes[second.node_id]["streams"] == 1, nodes
 

@@ -11,10 +11,11 @@ import re
 import httpx2
 import pytest
 
-from e2e_support import pid_alive, start_gateway, stop_gateway
+from e2e_support import UPSTREAM_UNAVAILABLE, pid_alive, start_gateway, stop_gateway
 from xds_support import (
     RegistrySpec,
     call,
+    outcome,
     keys_jwks,
     make_tls_material,
     start_tls_docs_server,
@@ -49,24 +50,25 @@ def test_up_applies_edits_live_and_verifies_https_upstreams(tmp_path, keys, upst
         assert status["nodes"]["meshgate-up"]["streams"] == 1, status
 
         # https upstream: SNI localhost, certificate checked against the registry's CA.
-        secure = lambda: call(gateway.url("secure"), "search_docs", arguments={"query": "envoy"}).status_code  # noqa: E731
-        assert secure() == 200
+        secure = lambda: outcome(call(gateway.url("secure"), "search_docs", arguments={"query": "envoy"}))  # noqa: E731
+        assert secure() == "allowed"
 
         # A live edit: another server appears behind the same Envoy.
         envoy_pid = gateway.envoy_pid
         crm_url = f"http://{gateway.listener}/mcp/crm"
-        crm = lambda: call(crm_url, "get_customer", key="e2e-admin-key", arguments={"id": "c-001"}).status_code  # noqa: E731
-        assert crm() == 404
+        crm = lambda: outcome(call(crm_url, "get_customer", key="e2e-admin-key", arguments={"id": "c-001"}))  # noqa: E731
+        assert crm() == "HTTP 404"
         with_crm = with_ca.replace("servers:\n", f"servers:\n  - name: crm\n    url: {upstreams['crm'].url}\n", 1)
         write_registry(registry, with_crm)
-        wait_for("crm answers through `up`'s Envoy", lambda: crm() == 200)
+        wait_for("crm answers through `up`'s Envoy", lambda: crm() == "allowed")
         assert gateway.envoy_pid == envoy_pid and pid_alive(envoy_pid)
 
-        # Trusting another CA instead: the upstream's certificate is refused (fail closed).
+        # Trusting another CA instead: the upstream's certificate is refused (fail closed), and
+        # the client is told the server is unavailable (a JSON-RPC error, not Envoy's text 503).
         write_registry(registry, with_crm.replace("tls: { ca_file: ca.pem }", "tls: { ca_file: other-ca.pem }"))
-        wait_for("an untrusted upstream certificate is refused", lambda: secure() == 503)
+        wait_for("an untrusted upstream certificate is refused", lambda: secure() == f"error {UPSTREAM_UNAVAILABLE}")
         write_registry(registry, with_crm)
-        wait_for("trusted again", lambda: secure() == 200)
+        wait_for("trusted again", lambda: secure() == "allowed")
     finally:
         stop_gateway(gateway)
         stop_quietly(tls_proc)

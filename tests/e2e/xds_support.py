@@ -26,6 +26,7 @@ from e2e_support import (
     API_KEYS,
     AUDIENCE,
     ENVOY,
+    FORBIDDEN,
     ISSUER_JWKS,
     MESHGATE,
     SERVERS,
@@ -261,6 +262,23 @@ def call(url: str, tool: str, key: str | None = "e2e-reader-key", arguments: dic
     )
 
 
+def outcome(response: httpx2.Response) -> str:
+    """`allowed` (a result), `denied` (the gateway's policy refusal, JSON-RPC -32003, which
+    comes with HTTP 200 like any answer to a call), else `HTTP <status>` / `error <code>`."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "result" in body and response.status_code == 200:
+        return "allowed"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("code") == FORBIDDEN:
+        return "denied"
+    if isinstance(error, dict) and response.status_code == 200:
+        return f"error {error.get('code')}"
+    return f"HTTP {response.status_code}"
+
+
 def wait_for(what: str, check: Callable[[], bool], within: float = SETTLE_WITHIN, step: float = 0.05) -> float:
     """Polls `check` until true; returns the seconds it took, fails the test past `within`."""
     start = time.monotonic()
@@ -290,7 +308,7 @@ class Traffic:
         while not self._stop.is_set():
             try:
                 response = call(self.url, self.tool, arguments=self.arguments)
-                if response.status_code == 200:
+                if outcome(response) == "allowed":
                     self.ok += 1
                 else:
                     self.failures.append(f"HTTP {response.status_code}: {response.text[:200]}")

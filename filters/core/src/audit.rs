@@ -25,7 +25,7 @@ use crate::gateway::{Exchange, PendingRequest};
 use crate::jsonrpc::code;
 use crate::mcp::{self, method, ResourceKind};
 use crate::redact::RedactionCounts;
-use crate::reject::Rejection;
+use crate::reject::{Refusal, Rejection};
 
 pub mod batch;
 
@@ -131,7 +131,8 @@ pub enum Decision {
     /// Let through and answered without a JSON-RPC error.
     #[default]
     Allowed,
-    /// Refused by policy (RBAC) or a size guardrail (403, 413).
+    /// Refused by policy (RBAC), a size guardrail (413) or for a foreign Origin or Host
+    /// (403, 421).
     Denied,
     /// No valid credentials (401).
     Unauthenticated,
@@ -163,23 +164,18 @@ impl Decision {
         }
     }
 
-    /// The decision a gateway refusal stands for.
+    /// The decision a gateway refusal stands for: by why it was refused, never by the HTTP
+    /// status that carries it (a policy denial is answered with 200, see [`crate::reject`]).
     pub fn of_rejection(r: &Rejection) -> Self {
-        match r.status {
-            401 => Decision::Unauthenticated,
-            429 => Decision::RateLimited,
-            403 if is_block(&r.message) => Decision::Blocked,
-            403 | 413 => Decision::Denied,
-            s if s >= 500 => Decision::Error,
-            _ => Decision::Invalid,
+        match r.refusal {
+            Refusal::Unauthenticated => Decision::Unauthenticated,
+            Refusal::RateLimited => Decision::RateLimited,
+            Refusal::Blocked => Decision::Blocked,
+            Refusal::Denied | Refusal::ForeignOrigin => Decision::Denied,
+            Refusal::Unavailable => Decision::Error,
+            Refusal::Invalid => Decision::Invalid,
         }
     }
-}
-
-/// Blocking redaction answers say "... was blocked: it contains a value of kind <k>"
-/// ([`crate::gateway`]); RBAC denials never do.
-fn is_block(message: &str) -> bool {
-    message.contains(" was blocked: it contains a value of kind ")
 }
 
 /// Options that change metric names (from the filter config's `observability`).

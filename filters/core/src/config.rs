@@ -57,6 +57,10 @@ pub struct RawFilterConfig {
     /// Metrics and audit options ([`crate::audit`]).
     #[serde(default, skip_serializing_if = "RawObservability::is_default")]
     pub observability: RawObservability,
+    /// Which `Host` and `Origin` requests may carry ([`crate::origin`]). Absent: any Host,
+    /// no `Origin`.
+    #[serde(default, skip_serializing_if = "crate::origin::RawOriginPolicy::is_default")]
+    pub origin_policy: crate::origin::RawOriginPolicy,
 }
 
 /// How the filter reports what it decided.
@@ -591,6 +595,8 @@ pub struct FilterConfig {
     pub audit_before_stream_end: bool,
     /// Write the audit fields to filter state at all ([`RawObservability::audit_fields`]).
     pub audit_fields: bool,
+    /// Host and Origin checks ([`crate::origin`]).
+    pub origin_policy: crate::origin::OriginPolicy,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -649,6 +655,7 @@ impl FilterConfig {
         )?;
         let quotas = crate::quota::QuotaRules::compile(&raw.quotas, &servers, &|r| policy.has_role(r))?;
         let limits = Limits::compile(raw, &servers)?;
+        let origin_policy = crate::origin::OriginPolicy::compile(&raw.origin_policy, &servers)?;
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)
@@ -668,6 +675,7 @@ impl FilterConfig {
             audit_values,
             audit_before_stream_end: raw.observability.tracing,
             audit_fields: raw.observability.audit_fields,
+            origin_policy,
         })
     }
 }

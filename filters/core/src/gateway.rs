@@ -173,7 +173,7 @@ pub struct Exchange {
 }
 
 /// How the response body must be handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ResponsePlan {
     /// Forward untouched, without buffering.
     PassThrough,
@@ -183,6 +183,10 @@ pub enum ResponsePlan {
     Stream,
     /// The response cannot be governed: replace its body with this JSON-RPC error.
     Replace(Vec<u8>),
+    /// The upstream could not answer (Envoy's own reply when it is unreachable, resets
+    /// before answering or times out, or an error page instead of MCP): replace the whole
+    /// response, status included, with this answer ([`Rejection::upstream_failed`]).
+    Fail(Rejection),
 }
 
 /// The response headers the plan depends on.
@@ -223,6 +227,9 @@ impl Exchange {
     /// successful answers; redaction to every body, errors included; the size limit to
     /// every answer to a request.
     pub fn response_plan(&self, head: ResponseHead<'_>) -> ResponsePlan {
+        if let Some(failure) = self.upstream_failure(head) {
+            return ResponsePlan::Fail(failure);
+        }
         let filter = self.filters_list(head.status);
         let rewrites = self.rewrites_response(head.status);
         if let (Some(limit), Some(len)) = (self.response_limit, head.content_length) {
@@ -270,8 +277,9 @@ impl Exchange {
 
     /// [`Self::response_plan`] reading only the response headers this exchange's plan
     /// depends on: `header(name)` is called for `content-length` only when the answer is
-    /// held to a size limit, for `content-type` only when the body may be rewritten or its
-    /// length is unknown, and for `content-encoding` only when the body may be rewritten.
+    /// held to a size limit, for `content-type` only when the answer is a 5xx, the body may
+    /// be rewritten or its length is unknown, and for `content-encoding` only when the body
+    /// may be rewritten.
     /// Each lookup is a host call in the filter; the plan is the one the full head gives.
     pub fn response_plan_from(&self, status: u16, header: &mut dyn FnMut(&str) -> Option<String>) -> ResponsePlan {
         let rewrites = self.rewrites_response(status);
@@ -280,12 +288,16 @@ impl Exchange {
         } else {
             None
         };
-        let content_type =
-            if rewrites || self.server_stream || (self.response_limit.is_some() && content_length.is_none()) {
-                header("content-type")
-            } else {
-                None
-            };
+        let failed = (500..600).contains(&status);
+        let content_type = if failed
+            || rewrites
+            || self.server_stream
+            || (self.response_limit.is_some() && content_length.is_none())
+        {
+            header("content-type")
+        } else {
+            None
+        };
         let content_encoding = if rewrites || self.server_stream { header("content-encoding") } else { None };
         self.response_plan(ResponseHead {
             status,
@@ -293,6 +305,29 @@ impl Exchange {
             content_encoding: content_encoding.as_deref(),
             content_length,
         })
+    }
+
+    /// A 5xx answer that is not MCP (no JSON or event-stream body): Envoy's local reply for
+    /// an upstream that is down, reset before answering or timed out (`text/plain`), or an
+    /// error page of a proxy or server in front of the upstream. Clients cannot read it, so
+    /// it becomes a JSON-RPC error naming the server. 4xx answers are the upstream's own
+    /// protocol answers (404 ends a session, 405 refuses the GET stream) and pass.
+    fn upstream_failure(&self, head: ResponseHead<'_>) -> Option<Rejection> {
+        if !(500..600).contains(&head.status) {
+            return None;
+        }
+        let readable =
+            head.content_type.map(media_type).is_some_and(|t| t == "application/json" || t == "text/event-stream");
+        if readable {
+            return None;
+        }
+        let what = match head.status {
+            504 => "did not answer in time",
+            502 | 503 => "is unavailable",
+            _ => "failed",
+        };
+        let message = format!("the MCP server \"{}\" {what} (HTTP {}); retry later", self.server, head.status);
+        Some(Rejection::upstream_failed(head.status, self.request_id(), message))
     }
 
     /// Whether a response with `status` may have its body rewritten (list filtering or
@@ -421,15 +456,24 @@ impl Gateway {
         TokenCache::new(self.config.authenticator.token_cache_entries())
     }
 
-    /// Step 1: route, method, content checks, identity. `now` is Unix seconds.
+    /// Step 1: Host, route, Origin, method, content checks, identity. `now` is Unix seconds.
     pub fn on_request_head(&self, head: RequestHead<'_>, now: u64, cache: &mut TokenCache) -> HeadDecision {
         let path = head.path.split(['?', '#']).next().unwrap_or_default();
         if UNGOVERNED_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return HeadDecision::PassThrough;
         }
-        let server = match path.strip_prefix(self.config.route_prefix.as_str()) {
-            Some(name) if self.config.servers.contains(name) => name.to_string(),
-            _ => return HeadDecision::Reject(Rejection::not_found(path)),
+        // Before anything else answers (a DNS-rebinding page learns nothing from the gateway):
+        // a foreign Origin (403, as MCP requires, whatever else is wrong), then a foreign Host.
+        let origins = &self.config.origin_policy;
+        let host = origins.check_host(head.header(":authority").or_else(|| head.header("host")));
+        let server = path.strip_prefix(self.config.route_prefix.as_str()).filter(|n| self.config.servers.contains(*n));
+        let origin_values =
+            head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("origin")).map(|(_, v)| v.as_str());
+        if let Err(r) = origins.check_origin(server, origin_values).and(host) {
+            return HeadDecision::Reject(r);
+        }
+        let Some(server) = server.map(str::to_string) else {
+            return HeadDecision::Reject(Rejection::not_found(path));
         };
         let consumer = match self.authenticate(head, now, cache) {
             Ok(c) => c,
@@ -503,7 +547,7 @@ impl Gateway {
         if let Some(url) = &self.config.resource_metadata {
             challenge.push_str(&format!(", resource_metadata=\"{url}\""));
         }
-        Rejection::new(401, code::UNAUTHENTICATED, error.to_string()).with_header("www-authenticate", challenge)
+        Rejection::unauthenticated(error.to_string(), challenge)
     }
 
     fn check_post_head(
@@ -621,14 +665,10 @@ impl Gateway {
         if let (Some(name), Some(max)) = (tool, sizes.max_argument_bytes) {
             let size = arguments_bytes.unwrap_or(0) as u64;
             if size > max {
-                return Err(Rejection::new(
-                    413,
-                    code::INVALID_PARAMS,
-                    format!(
-                        "arguments of tool \"{server}/{}\" are {size} bytes, over the {max}-byte limit",
-                        printable(name)
-                    ),
-                )
+                return Err(Rejection::arguments_too_large(format!(
+                    "arguments of tool \"{server}/{}\" are {size} bytes, over the {max}-byte limit",
+                    printable(name)
+                ))
                 .with_id(message.id()));
             }
         }
@@ -643,7 +683,7 @@ impl Gateway {
             match plan.redact_message(body, &mut counts) {
                 Ok(rewritten) => rewritten_request = rewritten,
                 Err(blocked) => {
-                    return Err(Rejection::forbidden(format!(
+                    return Err(Rejection::blocked(format!(
                         "the request to {server} was blocked: it contains a value of kind {}",
                         blocked.detector()
                     ))

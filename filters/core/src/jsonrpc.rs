@@ -40,6 +40,9 @@ pub mod code {
     pub const FORBIDDEN: i64 = -32003;
     /// Gateway: a rate limit, quota or in-flight limit refused the call (HTTP 429).
     pub const RATE_LIMITED: i64 = -32029;
+    /// Gateway: the upstream MCP server could not answer (unreachable, reset, timed out, or
+    /// an error page instead of an MCP answer).
+    pub const UPSTREAM_UNAVAILABLE: i64 = -32004;
 }
 
 /// Why a body is not acceptable JSON.

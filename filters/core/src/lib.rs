@@ -6,8 +6,8 @@
 //! [`config::ConfigError`] at configure time).
 //!
 //! Request path, one parse per message:
-//! 1. [`gateway::Gateway::on_request_head`] — route, HTTP method, content type/encoding,
-//!    declared size, identity (JWT / API key / anonymous).
+//! 1. [`gateway::Gateway::on_request_head`] — Host and Origin ([`origin`]), route, HTTP
+//!    method, content type/encoding, declared size, identity (JWT / API key / anonymous).
 //! 2. [`gateway::Gateway::on_request_body`] — strict JSON-RPC parse ([`jsonrpc`]), MCP
 //!    classification ([`mcp`]), 2026-07-28 header/body agreement, RBAC ([`policy`]).
 //! 3. [`listing`] / [`sse`] — `*/list` responses filtered to what the caller may use, for
@@ -28,6 +28,7 @@ pub mod identity;
 pub mod jsonrpc;
 pub mod listing;
 pub mod mcp;
+pub mod origin;
 pub mod param_headers;
 pub mod policy;
 pub mod quota;

@@ -108,6 +108,8 @@ impl RootContext for Root {
             audit: None,
             decision_ns: 0,
             published: RefCell::new(Vec::new()),
+            #[cfg(feature = "test-crash-trigger")]
+            crash_at: None,
         }))
     }
 
@@ -158,6 +160,9 @@ struct Stream {
     /// The audit fields already written to filter state: each host call copies into Envoy,
     /// so a field is written again only when its value changed.
     published: RefCell<Vec<(&'static str, String)>>,
+    /// Test builds only: the callback this request asked the VM to crash in.
+    #[cfg(feature = "test-crash-trigger")]
+    crash_at: Option<String>,
 }
 
 /// When [`Stream::publish_audit`] runs.
@@ -184,6 +189,26 @@ impl Stream {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.send_http_response(u32::from(r.status), headers, Some(&r.body()));
         Action::Pause
+    }
+
+    /// Answers with `r` instead of the upstream's response (its headers not sent yet):
+    /// status, headers and body. With `end_of_stream` no body callback follows: answer anew.
+    fn replace_response(&mut self, r: &Rejection, end_of_stream: bool) -> Action {
+        if let Some(record) = self.audit.as_mut() {
+            record.refused(r);
+        }
+        if end_of_stream {
+            return self.reject(r);
+        }
+        self.publish_audit(Moment::Settled);
+        self.set_http_response_header(":status", Some(&r.status.to_string()));
+        for (name, value) in r.response_headers() {
+            self.set_http_response_header(name, Some(&value));
+        }
+        self.set_http_response_header("content-encoding", None);
+        self.set_http_response_header("content-length", None);
+        self.response = Response::Replace(r.body());
+        Action::Continue
     }
 
     /// Writes the audit fields to filter state (`wasm.<key>`), for the access log and span
@@ -327,6 +352,11 @@ impl Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let headers = lenient(self.get_http_request_headers_bytes());
+        #[cfg(feature = "test-crash-trigger")]
+        {
+            self.crash_at = header_value(&headers, test_crash::HEADER).map(str::to_string);
+            test_crash::maybe(&self.crash_at, "request-headers");
+        }
         let find = |name: &str| header_value(&headers, name).unwrap_or_default();
         let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers, end_of_stream };
         let started = self.now_ns();
@@ -391,6 +421,8 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-crash-trigger")]
+        test_crash::maybe(&self.crash_at, "response-headers");
         let State::Forwarded(exchange) = &self.state else {
             return Action::Continue;
         };
@@ -422,21 +454,7 @@ impl HttpContext for Stream {
                 exchange.consumer.name,
                 r.message
             );
-            if let Some(record) = self.audit.as_mut() {
-                record.refused(&r);
-            }
-            if end_of_stream {
-                // No body callback will come: answer anew (headers not sent yet).
-                return self.reject(&r);
-            }
-            self.publish_audit(Moment::Settled);
-            for (name, value) in r.response_headers() {
-                self.set_http_response_header(name, Some(&value));
-            }
-            self.set_http_response_header("content-encoding", None);
-            self.set_http_response_header("content-length", None);
-            self.response = Response::Replace(r.body());
-            return Action::Continue;
+            return self.replace_response(&r, end_of_stream);
         }
         if end_of_stream {
             // No body callback follows: settle now, the last chance before the span ends.
@@ -448,6 +466,7 @@ impl HttpContext for Stream {
         }
         let plan = exchange.response_plan_from(status, &mut |name| header(name));
         self.response = match plan {
+            ResponsePlan::Fail(r) => return self.replace_response(&r, end_of_stream),
             ResponsePlan::PassThrough => return Action::Continue,
             ResponsePlan::Buffer => Response::Buffer,
             ResponsePlan::Stream => Response::Stream(SseRewriter::new()),
@@ -462,6 +481,8 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-crash-trigger")]
+        test_crash::maybe(&self.crash_at, "response-body");
         // The chunk is copied out of Envoy at most once per callback, for the error check
         // and the rewrite alike. A body being buffered is looked at whole, at its end.
         let mut chunk = None;
@@ -647,5 +668,22 @@ fn warn_overflow_once(e: &shared::SharedError) {
     }
     if !WARNED.with(|w| w.replace(true)) {
         log::warn!("meshgate: {e}: calls needing a new quota counter are charged to their rule's overflow counter");
+    }
+}
+
+/// Test builds only (feature `test-crash-trigger`): a deliberate VM crash, so the e2e suite
+/// can prove that a crashed VM fails one request and is reloaded for the next.
+#[cfg(feature = "test-crash-trigger")]
+mod test_crash {
+    /// The request header naming the callback to crash in.
+    pub const HEADER: &str = "x-meshgate-test-crash";
+
+    /// Aborts the VM (a wasm trap: Envoy's `RuntimeError` fail state) when `asked` names
+    /// `callback`.
+    pub fn maybe(asked: &Option<String>, callback: &str) {
+        if asked.as_deref().is_some_and(|v| v.trim() == callback) {
+            log::error!("meshgate: test crash in {callback}");
+            std::process::abort();
+        }
     }
 }

@@ -169,6 +169,11 @@ pub enum BootstrapError {
         .keys.join(", ")
     )]
     NeedsControlPlane { server: String, keys: Vec<&'static str> },
+    #[error(
+        "listener.{key} is only rendered by the control plane: use `meshgate up` or `meshgate serve` \
+         (the static bootstrap has no CORS filter)"
+    )]
+    ListenerNeedsControlPlane { key: &'static str },
     #[error("cannot render the bootstrap as YAML: {0}")]
     Yaml(String),
     #[error(
@@ -185,6 +190,9 @@ pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, Boots
             server: server.name.clone(),
             keys: server.control_plane_keys.clone(),
         });
+    }
+    if registry.cors.is_some() {
+        return Err(BootstrapError::ListenerNeedsControlPlane { key: "cors" });
     }
     // Global counters live in meshgate: without a control plane there is nobody to ask.
     if let Some(rule) = registry.global_rules.first() {
@@ -275,7 +283,16 @@ limits: { max_request_bytes: 2000000 }
         let config = &hcm(&b)["http_filters"][0]["typed_config"]["config"];
         assert_eq!(config["root_id"], "meshgate");
         assert_eq!(config["allow_on_headers_stop_iteration"], true);
-        assert_eq!(config["fail_open"], false);
+        // A failed VM fails its request (fail closed) and is reloaded for the next one.
+        assert_eq!(config["failure_policy"], "FAIL_RELOAD");
+        assert_eq!(config["reload_config"]["backoff"]["base_interval"], "0.100s");
+        let mapper = &hcm(&b)["local_reply_config"]["mappers"][0];
+        assert_eq!(mapper["status_code"], 503);
+        let body: serde_json::Value = serde_json::from_str(
+            mapper["body_format_override"]["text_format_source"]["inline_string"].as_str().expect("body"),
+        )
+        .expect("json");
+        assert_eq!(body["error"]["code"], meshgate_core::jsonrpc::code::INTERNAL_ERROR);
         assert_eq!(config["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
         assert_eq!(config["vm_config"]["code"]["local"]["filename"], "/opt/meshgate.wasm");
         assert!(config["vm_config"].get("environment_variables").is_none());
@@ -344,6 +361,27 @@ limits: { max_request_bytes: 2000000 }
         assert_eq!(config["vm_config"]["environment_variables"]["host_env_keys"], json!(["TEST_SECRET"]));
         let text = config["configuration"]["value"].as_str().expect("a string");
         assert!(!text.contains("s3cret"), "the secret value must never be in the config");
+    }
+
+    #[test]
+    fn cors_needs_the_control_plane() {
+        let listener = registry(&REGISTRY.replace(
+            "listener: { address: 127.0.0.1, port: 10000 }",
+            "listener: { address: 127.0.0.1, port: 10000, cors: { allow_origins: ['https://a.example.com'] } }",
+        ));
+        let e = static_bootstrap(&listener, Path::new("/w.wasm")).expect_err("refused");
+        assert!(e.to_string().contains("listener.cors"), "{e}");
+        let server = registry(&REGISTRY.replace(
+            "    timeout: 300s\n",
+            "    timeout: 300s\n    cors: { allow_origins: ['https://a.example.com'] }\n",
+        ));
+        let e = static_bootstrap(&server, Path::new("/w.wasm")).expect_err("refused");
+        assert!(e.to_string().contains("\"crm\" uses cors"), "{e}");
+        // Host and Origin checks are the filter's: they are in its configuration here too.
+        let b = bootstrap();
+        let config = &hcm(&b)["http_filters"][0]["typed_config"]["config"]["configuration"]["value"];
+        let filter: Value = serde_json::from_str(config.as_str().expect("string")).expect("json");
+        assert_eq!(filter["origin_policy"]["allowed_hosts"], json!(["localhost", "127.0.0.1", "[::1]"]));
     }
 
     #[test]

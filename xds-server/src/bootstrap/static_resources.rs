@@ -17,13 +17,20 @@
 //! - the connection buffer limit sits above the filter's body limits so the filter, not
 //!   Envoy, refuses oversized bodies, with a JSON-RPC error;
 //! - the wasm filter runs before the router with `allow_on_headers_stop_iteration`, or it
-//!   would never see request bodies.
+//!   would never see request bodies;
+//! - a wasm VM that fails is reloaded for the next request (`FAIL_RELOAD`), and the request
+//!   it failed gets a JSON-RPC 503 ([`crate::translate::local_reply`]).
+//!
+//! CORS (`listener.cors`, `servers[].cors`) needs the control plane: such registries are
+//! refused too. The Host and Origin checks are the filter's and work here as everywhere.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
 use crate::registry::{Registry, Server, UpstreamHost};
+use crate::translate::filter::{VM_RELOAD_BACKOFF, VM_RELOAD_MAX_BACKOFF};
+use crate::translate::local_reply::{wasm_failure_body, WASM_FAILURE_DETAILS, WASM_FAILURE_STATUS};
 use crate::translate::{
     buffer_limit_bytes, cluster_name, envoy_duration, LISTENER_NAME, STREAM_IDLE_TIMEOUT, WASM_PLUGIN_NAME,
 };
@@ -33,6 +40,7 @@ const HCM_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+const CEL_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter";
 
 /// One upstream cluster per server: STATIC for an IP, LOGICAL_DNS for a name, HTTP/1.1.
 pub fn make_cluster(registry: &Registry, server: &Server) -> Value {
@@ -117,12 +125,44 @@ pub fn make_wasm_filter(registry: &Registry, wasm: &Path) -> Result<Value, serde
                 "name": WASM_PLUGIN_NAME,
                 "root_id": WASM_PLUGIN_NAME,
                 "allow_on_headers_stop_iteration": true,
-                "fail_open": false,
+                "failure_policy": "FAIL_RELOAD",
+                "reload_config": {
+                    "backoff": {
+                        "base_interval": envoy_duration(VM_RELOAD_BACKOFF),
+                        "max_interval": envoy_duration(VM_RELOAD_MAX_BACKOFF),
+                    }
+                },
                 "configuration": { "@type": STRING_VALUE_TYPE, "value": configuration },
                 "vm_config": vm_config,
             }
         }
     }))
+}
+
+/// A failed wasm VM's 503 as a JSON-RPC error (as [`crate::translate::local_reply`]).
+fn local_reply_config() -> Value {
+    json!({
+        "mappers": [{
+            "filter": {
+                "extension_filter": {
+                    "name": "envoy.access_loggers.extension_filters.cel",
+                    "typed_config": {
+                        "@type": CEL_FILTER_TYPE,
+                        "expression": format!("response.code_details == '{WASM_FAILURE_DETAILS}'"),
+                    }
+                }
+            },
+            "status_code": WASM_FAILURE_STATUS,
+            "body_format_override": {
+                "text_format_source": { "inline_string": wasm_failure_body() },
+                "content_type": "application/json",
+            },
+            "headers_to_add": [{
+                "header": { "key": "retry-after", "value": "1" },
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }],
+        }]
+    })
 }
 
 /// The MCP listener: one HCM with the Meshgate filter, then the router.
@@ -150,6 +190,7 @@ pub fn make_listener(registry: &Registry, wasm: &Path) -> Result<Value, serde_js
                     "normalize_path": true,
                     "merge_slashes": true,
                     "route_config": make_route_config(registry),
+                    "local_reply_config": local_reply_config(),
                     "access_log": crate::translate::observability::access_log_json(registry),
                     "http_filters": [
                         make_wasm_filter(registry, wasm)?,

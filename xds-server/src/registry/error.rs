@@ -23,6 +23,16 @@ pub enum RegistryError {
     PortOutOfRange { value: u64 },
     #[error("port {port} is also the listener port")]
     PortClash { port: u16 },
+    #[error("invalid host pattern: {reason}")]
+    InvalidHost { reason: String },
+    #[error("invalid origin pattern: {reason}")]
+    InvalidOrigin { reason: String },
+    #[error("allowed_hosts must not be empty (no Host would be accepted); use [\"*\"] to accept any")]
+    NoAllowedHosts,
+    #[error("cors needs at least one origin in allow_origins")]
+    NoCorsOrigins,
+    #[error("allow_credentials cannot be combined with the origin \"*\": any site could make credentialed calls")]
+    CorsCredentialsForAnyOrigin,
     #[error("at least one server is required")]
     NoServers,
     #[error("invalid server name {name:?}: use lower-case letters, digits and '-' (at most 63)")]

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use meshgate_core::config::{
     ConfigError, RawAuth, RawFilterConfig, RawJwtProvider, RawServerLimits, DEFAULT_ROUTE_PREFIX,
 };
+use meshgate_core::origin::{RawOriginPolicy, LOOPBACK_HOSTS, LOOPBACK_ORIGINS};
 
 use super::observability::Observability;
 use super::raw::{RawJwtIssuer, RawRegistry};
@@ -18,11 +19,13 @@ const DEFAULT_CONSUMER_CLAIM: &str = "sub";
 const DEFAULT_ROLES_CLAIM: &str = "roles";
 
 /// Builds the filter configuration. `jwt` holds the issuers with their JWKS already read;
-/// `observability` is the validated section (which decides what reads the audit fields).
+/// `observability` is the validated section (which decides what reads the audit fields);
+/// `loopback` says whether the listener binds a loopback address (the Host/Origin defaults).
 pub(crate) fn make_filter_config(
     raw: &RawRegistry,
     jwt: Vec<RawJwtProvider>,
     observability: &Observability,
+    loopback: bool,
 ) -> RawFilterConfig {
     RawFilterConfig {
         // The registry does not expose the prefix: servers are always at `/mcp/<name>`.
@@ -50,7 +53,37 @@ pub(crate) fn make_filter_config(
             // neither, writing them would only cost host calls.
             audit_fields: observability.access_log_path.is_some() || observability.otel.is_some(),
         },
+        origin_policy: origin_policy(raw, loopback),
     }
+}
+
+/// `listener.allowed_hosts` / `.allowed_origins` with their defaults, and each server's
+/// CORS origins (its own policy, else the listener's).
+///
+/// Defaults: a loopback listener accepts only loopback Host names and loopback origins (the
+/// same site as the gateway: a DNS-rebinding page names neither). Any other listener accepts
+/// any Host (behind an ingress the names clients use are not known here; authentication
+/// guards it) and no Origin at all: non-browser clients send none, and a browser page
+/// needs an explicit `allowed_origins` or `cors`.
+fn origin_policy(raw: &RawRegistry, loopback: bool) -> RawOriginPolicy {
+    let listener = &raw.listener;
+    let defaults = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let allowed_hosts = match &listener.allowed_hosts {
+        Some(hosts) => Some(hosts.clone()),
+        None if loopback => Some(defaults(&LOOPBACK_HOSTS)),
+        None => None,
+    };
+    let allowed_origins = match &listener.allowed_origins {
+        Some(origins) => origins.clone(),
+        None if loopback => defaults(&LOOPBACK_ORIGINS),
+        None => Vec::new(),
+    };
+    let server_origins = raw
+        .servers
+        .iter()
+        .filter_map(|s| s.cors.as_ref().or(listener.cors.as_ref()).map(|c| (s.name.clone(), c.allow_origins.clone())))
+        .collect();
+    RawOriginPolicy { allowed_hosts, allowed_origins, server_origins }
 }
 
 /// `servers[].limits` and `servers[].tools[].limits` as the filter's `server_limits` map
@@ -100,7 +133,9 @@ pub(crate) struct FilterPath {
 pub(crate) fn locate(error: &ConfigError, raw: &RawRegistry) -> FilterPath {
     match error.path() {
         Some(path) => FilterPath {
-            path: server_limits_path(path, raw).unwrap_or_else(|| registry_path(path)),
+            path: server_limits_path(path, raw)
+                .or_else(|| origin_policy_path(path, raw))
+                .unwrap_or_else(|| registry_path(path)),
             message: error.message().to_string(),
         },
         None => FilterPath { path: String::new(), message: error.to_string() },
@@ -126,6 +161,24 @@ fn server_limits_path(filter_path: &str, raw: &RawRegistry) -> Option<String> {
     Some(match key {
         Some(key) => format!("servers[{i}].tools[{j}].limits.{key}"),
         None => format!("servers[{i}].tools[{j}].limits"),
+    })
+}
+
+/// `origin_policy.allowed_hosts[i]` → `listener.allowed_hosts[i]` (and origins alike), and
+/// `origin_policy.server_origins.<server>[i]` → the `allow_origins[i]` of the CORS policy
+/// that covers the server (its own, else the listener's).
+fn origin_policy_path(filter_path: &str, raw: &RawRegistry) -> Option<String> {
+    let rest = filter_path.strip_prefix("origin_policy.")?;
+    if rest.starts_with("allowed_hosts") || rest.starts_with("allowed_origins") {
+        return Some(format!("listener.{rest}"));
+    }
+    let rest = rest.strip_prefix("server_origins.")?;
+    let (server, index) = rest.split_once('[').map_or((rest, None), |(s, i)| (s, Some(i)));
+    let (i, entry) = raw.servers.iter().enumerate().find(|(_, s)| s.name == server)?;
+    let at = if entry.cors.is_some() { format!("servers[{i}].cors") } else { "listener.cors".to_string() };
+    Some(match index {
+        Some(index) => format!("{at}.allow_origins[{index}"),
+        None => format!("{at}.allow_origins"),
     })
 }
 
@@ -169,6 +222,25 @@ mod tests {
         ];
         for (filter, registry) in cases {
             assert_eq!(registry_path(filter), registry, "{filter}");
+        }
+    }
+
+    #[test]
+    fn origin_policy_paths_map_to_the_listener_and_cors_policies() {
+        let raw: RawRegistry = serde_saphyr::from_str(
+            "listener: { port: 1, cors: { allow_origins: ['https://a.example.com'] } }\nservers:\n  - { name: crm, url: 'http://x/' }\n  - { name: docs, url: 'http://x/', cors: { allow_origins: ['https://b.example.com'] } }\n",
+        )
+        .expect("yaml");
+        let cases = [
+            ("origin_policy.allowed_hosts[2]", "listener.allowed_hosts[2]"),
+            ("origin_policy.allowed_origins[0]", "listener.allowed_origins[0]"),
+            ("origin_policy.server_origins.crm[0]", "listener.cors.allow_origins[0]"),
+            ("origin_policy.server_origins.docs[0]", "servers[1].cors.allow_origins[0]"),
+            ("origin_policy.server_origins.docs", "servers[1].cors.allow_origins"),
+        ];
+        for (filter, registry) in cases {
+            let located = locate(&ConfigError::invalid(filter, "x"), &raw);
+            assert_eq!(located.path, registry, "{filter}");
         }
     }
 }

@@ -62,6 +62,23 @@ pub struct Registry {
     pub global_rules: Vec<GlobalRule>,
     /// Audit log, tracing and metric labels.
     pub observability: observability::Observability,
+    /// `listener.cors`: the CORS policy of every server route without its own.
+    pub cors: Option<Cors>,
+}
+
+/// An opt-in CORS policy (`listener.cors`, `servers[].cors`), rendered for Envoy's CORS
+/// filter. Its origins also pass the filter's Origin check on the routes it covers (the
+/// filter configuration's `origin_policy.server_origins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// The patterns as written, each valid (`meshgate_core::origin::OriginPattern`). Not empty.
+    pub allow_origins: Vec<String>,
+    /// Anchored regexes matching exactly the origins the patterns accept, one per pattern.
+    pub origin_regexes: Vec<String>,
+    pub allow_credentials: bool,
+    /// Whole seconds.
+    pub max_age: Duration,
+    pub allow_private_network_access: bool,
 }
 
 /// meshgate's rate-limit service: where global counters live and how failures are treated.
@@ -106,6 +123,16 @@ pub struct GlobalRule {
 }
 
 impl Registry {
+    /// The CORS policy of `server`'s route: its own, else the listener's.
+    pub fn cors_of<'a>(&'a self, server: &'a Server) -> Option<&'a Cors> {
+        server.cors.as_ref().or(self.cors.as_ref())
+    }
+
+    /// Whether any route has a CORS policy (Envoy's CORS filter is then in the chain).
+    pub fn has_cors(&self) -> bool {
+        self.cors.is_some() || self.servers.iter().any(|s| s.cors.is_some())
+    }
+
     /// The global rule called `name`.
     pub fn global_rule(&self, name: &str) -> Option<&GlobalRule> {
         self.global_rules.iter().find(|r| r.name == name)
@@ -139,6 +166,8 @@ pub struct Server {
     /// Registry keys set on this server that only the xDS control plane renders (the static
     /// bootstrap refuses them rather than silently dropping them).
     pub control_plane_keys: Vec<&'static str>,
+    /// `servers[].cors`: this server's own CORS policy, replacing [`Registry::cors`].
+    pub cors: Option<Cors>,
 }
 
 impl Server {
@@ -255,6 +284,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: u32 = 4096;
     pub const MAX_PENDING_REQUESTS: u32 = 1024;
     pub const MAX_REQUESTS: u32 = 4096;
+    /// How long browsers may cache a CORS preflight answer (`cors.max_age`).
+    pub const CORS_MAX_AGE: Duration = Duration::from_secs(600);
     /// Debian/Ubuntu (and the official Envoy image) keep the system CA bundle here.
     pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
     pub const CREDENTIAL_HEADER: &str = "authorization";

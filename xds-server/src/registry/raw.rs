@@ -72,6 +72,37 @@ pub struct RawListener {
     pub address: Option<String>,
     /// Wider than `u16` so an out-of-range port gets our message, not "invalid u16".
     pub port: u64,
+    /// `Host` patterns clients may address the gateway by (`meshgate_core::origin`).
+    /// Default: loopback names on a loopback listener, any Host otherwise.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// `Origin` patterns whose pages may call every server. Default: loopback origins on a
+    /// loopback listener, none otherwise.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// CORS for every server's route (a server's own `cors` replaces it). Off by default.
+    #[serde(default)]
+    pub cors: Option<RawCors>,
+}
+
+/// An opt-in CORS policy, answered by Envoy's CORS filter.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Origin patterns (the `allowed_origins` syntax) whose pages may call; they also pass
+    /// the Origin check on the routes this policy covers. Required, not empty.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// `Access-Control-Allow-Credentials: true` (cookies, TLS client certificates). Default false.
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    /// How long a browser may cache a preflight answer (default `10m`).
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// Answer Chrome's private-network-access preflights (a public page calling a gateway
+    /// on a private or loopback address). Default false.
+    #[serde(default)]
+    pub allow_private_network_access: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +142,9 @@ pub struct RawServer {
     /// Size guardrails for this server, overriding the top-level `limits`.
     #[serde(default)]
     pub limits: Option<RawSizeLimits>,
+    /// CORS for this server's route, replacing `listener.cors`.
+    #[serde(default)]
+    pub cors: Option<RawCors>,
 }
 
 /// Trust for `https://` upstreams.

@@ -807,3 +807,85 @@ fn the_filter_skips_audit_fields_only_when_no_log_or_tracer_reads_them() {
     assert!(with("  access_log: { enabled: false }\n  otel: { collector: '127.0.0.1:4317' }\n").audit_fields);
     assert!(with("  access_log: { path: audit.log }\n").audit_fields);
 }
+
+#[test]
+fn browser_keys_load_and_reach_the_filter() {
+    let yaml = r#"
+listener:
+  address: 0.0.0.0
+  port: 10000
+  allowed_hosts: ["mcp.example.com", "*.mcp.internal:8443"]
+  allowed_origins: ["https://admin.example.com"]
+  cors: { allow_origins: ["https://app.example.com"], max_age: 1h }
+servers:
+  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }
+  - name: docs
+    url: http://127.0.0.1:9102/mcp
+    cors: { allow_origins: ["http://localhost:*"], allow_credentials: true }
+"#;
+    let registry = Fixture::new(yaml).load().expect("loads");
+    let listener = registry.cors.as_ref().expect("listener cors");
+    assert_eq!(listener.max_age, Duration::from_secs(3600));
+    assert_eq!(listener.origin_regexes, ["(?i)^https://app\\.example\\.com(:443)?$"]);
+    assert!(!listener.allow_credentials);
+    let docs = &registry.servers[1];
+    assert!(docs.cors.as_ref().is_some_and(|c| c.allow_credentials));
+    assert_eq!(docs.control_plane_keys, ["cors"]);
+    assert_eq!(registry.cors_of(&registry.servers[0]), registry.cors.as_ref());
+    assert_eq!(registry.cors_of(docs), docs.cors.as_ref());
+    let origins = &registry.filter.origin_policy;
+    assert_eq!(
+        origins.allowed_hosts.as_deref(),
+        Some(&["mcp.example.com".to_string(), "*.mcp.internal:8443".to_string()][..])
+    );
+    assert_eq!(origins.allowed_origins, ["https://admin.example.com"]);
+    assert_eq!(origins.server_origins["crm"], ["https://app.example.com"]);
+    assert_eq!(origins.server_origins["docs"], ["http://localhost:*"]);
+}
+
+#[test]
+fn browser_key_errors_point_at_the_registry_line() {
+    let servers = "servers: [{ name: crm, url: 'http://127.0.0.1:1/' }]\n";
+    assert_error(
+        &format!("listener:\n  port: 1\n  allowed_hosts: [ok.example.com, 'bad host'] # <-\n{servers}"),
+        "listener.allowed_hosts[1]",
+        "invalid host pattern: \"bad host\" is not a host name or IP address",
+    );
+    assert_error(
+        &format!("listener:\n  port: 1\n  allowed_hosts: [] # <-\n{servers}"),
+        "listener.allowed_hosts",
+        "must not be empty",
+    );
+    assert_error(
+        &format!("listener:\n  port: 1\n  allowed_origins: ['app.example.com'] # <-\n{servers}"),
+        "listener.allowed_origins[0]",
+        "is not scheme://host[:port]",
+    );
+    assert_error(
+        &format!("listener:\n  port: 1\n  cors: {{ allow_origins: [] }} # <-\n{servers}"),
+        "listener.cors.allow_origins",
+        "at least one origin",
+    );
+    assert_error(
+        &format!("listener:\n  port: 1\n  cors: {{ allow_origins: ['*'], allow_credentials: true }} # <-\n{servers}"),
+        "listener.cors.allow_credentials",
+        "any site could make credentialed calls",
+    );
+    assert_error(
+        "listener: { port: 1 }\nservers:\n  - name: crm\n    url: 'http://127.0.0.1:1/'\n    cors: { allow_origins: ['https://ok.example.com', 'https://x.example.com/path'] } # <-\n",
+        "servers[0].cors.allow_origins[1]",
+        "may have no path",
+    );
+    assert_error(
+        &format!(
+            "listener:\n  port: 1\n  cors: {{ allow_origins: ['https://a.example.com'], max_age: 0s }} # <-\n{servers}"
+        ),
+        "listener.cors.max_age",
+        "longer than 0",
+    );
+    assert_error(
+        &format!("listener:\n  port: 1\n  cors: {{ allow_origin: ['https://a.example.com'] }} # <-\n{servers}"),
+        "",
+        "unknown field `allow_origin`",
+    );
+}

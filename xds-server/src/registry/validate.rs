@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use meshgate_core::config::{is_valid_server_name, FilterConfig, RawJwtProvider, RawQuotaScope, SecretSource};
+use meshgate_core::origin::{HostPattern, OriginPattern};
 use meshgate_core::quota::QuotaScope;
 
 use crate::ratelimit::redis::RedisAddress;
@@ -20,13 +21,13 @@ use super::error::RegistryError;
 use super::filter::{self, FilterPath};
 use super::lines::LineIndex;
 use super::raw::{
-    RawCircuitBreakers, RawCredentials, RawEnvoy, RawHealthCheck, RawJwtIssuer, RawOutlierDetection,
-    RawRateLimitService, RawRegistry, RawServer, RawTls, RawTool,
+    RawCircuitBreakers, RawCors, RawCredentials, RawEnvoy, RawHealthCheck, RawJwtIssuer, RawListener,
+    RawOutlierDetection, RawRateLimitService, RawRegistry, RawServer, RawTls, RawTool,
 };
 use super::{
-    defaults, CircuitBreakers, CredentialSource, Credentials, EnvoySettings, FailureMode, GlobalRule, HealthCheck,
-    HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Scheme, SecretValue, Server, Tool, Trust,
-    Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
+    defaults, CircuitBreakers, Cors, CredentialSource, Credentials, EnvoySettings, FailureMode, GlobalRule,
+    HealthCheck, HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Scheme, SecretValue, Server,
+    Tool, Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
 
 /// Where JWKS members that only private keys carry live (RFC 7518 §6).
@@ -96,6 +97,8 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             problems.push("admin.port", RegistryError::PortClash { port: admin_port });
         }
 
+        listener_patterns(&mut problems, &raw.listener);
+        let cors = raw.listener.cors.as_ref().and_then(|c| cors(&mut problems, "listener.cors", c));
         let servers = servers(&mut problems, &raw.servers, &ServerContext { index, base_dir, secrets });
         let scopes = scopes(&mut problems, &raw.auth.scopes);
         let jwt = jwt_providers(&mut problems, &raw.auth.jwt, base_dir, secrets);
@@ -109,7 +112,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         let rate_limit_service =
             raw.rate_limit_service.as_ref().and_then(|r| rate_limit_service(&mut problems, r, secrets));
 
-        let filter = filter::make_filter_config(&raw, jwt, &observability);
+        let filter = filter::make_filter_config(&raw, jwt, &observability, listener_ip.is_loopback());
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
         // at something already reported, the registry's message is the clearer one.
         let global_rules = match FilterConfig::compile(&filter, secrets) {
@@ -153,6 +156,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             rate_limit_service,
             global_rules,
             observability,
+            cors,
         })
     }
 }
@@ -284,6 +288,7 @@ fn server_settings<S: SecretSource>(
         .as_ref()
         .and_then(|raw| credentials(problems, &format!("{at}.credentials"), raw, context.base_dir, context.secrets));
     let tools = tools(problems, at, &server.tools);
+    let cors = server.cors.as_ref().and_then(|raw| cors(problems, &format!("{at}.cors"), raw));
 
     let (upstream, more_upstreams) = upstreams?;
     if problems.0.len() != before {
@@ -298,6 +303,7 @@ fn server_settings<S: SecretSource>(
         ("outlier_detection", server.outlier_detection.is_some()),
         ("circuit_breakers", server.circuit_breakers.is_some()),
         ("credentials", server.credentials.is_some()),
+        ("cors", server.cors.is_some()),
     ] {
         if set {
             control_plane_keys.push(key);
@@ -316,7 +322,57 @@ fn server_settings<S: SecretSource>(
         credentials,
         tools,
         control_plane_keys,
+        cors,
     })
+}
+
+/// `listener.cors` / `servers[].cors`: origins in the filter's pattern syntax (the regexes
+/// Envoy matches come from the same parser), a positive `max_age`, and no credentials for
+/// `*` (any site could then make credentialed calls).
+fn cors(problems: &mut Problems, at: &str, raw: &RawCors) -> Option<Cors> {
+    let before = problems.0.len();
+    if raw.allow_origins.is_empty() {
+        problems.push(format!("{at}.allow_origins"), RegistryError::NoCorsOrigins);
+    }
+    let mut origin_regexes = Vec::with_capacity(raw.allow_origins.len());
+    for (i, pattern) in raw.allow_origins.iter().enumerate() {
+        match OriginPattern::parse(pattern) {
+            Ok(compiled) => origin_regexes.push(compiled.regex()),
+            Err(reason) => problems.push(format!("{at}.allow_origins[{i}]"), RegistryError::InvalidOrigin { reason }),
+        }
+    }
+    let allow_credentials = raw.allow_credentials.unwrap_or(false);
+    if allow_credentials && raw.allow_origins.iter().any(|o| o.trim() == "*") {
+        problems.push(format!("{at}.allow_credentials"), RegistryError::CorsCredentialsForAnyOrigin);
+    }
+    let max_age = positive_duration(problems, &format!("{at}.max_age"), raw.max_age.as_deref(), defaults::CORS_MAX_AGE);
+    (problems.0.len() == before).then(|| Cors {
+        allow_origins: raw.allow_origins.clone(),
+        origin_regexes,
+        allow_credentials,
+        max_age,
+        allow_private_network_access: raw.allow_private_network_access.unwrap_or(false),
+    })
+}
+
+/// `listener.allowed_hosts` / `listener.allowed_origins`: each pattern valid (the filter's
+/// validator checks them again; this points at the registry line).
+fn listener_patterns(problems: &mut Problems, raw: &RawListener) {
+    if let Some(hosts) = &raw.allowed_hosts {
+        if hosts.is_empty() {
+            problems.push("listener.allowed_hosts", RegistryError::NoAllowedHosts);
+        }
+        for (i, pattern) in hosts.iter().enumerate() {
+            if let Err(reason) = HostPattern::parse(pattern) {
+                problems.push(format!("listener.allowed_hosts[{i}]"), RegistryError::InvalidHost { reason });
+            }
+        }
+    }
+    for (i, pattern) in raw.allowed_origins.iter().flatten().enumerate() {
+        if let Err(reason) = OriginPattern::parse(pattern) {
+            problems.push(format!("listener.allowed_origins[{i}]"), RegistryError::InvalidOrigin { reason });
+        }
+    }
 }
 
 /// `url` or `urls`: the first endpoint and the others, which must share scheme and path.

@@ -1,5 +1,9 @@
 //! ECDS and SDS: the wasm filter's configuration, and upstream credentials.
 //!
+//! Failure policy `FAIL_RELOAD`: a VM that traps fails the one request it was serving (Envoy
+//! answers 503, mapped to a JSON-RPC error by [`super::local_reply`]) and the next request
+//! on that worker gets a new VM, after a short backoff while it keeps failing.
+//!
 //! The wasm filter's configuration *is* the registry's filter config (JSON in a
 //! `StringValue`), already accepted by `FilterConfig::compile`. HS256 secrets never enter
 //! it: the VM reads them from Envoy's environment (`host_env_keys`). The module comes from a
@@ -15,7 +19,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, GenericSecret, Secret};
 use envoy_types::pb::envoy::extensions::wasm::v3::{
-    plugin_config, EnvironmentVariables, FailurePolicy, PluginConfig, VmConfig,
+    plugin_config, EnvironmentVariables, FailurePolicy, PluginConfig, ReloadConfig, VmConfig,
 };
 use envoy_types::pb::google::protobuf::{BoolValue, StringValue, UInt32Value};
 
@@ -29,6 +33,10 @@ use crate::registry::{Registry, Server};
 const V8_RUNTIME: &str = "envoy.wasm.runtime.v8";
 /// Remote fetch attempts before Envoy gives up on a module (then NACKs).
 const WASM_FETCH_RETRIES: u32 = 5;
+/// Least time between two reloads of a failed VM (Envoy backs off up to the maximum while
+/// the VM keeps failing).
+pub const VM_RELOAD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+pub const VM_RELOAD_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The ECDS resource of the Meshgate filter.
 pub fn make_wasm_config(registry: &Registry, source: &WasmSource) -> Result<TypedExtensionConfig, TranslateError> {
@@ -69,7 +77,16 @@ pub fn make_wasm_config(registry: &Registry, source: &WasmSource) -> Result<Type
             name: WASM_PLUGIN_NAME.to_string(),
             root_id: WASM_PLUGIN_NAME.to_string(),
             configuration: Some(pack(&StringValue { value: configuration })),
-            failure_policy: FailurePolicy::FailClosed as i32,
+            // A VM that traps fails the request it was serving (fail closed: a JSON-RPC 503,
+            // see `local_reply`), and the next request gets a new VM: never a worker that
+            // answers 503 to everyone until Envoy restarts.
+            failure_policy: FailurePolicy::FailReload as i32,
+            reload_config: Some(ReloadConfig {
+                backoff: Some(BackoffStrategy {
+                    base_interval: Some(proto_duration(VM_RELOAD_BACKOFF)),
+                    max_interval: Some(proto_duration(VM_RELOAD_MAX_BACKOFF)),
+                }),
+            }),
             // The filter pauses on headers to read the body first.
             allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
             vm: Some(plugin_config::Vm::VmConfig(vm_config)),

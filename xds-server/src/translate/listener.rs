@@ -1,11 +1,14 @@
 //! LDS: the listener `meshgate`, one HTTP connection manager.
 //!
-//! Filters, in order: the Meshgate wasm filter **by ECDS** (its configuration is the policy;
-//! without it the listener stays warming: fail closed), the `filter_chain` filter that runs
-//! per-route credential injectors, then the router. Routes come by RDS. So the listener
-//! only changes when the registry's `listener` or `limits` do — or when global quotas are
-//! turned on or off or `rate_limit_service` changes: then Envoy's `ratelimit` filter sits
-//! right after the wasm filter (see [`super::ratelimit`]).
+//! Filters, in order: Envoy's CORS filter when the registry opts into CORS (it answers
+//! preflights before the Meshgate filter refuses `OPTIONS`, see [`super::cors`]), the
+//! Meshgate wasm filter **by ECDS** (its configuration is the policy; without it the
+//! listener stays warming: fail closed), the `filter_chain` filter that runs per-route
+//! credential injectors, then the router. Routes come by RDS. So the listener only changes
+//! when the registry's `listener` or `limits` do — or when CORS or global quotas are turned
+//! on or off or `rate_limit_service` changes: then Envoy's `ratelimit` filter sits right
+//! after the wasm filter (see [`super::ratelimit`]). Envoy's own answers that no filter can
+//! turn into JSON-RPC are mapped by [`super::local_reply`].
 
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address, Address, ExtensionConfigSource, SocketAddress,
@@ -44,36 +47,39 @@ pub fn make_listener(registry: &Registry) -> Listener {
             config_source: Some(ads_config_source()),
             route_config_name: ROUTE_CONFIG_NAME.to_string(),
         })),
-        // Only with global quotas: a rate-limit-service failure becomes a JSON-RPC error body.
-        local_reply_config: ratelimit::make_local_reply_config(registry),
-        http_filters: vec![HttpFilter {
-            name: WASM_FILTER_NAME.to_string(),
-            config_type: Some(http_filter::ConfigType::ConfigDiscovery(ExtensionConfigSource {
-                config_source: Some(ads_config_source()),
-                // No default: until the policy arrives the listener is not ready.
-                apply_default_config_without_warming: false,
-                type_urls: vec![Wasm::type_url()],
+        // A failed filter VM (and, with global quotas, a rate-limit-service failure) becomes a
+        // JSON-RPC error body.
+        local_reply_config: Some(super::local_reply::make_local_reply_config(registry)),
+        // CORS first: it answers preflights the Meshgate filter would refuse.
+        http_filters: super::cors::make_cors_filter(registry)
+            .into_iter()
+            .chain([HttpFilter {
+                name: WASM_FILTER_NAME.to_string(),
+                config_type: Some(http_filter::ConfigType::ConfigDiscovery(ExtensionConfigSource {
+                    config_source: Some(ads_config_source()),
+                    // No default: until the policy arrives the listener is not ready.
+                    apply_default_config_without_warming: false,
+                    type_urls: vec![Wasm::type_url()],
+                    ..Default::default()
+                })),
                 ..Default::default()
-            })),
-            ..Default::default()
-        }]
-        .into_iter()
-        // Global quotas: right after the wasm filter, which sets the descriptor headers.
-        .chain(ratelimit::make_ratelimit_filter(registry))
-        .chain([
-            HttpFilter {
-                name: CREDENTIALS_FILTER_NAME.to_string(),
-                // Empty by default; routes of servers with credentials add their injector.
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack(&FilterChainConfig::default()))),
-                ..Default::default()
-            },
-            HttpFilter {
-                name: ROUTER_FILTER.to_string(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
-                ..Default::default()
-            },
-        ])
-        .collect(),
+            }])
+            // Global quotas: right after the wasm filter, which sets the descriptor headers.
+            .chain(ratelimit::make_ratelimit_filter(registry))
+            .chain([
+                HttpFilter {
+                    name: CREDENTIALS_FILTER_NAME.to_string(),
+                    // Empty by default; routes of servers with credentials add their injector.
+                    config_type: Some(http_filter::ConfigType::TypedConfig(pack(&FilterChainConfig::default()))),
+                    ..Default::default()
+                },
+                HttpFilter {
+                    name: ROUTER_FILTER.to_string(),
+                    config_type: Some(http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
+                    ..Default::default()
+                },
+            ])
+            .collect(),
         ..Default::default()
     };
     super::observability::apply(registry, &mut hcm);

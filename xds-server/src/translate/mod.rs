@@ -10,6 +10,8 @@
 //! | [`filter::make_wasm_config`] | the `TypedExtensionConfig` `meshgate.wasm` (policy = filter config) | ECDS |
 //! | [`filter::make_credential_secret`] | a generic `Secret` per server with `credentials` | SDS |
 //! | [`ratelimit`] | the `ratelimit` filter and per-route descriptors for `scope: global` quotas | LDS, RDS |
+//! | [`cors`] | the CORS filter and per-route CORS policies, when the registry opts in | LDS, RDS |
+//! | [`local_reply`] | Envoy's own answers (failed filter VM, rate-limit service down) as JSON-RPC errors | LDS |
 //!
 //! Why this split: a policy edit changes only the ECDS resource; adding or removing a server
 //! changes CDS, RDS and ECDS (the filter's server list) but never the listener, so Envoy
@@ -19,11 +21,15 @@
 //!
 //! Choices that matter for MCP (see `REFERENCE.md`): exact-path routes, the server's
 //! timeout (0 s = none) plus an idle timeout, no retry policy (a `tools/call` is not
-//! idempotent), `Host` rewritten to the upstream's, buffer limits above the filter's.
+//! idempotent), `Host` rewritten to the upstream's (the filter checks the client's Host and
+//! Origin first, see `meshgate_core::origin`), buffer limits above the filter's, a wasm VM
+//! that fails is reloaded for the next request (`FAIL_RELOAD`).
 
 pub mod cluster;
+pub mod cors;
 pub mod filter;
 pub mod listener;
+pub mod local_reply;
 pub mod observability;
 pub mod ratelimit;
 pub mod route;

@@ -8,7 +8,7 @@
 //!   `meshgate-xds` cluster (already HTTP/2). `failure_mode_deny` follows the registry's
 //!   `failure_mode` (default deny): if meshgate itself cannot be reached, Envoy answers 503
 //!   (`status_on_error`) and the connection manager's local-reply mapper turns it into a
-//!   JSON-RPC error body ([`make_local_reply_config`]).
+//!   JSON-RPC error body ([`make_local_reply_mapper`]).
 //! - Each MCP route carries one `rate_limits` entry per global rule:
 //!   `[generic_key rule=<name>, request_headers x-meshgate-rl-<name> → key]`, with
 //!   `skip_if_absent: false`: when the header is absent (the rule does not match this call)
@@ -25,15 +25,14 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     access_log_filter::FilterSpecifier, AccessLogFilter, ResponseFlagFilter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    data_source, grpc_service, header_value_option::HeaderAppendAction, substitution_format_string, ApiVersion,
-    DataSource, GrpcService, HeaderValue, HeaderValueOption, SubstitutionFormatString,
+    grpc_service, header_value_option::HeaderAppendAction, ApiVersion, GrpcService, HeaderValue, HeaderValueOption,
 };
 use envoy_types::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig;
 use envoy_types::pb::envoy::config::route::v3::rate_limit::{action, Action};
 use envoy_types::pb::envoy::config::route::v3::RateLimit as RouteRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as RateLimitFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_filter, HttpFilter, LocalReplyConfig, ResponseMapper,
+    http_filter, HttpFilter, ResponseMapper,
 };
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use envoy_types::pb::google::protobuf::UInt32Value;
@@ -136,34 +135,20 @@ pub fn rls_error_body() -> String {
 }
 
 /// The connection manager's local-reply mapper for rate-limit service errors, when the
-/// registry has global rules.
-pub fn make_local_reply_config(registry: &Registry) -> Option<LocalReplyConfig> {
+/// registry has global rules (see [`super::local_reply`]).
+pub fn make_local_reply_mapper(registry: &Registry) -> Option<ResponseMapper> {
     make_ratelimit_filter(registry)?;
-    Some(LocalReplyConfig {
-        mappers: vec![ResponseMapper {
-            filter: Some(AccessLogFilter {
-                filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(ResponseFlagFilter {
-                    flags: vec![RLS_ERROR_FLAG.to_string()],
-                })),
-            }),
-            status_code: Some(UInt32Value { value: RLS_ERROR_STATUS as u32 }),
-            body_format_override: Some(SubstitutionFormatString {
-                format: Some(substitution_format_string::Format::TextFormatSource(DataSource {
-                    specifier: Some(data_source::Specifier::InlineString(rls_error_body())),
-                    ..Default::default()
-                })),
-                content_type: "application/json".to_string(),
-                ..Default::default()
-            }),
-            headers_to_add: vec![HeaderValueOption {
-                header: Some(HeaderValue {
-                    key: "retry-after".to_string(),
-                    value: "1".to_string(),
-                    ..Default::default()
-                }),
-                append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-                ..Default::default()
-            }],
+    Some(ResponseMapper {
+        filter: Some(AccessLogFilter {
+            filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(ResponseFlagFilter {
+                flags: vec![RLS_ERROR_FLAG.to_string()],
+            })),
+        }),
+        status_code: Some(UInt32Value { value: RLS_ERROR_STATUS as u32 }),
+        body_format_override: Some(super::local_reply::json_body(rls_error_body())),
+        headers_to_add: vec![HeaderValueOption {
+            header: Some(HeaderValue { key: "retry-after".to_string(), value: "1".to_string(), ..Default::default() }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
             ..Default::default()
         }],
         ..Default::default()

@@ -15,6 +15,8 @@
 //!   The filter lets `/.well-known/` through ungoverned.
 //! - With `scope: global` quotas, every MCP route carries their `rate_limits` descriptors
 //!   and removes their `x-meshgate-rl-*` headers (see [`super::ratelimit`]).
+//! - With a CORS policy (`listener.cors` on the virtual host, `servers[].cors` on the
+//!   server's route), Envoy's CORS filter answers preflights (see [`super::cors`]).
 //! - Anything else gets Envoy's 404.
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +36,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretCon
 use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use serde_json::json;
 
+use super::cors::{self, CORS_FILTER_NAME};
 use super::{
     ads_config_source, cluster_name, credential_secret_name, pack, proto_duration, ratelimit, CREDENTIALS_FILTER_NAME,
     ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT,
@@ -48,12 +51,16 @@ const GENERIC_CREDENTIAL: &str = "envoy.http.injected_credentials.generic";
 pub fn make_route_config(registry: &Registry) -> RouteConfiguration {
     let mut routes = protected_resource_routes(registry);
     routes.extend(registry.servers.iter().map(|server| make_route(registry, server)));
+    // The listener's CORS policy covers every route; a server's own replaces it on its route.
+    let typed_per_filter_config =
+        registry.cors.iter().map(|cors| (CORS_FILTER_NAME.to_string(), cors::make_cors_policy(cors))).collect();
     RouteConfiguration {
         name: ROUTE_CONFIG_NAME.to_string(),
         virtual_hosts: vec![VirtualHost {
             name: ROUTE_CONFIG_NAME.to_string(),
             domains: vec!["*".to_string()],
             routes,
+            typed_per_filter_config,
             ..Default::default()
         }],
         ..Default::default()
@@ -72,6 +79,9 @@ pub fn make_route(registry: &Registry, server: &Server) -> Route {
     let mut typed_per_filter_config = HashMap::new();
     if let Some(chain) = credential_filter_chain(server) {
         typed_per_filter_config.insert(CREDENTIALS_FILTER_NAME.to_string(), chain);
+    }
+    if let Some(own) = &server.cors {
+        typed_per_filter_config.insert(CORS_FILTER_NAME.to_string(), cors::make_cors_policy(own));
     }
     Route {
         name: server.name.clone(),

@@ -7,6 +7,8 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{route::Action, RouteConfiguration};
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors as CorsFilter, CorsPolicy};
 use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
 use envoy_types::pb::envoy::extensions::filters::http::filter_chain::v3::{
     FilterChainConfig, FilterChainConfigPerRoute,
@@ -127,6 +129,9 @@ fn decode(any: &Any) -> Option<String> {
         FilterChainConfig,
         FilterChainConfigPerRoute,
         CredentialInjector,
+        CorsFilter,
+        CorsPolicy,
+        ExpressionFilter,
         Generic,
         UpstreamTlsContext,
         RateLimitFilter
@@ -254,6 +259,125 @@ fn snapshot_global_limits() {
         text.push_str(&format!("# routes {}\n{}\n\n", routes.name, render(&pack(routes))));
     }
     insta::assert_snapshot!("global_limits", text);
+}
+
+const CORS: &str = r#"
+listener:
+  port: 10000
+  allowed_origins: ["https://admin.example.com"]
+  cors: { allow_origins: ["https://app.example.com", "http://localhost:*"], max_age: 1h }
+servers:
+  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }
+  - name: docs
+    url: http://127.0.0.1:9102/mcp
+    cors: { allow_origins: ["https://*.docs.example.com"], allow_credentials: true, allow_private_network_access: true }
+"#;
+
+#[test]
+fn snapshot_cors() {
+    let resources = translate(&registry(CORS), &local_wasm()).expect("translate");
+    let mut text = String::new();
+    for listener in &resources.listeners {
+        text.push_str(&format!("# listeners {}\n{}\n\n", listener.name, render(&pack(listener))));
+    }
+    for routes in &resources.routes {
+        text.push_str(&format!("# routes {}\n{}\n\n", routes.name, render(&pack(routes))));
+    }
+    for config in &resources.extension_configs {
+        text.push_str(&format!("# extension_configs {}\n{}\n\n", config.name, render(&pack(config))));
+    }
+    insta::assert_snapshot!("cors", text);
+}
+
+/// The HTTP filters of the one listener's connection manager, by name.
+fn http_filters(r: &Resources) -> Vec<String> {
+    let listener = &r.listeners[0];
+    let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) =
+        &listener.filter_chains[0].filters[0].config_type
+    else {
+        panic!("hcm")
+    };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+    hcm.http_filters.iter().map(|f| f.name.clone()).collect()
+}
+
+#[test]
+fn cors_is_first_and_only_when_configured() {
+    let with = translate(&registry(CORS), &local_wasm()).expect("translate");
+    assert_eq!(
+        http_filters(&with),
+        [cors::CORS_FILTER_NAME, WASM_FILTER_NAME, CREDENTIALS_FILTER_NAME, "envoy.filters.http.router"],
+        "CORS answers preflights before the Meshgate filter refuses OPTIONS"
+    );
+    let vhost = &with.routes[0].virtual_hosts[0];
+    let listener_policy = CorsPolicy::decode(vhost.typed_per_filter_config[cors::CORS_FILTER_NAME].value.as_slice())
+        .expect("listener policy");
+    assert_eq!(listener_policy.allow_origin_string_match.len(), 2);
+    assert_eq!(listener_policy.max_age, "3600");
+    let docs = routes(&with).iter().find(|r| r.name == "docs").expect("docs route");
+    let own = CorsPolicy::decode(docs.typed_per_filter_config[cors::CORS_FILTER_NAME].value.as_slice()).expect("own");
+    assert_eq!(own.allow_credentials.map(|b| b.value), Some(true));
+    let crm = routes(&with).iter().find(|r| r.name == "crm").expect("crm route");
+    assert!(!crm.typed_per_filter_config.contains_key(cors::CORS_FILTER_NAME), "crm inherits the virtual host's");
+    // The filter's Origin check accepts what the CORS policy of each route allows.
+    let origins = &with_filter_config(&with)["origin_policy"];
+    assert_eq!(origins["allowed_origins"], serde_json::json!(["https://admin.example.com"]));
+    assert_eq!(origins["server_origins"]["crm"], serde_json::json!(["https://app.example.com", "http://localhost:*"]));
+    assert_eq!(origins["server_origins"]["docs"], serde_json::json!(["https://*.docs.example.com"]));
+
+    let without = translate(&registry(MINIMAL), &local_wasm()).expect("translate");
+    assert!(!http_filters(&without).contains(&cors::CORS_FILTER_NAME.to_string()));
+    assert!(without.routes[0].virtual_hosts[0].typed_per_filter_config.is_empty());
+}
+
+/// The filter configuration (JSON) inside the ECDS resource.
+fn with_filter_config(r: &Resources) -> serde_json::Value {
+    let wasm =
+        Wasm::decode(r.extension_configs[0].typed_config.as_ref().expect("config").value.as_slice()).expect("wasm");
+    let configuration = wasm.config.expect("plugin").configuration.expect("configuration");
+    let text = StringValue::decode(configuration.value.as_slice()).expect("string").value;
+    serde_json::from_str(&text).expect("json")
+}
+
+#[test]
+fn host_and_origin_defaults_follow_the_listener_address() {
+    let loopback = with_filter_config(&translate(&registry(MINIMAL), &local_wasm()).expect("translate"));
+    assert_eq!(
+        loopback["origin_policy"]["allowed_hosts"],
+        serde_json::json!(meshgate_core::origin::LOOPBACK_HOSTS),
+        "a loopback listener accepts only loopback Host names"
+    );
+    assert_eq!(
+        loopback["origin_policy"]["allowed_origins"],
+        serde_json::json!(meshgate_core::origin::LOOPBACK_ORIGINS)
+    );
+    let open = MINIMAL.replace("listener: { port: 0 }", "listener: { address: 0.0.0.0, port: 0 }");
+    let open = with_filter_config(&translate(&registry(&open), &local_wasm()).expect("translate"));
+    assert!(open.get("origin_policy").is_none(), "any Host, no Origin: {open}");
+    let named = MINIMAL.replace(
+        "listener: { port: 0 }",
+        "listener: { address: 0.0.0.0, port: 0, allowed_hosts: [mcp.example.com], allowed_origins: ['*'] }",
+    );
+    let named = with_filter_config(&translate(&registry(&named), &local_wasm()).expect("translate"));
+    assert_eq!(named["origin_policy"]["allowed_hosts"], serde_json::json!(["mcp.example.com"]));
+    assert_eq!(named["origin_policy"]["allowed_origins"], serde_json::json!(["*"]));
+}
+
+#[test]
+fn a_failed_vm_is_reloaded_and_its_503_is_json_rpc() {
+    let resources = translate(&registry(MINIMAL), &local_wasm()).expect("translate");
+    let wasm = Wasm::decode(resources.extension_configs[0].typed_config.as_ref().expect("config").value.as_slice())
+        .expect("wasm");
+    let plugin = wasm.config.expect("plugin");
+    assert_eq!(plugin.failure_policy, envoy_types::pb::envoy::extensions::wasm::v3::FailurePolicy::FailReload as i32);
+    assert!(plugin.reload_config.is_some());
+    let body: serde_json::Value = serde_json::from_str(&local_reply::wasm_failure_body()).expect("json");
+    assert_eq!(
+        (body["id"].clone(), body["error"]["code"].clone()),
+        (serde_json::Value::Null, serde_json::json!(-32603))
+    );
+    let text = render_all(&resources);
+    assert!(text.contains("response.code_details == 'wasm_fail_stream'"), "{text}");
 }
 
 #[test]

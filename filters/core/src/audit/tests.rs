@@ -110,8 +110,18 @@ fn refusals_map_to_decisions() {
     assert_eq!((r.decision, r.method.clone()), (Decision::Invalid, None));
     assert_eq!(names(&r.metrics(MetricOptions::default(), false))[0], "meshgate.requests.method.none.decision.invalid");
 
-    let unauth = Rejection::new(401, code::UNAUTHENTICATED, "missing credentials");
+    let unauth = Rejection::unauthenticated("missing credentials", "Bearer".to_string());
     assert_eq!(Decision::of_rejection(&unauth), Decision::Unauthenticated);
+    // Classified by why, not by the HTTP status that carries it.
+    let denied = Rejection::forbidden("tool \"crm/x\" is not allowed");
+    assert_eq!((denied.status, Decision::of_rejection(&denied)), (200, Decision::Denied));
+    let blocked = Rejection::blocked("the request to crm was blocked");
+    assert_eq!((blocked.status, Decision::of_rejection(&blocked)), (200, Decision::Blocked));
+    let foreign = Rejection::foreign_origin(code::FORBIDDEN, "origin \"http://evil\" is not allowed");
+    assert_eq!((foreign.status, Decision::of_rejection(&foreign)), (403, Decision::Denied));
+    let down = Rejection::upstream_failed(503, Some(&json!(1)), "the MCP server \"crm\" is unavailable");
+    assert_eq!((down.status, Decision::of_rejection(&down)), (200, Decision::Error));
+    assert_eq!(Decision::of_rejection(&Rejection::new(403, code::FORBIDDEN, "x")), Decision::Invalid);
     let limited = Rejection::rate_limited("per-minute", 3, "slow down");
     let mut r = AuditRecord::for_path("/mcp/", &g.config().servers, "/mcp/crm?x=1");
     r.refused(&limited);

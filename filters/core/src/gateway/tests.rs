@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::{EnvSecrets, RawApiKey, RawAuth, RawFilterConfig, RawPolicy, RawRole};
+use crate::reject::{Refusal, DENIED_STATUS};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -130,7 +131,8 @@ fn body_enforces_rbac() {
     assert_eq!(ok.server, "crm");
     assert_eq!(ok.consumer.name, "reader-bot");
     let denied = g.on_request_body(&reader, &call(7, "delete_customer")).unwrap_err();
-    assert_eq!((denied.status, denied.code, denied.id.clone()), (403, code::FORBIDDEN, Some(json!(7))));
+    assert_eq!((denied.status, denied.code, denied.id.clone()), (DENIED_STATUS, code::FORBIDDEN, Some(json!(7))));
+    assert_eq!(denied.refusal, Refusal::Denied);
     assert_eq!(denied.message, "tool \"crm/delete_customer\" is not allowed: not granted to this caller");
     let admin = pending(&g, "a", &[]);
     assert!(g.on_request_body(&admin, &call(1, "update_customer")).is_ok());
@@ -242,8 +244,12 @@ fn response_plans() {
     };
     assert_eq!(plan(200, Some("application/json"), None), ResponsePlan::Buffer);
     assert_eq!(plan(200, Some("text/event-stream; charset=utf-8"), None), ResponsePlan::Stream);
-    // Not a list answer to filter, but still an answer to a request: held to the size limit.
-    assert_eq!(plan(500, Some("text/html"), None), ResponsePlan::Buffer);
+    // Not MCP at all (an error page): a JSON-RPC error for the request naming the server.
+    let ResponsePlan::Fail(failed) = plan(500, Some("text/html"), None) else { panic!("an error page is replaced") };
+    assert_eq!((failed.status, failed.code, failed.id.clone()), (200, code::UPSTREAM_UNAVAILABLE, Some(json!(9))));
+    assert!(failed.message.contains("\"docs\""), "{}", failed.message);
+    // A JSON 5xx is the upstream's own answer: a list answer to filter, not a failure.
+    assert_eq!(plan(500, Some("application/json"), None), ResponsePlan::Buffer);
     assert!(matches!(plan(200, Some("application/json"), Some("gzip")), ResponsePlan::Replace(_)));
     assert!(matches!(plan(200, Some("text/html"), None), ResponsePlan::Replace(_)));
     let admin = pending(&g, "a", &[]);
@@ -273,7 +279,7 @@ fn response_plans() {
     assert_eq!(crm_call.response_plan(sse), ResponsePlan::Stream);
     let html =
         ResponseHead { status: 502, content_type: Some("text/html"), content_encoding: None, content_length: None };
-    assert_eq!(crm_call.response_plan(html), ResponsePlan::Buffer);
+    assert!(matches!(crm_call.response_plan(html), ResponsePlan::Fail(_)));
     let gz = ResponseHead {
         status: 200,
         content_type: Some("text/event-stream"),
@@ -384,7 +390,10 @@ fn redaction_rewrites_responses_and_blocks_requests() {
     let card = json!({"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"update_customer",
         "arguments":{"card":"4111 1111 1111 1111"}}});
     let r = g.on_request_body(&admin, card.to_string().as_bytes()).unwrap_err();
-    assert_eq!((r.status, r.code, r.id.clone()), (403, code::FORBIDDEN, Some(json!(6))));
+    assert_eq!(
+        (r.status, r.code, r.id.clone(), r.refusal),
+        (DENIED_STATUS, code::FORBIDDEN, Some(json!(6)), Refusal::Blocked)
+    );
     assert!(r.message.contains("credit_card") && !r.message.contains("4111"), "{}", r.message);
 
     // A blocked response becomes a JSON-RPC error for the request.
@@ -826,7 +835,7 @@ fn every_method_that_names_a_target_is_governed() {
         let r = g.on_request_body(&reader, &body).unwrap_err();
         assert_eq!(
             (r.status, r.code, r.id.clone()),
-            (403, code::FORBIDDEN, Some(json!(2))),
+            (crate::reject::DENIED_STATUS, code::FORBIDDEN, Some(json!(2))),
             "{}",
             String::from_utf8_lossy(&body)
         );
@@ -909,7 +918,7 @@ fn resource_uris_are_matched_canonically_and_ambiguous_ones_refused() {
         "file:///srv/%70rivate/x",
     ] {
         let r = g.on_request_body(&admin, &read(uri)).unwrap_err();
-        assert_eq!((r.status, r.code), (403, code::FORBIDDEN), "{uri}");
+        assert_eq!((r.status, r.code), (crate::reject::DENIED_STATUS, code::FORBIDDEN), "{uri}");
     }
     assert!(g.on_request_body(&admin, &read("file:///srv/other/x")).is_ok());
     // List filtering matches the same way: an item spelled around a rule is not shown.
@@ -966,4 +975,135 @@ fn param_headers_mirror_the_arguments_and_follow_their_redaction() {
         let r = rejected(head_of(&g, "POST", "/mcp/crm", &h));
         assert_eq!((r.status, r.code), (400, code::HEADER_MISMATCH), "{extra:?}");
     }
+}
+
+/// A gateway as the control plane configures one on a loopback listener, with a CORS
+/// policy (extra origins) on `docs`.
+fn loopback_gateway() -> Gateway {
+    let mut raw: RawFilterConfig = serde_json::from_value(json!({
+        "servers": ["crm", "docs"],
+        "auth": {"anonymous": {"consumer": "anon", "roles": []}},
+        "origin_policy": {
+            "allowed_hosts": crate::origin::LOOPBACK_HOSTS,
+            "allowed_origins": crate::origin::LOOPBACK_ORIGINS,
+            "server_origins": {"docs": ["https://docs-ui.example.com"]},
+        },
+    }))
+    .unwrap();
+    raw.route_prefix = "/mcp/".into();
+    Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
+}
+
+#[test]
+fn dns_rebinding_and_cross_site_requests_are_refused_first() {
+    let g = loopback_gateway();
+    let head = |method: &str, path: &str, h: &[(&str, &str)]| head_of(&g, method, path, h);
+    // The conformance suite's DNS-rebinding request: foreign Host and Origin, no credentials.
+    let rebinding = [
+        (":authority", "evil.example.com"),
+        ("origin", "http://evil.example.com"),
+        ("content-type", "application/json"),
+    ];
+    let r = rejected(head("POST", "/mcp/crm", &rebinding));
+    assert_eq!((r.status, r.code, r.id.clone(), r.refusal), (403, code::FORBIDDEN, None, Refusal::ForeignOrigin));
+    // The same with an unknown path: still 403 (MCP's answer to an invalid Origin comes first).
+    assert_eq!(rejected(head("POST", "/mcp/nope", &rebinding)).status, 403);
+    // A foreign Host alone (a same-origin page sends no Origin on GET; a host alias): 421,
+    // before routing, so an unknown path answers nothing else either.
+    let r = rejected(head("POST", "/mcp/nope", &[(":authority", "evil.example.com:80")]));
+    assert_eq!((r.status, r.refusal), (421, Refusal::ForeignOrigin));
+    assert_eq!(
+        rejected(head(
+            "GET",
+            "/mcp/crm",
+            &[(":authority", "alias.example.com:10000"), ("origin", "http://localhost:1")]
+        ))
+        .status,
+        421
+    );
+    assert_eq!(rejected(head("POST", "/mcp/nope", &[(":authority", "127.0.0.1:10000")])).status, 404);
+    // A loopback Host with a foreign Origin (a cross-site page): refused.
+    let cross = [
+        (":authority", "127.0.0.1:10000"),
+        ("origin", "https://evil.example.com"),
+        ("content-type", "application/json"),
+    ];
+    assert_eq!(rejected(head("POST", "/mcp/crm", &cross)).refusal, Refusal::ForeignOrigin);
+    // The same request from a loopback page, or without Origin (SDKs): allowed.
+    let local =
+        [(":authority", "localhost:10000"), ("origin", "http://localhost:6274"), ("content-type", "application/json")];
+    assert!(matches!(head("POST", "/mcp/crm", &local), HeadDecision::AwaitBody(_)));
+    assert!(matches!(
+        head("POST", "/mcp/crm", &local[..1].iter().chain(&local[2..]).copied().collect::<Vec<_>>()),
+        HeadDecision::AwaitBody(_)
+    ));
+    // A server's CORS origins pass on that server only.
+    let ui = [
+        (":authority", "127.0.0.1:10000"),
+        ("origin", "https://docs-ui.example.com"),
+        ("content-type", "application/json"),
+    ];
+    assert!(matches!(head("POST", "/mcp/docs", &ui), HeadDecision::AwaitBody(_)));
+    assert_eq!(rejected(head("POST", "/mcp/crm", &ui)).status, 403);
+    // A preflight without a CORS policy reaches the filter: refused (405 for an allowed origin).
+    let preflight =
+        [(":authority", "127.0.0.1:1"), ("origin", "http://localhost:3000"), ("access-control-request-method", "POST")];
+    assert_eq!(rejected(head("OPTIONS", "/mcp/crm", &preflight)).status, 405);
+    // Discovery documents are public (and answered by Envoy itself).
+    assert!(matches!(head("GET", "/.well-known/oauth-protected-resource", &rebinding), HeadDecision::PassThrough));
+    // Without a host list (the serde default) any Host passes, and any Origin is refused.
+    let open = gateway(None);
+    let h = [(":authority", "gw.example.com"), ("x-api-key", "r"), ("content-type", "application/json")];
+    assert!(matches!(head_of(&open, "POST", "/mcp/crm", &h), HeadDecision::AwaitBody(_)));
+    let with_origin = [h[0], h[1], h[2], ("origin", "http://localhost:3000")];
+    assert_eq!(rejected(head_of(&open, "POST", "/mcp/crm", &with_origin)).refusal, Refusal::ForeignOrigin);
+}
+
+#[test]
+fn upstream_failures_become_json_rpc_errors_naming_the_server() {
+    let g = gateway(None);
+    let call_ex = g.on_request_body(&pending(&g, "a", &[]), &call(42, "get_customer")).unwrap();
+    let head = |status, ct| ResponseHead { status, content_type: ct, content_encoding: None, content_length: None };
+    let cases = [
+        (503, Some("text/plain"), "is unavailable (HTTP 503)"),
+        (502, Some("text/html; charset=utf-8"), "is unavailable (HTTP 502)"),
+        (504, Some("text/plain"), "did not answer in time (HTTP 504)"),
+        (500, None, "failed (HTTP 500)"),
+    ];
+    for (status, ct, words) in cases {
+        let ResponsePlan::Fail(r) = call_ex.response_plan(head(status, ct)) else { panic!("{status} {ct:?}") };
+        // Answered with the request's id at HTTP 200: every client shows it as the call's error.
+        assert_eq!(
+            (r.status, r.code, r.id.clone(), r.refusal),
+            (200, code::UPSTREAM_UNAVAILABLE, Some(json!(42)), Refusal::Unavailable)
+        );
+        assert_eq!(r.message, format!("the MCP server \"crm\" {words}; retry later"));
+        let body: Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(body["error"]["code"], json!(code::UPSTREAM_UNAVAILABLE));
+    }
+    // The upstream's own readable answers pass to the usual plan: JSON or SSE at 5xx, and any
+    // 4xx (404 ends a session, 405 refuses the GET stream, 421 a foreign Host).
+    for (status, ct) in
+        [(500, Some("application/json")), (503, Some("text/event-stream")), (404, Some("text/plain")), (421, None)]
+    {
+        assert!(!matches!(call_ex.response_plan(head(status, ct)), ResponsePlan::Fail(_)), "{status} {ct:?}");
+    }
+    // Without a request to answer (a notification), the status stays: no id to correlate.
+    let note = g
+        .on_request_body(&pending(&g, "a", &[]), br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .unwrap();
+    let ResponsePlan::Fail(r) = note.response_plan(head(503, Some("text/plain"))) else { panic!("replaced") };
+    assert_eq!((r.status, r.id.clone()), (503, None));
+    let h = headers(&[("x-api-key", "a")]);
+    let HeadDecision::Forward(get) =
+        g.on_request_head(RequestHead { method: "GET", path: "/mcp/crm", headers: &h, end_of_stream: true }, NOW, &mut g.new_token_cache())
+    else {
+        panic!("GET is forwarded")
+    };
+    let ResponsePlan::Fail(r) =
+        get.response_plan_from(504, &mut |h| (h == "content-type").then(|| "text/plain".to_string()))
+    else {
+        panic!("replaced")
+    };
+    assert_eq!((r.status, r.id.clone()), (504, None));
 }
