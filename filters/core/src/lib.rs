@@ -21,6 +21,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod content_type;
 pub mod gateway;
 pub mod glob;
 pub mod identity;
