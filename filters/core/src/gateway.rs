@@ -22,7 +22,7 @@ use crate::policy::{Policy, Verdict};
 use crate::quota::{self, Charges};
 use crate::redact::{Blocked, Direction, Envelope, RedactionCounts, RedactionPlan, Refusal};
 use crate::reject::{printable, Rejection};
-use crate::sse::EventData;
+use crate::sse::{EventData, Rewritten};
 
 /// Request headers the filter removes before forwarding: the client's own credentials
 /// (MCP forbids token passthrough) and `accept-encoding` (the filter must be able to read
@@ -377,7 +377,7 @@ impl Exchange {
             return Some(self.unreadable_answer("it is not valid UTF-8"));
         };
         let governed = match kind {
-            BodyKind::Json => self.govern(text, policy, counts, self.request_id()),
+            BodyKind::Json => self.govern(text, policy, counts, self.request_id()).into_bytes(),
             BodyKind::Text => self.redact_text(text, counts),
         };
         match governed {
@@ -402,24 +402,38 @@ impl Exchange {
 
     /// Governs one SSE event ([`crate::sse::SseRewriter`]): [`Self::govern`] on its data,
     /// plus, on the GET stream, what a response there needs. An event that is not UTF-8 is
-    /// replaced by an error wherever messages are read.
+    /// refused wherever messages are read.
+    ///
+    /// On a POST stream, a refused event is replaced by the JSON-RPC error that answers the
+    /// request, and ends the stream ([`Rewritten::Last`]): the client has its answer, and
+    /// whatever the upstream sends next is dropped unread.
     ///
     /// A response replayed on the GET stream (a resumed stream) answers a request the
     /// gateway cannot see: a `*/list` result is filtered for the caller by the shape of its
     /// result (every list array it carries), and redaction already covers every tool of
-    /// the server. An event that is not one MCP message is replaced by an error (fail
-    /// closed).
-    pub fn rewrite_event(&self, data: EventData<'_>, policy: &Policy, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
+    /// the server. An event there that is not one MCP message, or that is refused, is
+    /// replaced by an error and the stream goes on.
+    pub fn rewrite_event(&self, data: EventData<'_>, policy: &Policy, counts: &mut RedactionCounts) -> Rewritten {
+        let governed = self.govern_event(data, policy, counts);
+        match governed {
+            Governed::Unchanged => Rewritten::Keep,
+            Governed::Rewritten(bytes) => Rewritten::Data(bytes),
+            Governed::Refused(bytes) if self.server_stream => Rewritten::Data(bytes),
+            Governed::Refused(bytes) => Rewritten::Last(bytes),
+        }
+    }
+
+    fn govern_event(&self, data: EventData<'_>, policy: &Policy, counts: &mut RedactionCounts) -> Governed {
         let data = match data {
             EventData::Text(data) => data,
             EventData::NotUtf8 if self.governs_messages() => {
-                return Some(self.unreadable_answer("an event of its stream is not valid UTF-8"))
+                return Governed::Refused(self.unreadable_answer("an event of its stream is not valid UTF-8"))
             }
-            EventData::NotUtf8 => return None,
+            EventData::NotUtf8 => return Governed::Unchanged,
         };
         if !self.server_stream {
             if let Some(limit) = self.response_limit.filter(|l| data.len() as u64 > *l) {
-                return Some(self.oversized_response(limit));
+                return Governed::Refused(self.oversized_response(limit));
             }
             return self.govern(data, policy, counts, self.request_id());
         }
@@ -428,7 +442,7 @@ impl Exchange {
             Ok(_) => return self.govern(data, policy, counts, None),
             Err(_) => {
                 let why = "upstream sent an event on the GET stream that is not one JSON-RPC message";
-                return Some(jsonrpc::error_body(None, code::INTERNAL_ERROR, why));
+                return Governed::Refused(jsonrpc::error_body(None, code::INTERNAL_ERROR, why));
             }
         };
         let shapes: Vec<_> = jsonrpc::validate_strict(data.as_bytes())
@@ -454,7 +468,7 @@ impl Exchange {
             match filter.apply(filtered.as_deref().unwrap_or(data.as_bytes()), policy) {
                 ListOutcome::Unchanged => {}
                 ListOutcome::Rewritten(b) => filtered = Some(b),
-                ListOutcome::Unreadable(error) => return Some(error),
+                ListOutcome::Unreadable(error) => return Governed::Refused(error),
             }
         }
         match filtered {
@@ -462,33 +476,35 @@ impl Exchange {
             Some(list) => {
                 // The filter keeps the upstream's own text: still UTF-8.
                 let text = String::from_utf8_lossy(&list).into_owned();
-                self.govern(&text, policy, counts, Some(&id)).or(Some(list))
+                match self.govern(&text, policy, counts, Some(&id)) {
+                    Governed::Unchanged => Governed::Rewritten(list),
+                    other => other,
+                }
             }
         }
     }
 
     /// Governs one upstream message (a JSON body, or one SSE event's data): list filtering,
     /// then redaction, and on a POST exchange whose answer is governed, the check that a
-    /// response on it answers this request. `None` when it passes unchanged; otherwise the
-    /// bytes to send instead (a JSON-RPC error for `id` when the message cannot be read, is
-    /// blocked or answers another id).
+    /// response on it answers this request. A refusal is a JSON-RPC error for `id` (the
+    /// message cannot be read, is blocked or answers another id).
     fn govern(
         &self,
         message: &str,
         policy: &Policy,
         counts: &mut RedactionCounts,
         id: Option<&serde_json::Value>,
-    ) -> Option<Vec<u8>> {
+    ) -> Governed {
         let filtered = match &self.list_filter {
             None => None,
             Some(filter) => match filter.apply(message.as_bytes(), policy) {
                 ListOutcome::Unchanged => None,
                 ListOutcome::Rewritten(b) => Some(b),
-                ListOutcome::Unreadable(error) => return Some(error),
+                ListOutcome::Unreadable(error) => return Governed::Refused(error),
             },
         };
         let Some(plan) = &self.response_redaction else {
-            return filtered;
+            return filtered.map_or(Governed::Unchanged, Governed::Rewritten);
         };
         let current = filtered.as_deref().unwrap_or(message.as_bytes());
         match plan.redact_json(current, counts) {
@@ -496,15 +512,20 @@ impl Exchange {
                 // The list filter checked the envelope of a list answer already.
                 if self.list_filter.is_none() && !self.server_stream {
                     if let Some(why) = self.answers_another_request(current, &redacted.envelope) {
-                        return Some(self.unreadable_answer(&why));
+                        return Governed::Refused(self.unreadable_answer(&why));
                     }
                 }
-                redacted.bytes.or(filtered)
+                redacted.bytes.or(filtered).map_or(Governed::Unchanged, Governed::Rewritten)
             }
-            Err(Refusal::Blocked(blocked)) => Some(self.blocked_answer(id, &blocked)),
-            Err(Refusal::Unreadable) => {
-                Some(self.unreadable_answer("it is not a JSON-RPC message the gateway can read exactly"))
-            }
+            Err(Refusal::Blocked(blocked)) => Governed::Refused(self.blocked_answer(id, &blocked)),
+            Err(Refusal::Unreadable) => Governed::Refused(jsonrpc::error_body(
+                id,
+                code::INTERNAL_ERROR,
+                &format!(
+                    "the response from {} was refused: it is not a JSON-RPC message the gateway can read exactly",
+                    self.server
+                ),
+            )),
         }
     }
 
@@ -545,6 +566,26 @@ impl Exchange {
                 blocked.detector()
             ),
         )
+    }
+}
+
+/// What governing one upstream message gave.
+#[derive(Debug)]
+enum Governed {
+    /// Pass the original bytes.
+    Unchanged,
+    /// Send these instead (filtered, redacted).
+    Rewritten(Vec<u8>),
+    /// Send this JSON-RPC error instead: the message cannot be passed on.
+    Refused(Vec<u8>),
+}
+
+impl Governed {
+    fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Governed::Unchanged => None,
+            Governed::Rewritten(bytes) | Governed::Refused(bytes) => Some(bytes),
+        }
     }
 }
 

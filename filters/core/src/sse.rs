@@ -45,10 +45,29 @@ pub enum EventData<'a> {
     NotUtf8,
 }
 
-/// What the rewriter asks for each event that carries data (and each that is not UTF-8):
-/// `None` keeps the event as it came, `Some(data)` rebuilds it around `data` (UTF-8
-/// expected; an event that was not UTF-8 keeps none of its other fields).
-pub type Rewrite<'r> = dyn FnMut(EventData<'_>) -> Option<Vec<u8>> + 'r;
+/// What the rewrite function makes of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewritten {
+    /// Send the event as it came.
+    Keep,
+    /// Send the event rebuilt around this data (UTF-8 expected; an event that was not
+    /// UTF-8 keeps none of its other fields).
+    Data(Vec<u8>),
+    /// Send the event rebuilt around this data, and nothing after it: the data ends the
+    /// exchange for the client (an error answering its request). The rest of the upstream
+    /// stream is dropped unread, so a flood of refused events costs one error, not one each.
+    Last(Vec<u8>),
+}
+
+impl From<Option<Vec<u8>>> for Rewritten {
+    fn from(data: Option<Vec<u8>>) -> Self {
+        data.map_or(Rewritten::Keep, Rewritten::Data)
+    }
+}
+
+/// The rewrite function, asked about each event that carries data (and each that is not
+/// UTF-8).
+pub type Rewrite<'r> = dyn FnMut(EventData<'_>) -> Rewritten + 'r;
 
 /// What becomes of an `\n` that arrives right after a `\r` which ended an event: it belongs
 /// to that event's line ending.
@@ -76,6 +95,8 @@ pub struct SseRewriter {
     trailing_lf: Option<TrailingLf>,
     /// Leading byte order marks have been dealt with.
     started: bool,
+    /// A [`Rewritten::Last`] event went out: everything after it is dropped.
+    ended: bool,
 }
 
 impl SseRewriter {
@@ -86,6 +107,9 @@ impl SseRewriter {
     /// Feeds one network chunk; returns the bytes to send downstream now (complete events,
     /// rewritten where `rewrite` returned new data). Incomplete events are held back.
     pub fn feed(&mut self, chunk: &[u8], rewrite: &mut Rewrite<'_>) -> Vec<u8> {
+        if self.ended {
+            return Vec::new();
+        }
         let mut out = Vec::with_capacity(chunk.len());
         let mut chunk = chunk;
         if let Some(fate) = self.trailing_lf {
@@ -137,7 +161,14 @@ impl SseRewriter {
             self.line_start = end;
             if blank {
                 let raw = self.pending.get(event_start..end).unwrap_or_default();
-                let rebuilt = emit(raw, rewrite, &mut out);
+                let rebuilt = match emit(raw, rewrite, &mut out) {
+                    Emitted::Last => {
+                        self.end();
+                        return out;
+                    }
+                    Emitted::Rebuilt => true,
+                    Emitted::AsItCame => false,
+                };
                 event_start = end;
                 if self.after_cr {
                     // The event ended on a `\r` at the end of the chunk.
@@ -158,21 +189,25 @@ impl SseRewriter {
     /// blank line it never had.
     pub fn finish(&mut self, rewrite: &mut Rewrite<'_>) -> Vec<u8> {
         let rest = std::mem::take(&mut self.pending);
-        *self = Self { started: true, ..Self::default() };
-        if rest.is_empty() {
-            return rest;
+        let ended = self.ended;
+        self.end();
+        if rest.is_empty() || ended {
+            return Vec::new();
         }
-        match read_event(&rest) {
-            Ok(None) => rest,
-            Ok(Some(data)) => match rewrite(EventData::Text(&data)) {
-                None => rest,
-                Some(new_data) => without_blank_line(replace_data(&rest, &new_data)),
-            },
-            Err(NotUtf8) => match rewrite(EventData::NotUtf8) {
-                None => rest,
-                Some(new_data) => without_blank_line(replace_data(b"", &new_data)),
-            },
+        let rewritten = match read_event(&rest) {
+            Ok(None) => Rewritten::Keep,
+            Ok(Some(data)) => rewrite(EventData::Text(&data)),
+            Err(NotUtf8) => rewrite(EventData::NotUtf8),
+        };
+        match rewritten {
+            Rewritten::Keep => rest,
+            Rewritten::Data(new_data) | Rewritten::Last(new_data) => without_blank_line(replace_data(&rest, &new_data)),
         }
+    }
+
+    /// Nothing more is read or sent.
+    fn end(&mut self) {
+        *self = Self { started: true, ended: true, ..Self::default() };
     }
 
     /// Bytes held back waiting for the end of an event.
@@ -201,21 +236,33 @@ impl SseRewriter {
     }
 }
 
-/// Writes one complete event to `out`, rewritten if need be. Returns whether it was rebuilt.
-fn emit(raw: &[u8], rewrite: &mut Rewrite<'_>, out: &mut Vec<u8>) -> bool {
-    let new_data = match read_event(raw) {
-        Ok(None) => None,
+/// How an event went out.
+enum Emitted {
+    AsItCame,
+    Rebuilt,
+    /// Rebuilt, and the stream ends with it.
+    Last,
+}
+
+/// Writes one complete event to `out`, rewritten if need be.
+fn emit(raw: &[u8], rewrite: &mut Rewrite<'_>, out: &mut Vec<u8>) -> Emitted {
+    let rewritten = match read_event(raw) {
+        Ok(None) => Rewritten::Keep,
         Ok(Some(data)) => rewrite(EventData::Text(&data)),
         Err(NotUtf8) => rewrite(EventData::NotUtf8),
     };
-    match new_data {
-        None => {
+    match rewritten {
+        Rewritten::Keep => {
             out.extend_from_slice(raw);
-            false
+            Emitted::AsItCame
         }
-        Some(new_data) => {
+        Rewritten::Data(new_data) => {
             out.extend_from_slice(&replace_data(raw, &new_data));
-            true
+            Emitted::Rebuilt
+        }
+        Rewritten::Last(new_data) => {
+            out.extend_from_slice(&replace_data(raw, &new_data));
+            Emitted::Last
         }
     }
 }

@@ -10,6 +10,14 @@ fn text(data: &str) -> EventData<'_> {
     EventData::Text(data)
 }
 
+/// The bytes a rewritten event carries, if any.
+fn sent(r: Rewritten) -> Option<Vec<u8>> {
+    match r {
+        Rewritten::Keep => None,
+        Rewritten::Data(b) | Rewritten::Last(b) => Some(b),
+    }
+}
+
 fn gateway(max_request_bytes: Option<u64>) -> Gateway {
     let mut roles = RawPolicy::default();
     roles.roles.insert(
@@ -630,13 +638,13 @@ fn oversized_responses_become_a_jsonrpc_error() {
     // A replayed tools/list is filtered for the caller by its result's shape.
     let listed =
         json!({"jsonrpc":"2.0","id":"r-7","result":{"tools":[{"name":"get_customer"},{"name":"delete_customer"}]}});
-    let out = replay.rewrite_event(text(&listed.to_string()), policy, &mut counts).expect("filtered");
+    let out = sent(replay.rewrite_event(text(&listed.to_string()), policy, &mut counts)).expect("filtered");
     let out: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(out["id"], json!("r-7"));
     assert_eq!(out["result"]["tools"], json!([{"name":"get_customer"}]), "{out}");
     // A replayed result gets every rule of any crm tool: here get_secret's SSN block.
     let secret = json!({"jsonrpc":"2.0","id":8,"result":{"content":[{"type":"text","text":"ssn 123-45-6789"}]}});
-    let out = replay.rewrite_event(text(&secret.to_string()), policy, &mut counts).expect("blocked");
+    let out = sent(replay.rewrite_event(text(&secret.to_string()), policy, &mut counts)).expect("blocked");
     let out: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!((out["id"].clone(), out["error"]["code"].clone()), (json!(8), json!(code::FORBIDDEN)), "{out}");
     // Server requests and notifications pass; what is not one message does not.
@@ -644,13 +652,13 @@ fn oversized_responses_become_a_jsonrpc_error() {
         json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}),
         json!({"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}}),
     ] {
-        assert_eq!(replay.rewrite_event(text(&passing.to_string()), policy, &mut counts), None, "{passing}");
+        assert_eq!(sent(replay.rewrite_event(text(&passing.to_string()), policy, &mut counts)), None, "{passing}");
     }
-    let garbage = replay.rewrite_event(EventData::Text("[1,2]"), policy, &mut counts).expect("refused");
+    let garbage = sent(replay.rewrite_event(EventData::Text("[1,2]"), policy, &mut counts)).expect("refused");
     assert!(String::from_utf8_lossy(&garbage).contains("not one JSON-RPC message"));
     // POST exchanges answer their own request as before.
     assert!(!ex.server_stream);
-    assert_eq!(ex.rewrite_event(EventData::Text("{}"), policy, &mut counts), None);
+    assert_eq!(sent(ex.rewrite_event(EventData::Text("{}"), policy, &mut counts)), None);
 }
 
 #[test]
@@ -697,7 +705,7 @@ fn a_response_with_another_id_is_refused_on_governed_streams() {
             let out = ex.rewrite_message(denied.as_bytes(), policy, &mut counts).expect("refused");
             let (rid, c, message) = error_of(&out);
             assert_eq!((rid, c), (json!(5), json!(code::INTERNAL_ERROR)), "{denied}: {message}");
-            let out = ex.rewrite_event(EventData::Text(&denied), policy, &mut counts).expect("refused");
+            let out = sent(ex.rewrite_event(EventData::Text(&denied), policy, &mut counts)).expect("refused");
             assert_eq!(error_of(&out).0, json!(5));
         }
     }
@@ -709,11 +717,18 @@ fn a_response_with_another_id_is_refused_on_governed_streams() {
     ] {
         assert!(call.rewrite_message(odd.as_bytes(), policy, &mut counts).is_some(), "{odd}");
     }
+    // On a POST stream a refusal answers the request and ends the stream; on the GET
+    // stream (no request to answer) it replaces the event and the stream goes on.
+    let denied = r#"{"jsonrpc":"2.0","id":6,"result":{"tools":[]}}"#;
+    assert!(matches!(call.rewrite_event(EventData::Text(denied), policy, &mut counts), Rewritten::Last(_)));
+    let HeadDecision::Forward(get) = head_of(&g, "GET", "/mcp/crm", &[("x-api-key", "r")]) else { panic!() };
+    assert!(matches!(get.rewrite_event(EventData::Text("[1]"), policy, &mut counts), Rewritten::Data(_)));
+    assert!(matches!(get.rewrite_event(EventData::NotUtf8, policy, &mut counts), Rewritten::Data(_)));
     // The request's own id, and what the server sends unprompted, pass.
     let own = r#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"ok"}]}}"#;
     assert_eq!(call.rewrite_message(own.as_bytes(), policy, &mut counts), None);
     let note = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#;
-    assert_eq!(call.rewrite_event(EventData::Text(note), policy, &mut counts), None);
+    assert_eq!(sent(call.rewrite_event(EventData::Text(note), policy, &mut counts)), None);
 }
 
 #[test]
@@ -742,7 +757,7 @@ fn governed_bodies_are_read_as_clients_read_them() {
         }
     }
     // An SSE event that is not UTF-8 is refused on a governed stream.
-    let out = call.rewrite_event(EventData::NotUtf8, policy, &mut counts).expect("refused");
+    let out = sent(call.rewrite_event(EventData::NotUtf8, policy, &mut counts)).expect("refused");
     assert!(error_of(&out).2.contains("UTF-8"));
     // Other text (an error page) is redacted as text.
     let page = call.rewrite_body(BodyKind::Text, b"<p>ada@example.com</p>", policy, &mut counts).unwrap();
@@ -787,10 +802,11 @@ fn every_list_array_of_a_replayed_result_is_filtered() {
         "tools":[{"name":"get_customer"},{"name":"delete_customer"}],
         "prompts":[{"name":"summarize"}],
         "resources":[{"uri":"crm://x","name":"x"}]}});
-    let out = get.rewrite_event(text(&replay.to_string()), policy, &mut RedactionCounts::new()).expect("filtered");
+    let out =
+        sent(get.rewrite_event(text(&replay.to_string()), policy, &mut RedactionCounts::new())).expect("filtered");
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["result"]["tools"], json!([{"name":"get_customer"}]));
     assert_eq!((v["result"]["prompts"].clone(), v["result"]["resources"].clone()), (json!([]), json!([])));
     // Not UTF-8 on the GET stream: refused too.
-    assert!(get.rewrite_event(EventData::NotUtf8, policy, &mut RedactionCounts::new()).is_some());
+    assert!(sent(get.rewrite_event(EventData::NotUtf8, policy, &mut RedactionCounts::new())).is_some());
 }

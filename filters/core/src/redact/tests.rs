@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::config::{FilterConfig, RawFilterConfig};
-use crate::sse::{EventData, SseRewriter};
+use crate::sse::{EventData, Rewritten, SseRewriter};
 
 const ALL_DETECTORS: [&str; 10] =
     ["email", "phone", "credit_card", "ssn", "iban", "ip", "jwt", "bearer_token", "aws_key", "api_key"];
@@ -583,8 +583,8 @@ fn reference(p: &RedactionPlan, v: &Value) -> Value {
 fn sse_run(p: &RedactionPlan, input: &[u8], cuts: &[usize]) -> Vec<u8> {
     let mut r = SseRewriter::new();
     let mut rewrite = |d: EventData<'_>| match d {
-        EventData::Text(t) => p.redact_message(t.as_bytes(), &mut RedactionCounts::new()).unwrap_or(None),
-        EventData::NotUtf8 => None,
+        EventData::Text(t) => p.redact_message(t.as_bytes(), &mut RedactionCounts::new()).unwrap_or(None).into(),
+        EventData::NotUtf8 => Rewritten::Keep,
     };
     let mut out = Vec::new();
     let mut last = 0;

@@ -13,11 +13,11 @@ fn run(
     let mut f = |data: EventData<'_>| match data {
         EventData::Text(t) => {
             seen.push(Some(t.to_string()));
-            rewrite(t).map(String::into_bytes)
+            rewrite(t).map(String::into_bytes).into()
         }
         EventData::NotUtf8 => {
             seen.push(None);
-            Some(b"{\"refused\":true}".to_vec())
+            Rewritten::Data(b"{\"refused\":true}".to_vec())
         }
     };
     let mut out = Vec::new();
@@ -92,7 +92,7 @@ fn crlf_split_across_chunks_is_one_line_ending() {
 #[test]
 fn a_cr_ending_at_the_end_of_a_chunk_completes_the_event_at_once() {
     let mut r = SseRewriter::new();
-    let mut same = |_: EventData<'_>| None;
+    let mut same = |_: EventData<'_>| Rewritten::Keep;
     assert_eq!(r.feed(b"data: {\"id\":1}\r\r", &mut same), b"data: {\"id\":1}\r\r".to_vec());
     assert_eq!(r.pending_len(), 0);
     // The `\n` that follows belongs to the `\r` before it: forwarded after the event, not
@@ -190,7 +190,7 @@ fn replace_data_keeps_other_fields() {
 #[test]
 fn rewriter_passes_untouched_events_byte_for_byte() {
     let mut r = SseRewriter::new();
-    let mut rewrite = |d: EventData<'_>| (d == EventData::Text("secret")).then(|| b"[X]".to_vec());
+    let mut rewrite = |d: EventData<'_>| (d == EventData::Text("secret")).then(|| b"[X]".to_vec()).into();
     let out = r.feed(b"event: a\r\ndata: keep\r\n\r\ndata: secret\n\n", &mut rewrite);
     assert_eq!(out, b"event: a\r\ndata: keep\r\n\r\ndata: [X]\n\n".to_vec());
     assert!(r.finish(&mut rewrite).is_empty());
@@ -199,7 +199,7 @@ fn rewriter_passes_untouched_events_byte_for_byte() {
 #[test]
 fn rewriter_emits_complete_events_immediately() {
     let mut r = SseRewriter::new();
-    let mut same = |_: EventData<'_>| None;
+    let mut same = |_: EventData<'_>| Rewritten::Keep;
     assert_eq!(r.feed(b"data: 1\n\ndata: 2", &mut same), b"data: 1\n\n".to_vec());
     assert_eq!(r.pending_len(), 7);
     assert_eq!(r.feed(b"\n\n", &mut same), b"data: 2\n\n".to_vec());
@@ -222,7 +222,7 @@ fn many_tiny_events_keep_nothing_behind() {
     let mut n = 0;
     let mut count = |_: EventData<'_>| {
         n += 1;
-        None
+        Rewritten::Keep
     };
     let out = r.feed(&input, &mut count);
     assert_eq!((out.len(), r.pending_len()), (input.len(), 0));
@@ -293,4 +293,22 @@ proptest! {
         prop_assert_eq!(&reads[..], &governed[..reads.len()]);
         prop_assert_eq!(client_reads(&input).len(), reads.len());
     }
+}
+
+/// Issue #13 item 2: once an event answers the request with an error, nothing more is read
+/// or sent, so a flood of refused events costs one error.
+#[test]
+fn nothing_follows_a_last_event() {
+    let mut r = SseRewriter::new();
+    let mut calls = 0;
+    let mut refuse = |_: EventData<'_>| {
+        calls += 1;
+        Rewritten::Last(b"{\"error\":1}".to_vec())
+    };
+    let out = r.feed(b"data: []\n\ndata: []\n\ndata: [", &mut refuse);
+    assert_eq!(out, b"data: {\"error\":1}\n\n".to_vec());
+    assert_eq!(r.pending_len(), 0);
+    assert!(r.feed(&b"]\n\ndata: []\n\n".repeat(1000), &mut refuse).is_empty());
+    assert!(r.finish(&mut refuse).is_empty());
+    assert_eq!(calls, 1);
 }
