@@ -5,6 +5,7 @@
 #   make build   release binary + wasm filter
 #   make e2e     only the end-to-end suite (expects `make build` done; installs the Node peers)
 #   make lint    cargo fmt --check + clippy (not part of `make test`)
+#   make fuzz    property harnesses: time/memory per input byte of the SSE framer, JSON scanner, list filter, redactor (~2 min)
 #   make bench   load benchmark: bare Envoy vs Envoy + Meshgate, writes BENCHMARKS.md (~10 min; not part of `make test`)
 #
 # Setup is idempotent and fast when everything is present: the wasm target is
@@ -38,7 +39,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.meshgate-lock.stamp
 APT_PACKAGES := redis-server wrk
 APT_GET ?= $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: help setup system-deps wasm-target venv node-deps build test unit e2e lint run clean-venv bench
+.PHONY: help setup system-deps wasm-target venv node-deps build test unit e2e lint fuzz run clean-venv bench
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -100,6 +101,15 @@ lint: wasm-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --exclude meshgate-wasm --exclude meshgate-wasm-floor --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) -p meshgate-wasm -p meshgate-wasm-floor -- -D warnings
+
+# Property harnesses over large hostile inputs (filters/fuzz, release build): memory per
+# input byte (a counting allocator), CPU-time growth across sizes, and the core's parser
+# properties with more cases. `cargo test --workspace` runs a few cases of each.
+FUZZ_CASES ?= 128
+FUZZ_SCALE ?= 4
+fuzz:
+	MESHGATE_FUZZ_CASES=$(FUZZ_CASES) MESHGATE_FUZZ_SCALE=$(FUZZ_SCALE) $(CARGO) test --release -p meshgate-fuzz -- --include-ignored
+	PROPTEST_CASES=$(FUZZ_CASES)0 $(CARGO) test --release -p meshgate-core --lib -- sse:: listing:: redact:: jsonrpc::
 
 run: setup build
 	scripts/run.sh

@@ -21,9 +21,10 @@ use crate::mcp::{self, header, Message, ReadError, ReadMessage, ResourceKind, MO
 use crate::param_headers::{self, ParamHeaders};
 use crate::policy::{Policy, Verdict};
 use crate::quota::{self, Charges};
-use crate::redact::{Direction, RedactionCounts, RedactionPlan};
+use crate::redact::{Blocked, Direction, Envelope, RedactionCounts, RedactionPlan, Refusal};
 use crate::reject::{printable, Rejection};
 use crate::resource_uri;
+use crate::sse::{EventData, Rewritten};
 
 /// Request headers the filter removes before forwarding: the client's own credentials
 /// (MCP forbids token passthrough) and `accept-encoding` (the filter must be able to read
@@ -177,9 +178,10 @@ pub struct Exchange {
 pub enum ResponsePlan {
     /// Forward untouched, without buffering.
     PassThrough,
-    /// Buffer the whole body (up to the response limit), then [`Exchange::rewrite_message`].
-    Buffer,
-    /// SSE: [`Exchange::rewrite_message`] on each event's data as the event completes.
+    /// Buffer the whole body (up to the response limit), then [`Exchange::rewrite_body`]
+    /// with this kind.
+    Buffer(BodyKind),
+    /// SSE: [`Exchange::rewrite_event`] on each event as it completes.
     Stream,
     /// The response cannot be governed: replace its body with this JSON-RPC error.
     Replace(Vec<u8>),
@@ -189,7 +191,19 @@ pub enum ResponsePlan {
     Fail(Rejection),
 }
 
-/// The response headers the plan depends on.
+/// How a buffered body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// One JSON-RPC message (`application/json`): read strictly, refused when it cannot be
+    /// read exactly as clients read it.
+    Json,
+    /// Anything else (an error page): no client reads it as a JSON-RPC message; redacted
+    /// as text.
+    Text,
+}
+
+/// The response headers the plan depends on. Repeated headers are joined with `", "`
+/// ([`header_values`]), as clients join them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ResponseHead<'a> {
     pub status: u16,
@@ -197,6 +211,25 @@ pub struct ResponseHead<'a> {
     pub content_encoding: Option<&'a str>,
     /// The declared `content-length`, when present and numeric.
     pub content_length: Option<u64>,
+}
+
+/// Every value of header `name` (any case), joined with `", "` as HTTP clients join
+/// repeated headers; `None` when absent. What the client reads of a repeated
+/// `content-type` or `content-encoding` is the joined value, so the plan reads it too.
+pub fn header_values<'h>(headers: &'h [(String, String)], name: &str) -> Option<std::borrow::Cow<'h, str>> {
+    let mut values = headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let first = values.next()?;
+    match values.next() {
+        None => Some(std::borrow::Cow::Borrowed(first)),
+        Some(second) => {
+            let mut joined = format!("{first}, {second}");
+            for v in values {
+                joined.push_str(", ");
+                joined.push_str(v);
+            }
+            Some(std::borrow::Cow::Owned(joined))
+        }
+    }
 }
 
 impl Exchange {
@@ -223,9 +256,24 @@ impl Exchange {
         event
     }
 
+    /// The JSON-RPC error that replaces an answer from upstream the gateway cannot govern:
+    /// for the request (its id), naming the server and why.
+    fn unreadable_answer(&self, why: &str) -> Vec<u8> {
+        jsonrpc::error_body(
+            self.request_id(),
+            code::INTERNAL_ERROR,
+            &format!("the response from {} was refused: {why}", self.server),
+        )
+    }
+
     /// Decides how to treat the response, from its headers. List filtering applies to
     /// successful answers; redaction to every body, errors included; the size limit to
     /// every answer to a request.
+    ///
+    /// A body that is rewritten is read as every client reads it ([`content_type::read`]):
+    /// unencoded, JSON or SSE in UTF-8, or (redaction only) other text. On the GET stream
+    /// any successful body is read as SSE whatever its declared type, because the
+    /// TypeScript client reads it so.
     pub fn response_plan(&self, head: ResponseHead<'_>) -> ResponsePlan {
         if let Some(failure) = self.upstream_failure(head) {
             return ResponsePlan::Fail(failure);
@@ -237,41 +285,53 @@ impl Exchange {
                 return ResponsePlan::Replace(self.oversized_response(limit));
             }
         }
-        if !rewrites && self.server_stream {
-            // Only events are looked at (see `rewrite_event`); any other body on a GET is
-            // the server's own answer to it. An encoded event stream cannot be looked at.
-            if head.content_type.map(media_type).is_none_or(|t| t != "text/event-stream") {
-                return ResponsePlan::PassThrough;
+        let body_type = content_type::read(head.content_type);
+        let encoded = !content_type::is_identity_encoding(head.content_encoding);
+        if self.server_stream && (200..300).contains(&head.status) {
+            // Only events are looked at (see `rewrite_event`), and every successful body is
+            // one to the TypeScript client, which does not check the type on this stream.
+            if encoded {
+                return ResponsePlan::Replace(
+                    self.unreadable_answer("it is an encoded event stream the gateway cannot inspect"),
+                );
             }
-            if head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
-                let why = "upstream sent an encoded event stream the gateway cannot inspect";
-                return ResponsePlan::Replace(jsonrpc::error_body(None, code::INTERNAL_ERROR, why));
+            if let Err(e @ content_type::UnreadableContentType::Charset(_)) = body_type {
+                return ResponsePlan::Replace(self.unreadable_answer(&e.to_string()));
             }
             return ResponsePlan::Stream;
         }
+        let kind = |t: content_type::BodyType| match t {
+            content_type::BodyType::Json => BodyKind::Json,
+            _ => BodyKind::Text,
+        };
         if !rewrites {
+            if self.server_stream {
+                return ResponsePlan::PassThrough;
+            }
             return match (self.response_limit, head.content_length) {
                 // Declared and within the limit (checked above), or nothing to answer.
                 (None, _) | (Some(_), Some(_)) => ResponsePlan::PassThrough,
                 // Unknown length: an SSE stream is checked event by event, anything else is
                 // buffered up to the limit so an oversized body is never half-sent.
-                (Some(_), None) => match head.content_type.map(media_type) {
-                    Some(t) if t == "text/event-stream" => ResponsePlan::Stream,
-                    _ => ResponsePlan::Buffer,
+                (Some(_), None) => match body_type {
+                    Ok(content_type::BodyType::EventStream) => ResponsePlan::Stream,
+                    Ok(t) => ResponsePlan::Buffer(kind(t)),
+                    Err(_) => ResponsePlan::Buffer(BodyKind::Text),
                 },
             };
         }
-        let unreadable =
-            |why: &str| ResponsePlan::Replace(jsonrpc::error_body(self.request_id(), code::INTERNAL_ERROR, why));
-        if head.content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
-            return unreadable("upstream sent an encoded response the gateway cannot inspect");
+        if encoded {
+            return ResponsePlan::Replace(self.unreadable_answer("it is encoded and the gateway cannot inspect it"));
         }
-        match head.content_type.map(media_type) {
-            Some(t) if t == "text/event-stream" => ResponsePlan::Stream,
-            Some(t) if t == "application/json" => ResponsePlan::Buffer,
+        match body_type {
+            Ok(content_type::BodyType::EventStream) => ResponsePlan::Stream,
+            Ok(content_type::BodyType::Json) => ResponsePlan::Buffer(BodyKind::Json),
             // Redaction reads any other body as text; a list answer must be JSON or SSE.
-            _ if !filter => ResponsePlan::Buffer,
-            _ => unreadable("upstream sent a list response of an unexpected content type"),
+            Ok(content_type::BodyType::Other) if !filter => ResponsePlan::Buffer(BodyKind::Text),
+            Ok(content_type::BodyType::Other) => {
+                ResponsePlan::Replace(self.unreadable_answer("it is a list response of an unexpected content type"))
+            }
+            Err(e) => ResponsePlan::Replace(self.unreadable_answer(&e.to_string())),
         }
     }
 
@@ -279,8 +339,9 @@ impl Exchange {
     /// depends on: `header(name)` is called for `content-length` only when the answer is
     /// held to a size limit, for `content-type` only when the answer is a 5xx, the body may
     /// be rewritten or its length is unknown, and for `content-encoding` only when the body
-    /// may be rewritten.
-    /// Each lookup is a host call in the filter; the plan is the one the full head gives.
+    /// may be rewritten. `header` returns every value of a repeated header joined
+    /// ([`header_values`]). Each lookup is a host call in the filter; the plan is the one
+    /// the full head gives.
     pub fn response_plan_from(&self, status: u16, header: &mut dyn FnMut(&str) -> Option<String>) -> ResponsePlan {
         let rewrites = self.rewrites_response(status);
         let content_length = if self.response_limit.is_some() {
@@ -341,87 +402,253 @@ impl Exchange {
         self.list_filter.is_some() && (200..300).contains(&status) && status != 202
     }
 
-    /// Governs one SSE event's data: [`Self::rewrite_message`], plus, on the GET stream,
-    /// what a response there needs. A response replayed there (a resumed stream) answers a
-    /// request the gateway cannot see: a `*/list` result is filtered for the caller by the
-    /// shape of its result, and redaction already covers every tool of the server. An event
-    /// that is not one MCP message is replaced by an error (fail closed).
-    pub fn rewrite_event(&self, data: &[u8], policy: &Policy, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
-        if !self.server_stream {
-            return self.rewrite_message(data, policy, counts);
+    /// Whether the messages of this exchange's answer are read at all (list filtering,
+    /// redaction, or the GET stream's replayed answers).
+    fn governs_messages(&self) -> bool {
+        self.list_filter.is_some() || self.response_redaction.is_some() || self.server_stream
+    }
+
+    /// Governs a buffered response body read as `kind` (see [`ResponsePlan::Buffer`]).
+    /// `None` when it passes unchanged; otherwise the bytes to send instead.
+    ///
+    /// A governed body must be UTF-8; a JSON body may start with one byte order mark (the
+    /// TypeScript client strips one), which is then removed so that every client reads
+    /// what was governed.
+    pub fn rewrite_body(
+        &self,
+        kind: BodyKind,
+        body: &[u8],
+        policy: &Policy,
+        counts: &mut RedactionCounts,
+    ) -> Option<Vec<u8>> {
+        if let Some(limit) = self.response_limit.filter(|l| body.len() as u64 > *l) {
+            return Some(self.oversized_response(limit));
         }
-        let id = match mcp::read_message(data) {
+        if !self.governs_messages() {
+            return None;
+        }
+        let (stripped, message) = match body.strip_prefix(BOM) {
+            Some(rest) if kind == BodyKind::Json => (true, rest),
+            _ => (false, body),
+        };
+        let Ok(text) = std::str::from_utf8(message) else {
+            return Some(self.unreadable_answer("it is not valid UTF-8"));
+        };
+        let governed = match kind {
+            BodyKind::Json => self.govern(text, policy, counts, self.request_id()).into_bytes(),
+            BodyKind::Text => self.redact_text(text, counts),
+        };
+        match governed {
+            None if stripped => Some(message.to_vec()),
+            other => other,
+        }
+    }
+
+    /// [`Self::rewrite_body`] for a JSON body.
+    pub fn rewrite_message(&self, message: &[u8], policy: &Policy, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
+        self.rewrite_body(BodyKind::Json, message, policy, counts)
+    }
+
+    /// Redaction of a body that is not JSON, as text.
+    fn redact_text(&self, text: &str, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
+        let plan = self.response_redaction.as_ref()?;
+        match plan.redact_text(text, counts) {
+            Ok(redacted) => redacted.map(String::into_bytes),
+            Err(blocked) => Some(self.blocked_answer(self.request_id(), &blocked)),
+        }
+    }
+
+    /// Governs one SSE event ([`crate::sse::SseRewriter`]): [`Self::govern`] on its data,
+    /// plus, on the GET stream, what a response there needs. An event that is not UTF-8 is
+    /// refused wherever messages are read.
+    ///
+    /// On a POST stream, a refused event is replaced by the JSON-RPC error that answers the
+    /// request, and ends the stream ([`Rewritten::Last`]): the client has its answer, and
+    /// whatever the upstream sends next is dropped unread.
+    ///
+    /// A response replayed on the GET stream (a resumed stream) answers a request the
+    /// gateway cannot see: a `*/list` result is filtered for the caller by the shape of its
+    /// result (every list array it carries), and redaction already covers every tool of
+    /// the server. An event there that is not one MCP message, or that is refused, is
+    /// replaced by an error and the stream goes on.
+    pub fn rewrite_event(&self, data: EventData<'_>, policy: &Policy, counts: &mut RedactionCounts) -> Rewritten {
+        let governed = self.govern_event(data, policy, counts);
+        match governed {
+            Governed::Unchanged => Rewritten::Keep,
+            Governed::Rewritten(bytes) => Rewritten::Data(bytes),
+            Governed::Refused(bytes) if self.server_stream => Rewritten::Data(bytes),
+            Governed::Refused(bytes) => Rewritten::Last(bytes),
+        }
+    }
+
+    fn govern_event(&self, data: EventData<'_>, policy: &Policy, counts: &mut RedactionCounts) -> Governed {
+        let data = match data {
+            EventData::Text(data) => data,
+            EventData::NotUtf8 if self.governs_messages() => {
+                return Governed::Refused(self.unreadable_answer("an event of its stream is not valid UTF-8"))
+            }
+            EventData::NotUtf8 => return Governed::Unchanged,
+        };
+        if !self.server_stream {
+            if let Some(limit) = self.response_limit.filter(|l| data.len() as u64 > *l) {
+                return Governed::Refused(self.oversized_response(limit));
+            }
+            return self.govern(data, policy, counts, self.request_id());
+        }
+        let id = match mcp::read_message(data.as_bytes()) {
             Ok(ReadMessage { message: Message::Response { id }, .. }) => id,
-            Ok(_) => return self.rewrite_message(data, policy, counts),
+            Ok(_) => return self.govern(data, policy, counts, None),
             Err(_) => {
                 let why = "upstream sent an event on the GET stream that is not one JSON-RPC message";
-                return Some(jsonrpc::error_body(None, code::INTERNAL_ERROR, why));
+                return Governed::Refused(jsonrpc::error_body(None, code::INTERNAL_ERROR, why));
             }
         };
-        let shape = jsonrpc::validate_strict(data).ok().and_then(|doc| {
-            let result = doc.root().get("result")?;
-            LIST_SHAPES.iter().filter_map(|m| ResourceKind::of_list_method(m)).find(|s| result.get(s.array).is_some())
-        });
-        let filtered = shape.and_then(|shape| {
+        let shapes: Vec<_> = jsonrpc::validate_strict(data.as_bytes())
+            .ok()
+            .and_then(|doc| {
+                let result = doc.root().get("result")?;
+                Some(
+                    LIST_SHAPES
+                        .iter()
+                        .filter_map(|m| ResourceKind::of_list_method(m))
+                        .filter(|s| result.get(s.array).is_some())
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        // Every list array the result carries is filtered: a client reads the one its
+        // request asked for, which the gateway cannot know.
+        let mut filtered: Option<Vec<u8>> = None;
+        for shape in shapes {
             let request_id = id.clone();
             let filter =
                 ListFilter { shape, request_id, server: self.server.clone(), roles: self.consumer.roles.clone() };
-            match filter.apply(data, policy) {
-                ListOutcome::Unchanged => None,
-                ListOutcome::Rewritten(b) | ListOutcome::Unreadable(b) => Some(b),
+            match filter.apply(filtered.as_deref().unwrap_or(data.as_bytes()), policy) {
+                ListOutcome::Unchanged => {}
+                ListOutcome::Rewritten(b) => filtered = Some(b),
+                ListOutcome::Unreadable(error) => return Governed::Refused(error),
             }
-        });
+        }
         match filtered {
             None => self.govern(data, policy, counts, Some(&id)),
-            Some(list) => self.govern(&list, policy, counts, Some(&id)).or(Some(list)),
+            Some(list) => {
+                // The filter keeps the upstream's own text: still UTF-8.
+                let text = String::from_utf8_lossy(&list).into_owned();
+                match self.govern(&text, policy, counts, Some(&id)) {
+                    Governed::Unchanged => Governed::Rewritten(list),
+                    other => other,
+                }
+            }
         }
     }
 
     /// Governs one upstream message (a JSON body, or one SSE event's data): list filtering,
-    /// then redaction. `None` when it passes unchanged; otherwise the bytes to send instead
-    /// (a JSON-RPC error for the request when the message cannot be read or is blocked).
-    pub fn rewrite_message(&self, message: &[u8], policy: &Policy, counts: &mut RedactionCounts) -> Option<Vec<u8>> {
-        self.govern(message, policy, counts, self.request_id())
-    }
-
-    /// [`Self::rewrite_message`], answering a blocked message as the response to `id`.
+    /// then redaction, and on a POST exchange whose answer is governed, the check that a
+    /// response on it answers this request. A refusal is a JSON-RPC error for `id` (the
+    /// message cannot be read, is blocked or answers another id).
     fn govern(
         &self,
-        message: &[u8],
+        message: &str,
         policy: &Policy,
         counts: &mut RedactionCounts,
         id: Option<&serde_json::Value>,
-    ) -> Option<Vec<u8>> {
-        if let Some(limit) = self.response_limit.filter(|l| message.len() as u64 > *l) {
-            return Some(self.oversized_response(limit));
-        }
+    ) -> Governed {
         let filtered = match &self.list_filter {
             None => None,
-            Some(filter) => match filter.apply(message, policy) {
+            Some(filter) => match filter.apply(message.as_bytes(), policy) {
                 ListOutcome::Unchanged => None,
                 ListOutcome::Rewritten(b) => Some(b),
-                ListOutcome::Unreadable(error) => return Some(error),
+                ListOutcome::Unreadable(error) => return Governed::Refused(error),
             },
         };
         let Some(plan) = &self.response_redaction else {
-            return filtered;
+            return filtered.map_or(Governed::Unchanged, Governed::Rewritten);
         };
-        let current = filtered.as_deref().unwrap_or(message);
-        match plan.redact_message(current, counts) {
-            Ok(Some(redacted)) => Some(redacted),
-            Ok(None) => filtered,
-            Err(blocked) => Some(jsonrpc::error_body(
+        let current = filtered.as_deref().unwrap_or(message.as_bytes());
+        match plan.redact_json(current, counts) {
+            Ok(redacted) => {
+                // The list filter checked the envelope of a list answer already.
+                if self.list_filter.is_none() && !self.server_stream {
+                    if let Some(why) = self.answers_another_request(current, &redacted.envelope) {
+                        return Governed::Refused(self.unreadable_answer(&why));
+                    }
+                }
+                redacted.bytes.or(filtered).map_or(Governed::Unchanged, Governed::Rewritten)
+            }
+            Err(Refusal::Blocked(blocked)) => Governed::Refused(self.blocked_answer(id, &blocked)),
+            Err(Refusal::Unreadable) => Governed::Refused(jsonrpc::error_body(
                 id,
-                code::FORBIDDEN,
+                code::INTERNAL_ERROR,
                 &format!(
-                    "the response from {} was blocked: it contains a value of kind {}",
-                    self.server,
-                    blocked.detector()
+                    "the response from {} was refused: it is not a JSON-RPC message the gateway can read exactly",
+                    self.server
                 ),
             )),
         }
     }
+
+    /// Why a message on this POST exchange's answer cannot be passed on as it is: it is
+    /// not one JSON object (a batch would be matched to other requests by id), or it is a
+    /// response whose id is not exactly this request's (same JSON type and value) — clients
+    /// match responses loosely (the TypeScript client by `Number(id)`, the Python client
+    /// takes any response on the stream as the answer), so such a response could pass as
+    /// the answer to this or another pending request without being governed as one.
+    fn answers_another_request(&self, message: &[u8], envelope: &Envelope) -> Option<String> {
+        let expected = self.request_id()?;
+        if !envelope.object {
+            return Some("it is not one JSON-RPC message".to_string());
+        }
+        if !envelope.answer {
+            return None; // a request or notification from the server
+        }
+        if envelope.method {
+            return Some("it is both a request and a response".to_string());
+        }
+        let id = envelope.id.clone().and_then(|span| message.get(span));
+        let same = envelope.ids == 1
+            && id.and_then(|id| serde_json::from_slice::<serde_json::Value>(id).ok()).as_ref() == Some(expected);
+        (!same).then(|| {
+            let shown = id.map_or_else(|| "(none)".to_string(), |id| printable(&String::from_utf8_lossy(id)));
+            format!("it answers id {shown}, not the request's id {expected}")
+        })
+    }
+
+    /// The JSON-RPC error that replaces a message a `block` rule refused.
+    fn blocked_answer(&self, id: Option<&serde_json::Value>, blocked: &Blocked) -> Vec<u8> {
+        jsonrpc::error_body(
+            id,
+            code::FORBIDDEN,
+            &format!(
+                "the response from {} was blocked: it contains a value of kind {}",
+                self.server,
+                blocked.detector()
+            ),
+        )
+    }
 }
+
+/// What governing one upstream message gave.
+#[derive(Debug)]
+enum Governed {
+    /// Pass the original bytes.
+    Unchanged,
+    /// Send these instead (filtered, redacted).
+    Rewritten(Vec<u8>),
+    /// Send this JSON-RPC error instead: the message cannot be passed on.
+    Refused(Vec<u8>),
+}
+
+impl Governed {
+    fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Governed::Unchanged => None,
+            Governed::Rewritten(bytes) | Governed::Refused(bytes) => Some(bytes),
+        }
+    }
+}
+
+/// A UTF-8 byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// The list methods whose results a replayed response on the GET stream is matched against.
 const LIST_SHAPES: [&str; 4] = [
@@ -682,11 +909,19 @@ impl Gateway {
             let mut counts = RedactionCounts::new();
             match plan.redact_message(body, &mut counts) {
                 Ok(rewritten) => rewritten_request = rewritten,
-                Err(blocked) => {
+                Err(Refusal::Blocked(blocked)) => {
                     return Err(Rejection::blocked(format!(
                         "the request to {server} was blocked: it contains a value of kind {}",
                         blocked.detector()
                     ))
+                    .with_id(message.id()))
+                }
+                // Not reached: the body was parsed strictly above.
+                Err(Refusal::Unreadable) => {
+                    return Err(Rejection::bad_request(
+                        code::PARSE_ERROR,
+                        "request body is not JSON the gateway can read exactly",
+                    )
                     .with_id(message.id()))
                 }
             }

@@ -47,10 +47,24 @@ impl ListFilter {
         if doc.kind() != JsonKind::Object {
             return self.unreadable("upstream sent a list response that is not a JSON-RPC message");
         }
-        let [id, method, result] = doc.fields(["id", "method", "result"]);
-        if id.map(|id| id.to_value()).as_ref() != Some(&self.request_id) || method.is_some() {
-            // A notification or request from the server, or another response: not ours.
+        let [id, method, result, error] = doc.fields(["id", "method", "result", "error"]);
+        if result.is_none() && error.is_none() {
+            // A notification or request from the server: not an answer.
             return ListOutcome::Unchanged;
+        }
+        // An answer on this request's stream: clients match responses loosely (the
+        // TypeScript client by `Number(id)`, the Python client takes any response on the
+        // stream as the answer), so one that is not exactly ours (same JSON type and value)
+        // is refused, never passed on unfiltered.
+        if method.is_some() {
+            return self.unreadable("upstream sent a list response that is also a request");
+        }
+        if id.map(|id| id.to_value()).as_ref() != Some(&self.request_id) {
+            let shown = id.map_or_else(|| "(none)".to_string(), |id| crate::reject::printable(id.text()));
+            return self.unreadable(&format!(
+                "upstream answered the list request {} with a response for id {shown}",
+                self.request_id
+            ));
         }
         let Some(result) = result else {
             return ListOutcome::Unchanged; // a JSON-RPC error: nothing to filter
@@ -162,12 +176,42 @@ mod tests {
         let f = filter("tools/list");
         let p = policy();
         for other in [
-            json!({"jsonrpc":"2.0","id":4,"result":{"tools":[{"name":"delete_customer"}]}}),
             json!({"jsonrpc":"2.0","method":"notifications/progress","params":{}}),
+            json!({"jsonrpc":"2.0","id":9,"method":"sampling/createMessage","params":{}}),
             json!({"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"x"}}),
+            json!({}),
         ] {
             assert_eq!(f.apply(other.to_string().as_bytes(), &p), ListOutcome::Unchanged, "{other}");
         }
+    }
+
+    /// Issue #13 item 3: an answer whose id is not exactly the request's (another number,
+    /// the same number as a string or as `3.0`, none, null) passed unfiltered, and clients
+    /// took it as the answer. Any answer on the stream is filtered or refused.
+    #[test]
+    fn answers_with_another_id_are_refused() {
+        let f = filter("tools/list");
+        let p = policy();
+        for id in ["4", "\"3\"", "3.0", "null", "-3", "30"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{{"name":"delete_customer"}}]}}}}"#);
+            let ListOutcome::Unreadable(error) = f.apply(body.as_bytes(), &p) else { panic!("{body}") };
+            let v: Value = serde_json::from_slice(&error).unwrap();
+            assert_eq!(v["id"], json!(3), "{body}");
+            assert!(v["error"]["message"].as_str().unwrap().contains(&crate::reject::printable(id)), "{v}");
+        }
+        for body in [
+            r#"{"jsonrpc":"2.0","result":{"tools":[{"name":"delete_customer"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"x","result":{"tools":[{"name":"delete_customer"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":4,"error":{"code":1,"message":"m"}}"#,
+        ] {
+            assert!(matches!(f.apply(body.as_bytes(), &p), ListOutcome::Unreadable(_)), "{body}");
+        }
+        // A string id is matched as a string.
+        let named = ListFilter { request_id: json!("3"), ..f };
+        let body = r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}"#;
+        assert!(matches!(named.apply(body.as_bytes(), &p), ListOutcome::Unreadable(_)));
+        let body = r#"{"jsonrpc":"2.0","id":"3","result":{"tools":[]}}"#;
+        assert_eq!(named.apply(body.as_bytes(), &p), ListOutcome::Unchanged);
     }
 
     #[test]
@@ -197,8 +241,11 @@ mod tests {
     fn reference(f: &ListFilter, message: &[u8], policy: &Policy) -> Option<Option<Value>> {
         let mut value: Value = serde_json::from_slice(message).ok()?;
         let obj = value.as_object_mut()?;
-        if obj.get("id") != Some(&f.request_id) || obj.contains_key("method") {
+        if !obj.contains_key("result") && !obj.contains_key("error") {
             return Some(None);
+        }
+        if obj.get("id") != Some(&f.request_id) || obj.contains_key("method") {
+            return None;
         }
         let Some(result) = obj.get_mut("result") else {
             return Some(None);

@@ -39,14 +39,15 @@ use std::time::UNIX_EPOCH;
 use meshgate_core::audit::{self, AuditRecord};
 use meshgate_core::config::{EnvSecrets, FilterConfig, RawFilterConfig};
 use meshgate_core::gateway::{
-    header_value, headers_to_strip, Exchange, Gateway, HeadDecision, PendingRequest, RequestHead, ResponsePlan,
+    header_value, header_values, headers_to_strip, BodyKind, Exchange, Gateway, HeadDecision, PendingRequest,
+    RequestHead, ResponsePlan,
 };
 use meshgate_core::identity::TokenCache;
 use meshgate_core::jsonrpc::{code, error_body};
 use meshgate_core::quota::{self, LocalCharge, State as QuotaState};
 use meshgate_core::redact::RedactionCounts;
 use meshgate_core::reject::Rejection;
-use meshgate_core::sse::SseRewriter;
+use meshgate_core::sse::{EventData, SseRewriter};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -136,8 +137,8 @@ enum State {
 /// What the response body needs.
 enum Response {
     Untouched,
-    /// Buffer the whole body, then rewrite it.
-    Buffer,
+    /// Buffer the whole body, then rewrite it (read as this kind).
+    Buffer(BodyKind),
     /// Rewrite SSE events as they complete.
     Stream(SseRewriter),
     /// Drop the upstream body and send this instead.
@@ -464,11 +465,12 @@ impl HttpContext for Stream {
             }
             self.publish_audit(Moment::Settled);
         }
-        let plan = exchange.response_plan_from(status, &mut |name| header(name));
+        // Repeated headers joined, as clients read them.
+        let plan = exchange.response_plan_from(status, &mut |name| header_values(&headers, name).map(String::from));
         self.response = match plan {
             ResponsePlan::Fail(r) => return self.replace_response(&r, end_of_stream),
             ResponsePlan::PassThrough => return Action::Continue,
-            ResponsePlan::Buffer => Response::Buffer,
+            ResponsePlan::Buffer(kind) => Response::Buffer(kind),
             ResponsePlan::Stream => Response::Stream(SseRewriter::new()),
             ResponsePlan::Replace(body) => {
                 self.set_http_response_header("content-encoding", None);
@@ -486,7 +488,7 @@ impl HttpContext for Stream {
         // The chunk is copied out of Envoy at most once per callback, for the error check
         // and the rewrite alike. A body being buffered is looked at whole, at its end.
         let mut chunk = None;
-        if end_of_stream || !matches!(self.response, Response::Buffer) {
+        if end_of_stream || !matches!(self.response, Response::Buffer(_)) {
             self.note_upstream_error(body_size, &mut chunk);
         }
         let action = self.govern_response_body(body_size, end_of_stream, &mut chunk);
@@ -562,7 +564,7 @@ impl Stream {
         let policy = &self.gateway.config().policy;
         match std::mem::replace(&mut self.response, Response::Untouched) {
             Response::Untouched => Action::Continue,
-            Response::Buffer => {
+            Response::Buffer(kind) => {
                 let limit = exchange.response_limit.unwrap_or_else(|| self.gateway.max_response_bytes());
                 if body_size as u64 > limit {
                     let message = format!("upstream response exceeds the {limit}-byte limit");
@@ -573,11 +575,11 @@ impl Stream {
                     return Action::Continue;
                 }
                 if !end_of_stream {
-                    self.response = Response::Buffer;
+                    self.response = Response::Buffer(kind);
                     return Action::Pause;
                 }
                 let body = self.response_chunk(chunk, body_size);
-                if let Some(new) = exchange.rewrite_message(body, policy, &mut self.redactions) {
+                if let Some(new) = exchange.rewrite_body(kind, body, policy, &mut self.redactions) {
                     Self::note_blocked(&mut self.audit, &new, &exchange.server);
                     self.set_http_response_body(0, body_size, &new);
                 }
@@ -586,9 +588,7 @@ impl Stream {
             Response::Stream(mut rewriter) => {
                 let chunk = self.response_chunk(chunk, body_size);
                 let counts = &mut self.redactions;
-                let mut rewrite = |data: &str| {
-                    exchange.rewrite_event(data.as_bytes(), policy, counts).and_then(|b| String::from_utf8(b).ok())
-                };
+                let mut rewrite = |data: EventData<'_>| exchange.rewrite_event(data, policy, counts);
                 let mut out = rewriter.feed(chunk, &mut rewrite);
                 if end_of_stream {
                     out.extend(rewriter.finish(&mut rewrite));

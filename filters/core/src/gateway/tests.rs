@@ -6,6 +6,19 @@ use sha2::{Digest, Sha256};
 
 const NOW: u64 = 1_800_000_000;
 
+/// SSE event data as the rewriter hands it over.
+fn text(data: &str) -> EventData<'_> {
+    EventData::Text(data)
+}
+
+/// The bytes a rewritten event carries, if any.
+fn sent(r: Rewritten) -> Option<Vec<u8>> {
+    match r {
+        Rewritten::Keep => None,
+        Rewritten::Data(b) | Rewritten::Last(b) => Some(b),
+    }
+}
+
 fn gateway(max_request_bytes: Option<u64>) -> Gateway {
     let mut roles = RawPolicy::default();
     roles.roles.insert(
@@ -242,14 +255,14 @@ fn response_plans() {
     let plan = |status, ct, enc| {
         list.response_plan(ResponseHead { status, content_type: ct, content_encoding: enc, content_length: None })
     };
-    assert_eq!(plan(200, Some("application/json"), None), ResponsePlan::Buffer);
+    assert_eq!(plan(200, Some("application/json"), None), ResponsePlan::Buffer(BodyKind::Json));
     assert_eq!(plan(200, Some("text/event-stream; charset=utf-8"), None), ResponsePlan::Stream);
     // Not MCP at all (an error page): a JSON-RPC error for the request naming the server.
     let ResponsePlan::Fail(failed) = plan(500, Some("text/html"), None) else { panic!("an error page is replaced") };
     assert_eq!((failed.status, failed.code, failed.id.clone()), (200, code::UPSTREAM_UNAVAILABLE, Some(json!(9))));
     assert!(failed.message.contains("\"docs\""), "{}", failed.message);
     // A JSON 5xx is the upstream's own answer: a list answer to filter, not a failure.
-    assert_eq!(plan(500, Some("application/json"), None), ResponsePlan::Buffer);
+    assert_eq!(plan(500, Some("application/json"), None), ResponsePlan::Buffer(BodyKind::Json));
     assert!(matches!(plan(200, Some("application/json"), Some("gzip")), ResponsePlan::Replace(_)));
     assert!(matches!(plan(200, Some("text/html"), None), ResponsePlan::Replace(_)));
     let admin = pending(&g, "a", &[]);
@@ -590,7 +603,7 @@ fn oversized_responses_become_a_jsonrpc_error() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!((v["id"].clone(), v["error"]["code"].clone()), (json!(4), json!(code::INTERNAL_ERROR)));
     let json_unknown = ResponseHead { content_length: None, ..head };
-    assert_eq!(ex.response_plan(json_unknown), ResponsePlan::Buffer);
+    assert_eq!(ex.response_plan(json_unknown), ResponsePlan::Buffer(BodyKind::Json));
     let policy = &g.config().policy;
     let mut counts = RedactionCounts::new();
     let long = json!({"jsonrpc":"2.0","id":4,"result":{"content":[{"type":"text","text":"y".repeat(60)}]}}).to_string();
@@ -633,18 +646,26 @@ fn oversized_responses_become_a_jsonrpc_error() {
     let replay = reader_get(&plain);
     assert_eq!(replay.response_plan(head(Some("text/event-stream"), None)), ResponsePlan::Stream);
     assert!(matches!(replay.response_plan(head(Some("text/event-stream"), Some("gzip"))), ResponsePlan::Replace(_)));
-    assert_eq!(get.response_plan(head(Some("application/json"), None)), ResponsePlan::PassThrough);
+    // The TypeScript client reads any successful GET body as SSE, whatever its type.
+    assert_eq!(get.response_plan(head(Some("application/json"), None)), ResponsePlan::Stream);
+    assert_eq!(get.response_plan(head(None, None)), ResponsePlan::Stream);
+    assert!(matches!(
+        get.response_plan(head(Some("text/event-stream; charset=utf-16"), None)),
+        ResponsePlan::Replace(_)
+    ));
+    let refused = ResponseHead { status: 405, ..head(Some("application/json"), None) };
+    assert_eq!(get.response_plan(refused), ResponsePlan::PassThrough);
     let policy = &plain.config().policy;
     // A replayed tools/list is filtered for the caller by its result's shape.
     let listed =
         json!({"jsonrpc":"2.0","id":"r-7","result":{"tools":[{"name":"get_customer"},{"name":"delete_customer"}]}});
-    let out = replay.rewrite_event(listed.to_string().as_bytes(), policy, &mut counts).expect("filtered");
+    let out = sent(replay.rewrite_event(text(&listed.to_string()), policy, &mut counts)).expect("filtered");
     let out: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(out["id"], json!("r-7"));
     assert_eq!(out["result"]["tools"], json!([{"name":"get_customer"}]), "{out}");
     // A replayed result gets every rule of any crm tool: here get_secret's SSN block.
     let secret = json!({"jsonrpc":"2.0","id":8,"result":{"content":[{"type":"text","text":"ssn 123-45-6789"}]}});
-    let out = replay.rewrite_event(secret.to_string().as_bytes(), policy, &mut counts).expect("blocked");
+    let out = sent(replay.rewrite_event(text(&secret.to_string()), policy, &mut counts)).expect("blocked");
     let out: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!((out["id"].clone(), out["error"]["code"].clone()), (json!(8), json!(code::FORBIDDEN)), "{out}");
     // Server requests and notifications pass; what is not one message does not.
@@ -652,13 +673,13 @@ fn oversized_responses_become_a_jsonrpc_error() {
         json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}),
         json!({"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}}),
     ] {
-        assert_eq!(replay.rewrite_event(passing.to_string().as_bytes(), policy, &mut counts), None, "{passing}");
+        assert_eq!(sent(replay.rewrite_event(text(&passing.to_string()), policy, &mut counts)), None, "{passing}");
     }
-    let garbage = replay.rewrite_event(b"[1,2]", policy, &mut counts).expect("refused");
+    let garbage = sent(replay.rewrite_event(EventData::Text("[1,2]"), policy, &mut counts)).expect("refused");
     assert!(String::from_utf8_lossy(&garbage).contains("not one JSON-RPC message"));
     // POST exchanges answer their own request as before.
     assert!(!ex.server_stream);
-    assert_eq!(ex.rewrite_event(b"{}", policy, &mut counts), None);
+    assert_eq!(sent(ex.rewrite_event(EventData::Text("{}"), policy, &mut counts)), None);
 }
 
 #[test]
@@ -1095,9 +1116,11 @@ fn upstream_failures_become_json_rpc_errors_naming_the_server() {
     let ResponsePlan::Fail(r) = note.response_plan(head(503, Some("text/plain"))) else { panic!("replaced") };
     assert_eq!((r.status, r.id.clone()), (503, None));
     let h = headers(&[("x-api-key", "a")]);
-    let HeadDecision::Forward(get) =
-        g.on_request_head(RequestHead { method: "GET", path: "/mcp/crm", headers: &h, end_of_stream: true }, NOW, &mut g.new_token_cache())
-    else {
+    let HeadDecision::Forward(get) = g.on_request_head(
+        RequestHead { method: "GET", path: "/mcp/crm", headers: &h, end_of_stream: true },
+        NOW,
+        &mut g.new_token_cache(),
+    ) else {
         panic!("GET is forwarded")
     };
     let ResponsePlan::Fail(r) =
@@ -1106,4 +1129,136 @@ fn upstream_failures_become_json_rpc_errors_naming_the_server() {
         panic!("replaced")
     };
     assert_eq!((r.status, r.id.clone()), (504, None));
+}
+
+// ---- hostile upstream answers (issue #13 items 3 and 6) ----
+
+fn error_of(out: &[u8]) -> (Value, Value, String) {
+    let v: Value = serde_json::from_slice(out).unwrap();
+    (v["id"].clone(), v["error"]["code"].clone(), v["error"]["message"].as_str().unwrap_or_default().to_string())
+}
+
+/// A list request on crm by a reader, and a tool call on crm by an admin (redacted: crm/*).
+fn list_and_call(g: &Gateway) -> (Exchange, Exchange) {
+    let list = g.on_request_body(&pending(g, "r", &[]), br#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#).unwrap();
+    let call = g.on_request_body(&pending(g, "a", &[]), &call(5, "get_customer")).unwrap();
+    (list, call)
+}
+
+#[test]
+fn a_response_with_another_id_is_refused_on_governed_streams() {
+    let g = gateway(None);
+    let policy = &g.config().policy;
+    let mut counts = RedactionCounts::new();
+    let (list, call) = list_and_call(&g);
+    for id in ["6", "\"5\"", "5.0", "null"] {
+        let denied = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{{"name":"delete_customer"}}]}}}}"#);
+        for ex in [&list, &call] {
+            let out = ex.rewrite_message(denied.as_bytes(), policy, &mut counts).expect("refused");
+            let (rid, c, message) = error_of(&out);
+            assert_eq!((rid, c), (json!(5), json!(code::INTERNAL_ERROR)), "{denied}: {message}");
+            let out = sent(ex.rewrite_event(EventData::Text(&denied), policy, &mut counts)).expect("refused");
+            assert_eq!(error_of(&out).0, json!(5));
+        }
+    }
+    // A batch, or a response that is also a request, is not one answer either.
+    for odd in [
+        r#"[{"jsonrpc":"2.0","id":5,"result":{"content":[]}}]"#,
+        r#"{"jsonrpc":"2.0","id":5,"method":"x","result":{"content":[]}}"#,
+        r#"{"jsonrpc":"2.0","id":5,"id":5,"result":{"content":[]}}"#,
+    ] {
+        assert!(call.rewrite_message(odd.as_bytes(), policy, &mut counts).is_some(), "{odd}");
+    }
+    // On a POST stream a refusal answers the request and ends the stream; on the GET
+    // stream (no request to answer) it replaces the event and the stream goes on.
+    let denied = r#"{"jsonrpc":"2.0","id":6,"result":{"tools":[]}}"#;
+    assert!(matches!(call.rewrite_event(EventData::Text(denied), policy, &mut counts), Rewritten::Last(_)));
+    let HeadDecision::Forward(get) = head_of(&g, "GET", "/mcp/crm", &[("x-api-key", "r")]) else { panic!() };
+    assert!(matches!(get.rewrite_event(EventData::Text("[1]"), policy, &mut counts), Rewritten::Data(_)));
+    assert!(matches!(get.rewrite_event(EventData::NotUtf8, policy, &mut counts), Rewritten::Data(_)));
+    // The request's own id, and what the server sends unprompted, pass.
+    let own = r#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"ok"}]}}"#;
+    assert_eq!(call.rewrite_message(own.as_bytes(), policy, &mut counts), None);
+    let note = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#;
+    assert_eq!(sent(call.rewrite_event(EventData::Text(note), policy, &mut counts)), None);
+}
+
+#[test]
+fn governed_bodies_are_read_as_clients_read_them() {
+    let g = gateway(None);
+    let policy = &g.config().policy;
+    let mut counts = RedactionCounts::new();
+    let (list, call) = list_and_call(&g);
+    // A BOM (the TypeScript client strips one) is removed, and what follows governed.
+    let listed = br#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"get_customer"},{"name":"delete_customer"}]}}"#;
+    let out = list.rewrite_message(&[BOM, &listed[..]].concat(), policy, &mut counts).expect("filtered");
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["result"]["tools"], json!([{"name":"get_customer"}]));
+    let clean = br#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"ok"}]}}"#;
+    assert_eq!(call.rewrite_message(&[BOM, &clean[..]].concat(), policy, &mut counts), Some(clean.to_vec()));
+    // Two BOMs, NaN, or bytes that are not UTF-8: refused, whoever reads them how.
+    for body in [
+        [BOM, BOM, &clean[..]].concat(),
+        br#"{"jsonrpc":"2.0","id":5,"result":{"n":NaN,"content":[{"type":"text","text":"a\u0040example.com"}]}}"#
+            .to_vec(),
+        b"{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"\xff\"}]}}".to_vec(),
+    ] {
+        for ex in [&list, &call] {
+            let out = ex.rewrite_message(&body, policy, &mut counts).expect("refused");
+            assert_eq!(error_of(&out).0, json!(5), "{}", String::from_utf8_lossy(&body));
+        }
+    }
+    // An SSE event that is not UTF-8 is refused on a governed stream.
+    let out = sent(call.rewrite_event(EventData::NotUtf8, policy, &mut counts)).expect("refused");
+    assert!(error_of(&out).2.contains("UTF-8"));
+    // Other text (an error page) is redacted as text.
+    let page = call.rewrite_body(BodyKind::Text, b"<p>ada@example.com</p>", policy, &mut counts).unwrap();
+    assert_eq!(page, b"<p>[EMAIL]</p>".to_vec());
+}
+
+#[test]
+fn response_plans_refuse_what_clients_read_otherwise() {
+    let g = gateway(None);
+    let (list, call) = list_and_call(&g);
+    let head = |content_type| ResponseHead { status: 200, content_type, content_encoding: None, content_length: None };
+    for ex in [&list, &call] {
+        for ct in [
+            "text/event-stream; charset=utf-16",
+            "application/json; charset=utf-7",
+            "application/json-seq",
+            "text/event-stream, application/json",
+        ] {
+            let ResponsePlan::Replace(body) = ex.response_plan(head(Some(ct))) else { panic!("{ct}") };
+            let (id, c, message) = error_of(&body);
+            assert_eq!((id, c), (json!(5), json!(code::INTERNAL_ERROR)), "{ct}");
+            assert!(message.contains("crm") && message.contains("content type"), "{message}");
+        }
+        assert_eq!(ex.response_plan(head(Some("Text/Event-Stream; charset=\"UTF-8\""))), ResponsePlan::Stream);
+        let encoded = ResponseHead { content_encoding: Some("identity, gzip"), ..head(Some("application/json")) };
+        assert!(matches!(ex.response_plan(encoded), ResponsePlan::Replace(_)));
+    }
+    // Repeated headers are read joined, as clients read them.
+    let h = headers(&[("content-type", "text/event-stream"), ("Content-Type", "application/json")]);
+    assert_eq!(header_values(&h, "content-type").as_deref(), Some("text/event-stream, application/json"));
+    assert_eq!(header_values(&h, "x"), None);
+}
+
+/// Issue #13 item 3: a replayed result on the GET stream with several list arrays had only
+/// the first filtered; a client reads the one its request asked for.
+#[test]
+fn every_list_array_of_a_replayed_result_is_filtered() {
+    let g = gateway(None);
+    let policy = &g.config().policy;
+    let HeadDecision::Forward(get) = head_of(&g, "GET", "/mcp/crm", &[("x-api-key", "r")]) else { panic!() };
+    let replay = json!({"jsonrpc":"2.0","id":3,"result":{
+        "tools":[{"name":"get_customer"},{"name":"delete_customer"}],
+        "prompts":[{"name":"summarize"}],
+        "resources":[{"uri":"crm://x","name":"x"}]}});
+    let out =
+        sent(get.rewrite_event(text(&replay.to_string()), policy, &mut RedactionCounts::new())).expect("filtered");
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["result"]["tools"], json!([{"name":"get_customer"}]));
+    assert_eq!((v["result"]["prompts"].clone(), v["result"]["resources"].clone()), (json!([]), json!([])));
+    // Not UTF-8 on the GET stream: refused too.
+    assert!(sent(get.rewrite_event(EventData::NotUtf8, policy, &mut RedactionCounts::new())).is_some());
 }

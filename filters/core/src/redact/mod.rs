@@ -50,14 +50,20 @@
 //!
 //! # What is rewritten
 //! Only string values, never keys, numbers or structure; the output is valid JSON whenever
-//! the input is. Responses: `result.content[].text` (and embedded `resource.text`),
-//! `result.structuredContent` (every string at any depth), `result.contents[].text`,
-//! `result.messages[].content.text`, `error.message`, `error.data` (any depth), and what
-//! servers send unprompted: `params.message`, `params.data`, `params.systemPrompt`,
-//! `params.messages[].content.text` (logging, progress, elicitation, sampling). Requests:
-//! `params.arguments` at any depth (`tools/call`, `prompts/get`). Media (`data`, `blob`),
-//! URIs, names, ids and `_meta` are left alone. A message that is not JSON is redacted as
-//! plain text (nothing ungoverned leaves the gateway).
+//! the input is. Responses: every string a client may show — everything under `result`
+//! (content blocks of every type: `text`, and the `name`, `title`, `description`, `uri`,
+//! `annotations` and `_meta` of `resource_link` and other blocks; embedded and read
+//! resources' `text` and `uri`; `structuredContent`; `_meta`; list results), under `error`
+//! (`message`, `data`), and under the `params` of what servers send unprompted (logging,
+//! progress, elicitation, sampling). Left alone: the JSON-RPC envelope (`jsonrpc`, `id`,
+//! `method`) and base64 media (`data` of image and audio blocks, `blob` of resources).
+//! Requests: `params.arguments` at any depth (`tools/call`, `prompts/get`).
+//!
+//! A message the redactor cannot read exactly as clients read it — not UTF-8, not strict
+//! JSON (`NaN`, `Infinity`, which the Python client accepts, a BOM, a lone surrogate in an
+//! escape) — is refused ([`Refusal::Unreadable`]), never scanned loosely: a loose scan
+//! would not decode `\u0040` and the like. Bodies that are not JSON at all (error pages)
+//! are redacted as text by [`RedactionPlan::redact_text`].
 //!
 //! # How it stays fast
 //! All enabled detectors are one multi-pattern lazy DFA (`engine.rs`): each selected byte
@@ -135,6 +141,7 @@ use crate::policy::TargetPattern;
 
 pub use detector::Detector;
 use engine::{Budget, Engine, Found, Kind, Pattern, Unit};
+pub use json::Envelope;
 use json::{Halt, Sel, Sink};
 
 /// Minimum length of the HMAC key, as for HS256 secrets.
@@ -174,6 +181,25 @@ impl Blocked {
     pub fn detector(&self) -> &str {
         &self.detector
     }
+}
+
+/// Why a message was not redacted: a `block` rule matched, or the redactor cannot read it
+/// exactly as clients will (not UTF-8, not strict JSON). Either way it is not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Blocked(#[from] Blocked),
+    #[error("the message is not JSON the redactor can read exactly")]
+    Unreadable,
+}
+
+/// A redacted message and its JSON-RPC envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redacted {
+    /// The message to send instead, or `None` when nothing changed.
+    pub bytes: Option<Vec<u8>>,
+    /// What the message is, as read during the same walk.
+    pub envelope: Envelope,
 }
 
 /// Per-detector counts of redacted (or blocking) matches. Never holds values.
@@ -605,29 +631,43 @@ impl RedactionPlan {
         |id| self.actions.get(id).is_some_and(Option::is_some)
     }
 
-    /// Redacts one JSON-RPC message (a body, or one SSE event's data). `Ok(None)`: nothing
-    /// to change, forward the original bytes. Counts are added to `counts`.
-    pub fn redact_message(&self, message: &[u8], counts: &mut RedactionCounts) -> Result<Option<Vec<u8>>, Blocked> {
-        let mut rewriter = Rewriter::new(self, message);
-        let mut result = json::walk(message, self.selector(), &mut rewriter);
-        if let Err(Halt::NotJson) = result {
-            // Not JSON: nothing ungoverned leaves the gateway, so redact all of it as text.
-            rewriter = Rewriter::new(self, message);
-            result = rewriter.span(0, message.len());
+    /// Redacts one JSON-RPC message (a body, or one SSE event's data) and reads its
+    /// envelope. `bytes: None`: nothing to change, forward the original bytes. Counts are
+    /// added to `counts`.
+    ///
+    /// The message must be UTF-8 JSON (RFC 8259) that the redactor reads exactly as
+    /// clients do, or it is [`Refusal::Unreadable`]: never scanned loosely. (Non-standard
+    /// numbers such as `NaN`, which the Python client accepts, once made the redactor fall
+    /// back to a raw scan that did not decode `\u0040`.)
+    pub fn redact_json(&self, message: &[u8], counts: &mut RedactionCounts) -> Result<Redacted, Refusal> {
+        if std::str::from_utf8(message).is_err() {
+            return Err(Refusal::Unreadable);
         }
-        rewriter.conclude(result, counts)
+        let mut rewriter = Rewriter::new(self, message);
+        let walked = json::walk(message, self.selector(), &mut rewriter);
+        let envelope = match &walked {
+            Ok(envelope) => envelope.clone(),
+            Err(_) => Envelope::default(),
+        };
+        let bytes = rewriter.conclude(walked.map(drop), counts)?;
+        Ok(Redacted { bytes, envelope })
     }
 
-    /// [`Self::redact_message`] for SSE event data, shaped for [`crate::sse::SseRewriter`].
-    pub fn redact_event_data(&self, data: &str, counts: &mut RedactionCounts) -> Result<Option<String>, Blocked> {
-        Ok(self.redact_message(data.as_bytes(), counts)?.map(into_string))
+    /// [`Self::redact_json`] without the envelope.
+    pub fn redact_message(&self, message: &[u8], counts: &mut RedactionCounts) -> Result<Option<Vec<u8>>, Refusal> {
+        self.redact_json(message, counts).map(|r| r.bytes)
     }
 
     /// Redacts free text (not JSON): every match anywhere in `text`.
     pub fn redact_text(&self, text: &str, counts: &mut RedactionCounts) -> Result<Option<String>, Blocked> {
         let mut rewriter = Rewriter::new(self, text.as_bytes());
         let result = rewriter.span(0, text.len());
-        rewriter.conclude(result, counts).map(|out| out.map(into_string))
+        match rewriter.conclude(result, counts) {
+            Ok(out) => Ok(out.map(into_string)),
+            Err(Refusal::Blocked(blocked)) => Err(blocked),
+            // Only a JSON walk is unreadable: free text is all read.
+            Err(Refusal::Unreadable) => Ok(None),
+        }
     }
 
     /// Appends the replacement for `value` (matched by `pattern`) to `out`.
@@ -777,8 +817,8 @@ impl<'p, 'a> Rewriter<'p, 'a> {
     }
 
     /// The outcome of a rewrite; counts are kept unless the input turned out not to be JSON
-    /// (it is then rewritten again as text, and counted then).
-    fn conclude(mut self, result: Result<(), Halt>, counts: &mut RedactionCounts) -> Result<Option<Vec<u8>>, Blocked> {
+    /// (nothing of it is sent then).
+    fn conclude(mut self, result: Result<(), Halt>, counts: &mut RedactionCounts) -> Result<Option<Vec<u8>>, Refusal> {
         match result.and_then(|()| self.flush()) {
             Ok(()) => {
                 counts.merge(self.counts);
@@ -786,10 +826,9 @@ impl<'p, 'a> Rewriter<'p, 'a> {
             }
             Err(Halt::Blocked(blocked)) => {
                 counts.merge(self.counts);
-                Err(blocked)
+                Err(Refusal::Blocked(blocked))
             }
-            // Only the JSON walk reports this, and its caller retries as text.
-            Err(Halt::NotJson) => Ok(None),
+            Err(Halt::NotJson) => Err(Refusal::Unreadable),
         }
     }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::config::{FilterConfig, RawFilterConfig};
-use crate::sse::SseRewriter;
+use crate::sse::{EventData, Rewritten, SseRewriter};
 
 const ALL_DETECTORS: [&str; 10] =
     ["email", "phone", "credit_card", "ssn", "iban", "ip", "jwt", "bearer_token", "aws_key", "api_key"];
@@ -251,7 +251,7 @@ fn untouched_bodies_are_not_copied() {
         &br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"all good"}]}}"#[..],
         // Matches outside the rewritten fields: the walk runs, nothing changes.
         br#"{"jsonrpc":"2.0","id":"a@b.io","result":{"content":[{"type":"text","text":"line\none"}]}}"#,
-        br#"{"jsonrpc":"2.0","id":1,"result":{"_meta":{"owner":"jane@example.com"}}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"image","data":"jane@example.com"}]}}"#,
     ] {
         assert_eq!(redact(&p, body), (None, RedactionCounts::new()), "{}", String::from_utf8_lossy(body));
     }
@@ -361,7 +361,9 @@ fn hash_tokens_are_stable_keyed_and_normalized() {
 fn block_names_the_detector_never_the_value() {
     let p = plan("block");
     let mut counts = RedactionCounts::new();
-    let err = p.redact_message(&tool_result("ssn 123-45-6789"), &mut counts).unwrap_err();
+    let Err(Refusal::Blocked(err)) = p.redact_message(&tool_result("ssn 123-45-6789"), &mut counts) else {
+        panic!("blocked")
+    };
     assert_eq!(err.detector(), "ssn");
     assert!(!err.to_string().contains("6789"), "{err}");
     assert_eq!(counts.get("ssn"), 1);
@@ -369,12 +371,59 @@ fn block_names_the_detector_never_the_value() {
 }
 
 #[test]
-fn not_json_is_redacted_as_text() {
+fn what_is_not_json_is_refused_never_scanned_loosely() {
     let p = plan("mask");
-    let (out, _) = redact(&p, b"upstream crashed for jane@example.com {");
-    assert_eq!(out.unwrap(), b"upstream crashed for [EMAIL] {".to_vec());
-    let (out, _) = redact(&p, b"\xff\xfe jane@example.com");
-    assert_eq!(out.unwrap(), b"\xff\xfe [EMAIL]".to_vec());
+    let mut counts = RedactionCounts::new();
+    for body in [
+        &b"upstream crashed for jane@example.com {"[..],
+        b"\xff\xfe jane@example.com",
+        // Issue #13 item 6: the Python client reads NaN and Infinity, and decodes \u0040.
+        br#"{"jsonrpc":"2.0","id":1,"result":{"n":NaN,"content":[{"type":"text","text":"jane\u0040example.com"}]}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"result":{"n":-Infinity,"content":[{"type":"text","text":"jane\u0040example.com"}]}}"#,
+        b"\xEF\xBB\xBF{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}",
+        br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"\ud800 jane\u0040example.com"}]}}"#,
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"jane\xff@example.com\"}]}}",
+    ] {
+        assert_eq!(p.redact_message(body, &mut counts), Err(Refusal::Unreadable), "{}", String::from_utf8_lossy(body));
+    }
+    // Free text is another matter: read as text, all of it.
+    assert_eq!(
+        p.redact_text("crashed for jane@example.com {", &mut counts).unwrap().as_deref(),
+        Some("crashed for [EMAIL] {")
+    );
+}
+
+/// Issue #13 item 6: the text of `resource_link` blocks (and of every other block field a
+/// client may show) is redacted; the envelope and base64 media are not.
+#[test]
+fn resource_links_and_every_text_field_are_redacted() {
+    let p = plan("mask");
+    let body = json!({"jsonrpc":"2.0","id":"jane@example.com","result":{"content":[
+        {"type":"resource_link","uri":"mailto:jane@example.com","name":"jane@example.com","title":"Jane <jane@example.com>",
+         "description":"call +44 20 7946 0958","annotations":{"lastModified":"jane@example.com"},"_meta":{"by":"jane@example.com"}},
+        {"type":"image","data":"amFuZUBleGFtcGxlLmNvbQ==jane@example.com","mimeType":"image/png"},
+        {"type":"resource","resource":{"uri":"file:///home/jane@example.com/x","text":"jane@example.com","blob":"jane@example.com"}}
+    ],"_meta":{"owner":"jane@example.com"}}});
+    let (out, counts) = redact(&p, &serde_json::to_vec(&body).unwrap());
+    let v: Value = serde_json::from_slice(&out.unwrap()).unwrap();
+    let link = &v["result"]["content"][0];
+    assert_eq!(link["uri"], json!("mailto:[EMAIL]"));
+    assert_eq!((link["name"].clone(), link["title"].clone()), (json!("[EMAIL]"), json!("Jane <[EMAIL]>")));
+    assert_eq!(link["description"], json!("call [PHONE]"));
+    assert_eq!(
+        (link["annotations"]["lastModified"].clone(), link["_meta"]["by"].clone()),
+        (json!("[EMAIL]"), json!("[EMAIL]"))
+    );
+    assert_eq!(v["result"]["content"][1]["data"], body["result"]["content"][1]["data"]);
+    let resource = &v["result"]["content"][2]["resource"];
+    assert_eq!(
+        (resource["uri"].clone(), resource["text"].clone()),
+        (json!("file:///home/[EMAIL]/x"), json!("[EMAIL]"))
+    );
+    assert_eq!(resource["blob"], json!("jane@example.com"));
+    assert_eq!(v["result"]["_meta"]["owner"], json!("[EMAIL]"));
+    assert_eq!(v["id"], json!("jane@example.com"));
+    assert_eq!(counts.get("email"), 8);
 }
 
 #[test]
@@ -398,8 +447,8 @@ fn redact_text_and_event_data() {
     assert_eq!(p.redact_text("mail jane@example.com", &mut counts).unwrap().as_deref(), Some("mail [EMAIL]"));
     assert_eq!(p.redact_text("nothing", &mut counts).unwrap(), None);
     let data = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"é jane@example.com"}]}}"#;
-    let out = p.redact_event_data(data, &mut counts).unwrap().unwrap();
-    assert_eq!(out, data.replace("jane@example.com", "[EMAIL]"));
+    let out = p.redact_message(data.as_bytes(), &mut counts).unwrap().unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), data.replace("jane@example.com", "[EMAIL]"));
     assert_eq!(counts.get("email"), 2);
 }
 
@@ -512,25 +561,31 @@ fn reference(p: &RedactionPlan, v: &Value) -> Value {
             _ => {}
         }
     }
+    // Every string under `result` and `error` but content blocks' media (`data`).
     let mut v = v.clone();
-    if let Some(content) = v.pointer_mut("/result/content").and_then(Value::as_array_mut) {
-        for block in content {
-            if let Some(t) = block.get_mut("text") {
-                all(p, t);
+    if let Some(result) = v.get_mut("result").and_then(Value::as_object_mut) {
+        for (key, x) in result.iter_mut() {
+            if key != "content" {
+                all(p, x);
+                continue;
+            }
+            for block in x.as_array_mut().into_iter().flatten().filter_map(Value::as_object_mut) {
+                block.iter_mut().filter(|(k, _)| *k != "data").for_each(|(_, y)| all(p, y));
             }
         }
     }
-    for ptr in ["/result/structuredContent", "/error/message"] {
-        if let Some(x) = v.pointer_mut(ptr) {
-            all(p, x);
-        }
+    if let Some(e) = v.get_mut("error") {
+        all(p, e);
     }
     v
 }
 
 fn sse_run(p: &RedactionPlan, input: &[u8], cuts: &[usize]) -> Vec<u8> {
     let mut r = SseRewriter::new();
-    let mut rewrite = |d: &str| p.redact_event_data(d, &mut RedactionCounts::new()).unwrap_or(None);
+    let mut rewrite = |d: EventData<'_>| match d {
+        EventData::Text(t) => p.redact_message(t.as_bytes(), &mut RedactionCounts::new()).unwrap_or(None).into(),
+        EventData::NotUtf8 => Rewritten::Keep,
+    };
     let mut out = Vec::new();
     let mut last = 0;
     for &c in cuts {
@@ -594,7 +649,10 @@ proptest! {
         for (i, t) in texts.iter().enumerate() {
             let data = String::from_utf8(tool_result(t)).unwrap();
             input.extend_from_slice(format!("event: message{eol}id: {i}{eol}data: {data}{eol}{eol}").as_bytes());
-            let redacted = p.redact_event_data(&data, &mut RedactionCounts::new()).unwrap().unwrap_or(data);
+            let redacted = p
+                .redact_message(data.as_bytes(), &mut RedactionCounts::new())
+                .unwrap()
+                .map_or(data, |b| String::from_utf8(b).unwrap());
             expected.extend_from_slice(format!("event: message{eol}id: {i}{eol}data: {redacted}{eol}{eol}").as_bytes());
         }
         let mut cuts = cuts;
@@ -613,6 +671,6 @@ proptest! {
     #[test]
     fn total_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let p = plan("mask");
-        let _ = redact(&p, &bytes);
+        let _ = p.redact_message(&bytes, &mut RedactionCounts::new());
     }
 }
