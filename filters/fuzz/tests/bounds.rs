@@ -75,7 +75,7 @@ fn gateway() -> &'static Gateway {
 fn list_exchange() -> Exchange {
     let g = gateway();
     let headers = vec![("x-api-key".to_string(), "k".to_string()), ("content-type".into(), "application/json".into())];
-    let head = RequestHead { method: "POST", path: "/mcp/s", headers: &headers };
+    let head = RequestHead { method: "POST", path: "/mcp/s", headers: &headers, end_of_stream: false };
     let HeadDecision::AwaitBody(pending) = g.on_request_head(head, 0, &mut g.new_token_cache()) else {
         panic!("the list request is awaited")
     };
@@ -87,7 +87,7 @@ fn list_exchange() -> Exchange {
 fn get_exchange() -> Exchange {
     let g = gateway();
     let headers = vec![("x-api-key".to_string(), "k".to_string())];
-    let head = RequestHead { method: "GET", path: "/mcp/s", headers: &headers };
+    let head = RequestHead { method: "GET", path: "/mcp/s", headers: &headers, end_of_stream: true };
     let HeadDecision::Forward(exchange) = g.on_request_head(head, 0, &mut g.new_token_cache()) else {
         panic!("the GET stream is forwarded")
     };
