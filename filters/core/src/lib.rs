@@ -27,6 +27,7 @@ pub mod identity;
 pub mod jsonrpc;
 pub mod listing;
 pub mod mcp;
+pub mod pipeline;
 pub mod policy;
 pub mod quota;
 pub mod redact;
