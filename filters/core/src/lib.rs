@@ -33,3 +33,13 @@ pub mod quota;
 pub mod redact;
 pub mod reject;
 pub mod sse;
+
+/// The Envoy dynamic-module ABI the native build (`filters/native`, `libmeshgate.so`) is
+/// built for. meshgate checks the Envoy it starts against it: the module declares Envoy
+/// 1.40's callbacks and another Envoy refuses to load it (or, worse, mismatches a signature).
+pub mod native_abi {
+    /// Envoy `major.minor` whose ABI the module implements.
+    pub const ENVOY_VERSION: &str = "1.40";
+    /// What the module's `program_init` returns (Envoy 1.40 expects exactly this).
+    pub const VERSION: &str = "v0.2.0";
+}

@@ -39,10 +39,7 @@ use meshgate_core::pipeline::{self, Flow};
 use ffi::{EnvoyConfig, EnvoyFilter, LogLevel};
 use host::NativeHost;
 
-/// The Envoy version whose dynamic-module ABI this module is built for.
-pub const ENVOY_VERSION: &str = "1.40";
-/// The ABI version string `program_init` returns.
-pub const ABI_VERSION: &str = "v0.2.0";
+pub use meshgate_core::native_abi;
 /// `%RESPONSE_CODE_DETAILS%` of a request failed closed after a panic.
 const PANIC_DETAILS: &str = "meshgate_internal_error";
 
@@ -269,5 +266,13 @@ mod fault {
         if asked == Some(hook) {
             panic!("fault injected in {hook:?} ({HEADER})");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn program_init_answers_the_abi_meshgate_checks_against() {
+        assert_eq!(super::ffi::ABI_VERSION.to_str().ok(), Some(super::native_abi::VERSION));
     }
 }

@@ -136,6 +136,7 @@ pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
         },
         "overload_manager": overload_manager(),
         "stats_config": stats::stats_config(),
+        "layered_runtime": stats::layered_runtime(),
     })
 }
 
@@ -178,8 +179,9 @@ pub enum BootstrapError {
     NeedsRateLimitService { rule: String },
 }
 
-/// The complete static bootstrap for `registry`, loading the filter from `wasm`.
-pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, BootstrapError> {
+/// The complete static bootstrap for `registry`, loading the filter from `native` or
+/// `wasm` (the registry's `filter.runtime`).
+pub fn static_bootstrap(registry: &Registry, wasm: &Path, native: &Path) -> Result<Value, BootstrapError> {
     if let Some(server) = registry.servers.iter().find(|s| !s.control_plane_keys.is_empty()) {
         return Err(BootstrapError::NeedsControlPlane {
             server: server.name.clone(),
@@ -199,11 +201,12 @@ pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, Boots
             }
         },
         "static_resources": {
-            "listeners": [make_listener(registry, wasm)?],
+            "listeners": [make_listener(registry, wasm, native)?],
             "clusters": clusters,
         },
         "overload_manager": overload_manager(),
         "stats_config": stats::stats_config(),
+        "layered_runtime": stats::layered_runtime(),
     }))
 }
 

@@ -25,7 +25,7 @@ use super::raw::{
 };
 use super::{
     defaults, CircuitBreakers, CredentialSource, Credentials, EnvoySettings, FailureMode, GlobalRule, HealthCheck,
-    HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Scheme, SecretValue, Server, Tool, Trust,
+    HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Runtime, Scheme, SecretValue, Server, Tool, Trust,
     Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
 
@@ -101,6 +101,13 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         let jwt = jwt_providers(&mut problems, &raw.auth.jwt, base_dir, secrets);
         check_role_references(&mut problems, &raw);
         let envoy = envoy_settings(&mut problems, &raw.envoy);
+        let runtime = match raw.filter.runtime.as_deref() {
+            None => Runtime::default(),
+            Some(value) => Runtime::parse(value).unwrap_or_else(|| {
+                problems.push("filter.runtime", RegistryError::InvalidRuntime { value: value.to_string() });
+                Runtime::default()
+            }),
+        };
         let observability = super::observability::validate(&raw.observability, base_dir).unwrap_or_else(|found| {
             found.into_iter().for_each(|(path, e)| problems.push(path, e));
             Default::default()
@@ -153,6 +160,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             rate_limit_service,
             global_rules,
             observability,
+            runtime,
         })
     }
 }

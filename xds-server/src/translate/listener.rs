@@ -1,6 +1,6 @@
 //! LDS: the listener `meshgate`, one HTTP connection manager.
 //!
-//! Filters, in order: the Meshgate wasm filter **by ECDS** (its configuration is the policy;
+//! Filters, in order: the Meshgate filter (native or wasm) **by ECDS** (its configuration is the policy;
 //! without it the listener stays warming: fail closed), the `filter_chain` filter that runs
 //! per-route credential injectors, then the router. Routes come by RDS. So the listener
 //! only changes when the registry's `listener` or `limits` do — or when global quotas are
@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address, Address, ExtensionConfigSource, SocketAddress,
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::filter_chain::v3::FilterChainConfig;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
@@ -52,7 +53,8 @@ pub fn make_listener(registry: &Registry) -> Listener {
                 config_source: Some(ads_config_source()),
                 // No default: until the policy arrives the listener is not ready.
                 apply_default_config_without_warming: false,
-                type_urls: vec![Wasm::type_url()],
+                // Both builds, so `filter.runtime` switches live.
+                type_urls: vec![DynamicModuleFilter::type_url(), Wasm::type_url()],
                 ..Default::default()
             })),
             ..Default::default()

@@ -71,7 +71,10 @@ limits: { max_request_bytes: 100000 }
 const MINIMAL: &str = "listener: { port: 0 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
 
 fn local_wasm() -> TranslateOptions {
-    TranslateOptions { wasm: WasmSource::Local { path: PathBuf::from("/opt/meshgate/meshgate_wasm.wasm") } }
+    TranslateOptions {
+        wasm: WasmSource::Local { path: PathBuf::from("/opt/meshgate/meshgate_wasm.wasm") },
+        native: NativeSource::Path(PathBuf::from("/opt/meshgate/libmeshgate.so")),
+    }
 }
 
 fn remote_wasm() -> TranslateOptions {
@@ -82,6 +85,7 @@ fn remote_wasm() -> TranslateOptions {
             port: 18001,
             sha256: "ab".repeat(32),
         }),
+        native: NativeSource::SearchPath,
     }
 }
 
