@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{route::Action, RouteConfiguration};
 use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::filter_chain::v3::{
     FilterChainConfig, FilterChainConfigPerRoute,
 };
@@ -128,6 +129,7 @@ fn decode(any: &Any) -> Option<String> {
         HttpConnectionManager,
         Router,
         Wasm,
+        DynamicModuleFilter,
         FilterChainConfig,
         FilterChainConfigPerRoute,
         CredentialInjector,
@@ -222,7 +224,7 @@ fn snapshot_full_registry() {
 
 #[test]
 fn snapshot_minimal_registry_with_remote_wasm() {
-    let registry = registry(MINIMAL);
+    let registry = registry(&format!("{MINIMAL}filter: {{ runtime: wasm }}\n"));
     let resources = translate(&registry, &remote_wasm()).expect("translate");
     insta::assert_snapshot!("minimal_remote_wasm", render_all(&resources));
 }
