@@ -331,10 +331,15 @@ def with_runtime(registry: Path, runtime: str) -> None:
 
 
 def start_gateway(
-    registry: Path, workdir: Path, env: dict[str, str] | None = None, timeout: float = 90, runtime: str = "native"
+    registry: Path,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+    runtime: str = "native",
+    native: Path = NATIVE,
 ) -> Gateway:
-    """`meshgate up --ready-file` with the filter build `runtime` (native or wasm); waits until
-    the ready file appears and the listener accepts."""
+    """`meshgate up --ready-file` with the filter build `runtime` (native or wasm; `native` is
+    the module file); waits until the ready file appears and the listener accepts."""
     require_artifacts()
     with_runtime(registry, runtime)
     ready_file = workdir / "ready.json"
@@ -352,7 +357,7 @@ def start_gateway(
             "--wasm",
             str(WASM),
             "--native-module",
-            str(NATIVE),
+            str(native),
         ],
         workdir / "meshgate.out",
         env=env,
