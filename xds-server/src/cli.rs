@@ -185,41 +185,47 @@ pub fn run(cli: Cli) -> ExitCode {
             node_id,
             admin_port,
             xds_api,
-        } => {
-            match (static_, xds_address) {
-                (false, Some(address)) => print_xds_bootstrap(
-                    registry,
-                    &address,
-                    node_id.unwrap_or_else(|| "envoy".to_string()),
-                    admin_port,
-                    xds_api.into(),
-                    format,
-                ),
-                (_, _) => match registry {
-                    Some(registry) => print_bootstrap(registry, wasm, native_module, format),
-                    None => {
-                        eprintln!(
-                            "meshgate: bootstrap needs --xds-address HOST:PORT (xDS) or \
-                         --registry FILE (static)"
-                        );
-                        ExitCode::FAILURE
-                    }
-                },
-            }
-        }
-        Command::Up { registry, envoy, wasm, native_module, ready_file, work_dir, xds_api, xds_listen, admin_listen } => {
-            up(UpOptions {
+        } => match (static_, xds_address) {
+            (false, Some(address)) => print_xds_bootstrap(
                 registry,
-                envoy,
-                wasm,
-                native_module,
-                ready_file,
-                work_dir,
-                api: Some(xds_api.into()),
-                xds_listen,
-                admin_listen,
-            })
-        }
+                &address,
+                node_id.unwrap_or_else(|| "envoy".to_string()),
+                admin_port,
+                xds_api.into(),
+                format,
+            ),
+            (_, _) => match registry {
+                Some(registry) => print_bootstrap(registry, wasm, native_module, format),
+                None => {
+                    eprintln!(
+                        "meshgate: bootstrap needs --xds-address HOST:PORT (xDS) or \
+                         --registry FILE (static)"
+                    );
+                    ExitCode::FAILURE
+                }
+            },
+        },
+        Command::Up {
+            registry,
+            envoy,
+            wasm,
+            native_module,
+            ready_file,
+            work_dir,
+            xds_api,
+            xds_listen,
+            admin_listen,
+        } => up(UpOptions {
+            registry,
+            envoy,
+            wasm,
+            native_module,
+            ready_file,
+            work_dir,
+            api: Some(xds_api.into()),
+            xds_listen,
+            admin_listen,
+        }),
         Command::Serve { registry, xds_listen, admin_listen, wasm, wasm_url, native_module, ready_file } => {
             let native = native_module.map_or(NativeSource::SearchPath, |path| {
                 NativeSource::Path(std::path::absolute(&path).unwrap_or(path))

@@ -139,8 +139,11 @@ async fn bind(address: SocketAddr, what: &str) -> Result<TcpListener, ServeError
 /// Loads the registry, binds, spawns. See the module docs.
 pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
     let control = ControlPlane::new();
-    let loader =
-        Loader { file: options.registry.clone(), options: options.wasm.translate_options(&options.native)?, control: control.clone() };
+    let loader = Loader {
+        file: options.registry.clone(),
+        options: options.wasm.translate_options(&options.native)?,
+        control: control.clone(),
+    };
     // Taken before the first load: an edit made while it runs is picked up by the watcher.
     let loaded_from = reload::fingerprint(&loader.file);
     let loaded = loader.load()?;

@@ -212,7 +212,8 @@ fn up_says_what_is_missing() {
     assert!(text.contains("runtime: wasm"), "says what to do: {text}");
 
     let wasm_registry = format!("{registry}.wasm.yaml");
-    std::fs::write(&wasm_registry, std::fs::read_to_string(&registry).unwrap() + "filter: { runtime: wasm }\n").unwrap();
+    std::fs::write(&wasm_registry, std::fs::read_to_string(&registry).unwrap() + "filter: { runtime: wasm }\n")
+        .unwrap();
     let out = up(&wasm_registry, "--wasm", "/nonexistent/meshgate.wasm");
     assert_eq!(out.status.code(), Some(1));
     let text = stderr(&out);

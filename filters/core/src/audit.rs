@@ -423,7 +423,11 @@ impl AuditRecord {
         };
         let counter = |root, labels, value| MetricSeries { kind: MetricKind::Counter, root, labels, value };
         let mut out = vec![
-            counter(metric::REQUESTS, vec![(label::METHOD, method.clone()), (label::DECISION, decision.to_string())], 1),
+            counter(
+                metric::REQUESTS,
+                vec![(label::METHOD, method.clone()), (label::DECISION, decision.to_string())],
+                1,
+            ),
             MetricSeries {
                 kind: MetricKind::Histogram,
                 root: metric::DECISION_TIME_US,
@@ -444,8 +448,11 @@ impl AuditRecord {
             out.push(counter(metric::TOOL_CALLS, labels, 1));
         }
         for (detector, n) in self.redactions.iter() {
-            let labels =
-                vec![(label::SERVER, server.clone()), (label::TOOL, tool.clone()), (label::DETECTOR, sanitize(detector))];
+            let labels = vec![
+                (label::SERVER, server.clone()),
+                (label::TOOL, tool.clone()),
+                (label::DETECTOR, sanitize(detector)),
+            ];
             out.push(counter(metric::REDACTIONS, labels, n));
         }
         if let Some(c) = self.upstream_error_code {

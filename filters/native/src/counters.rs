@@ -48,7 +48,8 @@ pub fn update(key: &str, cap: Option<u64>, compute: &mut Compute<'_>) -> Result<
         return Ok(());
     }
     if let Some(cap) = cap {
-        let reserved = counters.capped.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
+        let reserved =
+            counters.capped.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
         if reserved.is_err() {
             return Err(CounterError::Full { cap });
         }
@@ -89,9 +90,8 @@ mod tests {
 
     #[test]
     fn updates_from_many_threads_are_exact() {
-        let threads: Vec<_> = (0..8)
-            .map(|_| std::thread::spawn(|| (0..1000).for_each(|_| add("test/exact", None).unwrap())))
-            .collect();
+        let threads: Vec<_> =
+            (0..8).map(|_| std::thread::spawn(|| (0..1000).for_each(|_| add("test/exact", None).unwrap()))).collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert_eq!(read("test/exact"), 8000);
     }

@@ -200,7 +200,8 @@ impl EnvoyFilter {
         if count == 0 {
             return Vec::new();
         }
-        let empty = HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
+        let empty =
+            HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
         let mut raw = vec![empty; count];
         // SAFETY: `raw` has room for the `count` headers Envoy just reported; Envoy fills it.
         if !unsafe { envoy_dynamic_module_callback_http_get_headers(self.0, map as u32, raw.as_mut_ptr()) } {
@@ -210,7 +211,8 @@ impl EnvoyFilter {
             .map(|h| {
                 // SAFETY: Envoy filled `h` with pointers into its header map, unchanged
                 // during this call; both are copied before anything mutates the map.
-                let (key, value) = unsafe { (copy_out(h.key_ptr, h.key_length), copy_out(h.value_ptr, h.value_length)) };
+                let (key, value) =
+                    unsafe { (copy_out(h.key_ptr, h.key_length), copy_out(h.value_ptr, h.value_length)) };
                 (lossy(key), lossy(value))
             })
             .collect()
@@ -220,7 +222,9 @@ impl EnvoyFilter {
     pub fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> bool {
         let value = value.map_or(ModuleBuffer::NULL, |v| ModuleBuffer::of(v.as_bytes()));
         // SAFETY: live handle; `name` and `value` outlive the call (Envoy copies them).
-        unsafe { envoy_dynamic_module_callback_http_set_header(self.0, map as u32, ModuleBuffer::of(name.as_bytes()), value) }
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(self.0, map as u32, ModuleBuffer::of(name.as_bytes()), value)
+        }
     }
 
     /// Answers locally. `details` becomes `%RESPONSE_CODE_DETAILS%`; Envoy adds
@@ -228,7 +232,12 @@ impl EnvoyFilter {
     pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8], details: &str) {
         let raw: Vec<HttpHeader> = headers
             .iter()
-            .map(|(k, v)| HttpHeader { key_ptr: k.as_ptr(), key_length: k.len(), value_ptr: v.as_ptr(), value_length: v.len() })
+            .map(|(k, v)| HttpHeader {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
             .collect();
         // SAFETY: live handle; `raw` points into `headers`, which with `body` and
         // `details` outlives the call (Envoy copies all of it).
@@ -411,7 +420,13 @@ impl EnvoyConfig {
 
 /// Runs a filter hook with the module's filter behind `fm`, catching any panic: then the
 /// request fails closed ([`crate::fail_closed`]) and `stopped` is what Envoy gets.
-fn guard(fe: *mut c_void, fm: *const c_void, hook: Hook, stopped: u32, run: impl FnOnce(&mut Filter, &EnvoyFilter) -> u32) -> u32 {
+fn guard(
+    fe: *mut c_void,
+    fm: *const c_void,
+    hook: Hook,
+    stopped: u32,
+    run: impl FnOnce(&mut Filter, &EnvoyFilter) -> u32,
+) -> u32 {
     if fm.is_null() {
         return 0;
     }

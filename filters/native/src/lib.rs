@@ -23,6 +23,8 @@
 //! [`ffi`] and fails the request closed: HTTP 500 with a JSON-RPC error, logged through
 //! Envoy's log by the panic hook ([`program_init`]).
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 mod counters;
 mod ffi;
 mod host;
@@ -228,7 +230,8 @@ fn fail_closed(filter: &mut Filter, envoy: &EnvoyFilter, hook: Hook) {
     }
     if first {
         ffi::log(LogLevel::Error, &|| format!("meshgate: {hook:?} failed; the request is refused (HTTP 500)"));
-        let body = error_body(None, code::INTERNAL_ERROR, "internal error in the gateway; the request was not forwarded");
+        let body =
+            error_body(None, code::INTERNAL_ERROR, "internal error in the gateway; the request was not forwarded");
         envoy.send_response(500, &[("content-type", "application/json")], &body, PANIC_DETAILS);
     }
 }

@@ -56,7 +56,8 @@ impl Metrics {
     pub fn define(envoy: &EnvoyConfig, options: MetricOptions) -> Result<Self, MetricsError> {
         let mut counters = Vec::new();
         for root in audit::metric::COUNTERS {
-            let id = envoy.define_counter(root, audit::metric_labels(root, options)).ok_or(MetricsError::Define(root))?;
+            let id =
+                envoy.define_counter(root, audit::metric_labels(root, options)).ok_or(MetricsError::Define(root))?;
             counters.push((root, id));
         }
         let mut histograms = Vec::new();

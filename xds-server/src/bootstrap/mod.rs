@@ -243,7 +243,8 @@ filter: { runtime: wasm }
 
     fn bootstrap() -> Value {
         let registry = registry(REGISTRY);
-        static_bootstrap(&registry, Path::new("/opt/meshgate.wasm"), Path::new("/opt/libmeshgate.so")).expect("bootstrap")
+        static_bootstrap(&registry, Path::new("/opt/meshgate.wasm"), Path::new("/opt/libmeshgate.so"))
+            .expect("bootstrap")
     }
 
     #[test]

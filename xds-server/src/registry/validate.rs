@@ -25,8 +25,8 @@ use super::raw::{
 };
 use super::{
     defaults, CircuitBreakers, CredentialSource, Credentials, EnvoySettings, FailureMode, GlobalRule, HealthCheck,
-    HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Runtime, Scheme, SecretValue, Server, Tool, Trust,
-    Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
+    HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Runtime, Scheme, SecretValue, Server, Tool,
+    Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
 
 /// Where JWKS members that only private keys carry live (RFC 7518 §6).

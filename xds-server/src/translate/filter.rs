@@ -54,10 +54,7 @@ pub fn make_filter_config(
 }
 
 /// The native filter: Envoy's `dynamic_modules` HTTP filter loading `libmeshgate.so`.
-pub fn make_native_config(
-    registry: &Registry,
-    source: &NativeSource,
-) -> Result<TypedExtensionConfig, TranslateError> {
+pub fn make_native_config(registry: &Registry, source: &NativeSource) -> Result<TypedExtensionConfig, TranslateError> {
     let configuration = serde_json::to_string(&registry.filter)?;
     let module = match source {
         NativeSource::Path(path) => Some(AsyncDataSource {

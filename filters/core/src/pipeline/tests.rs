@@ -21,6 +21,9 @@ struct Store {
     capped: u64,
 }
 
+/// A local reply: status, headers, body.
+type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
 #[derive(Default)]
 struct MemoryHost {
     request_headers: Vec<(String, String)>,
@@ -29,7 +32,7 @@ struct MemoryHost {
     response_headers: Vec<(String, String)>,
     /// What Envoy holds of the response body (held part + the current chunk).
     response_body: Vec<u8>,
-    local_reply: Option<(u16, Vec<(String, String)>, Vec<u8>)>,
+    local_reply: Option<Reply>,
     held_limit: Option<u64>,
     store: Rc<RefCell<Store>>,
     audit: Vec<(&'static str, String)>,
@@ -179,7 +182,13 @@ enum Sent {
 
 /// Drives the request callbacks: headers, each chunk (what Envoy holds grows while the
 /// pipeline pauses), optionally trailers ending the request.
-fn request(stream: &mut Stream, host: &mut MemoryHost, headers: Vec<(String, String)>, chunks: &[&[u8]], trailers: bool) -> Sent {
+fn request(
+    stream: &mut Stream,
+    host: &mut MemoryHost,
+    headers: Vec<(String, String)>,
+    chunks: &[&[u8]],
+    trailers: bool,
+) -> Sent {
     host.request_headers = headers;
     let mut tokens = TokenCache::new(16);
     let ends_with_headers = chunks.is_empty() && !trailers;
@@ -263,7 +272,8 @@ fn discovery_documents_pass_through_ungoverned() {
 fn refused_on_headers_never_reads_a_body() {
     let mut stream = Stream::new(gateway(json!({})));
     let mut host = MemoryHost::default();
-    let sent = request(&mut stream, &mut host, post_headers(None, "/mcp/crm"), &[&call(1, "get_customer", json!({}))], false);
+    let sent =
+        request(&mut stream, &mut host, post_headers(None, "/mcp/crm"), &[&call(1, "get_customer", json!({}))], false);
     assert_eq!(sent, Sent::Refused(401));
     let (status, headers, body) = host.local_reply.clone().unwrap();
     assert_eq!(status, 401);
@@ -281,7 +291,10 @@ fn refused_on_body_by_policy() {
     let mut stream = Stream::new(gateway(json!({})));
     let mut host = MemoryHost::default();
     let body = call(7, "delete_customer", json!({"id": "c-1"}));
-    assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false), Sent::Refused(403));
+    assert_eq!(
+        request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false),
+        Sent::Refused(403)
+    );
     let (_, _, answer) = host.local_reply.clone().unwrap();
     let v: Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!((v["id"].clone(), v["error"]["code"].as_i64()), (json!(7), Some(code::FORBIDDEN)));
@@ -328,7 +341,10 @@ fn an_oversized_request_is_refused_before_it_is_all_buffered() {
     let mut host = MemoryHost::default();
     let chunk = vec![b' '; 1500];
     let chunks: Vec<&[u8]> = vec![&chunk; 10];
-    assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &chunks, false), Sent::Refused(413));
+    assert_eq!(
+        request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &chunks, false),
+        Sent::Refused(413)
+    );
     assert!(host.request_body.len() < 10 * 1500, "refused at the first chunk over the limit");
 }
 
@@ -339,7 +355,12 @@ fn an_oversized_buffered_response_becomes_an_error() {
     let body = call(4, "get_customer", json!({}));
     assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false), Sent::Forwarded);
     let big = vec![b'x'; 1500];
-    let sent = response(&mut stream, &mut host, &[(":status", "200"), ("content-type", "application/json")], &[&big, &big, &big]);
+    let sent = response(
+        &mut stream,
+        &mut host,
+        &[(":status", "200"), ("content-type", "application/json")],
+        &[&big, &big, &big],
+    );
     let (code, message) = error_of(&sent);
     assert_eq!(code, code::INTERNAL_ERROR);
     assert!(message.contains("2048-byte limit"), "{message}");
@@ -351,8 +372,9 @@ fn a_buffered_json_response_is_redacted_and_loses_its_length() {
     let mut host = MemoryHost::default();
     let body = call(5, "get_customer", json!({"id": "c-1"}));
     assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false), Sent::Forwarded);
-    let answer = json!({"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "mail ada@example.com"}]}})
-        .to_string();
+    let answer =
+        json!({"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "mail ada@example.com"}]}})
+            .to_string();
     let length = answer.len().to_string();
     let headers = [(":status", "200"), ("content-type", "application/json"), ("content-length", length.as_str())];
     let (a, b) = answer.as_bytes().split_at(20);
@@ -390,7 +412,12 @@ fn an_upstream_error_is_audited_as_error() {
     let body = call(8, "get_customer", json!({}));
     assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false), Sent::Forwarded);
     let answer = json!({"jsonrpc": "2.0", "id": 8, "error": {"code": -32601, "message": "nope"}}).to_string();
-    let sent = response(&mut stream, &mut host, &[(":status", "200"), ("content-type", "application/json")], &[answer.as_bytes()]);
+    let sent = response(
+        &mut stream,
+        &mut host,
+        &[(":status", "200"), ("content-type", "application/json")],
+        &[answer.as_bytes()],
+    );
     assert_eq!(error_of(&sent).0, -32601, "the client gets the upstream's answer");
     stream.on_log(&mut host);
     assert_eq!(host.field(audit::field::DECISION), Some("error"));
@@ -435,7 +462,13 @@ fn local_quotas_are_exact_and_overflow_past_the_counter_cap() {
     let run = |key: &str| {
         let mut stream = Stream::new(g.clone());
         let mut host = MemoryHost::sharing(&store);
-        let sent = request(&mut stream, &mut host, post_headers(Some(key), "/mcp/crm"), &[&call(1, "get_customer", json!({}))], false);
+        let sent = request(
+            &mut stream,
+            &mut host,
+            post_headers(Some(key), "/mcp/crm"),
+            &[&call(1, "get_customer", json!({}))],
+            false,
+        );
         (sent, host)
     };
     assert_eq!(run("r").0, Sent::Forwarded);
@@ -520,7 +553,12 @@ fn audit_fields_are_written_once_without_tracing_and_only_when_changed_with_it()
         let mut stream = Stream::new(gateway(json!({"observability": {"tracing": tracing}})));
         let mut host = MemoryHost::default();
         request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false);
-        response(&mut stream, &mut host, &[(":status", "200"), ("content-type", "application/json")], &[answer.as_bytes()]);
+        response(
+            &mut stream,
+            &mut host,
+            &[(":status", "200"), ("content-type", "application/json")],
+            &[answer.as_bytes()],
+        );
         let settled = host.audit.len();
         stream.on_log(&mut host);
         (settled, host.audit)
