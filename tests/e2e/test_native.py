@@ -30,6 +30,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from test_observability import prometheus
 from e2e_support import (
     ENVOY,
     HS_SECRET_ENV,
@@ -74,6 +75,11 @@ def tool_call(url: str, tool: str, arguments: dict[str, Any], creds: dict[str, s
 # --------------------------------------------------------------------------- panics
 
 
+def hook_name(hook: str) -> str:
+    """`request-headers` -> `RequestHeaders`, as the module names its hooks in the log."""
+    return "".join(part.capitalize() for part in hook.split("-"))
+
+
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream]) -> Iterator[Gateway]:
     if not FAULT_MODULE.exists():
@@ -98,10 +104,21 @@ def test_a_panic_fails_the_request_closed_and_envoy_keeps_serving(faulty: Gatewa
     assert jsonrpc_error(r)["error"]["code"] == INTERNAL_ERROR
     if hook.startswith("request"):
         assert not faulty.proc.output.read_text(errors="replace").count(planted), "nothing logged about the body"
-    # Envoy's log has the panic and the refusal, through Envoy's own logger.
-    output = faulty.proc.output.read_text(errors="replace")
-    assert "meshgate: panic, the request fails closed" in output, faulty.diagnostics()
-    assert "the request is refused (HTTP 500)" in output, faulty.diagnostics()
+    # Envoy's log has the panic and the refusal, through Envoy's own logger (its lines reach
+    # meshgate's output a moment later).
+    expected = [
+        "meshgate: panic, the request fails closed",
+        f"fault injected in {hook_name(hook)}",
+        f"meshgate: {hook_name(hook)} failed; the request is refused (HTTP 500)",
+    ]
+    deadline = time.monotonic() + 10
+    while True:
+        output = faulty.proc.output.read_text(errors="replace")
+        missing = [line for line in expected if line not in output]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not missing, f"not logged: {missing}\n{faulty.diagnostics()}"
     # Same Envoy, still serving: the next request is governed as usual.
     assert faulty.envoy_pid == before
     ok = tool_call(url, "search_docs", {"query": "envoy"}, ADMIN)
@@ -331,13 +348,7 @@ def audit(gw: Gateway, count: int) -> list[dict[str, Any]]:
 
 def series(gw: Gateway) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every meshgate Prometheus sample but the histogram's (its buckets depend on timing)."""
-    text = httpx2.get(f"{gw.admin}/stats/prometheus", timeout=10).text
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^(meshgate_\w+)\{(.*)\} (\S+)$", line)
-        if m and "decision_time_us" not in m.group(1):
-            out[(m.group(1), frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2))))] = float(m.group(3))
-    return out
+    return {k: v for k, v in prometheus(gw).items() if "decision_time_us" not in k[0]}
 
 
 def test_both_builds_answer_log_and_count_the_same_traffic_alike(both_builds: dict[str, Gateway], keys: Keys) -> None:

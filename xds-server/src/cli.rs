@@ -256,31 +256,34 @@ fn print_bootstrap(file: PathBuf, wasm: Option<PathBuf>, native: Option<PathBuf>
             return ExitCode::FAILURE;
         }
     };
-    let wasm = match Search::current().wasm_candidate(wasm.as_deref()) {
-        Ok((path, _)) => {
-            if registry.runtime == Runtime::Wasm && !path.is_file() {
-                eprintln!("meshgate: warning: {} does not exist yet (run `make build`)", path.display());
-            }
-            path
-        }
-        Err(e) => {
-            eprintln!("meshgate: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let native = match Search::current().native_candidate(native.as_deref()) {
-        Ok((path, _)) => {
-            if registry.runtime == Runtime::Native && !path.is_file() {
-                eprintln!("meshgate: warning: {} does not exist yet (run `make build`)", path.display());
-            }
-            path
-        }
+    let search = Search::current();
+    let modules =
+        bootstrap_module(search.wasm_candidate(wasm.as_deref()), registry.runtime == Runtime::Wasm).and_then(|wasm| {
+            let native =
+                bootstrap_module(search.native_candidate(native.as_deref()), registry.runtime == Runtime::Native)?;
+            Ok((wasm, native))
+        });
+    let (wasm, native) = match modules {
+        Ok(modules) => modules,
         Err(e) => {
             eprintln!("meshgate: {e}");
             return ExitCode::FAILURE;
         }
     };
     print_rendered(bootstrap::static_bootstrap(&registry, &wasm, &native), format)
+}
+
+/// A module path for a static bootstrap: it need not exist yet, but the one the registry's
+/// runtime loads gets a warning when it does not.
+fn bootstrap_module(
+    candidate: Result<(PathBuf, String), crate::locate::LocateError>,
+    used: bool,
+) -> Result<PathBuf, crate::locate::LocateError> {
+    let (path, _) = candidate?;
+    if used && !path.is_file() {
+        eprintln!("meshgate: warning: {} does not exist yet (run `make build`)", path.display());
+    }
+    Ok(path)
 }
 
 /// Prints a rendered bootstrap in `format`, or the error that prevented it.

@@ -125,16 +125,22 @@ impl Search {
     /// bootstrap before building). Paths given by flag or environment are returned as
     /// given, so a bootstrap can refer to the module relative to Envoy's working folder.
     pub fn wasm_candidate(&self, flag: Option<&Path>) -> Result<(PathBuf, String), LocateError> {
-        let (path, origin) = if let Some(path) = flag {
-            (path.to_path_buf(), "--wasm".to_string())
-        } else if let Some(path) = &self.wasm_env {
-            (PathBuf::from(path), WASM_ENV.to_string())
-        } else if let Some(root) = &self.repo_root {
-            (root.join(WASM_IN_REPO), "the repository build".to_string())
+        self.module_candidate(flag, ("--wasm", WASM_ENV, &self.wasm_env, WASM_IN_REPO)).ok_or(LocateError::NoRepoRoot)
+    }
+
+    /// A module by `flag`, else by its environment variable, else the repository build.
+    fn module_candidate(
+        &self,
+        flag: Option<&Path>,
+        (flag_name, env_name, env, in_repo): (&str, &str, &Option<OsString>, &str),
+    ) -> Option<(PathBuf, String)> {
+        if let Some(path) = flag {
+            Some((path.to_path_buf(), flag_name.to_string()))
+        } else if let Some(path) = env {
+            Some((PathBuf::from(path), env_name.to_string()))
         } else {
-            return Err(LocateError::NoRepoRoot);
-        };
-        Ok((path, origin))
+            self.repo_root.as_ref().map(|root| (root.join(in_repo), "the repository build".to_string()))
+        }
     }
 }
 
@@ -153,15 +159,8 @@ impl Search {
 
     /// Where the native module should be, whether or not it is there yet.
     pub fn native_candidate(&self, flag: Option<&Path>) -> Result<(PathBuf, String), LocateError> {
-        if let Some(path) = flag {
-            Ok((path.to_path_buf(), "--native-module".to_string()))
-        } else if let Some(path) = &self.native_env {
-            Ok((PathBuf::from(path), NATIVE_ENV.to_string()))
-        } else if let Some(root) = &self.repo_root {
-            Ok((root.join(NATIVE_IN_REPO), "the repository build".to_string()))
-        } else {
-            Err(LocateError::NoRepoRootNative)
-        }
+        self.module_candidate(flag, ("--native-module", NATIVE_ENV, &self.native_env, NATIVE_IN_REPO))
+            .ok_or(LocateError::NoRepoRootNative)
     }
 }
 

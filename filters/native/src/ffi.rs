@@ -349,36 +349,26 @@ impl EnvoyFilter {
 
     /// Adds `value` to a labelled counter; `false` when Envoy refused it.
     pub fn increment_counter(&self, id: crate::metrics::LabelledCounter, labels: &[&str], value: u64) -> bool {
-        let labels: Vec<ModuleBuffer> = labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
-        // SAFETY: live handle; `labels` (and the strings it points into) outlive the call.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_increment_counter(
-                self.0,
-                id.0,
-                labels.as_ptr(),
-                labels.len(),
-                value,
-            )
-        };
-        result == METRICS_SUCCESS
+        self.metric(envoy_dynamic_module_callback_http_filter_increment_counter, id.0, labels, value)
     }
 
     /// Records one sample in a labelled histogram; `false` when Envoy refused it.
     pub fn record_histogram(&self, id: crate::metrics::LabelledHistogram, labels: &[&str], value: u64) -> bool {
+        self.metric(envoy_dynamic_module_callback_http_filter_record_histogram_value, id.0, labels, value)
+    }
+
+    /// One labelled metric update through `update` (both callbacks share one signature).
+    fn metric(&self, update: MetricUpdate, id: usize, labels: &[&str], value: u64) -> bool {
         let labels: Vec<ModuleBuffer> = labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
-        // SAFETY: as in `increment_counter`.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_record_histogram_value(
-                self.0,
-                id.0,
-                labels.as_ptr(),
-                labels.len(),
-                value,
-            )
-        };
+        // SAFETY: live handle; `labels` (and the strings it points into) outlive the call;
+        // `update` is one of Envoy's metric callbacks declared above.
+        let result = unsafe { update(self.0, id, labels.as_ptr(), labels.len(), value) };
         result == METRICS_SUCCESS
     }
 }
+
+/// The signature Envoy's labelled metric updates share.
+type MetricUpdate = unsafe extern "C" fn(*mut c_void, usize, *const ModuleBuffer, usize, u64) -> u32;
 
 fn lossy(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
