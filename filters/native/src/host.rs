@@ -6,9 +6,10 @@
 //! both builds, field for field.
 
 use std::fmt;
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use meshgate_core::audit::{AuditRecord, MetricOptions};
+use meshgate_core::audit::{self, AuditRecord, MetricOptions};
 use meshgate_core::pipeline::{Compute, CounterError, Host, Level};
 
 use crate::ffi::{self, Body, EnvoyFilter, HeaderMap, LogLevel};
@@ -18,6 +19,11 @@ use crate::{counters, metrics};
 const BUFFER_HEADROOM_BYTES: u64 = 64 * 1024;
 /// Prefix of the filter-state keys of audit fields (what proxy-wasm's `set_property` adds).
 const AUDIT_KEY_PREFIX: &str = "wasm.";
+
+/// `(field, wasm.<field>)` for every audit field, built once: a field is written per
+/// exchange, its filter-state key need not be.
+static STATE_KEYS: LazyLock<Vec<(&'static str, String)>> =
+    LazyLock::new(|| audit::field::ALL.iter().map(|k| (*k, format!("{AUDIT_KEY_PREFIX}{k}"))).collect());
 
 /// The host of one hook call of one stream.
 pub struct NativeHost<'a> {
@@ -103,10 +109,16 @@ impl Host for NativeHost<'_> {
     }
 
     fn set_audit_field(&mut self, key: &'static str, value: &str) {
-        let mut state_key = String::with_capacity(AUDIT_KEY_PREFIX.len() + key.len());
-        state_key.push_str(AUDIT_KEY_PREFIX);
-        state_key.push_str(key);
-        if !self.envoy.set_filter_state(&state_key, value) {
+        let state_key = STATE_KEYS.iter().find(|(k, _)| *k == key).map(|(_, state)| state.as_str());
+        let built;
+        let state_key = match state_key {
+            Some(state_key) => state_key,
+            None => {
+                built = format!("{AUDIT_KEY_PREFIX}{key}");
+                &built
+            }
+        };
+        if !self.envoy.set_filter_state(state_key, value) {
             ffi::log(LogLevel::Warn, &|| format!("meshgate: audit field {key} not written"));
         }
     }

@@ -12,18 +12,18 @@
 //! of label values; ids here are typed ([`LabelledCounter`], [`LabelledHistogram`]) and every
 //! one is defined with labels, so an id never lands in the other space.
 //!
-//! Every distinct series is a permanent stat: past [`MAX_SERIES`] distinct series in this
-//! process, tool labels collapse to `other`, as the wasm build does per worker.
+//! Every distinct series is a permanent stat: past [`MAX_SERIES`] distinct series on a
+//! worker, tool labels collapse to `other`, as the wasm build does per worker (its VM).
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{LazyLock, Mutex, PoisonError};
 
 use meshgate_core::audit::{self, AuditRecord, MetricKind, MetricOptions};
 
 use crate::ffi::{self, EnvoyConfig, EnvoyFilter, LogLevel};
 
-/// Distinct series this process creates before tool labels collapse to `other`.
+/// Distinct series one worker creates before tool labels collapse to `other`.
 const MAX_SERIES: usize = 2000;
 
 /// A counter defined with label names (the labelled id space).
@@ -47,9 +47,10 @@ pub struct Metrics {
     histograms: Vec<(&'static str, LabelledHistogram)>,
 }
 
-/// Fingerprints of the series recorded so far, process-wide.
-static SEEN: LazyLock<(RandomState, Mutex<HashSet<u64>>)> =
-    LazyLock::new(|| (RandomState::new(), Mutex::new(HashSet::new())));
+thread_local! {
+    /// Fingerprints of the series this worker recorded so far (no lock on the hot path).
+    static SEEN: RefCell<(RandomState, HashSet<u64>)> = RefCell::new((RandomState::new(), HashSet::new()));
+}
 
 impl Metrics {
     /// Defines every metric (only possible inside `config_new`).
@@ -72,15 +73,14 @@ impl Metrics {
     /// Records the metrics of one finished exchange. A refused update is logged, never
     /// fatal: metrics must not change what the gateway answers.
     pub fn record(&self, envoy: &EnvoyFilter, record: &AuditRecord, options: MetricOptions) {
-        let (hasher, seen) = &*SEEN;
-        let overflow = seen.lock().unwrap_or_else(PoisonError::into_inner).len() >= MAX_SERIES;
+        let overflow = SEEN.with(|seen| seen.borrow().1.len() >= MAX_SERIES);
         for series in record.metric_series(options, overflow) {
             let labels: Vec<&str> = series.labels.iter().map(|(_, v)| v.as_str()).collect();
-            {
-                let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-                if seen.len() < MAX_SERIES {
+            if !overflow {
+                SEEN.with(|seen| {
+                    let (hasher, seen) = &mut *seen.borrow_mut();
                     seen.insert(hasher.hash_one((series.root, &labels)));
-                }
+                });
             }
             let recorded = match series.kind {
                 MetricKind::Counter => self
