@@ -379,3 +379,53 @@ def test_both_builds_answer_log_and_count_the_same_traffic_alike(both_builds: di
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- a configuration the module refuses
+
+
+def test_a_configuration_the_module_refuses_is_nacked_and_the_last_good_one_keeps_serving(
+    tmp_path: Path, keys: Keys, upstreams: dict[str, Upstream]
+) -> None:
+    """meshgate and the module run one validator, so only Envoy's own environment can make
+    them disagree: here an HS256 secret meshgate has and the Envoy host does not."""
+    from xds_support import (
+        RegistrySpec,
+        call,
+        keys_jwks,
+        start_control_plane,
+        start_envoy,
+        stop_quietly,
+        wait_for,
+        write_registry,
+    )
+
+    keys_jwks(tmp_path, keys)
+    base = RegistrySpec(servers={"docs": upstreams["docs"].url}, runtime="native")
+    registry = tmp_path / "registry.yaml"
+    write_registry(registry, base.render())
+    plane = start_control_plane(registry, tmp_path, env={HS_SECRET_ENV: keys.hs_secret})
+    envoy = None
+    try:
+        envoy = start_envoy(plane, "envoy-native-nack", "sotw", tmp_path)
+        allowed = lambda: call(envoy.url("docs"), "get_doc", arguments={"id": "support"}).status_code  # noqa: E731
+        wait_for("the first policy serves", lambda: allowed() == 403)
+        hs_issuer = f"    - {{ issuer: https://hs.native.test, audiences: [m], hs256_secret_env: {HS_SECRET_ENV} }}\n"
+        edited = base.render().replace("  api_keys:\n", hs_issuer + "  api_keys:\n", 1)
+        edited = edited.replace('reader: { allow: ["docs/search_*"] }', 'reader: { allow: ["docs/search_*", "docs/get_*"] }', 1)
+        assert edited != base.render()
+        before = plane.status()["nacks_total"]
+        write_registry(registry, edited)
+        wait_for("Envoy's NACK shows on /status", lambda: plane.status()["nacks_total"] > before)
+        nack = plane.status()["nodes"][envoy.node_id]["last_nack"]
+        assert nack["resource_type"] == "extension_configs", nack
+        # The module said why, in Envoy's log.
+        assert f"meshgate: configuration rejected: auth.jwt[1].hs256_secret_env: environment variable {HS_SECRET_ENV}" in (
+            envoy.proc.output.read_text(errors="replace")
+        ), envoy.proc.tail()
+        # The last good configuration keeps serving: get_doc is still refused.
+        time.sleep(0.5)
+        assert allowed() == 403
+        assert call(envoy.url("docs"), "search_docs", arguments={"query": "envoy"}).status_code == 200
+    finally:
+        stop_quietly(*[p for p in (envoy.proc if envoy else None, plane.proc) if p is not None])

@@ -1,6 +1,8 @@
 //! Meshgate's pure core: everything the Envoy filter decides, with no proxy-wasm in sight.
 //!
-//! The wasm crate gathers bytes from Envoy and calls in here; the control plane calls
+//! The two builds of the filter (`filters/native`, a dynamic module, and `filters/wasm`,
+//! proxy-wasm) implement [`pipeline::Host`] and hand every Envoy callback to
+//! [`pipeline::Stream`], the per-stream state machine; the control plane calls
 //! [`config::FilterConfig::compile`] to validate what it will push. Nothing here panics on
 //! input: every failure is a value ([`reject::Rejection`] on the request path,
 //! [`config::ConfigError`] at configure time).

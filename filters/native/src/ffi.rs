@@ -417,14 +417,16 @@ fn guard(
     stopped: u32,
     run: impl FnOnce(&mut Filter, &EnvoyFilter) -> u32,
 ) -> u32 {
+    let envoy = EnvoyFilter(fe);
     if fm.is_null() {
-        return 0;
+        // `http_filter_new` failed: nothing governs this stream, so nothing passes it.
+        let _ = catch_unwind(AssertUnwindSafe(|| crate::refuse_ungoverned(&envoy, hook)));
+        return stopped;
     }
     // SAFETY: `fm` is the pointer `http_filter_new` returned (a leaked `Box<Filter>`), not yet
     // given to `http_filter_destroy`; Envoy calls one filter's hooks on one thread, one at a
     // time, so this is the only reference while the hook runs.
     let filter = unsafe { &mut *(fm as *mut Filter) };
-    let envoy = EnvoyFilter(fe);
     match catch_unwind(AssertUnwindSafe(|| run(filter, &envoy))) {
         Ok(status) => status,
         Err(_) => {

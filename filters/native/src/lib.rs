@@ -217,6 +217,17 @@ fn stream_complete(filter: &mut Filter, envoy: &EnvoyFilter) {
     filter.stream.on_log(&mut host);
 }
 
+/// A stream whose filter could not be created: refused at its first hook that can still
+/// answer (fail closed), once.
+fn refuse_ungoverned(envoy: &EnvoyFilter, hook: Hook) {
+    if hook == Hook::RequestHeaders {
+        ffi::log(LogLevel::Error, &|| "meshgate: no filter for this stream; the request is refused (HTTP 500)".into());
+        let body =
+            error_body(None, code::INTERNAL_ERROR, "internal error in the gateway; the request was not forwarded");
+        envoy.send_response(500, &[("content-type", "application/json")], &body, PANIC_DETAILS);
+    }
+}
+
 /// After a caught panic: answer the request with a JSON-RPC error (HTTP 500) if it can
 /// still be answered, and never run the pipeline for this stream again. Fail closed: the
 /// request is not forwarded by this filter.
