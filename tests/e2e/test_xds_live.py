@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.e2e]
 RESYNC_WITHIN = CONVERGE_WITHIN + 4.0
 
 
-@pytest.fixture(scope="module", params=["sotw", "delta"])
+@pytest.fixture(scope="module", params=["sotw", "delta"], ids=["sotw-native", "delta-wasm"])
 def xds(request, tmp_path_factory, keys, upstreams) -> Iterator[SimpleNamespace]:
     api = request.param
     workdir = tmp_path_factory.mktemp(f"xds-{api}")
