@@ -429,3 +429,35 @@ def test_a_configuration_the_module_refuses_is_nacked_and_the_last_good_one_keep
         assert call(envoy.url("docs"), "search_docs", arguments={"query": "envoy"}).status_code == 200
     finally:
         stop_quietly(*[p for p in (envoy.proc if envoy else None, plane.proc) if p is not None])
+
+
+# --------------------------------------------------------------------------- a live switch between builds
+
+
+def filter_type(gw: Gateway) -> str:
+    """The `@type` of the filter Envoy runs now (ECDS, from Envoy's own config dump)."""
+    dump = httpx2.get(f"{gw.admin}/config_dump?resource=ecds_filters", timeout=10).text
+    found = re.findall(r'"@type": "type\.googleapis\.com/envoy\.extensions\.filters\.http\.(\w+)\.v3\.', dump)
+    return found[0] if found else ""
+
+
+def test_filter_runtime_switches_live_and_every_call_stays_governed(
+    tmp_path: Path, keys: Keys, upstreams: dict[str, Upstream]
+) -> None:
+    with running_gateway(tmp_path, keys, upstreams["crm"].url, upstreams["docs"].url, runtime="native") as gw:
+        docs, reader = gw.url("docs"), api_key("e2e-reader-key")
+        envoy_pid = gw.envoy_pid
+        assert filter_type(gw) == "dynamic_modules"
+        for old, new, expected in (("native", "wasm", "wasm"), ("wasm", "native", "dynamic_modules")):
+            text = gw.registry.read_text()
+            gw.registry.write_text(text.replace(f"filter: {{ runtime: {old} }}", f"filter: {{ runtime: {new} }}", 1))
+            deadline = time.monotonic() + 30
+            while filter_type(gw) != expected:
+                # Governed all along: allowed calls pass, refused ones are refused.
+                assert tool_call(docs, "search_docs", {"query": "envoy"}, reader).status_code == 200
+                assert tool_call(docs, "admin_reindex", {}, reader).status_code == 403
+                assert time.monotonic() < deadline, f"Envoy still runs {filter_type(gw)!r}, not {expected!r}"
+                time.sleep(0.2)
+            assert tool_call(docs, "search_docs", {"query": "envoy"}, reader).status_code == 200
+            assert tool_call(docs, "admin_reindex", {}, reader).status_code == 403
+        assert gw.envoy_pid == envoy_pid, "one Envoy throughout: the switch is an ECDS update"

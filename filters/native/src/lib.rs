@@ -285,6 +285,13 @@ mod fault {
 
 #[cfg(test)]
 mod tests {
+    /// Every worker reads the configuration at once and any of them may drop it last.
+    #[test]
+    fn the_configuration_is_send_and_sync() {
+        fn shared_by_workers<T: Send + Sync>() {}
+        shared_by_workers::<super::Config>();
+    }
+
     #[test]
     fn program_init_answers_the_abi_meshgate_checks_against() {
         assert_eq!(super::ffi::ABI_VERSION.to_str().ok(), Some(super::native_abi::VERSION));
