@@ -1,8 +1,8 @@
 # Meshgate developer entry points.
 #
 #   make run     install what is missing, build, start the example MCP servers + gateway
-#   make test    install what is missing, build, cargo tests, end-to-end suite (what CI runs)
-#   make build   release binary + wasm filter
+#   make test    install what is missing, build, cargo tests, end-to-end suite against both builds (what CI runs)
+#   make build   release binary + native filter (libmeshgate.so) + wasm filter
 #   make e2e     only the end-to-end suite (expects `make build` done; installs the Node peers)
 #   make lint    cargo fmt --check + clippy (not part of `make test`)
 #   make fuzz    property harnesses: time/memory per input byte of the SSE framer, JSON scanner, list filter, redactor (~2 min)
@@ -26,6 +26,10 @@ PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.meshgate-requirements.stamp
 MESHGATE := target/release/meshgate
 WASM := target/$(WASM_TARGET)/release/meshgate_wasm.wasm
+NATIVE := target/release/libmeshgate.so
+# The native module's test build (cargo feature fault-injection), for tests/e2e/test_native.py
+# only: its own target folder, so it never replaces the production module.
+FAULT_TARGET_DIR := target/fault-injection
 
 PYTEST_ARGS ?=
 
@@ -39,7 +43,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.meshgate-lock.stamp
 APT_PACKAGES := redis-server wrk
 APT_GET ?= $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: help setup system-deps wasm-target venv node-deps build test unit e2e lint fuzz run clean-venv bench
+.PHONY: help setup system-deps wasm-target venv node-deps build fault-module test unit e2e lint fuzz run clean-venv bench
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -84,15 +88,18 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	@touch "$@"
 
 build: wasm-target
-	$(CARGO) build --release -p meshgate
+	$(CARGO) build --release -p meshgate -p meshgate-native
 	$(CARGO) build --release --target $(WASM_TARGET) -p meshgate-wasm
+
+fault-module:
+	$(CARGO) build -p meshgate-native --features fault-injection --target-dir $(FAULT_TARGET_DIR)
 
 # The wasm crates are built (and their host glue type-checked) for wasm32 only; the
 # filter's logic lives in meshgate-core, which is tested natively here.
 unit:
 	$(CARGO) test --workspace --exclude meshgate-wasm --exclude meshgate-wasm-floor
 
-e2e: venv node-deps
+e2e: venv node-deps fault-module
 	"$(PY)" -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: setup build unit e2e
@@ -100,6 +107,7 @@ test: setup build unit e2e
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --exclude meshgate-wasm --exclude meshgate-wasm-floor --all-targets -- -D warnings
+	$(CARGO) clippy -p meshgate-native --features fault-injection -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) -p meshgate-wasm -p meshgate-wasm-floor -- -D warnings
 
 # Property harnesses over large hostile inputs (filters/fuzz, release build): memory per

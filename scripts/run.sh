@@ -10,12 +10,14 @@ ROOT=$PWD
 PY="$ROOT/.venv/bin/python"
 MESHGATE="$ROOT/target/release/meshgate"
 WASM="$ROOT/target/wasm32-wasip1/release/meshgate_wasm.wasm"
+# The registry's filter.runtime is native (the default): Envoy loads this module.
+NATIVE="$ROOT/target/release/libmeshgate.so"
 ENVOY="$ROOT/.venv/bin/envoy"
 REGISTRY="$ROOT/examples/registry.yaml"
 RUN_DIR="$ROOT/.run"
 READY="$RUN_DIR/ready.json"
 
-for f in "$PY" "$MESHGATE" "$WASM" "$ENVOY"; do
+for f in "$PY" "$MESHGATE" "$NATIVE" "$WASM" "$ENVOY"; do
   [[ -e "$f" ]] || { echo "run.sh: missing $f (run \`make run\`, not this script directly)" >&2; exit 1; }
 done
 
@@ -74,7 +76,7 @@ start_server docs 9102
 wait_port 9101 "crm server"
 wait_port 9102 "docs server"
 
-"$MESHGATE" up --registry "$REGISTRY" --ready-file "$READY" --envoy "$ENVOY" --wasm "$WASM" &
+"$MESHGATE" up --registry "$REGISTRY" --ready-file "$READY" --envoy "$ENVOY" --native-module "$NATIVE" --wasm "$WASM" &
 MESHGATE_PID=$!
 PIDS+=("$MESHGATE_PID")
 

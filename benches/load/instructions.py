@@ -15,7 +15,7 @@ connection, the Lua script's ~1 KB tools/call, every body checked), switches it 
 reads the total.
 It reports instructions per request and the difference to the first configuration.
 
-  .venv/bin/python benches/load/instructions.py --only bcd
+  .venv/bin/python benches/load/instructions.py --only bcdgh   # bare, wasm (c, d), native (g, h)
   .venv/bin/python benches/load/instructions.py --only cC --wasm-b /tmp/old.wasm
   .venv/bin/python benches/load/instructions.py --only fPH --probe P:props=10 --probe H:header=4
 
@@ -171,7 +171,7 @@ def counted(config: run.Config, workdir: Path, args: argparse.Namespace) -> floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="bcd", help="run.py configuration keys, first = baseline (default bcd)")
+    parser.add_argument("--only", default="bcdgh", help="run.py configuration keys, first = baseline (default bcdgh)")
     parser.add_argument("--wasm-b", type=Path, default=None, help="adds (C)/(D): (c)/(d) with this module")
     parser.add_argument("--requests", type=int, default=400, help="requests counted (default 400)")
     parser.add_argument("--warmup", type=int, default=200, help="requests before counting (default 200)")

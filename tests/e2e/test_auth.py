@@ -197,12 +197,13 @@ quotas:
 
 
 @pytest.fixture(scope="module")
-def twin_gateway(tmp_path_factory, keys, upstreams):
+def twin_gateway(tmp_path_factory, keys, upstreams, runtime):
     """The test registry (two JWT issuers) with a 1/h quota per consumer on docs/search_*."""
     from e2e_support import running_gateway
 
     workdir = tmp_path_factory.mktemp("twin-gateway")
-    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, extra=TWIN_QUOTA) as gw:
+    crm, docs = upstreams["crm"].url, upstreams["docs"].url
+    with running_gateway(workdir, keys, crm, docs, extra=TWIN_QUOTA, runtime=runtime) as gw:
         yield gw
 
 

@@ -158,7 +158,11 @@ def test_preflight_is_refused_without_cors(gateway, crm):
 
 @pytest.fixture(scope="module")
 def cors_gateway(
-    tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream], scripted: ScriptedUpstream
+    tmp_path_factory: pytest.TempPathFactory,
+    keys: Keys,
+    upstreams: dict[str, Upstream],
+    scripted: ScriptedUpstream,
+    runtime: str,
 ) -> Iterator[Gateway]:
     """The test registry with a listener CORS policy for APP_ORIGIN, and server `kiosk` (the
     scripted upstream) with its own policy for KIOSK_ORIGIN (with credentials)."""
@@ -176,6 +180,7 @@ def cors_gateway(
         evil_url=scripted.url,
         extra_servers=kiosk,
         listener_extra=listener,
+        runtime=runtime,
     ) as gw:
         yield gw
 
@@ -269,7 +274,7 @@ def ts_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def anonymous_gateway(
-    tmp_path_factory: pytest.TempPathFactory, upstreams: dict[str, Upstream], ts_upstream: str
+    tmp_path_factory: pytest.TempPathFactory, upstreams: dict[str, Upstream], ts_upstream: str, runtime: str
 ) -> Iterator[Gateway]:
     """The scenario's setting: localhost MCP servers without authentication (Meshgate with
     anonymous access in front of the Python example docs server and the TypeScript server)."""
@@ -292,7 +297,7 @@ policy:
 envoy: {{ concurrency: 1, log_level: warn }}
 """
     )
-    gw = start_gateway(registry, workdir)
+    gw = start_gateway(registry, workdir, runtime=runtime)
     try:
         yield gw
     finally:

@@ -57,7 +57,11 @@ TOOL = {"name": "get_report", "inputSchema": {"type": "object", "properties": {}
 
 @pytest.fixture(scope="module")
 def errors_gateway(
-    tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream], scripted: ScriptedUpstream
+    tmp_path_factory: pytest.TempPathFactory,
+    keys: Keys,
+    upstreams: dict[str, Upstream],
+    scripted: ScriptedUpstream,
+    runtime: str,
 ) -> Iterator[Gateway]:
     """The test registry plus `down` (nothing listens there) and `slow` (the scripted
     upstream behind a 2 s route timeout)."""
@@ -68,7 +72,13 @@ def errors_gateway(
     )
     workdir = tmp_path_factory.mktemp("errors-gateway")
     with running_gateway(
-        workdir, keys, upstreams["crm"].url, upstreams["docs"].url, evil_url=scripted.url, extra_servers=servers
+        workdir,
+        keys,
+        upstreams["crm"].url,
+        upstreams["docs"].url,
+        evil_url=scripted.url,
+        extra_servers=servers,
+        runtime=runtime,
     ) as gw:
         yield gw
 

@@ -39,14 +39,14 @@ INTERNAL_ERROR = -32603
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    workdir = tmp_path_factory.mktemp("global-limits")
+def fleet(tmp_path_factory: pytest.TempPathFactory, runtime: str) -> Iterator[SimpleNamespace]:
+    workdir = tmp_path_factory.mktemp(f"global-limits-{runtime}")
     env = SimpleNamespace(workdir=workdir, redis=None, upstream=None, plane=None, envoys=[])
     try:
         env.redis = start_redis(workdir)
         env.upstream = start_quota_upstream(workdir)
         env.registry = workdir / "registry.yaml"
-        write_registry(env.registry, registry(env.upstream.url, env.redis.url, LIMIT))
+        write_registry(env.registry, registry(env.upstream.url, env.redis.url, LIMIT) + f"filter: {{ runtime: {runtime} }}\n")
         env.plane = start_control_plane(env.registry, workdir)
         env.envoys = [start_envoy(env.plane, f"envoy-global-{n}", "sotw", workdir) for n in ("a", "b")]
         yield env

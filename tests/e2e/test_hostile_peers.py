@@ -83,9 +83,12 @@ def ts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TsServer]:
 
 
 @pytest.fixture(scope="module")
-def ts_gateway(tmp_path_factory, keys: Keys, upstreams: dict[str, Upstream], ts_server: TsServer) -> Iterator[Gateway]:
+def ts_gateway(
+    tmp_path_factory, keys: Keys, upstreams: dict[str, Upstream], ts_server: TsServer, runtime: str
+) -> Iterator[Gateway]:
     workdir = tmp_path_factory.mktemp("ts-gateway")
-    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, evil_url=ts_server.url) as gw:
+    crm, docs = upstreams["crm"].url, upstreams["docs"].url
+    with running_gateway(workdir, keys, crm, docs, evil_url=ts_server.url, runtime=runtime) as gw:
         yield gw
 
 
@@ -141,9 +144,12 @@ def param_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]
 
 
 @pytest.fixture(scope="module")
-def param_gateway(tmp_path_factory, keys: Keys, upstreams: dict[str, Upstream], param_server: Upstream) -> Iterator[Gateway]:
+def param_gateway(
+    tmp_path_factory, keys: Keys, upstreams: dict[str, Upstream], param_server: Upstream, runtime: str
+) -> Iterator[Gateway]:
     workdir = tmp_path_factory.mktemp("param-gateway")
-    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, evil_url=param_server.url) as gw:
+    crm, docs = upstreams["crm"].url, upstreams["docs"].url
+    with running_gateway(workdir, keys, crm, docs, evil_url=param_server.url, runtime=runtime) as gw:
         yield gw
 
 

@@ -90,10 +90,10 @@ def test_validate_rejects_unset_hs256_secret_env(tmp_path, keys, upstreams):
     assert HS_SECRET_ENV in result.stderr + result.stdout
 
 
-def test_up_ready_file_stdout_and_sigterm(tmp_path, keys, upstreams):
+def test_up_ready_file_stdout_and_sigterm(tmp_path, keys, upstreams, runtime):
     """A second, independent gateway: ready file shape, printed URLs, Envoy flags, clean SIGTERM."""
     registry = write_test_registry(tmp_path, keys, upstreams)
-    gateway = start_gateway(registry, tmp_path, env={HS_SECRET_ENV: keys.hs_secret})
+    gateway = start_gateway(registry, tmp_path, env={HS_SECRET_ENV: keys.hs_secret}, runtime=runtime)
     try:
         ready = gateway.ready
         assert re.fullmatch(r"127\.0\.0\.1:\d+", ready["listener"]), ready

@@ -88,9 +88,13 @@ class Traffic:
 
 @pytest.fixture(scope="module", params=["otel", "file-only"])
 def traffic(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream]
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    keys: Keys,
+    upstreams: dict[str, Upstream],
+    runtime: str,
 ) -> Iterator[Traffic]:
-    workdir: Path = tmp_path_factory.mktemp("observability")
+    workdir: Path = tmp_path_factory.mktemp(f"observability-{runtime}")
     (workdir / "jwks.json").write_text(json.dumps(keys.jwks()))
     otlp = OtlpReceiver().start() if request.param == "otel" else None
     otel = (
@@ -100,7 +104,7 @@ def traffic(
     )
     registry = workdir / "registry.yaml"
     registry.write_text(registry_yaml(upstreams["crm"].url, upstreams["docs"].url) + OBSERVABILITY.format(otel=otel))
-    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret})
+    gw = start_gateway(registry, workdir, env={HS_SECRET_ENV: keys.hs_secret}, runtime=runtime)
     token = keys.token("obs-alice", ["reader"])
     calls: dict[str, tuple[str, str, httpx2.Response]] = {}
 

@@ -131,11 +131,11 @@ def quota_upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
 
 
 @pytest.fixture(scope="module")
-def qgw(tmp_path_factory: pytest.TempPathFactory, quota_upstreams: dict[str, Upstream]):
-    workdir = tmp_path_factory.mktemp("quota-gateway")
+def qgw(tmp_path_factory: pytest.TempPathFactory, quota_upstreams: dict[str, Upstream], runtime: str):
+    workdir = tmp_path_factory.mktemp(f"quota-gateway-{runtime}")
     path = workdir / "registry.yaml"
     path.write_text(registry(quota_upstreams["json"].url, quota_upstreams["sse"].url))
-    gw = start_gateway(path, workdir)
+    gw = start_gateway(path, workdir, runtime=runtime)
     try:
         yield gw
     finally:
@@ -388,12 +388,12 @@ envoy: {{ concurrency: 2, log_level: warn }}
 
 
 @pytest.fixture(scope="module")
-def capped_gw(tmp_path_factory: pytest.TempPathFactory, quota_upstreams: dict[str, Upstream]):
-    workdir = tmp_path_factory.mktemp("capped-gateway")
+def capped_gw(tmp_path_factory: pytest.TempPathFactory, quota_upstreams: dict[str, Upstream], runtime: str):
+    workdir = tmp_path_factory.mktemp(f"capped-gateway-{runtime}")
     path = workdir / "registry.yaml"
     keys = "\n".join(api_key_yaml(k, k, ["user"]) for k in ["capped-a", "capped-b"])
     path.write_text(CAPPED_REGISTRY.format(url=quota_upstreams["json"].url, keys=keys))
-    gw = start_gateway(path, workdir)
+    gw = start_gateway(path, workdir, runtime=runtime)
     try:
         yield gw
     finally:

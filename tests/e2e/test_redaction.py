@@ -53,9 +53,11 @@ redaction:
 
 
 @pytest.fixture(scope="module")
-def redacting_gateway(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream]) -> Iterator[Gateway]:
-    workdir: Path = tmp_path_factory.mktemp("redacting-gateway")
-    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, REDACTION) as gw:
+def redacting_gateway(
+    tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream], runtime: str
+) -> Iterator[Gateway]:
+    workdir: Path = tmp_path_factory.mktemp(f"redacting-gateway-{runtime}")
+    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, REDACTION, runtime) as gw:
         yield gw
 
 

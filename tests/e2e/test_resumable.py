@@ -41,11 +41,13 @@ redaction:
 
 
 @pytest.fixture(scope="module")
-def resumable(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream]) -> Iterator[Gateway]:
-    workdir: Path = tmp_path_factory.mktemp("resumable")
+def resumable(
+    tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream], runtime: str
+) -> Iterator[Gateway]:
+    workdir: Path = tmp_path_factory.mktemp(f"resumable-{runtime}")
     crm = start_upstream("crm-resumable", "crm_server.py", workdir, ["--resumable"])
     try:
-        with running_gateway(workdir, keys, crm.url, upstreams["docs"].url, REDACTION) as gw:
+        with running_gateway(workdir, keys, crm.url, upstreams["docs"].url, REDACTION, runtime) as gw:
             yield gw
     finally:
         crm.proc.stop()

@@ -42,12 +42,14 @@ pytestmark = [pytest.mark.e2e]
 RESYNC_WITHIN = CONVERGE_WITHIN + 4.0
 
 
-@pytest.fixture(scope="module", params=["sotw", "delta"])
+@pytest.fixture(scope="module", params=["sotw", "delta"], ids=["sotw-native", "delta-wasm"])
 def xds(request, tmp_path_factory, keys, upstreams) -> Iterator[SimpleNamespace]:
     api = request.param
     workdir = tmp_path_factory.mktemp(f"xds-{api}")
     keys_jwks(workdir, keys)
-    base = RegistrySpec(servers={"docs": upstreams["docs"].url})
+    # Both builds, one per ADS variant: state of the world runs native (loaded by name from
+    # Envoy's module search path), delta runs wasm (fetched from meshgate).
+    base = RegistrySpec(servers={"docs": upstreams["docs"].url}, runtime="native" if api == "sotw" else "wasm")
     registry = workdir / "registry.yaml"
     write_registry(registry, base.render())
     admin_port = free_port()

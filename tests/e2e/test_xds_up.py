@@ -27,7 +27,7 @@ from xds_support import (
 pytestmark = [pytest.mark.e2e, pytest.mark.lifecycle]
 
 
-def test_up_applies_edits_live_and_verifies_https_upstreams(tmp_path, keys, upstreams):
+def test_up_applies_edits_live_and_verifies_https_upstreams(tmp_path, keys, upstreams, runtime):
     keys_jwks(tmp_path, keys)
     tls = make_tls_material(tmp_path)
     tls_proc, tls_port = start_tls_docs_server(tmp_path, tls)
@@ -35,13 +35,14 @@ def test_up_applies_edits_live_and_verifies_https_upstreams(tmp_path, keys, upst
     base = RegistrySpec(
         servers={"docs": upstreams["docs"].url, "secure": secure_url},
         reader_allow=["docs/search_*", "secure/search_*"],
+        runtime=runtime,
     )
     with_ca = base.render().replace(
         f"    url: {secure_url}\n", f"    url: {secure_url}\n    tls: {{ ca_file: ca.pem }}\n"
     )
     registry = tmp_path / "registry.yaml"
     write_registry(registry, with_ca)
-    gateway = start_gateway(registry, tmp_path)
+    gateway = start_gateway(registry, tmp_path, runtime=runtime)
     try:
         ready = gateway.ready
         assert re.fullmatch(r"127\.0\.0\.1:\d+", ready["xds"]), ready

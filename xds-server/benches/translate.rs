@@ -69,7 +69,10 @@ fn bench(c: &mut Criterion) {
     let file = Path::new("bench-registry.yaml");
     let registry = Registry::parse(&yaml, file, &BenchSecrets).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(registry.servers.len(), SERVERS);
-    let options = TranslateOptions { wasm: WasmSource::Local { path: "/opt/meshgate/meshgate_wasm.wasm".into() } };
+    let options = TranslateOptions {
+        wasm: WasmSource::Local { path: "/opt/meshgate/meshgate_wasm.wasm".into() },
+        native: Default::default(),
+    };
     let resources = translate(&registry, &options).unwrap();
     let snapshot = Snapshot::new(&resources).unwrap();
     eprintln!("snapshot {}: {:?}", snapshot.version, snapshot.counts());

@@ -14,9 +14,10 @@ use crate::bootstrap::{self, XdsBootstrap};
 use crate::control::Api;
 use crate::launch::{self, Ended, Signals, UpError, UpOptions};
 use crate::locate::Search;
-use crate::registry::Registry;
+use crate::registry::{Registry, Runtime};
 use crate::reload::ReloadError;
 use crate::serve::{self, ServeError, StartOptions, WasmDelivery};
+use crate::translate::NativeSource;
 
 /// Default ADS port of `meshgate serve`.
 pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
@@ -52,6 +53,11 @@ pub enum Command {
         /// <repo>/target/wasm32-wasip1/release/meshgate_wasm.wasm].
         #[arg(long, value_name = "PATH")]
         wasm: Option<PathBuf>,
+        /// Meshgate native module, for `filter.runtime: native` (the default) [default:
+        /// $MESHGATE_NATIVE, <repo>/target/release/libmeshgate.so]. Built for Envoy 1.40:
+        /// `up` refuses another Envoy version.
+        #[arg(long, value_name = "PATH")]
+        native_module: Option<PathBuf>,
         /// Once ready, write {"listener", "admin", "envoy_pid", "servers", "xds",
         /// "meshgate_admin"} as JSON here (atomically; removed again on exit).
         #[arg(long, value_name = "PATH")]
@@ -89,6 +95,13 @@ pub enum Command {
         /// (checked against its SHA-256), e.g. http://meshgate:18001/wasm/meshgate.wasm.
         #[arg(long, value_name = "URL")]
         wasm_url: Option<String>,
+        /// Where Envoys load the native module (`filter.runtime: native`) from: a path on
+        /// each Envoy's host. Without it, Envoys load `libmeshgate.so` by name from
+        /// $ENVOY_DYNAMIC_MODULES_SEARCH_PATH (set it in Envoy's environment), then the
+        /// system's library paths. The module must be built for Envoy 1.40 and for the
+        /// glibc of the Envoy image.
+        #[arg(long, value_name = "PATH")]
+        native_module: Option<PathBuf>,
         /// Once listening, write {"xds", "meshgate_admin", "version"} as JSON here.
         #[arg(long, value_name = "PATH")]
         ready_file: Option<PathBuf>,
@@ -104,6 +117,12 @@ pub enum Command {
         /// [default: as for `up`].
         #[arg(long, value_name = "PATH")]
         wasm: Option<PathBuf>,
+        /// Meshgate native module path to put in a static bootstrap, for
+        /// `filter.runtime: native` (need not exist yet) [default: as for `up`]. A fleet
+        /// bootstrap (--xds-address) names no module: meshgate sends its place by ECDS
+        /// (see `serve --native-module`).
+        #[arg(long, value_name = "PATH")]
+        native_module: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
         /// The static, everything-inline bootstrap (the default without --xds-address).
@@ -156,42 +175,62 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate { registry } => validate(registry),
-        Command::Bootstrap { registry, wasm, format, static_, xds_address, node_id, admin_port, xds_api } => {
-            match (static_, xds_address) {
-                (false, Some(address)) => print_xds_bootstrap(
-                    registry,
-                    &address,
-                    node_id.unwrap_or_else(|| "envoy".to_string()),
-                    admin_port,
-                    xds_api.into(),
-                    format,
-                ),
-                (_, _) => match registry {
-                    Some(registry) => print_bootstrap(registry, wasm, format),
-                    None => {
-                        eprintln!(
-                            "meshgate: bootstrap needs --xds-address HOST:PORT (xDS) or \
-                         --registry FILE (static)"
-                        );
-                        ExitCode::FAILURE
-                    }
-                },
-            }
-        }
-        Command::Up { registry, envoy, wasm, ready_file, work_dir, xds_api, xds_listen, admin_listen } => {
-            up(UpOptions {
+        Command::Bootstrap {
+            registry,
+            wasm,
+            native_module,
+            format,
+            static_,
+            xds_address,
+            node_id,
+            admin_port,
+            xds_api,
+        } => match (static_, xds_address) {
+            (false, Some(address)) => print_xds_bootstrap(
                 registry,
-                envoy,
-                wasm,
-                ready_file,
-                work_dir,
-                api: Some(xds_api.into()),
-                xds_listen,
-                admin_listen,
-            })
-        }
-        Command::Serve { registry, xds_listen, admin_listen, wasm, wasm_url, ready_file } => {
-            serve_command(registry, xds_listen, admin_listen, wasm, wasm_url, ready_file)
+                &address,
+                node_id.unwrap_or_else(|| "envoy".to_string()),
+                admin_port,
+                xds_api.into(),
+                format,
+            ),
+            (_, _) => match registry {
+                Some(registry) => print_bootstrap(registry, wasm, native_module, format),
+                None => {
+                    eprintln!(
+                        "meshgate: bootstrap needs --xds-address HOST:PORT (xDS) or \
+                         --registry FILE (static)"
+                    );
+                    ExitCode::FAILURE
+                }
+            },
+        },
+        Command::Up {
+            registry,
+            envoy,
+            wasm,
+            native_module,
+            ready_file,
+            work_dir,
+            xds_api,
+            xds_listen,
+            admin_listen,
+        } => up(UpOptions {
+            registry,
+            envoy,
+            wasm,
+            native_module,
+            ready_file,
+            work_dir,
+            api: Some(xds_api.into()),
+            xds_listen,
+            admin_listen,
+        }),
+        Command::Serve { registry, xds_listen, admin_listen, wasm, wasm_url, native_module, ready_file } => {
+            let native = native_module.map_or(NativeSource::SearchPath, |path| {
+                NativeSource::Path(std::path::absolute(&path).unwrap_or(path))
+            });
+            serve_command(registry, xds_listen, admin_listen, wasm, wasm_url, native, ready_file)
         }
     }
 }
@@ -209,7 +248,7 @@ fn validate(file: PathBuf) -> ExitCode {
     }
 }
 
-fn print_bootstrap(file: PathBuf, wasm: Option<PathBuf>, format: Format) -> ExitCode {
+fn print_bootstrap(file: PathBuf, wasm: Option<PathBuf>, native: Option<PathBuf>, format: Format) -> ExitCode {
     let registry = match Registry::load(&file) {
         Ok(registry) => registry,
         Err(errors) => {
@@ -217,19 +256,34 @@ fn print_bootstrap(file: PathBuf, wasm: Option<PathBuf>, format: Format) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    let wasm = match Search::current().wasm_candidate(wasm.as_deref()) {
-        Ok((path, _)) => {
-            if !path.is_file() {
-                eprintln!("meshgate: warning: {} does not exist yet (run `make build`)", path.display());
-            }
-            path
-        }
+    let search = Search::current();
+    let modules =
+        bootstrap_module(search.wasm_candidate(wasm.as_deref()), registry.runtime == Runtime::Wasm).and_then(|wasm| {
+            let native =
+                bootstrap_module(search.native_candidate(native.as_deref()), registry.runtime == Runtime::Native)?;
+            Ok((wasm, native))
+        });
+    let (wasm, native) = match modules {
+        Ok(modules) => modules,
         Err(e) => {
             eprintln!("meshgate: {e}");
             return ExitCode::FAILURE;
         }
     };
-    print_rendered(bootstrap::static_bootstrap(&registry, &wasm), format)
+    print_rendered(bootstrap::static_bootstrap(&registry, &wasm, &native), format)
+}
+
+/// A module path for a static bootstrap: it need not exist yet, but the one the registry's
+/// runtime loads gets a warning when it does not.
+fn bootstrap_module(
+    candidate: Result<(PathBuf, String), crate::locate::LocateError>,
+    used: bool,
+) -> Result<PathBuf, crate::locate::LocateError> {
+    let (path, _) = candidate?;
+    if used && !path.is_file() {
+        eprintln!("meshgate: warning: {} does not exist yet (run `make build`)", path.display());
+    }
+    Ok(path)
 }
 
 /// Prints a rendered bootstrap in `format`, or the error that prevented it.
@@ -303,6 +357,7 @@ fn serve_command(
     admin_listen: SocketAddr,
     wasm: Option<PathBuf>,
     wasm_url: Option<String>,
+    native: NativeSource,
     ready_file: Option<PathBuf>,
 ) -> ExitCode {
     serve::init_logging();
@@ -337,7 +392,7 @@ fn serve_command(
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let options = StartOptions { registry, xds_listen, admin_listen, wasm: delivery };
+    let options = StartOptions { registry, xds_listen, admin_listen, wasm: delivery, native };
     runtime.block_on(async move {
         let mut signals = match Signals::new() {
             Ok(signals) => signals,

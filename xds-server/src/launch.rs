@@ -33,10 +33,12 @@ use tokio::task::JoinHandle;
 use crate::bootstrap::{self, BootstrapError, XdsBootstrap};
 use crate::control::{Api, ControlPlane};
 use crate::locate::{LocateError, Search};
-use crate::registry::{LoadErrors, Registry};
+use crate::registry::{LoadErrors, Registry, Runtime};
 use crate::reload::ReloadError;
 use crate::serve::{self, ServeError, StartOptions, WasmDelivery};
+use crate::translate::NativeSource;
 use crate::{envoy_admin as admin, translate};
+use meshgate_core::native_abi;
 
 /// `node.id` of the Envoy `up` runs.
 pub const UP_NODE_ID: &str = "meshgate-up";
@@ -55,6 +57,8 @@ pub struct UpOptions {
     pub registry: PathBuf,
     pub envoy: Option<PathBuf>,
     pub wasm: Option<PathBuf>,
+    /// The native module (`libmeshgate.so`).
+    pub native_module: Option<PathBuf>,
     pub ready_file: Option<PathBuf>,
     pub work_dir: Option<PathBuf>,
     /// ADS variant Envoy uses.
@@ -78,6 +82,14 @@ pub enum UpError {
     Rejected { resource_type: String, message: String, tail: Vec<String> },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error(
+        "{envoy} is Envoy {found}, but the native filter ({module}) is built for Envoy {expected}'s \
+         dynamic-module ABI {abi}: run Envoy {expected} (`make setup` installs it in .venv), or set \
+         `filter: {{ runtime: wasm }}` in the registry (the wasm build runs on any Envoy)",
+        envoy = .envoy.display(), module = .module.display(), expected = native_abi::ENVOY_VERSION,
+        abi = native_abi::VERSION
+    )]
+    EnvoyVersion { envoy: PathBuf, found: String, module: PathBuf },
     #[error("envoy exited before it was ready ({status}){}", format_tail(.tail))]
     ExitedEarly { status: ExitStatus, tail: Vec<String> },
     #[error("envoy was not ready after {}s ({last}){}", .timeout.as_secs(), format_tail(.tail))]
@@ -156,7 +168,18 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
     let registry = Registry::load(&options.registry)?;
     let search = Search::current();
     let envoy = search.envoy(options.envoy.as_deref())?;
-    let wasm = search.wasm(options.wasm.as_deref())?;
+    // The build the registry asks for must be there; the other one only for a live switch.
+    let (wasm, native) = match registry.runtime {
+        Runtime::Native => {
+            let native = search.native(options.native_module.as_deref())?;
+            check_envoy_version(&envoy, &native).await?;
+            (module_or_candidate(search.wasm(options.wasm.as_deref()), &search, false), native)
+        }
+        Runtime::Wasm => {
+            let wasm = search.wasm(options.wasm.as_deref())?;
+            (wasm, module_or_candidate(search.native(options.native_module.as_deref()), &search, true))
+        }
+    };
 
     // The temp dir (if any) lives until `up` returns and is removed then.
     let (work_dir, _temp_dir) = match &options.work_dir {
@@ -190,6 +213,7 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
         xds_listen: options.xds_listen.unwrap_or(loopback_any),
         admin_listen: options.admin_listen.unwrap_or(loopback_any),
         wasm: WasmDelivery::Local(wasm),
+        native: NativeSource::Path(native),
     })
     .await
     .map_err(|e| match e {
@@ -199,6 +223,54 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
     let result = supervise(options, &envoy, &work_dir, &admin_file, &registry, &control_plane, &mut signals).await;
     control_plane.stop().await;
     result
+}
+
+/// The other build's module: found, or where it would be (a switch to it is then NACKed
+/// by Envoy, and meshgate reports it), with a note.
+fn module_or_candidate(found: Result<PathBuf, LocateError>, search: &Search, native: bool) -> PathBuf {
+    match found {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("meshgate: note: {e}; switching filter.runtime to it will fail");
+            let candidate = if native { search.native_candidate(None) } else { search.wasm_candidate(None) };
+            candidate.map(|(path, _)| path).unwrap_or_default()
+        }
+    }
+}
+
+/// Refuses to start an Envoy the native module was not built for: its ABI is Envoy
+/// 1.40's ([`native_abi`]), and another version fails to load it.
+async fn check_envoy_version(envoy: &Path, module: &Path) -> Result<(), UpError> {
+    let output = Command::new(envoy)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io_error(format!("cannot run {} --version", envoy.display())))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let found = envoy_version(&text);
+    match &found {
+        Some(version) if release_of(version) == Some(native_abi::ENVOY_VERSION) => Ok(()),
+        _ => Err(UpError::EnvoyVersion {
+            envoy: envoy.to_path_buf(),
+            found: found.unwrap_or_else(|| format!("of unknown version ({:?})", text.trim())),
+            module: module.to_path_buf(),
+        }),
+    }
+}
+
+/// The `x.y.z` in `envoy --version`'s `version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`.
+pub fn envoy_version(text: &str) -> Option<String> {
+    let is_version = |t: &&str| {
+        let parts: Vec<&str> = t.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    text.split(['/', ' ', '\n', '\t']).find(is_version).map(str::to_string)
+}
+
+/// `1.40` of `1.40.2`.
+fn release_of(version: &str) -> Option<&str> {
+    version.rsplit_once('.').map(|(release, _)| release)
 }
 
 /// Writes the bootstrap, runs Envoy until it stops or a signal comes.
@@ -519,6 +591,15 @@ mod tests {
                 "xds": "127.0.0.1:18000",
             })
         );
+    }
+
+    #[test]
+    fn reads_the_envoy_version() {
+        let text = "\nenvoy  version: 9e55809a4d7f1e7e4b1c/1.40.0/Clean/RELEASE/BoringSSL\n\n";
+        assert_eq!(envoy_version(text).as_deref(), Some("1.40.0"));
+        assert_eq!(envoy_version(text).as_deref().and_then(release_of), Some("1.40"));
+        assert_eq!(envoy_version("envoy version: abc/1.39.2/Clean").as_deref().and_then(release_of), Some("1.39"));
+        assert_eq!(envoy_version("no version here 1.40"), None);
     }
 
     #[test]

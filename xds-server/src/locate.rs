@@ -1,4 +1,4 @@
-//! Finding the Envoy binary and the Meshgate wasm module.
+//! Finding the Envoy binary and the Meshgate modules (wasm and native).
 //!
 //! Explicit beats implicit: a flag, then an environment variable, then conventional places.
 //! An explicitly named file that does not exist is an error (never silently skipped for a
@@ -14,6 +14,10 @@ pub const ENVOY_ENV: &str = "MESHGATE_ENVOY";
 pub const WASM_ENV: &str = "MESHGATE_WASM";
 /// Where `make build` leaves the wasm module, relative to the repository root.
 pub const WASM_IN_REPO: &str = "target/wasm32-wasip1/release/meshgate_wasm.wasm";
+/// Environment variable naming the Meshgate native module (`libmeshgate.so`).
+pub const NATIVE_ENV: &str = "MESHGATE_NATIVE";
+/// Where `make build` leaves the native module, relative to the repository root.
+pub const NATIVE_IN_REPO: &str = "target/release/libmeshgate.so";
 /// Where `make build` installs Envoy, relative to a repository root or the current folder.
 pub const ENVOY_IN_VENV: &str = ".venv/bin/envoy";
 
@@ -25,6 +29,17 @@ pub enum LocateError {
     EnvoyNotFound { tried: String },
     #[error("meshgate wasm module not found at {path} (given by {origin}); run `make build` or pass --wasm PATH")]
     WasmMissing { path: PathBuf, origin: String },
+    #[error(
+        "meshgate native module not found at {path} (given by {origin}); run `make build`, \
+         pass --native-module PATH, or set `filter: {{ runtime: wasm }}` in the registry"
+    )]
+    NativeMissing { path: PathBuf, origin: String },
+    #[error(
+        "meshgate native module not found: no repository root (a folder with a workspace \
+         Cargo.toml) above the meshgate executable and {NATIVE_ENV} is not set; \
+         run `make build` or pass --native-module PATH"
+    )]
+    NoRepoRootNative,
     #[error(
         "meshgate wasm module not found: no repository root (a folder with a workspace \
          Cargo.toml) above the meshgate executable and {WASM_ENV} is not set; \
@@ -38,6 +53,7 @@ pub enum LocateError {
 pub struct Search {
     pub envoy_env: Option<OsString>,
     pub wasm_env: Option<OsString>,
+    pub native_env: Option<OsString>,
     /// `$PATH`.
     pub path: Option<OsString>,
     pub cwd: PathBuf,
@@ -53,6 +69,7 @@ impl Search {
         Search {
             envoy_env: std::env::var_os(ENVOY_ENV).filter(|v| !v.is_empty()),
             wasm_env: std::env::var_os(WASM_ENV).filter(|v| !v.is_empty()),
+            native_env: std::env::var_os(NATIVE_ENV).filter(|v| !v.is_empty()),
             path: std::env::var_os("PATH"),
             cwd,
             repo_root,
@@ -108,16 +125,42 @@ impl Search {
     /// bootstrap before building). Paths given by flag or environment are returned as
     /// given, so a bootstrap can refer to the module relative to Envoy's working folder.
     pub fn wasm_candidate(&self, flag: Option<&Path>) -> Result<(PathBuf, String), LocateError> {
-        let (path, origin) = if let Some(path) = flag {
-            (path.to_path_buf(), "--wasm".to_string())
-        } else if let Some(path) = &self.wasm_env {
-            (PathBuf::from(path), WASM_ENV.to_string())
-        } else if let Some(root) = &self.repo_root {
-            (root.join(WASM_IN_REPO), "the repository build".to_string())
+        self.module_candidate(flag, ("--wasm", WASM_ENV, &self.wasm_env, WASM_IN_REPO)).ok_or(LocateError::NoRepoRoot)
+    }
+
+    /// A module by `flag`, else by its environment variable, else the repository build.
+    fn module_candidate(
+        &self,
+        flag: Option<&Path>,
+        (flag_name, env_name, env, in_repo): (&str, &str, &Option<OsString>, &str),
+    ) -> Option<(PathBuf, String)> {
+        if let Some(path) = flag {
+            Some((path.to_path_buf(), flag_name.to_string()))
+        } else if let Some(path) = env {
+            Some((PathBuf::from(path), env_name.to_string()))
         } else {
-            return Err(LocateError::NoRepoRoot);
-        };
-        Ok((path, origin))
+            self.repo_root.as_ref().map(|root| (root.join(in_repo), "the repository build".to_string()))
+        }
+    }
+}
+
+impl Search {
+    /// The native module: `flag`, else `$MESHGATE_NATIVE`, else the release build in the
+    /// repository. Always an absolute path (it ends up in the filter's configuration).
+    pub fn native(&self, flag: Option<&Path>) -> Result<PathBuf, LocateError> {
+        let (path, origin) = self.native_candidate(flag)?;
+        let path = absolute(&path);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(LocateError::NativeMissing { path, origin })
+        }
+    }
+
+    /// Where the native module should be, whether or not it is there yet.
+    pub fn native_candidate(&self, flag: Option<&Path>) -> Result<(PathBuf, String), LocateError> {
+        self.module_candidate(flag, ("--native-module", NATIVE_ENV, &self.native_env, NATIVE_IN_REPO))
+            .ok_or(LocateError::NoRepoRootNative)
     }
 }
 
@@ -212,6 +255,25 @@ mod tests {
         std::fs::write(&built, b"\0asm").expect("write");
         assert_eq!(s.wasm(None).expect("found"), built);
         assert_eq!(search(dir.path()).wasm(None), Err(LocateError::NoRepoRoot));
+    }
+
+    #[test]
+    fn native_module_search_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Search { repo_root: Some(dir.path().to_path_buf()), ..search(dir.path()) };
+        let err = s.native(None).expect_err("not built");
+        assert!(err.to_string().contains(NATIVE_IN_REPO) && err.to_string().contains("runtime: wasm"), "{err}");
+        let built = dir.path().join(NATIVE_IN_REPO);
+        std::fs::create_dir_all(built.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&built, b"\x7fELF").expect("write");
+        assert_eq!(s.native(None).expect("found"), built);
+        let other = dir.path().join("other.so");
+        std::fs::write(&other, b"\x7fELF").expect("write");
+        let s = Search { native_env: Some(other.clone().into()), ..s };
+        assert_eq!(s.native(None).expect("found"), other);
+        let err = s.native(Some(&dir.path().join("nope.so"))).expect_err("missing");
+        assert!(err.to_string().contains("--native-module"), "{err}");
+        assert_eq!(search(dir.path()).native(None), Err(LocateError::NoRepoRootNative));
     }
 
     #[test]

@@ -206,7 +206,10 @@ mod tests {
     fn loader(dir: &Path) -> Loader {
         Loader {
             file: dir.join("registry.yaml"),
-            options: TranslateOptions { wasm: WasmSource::Local { path: "/m.wasm".into() } },
+            options: TranslateOptions {
+                wasm: WasmSource::Local { path: "/m.wasm".into() },
+                native: Default::default(),
+            },
             control: ControlPlane::new(),
         }
     }

@@ -22,7 +22,7 @@ use crate::ratelimit::{Metrics, RateLimiter, RlsService};
 use crate::registry::Registry;
 use crate::reload::{self, Loader, ReloadError};
 use crate::service::AdsService;
-use crate::translate::{RemoteWasm, TranslateOptions, WasmSource};
+use crate::translate::{NativeSource, RemoteWasm, TranslateOptions, WasmSource};
 
 /// How long open ADS streams get to end on shutdown before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -56,7 +56,7 @@ impl WasmDelivery {
         Ok(WasmDelivery::Remote { url: url.to_string(), module })
     }
 
-    fn translate_options(&self) -> Result<TranslateOptions, ServeError> {
+    fn translate_options(&self, native: &NativeSource) -> Result<TranslateOptions, ServeError> {
         let wasm = match self {
             WasmDelivery::Local(path) => WasmSource::Local { path: path.clone() },
             WasmDelivery::Remote { url, module } => {
@@ -71,7 +71,7 @@ impl WasmDelivery {
                 })
             }
         };
-        Ok(TranslateOptions { wasm })
+        Ok(TranslateOptions { wasm, native: native.clone() })
     }
 }
 
@@ -82,6 +82,8 @@ pub struct StartOptions {
     pub xds_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub wasm: WasmDelivery,
+    /// Where Envoys load the native module from (`filter.runtime: native`).
+    pub native: NativeSource,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,8 +139,11 @@ async fn bind(address: SocketAddr, what: &str) -> Result<TcpListener, ServeError
 /// Loads the registry, binds, spawns. See the module docs.
 pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
     let control = ControlPlane::new();
-    let loader =
-        Loader { file: options.registry.clone(), options: options.wasm.translate_options()?, control: control.clone() };
+    let loader = Loader {
+        file: options.registry.clone(),
+        options: options.wasm.translate_options(&options.native)?,
+        control: control.clone(),
+    };
     // Taken before the first load: an edit made while it runs is picked up by the watcher.
     let loaded_from = reload::fingerprint(&loader.file);
     let loaded = loader.load()?;

@@ -186,7 +186,8 @@ mod tests {
     use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 
     fn resources(yaml: &str) -> Resources {
-        let options = TranslateOptions { wasm: WasmSource::Local { path: "/m.wasm".into() } };
+        let options =
+            TranslateOptions { wasm: WasmSource::Local { path: "/m.wasm".into() }, native: Default::default() };
         translate(&registry(yaml), &options).expect("translate")
     }
 

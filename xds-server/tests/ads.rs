@@ -260,6 +260,7 @@ async fn the_module_is_served_with_its_hash() {
         xds_listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         wasm: WasmDelivery::remote("http://meshgate:18001/wasm/meshgate.wasm", &module).unwrap(),
+        native: Default::default(),
     })
     .await
     .unwrap();

@@ -22,7 +22,13 @@ const SECRET_ENV: &str = "MESHGATE_TEST_HS256_SECRET";
 const SECRET: &str = "test-secret-test-secret-test-secret";
 
 fn validate_with_envoy(envoy: &Path, bootstrap: &Path) {
-    let out = Command::new(envoy).args(["--mode", "validate", "-l", "warn", "-c"]).arg(bootstrap).output().unwrap();
+    // The native filter compiles its configuration in validate mode too: its secrets must be set.
+    let out = Command::new(envoy)
+        .env(SECRET_ENV, SECRET)
+        .args(["--mode", "validate", "-l", "warn", "-c"])
+        .arg(bootstrap)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "envoy rejected {}:\n{}", bootstrap.display(), String::from_utf8_lossy(&out.stderr));
 }
 
@@ -43,12 +49,16 @@ fn generated_bootstraps_pass_envoy_validate() {
              \x20 - {{ name: v6, url: 'http://[::1]:9103/a/b' }}\n\
              auth:\n  jwt:\n    - {{ issuer: https://hs.example.com, audiences: [m], hs256_secret_env: {SECRET_ENV} }}\n\
              limits: {{ max_request_bytes: 100, max_response_bytes: 200 }}\n\
-             envoy: {{ concurrency: 1 }}\n"
+             envoy: {{ concurrency: 1 }}\nfilter: {{ runtime: wasm }}\n"
         ),
     )];
+    // The example registry runs the native build: validated with the built module, if built.
     let example = support::repo_root().join("examples/registry.yaml");
-    if example.exists() {
+    let native = support::repo_root().join("target/release/libmeshgate.so");
+    if example.exists() && native.exists() {
         registries.push(example);
+    } else {
+        eprintln!("skipping the example registry: {} or {} is not there", example.display(), native.display());
     }
     for registry in registries {
         for format in ["yaml", "json"] {
@@ -58,6 +68,8 @@ fn generated_bootstraps_pass_envoy_validate() {
                 .arg(&registry)
                 .arg("--wasm")
                 .arg(&wasm)
+                .arg("--native-module")
+                .arg(&native)
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", support::stderr(&out));
@@ -152,6 +164,10 @@ struct Up {
 
 impl Up {
     fn start(envoy: &Path, dir: &Path, registry: &Path, wasm: &Path) -> Up {
+        Self::start_with(envoy, dir, registry, &["--wasm".as_ref(), wasm.as_os_str()])
+    }
+
+    fn start_with(envoy: &Path, dir: &Path, registry: &Path, module: &[&std::ffi::OsStr]) -> Up {
         let ready_file = dir.join("ready.json");
         let stdout_file = dir.join("stdout.txt");
         let stderr_file = dir.join("stderr.txt");
@@ -160,8 +176,7 @@ impl Up {
             .arg(registry)
             .arg("--envoy")
             .arg(envoy)
-            .arg("--wasm")
-            .arg(wasm)
+            .args(module)
             .arg("--ready-file")
             .arg(&ready_file)
             .arg("--work-dir")
@@ -274,7 +289,7 @@ fn up_routes_reports_ready_and_stops_on_sigterm() {
         format!(
             "listener: {{ port: 0 }}\nadmin: {{ port: 0 }}\n\
              servers:\n  - {{ name: crm, url: 'http://127.0.0.1:{upstream_port}/mcp' }}\n\
-             envoy: {{ concurrency: 1, log_level: info }}\n"
+             envoy: {{ concurrency: 1, log_level: info }}\nfilter: {{ runtime: wasm }}\n"
         ),
     );
     let mut up = Up::start(&envoy, dir.path(), &registry, &wasm);
@@ -322,7 +337,8 @@ fn up_with_one_server(test: &str) -> Option<(tempfile::TempDir, Up)> {
     let registry = write(
         dir.path(),
         "registry.yaml",
-        "listener: { port: 0 }\nservers: [{ name: a, url: 'http://127.0.0.1:9/' }]\nenvoy: { concurrency: 1 }\n",
+        "listener: { port: 0 }\nservers: [{ name: a, url: 'http://127.0.0.1:9/' }]\nenvoy: { concurrency: 1 }\n\
+         filter: { runtime: wasm }\n",
     );
     let up = Up::start(&envoy, dir.path(), &registry, &wasm);
     Some((dir, up))
@@ -352,7 +368,8 @@ fn up_fails_with_envoys_words_when_the_module_is_bad() {
     let registry = write(
         dir.path(),
         "registry.yaml",
-        "listener: { port: 0 }\nservers: [{ name: a, url: 'http://127.0.0.1:9/' }]\nenvoy: { concurrency: 1 }\n",
+        "listener: { port: 0 }\nservers: [{ name: a, url: 'http://127.0.0.1:9/' }]\nenvoy: { concurrency: 1 }\n\
+         filter: { runtime: wasm }\n",
     );
     let mut up = Up::start(&envoy, dir.path(), &registry, &wasm);
     let status = up.wait_exit(Duration::from_secs(30));
@@ -365,5 +382,29 @@ fn up_fails_with_envoys_words_when_the_module_is_bad() {
         "the error quotes Envoy's NACK:\n{output}"
     );
     assert!(output.contains("Failed to parse corrupted Wasm module"), "and Envoy's own lines:\n{output}");
+    assert!(!up.ready_file.exists());
+}
+
+#[test]
+fn up_fails_with_envoys_words_when_the_native_module_is_bad() {
+    let Some(envoy) = envoy_or_skip("up_fails_with_envoys_words_when_the_native_module_is_bad") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let module = write(dir.path(), "libbad.so", "not a shared object");
+    let registry = write(
+        dir.path(),
+        "registry.yaml",
+        "listener: { port: 0 }\nservers: [{ name: a, url: 'http://127.0.0.1:9/' }]\nenvoy: { concurrency: 1 }\n",
+    );
+    let mut up = Up::start_with(&envoy, dir.path(), &registry, &["--native-module".as_ref(), module.as_os_str()]);
+    let status = up.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", up.output());
+    let output = up.output();
+    assert!(
+        output.contains("meshgate: envoy rejected its configuration (extension_configs)"),
+        "the error quotes Envoy's NACK:\n{output}"
+    );
+    assert!(output.contains("libbad.so"), "and names the module:\n{output}");
     assert!(!up.ready_file.exists());
 }

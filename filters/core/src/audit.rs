@@ -92,6 +92,22 @@ pub mod metric {
     pub const DECISION_TIME_US: &str = "meshgate.decision_time_us";
     /// Counter `meshgate.upstream_errors.server.<s>.code.<c>`.
     pub const UPSTREAM_ERRORS: &str = "meshgate.upstream_errors";
+
+    /// Every counter root.
+    pub const COUNTERS: [&str; 4] = [REQUESTS, TOOL_CALLS, REDACTIONS, UPSTREAM_ERRORS];
+    /// Every histogram root.
+    pub const HISTOGRAMS: [&str; 1] = [DECISION_TIME_US];
+}
+
+/// Metric label names.
+pub mod label {
+    pub const METHOD: &str = "method";
+    pub const DECISION: &str = "decision";
+    pub const SERVER: &str = "server";
+    pub const TOOL: &str = "tool";
+    pub const CONSUMER: &str = "consumer";
+    pub const DETECTOR: &str = "detector";
+    pub const CODE: &str = "code";
 }
 
 /// Longest label value kept; longer names are cut (the metric stays, bounded).
@@ -387,7 +403,12 @@ impl AuditRecord {
     /// The metric updates this exchange makes. `tool_overflow`: the worker already holds
     /// its cap of distinct metric names, so tool labels collapse to [`OTHER`].
     pub fn metrics(&self, options: MetricOptions, tool_overflow: bool) -> Vec<MetricUpdate> {
-        // Every exchange builds these names: one allocation per name, no formatting machinery.
+        self.metric_series(options, tool_overflow).into_iter().map(MetricSeries::into_update).collect()
+    }
+
+    /// [`Self::metrics`] as labelled series, for hosts whose metrics carry labels of their
+    /// own (the native build): the same series, the labels not yet folded into the name.
+    pub fn metric_series(&self, options: MetricOptions, tool_overflow: bool) -> Vec<MetricSeries> {
         let method = self.method.as_deref().map_or_else(|| "none".to_string(), method_label);
         let decision = self.decision.as_str();
         let server = self.server.as_deref().map_or_else(|| "none".to_string(), sanitize);
@@ -396,51 +417,102 @@ impl AuditRecord {
             (Some(ResourceKind::Tool), Some(_)) => OTHER.to_string(),
             _ => "none".to_string(),
         };
+        let counter = |root, labels, value| MetricSeries { kind: MetricKind::Counter, root, labels, value };
         let mut out = vec![
-            MetricUpdate::Counter {
-                name: [metric::REQUESTS, ".method.", &method, ".decision.", decision].concat(),
-                by: 1,
-            },
-            MetricUpdate::Histogram {
-                name: [metric::DECISION_TIME_US, ".method.", &method].concat(),
+            counter(
+                metric::REQUESTS,
+                vec![(label::METHOD, method.clone()), (label::DECISION, decision.to_string())],
+                1,
+            ),
+            MetricSeries {
+                kind: MetricKind::Histogram,
+                root: metric::DECISION_TIME_US,
+                labels: vec![(label::METHOD, method)],
                 value: self.decision_us,
             },
         ];
         if self.target_kind == Some(ResourceKind::Tool) {
-            let name = if options.consumer_label {
+            let mut labels = vec![
+                (label::SERVER, server.clone()),
+                (label::TOOL, tool.clone()),
+                (label::DECISION, decision.to_string()),
+            ];
+            if options.consumer_label {
                 let consumer = self.consumer.as_deref().map_or_else(|| "none".to_string(), sanitize);
-                [
-                    metric::TOOL_CALLS,
-                    ".server.",
-                    &server,
-                    ".tool.",
-                    &tool,
-                    ".decision.",
-                    decision,
-                    ".consumer.",
-                    &consumer,
-                ]
-                .concat()
-            } else {
-                [metric::TOOL_CALLS, ".server.", &server, ".tool.", &tool, ".decision.", decision].concat()
-            };
-            out.push(MetricUpdate::Counter { name, by: 1 });
+                labels.push((label::CONSUMER, consumer));
+            }
+            out.push(counter(metric::TOOL_CALLS, labels, 1));
         }
         for (detector, n) in self.redactions.iter() {
-            out.push(MetricUpdate::Counter {
-                name: [metric::REDACTIONS, ".server.", &server, ".tool.", &tool, ".detector.", &sanitize(detector)]
-                    .concat(),
-                by: n,
-            });
+            let labels = vec![
+                (label::SERVER, server.clone()),
+                (label::TOOL, tool.clone()),
+                (label::DETECTOR, sanitize(detector)),
+            ];
+            out.push(counter(metric::REDACTIONS, labels, n));
         }
         if let Some(c) = self.upstream_error_code {
-            out.push(MetricUpdate::Counter {
-                name: [metric::UPSTREAM_ERRORS, ".server.", &server, ".code.", &c.to_string()].concat(),
-                by: 1,
-            });
+            out.push(counter(metric::UPSTREAM_ERRORS, vec![(label::SERVER, server), (label::CODE, c.to_string())], 1));
         }
-        out.retain(|m| !matches!(m, MetricUpdate::Counter { by: 0, .. }));
+        out.retain(|m| !(m.kind == MetricKind::Counter && m.value == 0));
         out
+    }
+}
+
+/// Whether a series counts or samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Histogram,
+}
+
+/// One metric update as a root name (a [`metric`] constant) and its labels, in the order
+/// [`MetricSeries::name`] writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricSeries {
+    pub kind: MetricKind,
+    pub root: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    /// Counter increment, or histogram sample.
+    pub value: u64,
+}
+
+impl MetricSeries {
+    /// The name with its labels folded in: `<root>.<label>.<value>...`, the name the wasm
+    /// build defines (the bootstrap's `stats_tags` turn the pairs back into labels).
+    pub fn name(&self) -> String {
+        let len = self.root.len() + self.labels.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+        let mut name = String::with_capacity(len);
+        name.push_str(self.root);
+        for (k, v) in &self.labels {
+            name.push('.');
+            name.push_str(k);
+            name.push('.');
+            name.push_str(v);
+        }
+        name
+    }
+
+    fn into_update(self) -> MetricUpdate {
+        let name = self.name();
+        match self.kind {
+            MetricKind::Counter => MetricUpdate::Counter { name, by: self.value },
+            MetricKind::Histogram => MetricUpdate::Histogram { name, value: self.value },
+        }
+    }
+}
+
+/// The label names of each metric root, in order; `consumer_label` adds `consumer` to
+/// [`metric::TOOL_CALLS`]. A host that defines labelled metrics up front defines these.
+pub fn metric_labels(root: &str, options: MetricOptions) -> &'static [&'static str] {
+    match root {
+        metric::REQUESTS => &[label::METHOD, label::DECISION],
+        metric::DECISION_TIME_US => &[label::METHOD],
+        metric::TOOL_CALLS if options.consumer_label => &[label::SERVER, label::TOOL, label::DECISION, label::CONSUMER],
+        metric::TOOL_CALLS => &[label::SERVER, label::TOOL, label::DECISION],
+        metric::REDACTIONS => &[label::SERVER, label::TOOL, label::DETECTOR],
+        metric::UPSTREAM_ERRORS => &[label::SERVER, label::CODE],
+        _ => &[],
     }
 }
 

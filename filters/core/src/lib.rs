@@ -1,6 +1,8 @@
 //! Meshgate's pure core: everything the Envoy filter decides, with no proxy-wasm in sight.
 //!
-//! The wasm crate gathers bytes from Envoy and calls in here; the control plane calls
+//! The two builds of the filter (`filters/native`, a dynamic module, and `filters/wasm`,
+//! proxy-wasm) implement [`pipeline::Host`] and hand every Envoy callback to
+//! [`pipeline::Stream`], the per-stream state machine; the control plane calls
 //! [`config::FilterConfig::compile`] to validate what it will push. Nothing here panics on
 //! input: every failure is a value ([`reject::Rejection`] on the request path,
 //! [`config::ConfigError`] at configure time).
@@ -30,9 +32,20 @@ pub mod listing;
 pub mod mcp;
 pub mod origin;
 pub mod param_headers;
+pub mod pipeline;
 pub mod policy;
 pub mod quota;
 pub mod redact;
 pub mod reject;
 pub mod resource_uri;
 pub mod sse;
+
+/// The Envoy dynamic-module ABI the native build (`filters/native`, `libmeshgate.so`) is
+/// built for. meshgate checks the Envoy it starts against it: the module declares Envoy
+/// 1.40's callbacks and another Envoy refuses to load it (or, worse, mismatches a signature).
+pub mod native_abi {
+    /// Envoy `major.minor` whose ABI the module implements.
+    pub const ENVOY_VERSION: &str = "1.40";
+    /// What the module's `program_init` returns (Envoy 1.40 expects exactly this).
+    pub const VERSION: &str = "v0.2.0";
+}

@@ -136,6 +136,7 @@ pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
         },
         "overload_manager": overload_manager(),
         "stats_config": stats::stats_config(),
+        "layered_runtime": stats::layered_runtime(),
     })
 }
 
@@ -183,8 +184,9 @@ pub enum BootstrapError {
     NeedsRateLimitService { rule: String },
 }
 
-/// The complete static bootstrap for `registry`, loading the filter from `wasm`.
-pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, BootstrapError> {
+/// The complete static bootstrap for `registry`, loading the filter from `native` or
+/// `wasm` (the registry's `filter.runtime`).
+pub fn static_bootstrap(registry: &Registry, wasm: &Path, native: &Path) -> Result<Value, BootstrapError> {
     if let Some(server) = registry.servers.iter().find(|s| !s.control_plane_keys.is_empty()) {
         return Err(BootstrapError::NeedsControlPlane {
             server: server.name.clone(),
@@ -207,11 +209,12 @@ pub fn static_bootstrap(registry: &Registry, wasm: &Path) -> Result<Value, Boots
             }
         },
         "static_resources": {
-            "listeners": [make_listener(registry, wasm)?],
+            "listeners": [make_listener(registry, wasm, native)?],
             "clusters": clusters,
         },
         "overload_manager": overload_manager(),
         "stats_config": stats::stats_config(),
+        "layered_runtime": stats::layered_runtime(),
     }))
 }
 
@@ -243,11 +246,29 @@ servers:
   - name: docs
     url: http://localhost:9102/
 limits: { max_request_bytes: 2000000 }
+filter: { runtime: wasm }
 ";
 
     fn bootstrap() -> Value {
         let registry = registry(REGISTRY);
-        static_bootstrap(&registry, Path::new("/opt/meshgate.wasm")).expect("bootstrap")
+        static_bootstrap(&registry, Path::new("/opt/meshgate.wasm"), Path::new("/opt/libmeshgate.so"))
+            .expect("bootstrap")
+    }
+
+    #[test]
+    fn native_filter_carries_the_filter_config_and_names_its_module() {
+        let registry = registry(&REGISTRY.replace("runtime: wasm", "runtime: native"));
+        let b = static_bootstrap(&registry, Path::new("/m.wasm"), Path::new("/opt/libmeshgate.so")).expect("bootstrap");
+        let filter = &hcm(&b)["http_filters"][0];
+        assert_eq!(filter["name"], crate::translate::FILTER_NAME);
+        let config = &filter["typed_config"];
+        assert_eq!(config["dynamic_module_config"]["module"]["local"]["filename"], "/opt/libmeshgate.so");
+        assert_eq!(config["dynamic_module_config"]["do_not_close"], true);
+        assert_eq!(config["filter_name"], "meshgate");
+        let text = config["filter_config"]["value"].as_str().expect("a string");
+        let parsed: meshgate_core::config::RawFilterConfig = serde_json::from_str(text).expect("the filter's config");
+        assert_eq!(parsed.servers, ["crm", "docs"]);
+        assert_eq!(b["layered_runtime"]["layers"][0]["static_layer"][stats::STRIP_CUSTOM_STAT_PREFIX], true);
     }
 
     fn hcm(b: &Value) -> &Value {
@@ -354,9 +375,10 @@ limits: { max_request_bytes: 2000000 }
     fn hs256_secret_names_become_vm_environment_keys() {
         let registry = registry(
             "listener: { port: 0 }\nservers: [{ name: a, url: 'http://127.0.0.1:1/' }]\n\
-             auth:\n  jwt:\n    - { issuer: x, audiences: [y], hs256_secret_env: TEST_SECRET }\n",
+             auth:\n  jwt:\n    - { issuer: x, audiences: [y], hs256_secret_env: TEST_SECRET }\n\
+             filter: { runtime: wasm }\n",
         );
-        let b = static_bootstrap(&registry, Path::new("/m.wasm")).expect("bootstrap");
+        let b = static_bootstrap(&registry, Path::new("/m.wasm"), Path::new("/m.so")).expect("bootstrap");
         let config = &hcm(&b)["http_filters"][0]["typed_config"]["config"];
         assert_eq!(config["vm_config"]["environment_variables"]["host_env_keys"], json!(["TEST_SECRET"]));
         let text = config["configuration"]["value"].as_str().expect("a string");
@@ -369,13 +391,13 @@ limits: { max_request_bytes: 2000000 }
             "listener: { address: 127.0.0.1, port: 10000 }",
             "listener: { address: 127.0.0.1, port: 10000, cors: { allow_origins: ['https://a.example.com'] } }",
         ));
-        let e = static_bootstrap(&listener, Path::new("/w.wasm")).expect_err("refused");
+        let e = static_bootstrap(&listener, Path::new("/w.wasm"), Path::new("/w.so")).expect_err("refused");
         assert!(e.to_string().contains("listener.cors"), "{e}");
         let server = registry(&REGISTRY.replace(
             "    timeout: 300s\n",
             "    timeout: 300s\n    cors: { allow_origins: ['https://a.example.com'] }\n",
         ));
-        let e = static_bootstrap(&server, Path::new("/w.wasm")).expect_err("refused");
+        let e = static_bootstrap(&server, Path::new("/w.wasm"), Path::new("/w.so")).expect_err("refused");
         assert!(e.to_string().contains("\"crm\" uses cors"), "{e}");
         // Host and Origin checks are the filter's: they are in its configuration here too.
         let b = bootstrap();

@@ -28,14 +28,17 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::registry::{Registry, Server, UpstreamHost};
-use crate::translate::filter::{VM_RELOAD_BACKOFF, VM_RELOAD_MAX_BACKOFF};
+use crate::registry::{Registry, Runtime, Server, UpstreamHost};
+use crate::translate::filter::{NATIVE_METRICS_NAMESPACE, VM_RELOAD_BACKOFF, VM_RELOAD_MAX_BACKOFF};
 use crate::translate::local_reply::{wasm_failure_body, WASM_FAILURE_DETAILS, WASM_FAILURE_STATUS};
 use crate::translate::{
-    buffer_limit_bytes, cluster_name, envoy_duration, LISTENER_NAME, STREAM_IDLE_TIMEOUT, WASM_PLUGIN_NAME,
+    buffer_limit_bytes, cluster_name, envoy_duration, FILTER_NAME, LISTENER_NAME, NATIVE_MODULE_NAME,
+    STREAM_IDLE_TIMEOUT, WASM_PLUGIN_NAME,
 };
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const DYNAMIC_MODULE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 const HCM_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -165,8 +168,34 @@ fn local_reply_config() -> Value {
     })
 }
 
-/// The MCP listener: one HCM with the Meshgate filter, then the router.
-pub fn make_listener(registry: &Registry, wasm: &Path) -> Result<Value, serde_json::Error> {
+/// The Meshgate filter as a dynamic module (`filter.runtime: native`), as
+/// [`crate::translate::filter::make_native_config`] renders it for ECDS. Secrets are read
+/// from Envoy's own environment.
+pub fn make_native_filter(registry: &Registry, module: &Path) -> Result<Value, serde_json::Error> {
+    let configuration = serde_json::to_string(&registry.filter)?;
+    Ok(json!({
+        "name": FILTER_NAME,
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER_TYPE,
+            "dynamic_module_config": {
+                "name": NATIVE_MODULE_NAME,
+                "module": { "local": { "filename": module.display().to_string() } },
+                "do_not_close": true,
+                "metrics_namespace": NATIVE_METRICS_NAMESPACE,
+            },
+            "filter_name": NATIVE_MODULE_NAME,
+            "filter_config": { "@type": STRING_VALUE_TYPE, "value": configuration },
+        }
+    }))
+}
+
+/// The MCP listener: one HCM with the Meshgate filter (the registry's `filter.runtime`),
+/// then the router.
+pub fn make_listener(registry: &Registry, wasm: &Path, native: &Path) -> Result<Value, serde_json::Error> {
+    let filter = match registry.runtime {
+        Runtime::Native => make_native_filter(registry, native)?,
+        Runtime::Wasm => make_wasm_filter(registry, wasm)?,
+    };
     Ok(json!({
         "name": LISTENER_NAME,
         "address": {
@@ -193,7 +222,7 @@ pub fn make_listener(registry: &Registry, wasm: &Path) -> Result<Value, serde_js
                     "local_reply_config": local_reply_config(),
                     "access_log": crate::translate::observability::access_log_json(registry),
                     "http_filters": [
-                        make_wasm_filter(registry, wasm)?,
+                        filter,
                         {
                             "name": "envoy.filters.http.router",
                             "typed_config": { "@type": ROUTER_TYPE }

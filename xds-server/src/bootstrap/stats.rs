@@ -33,3 +33,17 @@ pub fn stats_config() -> Value {
         }],
     })
 }
+
+/// Envoy's runtime flag that names the native filter's Prometheus series like the wasm
+/// build's: without it a dynamic module's stats are `envoy_<namespace>_<name>`; with it the
+/// namespace (`wasmcustom`, as the wasm build's) and `envoy_` are dropped, exactly as Envoy
+/// does for wasm's custom stats: `meshgate_tool_calls{...}` from either build. Runtime
+/// flags are bootstrap-only, so every bootstrap meshgate renders carries it.
+pub const STRIP_CUSTOM_STAT_PREFIX: &str = "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
+
+/// The bootstrap's `layered_runtime`: the static layer with [`STRIP_CUSTOM_STAT_PREFIX`].
+pub fn layered_runtime() -> Value {
+    json!({
+        "layers": [{ "name": "meshgate", "static_layer": { STRIP_CUSTOM_STAT_PREFIX: true } }]
+    })
+}

@@ -118,6 +118,8 @@ pub enum RegistryError {
     InvalidConcurrency { value: u64 },
     #[error("unknown log level {value:?} (use trace, debug, info, warn, error, critical or off)")]
     InvalidLogLevel { value: String },
+    #[error("filter runtime {value:?} is not one of native, wasm")]
+    InvalidRuntime { value: String },
     #[error(
         "quota {rule:?} has scope: global, which needs a top-level rate_limit_service \
          (redis_url, failure_mode, timeout)"

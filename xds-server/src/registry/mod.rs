@@ -64,6 +64,37 @@ pub struct Registry {
     pub observability: observability::Observability,
     /// `listener.cors`: the CORS policy of every server route without its own.
     pub cors: Option<Cors>,
+    /// `filter.runtime`: which build of the filter Envoy runs.
+    pub runtime: Runtime,
+}
+
+/// Which build of the Meshgate filter Envoy runs (`filter.runtime`). Both run the same
+/// core on the same configuration; they differ in how Envoy loads them and in the scope of
+/// local counters and the token cache (see the README, "Native or wasm").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Runtime {
+    /// The dynamic module `libmeshgate.so`, built for Envoy 1.40 (default).
+    #[default]
+    Native,
+    /// The proxy-wasm module on V8, for any Envoy.
+    Wasm,
+}
+
+impl Runtime {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "native" => Some(Runtime::Native),
+            "wasm" => Some(Runtime::Wasm),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Native => "native",
+            Runtime::Wasm => "wasm",
+        }
+    }
 }
 
 /// An opt-in CORS policy (`listener.cors`, `servers[].cors`), rendered for Envoy's CORS

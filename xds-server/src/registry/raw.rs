@@ -44,6 +44,18 @@ pub struct RawRegistry {
     /// Audit log, tracing and metric labels (`super::observability`).
     #[serde(default)]
     pub observability: super::observability::RawObservability,
+    /// Which build of the filter Envoy runs.
+    #[serde(default)]
+    pub filter: RawFilterSection,
+}
+
+/// `filter`: how Envoy runs the Meshgate filter.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilterSection {
+    /// `native` (default: the dynamic module `libmeshgate.so`) or `wasm` (proxy-wasm on V8).
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 /// `rate_limit_service`: where global quota counters live and what happens when they cannot

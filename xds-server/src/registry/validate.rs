@@ -26,8 +26,8 @@ use super::raw::{
 };
 use super::{
     defaults, CircuitBreakers, Cors, CredentialSource, Credentials, EnvoySettings, FailureMode, GlobalRule,
-    HealthCheck, HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Scheme, SecretValue, Server,
-    Tool, Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
+    HealthCheck, HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Runtime, Scheme, SecretValue,
+    Server, Tool, Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
 
 /// Where JWKS members that only private keys carry live (RFC 7518 §6).
@@ -104,6 +104,13 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         let jwt = jwt_providers(&mut problems, &raw.auth.jwt, base_dir, secrets);
         check_role_references(&mut problems, &raw);
         let envoy = envoy_settings(&mut problems, &raw.envoy);
+        let runtime = match raw.filter.runtime.as_deref() {
+            None => Runtime::default(),
+            Some(value) => Runtime::parse(value).unwrap_or_else(|| {
+                problems.push("filter.runtime", RegistryError::InvalidRuntime { value: value.to_string() });
+                Runtime::default()
+            }),
+        };
         let observability = super::observability::validate(&raw.observability, base_dir).unwrap_or_else(|found| {
             found.into_iter().for_each(|(path, e)| problems.push(path, e));
             Default::default()
@@ -157,6 +164,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             global_rules,
             observability,
             cors,
+            runtime,
         })
     }
 }

@@ -20,7 +20,7 @@ fn snapshot(servers: &[&str], allow: &str) -> Snapshot {
         yaml.push_str(&format!("  - {{ name: {name}, url: 'http://127.0.0.1:{}/mcp' }}\n", 9000 + i));
     }
     yaml.push_str(&format!("policy:\n  roles:\n    r: {{ allow: ['{allow}'] }}\n"));
-    let options = TranslateOptions { wasm: WasmSource::Local { path: "/m.wasm".into() } };
+    let options = TranslateOptions { wasm: WasmSource::Local { path: "/m.wasm".into() }, native: Default::default() };
     Snapshot::new(&translate(&registry(&yaml), &options).expect("translate")).expect("snapshot")
 }
 

@@ -2,18 +2,19 @@
 //!
 //! Filters, in order: Envoy's CORS filter when the registry opts into CORS (it answers
 //! preflights before the Meshgate filter refuses `OPTIONS`, see [`super::cors`]), the
-//! Meshgate wasm filter **by ECDS** (its configuration is the policy; without it the
+//! Meshgate filter (native or wasm) **by ECDS** (its configuration is the policy; without it the
 //! listener stays warming: fail closed), the `filter_chain` filter that runs per-route
 //! credential injectors, then the router. Routes come by RDS. So the listener only changes
 //! when the registry's `listener` or `limits` do — or when CORS or global quotas are turned
 //! on or off or `rate_limit_service` changes: then Envoy's `ratelimit` filter sits right
-//! after the wasm filter (see [`super::ratelimit`]). Envoy's own answers that no filter can
+//! after the Meshgate filter (see [`super::ratelimit`]). Envoy's own answers that no filter can
 //! turn into JSON-RPC are mapped by [`super::local_reply`].
 
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address, Address, ExtensionConfigSource, SocketAddress,
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::filter_chain::v3::FilterChainConfig;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
@@ -59,7 +60,8 @@ pub fn make_listener(registry: &Registry) -> Listener {
                     config_source: Some(ads_config_source()),
                     // No default: until the policy arrives the listener is not ready.
                     apply_default_config_without_warming: false,
-                    type_urls: vec![Wasm::type_url()],
+                    // Both builds, so `filter.runtime` switches live.
+                    type_urls: vec![DynamicModuleFilter::type_url(), Wasm::type_url()],
                     ..Default::default()
                 })),
                 ..Default::default()

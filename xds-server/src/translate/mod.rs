@@ -7,7 +7,7 @@
 //! | [`cluster::make_cluster`] | one `Cluster` per server (`mcp-<name>`) | CDS |
 //! | [`route::make_route_config`] | the `RouteConfiguration` `meshgate` (MCP routes + RFC 9728 answers) | RDS |
 //! | [`listener::make_listener`] | the `Listener` `meshgate` (HCM → wasm via ECDS → credentials → router) | LDS |
-//! | [`filter::make_wasm_config`] | the `TypedExtensionConfig` `meshgate.wasm` (policy = filter config) | ECDS |
+//! | [`filter::make_filter_config`] | the `TypedExtensionConfig` `meshgate.wasm`: the wasm or the native filter (policy = filter config) | ECDS |
 //! | [`filter::make_credential_secret`] | a generic `Secret` per server with `credentials` | SDS |
 //! | [`ratelimit`] | the `ratelimit` filter and per-route descriptors for `scope: global` quotas | LDS, RDS |
 //! | [`cors`] | the CORS filter and per-route CORS policies, when the registry opts in | LDS, RDS |
@@ -60,8 +60,14 @@ pub const LISTENER_NAME: &str = "meshgate";
 pub const ROUTE_CONFIG_NAME: &str = "meshgate";
 /// `root_id` / `vm_id` / plugin name of the Meshgate wasm filter.
 pub const WASM_PLUGIN_NAME: &str = "meshgate";
-/// The wasm `HttpFilter` and its ECDS resource (they must share the name).
+/// The Meshgate `HttpFilter` and its ECDS resource (they must share the name). It keeps its
+/// first name whichever build runs ([`FILTER_NAME`]): a switch between builds is then one
+/// ECDS update, and an upgrade does not re-create the listener.
 pub const WASM_FILTER_NAME: &str = "meshgate.wasm";
+/// [`WASM_FILTER_NAME`], by what it names: the filter, wasm or native.
+pub const FILTER_NAME: &str = WASM_FILTER_NAME;
+/// The name Envoy loads the native module by (`libmeshgate.so`), and its `filter_name`.
+pub const NATIVE_MODULE_NAME: &str = "meshgate";
 /// The `filter_chain` `HttpFilter` whose per-route chains inject upstream credentials.
 pub const CREDENTIALS_FILTER_NAME: &str = "meshgate.credentials";
 /// Cluster Envoy fetches a remote wasm module through.
@@ -116,10 +122,22 @@ pub struct RemoteWasm {
     pub sha256: String,
 }
 
+/// Where Envoy gets the native module (`filter.runtime: native`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NativeSource {
+    /// This file on the Envoy host (`module.local.filename`).
+    Path(PathBuf),
+    /// By name: `libmeshgate.so` in `$ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (default: Envoy's
+    /// working folder), then the system's library paths.
+    #[default]
+    SearchPath,
+}
+
 /// What translation needs besides the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranslateOptions {
     pub wasm: WasmSource,
+    pub native: NativeSource,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +225,7 @@ pub fn translate(registry: &Registry, options: &TranslateOptions) -> Result<Reso
     Ok(Resources {
         secrets,
         clusters,
-        extension_configs: vec![filter::make_wasm_config(registry, &options.wasm)?],
+        extension_configs: vec![filter::make_filter_config(registry, options)?],
         listeners: vec![listener::make_listener(registry)],
         routes: vec![route::make_route_config(registry)],
     })

@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::config::route::v3::{route::Action, RouteConfiguratio
 use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors as CorsFilter, CorsPolicy};
 use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::filter_chain::v3::{
     FilterChainConfig, FilterChainConfigPerRoute,
 };
@@ -73,7 +74,10 @@ limits: { max_request_bytes: 100000 }
 const MINIMAL: &str = "listener: { port: 0 }\nservers:\n  - { name: crm, url: 'http://127.0.0.1:9101/mcp' }\n";
 
 fn local_wasm() -> TranslateOptions {
-    TranslateOptions { wasm: WasmSource::Local { path: PathBuf::from("/opt/meshgate/meshgate_wasm.wasm") } }
+    TranslateOptions {
+        wasm: WasmSource::Local { path: PathBuf::from("/opt/meshgate/meshgate_wasm.wasm") },
+        native: NativeSource::Path(PathBuf::from("/opt/meshgate/libmeshgate.so")),
+    }
 }
 
 fn remote_wasm() -> TranslateOptions {
@@ -84,6 +88,7 @@ fn remote_wasm() -> TranslateOptions {
             port: 18001,
             sha256: "ab".repeat(32),
         }),
+        native: NativeSource::SearchPath,
     }
 }
 
@@ -126,6 +131,7 @@ fn decode(any: &Any) -> Option<String> {
         HttpConnectionManager,
         Router,
         Wasm,
+        DynamicModuleFilter,
         FilterChainConfig,
         FilterChainConfigPerRoute,
         CredentialInjector,
@@ -223,7 +229,7 @@ fn snapshot_full_registry() {
 
 #[test]
 fn snapshot_minimal_registry_with_remote_wasm() {
-    let registry = registry(MINIMAL);
+    let registry = registry(&format!("{MINIMAL}filter: {{ runtime: wasm }}\n"));
     let resources = translate(&registry, &remote_wasm()).expect("translate");
     insta::assert_snapshot!("minimal_remote_wasm", render_all(&resources));
 }
@@ -332,9 +338,12 @@ fn cors_is_first_and_only_when_configured() {
 
 /// The filter configuration (JSON) inside the ECDS resource.
 fn with_filter_config(r: &Resources) -> serde_json::Value {
-    let wasm =
-        Wasm::decode(r.extension_configs[0].typed_config.as_ref().expect("config").value.as_slice()).expect("wasm");
-    let configuration = wasm.config.expect("plugin").configuration.expect("configuration");
+    let any = r.extension_configs[0].typed_config.as_ref().expect("config");
+    let configuration = if any.type_url == DynamicModuleFilter::type_url() {
+        DynamicModuleFilter::decode(any.value.as_slice()).expect("native").filter_config.expect("filter_config")
+    } else {
+        Wasm::decode(any.value.as_slice()).expect("wasm").config.expect("plugin").configuration.expect("configuration")
+    };
     let text = StringValue::decode(configuration.value.as_slice()).expect("string").value;
     serde_json::from_str(&text).expect("json")
 }
@@ -365,7 +374,8 @@ fn host_and_origin_defaults_follow_the_listener_address() {
 
 #[test]
 fn a_failed_vm_is_reloaded_and_its_503_is_json_rpc() {
-    let resources = translate(&registry(MINIMAL), &local_wasm()).expect("translate");
+    let wasm_runtime = format!("{MINIMAL}filter: {{ runtime: wasm }}\n");
+    let resources = translate(&registry(&wasm_runtime), &local_wasm()).expect("translate");
     let wasm = Wasm::decode(resources.extension_configs[0].typed_config.as_ref().expect("config").value.as_slice())
         .expect("wasm");
     let plugin = wasm.config.expect("plugin");

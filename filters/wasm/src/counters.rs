@@ -1,4 +1,5 @@
-//! Counters in proxy-wasm shared data, updated with compare-and-swap.
+//! Counters in proxy-wasm shared data, updated with compare-and-swap: the wasm build's
+//! [`meshgate_core::pipeline::Host::update_counter`].
 //!
 //! Every Envoy worker runs its own VM; shared data is the one memory they share. A counter
 //! update reads `(bytes, cas)`, computes the new value with a pure core function and writes
@@ -68,11 +69,7 @@ pub fn ensure_lock() -> Result<(), SharedError> {
 /// Updates the value at `key`. `compute` gets the stored bytes (`None`: the key does not
 /// exist yet) and returns the bytes to store (`None`: leave it as it is) and the result.
 /// `compute` may run several times (once per attempt); only the last run's write counts.
-pub fn update<T>(key: &str, now_ns: u64, compute: &mut Compute<'_, T>) -> Result<T, SharedError> {
-    update_capped(key, None, now_ns, compute)
-}
-
-/// [`update`], where creating `key` counts against `cap` keys created this way (shared data
+/// With `cap`, creating `key` counts against `cap` keys created this way (shared data
 /// never forgets a key): past it, `Err(Full)` and nothing is written. Existing keys are
 /// updated whatever the count.
 pub fn update_capped<T>(

@@ -1,0 +1,696 @@
+//! The per-stream state machine of the Envoy filter, written once for both builds.
+//!
+//! One [`Stream`] per HTTP stream walks: request headers → (await the body) → decide →
+//! forward or answer locally → response plan → rewrite the response (buffered JSON, SSE
+//! events as they complete, or a replacement) → the audit record and metrics when the
+//! stream ends. It holds no host code: everything it asks of Envoy goes through [`Host`],
+//! which the proxy-wasm build (`filters/wasm`) and the dynamic-module build
+//! (`filters/native`) implement, and an in-memory host implements for the tests beside
+//! this file.
+//!
+//! What the two hosts differ in stays behind the trait:
+//! - bodies: proxy-wasm hands over "the first `size` bytes Envoy holds"; a dynamic module
+//!   sees a buffered part and the current chunk. The pipeline only asks for "the body this
+//!   callback sees" ([`Host::request_body`]) and replaces it whole;
+//! - counters: local quota counters and in-flight slots are byte values updated by a pure
+//!   function ([`Host::update_counter`]): proxy-wasm shared data under compare-and-swap, or
+//!   process memory under a lock. Either way the update is exact across workers;
+//! - metrics, audit fields, the clock and the log.
+//!
+//! Invariants (as in the wasm filter this came from): a request is forwarded only after
+//! the gateway decided on its whole body; any failure to read or update a counter refuses
+//! the call (503); the in-flight slot is given back exactly once, in [`Stream::on_log`],
+//! which the host calls once for every stream however it ended (client resets included);
+//! audit fields are written only when something reads them, and never twice with the same
+//! value.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::audit::{self, AuditRecord, MetricOptions};
+use crate::gateway::{
+    header_value, header_values, headers_to_strip, BodyKind, Exchange, Gateway, HeadDecision, PendingRequest,
+    RequestHead, ResponsePlan,
+};
+use crate::identity::TokenCache;
+use crate::jsonrpc::{code, error_body};
+use crate::quota::{self, LocalCharge, State as QuotaState};
+use crate::redact::RedactionCounts;
+use crate::reject::Rejection;
+use crate::sse::{EventData, SseRewriter};
+
+/// Largest response chunk read for the upstream's JSON-RPC error code (answers to requests
+/// are small; bigger chunks are results, not errors).
+pub const ERROR_PEEK_BYTES: usize = 64 * 1024;
+
+/// What the host does with the data of the callback that returned this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Let it through.
+    Continue,
+    /// Hold it, and keep what came before: the pipeline needs more of the body.
+    Pause,
+    /// The pipeline answered locally ([`Host::send_local_reply`]): stop the stream here.
+    Answered,
+}
+
+/// Log levels the pipeline uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Why a counter could not be read or updated. The pipeline fails closed on any of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CounterError {
+    /// The host refused a call (its own words).
+    #[error("{0}")]
+    Host(String),
+    /// Still contended after a bounded number of attempts.
+    #[error("counter still contended after bounded retries")]
+    Contended,
+    /// The key does not exist and `cap` capped keys already do.
+    #[error("{cap} counters exist (limits.max_local_counters)")]
+    Full { cap: u64 },
+}
+
+/// A counter update: the stored bytes (`None`: no key yet) → the bytes to store (`None`:
+/// leave it as it is). It may run several times (once per attempt); only the last run's
+/// write counts, so it must be a pure function of its input and what it captured.
+pub type Compute<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
+
+/// Everything the pipeline needs from Envoy, for one stream. Header names are lowercase;
+/// header values are decoded leniently (bytes that are not UTF-8 become U+FFFD, so they
+/// equal no credential or routing value the core compares them with).
+pub trait Host {
+    /// Every request header, pseudo-headers included, in one call.
+    fn request_headers(&mut self) -> Vec<(String, String)>;
+    /// Replaces every value of a request header; `None` removes it.
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+    /// The whole request body Envoy holds for this callback (`size` bytes).
+    fn request_body(&mut self, size: usize) -> Vec<u8>;
+    /// Replaces the request body ([`Self::request_body`]'s `size` bytes) with `body`.
+    fn set_request_body(&mut self, size: usize, body: &[u8]);
+    /// Every response header, `:status` included, in one call.
+    fn response_headers(&mut self) -> Vec<(String, String)>;
+    /// Replaces every value of a response header; `None` removes it.
+    fn set_response_header(&mut self, name: &str, value: Option<&str>);
+    /// The response body this callback sees: the part Envoy holds for the filter (when it
+    /// paused) followed by the new chunk, `size` bytes in all.
+    fn response_body(&mut self, size: usize) -> Vec<u8>;
+    /// Replaces [`Self::response_body`]'s `size` bytes with `body`.
+    fn set_response_body(&mut self, size: usize, body: &[u8]);
+    /// Answers the request locally; nothing (more) reaches the upstream.
+    fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    /// The pipeline is about to hold up to `bytes` of this stream's body: a host whose own
+    /// buffer limit is smaller raises it for this stream (the gateway, not Envoy, answers
+    /// an oversized body). Nothing to do by default.
+    fn hold_body(&mut self, bytes: u64) {
+        let _ = bytes;
+    }
+    /// Updates the counter at `key` with `compute`, exactly, across every worker of this
+    /// Envoy. With `cap`, creating the key counts against `cap` keys created this way:
+    /// past it, `Err(Full)` and nothing is written.
+    fn update_counter(
+        &mut self,
+        key: &str,
+        cap: Option<u64>,
+        now_ns: u64,
+        compute: &mut Compute<'_>,
+    ) -> Result<(), CounterError>;
+    /// Records the metrics of one finished exchange. Never fails the exchange.
+    fn record_metrics(&mut self, record: &AuditRecord, options: MetricOptions);
+    /// Writes one audit field where the access log and span tags read it.
+    fn set_audit_field(&mut self, key: &'static str, value: &str);
+    /// Wall-clock time, Unix nanoseconds. May be a host call: read once per step.
+    fn now_ns(&self) -> u64;
+    fn log(&mut self, level: Level, message: fmt::Arguments<'_>);
+}
+
+/// Where a stream is in the request pipeline. One per stream, so variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum State {
+    /// Request headers not seen yet.
+    Headers,
+    /// Not governed (discovery documents) or already answered locally.
+    Done,
+    /// Waiting for the whole POST body; `buffered` is how much of it Envoy holds so far.
+    /// The request ends with its last body chunk, or with trailers (HTTP/2, or HTTP/1.1
+    /// chunked with trailers enabled): both end here, in [`Stream::decide_body`].
+    AwaitingBody { pending: PendingRequest, buffered: usize },
+    /// Let through; its response may need work.
+    Forwarded(Exchange),
+}
+
+/// What the response body needs.
+enum Response {
+    Untouched,
+    /// Buffer the whole body, then rewrite it (read as this kind).
+    Buffer(BodyKind),
+    /// Rewrite SSE events as they complete.
+    Stream(SseRewriter),
+    /// Drop the upstream body and send this instead.
+    Replace(Vec<u8>),
+}
+
+/// When [`Stream::publish_audit`] runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// The exchange is settled (refused, or its response ended) before the stream ends:
+    /// only span tags need the fields this early.
+    Settled,
+    /// `on_log`: the access loggers read the fields next.
+    Log,
+}
+
+/// One HTTP stream through the gateway.
+pub struct Stream {
+    gateway: Arc<Gateway>,
+    state: State,
+    response: Response,
+    /// Redactions made in this exchange, per detector (never values).
+    redactions: RedactionCounts,
+    /// The counter key of the in-flight slot this stream holds; given back once, in `on_log`.
+    in_flight: Option<String>,
+    /// What this exchange looked like so far; `None` for streams the gateway does not govern.
+    audit: Option<AuditRecord>,
+    /// Nanoseconds spent in the core's request-path decisions.
+    decision_ns: u64,
+    /// The audit fields already written: each write copies into Envoy, so a field is
+    /// written again only when its value changed.
+    published: Vec<(&'static str, String)>,
+}
+
+impl Stream {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self {
+            gateway,
+            state: State::Headers,
+            response: Response::Untouched,
+            redactions: RedactionCounts::new(),
+            in_flight: None,
+            audit: None,
+            decision_ns: 0,
+            published: Vec::new(),
+        }
+    }
+
+    /// The configuration this stream runs under (the one current when it started).
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Whether this stream holds an in-flight slot it has not given back yet.
+    pub fn holds_in_flight_slot(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Answers locally; the request never reaches the upstream.
+    fn reject(&mut self, host: &mut impl Host, r: &Rejection) -> Flow {
+        let mut record = self.audit.take().unwrap_or_default();
+        record.refused(r);
+        self.audit = Some(record);
+        self.publish_audit(host, Moment::Settled);
+        self.state = State::Done;
+        let headers = r.response_headers();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host.send_local_reply(r.status, &headers, &r.body());
+        Flow::Answered
+    }
+
+    /// Answers with `r` instead of the upstream's response (its headers not sent yet):
+    /// status, headers and body. With `end_of_stream` no body callback follows: answer anew.
+    fn replace_response(&mut self, host: &mut impl Host, r: &Rejection, end_of_stream: bool) -> Flow {
+        if let Some(record) = self.audit.as_mut() {
+            record.refused(r);
+        }
+        if end_of_stream {
+            return self.reject(host, r);
+        }
+        self.publish_audit(host, Moment::Settled);
+        host.set_response_header(":status", Some(&r.status.to_string()));
+        for (name, value) in r.response_headers() {
+            host.set_response_header(name, Some(&value));
+        }
+        host.set_response_header("content-encoding", None);
+        host.set_response_header("content-length", None);
+        self.response = Response::Replace(r.body());
+        Flow::Continue
+    }
+
+    /// Writes the audit fields for the access log and span tags: never when the
+    /// configuration says nothing reads them, and at [`Moment::Settled`] only when tracing
+    /// reads them that early. A field is written only when its value differs from what
+    /// was written before (an empty value is what an unset field reads as).
+    fn publish_audit(&mut self, host: &mut impl Host, moment: Moment) {
+        let config = self.gateway.config();
+        if !config.audit_fields || (moment == Moment::Settled && !config.audit_before_stream_end) {
+            return;
+        }
+        let Some(record) = self.audit.as_ref() else {
+            return;
+        };
+        let decision_us = (self.decision_ns / 1000).to_string();
+        // Without tracing, `on_log` is the only write: nothing to compare with, nothing to keep.
+        let once = !config.audit_before_stream_end;
+        for (key, value) in record.fields() {
+            let value = if key == audit::field::DECISION_US { &decision_us } else { &value };
+            if once {
+                if !value.is_empty() {
+                    host.set_audit_field(key, value);
+                }
+                continue;
+            }
+            match self.published.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, old)) if old == value => continue,
+                Some((_, old)) => old.clone_from(value),
+                None if value.is_empty() => continue,
+                None => self.published.push((key, value.clone())),
+            }
+            host.set_audit_field(key, value);
+        }
+    }
+
+    fn strip_request_headers(host: &mut impl Host, headers: &[(String, String)]) {
+        for name in headers_to_strip(headers) {
+            host.set_request_header(&name, None);
+        }
+    }
+
+    /// Takes an in-flight slot and charges the local counters at `now_ns` (the time the
+    /// body decision started). `Err` is the answer to send.
+    fn admit(&mut self, host: &mut impl Host, exchange: &Exchange, now_ns: u64) -> Result<(), Rejection> {
+        let id = exchange.request_id();
+        if let (true, Some(max)) = (exchange.counts_in_flight, self.gateway.max_in_flight()) {
+            let key = quota::in_flight_key(&exchange.consumer.name);
+            let mut taken = false;
+            let updated = host.update_counter(&key, None, now_ns, &mut |bytes| {
+                let open = quota::decode_count(bytes);
+                taken = open < max;
+                taken.then(|| quota::encode_count(open + 1).to_vec())
+            });
+            match updated {
+                Ok(()) if taken => self.in_flight = Some(key),
+                Ok(()) => return Err(quota::in_flight_rejection(max, id)),
+                Err(e) => {
+                    host.log(Level::Error, format_args!("meshgate: in-flight counter unavailable: {e}"));
+                    return Err(Rejection::limiter_unavailable("the in-flight limit").with_id(id));
+                }
+            }
+        }
+        for charge in &exchange.charges.local {
+            match take(host, charge, self.gateway.max_local_counters(), now_ns) {
+                Ok(None) => {}
+                Ok(Some(retry_after)) => return Err(charge.rejection(retry_after, id)),
+                Err(e) => {
+                    host.log(Level::Error, format_args!("meshgate: quota counter {} unavailable: {e}", charge.rule));
+                    return Err(Rejection::limiter_unavailable(&format!("rate limit \"{}\"", charge.rule)).with_id(id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the in-flight slot back (at most once per stream). [`Self::on_log`] does it;
+    /// a host calls it directly only when a stream ends without `on_log`.
+    pub fn release_in_flight(&mut self, host: &mut impl Host) {
+        let Some(key) = self.in_flight.take() else {
+            return;
+        };
+        let now_ns = host.now_ns();
+        let released = host.update_counter(&key, None, now_ns, &mut |bytes| {
+            let open = quota::decode_count(bytes);
+            Some(quota::encode_count(open.saturating_sub(1)).to_vec())
+        });
+        if let Err(e) = released {
+            host.log(Level::Error, format_args!("meshgate: could not release an in-flight slot ({key}): {e}"));
+        }
+    }
+
+    fn decide_body(&mut self, host: &mut impl Host, pending: &PendingRequest, body_size: usize) -> Flow {
+        let body = host.request_body(body_size);
+        let started = host.now_ns();
+        let gateway = self.gateway.clone();
+        let decided = gateway.on_request_body(pending, &body).and_then(|exchange| {
+            self.admit(host, &exchange, started)?;
+            Ok(exchange)
+        });
+        self.decision_ns += host.now_ns().saturating_sub(started);
+        match decided {
+            Ok(exchange) => {
+                let mut record = AuditRecord::for_exchange(&exchange);
+                let forwarded = exchange.rewritten_request.as_deref().unwrap_or(&body);
+                record.capture_arguments(&gateway.config().audit_values, forwarded);
+                self.audit = Some(record);
+                for global in &exchange.charges.global {
+                    host.set_request_header(&global.header, Some(&global.value));
+                }
+                for (name, value) in &exchange.request_header_rewrites {
+                    host.set_request_header(name, value.as_deref());
+                }
+                if let Some(rewritten) = &exchange.rewritten_request {
+                    host.set_request_header("content-length", Some(&rewritten.len().to_string()));
+                    host.set_request_body(body_size, rewritten);
+                }
+                self.state = State::Forwarded(exchange);
+                Flow::Continue
+            }
+            Err(r) => {
+                self.audit = Some(AuditRecord::for_pending(pending, &body));
+                host.log(
+                    Level::Info,
+                    format_args!(
+                        "meshgate: refused consumer={} status={} code={} reason={}",
+                        pending.consumer().name,
+                        r.status,
+                        r.code,
+                        r.message
+                    ),
+                );
+                self.reject(host, &r)
+            }
+        }
+    }
+
+    /// Request headers: route, identity and the head checks; a POST waits for its body.
+    pub fn on_request_headers(&mut self, host: &mut impl Host, tokens: &mut TokenCache, end_of_stream: bool) -> Flow {
+        let headers = host.request_headers();
+        let find = |name: &str| header_value(&headers, name).unwrap_or_default();
+        let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers, end_of_stream };
+        let started = host.now_ns();
+        let now = started / 1_000_000_000;
+        let decision = self.gateway.on_request_head(head, now, tokens);
+        self.decision_ns += host.now_ns().saturating_sub(started);
+        match decision {
+            HeadDecision::PassThrough => {
+                self.state = State::Done;
+                Flow::Continue
+            }
+            HeadDecision::Reject(r) => {
+                let config = self.gateway.config();
+                self.audit = Some(AuditRecord::for_path(&config.route_prefix, &config.servers, head.path));
+                self.reject(host, &r)
+            }
+            HeadDecision::Forward(exchange) => {
+                self.audit = Some(AuditRecord::for_exchange(&exchange));
+                Self::strip_request_headers(host, &headers);
+                self.state = State::Forwarded(exchange);
+                Flow::Continue
+            }
+            HeadDecision::AwaitBody(pending) => {
+                Self::strip_request_headers(host, &headers);
+                if end_of_stream {
+                    // A POST without a body: decide now (it is refused as unparsable).
+                    return self.decide_body(host, &pending, 0);
+                }
+                host.hold_body(self.gateway.config().limits.head_request_bytes(pending.server()));
+                self.state = State::AwaitingBody { pending, buffered: 0 };
+                Flow::Pause
+            }
+        }
+    }
+
+    /// A request body callback; `body_size` is all Envoy holds of the body so far.
+    pub fn on_request_body(&mut self, host: &mut impl Host, body_size: usize, end_of_stream: bool) -> Flow {
+        let State::AwaitingBody { pending, buffered } = &mut self.state else {
+            return Flow::Continue;
+        };
+        if let Some(r) = self.gateway.request_too_large(pending, body_size as u64) {
+            self.audit = Some(AuditRecord::for_pending(pending, &[]));
+            return self.reject(host, &r);
+        }
+        if !end_of_stream {
+            *buffered = body_size;
+            return Flow::Pause;
+        }
+        let pending = pending.clone();
+        self.decide_body(host, &pending, body_size)
+    }
+
+    /// Trailers end the request: no body callback with `end_of_stream` follows, and
+    /// continuing here would send the buffered body upstream undecided. Decide on it now.
+    pub fn on_request_trailers(&mut self, host: &mut impl Host) -> Flow {
+        let State::AwaitingBody { pending, buffered } = &self.state else {
+            return Flow::Continue;
+        };
+        let (pending, buffered) = (pending.clone(), *buffered);
+        self.decide_body(host, &pending, buffered)
+    }
+
+    /// Response headers: the global rate limit's refusal, and the plan for the body.
+    pub fn on_response_headers(&mut self, host: &mut impl Host, end_of_stream: bool) -> Flow {
+        let State::Forwarded(exchange) = &self.state else {
+            return Flow::Continue;
+        };
+        // One host call for every header: in proxy-wasm each host call that returns data
+        // costs a callback into the VM to allocate its buffer, about as much as copying a
+        // whole header map.
+        let headers = host.response_headers();
+        let header = |name: &str| header_value(&headers, name).map(str::to_string);
+        let status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if let Some(record) = self.audit.as_mut() {
+            record.upstream_answer(Some(status), None);
+        }
+        // Only a 429 can be the ratelimit filter's refusal.
+        let ratelimited = status == 429
+            && header(quota::ENVOY_RATELIMITED_HEADER).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        if ratelimited {
+            let rule = header(quota::LIMIT_RULE_RESPONSE_HEADER);
+            let retry_after = header("retry-after");
+            let reset = header("x-ratelimit-reset");
+            let error = header(quota::LIMIT_ERROR_RESPONSE_HEADER);
+            let refusal = quota::GlobalRefusal {
+                rule: rule.as_deref(),
+                retry_after: retry_after.as_deref(),
+                ratelimit_reset: reset.as_deref(),
+                error: error.as_deref(),
+            };
+            let r = self.gateway.global_rejection(exchange, &refusal);
+            host.log(
+                Level::Info,
+                format_args!(
+                    "meshgate: refused by the global rate limit consumer={} reason={}",
+                    exchange.consumer.name, r.message
+                ),
+            );
+            return self.replace_response(host, &r, end_of_stream);
+        }
+        if end_of_stream {
+            // No body callback follows: settle now, the last chance before the span ends.
+            if let Some(record) = self.audit.as_mut() {
+                record.redactions = self.redactions.clone();
+                record.finish();
+            }
+            self.publish_audit(host, Moment::Settled);
+        }
+        let State::Forwarded(exchange) = &self.state else {
+            return Flow::Continue;
+        };
+        // Repeated headers joined, as clients read them.
+        let plan = exchange.response_plan_from(status, &mut |name| header_values(&headers, name).map(String::from));
+        self.response = match plan {
+            ResponsePlan::Fail(r) => return self.replace_response(host, &r, end_of_stream),
+            ResponsePlan::PassThrough => return Flow::Continue,
+            ResponsePlan::Buffer(kind) => {
+                host.hold_body(exchange.response_limit.unwrap_or_else(|| self.gateway.max_response_bytes()));
+                Response::Buffer(kind)
+            }
+            ResponsePlan::Stream => Response::Stream(SseRewriter::new()),
+            ResponsePlan::Replace(body) => {
+                host.set_response_header("content-encoding", None);
+                host.set_response_header("content-type", Some("application/json"));
+                Response::Replace(body)
+            }
+        };
+        host.set_response_header("content-length", None);
+        Flow::Continue
+    }
+
+    /// A response body callback; `body_size` is what [`Host::response_body`] returns.
+    pub fn on_response_body(&mut self, host: &mut impl Host, body_size: usize, end_of_stream: bool) -> Flow {
+        // The chunk is copied out of Envoy at most once per callback, for the error check
+        // and the rewrite alike. A body being buffered is looked at whole, at its end.
+        let mut chunk = None;
+        if end_of_stream || !matches!(self.response, Response::Buffer(_)) {
+            self.note_upstream_error(host, body_size, &mut chunk);
+        }
+        let flow = self.govern_response_body(host, body_size, end_of_stream, &mut chunk);
+        if end_of_stream {
+            // Settle the decision now: span tags are read when the stream ends, before on_log.
+            if let Some(record) = self.audit.as_mut() {
+                record.redactions = self.redactions.clone();
+                record.finish();
+            }
+            self.publish_audit(host, Moment::Settled);
+        }
+        flow
+    }
+
+    /// The stream ended, however it ended: give the in-flight slot back, write the audit
+    /// record for the access log, record the metrics. Called once per stream.
+    pub fn on_log(&mut self, host: &mut impl Host) {
+        self.release_in_flight(host);
+        let Some(mut record) = self.audit.take() else {
+            return;
+        };
+        record.redactions = std::mem::take(&mut self.redactions);
+        record.decision_us = self.decision_ns / 1000;
+        record.finish();
+        self.audit = Some(record);
+        self.publish_audit(host, Moment::Log);
+        if let Some(record) = &self.audit {
+            host.record_metrics(record, self.gateway.config().metrics);
+        }
+    }
+
+    /// The response body Envoy holds for this callback, read from the host on first use.
+    fn response_chunk<'a>(host: &mut impl Host, cache: &'a mut Option<Vec<u8>>, body_size: usize) -> &'a [u8] {
+        cache.get_or_insert_with(|| host.response_body(body_size))
+    }
+
+    /// Looks for a JSON-RPC error in the upstream's answer to a request, before any rewrite.
+    fn note_upstream_error(&mut self, host: &mut impl Host, body_size: usize, chunk: &mut Option<Vec<u8>>) {
+        let State::Forwarded(exchange) = &self.state else {
+            return;
+        };
+        let wanted = exchange.request_id().is_some()
+            && body_size > 0
+            && body_size <= ERROR_PEEK_BYTES
+            && self.audit.as_ref().is_some_and(|r| r.upstream_error_code.is_none());
+        if !wanted {
+            return;
+        }
+        let code = audit::response_error_code(Self::response_chunk(host, chunk, body_size));
+        if let (Some(code), Some(record)) = (code, self.audit.as_mut()) {
+            record.upstream_answer(None, Some(code));
+        }
+    }
+
+    /// A response the gateway rewrote into a blocking error: the exchange is `blocked`.
+    fn note_blocked(audit: &mut Option<AuditRecord>, rewritten: &[u8], server: &str) {
+        let Some(record) = audit.as_mut() else {
+            return;
+        };
+        if record.upstream_error_code.is_none() && audit::response_error_code(rewritten) == Some(code::FORBIDDEN) {
+            record.response_blocked(&format!("the response from {server} was blocked by a redaction rule"));
+        }
+    }
+
+    fn govern_response_body(
+        &mut self,
+        host: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+        chunk: &mut Option<Vec<u8>>,
+    ) -> Flow {
+        let State::Forwarded(exchange) = &self.state else {
+            return Flow::Continue;
+        };
+        let policy = &self.gateway.config().policy;
+        match std::mem::replace(&mut self.response, Response::Untouched) {
+            Response::Untouched => Flow::Continue,
+            Response::Buffer(kind) => {
+                let limit = exchange.response_limit.unwrap_or_else(|| self.gateway.max_response_bytes());
+                if body_size as u64 > limit {
+                    let message = format!("upstream response exceeds the {limit}-byte limit");
+                    let body = error_body(exchange.request_id(), code::INTERNAL_ERROR, &message);
+                    host.set_response_body(body_size, &body);
+                    // Anything still to come is dropped.
+                    self.response = Response::Replace(Vec::new());
+                    return Flow::Continue;
+                }
+                if !end_of_stream {
+                    self.response = Response::Buffer(kind);
+                    return Flow::Pause;
+                }
+                let body = Self::response_chunk(host, chunk, body_size);
+                if let Some(new) = exchange.rewrite_body(kind, body, policy, &mut self.redactions) {
+                    Self::note_blocked(&mut self.audit, &new, &exchange.server);
+                    host.set_response_body(body_size, &new);
+                }
+                Flow::Continue
+            }
+            Response::Stream(mut rewriter) => {
+                let chunk = Self::response_chunk(host, chunk, body_size);
+                let counts = &mut self.redactions;
+                let mut rewrite = |data: EventData<'_>| exchange.rewrite_event(data, policy, counts);
+                let mut out = rewriter.feed(chunk, &mut rewrite);
+                if end_of_stream {
+                    out.extend(rewriter.finish(&mut rewrite));
+                }
+                // An event still growing past the limit is never sent: the stream ends with
+                // an error for the request, and the rest of the upstream's bytes are dropped.
+                // Streams without a request (GET) are bounded by the default limit: the
+                // filter never holds an unbounded event.
+                let limit = exchange.response_limit.unwrap_or_else(|| self.gateway.max_response_bytes());
+                let overflow = Some(limit).filter(|l| rewriter.pending_len() as u64 > *l);
+                if let Some(limit) = overflow {
+                    out.extend(exchange.oversized_sse_event(limit));
+                    host.set_response_body(body_size, &out);
+                    self.response = Response::Replace(Vec::new());
+                    return Flow::Continue;
+                }
+                if out != chunk {
+                    Self::note_blocked(&mut self.audit, &out, &exchange.server);
+                    host.set_response_body(body_size, &out);
+                }
+                self.response = Response::Stream(rewriter);
+                Flow::Continue
+            }
+            Response::Replace(body) => {
+                let replacement = if end_of_stream { body.as_slice() } else { &[] };
+                host.set_response_body(body_size, replacement);
+                if !end_of_stream {
+                    self.response = Response::Replace(body);
+                }
+                Flow::Continue
+            }
+        }
+    }
+}
+
+/// Charges one local counter. `Ok(None)`: admitted; `Ok(Some(secs))`: refused, retry after.
+/// When `cap` counters exist and this call's does not, its rule's overflow counter is
+/// charged instead (see [`LocalCharge::overflow_key`]).
+fn take(host: &mut impl Host, charge: &LocalCharge, cap: u64, now_ns: u64) -> Result<Option<u64>, CounterError> {
+    let mut refused = None;
+    let mut compute = |bytes: Option<&[u8]>| {
+        let taken = charge.limit.take(bytes.and_then(QuotaState::decode), now_ns);
+        if taken.admitted {
+            refused = None;
+            Some(taken.state.encode().to_vec())
+        } else {
+            // A refusal changes nothing that matters: skip the write, spare the contention.
+            refused = Some(taken.retry_after_secs);
+            None
+        }
+    };
+    match host.update_counter(&charge.shared_key, Some(cap), now_ns, &mut compute) {
+        Err(e @ CounterError::Full { .. }) => {
+            warn_overflow_once(host, &e);
+            host.update_counter(&charge.overflow_key(), None, now_ns, &mut compute)?;
+        }
+        other => other?,
+    }
+    Ok(refused)
+}
+
+/// Logs, once per worker thread, that new quota counters go to overflow counters.
+fn warn_overflow_once(host: &mut impl Host, e: &CounterError) {
+    thread_local! {
+        static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !WARNED.with(|w| w.replace(true)) {
+        host.log(
+            Level::Warn,
+            format_args!(
+                "meshgate: {e}: calls needing a new quota counter are charged to their rule's overflow counter"
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

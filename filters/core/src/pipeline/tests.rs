@@ -1,0 +1,579 @@
+//! The pipeline against an in-memory host that holds bodies the way Envoy does: a paused
+//! callback's data stays held and the next callback sees it followed by the new chunk.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::audit::MetricUpdate;
+use crate::config::{EnvSecrets, FilterConfig, RawFilterConfig};
+
+const NOW_NS: u64 = 1_800_000_000 * 1_000_000_000;
+
+/// Counters shared by the hosts of one test, as Envoy's workers share them.
+#[derive(Default)]
+struct Store {
+    values: HashMap<String, Vec<u8>>,
+    capped: u64,
+}
+
+/// A local reply: status, headers, body.
+type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
+#[derive(Default)]
+struct MemoryHost {
+    request_headers: Vec<(String, String)>,
+    /// What Envoy holds of the request body.
+    request_body: Vec<u8>,
+    response_headers: Vec<(String, String)>,
+    /// What Envoy holds of the response body (held part + the current chunk).
+    response_body: Vec<u8>,
+    local_reply: Option<Reply>,
+    held_limit: Option<u64>,
+    store: Rc<RefCell<Store>>,
+    audit: Vec<(&'static str, String)>,
+    metrics: Vec<MetricUpdate>,
+    logs: Vec<(Level, String)>,
+}
+
+impl MemoryHost {
+    fn sharing(store: &Rc<RefCell<Store>>) -> Self {
+        Self { store: store.clone(), ..Self::default() }
+    }
+
+    fn field(&self, key: &str) -> Option<&str> {
+        self.audit.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+fn set(headers: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
+    headers.retain(|(k, _)| k != name);
+    if let Some(v) = value {
+        headers.push((name.to_string(), v.to_string()));
+    }
+}
+
+impl Host for MemoryHost {
+    fn request_headers(&mut self) -> Vec<(String, String)> {
+        self.request_headers.clone()
+    }
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        set(&mut self.request_headers, name, value);
+    }
+    fn request_body(&mut self, size: usize) -> Vec<u8> {
+        assert_eq!(size, self.request_body.len(), "the pipeline asks for all Envoy holds");
+        self.request_body.clone()
+    }
+    fn set_request_body(&mut self, size: usize, body: &[u8]) {
+        assert_eq!(size, self.request_body.len());
+        self.request_body = body.to_vec();
+    }
+    fn response_headers(&mut self) -> Vec<(String, String)> {
+        self.response_headers.clone()
+    }
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        set(&mut self.response_headers, name, value);
+    }
+    fn response_body(&mut self, size: usize) -> Vec<u8> {
+        assert_eq!(size, self.response_body.len());
+        self.response_body.clone()
+    }
+    fn set_response_body(&mut self, size: usize, body: &[u8]) {
+        assert_eq!(size, self.response_body.len());
+        self.response_body = body.to_vec();
+    }
+    fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        assert!(self.local_reply.is_none(), "one local reply per stream");
+        let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.local_reply = Some((status, headers, body.to_vec()));
+    }
+    fn hold_body(&mut self, bytes: u64) {
+        self.held_limit = Some(bytes);
+    }
+    fn update_counter(
+        &mut self,
+        key: &str,
+        cap: Option<u64>,
+        _now_ns: u64,
+        compute: &mut Compute<'_>,
+    ) -> Result<(), CounterError> {
+        let mut store = self.store.borrow_mut();
+        let exists = store.values.contains_key(key);
+        if !exists && cap.is_some_and(|cap| store.capped >= cap) {
+            return Err(CounterError::Full { cap: cap.unwrap_or_default() });
+        }
+        if let Some(new) = compute(store.values.get(key).map(Vec::as_slice)) {
+            if !exists && cap.is_some() {
+                store.capped += 1;
+            }
+            store.values.insert(key.to_string(), new);
+        }
+        Ok(())
+    }
+    fn record_metrics(&mut self, record: &AuditRecord, options: MetricOptions) {
+        self.metrics.extend(record.metrics(options, false));
+    }
+    fn set_audit_field(&mut self, key: &'static str, value: &str) {
+        self.audit.push((key, value.to_string()));
+    }
+    fn now_ns(&self) -> u64 {
+        NOW_NS
+    }
+    fn log(&mut self, level: Level, message: fmt::Arguments<'_>) {
+        self.logs.push((level, message.to_string()));
+    }
+}
+
+fn gateway(extra: Value) -> Arc<Gateway> {
+    let key = |k: &str| hex::encode(Sha256::digest(k.as_bytes()));
+    let mut raw = json!({
+        "servers": ["crm", "docs"],
+        "auth": {"api_keys": [
+            {"consumer": "reader-bot", "sha256": key("r"), "roles": ["reader"]},
+            {"consumer": "admin-bot", "sha256": key("a"), "roles": ["admin"]},
+        ]},
+        "policy": {"roles": {
+            "reader": {"allow": ["crm/get_*", "crm/list_*"]},
+            "admin": {"allow": ["*"], "deny": ["crm/delete_*"]},
+        }},
+        "limits": {"max_request_bytes": 4096, "max_response_bytes": 2048},
+        "redaction": [{"match": {"tools": ["crm/*"]}, "detectors": ["email"], "mode": "mask"}],
+    });
+    if let (Some(raw), Some(extra)) = (raw.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            raw.insert(k.clone(), v.clone());
+        }
+    }
+    let raw = RawFilterConfig::from_json(raw.to_string().as_bytes()).unwrap();
+    Arc::new(Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap()))
+}
+
+fn call(id: i64, tool: &str, arguments: Value) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+        .to_string()
+        .into_bytes()
+}
+
+fn post_headers(key: Option<&str>, path: &str) -> Vec<(String, String)> {
+    let mut h = vec![
+        (":method".to_string(), "POST".to_string()),
+        (":path".to_string(), path.to_string()),
+        ("content-type".to_string(), "application/json".to_string()),
+        ("accept-encoding".to_string(), "gzip".to_string()),
+    ];
+    if let Some(key) = key {
+        h.push(("x-api-key".to_string(), key.to_string()));
+    }
+    h
+}
+
+/// How the request ended, as Envoy drives the callbacks.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// The upstream got these headers and this body.
+    Forwarded,
+    /// Answered locally with this status.
+    Refused(u16),
+}
+
+/// Drives the request callbacks: headers, each chunk (what Envoy holds grows while the
+/// pipeline pauses), optionally trailers ending the request.
+fn request(
+    stream: &mut Stream,
+    host: &mut MemoryHost,
+    headers: Vec<(String, String)>,
+    chunks: &[&[u8]],
+    trailers: bool,
+) -> Sent {
+    host.request_headers = headers;
+    let mut tokens = TokenCache::new(16);
+    let ends_with_headers = chunks.is_empty() && !trailers;
+    let mut flow = stream.on_request_headers(host, &mut tokens, ends_with_headers);
+    for (i, chunk) in chunks.iter().enumerate() {
+        if flow == Flow::Answered {
+            break;
+        }
+        if flow == Flow::Continue {
+            // Headers went on: so does every chunk, untouched.
+            host.request_body.extend_from_slice(chunk);
+            continue;
+        }
+        host.request_body.extend_from_slice(chunk);
+        let end = i + 1 == chunks.len() && !trailers;
+        flow = stream.on_request_body(host, host.request_body.len(), end);
+    }
+    if trailers && flow == Flow::Pause {
+        flow = stream.on_request_trailers(host);
+    }
+    match (flow, &host.local_reply) {
+        (Flow::Answered, Some((status, _, _))) => Sent::Refused(*status),
+        (Flow::Continue, None) => Sent::Forwarded,
+        other => panic!("unexpected end of the request: {other:?}"),
+    }
+}
+
+/// Drives the response callbacks and returns what the client receives.
+fn response(stream: &mut Stream, host: &mut MemoryHost, headers: &[(&str, &str)], chunks: &[&[u8]]) -> Vec<u8> {
+    host.response_headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let flow = stream.on_response_headers(host, chunks.is_empty());
+    assert_eq!(flow, Flow::Continue);
+    let mut sent = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        host.response_body.extend_from_slice(chunk);
+        let end = i + 1 == chunks.len();
+        match stream.on_response_body(host, host.response_body.len(), end) {
+            Flow::Continue => sent.append(&mut host.response_body),
+            Flow::Pause => {}
+            Flow::Answered => panic!("a response body is never answered locally"),
+        }
+    }
+    assert!(host.response_body.is_empty(), "nothing is left held at the end");
+    sent
+}
+
+fn error_of(body: &[u8]) -> (i64, String) {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    (v["error"]["code"].as_i64().unwrap(), v["error"]["message"].as_str().unwrap().to_string())
+}
+
+fn counter(host: &MemoryHost, prefix: &str) -> u64 {
+    host.metrics
+        .iter()
+        .filter_map(|m| match m {
+            MetricUpdate::Counter { name, by } if name.starts_with(prefix) => Some(*by),
+            _ => None,
+        })
+        .sum()
+}
+
+#[test]
+fn discovery_documents_pass_through_ungoverned() {
+    let mut stream = Stream::new(gateway(json!({})));
+    let mut host = MemoryHost::default();
+    let headers = vec![
+        (":method".to_string(), "GET".to_string()),
+        (":path".to_string(), "/.well-known/oauth-protected-resource".to_string()),
+        ("authorization".to_string(), "Bearer x".to_string()),
+    ];
+    assert_eq!(request(&mut stream, &mut host, headers.clone(), &[], false), Sent::Forwarded);
+    assert_eq!(host.request_headers, headers, "nothing stripped");
+    let body = response(&mut stream, &mut host, &[(":status", "200"), ("content-length", "2")], &[b"{}"]);
+    assert_eq!(body, b"{}");
+    assert_eq!(host.response_headers.len(), 2, "content-length kept");
+    stream.on_log(&mut host);
+    assert!(host.audit.is_empty() && host.metrics.is_empty(), "no audit, no metrics");
+}
+
+#[test]
+fn refused_on_headers_never_reads_a_body() {
+    let mut stream = Stream::new(gateway(json!({})));
+    let mut host = MemoryHost::default();
+    let sent =
+        request(&mut stream, &mut host, post_headers(None, "/mcp/crm"), &[&call(1, "get_customer", json!({}))], false);
+    assert_eq!(sent, Sent::Refused(401));
+    let (status, headers, body) = host.local_reply.clone().unwrap();
+    assert_eq!(status, 401);
+    assert!(headers.iter().any(|(k, v)| k == "www-authenticate" && v.starts_with("Bearer")), "{headers:?}");
+    assert_eq!(error_of(&body).0, code::UNAUTHENTICATED);
+    assert!(host.request_body.is_empty(), "no body callback ran after the refusal");
+    stream.on_log(&mut host);
+    assert_eq!(host.field(audit::field::DECISION), Some("unauthenticated"));
+    assert_eq!(host.field(audit::field::SERVER), Some("crm"));
+    assert_eq!(counter(&host, "meshgate.requests.method.none.decision.unauthenticated"), 1);
+}
+
+#[test]
+fn refused_on_body_by_policy() {
+    let mut stream = Stream::new(gateway(json!({})));
+    let mut host = MemoryHost::default();
+    let body = call(7, "delete_customer", json!({"id": "c-1"}));
+    assert_eq!(
+        request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false),
+        Sent::Refused(crate::reject::DENIED_STATUS)
+    );
+    let (_, _, answer) = host.local_reply.clone().unwrap();
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!((v["id"].clone(), v["error"]["code"].as_i64()), (json!(7), Some(code::FORBIDDEN)));
+    assert!(!host.request_headers.iter().any(|(k, _)| k == "x-api-key"), "credentials stripped at headers");
+    stream.on_log(&mut host);
+    assert_eq!(host.field(audit::field::DECISION), Some("denied"));
+    assert_eq!(host.field(audit::field::TARGET), Some("delete_customer"));
+    assert_eq!(counter(&host, "meshgate.tool_calls.server.crm.tool.delete_customer.decision.denied"), 1);
+}
+
+#[test]
+fn trailers_end_the_request_and_the_body_is_decided() {
+    let g = gateway(json!({}));
+    let denied = call(1, "delete_customer", json!({}));
+    let mut stream = Stream::new(g.clone());
+    let mut host = MemoryHost::default();
+    let (a, b) = denied.split_at(10);
+    assert_eq!(
+        request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[a, b], true),
+        Sent::Refused(crate::reject::DENIED_STATUS)
+    );
+
+    let allowed = call(2, "get_customer", json!({"id": "c-1"}));
+    let mut stream = Stream::new(g);
+    let mut host = MemoryHost::default();
+    let (a, b) = allowed.split_at(10);
+    assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[a, b], true), Sent::Forwarded);
+    assert_eq!(host.request_body, allowed);
+}
+
+#[test]
+fn a_body_in_many_chunks_is_decided_once_whole() {
+    let mut stream = Stream::new(gateway(json!({})));
+    let mut host = MemoryHost::default();
+    let body = call(3, "get_customer", json!({"id": "c-1", "note": "x".repeat(300)}));
+    let chunks: Vec<&[u8]> = body.chunks(7).collect();
+    assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &chunks, false), Sent::Forwarded);
+    assert_eq!(host.request_body, body, "forwarded whole and unchanged");
+    assert_eq!(host.held_limit, Some(4096), "the host was told how much the pipeline may hold");
+    let stripped = ["x-api-key", "accept-encoding"];
+    assert!(host.request_headers.iter().all(|(k, _)| !stripped.contains(&k.as_str())), "{:?}", host.request_headers);
+}
+
+#[test]
+fn an_oversized_request_is_refused_before_it_is_all_buffered() {
+    let mut stream = Stream::new(gateway(json!({})));
+    let mut host = MemoryHost::default();
+    let chunk = vec![b' '; 1500];
+    let chunks: Vec<&[u8]> = vec![&chunk; 10];
+    assert_eq!(
+        request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &chunks, false),
+        Sent::Refused(413)
+    );
+    assert!(host.request_body.len() < 10 * 1500, "refused at the first chunk over the limit");
+}
+
+#[test]
+fn an_oversized_buffered_response_becomes_an_error() {
+    let mut stream = Stream::new(gateway(json!({})));
+    let mut host = MemoryHost::default();
+    let body = call(4, "get_customer", json!({}));
+    assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false), Sent::Forwarded);
+    let big = vec![b'x'; 1500];
+    let sent = response(
+        &mut stream,
+        &mut host,
+        &[(":status", "200"), ("content-type", "application/json")],
+        &[&big, &big, &big],
+    );
+    let (code, message) = error_of(&sent);
+    assert_eq!(code, code::INTERNAL_ERROR);
+    assert!(message.contains("2048-byte limit"), "{message}");
+}
+
+#[test]
+fn a_buffered_json_response_is_redacted_and_loses_its_length() {
+    let mut stream = Stream::new(gateway(json!({})));
+    let mut host = MemoryHost::default();
+    let body = call(5, "get_customer", json!({"id": "c-1"}));
+    assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false), Sent::Forwarded);
+    let answer =
+        json!({"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "mail ada@example.com"}]}})
+            .to_string();
+    let length = answer.len().to_string();
+    let headers = [(":status", "200"), ("content-type", "application/json"), ("content-length", length.as_str())];
+    let (a, b) = answer.as_bytes().split_at(20);
+    let sent = response(&mut stream, &mut host, &headers, &[a, b]);
+    let text = String::from_utf8(sent).unwrap();
+    assert!(text.contains("[EMAIL]") && !text.contains("ada@example.com"), "{text}");
+    assert!(!host.response_headers.iter().any(|(k, _)| k == "content-length"), "stale length removed");
+    stream.on_log(&mut host);
+    assert_eq!(host.field(audit::field::DECISION), Some("redacted"));
+    assert_eq!(host.field(audit::field::REDACTIONS), Some("email=1"));
+    assert_eq!(counter(&host, "meshgate.redactions.server.crm.tool.get_customer.detector.email"), 1);
+}
+
+#[test]
+fn an_sse_event_split_across_chunks_is_redacted_whole() {
+    let mut stream = Stream::new(gateway(json!({})));
+    let mut host = MemoryHost::default();
+    let body = call(6, "list_customers", json!({}));
+    assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false), Sent::Forwarded);
+    let event = format!(
+        "event: message\ndata: {}\n\n",
+        json!({"jsonrpc": "2.0", "id": 6, "result": {"content": [{"type": "text", "text": "bob@example.com"}]}})
+    );
+    let chunks: Vec<&[u8]> = event.as_bytes().chunks(9).collect();
+    let sent = response(&mut stream, &mut host, &[(":status", "200"), ("content-type", "text/event-stream")], &chunks);
+    let text = String::from_utf8(sent).unwrap();
+    assert!(text.contains("[EMAIL]") && !text.contains("bob@"), "{text}");
+    assert!(text.ends_with("\n\n"), "the event is sent whole: {text:?}");
+}
+
+#[test]
+fn an_upstream_error_is_audited_as_error() {
+    let mut stream = Stream::new(gateway(json!({})));
+    let mut host = MemoryHost::default();
+    let body = call(8, "get_customer", json!({}));
+    assert_eq!(request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false), Sent::Forwarded);
+    let answer = json!({"jsonrpc": "2.0", "id": 8, "error": {"code": -32601, "message": "nope"}}).to_string();
+    let sent = response(
+        &mut stream,
+        &mut host,
+        &[(":status", "200"), ("content-type", "application/json")],
+        &[answer.as_bytes()],
+    );
+    assert_eq!(error_of(&sent).0, -32601, "the client gets the upstream's answer");
+    stream.on_log(&mut host);
+    assert_eq!(host.field(audit::field::DECISION), Some("error"));
+    assert_eq!(host.field(audit::field::UPSTREAM_ERROR_CODE), Some("-32601"));
+    assert_eq!(counter(&host, "meshgate.upstream_errors.server.crm.code.-32601"), 1);
+}
+
+#[test]
+fn a_client_reset_gives_the_in_flight_slot_back() {
+    let g = gateway(json!({"limits": {"max_request_bytes": 4096, "max_in_flight_per_consumer": 1}}));
+    let store = Rc::new(RefCell::new(Store::default()));
+    let body = call(9, "get_customer", json!({}));
+    let start = |store: &Rc<RefCell<Store>>| {
+        let mut stream = Stream::new(g.clone());
+        let mut host = MemoryHost::sharing(store);
+        let sent = request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false);
+        (stream, host, sent)
+    };
+    let (mut first, mut first_host, sent) = start(&store);
+    assert_eq!(sent, Sent::Forwarded);
+    assert!(first.holds_in_flight_slot());
+    let (_, second_host, sent) = start(&store);
+    assert_eq!(sent, Sent::Refused(429), "one call per consumer at a time");
+    assert!(error_of(&second_host.local_reply.clone().unwrap().2).1.contains("in-flight limit"));
+    // The client goes away before any response: Envoy still ends the stream with on_log.
+    first.on_log(&mut first_host);
+    assert!(!first.holds_in_flight_slot());
+    first.on_log(&mut first_host);
+    let (_, _, sent) = start(&store);
+    assert_eq!(sent, Sent::Forwarded, "the slot came back exactly once");
+    let (_, _, sent) = start(&store);
+    assert_eq!(sent, Sent::Refused(429));
+}
+
+#[test]
+fn local_quotas_are_exact_and_overflow_past_the_counter_cap() {
+    let g = gateway(json!({
+        "limits": {"max_request_bytes": 4096, "max_local_counters": 1},
+        "quotas": [{"name": "hourly", "quota": "2/h", "key": "consumer"}],
+    }));
+    let store = Rc::new(RefCell::new(Store::default()));
+    let run = |key: &str| {
+        let mut stream = Stream::new(g.clone());
+        let mut host = MemoryHost::sharing(&store);
+        let sent = request(
+            &mut stream,
+            &mut host,
+            post_headers(Some(key), "/mcp/crm"),
+            &[&call(1, "get_customer", json!({}))],
+            false,
+        );
+        (sent, host)
+    };
+    assert_eq!(run("r").0, Sent::Forwarded);
+    assert_eq!(run("r").0, Sent::Forwarded);
+    let (sent, host) = run("r");
+    assert_eq!(sent, Sent::Refused(429));
+    let (_, headers, _) = host.local_reply.unwrap();
+    assert!(headers.iter().any(|(k, _)| k == "retry-after"), "{headers:?}");
+    // The cap is one counter: the admin's new counter is its rule's overflow counter.
+    assert_eq!(run("a").0, Sent::Forwarded);
+    assert_eq!(run("a").0, Sent::Forwarded);
+    assert_eq!(run("a").0, Sent::Refused(429));
+    assert_eq!(store.borrow().capped, 1, "only one capped counter was created");
+    assert!(store.borrow().values.keys().any(|k| k.ends_with("!overflow")));
+}
+
+#[test]
+fn a_counter_that_cannot_be_updated_refuses_the_call() {
+    struct Broken(MemoryHost);
+    impl Host for Broken {
+        fn request_headers(&mut self) -> Vec<(String, String)> {
+            self.0.request_headers()
+        }
+        fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+            self.0.set_request_header(name, value)
+        }
+        fn request_body(&mut self, size: usize) -> Vec<u8> {
+            self.0.request_body(size)
+        }
+        fn set_request_body(&mut self, size: usize, body: &[u8]) {
+            self.0.set_request_body(size, body)
+        }
+        fn response_headers(&mut self) -> Vec<(String, String)> {
+            self.0.response_headers()
+        }
+        fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+            self.0.set_response_header(name, value)
+        }
+        fn response_body(&mut self, size: usize) -> Vec<u8> {
+            self.0.response_body(size)
+        }
+        fn set_response_body(&mut self, size: usize, body: &[u8]) {
+            self.0.set_response_body(size, body)
+        }
+        fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+            self.0.send_local_reply(status, headers, body)
+        }
+        fn update_counter(&mut self, _: &str, _: Option<u64>, _: u64, _: &mut Compute<'_>) -> Result<(), CounterError> {
+            Err(CounterError::Contended)
+        }
+        fn record_metrics(&mut self, record: &AuditRecord, options: MetricOptions) {
+            self.0.record_metrics(record, options)
+        }
+        fn set_audit_field(&mut self, key: &'static str, value: &str) {
+            self.0.set_audit_field(key, value)
+        }
+        fn now_ns(&self) -> u64 {
+            self.0.now_ns()
+        }
+        fn log(&mut self, level: Level, message: fmt::Arguments<'_>) {
+            self.0.log(level, message)
+        }
+    }
+    let g = gateway(json!({"limits": {"max_request_bytes": 4096, "max_in_flight_per_consumer": 3}}));
+    let mut stream = Stream::new(g);
+    let mut host = Broken(MemoryHost::default());
+    host.0.request_headers = post_headers(Some("r"), "/mcp/crm");
+    let mut tokens = TokenCache::new(4);
+    assert_eq!(stream.on_request_headers(&mut host, &mut tokens, false), Flow::Pause);
+    host.0.request_body = call(1, "get_customer", json!({}));
+    let size = host.0.request_body.len();
+    assert_eq!(stream.on_request_body(&mut host, size, true), Flow::Answered);
+    assert_eq!(host.0.local_reply.as_ref().map(|r| r.0), Some(503));
+    assert!(host.0.logs.iter().any(|(l, _)| *l == Level::Error));
+}
+
+#[test]
+fn audit_fields_are_written_once_without_tracing_and_only_when_changed_with_it() {
+    let body = call(1, "get_customer", json!({}));
+    let answer = json!({"jsonrpc": "2.0", "id": 1, "result": {}}).to_string();
+    let run = |tracing: bool| {
+        let mut stream = Stream::new(gateway(json!({"observability": {"tracing": tracing}})));
+        let mut host = MemoryHost::default();
+        request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false);
+        response(
+            &mut stream,
+            &mut host,
+            &[(":status", "200"), ("content-type", "application/json")],
+            &[answer.as_bytes()],
+        );
+        let settled = host.audit.len();
+        stream.on_log(&mut host);
+        (settled, host.audit)
+    };
+    let (settled, fields) = run(false);
+    assert_eq!(settled, 0, "without tracing nothing is written before on_log");
+    let keys: Vec<_> = fields.iter().map(|(k, _)| *k).collect();
+    let mut unique = keys.clone();
+    unique.dedup();
+    assert_eq!(keys, unique, "each field once");
+    let (settled, fields) = run(true);
+    assert!(settled > 0, "with tracing the settled exchange is written before the stream ends");
+    let decision_writes = fields.iter().filter(|(k, _)| *k == audit::field::DECISION).count();
+    assert_eq!(decision_writes, 1, "an unchanged value is not written again: {fields:?}");
+}

@@ -1,0 +1,646 @@
+//! Envoy 1.40's dynamic-module C ABI (`v0.2.0`): every `unsafe` of the native build.
+//!
+//! Two halves. [`EnvoyFilter`], [`EnvoyConfig`] and [`log`] wrap the callbacks Envoy exports
+//! (declared here from the verified facts in `shared/DYNAMIC-MODULES.md`, only those the
+//! filter uses: a Rust cdylib binds every import at load, so a callback the running Envoy
+//! lacks fails the load with `undefined symbol`, clearly). Below them, the hooks this module
+//! exports turn Envoy's raw pointers back into the module's own objects and call the safe
+//! code in `lib.rs`, inside [`guard`]: a panic never unwinds into Envoy (it would abort the
+//! whole process); it fails the request closed instead.
+//!
+//! Ownership, as the ABI defines it: what Envoy hands over (header values, body chunks, the
+//! configuration bytes) is valid only during the call, so it is copied before the hook
+//! returns; what the module passes in is copied by Envoy during the call. The module
+//! allocates and frees its own configuration ([`crate::Config`], an `Arc`) and filter
+//! ([`crate::Filter`], a `Box`) objects.
+//!
+//! Threads: `program_init` and `config_new` run on the main thread, a filter's hooks on the
+//! worker that owns its connection, one at a time. The configuration is shared by every
+//! worker (`Send + Sync`) and may be dropped on any of them.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::{Config, Filter, Hook};
+
+/// The ABI version Envoy 1.40 expects from `program_init`.
+pub const ABI_VERSION: &std::ffi::CStr = c"v0.2.0";
+
+/// `envoy_buffer`: bytes owned by Envoy, valid during the call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+/// `module_buffer`: bytes owned by the module, copied by Envoy during the call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl ModuleBuffer {
+    fn of(bytes: &[u8]) -> Self {
+        Self { ptr: bytes.as_ptr(), length: bytes.len() }
+    }
+
+    /// A NULL value: `http_set_header` removes the header.
+    const NULL: Self = Self { ptr: std::ptr::null(), length: 0 };
+}
+
+/// `envoy_http_header` / `module_http_header`: 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HttpHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+/// Header map kinds (`envoy_dynamic_module_type_http_header_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderMap {
+    Request = 0,
+    Response = 2,
+}
+
+/// Body kinds (`envoy_dynamic_module_type_http_body_type`): per direction, the chunk of the
+/// current callback and what Envoy holds for the filter from earlier callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Request,
+    Response,
+}
+
+impl Body {
+    fn received(self) -> u32 {
+        match self {
+            Body::Request => 0,
+            Body::Response => 2,
+        }
+    }
+
+    fn buffered(self) -> u32 {
+        match self {
+            Body::Request => 1,
+            Body::Response => 3,
+        }
+    }
+}
+
+/// Envoy's log levels (`envoy_dynamic_module_type_log_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
+
+/// Metric callback results (`envoy_dynamic_module_type_metrics_result`): 0 is success.
+const METRICS_SUCCESS: u32 = 0;
+
+// Declared from DYNAMIC-MODULES.md (Envoy 1.40); enums are C ints, passed as u32.
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
+    fn envoy_dynamic_module_callback_http_get_headers_size(fe: *mut c_void, kind: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(fe: *mut c_void, kind: u32, out: *mut HttpHeader) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        fe: *mut c_void,
+        kind: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        fe: *mut c_void,
+        status: u32,
+        headers: *const HttpHeader,
+        count: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_http_get_body_chunks_size(fe: *mut c_void, kind: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks(fe: *mut c_void, kind: u32, out: *mut EnvoyBuffer) -> bool;
+    fn envoy_dynamic_module_callback_http_append_body(fe: *mut c_void, kind: u32, data: ModuleBuffer) -> bool;
+    fn envoy_dynamic_module_callback_http_drain_body(fe: *mut c_void, kind: u32, length: usize) -> bool;
+    fn envoy_dynamic_module_callback_http_get_buffer_limit(fe: *mut c_void) -> u64;
+    fn envoy_dynamic_module_callback_http_set_buffer_limit(fe: *mut c_void, limit: u64);
+    fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        fe: *mut c_void,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        ce: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        count: usize,
+        id_out: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        ce: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        count: usize,
+        id_out: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        fe: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        count: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        fe: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        count: usize,
+        value: u64,
+    ) -> u32;
+}
+
+/// Writes `message` to Envoy's log (the `dynamic_modules` logger), when that level is on.
+pub fn log(level: LogLevel, message: &dyn Fn() -> String) {
+    // SAFETY: plain value arguments; callable from any thread.
+    if !unsafe { envoy_dynamic_module_callback_log_enabled(level as u32) } {
+        return;
+    }
+    let text = message();
+    // SAFETY: `text` outlives the call, and Envoy copies it during the call.
+    unsafe { envoy_dynamic_module_callback_log(level as u32, ModuleBuffer::of(text.as_bytes())) }
+}
+
+/// Bytes Envoy owns, copied out.
+///
+/// SAFETY (callers): `ptr` points at `length` readable bytes (or `length` is 0), valid now.
+unsafe fn copy_out(ptr: *const u8, length: usize) -> Vec<u8> {
+    if ptr.is_null() || length == 0 {
+        return Vec::new();
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(ptr, length) }.to_vec()
+}
+
+/// Envoy's handle of one HTTP filter (stream), valid for the duration of a hook.
+pub struct EnvoyFilter(*mut c_void);
+
+impl EnvoyFilter {
+    /// Every header of `map`, pseudo-headers included, copied out. Values that are not
+    /// UTF-8 are decoded leniently (U+FFFD), as in the wasm build.
+    pub fn headers(&self, map: HeaderMap) -> Vec<(String, String)> {
+        // SAFETY: `self.0` is the live filter handle of the current hook.
+        let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, map as u32) };
+        if count == 0 {
+            return Vec::new();
+        }
+        let empty =
+            HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
+        let mut raw = vec![empty; count];
+        // SAFETY: `raw` has room for the `count` headers Envoy just reported; Envoy fills it.
+        if !unsafe { envoy_dynamic_module_callback_http_get_headers(self.0, map as u32, raw.as_mut_ptr()) } {
+            return Vec::new();
+        }
+        raw.iter()
+            .map(|h| {
+                // SAFETY: Envoy filled `h` with pointers into its header map, unchanged
+                // during this call; both are copied before anything mutates the map.
+                let (key, value) =
+                    unsafe { (copy_out(h.key_ptr, h.key_length), copy_out(h.value_ptr, h.value_length)) };
+                (lossy(key), lossy(value))
+            })
+            .collect()
+    }
+
+    /// Replaces every value of header `name`; `None` removes it.
+    pub fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> bool {
+        let value = value.map_or(ModuleBuffer::NULL, |v| ModuleBuffer::of(v.as_bytes()));
+        // SAFETY: live handle; `name` and `value` outlive the call (Envoy copies them).
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(self.0, map as u32, ModuleBuffer::of(name.as_bytes()), value)
+        }
+    }
+
+    /// Answers locally. `details` becomes `%RESPONSE_CODE_DETAILS%`; Envoy adds
+    /// `content-length`.
+    pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8], details: &str) {
+        let raw: Vec<HttpHeader> = headers
+            .iter()
+            .map(|(k, v)| HttpHeader {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: live handle; `raw` points into `headers`, which with `body` and
+        // `details` outlives the call (Envoy copies all of it).
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                u32::from(status),
+                raw.as_ptr(),
+                raw.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(details.as_bytes()),
+            )
+        }
+    }
+
+    fn chunks(&self, kind: u32, out: &mut Vec<u8>) -> usize {
+        // SAFETY: live handle.
+        let count = unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, kind) };
+        if count == 0 {
+            return 0;
+        }
+        let mut raw = vec![EnvoyBuffer { ptr: std::ptr::null(), length: 0 }; count];
+        // SAFETY: `raw` has room for the `count` chunks Envoy just reported.
+        if !unsafe { envoy_dynamic_module_callback_http_get_body_chunks(self.0, kind, raw.as_mut_ptr()) } {
+            return 0;
+        }
+        let mut total = 0;
+        for chunk in &raw {
+            if !chunk.ptr.is_null() && chunk.length > 0 {
+                // SAFETY: zero-copy slices of Envoy's buffer, valid until it is mutated;
+                // copied at once.
+                out.extend_from_slice(unsafe { std::slice::from_raw_parts(chunk.ptr, chunk.length) });
+            }
+            total += chunk.length;
+        }
+        total
+    }
+
+    /// The body this hook sees: what Envoy holds for the filter, then the current chunk.
+    pub fn body(&self, body: Body) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.chunks(body.buffered(), &mut out);
+        self.chunks(body.received(), &mut out);
+        out
+    }
+
+    /// The size of [`Self::body`], without copying it.
+    pub fn body_size(&self, body: Body) -> usize {
+        self.chunk_lengths(body.buffered()) + self.chunk_lengths(body.received())
+    }
+
+    fn chunk_lengths(&self, kind: u32) -> usize {
+        // SAFETY: live handle.
+        let count = unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, kind) };
+        if count == 0 {
+            return 0;
+        }
+        let mut raw = vec![EnvoyBuffer { ptr: std::ptr::null(), length: 0 }; count];
+        // SAFETY: `raw` has room for the `count` chunks Envoy just reported; only their
+        // lengths are read.
+        if !unsafe { envoy_dynamic_module_callback_http_get_body_chunks(self.0, kind, raw.as_mut_ptr()) } {
+            return 0;
+        }
+        raw.iter().map(|c| c.length).sum()
+    }
+
+    /// Replaces the body this hook sees with `new`: both parts drained, `new` appended to
+    /// the current chunk (or, where there is none, as in the trailers hook, to what Envoy
+    /// holds). Envoy sends what it holds followed by the current chunk.
+    pub fn replace_body(&self, body: Body, new: &[u8]) -> bool {
+        for kind in [body.buffered(), body.received()] {
+            let length = self.chunk_lengths(kind);
+            if length > 0 {
+                // SAFETY: live handle; drains at most what Envoy reported it holds.
+                unsafe { envoy_dynamic_module_callback_http_drain_body(self.0, kind, length) };
+            }
+        }
+        if new.is_empty() {
+            return true;
+        }
+        // SAFETY: live handle; `new` outlives the call (Envoy copies it).
+        unsafe {
+            envoy_dynamic_module_callback_http_append_body(self.0, body.received(), ModuleBuffer::of(new))
+                || envoy_dynamic_module_callback_http_append_body(self.0, body.buffered(), ModuleBuffer::of(new))
+        }
+    }
+
+    /// Raises this stream's buffer limit to at least `bytes`.
+    pub fn raise_buffer_limit(&self, bytes: u64) {
+        // SAFETY: live handle, plain values.
+        unsafe {
+            if envoy_dynamic_module_callback_http_get_buffer_limit(self.0) < bytes {
+                envoy_dynamic_module_callback_http_set_buffer_limit(self.0, bytes);
+            }
+        }
+    }
+
+    /// Filter state `key` = `value` (bytes), as `%FILTER_STATE(key:PLAIN)%` reads it.
+    pub fn set_filter_state(&self, key: &str, value: &str) -> bool {
+        // SAFETY: live handle; both buffers outlive the call (Envoy copies them).
+        unsafe {
+            envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                self.0,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            )
+        }
+    }
+
+    /// Adds `value` to a labelled counter; `false` when Envoy refused it.
+    pub fn increment_counter(&self, id: crate::metrics::LabelledCounter, labels: &[&str], value: u64) -> bool {
+        self.metric(envoy_dynamic_module_callback_http_filter_increment_counter, id.0, labels, value)
+    }
+
+    /// Records one sample in a labelled histogram; `false` when Envoy refused it.
+    pub fn record_histogram(&self, id: crate::metrics::LabelledHistogram, labels: &[&str], value: u64) -> bool {
+        self.metric(envoy_dynamic_module_callback_http_filter_record_histogram_value, id.0, labels, value)
+    }
+
+    /// One labelled metric update through `update` (both callbacks share one signature).
+    fn metric(&self, update: MetricUpdate, id: usize, labels: &[&str], value: u64) -> bool {
+        let labels: Vec<ModuleBuffer> = labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
+        // SAFETY: live handle; `labels` (and the strings it points into) outlive the call;
+        // `update` is one of Envoy's metric callbacks declared above.
+        let result = unsafe { update(self.0, id, labels.as_ptr(), labels.len(), value) };
+        result == METRICS_SUCCESS
+    }
+}
+
+/// The signature Envoy's labelled metric updates share.
+type MetricUpdate = unsafe extern "C" fn(*mut c_void, usize, *const ModuleBuffer, usize, u64) -> u32;
+
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Envoy's handle of a filter configuration being created: metrics can be defined only
+/// through it, only during `config_new`.
+pub struct EnvoyConfig(*mut c_void);
+
+impl EnvoyConfig {
+    fn define(&self, histogram: bool, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels: Vec<ModuleBuffer> = labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
+        let mut id = 0usize;
+        // SAFETY: `self.0` is the configuration handle of the running `config_new`; the
+        // buffers outlive the call; `id` is a valid place for Envoy to write the id.
+        let result = unsafe {
+            let define = if histogram {
+                envoy_dynamic_module_callback_http_filter_config_define_histogram
+            } else {
+                envoy_dynamic_module_callback_http_filter_config_define_counter
+            };
+            define(self.0, ModuleBuffer::of(name.as_bytes()), labels.as_ptr(), labels.len(), &mut id)
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Defines a counter with these label names.
+    pub fn define_counter(&self, name: &str, labels: &[&str]) -> Option<crate::metrics::LabelledCounter> {
+        self.define(false, name, labels).map(crate::metrics::LabelledCounter)
+    }
+
+    /// Defines a histogram with these label names.
+    pub fn define_histogram(&self, name: &str, labels: &[&str]) -> Option<crate::metrics::LabelledHistogram> {
+        self.define(true, name, labels).map(crate::metrics::LabelledHistogram)
+    }
+}
+
+// ------------------------------------------------------------------------ exported hooks
+
+/// Runs a filter hook with the module's filter behind `fm`, catching any panic: then the
+/// request fails closed ([`crate::fail_closed`]) and `stopped` is what Envoy gets.
+fn guard(
+    fe: *mut c_void,
+    fm: *const c_void,
+    hook: Hook,
+    stopped: u32,
+    run: impl FnOnce(&mut Filter, &EnvoyFilter) -> u32,
+) -> u32 {
+    let envoy = EnvoyFilter(fe);
+    if fm.is_null() {
+        // `http_filter_new` failed: nothing governs this stream, so nothing passes it.
+        let _ = catch_unwind(AssertUnwindSafe(|| crate::refuse_ungoverned(&envoy, hook)));
+        return stopped;
+    }
+    // SAFETY: `fm` is the pointer `http_filter_new` returned (a leaked `Box<Filter>`), not yet
+    // given to `http_filter_destroy`; Envoy calls one filter's hooks on one thread, one at a
+    // time, so this is the only reference while the hook runs.
+    let filter = unsafe { &mut *(fm as *mut Filter) };
+    match catch_unwind(AssertUnwindSafe(|| run(filter, &envoy))) {
+        Ok(status) => status,
+        Err(_) => {
+            // The panic hook has logged what happened; failing closed must not panic either.
+            let _ = catch_unwind(AssertUnwindSafe(|| crate::fail_closed(filter, &envoy, hook)));
+            stopped
+        }
+    }
+}
+
+/// The module is loaded: install the panic hook, answer the ABI version.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    let _ = catch_unwind(crate::program_init);
+    ABI_VERSION.as_ptr()
+}
+
+/// A new configuration (main thread). NULL refuses it: Envoy NACKs, the last good one serves.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    ce: *mut c_void,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    // SAFETY: Envoy's configuration bytes, valid during this call; copied at once.
+    let bytes = unsafe { copy_out(config.ptr, config.length) };
+    let envoy = EnvoyConfig(ce);
+    match catch_unwind(AssertUnwindSafe(|| Config::new(&bytes, &envoy))) {
+        Ok(Some(config)) => Arc::into_raw(Arc::new(config)) as *const c_void,
+        Ok(None) | Err(_) => std::ptr::null(),
+    }
+}
+
+/// The configuration's last filter is gone (any thread).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(cm: *const c_void) {
+    if cm.is_null() {
+        return;
+    }
+    // SAFETY: `cm` came from `Arc::into_raw` in `config_new` and Envoy destroys it once;
+    // filters hold their own `Arc` clones, so dropping this one frees nothing they use.
+    let config = unsafe { Arc::from_raw(cm as *const Config) };
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(config)));
+}
+
+/// A new stream (worker thread).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(cm: *const c_void, _fe: *mut c_void) -> *const c_void {
+    if cm.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: `cm` came from `Arc::into_raw` in `config_new` and is alive (Envoy destroys a
+    // configuration only after its last filter); this adds the filter's own reference.
+    let config = unsafe {
+        Arc::increment_strong_count(cm as *const Config);
+        Arc::from_raw(cm as *const Config)
+    };
+    match catch_unwind(AssertUnwindSafe(move || Filter::new(config))) {
+        Ok(filter) => Box::into_raw(Box::new(filter)) as *const c_void,
+        Err(_) => std::ptr::null(),
+    }
+}
+
+/// The stream's filter is no longer used (worker thread).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(fm: *const c_void) {
+    if fm.is_null() {
+        return;
+    }
+    // SAFETY: `fm` came from `Box::into_raw` in `http_filter_new`; Envoy destroys it once,
+    // after its last hook.
+    let filter = unsafe { Box::from_raw(fm as *mut Filter) };
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(filter)));
+}
+
+/// Header statuses: Continue 0, StopIteration 1.
+const HEADERS_STOP: u32 = 1;
+/// Body statuses: Continue 0, StopIterationAndBuffer 1, StopIterationNoBuffer 3.
+const BODY_STOP_NO_BUFFER: u32 = 3;
+/// Trailers statuses: Continue 0, StopIteration 1.
+const TRAILERS_STOP: u32 = 1;
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    fe: *mut c_void,
+    fm: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    guard(fe, fm, Hook::RequestHeaders, HEADERS_STOP, |f, e| crate::request_headers(f, e, end_of_stream))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    fe: *mut c_void,
+    fm: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    guard(fe, fm, Hook::RequestBody, BODY_STOP_NO_BUFFER, |f, e| crate::request_body(f, e, end_of_stream))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(fe: *mut c_void, fm: *const c_void) -> u32 {
+    guard(fe, fm, Hook::RequestTrailers, TRAILERS_STOP, crate::request_trailers)
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    fe: *mut c_void,
+    fm: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    guard(fe, fm, Hook::ResponseHeaders, HEADERS_STOP, |f, e| crate::response_headers(f, e, end_of_stream))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    fe: *mut c_void,
+    fm: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    guard(fe, fm, Hook::ResponseBody, BODY_STOP_NO_BUFFER, |f, e| crate::response_body(f, e, end_of_stream))
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_fe: *mut c_void, _fm: *const c_void) -> u32 {
+    0
+}
+
+/// Once per stream, however it ended, before the access loggers run.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(fe: *mut c_void, fm: *const c_void) {
+    guard(fe, fm, Hook::StreamComplete, 0, |f, e| {
+        crate::stream_complete(f, e);
+        0
+    });
+}
+
+// Hooks Envoy 1.40 requires and the filter does not use.
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _fe: *mut c_void,
+    _fm: *const c_void,
+    _id: u64,
+    _result: u32,
+    _headers: *const HttpHeader,
+    _headers_count: usize,
+    _chunks: *const EnvoyBuffer,
+    _chunks_count: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _fe: *mut c_void,
+    _fm: *const c_void,
+    _stream: u64,
+    _headers: *const HttpHeader,
+    _count: usize,
+    _end_of_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _fe: *mut c_void,
+    _fm: *const c_void,
+    _stream: u64,
+    _data: *const EnvoyBuffer,
+    _count: usize,
+    _end_of_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _fe: *mut c_void,
+    _fm: *const c_void,
+    _stream: u64,
+    _trailers: *const HttpHeader,
+    _count: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _fe: *mut c_void,
+    _fm: *const c_void,
+    _stream: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _fe: *mut c_void,
+    _fm: *const c_void,
+    _stream: u64,
+    _reason: u32,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_fe: *mut c_void, _fm: *const c_void, _event: u64) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _fe: *mut c_void,
+    _fm: *const c_void,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _fe: *mut c_void,
+    _fm: *const c_void,
+) {
+}
