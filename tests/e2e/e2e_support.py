@@ -437,6 +437,7 @@ def running_gateway(
     crm_url: str,
     docs_url: str,
     extra: str = "",
+    *,
     evil_url: str | None = None,
     extra_servers: str = "",
     listener_extra: str = "",
@@ -782,6 +783,18 @@ def jsonrpc_error(response: httpx2.Response) -> dict[str, Any]:
     assert isinstance(error.get("message"), str), f"no error.message: {describe(response)}"
     assert "result" not in body, f"error response also carries a result: {describe(response)}"
     return body
+
+
+def is_denied(response: httpx2.Response) -> bool:
+    """Whether `response` is a policy refusal: `POLICY_DENIED_STATUS` with JSON-RPC FORBIDDEN
+    (the status alone says nothing since denials are answered with 200)."""
+    if response.status_code != POLICY_DENIED_STATUS:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict) and body["error"].get("code") == FORBIDDEN
 
 
 def legacy_handshake(url: str, credentials: Mapping[str, str]) -> str | None:

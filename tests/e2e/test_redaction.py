@@ -57,7 +57,7 @@ def redacting_gateway(
     tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream], runtime: str
 ) -> Iterator[Gateway]:
     workdir: Path = tmp_path_factory.mktemp(f"redacting-gateway-{runtime}")
-    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, REDACTION, runtime) as gw:
+    with running_gateway(workdir, keys, upstreams["crm"].url, upstreams["docs"].url, REDACTION, runtime=runtime) as gw:
         yield gw
 
 

@@ -47,7 +47,7 @@ def resumable(
     workdir: Path = tmp_path_factory.mktemp(f"resumable-{runtime}")
     crm = start_upstream("crm-resumable", "crm_server.py", workdir, ["--resumable"])
     try:
-        with running_gateway(workdir, keys, crm.url, upstreams["docs"].url, REDACTION, runtime) as gw:
+        with running_gateway(workdir, keys, crm.url, upstreams["docs"].url, REDACTION, runtime=runtime) as gw:
             yield gw
     finally:
         crm.proc.stop()
