@@ -872,14 +872,15 @@ def require_node_peers() -> None:
         pytest.fail(f"Node peers missing (run `make node-deps`): {', '.join(missing)}", pytrace=False)
 
 
-def ts_client_calls(
-    url: str, credentials: Mapping[str, str], calls: Sequence[tuple[str, dict[str, Any]]], timeout: float = 60
+def ts_client(
+    url: str, credentials: Mapping[str, str], operations: Sequence[dict[str, Any]], timeout: float = 90
 ) -> list[dict[str, Any]]:
     """The official TypeScript SDK client (Node 20, `node/ts_client.mjs`): connects to `url`
-    and calls each `(tool, arguments)`; one dict per call with what the SDK surfaced
-    (`{"ok": true, "result"}` or `{"ok": false, "stage", "error": {"name", "code", "message"}}`)."""
+    and runs each operation (`{"tool", "arguments"}` or `{"list": "tools"|"prompts"|"resources"}`);
+    one dict per operation (and per transport error, op `onerror`) with what the SDK surfaced:
+    `{"op", "ok": true, "result"}` or `{"op", "ok": false, "stage", "error": {"name", "code", "message"}}`."""
     require_node_peers()
-    spec = {"headers": dict(credentials), "calls": [{"tool": t, "arguments": a} for t, a in calls]}
+    spec = {"headers": dict(credentials), "operations": list(operations)}
     done = subprocess.run(
         [NODE20, str(TS_CLIENT), url, json.dumps(spec)],
         cwd=NODE_DIR,
@@ -890,6 +891,15 @@ def ts_client_calls(
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert lines, f"ts_client printed nothing (exit {done.returncode}): {done.stderr[-2000:]}"
     return lines
+
+
+def ts_client_calls(
+    url: str, credentials: Mapping[str, str], calls: Sequence[tuple[str, dict[str, Any]]], timeout: float = 60
+) -> list[dict[str, Any]]:
+    """`ts_client` calling each `(tool, arguments)`: one dict per call (or one for a failed
+    connect), transport errors left out."""
+    operations = [{"tool": tool, "arguments": arguments} for tool, arguments in calls]
+    return [line for line in ts_client(url, credentials, operations, timeout) if line["op"] != "onerror"]
 
 
 def inspector_cli(url: str, credentials: Mapping[str, str], args: Sequence[str], home: Path, timeout: float = 90) -> tuple[int, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,8 +22,6 @@ import httpx2
 import pytest
 
 from e2e_support import (
-    NODE20,
-    NODE_DIR,
     api_key,
     base_headers,
     describe,
@@ -35,6 +32,7 @@ from e2e_support import (
     post,
     response_messages,
     sse_messages,
+    ts_client,
 )
 from scripted_upstream import (
     Action,
@@ -88,19 +86,12 @@ def mcp(**attacks: Callable[[Request], Iterable[Action]]) -> Callable[[Request],
     return handler
 
 
-def ts_client(url: str, headers: dict[str, str], *operations: str) -> dict[str, dict[str, Any]]:
-    """Runs the official TypeScript client (tests/e2e/node/ts_list_client.mjs) on Node 20;
-    returns what each operation read (`result`) or raised (`error`)."""
-    done = subprocess.run(
-        [NODE20, str(NODE_DIR / "ts_list_client.mjs"), url, json.dumps(headers), *operations],
-        cwd=NODE_DIR,
-        capture_output=True,
-        timeout=90,
-        check=False,
-    )
-    lines = [json.loads(line) for line in done.stdout.decode().splitlines() if line.startswith("{")]
-    out = {line["op"]: line for line in lines if line["op"] in operations or line["op"] == "connect"}
-    assert "connect" not in out, f"TS client could not connect: {out['connect']} {done.stderr.decode()[-2000:]}"
+def ts_lists(url: str, headers: dict[str, str], *operations: str) -> dict[str, dict[str, Any]]:
+    """The official TypeScript client (`e2e_support.ts_client`) running `operations` (`tools`,
+    `prompts`, `resources`, `call:<tool>`): what each one read (`result`) or raised (`error`)."""
+    ops = [{"tool": op[5:]} if op.startswith("call:") else {"list": op} for op in operations]
+    out = {line["op"]: line for line in ts_client(url, headers, ops) if line["op"] in (*operations, "connect")}
+    assert "connect" not in out, f"TS client could not connect: {out['connect']}"
     return out
 
 
@@ -479,8 +470,7 @@ def test_typescript_client_sees_no_denied_tool_or_prompt(hostile_gateway, script
         return sse_response(BOM + sse_event(text_result(req.id, f"write to {EMAIL}")))
 
     script = scripted.script(mcp(tools_list=listed, prompts_list=prompts, tools_call=called))
-    out = ts_client(hostile_gateway.url("evil"), {**READER, **script.headers}, "tools", "prompts",
-                    f"call:{ALLOWED_TOOL}")
+    out = ts_lists(hostile_gateway.url("evil"), {**READER, **script.headers}, "tools", "prompts", f"call:{ALLOWED_TOOL}")
     everything = json.dumps(out)
     assert DENIED_TOOL not in everything and SECRET_PROMPT not in everything, everything
     assert EMAIL not in everything, everything
