@@ -43,7 +43,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.meshgate-lock.stamp
 APT_PACKAGES := redis-server wrk
 APT_GET ?= $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: help setup system-deps wasm-target venv node-deps build fault-module test unit e2e lint fuzz run clean-venv bench
+.PHONY: help setup system-deps wasm-target venv node-deps browser-deps build fault-module test unit e2e lint fuzz run clean-venv bench
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -87,6 +87,14 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch "$@"
 
+# Headless Chromium (Debian's package) for the e2e test that drives a real browser page
+# against the gateway's CORS policy (tests/e2e/test_browser.py).
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "apt: installing chromium"; \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends chromium; \
+	fi
+
 build: wasm-target
 	$(CARGO) build --release -p meshgate -p meshgate-native
 	$(CARGO) build --release --target $(WASM_TARGET) -p meshgate-wasm
@@ -99,7 +107,7 @@ fault-module:
 unit:
 	$(CARGO) test --workspace --exclude meshgate-wasm --exclude meshgate-wasm-floor
 
-e2e: venv node-deps fault-module
+e2e: venv node-deps browser-deps fault-module
 	"$(PY)" -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: setup build unit e2e

@@ -58,6 +58,8 @@ ADMIN = api_key("e2e-admin-key")
 LEGACY = {"MCP-Protocol-Version": LEGACY_VERSION}
 APP_ORIGIN = "https://app.example.com"
 KIOSK_ORIGIN = "https://kiosk.example.com"
+# Pages served from this machine (the real browser's page in `test_a_real_browser_...`).
+LOCAL_PAGES = "http://localhost:*"
 
 
 def port_of(url: str) -> int:
@@ -168,7 +170,7 @@ def cors_gateway(
     scripted upstream) with its own policy for KIOSK_ORIGIN (with credentials)."""
     kiosk = (
         f"  - name: kiosk\n    url: {scripted.url}\n"
-        f'    cors: {{ allow_origins: ["{KIOSK_ORIGIN}"], allow_credentials: true, max_age: 1m }}\n'
+        f'    cors: {{ allow_origins: ["{KIOSK_ORIGIN}", "{LOCAL_PAGES}"], allow_credentials: true, max_age: 1m }}\n'
     )
     listener = f', cors: {{ allow_origins: ["{APP_ORIGIN}"], max_age: 2m }}'
     workdir = tmp_path_factory.mktemp("cors-gateway")
@@ -243,6 +245,108 @@ def test_cors_answers_are_readable_by_the_browser(cors_gateway, scripted):
     r = post(cors_gateway.url("kiosk"), tool_call("anything", 5), ADMIN, {**browser, "Origin": KIOSK_ORIGIN})
     assert r.status_code == 200, describe(r)
     assert len(script.requests) == 2
+
+
+# --------------------------------------------------------------------------- a real browser
+
+BROWSER_PAGE = """<!doctype html><html><body><pre id="out">pending</pre><script>
+const spec = SPEC;
+async function call(target) {
+  try {
+    const r = await fetch(target.url, {method: "POST", headers: target.headers, body: JSON.stringify(target.body)});
+    return {status: r.status, body: await r.text(), session: r.headers.get("mcp-session-id")};
+  } catch (e) {
+    return {error: String(e)};
+  }
+}
+(async () => {
+  const out = {};
+  for (const [name, target] of Object.entries(spec)) out[name] = await call(target);
+  document.getElementById("out").textContent = JSON.stringify(out);
+})();
+</script></body></html>"""
+
+
+def browser_fetch(spec: dict, workdir: Path) -> dict:
+    """Serves a page on http://localhost:<port> whose script POSTs each `spec` entry
+    (`{url, headers, body}`) with `fetch`, loads it in headless Chromium and returns what the
+    page saw: `{status, body, session}` (the exposed `Mcp-Session-Id`) or `{error}` when the
+    browser refused (a failed preflight)."""
+    import http.server
+    import json
+    import threading
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.fail("Chromium missing (run `make browser-deps`)", pytrace=False)
+    page = BROWSER_PAGE.replace("SPEC", json.dumps(spec)).encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = subprocess.run(
+            [
+                str(chromium), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={workdir / 'chromium'}", "--virtual-time-budget=15000", "--dump-dom",
+                f"http://localhost:{server.server_address[1]}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    finally:
+        server.shutdown()
+    found = re.search(r'<pre id="out">(.*?)</pre>', done.stdout, re.S)
+    assert found and found.group(1) != "pending", f"the page did not finish: {done.stdout[-1500:]} {done.stderr[-1500:]}"
+    import html
+
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_a_real_browser_page_uses_the_gateway_only_where_cors_allows_it(cors_gateway, scripted, tmp_path):
+    """Headless Chromium on a page of http://localhost:<port>: with the `kiosk` server's CORS
+    policy (which allows local pages) its preflight passes, the call goes through, its answer
+    and the exposed `Mcp-Session-Id` are readable, and a denied call shows the gateway's
+    JSON-RPC error. On `evil` (no policy for local pages) the browser's preflight is refused
+    and nothing reaches the upstream."""
+    script = scripted.script(
+        lambda req: json_response(
+            {"jsonrpc": "2.0", "id": req.id, "result": {"content": [{"type": "text", "text": "from kiosk"}]}},
+            headers={"mcp-session-id": "kiosk-session"},
+        )
+    )
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": LEGACY_VERSION,
+        **READER,
+        **script.headers,
+    }
+    spec = {
+        "kiosk": {"url": cors_gateway.url("kiosk"), "headers": {**headers, **ADMIN}, "body": tool_call("get_record", 1)},
+        "denied": {"url": cors_gateway.url("kiosk"), "headers": headers, "body": tool_call("get_record", 2)},
+        "evil": {"url": cors_gateway.url("evil"), "headers": headers, "body": tool_call("get_record", 3)},
+    }
+    seen = browser_fetch(spec, tmp_path)
+    assert seen["kiosk"].get("status") == 200, seen
+    assert "from kiosk" in seen["kiosk"]["body"] and seen["kiosk"]["session"] == "kiosk-session", seen
+    denied = seen["denied"]
+    assert denied.get("status") == POLICY_DENIED_STATUS, seen
+    assert f'"code":{FORBIDDEN}' in denied["body"] and "kiosk/get_record" in denied["body"], seen
+    assert "error" in seen["evil"] and "status" not in seen["evil"], f"the browser read an answer it may not: {seen}"
+    assert [r.id for r in script.requests] == [1], "only the allowed call reached the upstream"
 
 
 # --------------------------------------------------------------------------- conformance suite
