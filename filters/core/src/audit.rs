@@ -259,6 +259,13 @@ impl AuditRecord {
     /// A POST whose body is known but was refused: method and target are read again here
     /// (a refusal is the cold path; an unreadable body leaves them empty).
     pub fn for_pending(pending: &PendingRequest, body: &[u8]) -> Self {
+        let read = mcp::read_message(body).ok();
+        Self::for_pending_message(pending, read.as_ref().map(|r| &r.message))
+    }
+
+    /// A POST whose body was read (`message`, when it could be) but was refused: the same
+    /// record as [`Self::for_pending`] of that body, without reading it again.
+    pub fn for_pending_message(pending: &PendingRequest, message: Option<&mcp::Message>) -> Self {
         let consumer = pending.consumer();
         let mut record = Self {
             server: Some(pending.server().to_string()),
@@ -266,8 +273,8 @@ impl AuditRecord {
             roles: consumer.roles.clone(),
             ..Self::default()
         };
-        if let Ok(read) = mcp::read_message(body) {
-            record.set_message(&read.message);
+        if let Some(message) = message {
+            record.set_message(message);
         }
         record
     }

@@ -35,7 +35,7 @@ pub const STRIPPED_REQUEST_HEADERS: &[&str] = &["authorization", "x-api-key", "a
 /// and every `x-meshgate-*` header the client sent (those are the filter's own, e.g. global
 /// rate-limit descriptors; a client must not be able to choose its counter). Only headers
 /// present in `headers` are named (each removal is a host call), lowercase, once each.
-pub fn headers_to_strip(headers: &[(String, String)]) -> Vec<String> {
+pub fn headers_to_strip(headers: &[(&str, &str)]) -> Vec<String> {
     let prefix = quota::RESERVED_HEADER_PREFIX;
     let mut names: Vec<String> = Vec::new();
     for (name, _) in headers {
@@ -53,19 +53,20 @@ pub fn headers_to_strip(headers: &[(String, String)]) -> Vec<String> {
 }
 
 /// The first value of header `name` (any case) in a header list as the host presents it.
-pub fn header_value<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+pub fn header_value<'h>(headers: &[(&'h str, &'h str)], name: &str) -> Option<&'h str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
 }
 
 /// Paths outside the MCP routes that pass ungoverned (discovery documents only).
 const UNGOVERNED_PREFIXES: &[&str] = &["/.well-known/"];
 
-/// The request line and headers, as the host presents them (lowercase header names).
+/// The request line and headers, as the host presents them (lowercase header names),
+/// borrowed from the host for one callback.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
     pub method: &'a str,
     pub path: &'a str,
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [(&'a str, &'a str)],
     /// The request ends with its headers: no body follows (the host's `end_of_stream` in
     /// the request-headers callback). A GET or DELETE that does not end here carries a body.
     pub end_of_stream: bool,
@@ -87,7 +88,7 @@ impl<'a> RequestHead<'a> {
     where
         'a: 'n,
     {
-        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
     }
 }
 
@@ -216,8 +217,8 @@ pub struct ResponseHead<'a> {
 /// Every value of header `name` (any case), joined with `", "` as HTTP clients join
 /// repeated headers; `None` when absent. What the client reads of a repeated
 /// `content-type` or `content-encoding` is the joined value, so the plan reads it too.
-pub fn header_values<'h>(headers: &'h [(String, String)], name: &str) -> Option<std::borrow::Cow<'h, str>> {
-    let mut values = headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+pub fn header_values<'h>(headers: &[(&'h str, &'h str)], name: &str) -> Option<std::borrow::Cow<'h, str>> {
+    let mut values = headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
     let first = values.next()?;
     match values.next() {
         None => Some(std::borrow::Cow::Borrowed(first)),
@@ -694,8 +695,7 @@ impl Gateway {
         let origins = &self.config.origin_policy;
         let host = origins.check_host(head.header(":authority").or_else(|| head.header("host")));
         let server = path.strip_prefix(self.config.route_prefix.as_str()).filter(|n| self.config.servers.contains(*n));
-        let origin_values =
-            head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("origin")).map(|(_, v)| v.as_str());
+        let origin_values = head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("origin")).map(|(_, v)| *v);
         if let Err(r) = origins.check_origin(server, origin_values).and(host) {
             return HeadDecision::Reject(r);
         }

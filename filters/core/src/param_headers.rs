@@ -52,7 +52,7 @@ pub struct ParamHeaders {
 
 impl ParamHeaders {
     /// Collects and checks the `Mcp-Param-*` headers among `headers`.
-    pub fn from_headers(headers: &[(String, String)]) -> Result<Self, ParamHeaderError> {
+    pub fn from_headers(headers: &[(&str, &str)]) -> Result<Self, ParamHeaderError> {
         let mut found: Vec<(String, String)> = Vec::new();
         for (name, value) in headers {
             let is_param = name.get(..PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(PREFIX));
@@ -66,7 +66,7 @@ impl ParamHeaders {
             if !value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
                 return Err(ParamHeaderError::Invalid(name));
             }
-            found.push((name, value.clone()));
+            found.push((name, value.to_string()));
         }
         Ok(Self { headers: found })
     }
@@ -205,8 +205,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        pairs.to_vec()
     }
 
     fn call(arguments: Value) -> Vec<u8> {

@@ -84,17 +84,21 @@ pub type Compute<'a> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'a;
 /// Everything the pipeline needs from Envoy, for one stream. Header names are lowercase;
 /// header values are decoded leniently (bytes that are not UTF-8 become U+FFFD, so they
 /// equal no credential or routing value the core compares them with).
+///
+/// Headers and the request body are lent to a closure rather than returned: a host that
+/// can show Envoy's own memory (the dynamic module) copies nothing, and nothing the
+/// pipeline keeps can point into a map or buffer that a later call changes.
 pub trait Host {
-    /// Every request header, pseudo-headers included, in one call.
-    fn request_headers(&mut self) -> Vec<(String, String)>;
+    /// Runs `read` over every request header, pseudo-headers included (one host call).
+    fn with_request_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R;
     /// Replaces every value of a request header; `None` removes it.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
-    /// The whole request body Envoy holds for this callback (`size` bytes).
-    fn request_body(&mut self, size: usize) -> Vec<u8>;
-    /// Replaces the request body ([`Self::request_body`]'s `size` bytes) with `body`.
+    /// Runs `read` over the whole request body Envoy holds for this callback (`size` bytes).
+    fn with_request_body<R>(&mut self, size: usize, read: impl FnOnce(&[u8]) -> R) -> R;
+    /// Replaces the request body ([`Self::with_request_body`]'s `size` bytes) with `body`.
     fn set_request_body(&mut self, size: usize, body: &[u8]);
-    /// Every response header, `:status` included, in one call.
-    fn response_headers(&mut self) -> Vec<(String, String)>;
+    /// Runs `read` over every response header, `:status` included (one host call).
+    fn with_response_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R;
     /// Replaces every value of a response header; `None` removes it.
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
     /// The response body this callback sees: the part Envoy holds for the filter (when it
@@ -273,9 +277,9 @@ impl Stream {
         }
     }
 
-    fn strip_request_headers(host: &mut impl Host, headers: &[(String, String)]) {
-        for name in headers_to_strip(headers) {
-            host.set_request_header(&name, None);
+    fn strip_request_headers(host: &mut impl Host, names: &[String]) {
+        for name in names {
+            host.set_request_header(name, None);
         }
     }
 
@@ -330,19 +334,29 @@ impl Stream {
     }
 
     fn decide_body(&mut self, host: &mut impl Host, pending: &PendingRequest, body_size: usize) -> Flow {
-        let body = host.request_body(body_size);
         let started = host.now_ns();
         let gateway = self.gateway.clone();
-        let decided = gateway.on_request_body(pending, &body).and_then(|exchange| {
-            self.admit(host, &exchange, started)?;
-            Ok(exchange)
-        });
-        self.decision_ns += host.now_ns().saturating_sub(started);
-        match decided {
+        // Everything that needs the body itself happens while the host lends it: the one
+        // parse, and the audit record (the arguments it may carry are the forwarded ones).
+        let read = host.with_request_body(body_size, |body| match gateway.on_request_body(pending, body) {
             Ok(exchange) => {
                 let mut record = AuditRecord::for_exchange(&exchange);
-                let forwarded = exchange.rewritten_request.as_deref().unwrap_or(&body);
+                let forwarded = exchange.rewritten_request.as_deref().unwrap_or(body);
                 record.capture_arguments(&gateway.config().audit_values, forwarded);
+                Ok((exchange, record))
+            }
+            Err(r) => Err((r, AuditRecord::for_pending(pending, body))),
+        });
+        let decided = match read {
+            Ok((exchange, record)) => match self.admit(host, &exchange, started) {
+                Ok(()) => Ok((exchange, record)),
+                Err(r) => Err((r, AuditRecord::for_pending_message(pending, exchange.message.as_ref()))),
+            },
+            Err(refused) => Err(refused),
+        };
+        self.decision_ns += host.now_ns().saturating_sub(started);
+        match decided {
+            Ok((exchange, record)) => {
                 self.audit = Some(record);
                 for global in &exchange.charges.global {
                     host.set_request_header(&global.header, Some(&global.value));
@@ -357,8 +371,8 @@ impl Stream {
                 self.state = State::Forwarded(exchange);
                 Flow::Continue
             }
-            Err(r) => {
-                self.audit = Some(AuditRecord::for_pending(pending, &body));
+            Err((r, record)) => {
+                self.audit = Some(record);
                 host.log(
                     Level::Info,
                     format_args!(
@@ -376,12 +390,25 @@ impl Stream {
 
     /// Request headers: route, identity and the head checks; a POST waits for its body.
     pub fn on_request_headers(&mut self, host: &mut impl Host, tokens: &mut TokenCache, end_of_stream: bool) -> Flow {
-        let headers = host.request_headers();
-        let find = |name: &str| header_value(&headers, name).unwrap_or_default();
-        let head = RequestHead { method: find(":method"), path: find(":path"), headers: &headers, end_of_stream };
         let started = host.now_ns();
         let now = started / 1_000_000_000;
-        let decision = self.gateway.on_request_head(head, now, tokens);
+        let gateway = &self.gateway;
+        // Decided while the host lends the headers; what outlives them is owned: the
+        // decision, the names to strip, and the record of a refusal (which names the path).
+        let (decision, strip, refused) = host.with_request_headers(|headers| {
+            let find = |name: &str| header_value(headers, name).unwrap_or_default();
+            let head = RequestHead { method: find(":method"), path: find(":path"), headers, end_of_stream };
+            let decision = gateway.on_request_head(head, now, tokens);
+            let (strip, refused) = match &decision {
+                HeadDecision::PassThrough => (Vec::new(), None),
+                HeadDecision::Reject(_) => {
+                    let config = gateway.config();
+                    (Vec::new(), Some(AuditRecord::for_path(&config.route_prefix, &config.servers, head.path)))
+                }
+                HeadDecision::Forward(_) | HeadDecision::AwaitBody(_) => (headers_to_strip(headers), None),
+            };
+            (decision, strip, refused)
+        });
         self.decision_ns += host.now_ns().saturating_sub(started);
         match decision {
             HeadDecision::PassThrough => {
@@ -389,18 +416,17 @@ impl Stream {
                 Flow::Continue
             }
             HeadDecision::Reject(r) => {
-                let config = self.gateway.config();
-                self.audit = Some(AuditRecord::for_path(&config.route_prefix, &config.servers, head.path));
+                self.audit = refused;
                 self.reject(host, &r)
             }
             HeadDecision::Forward(exchange) => {
                 self.audit = Some(AuditRecord::for_exchange(&exchange));
-                Self::strip_request_headers(host, &headers);
+                Self::strip_request_headers(host, &strip);
                 self.state = State::Forwarded(exchange);
                 Flow::Continue
             }
             HeadDecision::AwaitBody(pending) => {
-                Self::strip_request_headers(host, &headers);
+                Self::strip_request_headers(host, &strip);
                 if end_of_stream {
                     // A POST without a body: decide now (it is refused as unparsable).
                     return self.decide_body(host, &pending, 0);
@@ -444,39 +470,46 @@ impl Stream {
         let State::Forwarded(exchange) = &self.state else {
             return Flow::Continue;
         };
+        let gateway = &self.gateway;
         // One host call for every header: in proxy-wasm each host call that returns data
         // costs a callback into the VM to allocate its buffer, about as much as copying a
-        // whole header map.
-        let headers = host.response_headers();
-        let header = |name: &str| header_value(&headers, name).map(str::to_string);
-        let status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        // whole header map. The plan is a pure function of the headers: it is settled while
+        // they are lent, and acted on after.
+        let (status, seen) = host.with_response_headers(|headers| {
+            let header = |name: &str| header_value(headers, name);
+            let status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+            // Only a 429 can be the ratelimit filter's refusal.
+            let ratelimited = status == 429
+                && header(quota::ENVOY_RATELIMITED_HEADER).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+            if ratelimited {
+                let refusal = quota::GlobalRefusal {
+                    rule: header(quota::LIMIT_RULE_RESPONSE_HEADER),
+                    retry_after: header("retry-after"),
+                    ratelimit_reset: header("x-ratelimit-reset"),
+                    error: header(quota::LIMIT_ERROR_RESPONSE_HEADER),
+                };
+                return (status, Err(gateway.global_rejection(exchange, &refusal)));
+            }
+            // Repeated headers joined, as clients read them.
+            let plan = exchange.response_plan_from(status, &mut |name| header_values(headers, name).map(String::from));
+            (status, Ok(plan))
+        });
         if let Some(record) = self.audit.as_mut() {
             record.upstream_answer(Some(status), None);
         }
-        // Only a 429 can be the ratelimit filter's refusal.
-        let ratelimited = status == 429
-            && header(quota::ENVOY_RATELIMITED_HEADER).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        if ratelimited {
-            let rule = header(quota::LIMIT_RULE_RESPONSE_HEADER);
-            let retry_after = header("retry-after");
-            let reset = header("x-ratelimit-reset");
-            let error = header(quota::LIMIT_ERROR_RESPONSE_HEADER);
-            let refusal = quota::GlobalRefusal {
-                rule: rule.as_deref(),
-                retry_after: retry_after.as_deref(),
-                ratelimit_reset: reset.as_deref(),
-                error: error.as_deref(),
-            };
-            let r = self.gateway.global_rejection(exchange, &refusal);
-            host.log(
-                Level::Info,
-                format_args!(
-                    "meshgate: refused by the global rate limit consumer={} reason={}",
-                    exchange.consumer.name, r.message
-                ),
-            );
-            return self.replace_response(host, &r, end_of_stream);
-        }
+        let plan = match seen {
+            Ok(plan) => plan,
+            Err(r) => {
+                host.log(
+                    Level::Info,
+                    format_args!(
+                        "meshgate: refused by the global rate limit consumer={} reason={}",
+                        exchange.consumer.name, r.message
+                    ),
+                );
+                return self.replace_response(host, &r, end_of_stream);
+            }
+        };
         if end_of_stream {
             // No body callback follows: settle now, the last chance before the span ends.
             if let Some(record) = self.audit.as_mut() {
@@ -488,8 +521,6 @@ impl Stream {
         let State::Forwarded(exchange) = &self.state else {
             return Flow::Continue;
         };
-        // Repeated headers joined, as clients read them.
-        let plan = exchange.response_plan_from(status, &mut |name| header_values(&headers, name).map(String::from));
         self.response = match plan {
             ResponsePlan::Fail(r) => return self.replace_response(host, &r, end_of_stream),
             ResponsePlan::PassThrough => return Flow::Continue,

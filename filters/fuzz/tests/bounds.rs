@@ -74,7 +74,7 @@ fn gateway() -> &'static Gateway {
 /// The exchange of a reader's `tools/list` (id 7): its answer is list-filtered and redacted.
 fn list_exchange() -> Exchange {
     let g = gateway();
-    let headers = vec![("x-api-key".to_string(), "k".to_string()), ("content-type".into(), "application/json".into())];
+    let headers = [("x-api-key", "k"), ("content-type", "application/json")];
     let head = RequestHead { method: "POST", path: "/mcp/s", headers: &headers, end_of_stream: false };
     let HeadDecision::AwaitBody(pending) = g.on_request_head(head, 0, &mut g.new_token_cache()) else {
         panic!("the list request is awaited")
@@ -86,7 +86,7 @@ fn list_exchange() -> Exchange {
 /// event redacted, and refused events replaced one by one (the stream goes on).
 fn get_exchange() -> Exchange {
     let g = gateway();
-    let headers = vec![("x-api-key".to_string(), "k".to_string())];
+    let headers = [("x-api-key", "k")];
     let head = RequestHead { method: "GET", path: "/mcp/s", headers: &headers, end_of_stream: true };
     let HeadDecision::Forward(exchange) = g.on_request_head(head, 0, &mut g.new_token_cache()) else {
         panic!("the GET stream is forwarded")

@@ -19,6 +19,7 @@
 //! worker (`Send + Sync`) and may be dropped on any of them.
 #![allow(unsafe_code)]
 
+use std::borrow::Cow;
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -125,6 +126,7 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
+    fn envoy_dynamic_module_callback_http_get_body_size(fe: *mut c_void, kind: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_body_chunks_size(fe: *mut c_void, kind: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_body_chunks(fe: *mut c_void, kind: u32, out: *mut EnvoyBuffer) -> bool;
     fn envoy_dynamic_module_callback_http_append_body(fe: *mut c_void, kind: u32, data: ModuleBuffer) -> bool;
@@ -181,45 +183,58 @@ pub fn log(level: LogLevel, message: &dyn Fn() -> String) {
 ///
 /// SAFETY (callers): `ptr` points at `length` readable bytes (or `length` is 0), valid now.
 unsafe fn copy_out(ptr: *const u8, length: usize) -> Vec<u8> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { borrow(ptr, length) }.to_vec()
+}
+
+/// A view of bytes Envoy owns, for as long as the caller's borrow says.
+///
+/// SAFETY (callers): `ptr` points at `length` readable bytes (or `length` is 0) that stay
+/// valid and unchanged for the lifetime `'a` the caller picks.
+unsafe fn borrow<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
     if ptr.is_null() || length == 0 {
-        return Vec::new();
+        return &[];
     }
     // SAFETY: guaranteed by the caller.
-    unsafe { std::slice::from_raw_parts(ptr, length) }.to_vec()
+    unsafe { std::slice::from_raw_parts(ptr, length) }
 }
 
 /// Envoy's handle of one HTTP filter (stream), valid for the duration of a hook.
 pub struct EnvoyFilter(*mut c_void);
 
 impl EnvoyFilter {
-    /// Every header of `map`, pseudo-headers included, copied out. Values that are not
-    /// UTF-8 are decoded leniently (U+FFFD), as in the wasm build.
-    pub fn headers(&self, map: HeaderMap) -> Vec<(String, String)> {
+    /// Runs `read` over every header of `map`, pseudo-headers included, as views of
+    /// Envoy's own memory: nothing is copied but values that are not UTF-8, which are
+    /// decoded leniently (U+FFFD), as in the wasm build.
+    pub fn with_headers<R>(&self, map: HeaderMap, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
         // SAFETY: `self.0` is the live filter handle of the current hook.
         let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, map as u32) };
         if count == 0 {
-            return Vec::new();
+            return read(&[]);
         }
         let empty =
             HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
         let mut raw = vec![empty; count];
         // SAFETY: `raw` has room for the `count` headers Envoy just reported; Envoy fills it.
         if !unsafe { envoy_dynamic_module_callback_http_get_headers(self.0, map as u32, raw.as_mut_ptr()) } {
-            return Vec::new();
+            return read(&[]);
         }
-        raw.iter()
+        let decoded: Vec<(Cow<'_, str>, Cow<'_, str>)> = raw
+            .iter()
             .map(|h| {
-                // SAFETY: Envoy filled `h` with pointers into its header map, unchanged
-                // during this call; both are copied before anything mutates the map.
-                let (key, value) =
-                    unsafe { (copy_out(h.key_ptr, h.key_length), copy_out(h.value_ptr, h.value_length)) };
-                (lossy(key), lossy(value))
+                // SAFETY: Envoy filled `h` with pointers into its header map. Changing a
+                // header map takes `&mut self` (`set_header`, `send_response`), which this
+                // `&self` borrow rules out while `read` runs, and the views are bound to
+                // this call.
+                unsafe { (lossy(borrow(h.key_ptr, h.key_length)), lossy(borrow(h.value_ptr, h.value_length))) }
             })
-            .collect()
+            .collect();
+        let pairs: Vec<(&str, &str)> = decoded.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+        read(&pairs)
     }
 
     /// Replaces every value of header `name`; `None` removes it.
-    pub fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> bool {
+    pub fn set_header(&mut self, map: HeaderMap, name: &str, value: Option<&str>) -> bool {
         let value = value.map_or(ModuleBuffer::NULL, |v| ModuleBuffer::of(v.as_bytes()));
         // SAFETY: live handle; `name` and `value` outlive the call (Envoy copies them).
         unsafe {
@@ -229,7 +244,7 @@ impl EnvoyFilter {
 
     /// Answers locally. `details` becomes `%RESPONSE_CODE_DETAILS%`; Envoy adds
     /// `content-length`.
-    pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8], details: &str) {
+    pub fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], details: &str) {
         let raw: Vec<HttpHeader> = headers
             .iter()
             .map(|(k, v)| HttpHeader {
@@ -253,63 +268,66 @@ impl EnvoyFilter {
         }
     }
 
-    fn chunks(&self, kind: u32, out: &mut Vec<u8>) -> usize {
+    /// The slices of one part of a body (`kind`), as Envoy holds them (zero-copy).
+    fn slices(&self, kind: u32) -> Vec<EnvoyBuffer> {
         // SAFETY: live handle.
         let count = unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, kind) };
         if count == 0 {
-            return 0;
+            return Vec::new();
         }
         let mut raw = vec![EnvoyBuffer { ptr: std::ptr::null(), length: 0 }; count];
         // SAFETY: `raw` has room for the `count` chunks Envoy just reported.
         if !unsafe { envoy_dynamic_module_callback_http_get_body_chunks(self.0, kind, raw.as_mut_ptr()) } {
-            return 0;
+            return Vec::new();
         }
-        let mut total = 0;
-        for chunk in &raw {
-            if !chunk.ptr.is_null() && chunk.length > 0 {
-                // SAFETY: zero-copy slices of Envoy's buffer, valid until it is mutated;
-                // copied at once.
-                out.extend_from_slice(unsafe { std::slice::from_raw_parts(chunk.ptr, chunk.length) });
+        raw.retain(|c| !c.ptr.is_null() && c.length > 0);
+        raw
+    }
+
+    /// Runs `read` over the body this hook sees: what Envoy holds for the filter, then the
+    /// current chunk. A body in one slice (the common small request) is read in place;
+    /// otherwise its slices are copied into one buffer.
+    pub fn with_body<R>(&self, body: Body, read: impl FnOnce(&[u8]) -> R) -> R {
+        let mut slices = self.slices(body.buffered());
+        slices.extend(self.slices(body.received()));
+        match slices.as_slice() {
+            [] => read(&[]),
+            // SAFETY: a zero-copy view of Envoy's buffer. Changing a body takes `&mut self`
+            // (`replace_body`), which this `&self` borrow rules out while `read` runs, and
+            // the view is bound to this call.
+            [one] => read(unsafe { borrow(one.ptr, one.length) }),
+            many => {
+                let mut whole = Vec::with_capacity(many.iter().map(|c| c.length).sum());
+                for chunk in many {
+                    // SAFETY: a zero-copy view of Envoy's buffer, copied at once.
+                    whole.extend_from_slice(unsafe { borrow(chunk.ptr, chunk.length) });
+                }
+                read(&whole)
             }
-            total += chunk.length;
         }
-        total
     }
 
-    /// The body this hook sees: what Envoy holds for the filter, then the current chunk.
+    /// The body this hook sees, copied (see [`Self::with_body`]).
     pub fn body(&self, body: Body) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.chunks(body.buffered(), &mut out);
-        self.chunks(body.received(), &mut out);
-        out
+        self.with_body(body, <[u8]>::to_vec)
     }
 
-    /// The size of [`Self::body`], without copying it.
+    /// The size of [`Self::body`], without copying it or listing its slices.
     pub fn body_size(&self, body: Body) -> usize {
-        self.chunk_lengths(body.buffered()) + self.chunk_lengths(body.received())
+        self.part_size(body.buffered()) + self.part_size(body.received())
     }
 
-    fn chunk_lengths(&self, kind: u32) -> usize {
-        // SAFETY: live handle.
-        let count = unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, kind) };
-        if count == 0 {
-            return 0;
-        }
-        let mut raw = vec![EnvoyBuffer { ptr: std::ptr::null(), length: 0 }; count];
-        // SAFETY: `raw` has room for the `count` chunks Envoy just reported; only their
-        // lengths are read.
-        if !unsafe { envoy_dynamic_module_callback_http_get_body_chunks(self.0, kind, raw.as_mut_ptr()) } {
-            return 0;
-        }
-        raw.iter().map(|c| c.length).sum()
+    fn part_size(&self, kind: u32) -> usize {
+        // SAFETY: live handle, plain values.
+        unsafe { envoy_dynamic_module_callback_http_get_body_size(self.0, kind) }
     }
 
     /// Replaces the body this hook sees with `new`: both parts drained, `new` appended to
     /// the current chunk (or, where there is none, as in the trailers hook, to what Envoy
     /// holds). Envoy sends what it holds followed by the current chunk.
-    pub fn replace_body(&self, body: Body, new: &[u8]) -> bool {
+    pub fn replace_body(&mut self, body: Body, new: &[u8]) -> bool {
         for kind in [body.buffered(), body.received()] {
-            let length = self.chunk_lengths(kind);
+            let length = self.part_size(kind);
             if length > 0 {
                 // SAFETY: live handle; drains at most what Envoy reported it holds.
                 unsafe { envoy_dynamic_module_callback_http_drain_body(self.0, kind, length) };
@@ -370,8 +388,14 @@ impl EnvoyFilter {
 /// The signature Envoy's labelled metric updates share.
 type MetricUpdate = unsafe extern "C" fn(*mut c_void, usize, *const ModuleBuffer, usize, u64) -> u32;
 
-fn lossy(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+/// Header bytes as text: borrowed when they are UTF-8, decoded leniently (U+FFFD) when not.
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    // `from_utf8` first: the lossy decoder's chunk iterator costs several times more on the
+    // short, almost always valid, strings headers are.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// Envoy's handle of a filter configuration being created: metrics can be defined only
@@ -415,23 +439,23 @@ fn guard(
     fm: *const c_void,
     hook: Hook,
     stopped: u32,
-    run: impl FnOnce(&mut Filter, &EnvoyFilter) -> u32,
+    run: impl FnOnce(&mut Filter, &mut EnvoyFilter) -> u32,
 ) -> u32 {
-    let envoy = EnvoyFilter(fe);
+    let mut envoy = EnvoyFilter(fe);
     if fm.is_null() {
         // `http_filter_new` failed: nothing governs this stream, so nothing passes it.
-        let _ = catch_unwind(AssertUnwindSafe(|| crate::refuse_ungoverned(&envoy, hook)));
+        let _ = catch_unwind(AssertUnwindSafe(|| crate::refuse_ungoverned(&mut envoy, hook)));
         return stopped;
     }
     // SAFETY: `fm` is the pointer `http_filter_new` returned (a leaked `Box<Filter>`), not yet
     // given to `http_filter_destroy`; Envoy calls one filter's hooks on one thread, one at a
     // time, so this is the only reference while the hook runs.
     let filter = unsafe { &mut *(fm as *mut Filter) };
-    match catch_unwind(AssertUnwindSafe(|| run(filter, &envoy))) {
+    match catch_unwind(AssertUnwindSafe(|| run(filter, &mut envoy))) {
         Ok(status) => status,
         Err(_) => {
             // The panic hook has logged what happened; failing closed must not panic either.
-            let _ = catch_unwind(AssertUnwindSafe(|| crate::fail_closed(filter, &envoy, hook)));
+            let _ = catch_unwind(AssertUnwindSafe(|| crate::fail_closed(filter, &mut envoy, hook)));
             stopped
         }
     }

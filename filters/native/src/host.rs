@@ -27,23 +27,23 @@ static STATE_KEYS: LazyLock<Vec<(&'static str, String)>> =
 
 /// The host of one hook call of one stream.
 pub struct NativeHost<'a> {
-    envoy: &'a EnvoyFilter,
+    envoy: &'a mut EnvoyFilter,
     metrics: &'a metrics::Metrics,
 }
 
 impl<'a> NativeHost<'a> {
-    pub fn new(envoy: &'a EnvoyFilter, metrics: &'a metrics::Metrics) -> Self {
+    pub fn new(envoy: &'a mut EnvoyFilter, metrics: &'a metrics::Metrics) -> Self {
         Self { envoy, metrics }
     }
 
-    fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) {
+    fn set_header(&mut self, map: HeaderMap, name: &str, value: Option<&str>) {
         // Removing an absent header is not a failure worth a line.
         if !self.envoy.set_header(map, name, value) && value.is_some() {
             ffi::log(LogLevel::Warn, &|| format!("meshgate: header {name} not set"));
         }
     }
 
-    fn replace_body(&self, body: Body, new: &[u8]) {
+    fn replace_body(&mut self, body: Body, new: &[u8]) {
         if !self.envoy.replace_body(body, new) {
             ffi::log(LogLevel::Warn, &|| format!("meshgate: {body:?} body not replaced"));
         }
@@ -51,24 +51,24 @@ impl<'a> NativeHost<'a> {
 }
 
 impl Host for NativeHost<'_> {
-    fn request_headers(&mut self) -> Vec<(String, String)> {
-        self.envoy.headers(HeaderMap::Request)
+    fn with_request_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
+        self.envoy.with_headers(HeaderMap::Request, read)
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         self.set_header(HeaderMap::Request, name, value);
     }
 
-    fn request_body(&mut self, _size: usize) -> Vec<u8> {
-        self.envoy.body(Body::Request)
+    fn with_request_body<R>(&mut self, _size: usize, read: impl FnOnce(&[u8]) -> R) -> R {
+        self.envoy.with_body(Body::Request, read)
     }
 
     fn set_request_body(&mut self, _size: usize, body: &[u8]) {
         self.replace_body(Body::Request, body);
     }
 
-    fn response_headers(&mut self) -> Vec<(String, String)> {
-        self.envoy.headers(HeaderMap::Response)
+    fn with_response_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
+        self.envoy.with_headers(HeaderMap::Response, read)
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {

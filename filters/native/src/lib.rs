@@ -141,7 +141,7 @@ fn body_status(flow: Flow) -> u32 {
     }
 }
 
-fn request_headers(filter: &mut Filter, envoy: &EnvoyFilter, end_of_stream: bool) -> u32 {
+fn request_headers(filter: &mut Filter, envoy: &mut EnvoyFilter, end_of_stream: bool) -> u32 {
     if filter.failed {
         return 0;
     }
@@ -156,19 +156,19 @@ fn request_headers(filter: &mut Filter, envoy: &EnvoyFilter, end_of_stream: bool
     headers_status(filter.stream.on_request_headers(&mut host, &mut tokens, end_of_stream))
 }
 
-fn request_body(filter: &mut Filter, envoy: &EnvoyFilter, end_of_stream: bool) -> u32 {
+fn request_body(filter: &mut Filter, envoy: &mut EnvoyFilter, end_of_stream: bool) -> u32 {
     if filter.failed {
         return 0;
     }
     #[cfg(feature = "fault-injection")]
     fault::check(filter.fault, Hook::RequestBody);
     let config = filter.config.clone();
-    let mut host = NativeHost::new(envoy, &config.metrics);
     let size = envoy.body_size(ffi::Body::Request);
+    let mut host = NativeHost::new(envoy, &config.metrics);
     body_status(filter.stream.on_request_body(&mut host, size, end_of_stream))
 }
 
-fn request_trailers(filter: &mut Filter, envoy: &EnvoyFilter) -> u32 {
+fn request_trailers(filter: &mut Filter, envoy: &mut EnvoyFilter) -> u32 {
     if filter.failed {
         return 0;
     }
@@ -177,7 +177,7 @@ fn request_trailers(filter: &mut Filter, envoy: &EnvoyFilter) -> u32 {
     headers_status(filter.stream.on_request_trailers(&mut host))
 }
 
-fn response_headers(filter: &mut Filter, envoy: &EnvoyFilter, end_of_stream: bool) -> u32 {
+fn response_headers(filter: &mut Filter, envoy: &mut EnvoyFilter, end_of_stream: bool) -> u32 {
     if filter.failed {
         return 0;
     }
@@ -188,19 +188,19 @@ fn response_headers(filter: &mut Filter, envoy: &EnvoyFilter, end_of_stream: boo
     headers_status(filter.stream.on_response_headers(&mut host, end_of_stream))
 }
 
-fn response_body(filter: &mut Filter, envoy: &EnvoyFilter, end_of_stream: bool) -> u32 {
+fn response_body(filter: &mut Filter, envoy: &mut EnvoyFilter, end_of_stream: bool) -> u32 {
     if filter.failed {
         return 0;
     }
-    let config = filter.config.clone();
-    let mut host = NativeHost::new(envoy, &config.metrics);
     #[cfg(feature = "fault-injection")]
     fault::check(filter.fault, Hook::ResponseBody);
+    let config = filter.config.clone();
     let size = envoy.body_size(ffi::Body::Response);
+    let mut host = NativeHost::new(envoy, &config.metrics);
     body_status(filter.stream.on_response_body(&mut host, size, end_of_stream))
 }
 
-fn stream_complete(filter: &mut Filter, envoy: &EnvoyFilter) {
+fn stream_complete(filter: &mut Filter, envoy: &mut EnvoyFilter) {
     if filter.completed {
         return;
     }
@@ -219,7 +219,7 @@ fn stream_complete(filter: &mut Filter, envoy: &EnvoyFilter) {
 
 /// A stream whose filter could not be created: refused at its first hook that can still
 /// answer (fail closed), once.
-fn refuse_ungoverned(envoy: &EnvoyFilter, hook: Hook) {
+fn refuse_ungoverned(envoy: &mut EnvoyFilter, hook: Hook) {
     if hook == Hook::RequestHeaders {
         ffi::log(LogLevel::Error, &|| "meshgate: no filter for this stream; the request is refused (HTTP 500)".into());
         let body =
@@ -231,7 +231,7 @@ fn refuse_ungoverned(envoy: &EnvoyFilter, hook: Hook) {
 /// After a caught panic: answer the request with a JSON-RPC error (HTTP 500) if it can
 /// still be answered, and never run the pipeline for this stream again. Fail closed: the
 /// request is not forwarded by this filter.
-fn fail_closed(filter: &mut Filter, envoy: &EnvoyFilter, hook: Hook) {
+fn fail_closed(filter: &mut Filter, envoy: &mut EnvoyFilter, hook: Hook) {
     let first = !filter.failed;
     filter.failed = true;
     if hook == Hook::StreamComplete {
@@ -262,16 +262,17 @@ mod fault {
 
     /// The hook the request asks to fail in, if any.
     pub fn requested(envoy: &EnvoyFilter) -> Option<Hook> {
-        let headers = envoy.headers(ffi::HeaderMap::Request);
-        let value = headers.iter().find(|(k, _)| k == HEADER).map(|(_, v)| v.as_str())?;
-        match value {
-            "panic-in-request-headers" => Some(Hook::RequestHeaders),
-            "panic-in-request-body" => Some(Hook::RequestBody),
-            "panic-in-response-headers" => Some(Hook::ResponseHeaders),
-            "panic-in-response-body" => Some(Hook::ResponseBody),
-            "panic-in-stream-complete" => Some(Hook::StreamComplete),
-            _ => None,
-        }
+        envoy.with_headers(ffi::HeaderMap::Request, |headers| {
+            let value = headers.iter().find(|(k, _)| *k == HEADER).map(|(_, v)| *v)?;
+            match value {
+                "panic-in-request-headers" => Some(Hook::RequestHeaders),
+                "panic-in-request-body" => Some(Hook::RequestBody),
+                "panic-in-response-headers" => Some(Hook::ResponseHeaders),
+                "panic-in-response-body" => Some(Hook::ResponseBody),
+                "panic-in-stream-complete" => Some(Hook::StreamComplete),
+                _ => None,
+            }
+        })
     }
 
     /// Panics when `hook` is the one asked for.

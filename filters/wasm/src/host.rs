@@ -19,8 +19,8 @@ use crate::{counters, metrics};
 pub struct WasmHost;
 
 impl Host for WasmHost {
-    fn request_headers(&mut self) -> Vec<(String, String)> {
-        lenient(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default())
+    fn with_request_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
+        lend(lenient(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()), read)
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
@@ -29,8 +29,8 @@ impl Host for WasmHost {
         }
     }
 
-    fn request_body(&mut self, size: usize) -> Vec<u8> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten().unwrap_or_default()
+    fn with_request_body<R>(&mut self, size: usize, read: impl FnOnce(&[u8]) -> R) -> R {
+        read(&hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten().unwrap_or_default())
     }
 
     fn set_request_body(&mut self, size: usize, body: &[u8]) {
@@ -39,8 +39,8 @@ impl Host for WasmHost {
         }
     }
 
-    fn response_headers(&mut self) -> Vec<(String, String)> {
-        lenient(hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default())
+    fn with_response_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
+        lend(lenient(hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()), read)
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
@@ -105,6 +105,13 @@ impl Host for WasmHost {
             Level::Error => log::error!("{message}"),
         }
     }
+}
+
+/// Runs `read` over a header map the host copied into the VM (one host call: a call per
+/// header would cost more in proxy-wasm than the copy).
+fn lend<R>(map: Vec<(String, String)>, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
+    let pairs: Vec<(&str, &str)> = map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    read(&pairs)
 }
 
 /// A header map as the core reads it, values decoded leniently. HTTP header values may

@@ -22,8 +22,7 @@ fn gateway() -> Gateway {
 }
 
 fn pending(g: &Gateway) -> crate::gateway::PendingRequest {
-    let h: Vec<(String, String)> =
-        vec![("x-api-key".into(), "k".into()), ("content-type".into(), "application/json".into())];
+    let h = [("x-api-key", "k"), ("content-type", "application/json")];
     match g.on_request_head(
         RequestHead { method: "POST", path: "/mcp/crm", headers: &h, end_of_stream: false },
         NOW,

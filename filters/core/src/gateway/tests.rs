@@ -55,8 +55,8 @@ fn gateway(max_request_bytes: Option<u64>) -> Gateway {
     Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
 }
 
-fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    pairs.to_vec()
 }
 
 fn head_of(g: &Gateway, method: &str, path: &str, h: &[(&str, &str)]) -> HeadDecision {

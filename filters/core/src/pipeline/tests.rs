@@ -58,22 +58,24 @@ fn set(headers: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
 }
 
 impl Host for MemoryHost {
-    fn request_headers(&mut self) -> Vec<(String, String)> {
-        self.request_headers.clone()
+    fn with_request_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
+        let headers: Vec<(&str, &str)> = self.request_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        read(&headers)
     }
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         set(&mut self.request_headers, name, value);
     }
-    fn request_body(&mut self, size: usize) -> Vec<u8> {
+    fn with_request_body<R>(&mut self, size: usize, read: impl FnOnce(&[u8]) -> R) -> R {
         assert_eq!(size, self.request_body.len(), "the pipeline asks for all Envoy holds");
-        self.request_body.clone()
+        read(&self.request_body)
     }
     fn set_request_body(&mut self, size: usize, body: &[u8]) {
         assert_eq!(size, self.request_body.len());
         self.request_body = body.to_vec();
     }
-    fn response_headers(&mut self) -> Vec<(String, String)> {
-        self.response_headers.clone()
+    fn with_response_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
+        let headers: Vec<(&str, &str)> = self.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        read(&headers)
     }
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         set(&mut self.response_headers, name, value);
@@ -492,20 +494,20 @@ fn local_quotas_are_exact_and_overflow_past_the_counter_cap() {
 fn a_counter_that_cannot_be_updated_refuses_the_call() {
     struct Broken(MemoryHost);
     impl Host for Broken {
-        fn request_headers(&mut self) -> Vec<(String, String)> {
-            self.0.request_headers()
+        fn with_request_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
+            self.0.with_request_headers(read)
         }
         fn set_request_header(&mut self, name: &str, value: Option<&str>) {
             self.0.set_request_header(name, value)
         }
-        fn request_body(&mut self, size: usize) -> Vec<u8> {
-            self.0.request_body(size)
+        fn with_request_body<R>(&mut self, size: usize, read: impl FnOnce(&[u8]) -> R) -> R {
+            self.0.with_request_body(size, read)
         }
         fn set_request_body(&mut self, size: usize, body: &[u8]) {
             self.0.set_request_body(size, body)
         }
-        fn response_headers(&mut self) -> Vec<(String, String)> {
-            self.0.response_headers()
+        fn with_response_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
+            self.0.with_response_headers(read)
         }
         fn set_response_header(&mut self, name: &str, value: Option<&str>) {
             self.0.set_response_header(name, value)
