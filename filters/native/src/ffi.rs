@@ -152,13 +152,16 @@ extern "C" {
         count: usize,
         id_out: *mut usize,
     ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_increment_counter(
-        fe: *mut c_void,
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        ce: *mut c_void,
         id: usize,
         label_values: *const ModuleBuffer,
         count: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(ce: *mut c_void) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: *mut c_void, event: u64);
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
         fe: *mut c_void,
         id: usize,
@@ -365,28 +368,22 @@ impl EnvoyFilter {
         }
     }
 
-    /// Adds `value` to a labelled counter; `false` when Envoy refused it.
-    pub fn increment_counter(&self, id: crate::metrics::LabelledCounter, labels: &[&str], value: u64) -> bool {
-        self.metric(envoy_dynamic_module_callback_http_filter_increment_counter, id.0, labels, value)
-    }
-
     /// Records one sample in a labelled histogram; `false` when Envoy refused it.
     pub fn record_histogram(&self, id: crate::metrics::LabelledHistogram, labels: &[&str], value: u64) -> bool {
-        self.metric(envoy_dynamic_module_callback_http_filter_record_histogram_value, id.0, labels, value)
-    }
-
-    /// One labelled metric update through `update` (both callbacks share one signature).
-    fn metric(&self, update: MetricUpdate, id: usize, labels: &[&str], value: u64) -> bool {
         let labels: Vec<ModuleBuffer> = labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
-        // SAFETY: live handle; `labels` (and the strings it points into) outlive the call;
-        // `update` is one of Envoy's metric callbacks declared above.
-        let result = unsafe { update(self.0, id, labels.as_ptr(), labels.len(), value) };
+        // SAFETY: live handle; `labels` (and the strings it points into) outlive the call.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_record_histogram_value(
+                self.0,
+                id.0,
+                labels.as_ptr(),
+                labels.len(),
+                value,
+            )
+        };
         result == METRICS_SUCCESS
     }
 }
-
-/// The signature Envoy's labelled metric updates share.
-type MetricUpdate = unsafe extern "C" fn(*mut c_void, usize, *const ModuleBuffer, usize, u64) -> u32;
 
 /// Header bytes as text: borrowed when they are UTF-8, decoded leniently (U+FFFD) when not.
 fn lossy(bytes: &[u8]) -> Cow<'_, str> {
@@ -398,8 +395,8 @@ fn lossy(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
-/// Envoy's handle of a filter configuration being created: metrics can be defined only
-/// through it, only during `config_new`.
+/// Envoy's handle of a filter configuration: metrics can be defined through it only during
+/// `config_new`; its scheduler's events (`config_scheduled`) bring it back on the main thread.
 pub struct EnvoyConfig(*mut c_void);
 
 impl EnvoyConfig {
@@ -427,6 +424,55 @@ impl EnvoyConfig {
     /// Defines a histogram with these label names.
     pub fn define_histogram(&self, name: &str, labels: &[&str]) -> Option<crate::metrics::LabelledHistogram> {
         self.define(true, name, labels).map(crate::metrics::LabelledHistogram)
+    }
+
+    /// Adds `value` to a labelled counter of this configuration, outside any stream (the
+    /// main thread's flush of summed increments); `false` when Envoy refused it.
+    pub fn increment_counter(&self, id: crate::metrics::LabelledCounter, labels: &[&str], value: u64) -> bool {
+        let labels: Vec<ModuleBuffer> = labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
+        // SAFETY: `self.0` is the live configuration handle Envoy passed to the running
+        // hook; `labels` (and the strings it points into) outlive the call.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                self.0,
+                id.0,
+                labels.as_ptr(),
+                labels.len(),
+                value,
+            )
+        };
+        result == METRICS_SUCCESS
+    }
+
+    /// A scheduler of this configuration (`None` if Envoy gives none).
+    pub fn scheduler(&self) -> Option<ConfigScheduler> {
+        // SAFETY: `self.0` is the configuration handle of the running `config_new`.
+        let scheduler = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) };
+        (!scheduler.is_null()).then_some(ConfigScheduler(scheduler))
+    }
+}
+
+/// A configuration's scheduler: each [`Self::commit`] makes Envoy call
+/// `config_scheduled` on its main thread with the event id, for as long as the
+/// configuration lives (afterwards a commit is a no-op). Deleted when dropped.
+pub struct ConfigScheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler commit posts to the main thread's dispatcher and may be called
+// from any thread; the pointer is deleted once, by `Drop`, which needs the only owner.
+unsafe impl Send for ConfigScheduler {}
+
+impl ConfigScheduler {
+    /// Asks for `config_scheduled(event)` on the main thread.
+    pub fn commit(&self, event: u64) {
+        // SAFETY: a scheduler from `scheduler_new`, not deleted yet (`Drop` deletes it).
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event) }
+    }
+}
+
+impl Drop for ConfigScheduler {
+    fn drop(&mut self) {
+        // SAFETY: a scheduler from `scheduler_new`, deleted exactly once, here.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
     }
 }
 
@@ -494,6 +540,19 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(cm: *const 
     // filters hold their own `Arc` clones, so dropping this one frees nothing they use.
     let config = unsafe { Arc::from_raw(cm as *const Config) };
     let _ = catch_unwind(AssertUnwindSafe(move || drop(config)));
+}
+
+/// An event of a configuration's scheduler, on the main thread: the metrics flush. The
+/// event id names the counters to flush ([`crate::metrics::flush`]); `cm` is not read, so a
+/// late event finds nothing to do rather than a configuration already freed.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    ce: *mut c_void,
+    _cm: *const c_void,
+    event: u64,
+) {
+    let envoy = EnvoyConfig(ce);
+    let _ = catch_unwind(AssertUnwindSafe(|| crate::metrics::flush(&envoy, event)));
 }
 
 /// A new stream (worker thread).

@@ -14,17 +14,41 @@
 //!
 //! Every distinct series is a permanent stat: past [`MAX_SERIES`] distinct series on a
 //! worker, tool labels collapse to `other`, as the wasm build does per worker (its VM).
+//!
+//! Counters are summed in module memory and added to Envoy in one flush per
+//! [`FLUSH_PERIOD`], as the wasm build does: a labelled update makes Envoy build the
+//! series' tagged stat name (about 4,000 instructions a counter), so one update per series
+//! and second replaces one per series and exchange. A scrape lags the traffic by at most a
+//! period (plus the main thread's turn). Dynamic modules have no timer: a thread of this
+//! module wakes every period and, for each configuration with new increments, commits an
+//! event of that configuration's scheduler; Envoy then calls `config_scheduled` on its main
+//! thread, where [`flush`] adds the sums through the configuration's own handle (its metric
+//! ids belong to it). The thread runs while a configuration exists and is joined when the
+//! last one goes, so it never outlives a module Envoy may unload. Histogram samples are
+//! recorded at once: each is its own observation, and Envoy has no call that records
+//! several.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use meshgate_core::audit::{self, AuditRecord, MetricKind, MetricOptions};
+use meshgate_core::audit::{self, AuditRecord, MetricKind, MetricOptions, MetricSeries};
 
-use crate::ffi::{self, EnvoyConfig, EnvoyFilter, LogLevel};
+use crate::ffi::{self, ConfigScheduler, EnvoyConfig, EnvoyFilter, LogLevel};
 
 /// Distinct series one worker creates before tool labels collapse to `other`.
 const MAX_SERIES: usize = 2000;
+
+/// How often summed counter increments reach Envoy (the wasm build's period too).
+pub const FLUSH_PERIOD: Duration = Duration::from_secs(1);
+
+/// Separates a series' root and label values in its key (label values are sanitized to
+/// `[A-Za-z0-9_-]`, so it never occurs in one).
+const KEY_SEPARATOR: char = '\u{1f}';
 
 /// A counter defined with label names (the labelled id space).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,26 +58,70 @@ pub struct LabelledCounter(pub(crate) usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LabelledHistogram(pub(crate) usize);
 
-/// A metric Envoy would not define.
+/// Metrics Envoy would not set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("envoy refused to define metric {0}")]
     Define(&'static str),
+    #[error("envoy gave no scheduler for the metrics flush")]
+    Scheduler,
+    #[error("the metrics flush thread could not start: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The metrics of one configuration.
 pub struct Metrics {
     counters: Vec<(&'static str, LabelledCounter)>,
     histograms: Vec<(&'static str, LabelledHistogram)>,
+    sums: Arc<Sums>,
+}
+
+/// Counter increments of one configuration, summed until the next flush.
+struct Sums {
+    /// The scheduler event that flushes these sums (unique in the process).
+    event: u64,
+    scheduler: Mutex<ConfigScheduler>,
+    /// Series key → its sum since the last flush. Keys stay (at 0) once seen, so a series'
+    /// next increment allocates nothing; they are bounded by the series cap.
+    pending: Mutex<HashMap<Box<str>, Pending>>,
+    /// Something was added since the flush thread last looked.
+    dirty: AtomicBool,
+}
+
+struct Pending {
+    counter: LabelledCounter,
+    labels: Vec<String>,
+    sum: u64,
+}
+
+/// Every configuration's sums, and the flush thread.
+struct Registry {
+    sums: Vec<Weak<Sums>>,
+    next_event: u64,
+    /// Bumped to stop the running thread (a thread runs while its generation is current).
+    generation: u64,
+    thread: Option<JoinHandle<()>>,
+}
+
+static REGISTRY: Mutex<Registry> =
+    Mutex::new(Registry { sums: Vec::new(), next_event: 1, generation: 0, thread: None });
+/// Wakes the flush thread early (to stop it).
+static WAKE: Condvar = Condvar::new();
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 thread_local! {
     /// Fingerprints of the series this worker recorded so far (no lock on the hot path).
     static SEEN: RefCell<(RandomState, HashSet<u64>)> = RefCell::new((RandomState::new(), HashSet::new()));
+    /// The key of the series being added (reused: no allocation per exchange).
+    static KEY: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl Metrics {
-    /// Defines every metric (only possible inside `config_new`).
+    /// Defines every metric (only possible inside `config_new`) and registers the
+    /// configuration's counter sums with the flush thread.
     pub fn define(envoy: &EnvoyConfig, options: MetricOptions) -> Result<Self, MetricsError> {
         let mut counters = Vec::new();
         for root in audit::metric::COUNTERS {
@@ -67,11 +135,14 @@ impl Metrics {
             let id = envoy.define_histogram(root, labels).ok_or(MetricsError::Define(root))?;
             histograms.push((root, id));
         }
-        Ok(Self { counters, histograms })
+        let scheduler = envoy.scheduler().ok_or(MetricsError::Scheduler)?;
+        let sums = register(scheduler)?;
+        Ok(Self { counters, histograms, sums })
     }
 
-    /// Records the metrics of one finished exchange. A refused update is logged, never
-    /// fatal: metrics must not change what the gateway answers.
+    /// Records the metrics of one finished exchange: histogram samples now, counter
+    /// increments into the sums. A refused update is logged, never fatal: metrics must not
+    /// change what the gateway answers.
     pub fn record(&self, envoy: &EnvoyFilter, record: &AuditRecord, options: MetricOptions) {
         let overflow = SEEN.with(|seen| seen.borrow().1.len() >= MAX_SERIES);
         for series in record.metric_series(options, overflow) {
@@ -87,16 +158,128 @@ impl Metrics {
                     .counters
                     .iter()
                     .find(|(root, _)| *root == series.root)
-                    .is_some_and(|(_, id)| envoy.increment_counter(*id, &labels, series.value)),
+                    .map(|(_, id)| self.sums.add(*id, &series)),
                 MetricKind::Histogram => self
                     .histograms
                     .iter()
                     .find(|(root, _)| *root == series.root)
-                    .is_some_and(|(_, id)| envoy.record_histogram(*id, &labels, series.value)),
+                    .map(|(_, id)| envoy.record_histogram(*id, &labels, series.value)),
             };
-            if !recorded {
+            if recorded != Some(true) {
                 ffi::log(LogLevel::Warn, &|| format!("meshgate: metric {} not recorded", series.name()));
             }
+        }
+    }
+}
+
+impl Drop for Metrics {
+    /// The configuration is gone: its sums leave the registry, and with the last one the
+    /// flush thread stops and is joined here (Envoy may unload the module next). What was
+    /// not flushed yet is dropped with the configuration's own series.
+    fn drop(&mut self) {
+        let mut registry = lock(&REGISTRY);
+        let mine = Arc::downgrade(&self.sums);
+        registry.sums.retain(|w| w.strong_count() > 0 && !w.ptr_eq(&mine));
+        if !registry.sums.is_empty() {
+            return;
+        }
+        registry.generation += 1;
+        let thread = registry.thread.take();
+        drop(registry);
+        WAKE.notify_all();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Sums {
+    /// Adds a counter series' increment; always `true` (the sum saturates).
+    fn add(&self, counter: LabelledCounter, series: &MetricSeries) -> bool {
+        KEY.with(|key| {
+            let mut key = key.borrow_mut();
+            key.clear();
+            key.push_str(series.root);
+            for (_, value) in &series.labels {
+                key.push(KEY_SEPARATOR);
+                key.push_str(value);
+            }
+            let mut pending = lock(&self.pending);
+            match pending.get_mut(key.as_str()) {
+                Some(p) => p.sum = p.sum.saturating_add(series.value),
+                None => {
+                    let labels = series.labels.iter().map(|(_, v)| v.clone()).collect();
+                    pending.insert(key.as_str().into(), Pending { counter, labels, sum: series.value });
+                }
+            }
+        });
+        self.dirty.store(true, Ordering::Release);
+        true
+    }
+
+    /// Takes every non-zero sum, leaving it at 0.
+    fn take(&self) -> Vec<(LabelledCounter, Vec<String>, u64)> {
+        let mut pending = lock(&self.pending);
+        pending
+            .values_mut()
+            .filter(|p| p.sum > 0)
+            .map(|p| (p.counter, p.labels.clone(), std::mem::take(&mut p.sum)))
+            .collect()
+    }
+}
+
+/// Registers a configuration's sums and makes sure the flush thread runs.
+fn register(scheduler: ConfigScheduler) -> Result<Arc<Sums>, MetricsError> {
+    let mut registry = lock(&REGISTRY);
+    let event = registry.next_event;
+    registry.next_event += 1;
+    let sums = Arc::new(Sums {
+        event,
+        scheduler: Mutex::new(scheduler),
+        pending: Mutex::new(HashMap::new()),
+        dirty: AtomicBool::new(false),
+    });
+    registry.sums.push(Arc::downgrade(&sums));
+    if registry.thread.is_none() {
+        let generation = registry.generation;
+        let thread = std::thread::Builder::new()
+            .name("meshgate-metrics".into())
+            .spawn(move || flush_thread(generation))
+            .map_err(MetricsError::Thread)?;
+        registry.thread = Some(thread);
+    }
+    Ok(sums)
+}
+
+/// Every period, asks the main thread to flush each configuration with new increments,
+/// until its generation is no longer current.
+fn flush_thread(generation: u64) {
+    let mut registry = lock(&REGISTRY);
+    loop {
+        registry = WAKE.wait_timeout(registry, FLUSH_PERIOD).unwrap_or_else(PoisonError::into_inner).0;
+        if registry.generation != generation {
+            return;
+        }
+        registry.sums.retain(|w| w.strong_count() > 0);
+        for sums in registry.sums.iter().filter_map(Weak::upgrade) {
+            if sums.dirty.swap(false, Ordering::AcqRel) {
+                lock(&sums.scheduler).commit(sums.event);
+            }
+        }
+    }
+}
+
+/// The main thread's flush of the sums behind scheduler event `event`, through `envoy`, the
+/// configuration they belong to.
+pub fn flush(envoy: &EnvoyConfig, event: u64) {
+    let sums = lock(&REGISTRY).sums.iter().filter_map(Weak::upgrade).find(|s| s.event == event);
+    let Some(sums) = sums else {
+        return;
+    };
+    for (counter, labels, sum) in sums.take() {
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        if !envoy.increment_counter(counter, &labels, sum) {
+            ffi::log(LogLevel::Warn, &|| format!("meshgate: counter {} not incremented by {sum}", counter.0));
         }
     }
 }
