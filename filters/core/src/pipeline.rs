@@ -256,25 +256,26 @@ impl Stream {
         let Some(record) = self.audit.as_ref() else {
             return;
         };
-        let decision_us = (self.decision_ns / 1000).to_string();
+        let decision_us = self.decision_ns / 1000;
         // Without tracing, `on_log` is the only write: nothing to compare with, nothing to keep.
-        let once = !config.audit_before_stream_end;
-        for (key, value) in record.fields() {
-            let value = if key == audit::field::DECISION_US { &decision_us } else { &value };
-            if once {
+        if !config.audit_before_stream_end {
+            record.for_each_field(decision_us, |key, value| {
                 if !value.is_empty() {
                     host.set_audit_field(key, value);
                 }
-                continue;
-            }
-            match self.published.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, old)) if old == value => continue,
-                Some((_, old)) => old.clone_from(value),
-                None if value.is_empty() => continue,
-                None => self.published.push((key, value.clone())),
+            });
+            return;
+        }
+        let published = &mut self.published;
+        record.for_each_field(decision_us, |key, value| {
+            match published.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, old)) if old == value => return,
+                Some((_, old)) => value.clone_into(old),
+                None if value.is_empty() => return,
+                None => published.push((key, value.to_string())),
             }
             host.set_audit_field(key, value);
-        }
+        });
     }
 
     fn strip_request_headers(host: &mut impl Host, names: &[String]) {

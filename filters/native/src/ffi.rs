@@ -357,12 +357,12 @@ impl EnvoyFilter {
     }
 
     /// Filter state `key` = `value` (bytes), as `%FILTER_STATE(key:PLAIN)%` reads it.
-    pub fn set_filter_state(&self, key: &str, value: &str) -> bool {
+    pub fn set_filter_state(&self, key: &[u8], value: &str) -> bool {
         // SAFETY: live handle; both buffers outlive the call (Envoy copies them).
         unsafe {
             envoy_dynamic_module_callback_http_set_filter_state_bytes(
                 self.0,
-                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(key),
                 ModuleBuffer::of(value.as_bytes()),
             )
         }

@@ -6,10 +6,9 @@
 //! both builds, field for field.
 
 use std::fmt;
-use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use meshgate_core::audit::{self, AuditRecord, MetricOptions};
+use meshgate_core::audit::{AuditRecord, MetricOptions};
 use meshgate_core::pipeline::{Compute, CounterError, Host, Level};
 
 use crate::ffi::{self, Body, EnvoyFilter, HeaderMap, LogLevel};
@@ -19,11 +18,6 @@ use crate::{counters, metrics};
 const BUFFER_HEADROOM_BYTES: u64 = 64 * 1024;
 /// Prefix of the filter-state keys of audit fields (what proxy-wasm's `set_property` adds).
 const AUDIT_KEY_PREFIX: &str = "wasm.";
-
-/// `(field, wasm.<field>)` for every audit field, built once: a field is written per
-/// exchange, its filter-state key need not be.
-static STATE_KEYS: LazyLock<Vec<(&'static str, String)>> =
-    LazyLock::new(|| audit::field::ALL.iter().map(|k| (*k, format!("{AUDIT_KEY_PREFIX}{k}"))).collect());
 
 /// The host of one hook call of one stream.
 pub struct NativeHost<'a> {
@@ -109,16 +103,16 @@ impl Host for NativeHost<'_> {
     }
 
     fn set_audit_field(&mut self, key: &'static str, value: &str) {
-        let state_key = STATE_KEYS.iter().find(|(k, _)| *k == key).map(|(_, state)| state.as_str());
-        let built;
-        let state_key = match state_key {
-            Some(state_key) => state_key,
-            None => {
-                built = format!("{AUDIT_KEY_PREFIX}{key}");
-                &built
-            }
+        // `wasm.<key>` assembled on the stack: a field is written per exchange.
+        let mut state_key = [0u8; 64];
+        let length = AUDIT_KEY_PREFIX.len() + key.len();
+        let Some(slot) = state_key.get_mut(..length) else {
+            ffi::log(LogLevel::Warn, &|| format!("meshgate: audit field {key} not written (key too long)"));
+            return;
         };
-        if !self.envoy.set_filter_state(state_key, value) {
+        slot[..AUDIT_KEY_PREFIX.len()].copy_from_slice(AUDIT_KEY_PREFIX.as_bytes());
+        slot[AUDIT_KEY_PREFIX.len()..].copy_from_slice(key.as_bytes());
+        if !self.envoy.set_filter_state(slot, value) {
             ffi::log(LogLevel::Warn, &|| format!("meshgate: audit field {key} not written"));
         }
     }

@@ -270,3 +270,11 @@ fn audit_targets_are_bounded() {
     assert_eq!(cut.chars().count(), MAX_AUDIT_TARGET_CHARS + 1);
     assert!(cut.starts_with(&exact) && cut.ends_with('…'));
 }
+
+#[test]
+fn audit_numbers_read_as_to_string_writes_them() {
+    let mut d = Decimal::default();
+    for n in [0, 7, 10, -1, -32003, 200, i128::from(i64::MIN), i128::from(u64::MAX)] {
+        assert_eq!(d.of(n), n.to_string());
+    }
+}
