@@ -18,6 +18,8 @@
 //! so a `.` in a tool name cannot break tag extraction, and bounded: methods outside the
 //! MCP vocabulary become `other`, names are cut at [`MAX_LABEL_CHARS`].
 
+use std::borrow::Cow;
+
 use memchr::memmem;
 use serde_json::Value;
 
@@ -119,27 +121,31 @@ pub const OTHER: &str = "other";
 /// that log shippers drop.
 pub const MAX_AUDIT_TARGET_CHARS: usize = 1024;
 
-/// Methods that get their own `method` label; any other becomes [`OTHER`].
-const KNOWN_METHODS: &[&str] = &[
-    method::INITIALIZE,
-    method::SERVER_DISCOVER,
-    method::PING,
-    method::TOOLS_CALL,
-    method::TOOLS_LIST,
-    method::RESOURCES_READ,
-    method::RESOURCES_LIST,
-    method::RESOURCES_TEMPLATES_LIST,
-    method::PROMPTS_GET,
-    method::PROMPTS_LIST,
-    "notifications/initialized",
-    "notifications/cancelled",
-    "notifications/progress",
-    "notifications/roots/list_changed",
-    "completion/complete",
-    "logging/setLevel",
-    "resources/subscribe",
-    "resources/unsubscribe",
+/// Methods that get their own `method` label, with that label ([`sanitize`] of the
+/// method, checked by a test); any other method becomes [`OTHER`].
+const KNOWN_METHODS: &[(&str, &str)] = &[
+    (method::INITIALIZE, "initialize"),
+    (method::SERVER_DISCOVER, "server_discover"),
+    (method::PING, "ping"),
+    (method::TOOLS_CALL, "tools_call"),
+    (method::TOOLS_LIST, "tools_list"),
+    (method::RESOURCES_READ, "resources_read"),
+    (method::RESOURCES_LIST, "resources_list"),
+    (method::RESOURCES_TEMPLATES_LIST, "resources_templates_list"),
+    (method::PROMPTS_GET, "prompts_get"),
+    (method::PROMPTS_LIST, "prompts_list"),
+    ("notifications/initialized", "notifications_initialized"),
+    ("notifications/cancelled", "notifications_cancelled"),
+    ("notifications/progress", "notifications_progress"),
+    ("notifications/roots/list_changed", "notifications_roots_list_changed"),
+    ("completion/complete", "completion_complete"),
+    ("logging/setLevel", "logging_setLevel"),
+    ("resources/subscribe", "resources_subscribe"),
+    ("resources/unsubscribe", "resources_unsubscribe"),
 ];
+
+/// The label value of an exchange without that part (no method, server, tool or consumer).
+pub const NONE: &str = "none";
 
 /// What the gateway made of an exchange, as the audit log and metrics name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -451,62 +457,64 @@ impl AuditRecord {
         }
     }
 
-    /// The metric updates this exchange makes. `tool_overflow`: the worker already holds
-    /// its cap of distinct metric names, so tool labels collapse to [`OTHER`].
-    pub fn metrics(&self, options: MetricOptions, tool_overflow: bool) -> Vec<MetricUpdate> {
-        self.metric_series(options, tool_overflow).into_iter().map(MetricSeries::into_update).collect()
+    /// The metric updates this exchange makes. `overflow`: the host already holds its cap
+    /// of distinct series, so label values a peer chooses (tool names, upstream error
+    /// codes) collapse to [`OTHER`].
+    pub fn metrics(&self, options: MetricOptions, overflow: bool) -> Vec<MetricUpdate> {
+        self.metric_series(options, overflow).into_iter().map(MetricSeries::into_update).collect()
     }
 
     /// [`Self::metrics`] as labelled series, for hosts whose metrics carry labels of their
-    /// own (the native build): the same series, the labels not yet folded into the name.
-    pub fn metric_series(&self, options: MetricOptions, tool_overflow: bool) -> Vec<MetricSeries> {
-        let method = self.method.as_deref().map_or_else(|| "none".to_string(), method_label);
+    /// own: the same series, the labels not yet folded into the name.
+    pub fn metric_series(&self, options: MetricOptions, overflow: bool) -> Vec<MetricSeries> {
+        let mut out = Vec::new();
+        self.for_each_series(options, overflow, |kind, root, values, value| {
+            let names = metric_labels(root, options);
+            let labels = names.iter().zip(values).map(|(name, value)| (*name, (*value).to_string())).collect();
+            out.push(MetricSeries { kind, root, labels, value });
+        });
+        out
+    }
+
+    /// Calls `visit(kind, root, label values, value)` for every series of
+    /// [`Self::metric_series`], in its order, the values in [`metric_labels`]' order for
+    /// the root, without an allocation for names that are clean already: the hot path of
+    /// a host that sums or records series itself.
+    pub fn for_each_series(
+        &self,
+        options: MetricOptions,
+        overflow: bool,
+        mut visit: impl FnMut(MetricKind, &'static str, &[&str], u64),
+    ) {
+        let method = self.method.as_deref().map_or(NONE, method_label);
         let decision = self.decision.as_str();
-        let server = self.server.as_deref().map_or_else(|| "none".to_string(), sanitize);
+        let server = self.server.as_deref().map_or(Cow::Borrowed(NONE), sanitize_label);
         let tool = match (&self.target_kind, &self.target) {
-            (Some(ResourceKind::Tool), Some(name)) if !tool_overflow => sanitize(name),
-            (Some(ResourceKind::Tool), Some(_)) => OTHER.to_string(),
-            _ => "none".to_string(),
+            (Some(ResourceKind::Tool), Some(name)) if !overflow => sanitize_label(name),
+            (Some(ResourceKind::Tool), Some(_)) => Cow::Borrowed(OTHER),
+            _ => Cow::Borrowed(NONE),
         };
-        let counter = |root, labels, value| MetricSeries { kind: MetricKind::Counter, root, labels, value };
-        let mut out = vec![
-            counter(
-                metric::REQUESTS,
-                vec![(label::METHOD, method.clone()), (label::DECISION, decision.to_string())],
-                1,
-            ),
-            MetricSeries {
-                kind: MetricKind::Histogram,
-                root: metric::DECISION_TIME_US,
-                labels: vec![(label::METHOD, method)],
-                value: self.decision_us,
-            },
-        ];
+        visit(MetricKind::Counter, metric::REQUESTS, &[method, decision], 1);
+        visit(MetricKind::Histogram, metric::DECISION_TIME_US, &[method], self.decision_us);
         if self.target_kind == Some(ResourceKind::Tool) {
-            let mut labels = vec![
-                (label::SERVER, server.clone()),
-                (label::TOOL, tool.clone()),
-                (label::DECISION, decision.to_string()),
-            ];
             if options.consumer_label {
-                let consumer = self.consumer.as_deref().map_or_else(|| "none".to_string(), sanitize);
-                labels.push((label::CONSUMER, consumer));
+                let consumer = self.consumer.as_deref().map_or(Cow::Borrowed(NONE), sanitize_label);
+                visit(MetricKind::Counter, metric::TOOL_CALLS, &[&server, &tool, decision, &consumer], 1);
+            } else {
+                visit(MetricKind::Counter, metric::TOOL_CALLS, &[&server, &tool, decision], 1);
             }
-            out.push(counter(metric::TOOL_CALLS, labels, 1));
         }
         for (detector, n) in self.redactions.iter() {
-            let labels = vec![
-                (label::SERVER, server.clone()),
-                (label::TOOL, tool.clone()),
-                (label::DETECTOR, sanitize(detector)),
-            ];
-            out.push(counter(metric::REDACTIONS, labels, n));
+            if n > 0 {
+                visit(MetricKind::Counter, metric::REDACTIONS, &[&server, &tool, &sanitize_label(detector)], n);
+            }
         }
         if let Some(c) = self.upstream_error_code {
-            out.push(counter(metric::UPSTREAM_ERRORS, vec![(label::SERVER, server), (label::CODE, c.to_string())], 1));
+            // The upstream chooses the code: past the cap it is one series like a tool name.
+            let mut number = Decimal::default();
+            let code = if overflow { OTHER } else { number.of(i128::from(c)) };
+            visit(MetricKind::Counter, metric::UPSTREAM_ERRORS, &[&server, code], 1);
         }
-        out.retain(|m| !(m.kind == MetricKind::Counter && m.value == 0));
-        out
     }
 }
 
@@ -568,14 +576,14 @@ pub fn metric_labels(root: &str, options: MetricOptions) -> &'static [&'static s
 }
 
 /// `target`, cut to [`MAX_AUDIT_TARGET_CHARS`] characters (then ending with `…`).
-pub fn bounded_target(target: &str) -> std::borrow::Cow<'_, str> {
+pub fn bounded_target(target: &str) -> Cow<'_, str> {
     // Fewer bytes than the limit in characters: nothing to cut, nothing to count.
     if target.len() <= MAX_AUDIT_TARGET_CHARS {
-        return std::borrow::Cow::Borrowed(target);
+        return Cow::Borrowed(target);
     }
     match target.char_indices().nth(MAX_AUDIT_TARGET_CHARS) {
-        None => std::borrow::Cow::Borrowed(target),
-        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}…", &target[..cut])),
+        None => Cow::Borrowed(target),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &target[..cut])),
     }
 }
 
@@ -615,28 +623,35 @@ impl Decimal {
 /// A metric label value: `[A-Za-z0-9_-]` only (anything else, `.` included, becomes `_`),
 /// at most [`MAX_LABEL_CHARS`] characters, never empty.
 pub fn sanitize(value: &str) -> String {
+    sanitize_label(value).into_owned()
+}
+
+/// [`sanitize`], borrowing `value` when it is a clean label already (names almost always
+/// are: a byte check and no copy).
+pub fn sanitize_label(value: &str) -> Cow<'_, str> {
     let clean = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
-    // Names are almost always clean already: a byte check and one copy.
     if !value.is_empty() && value.len() <= MAX_LABEL_CHARS && value.bytes().all(clean) {
-        return value.to_string();
+        return Cow::Borrowed(value);
     }
     let out: String =
         value.chars().take(MAX_LABEL_CHARS).map(|c| if c.is_ascii() && clean(c as u8) { c } else { '_' }).collect();
     if out.is_empty() {
-        "_".to_string()
+        Cow::Borrowed("_")
     } else {
-        out
+        Cow::Owned(out)
     }
 }
 
 /// The `method` label: MCP's own methods sanitized (`tools/call` → `tools_call`), anything
 /// else [`OTHER`], so a client cannot mint new metrics by inventing methods.
-pub fn method_label(method: &str) -> String {
-    if KNOWN_METHODS.contains(&method) {
-        sanitize(method)
-    } else {
-        OTHER.to_string()
-    }
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS.iter().find(|(known, _)| *known == method).map_or(OTHER, |(_, label)| label)
+}
+
+/// Every value the `method` label can take ([`method_label`]'s, and [`NONE`] for an
+/// exchange without a readable method): a host can define one series per value up front.
+pub fn method_labels() -> impl Iterator<Item = &'static str> {
+    KNOWN_METHODS.iter().map(|(_, label)| *label).chain([OTHER, NONE])
 }
 
 /// The JSON-RPC error code in an upstream message: a JSON body, or the first SSE event

@@ -368,18 +368,12 @@ impl EnvoyFilter {
         }
     }
 
-    /// Records one sample in a labelled histogram; `false` when Envoy refused it.
-    pub fn record_histogram(&self, id: crate::metrics::LabelledHistogram, labels: &[&str], value: u64) -> bool {
-        let labels: Vec<ModuleBuffer> = labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
-        // SAFETY: live handle; `labels` (and the strings it points into) outlive the call.
+    /// Records one sample in an unlabelled histogram; `false` when Envoy refused it.
+    pub fn record_histogram(&self, id: crate::metrics::Histogram, value: u64) -> bool {
+        let no_labels: &[ModuleBuffer] = &[];
+        // SAFETY: live handle; no label values (the unlabelled id space, as defined).
         let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_record_histogram_value(
-                self.0,
-                id.0,
-                labels.as_ptr(),
-                labels.len(),
-                value,
-            )
+            envoy_dynamic_module_callback_http_filter_record_histogram_value(self.0, id.0, no_labels.as_ptr(), 0, value)
         };
         result == METRICS_SUCCESS
     }
@@ -426,9 +420,9 @@ impl EnvoyConfig {
         self.define(false, name, labels).map(crate::metrics::LabelledCounter)
     }
 
-    /// Defines a histogram with these label names.
-    pub fn define_histogram(&self, name: &str, labels: &[&str]) -> Option<crate::metrics::LabelledHistogram> {
-        self.define(true, name, labels).map(crate::metrics::LabelledHistogram)
+    /// Defines a histogram without labels (its name carries them, folded).
+    pub fn define_histogram(&self, name: &str) -> Option<crate::metrics::Histogram> {
+        self.define(true, name, &[]).map(crate::metrics::Histogram)
     }
 
     /// Adds `value` to a labelled counter of this configuration, outside any stream (the

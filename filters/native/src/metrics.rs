@@ -9,11 +9,18 @@
 //! settings: the same series as the wasm build for the same traffic.
 //!
 //! Labelled and unlabelled metrics have separate id spaces in Envoy, chosen by the number
-//! of label values; ids here are typed ([`LabelledCounter`], [`LabelledHistogram`]) and every
-//! one is defined with labels, so an id never lands in the other space.
+//! of label values; ids here are typed ([`LabelledCounter`], [`Histogram`]) so an id never
+//! lands in the other space.
 //!
-//! Every distinct series is a permanent stat: past [`MAX_SERIES`] distinct series on a
-//! worker, tool labels collapse to `other`, as the wasm build does per worker (its VM).
+//! Histograms are unlabelled: their only label, `method`, takes a fixed set of values
+//! ([`audit::method_labels`]), so `config_new` defines one histogram per value under the
+//! folded name `meshgate.decision_time_us.method.<m>`, which the bootstrap's `stats_tags`
+//! turn into the same labelled series as the wasm build's. A labelled sample would make
+//! Envoy build the tagged stat name on every exchange (about 3,000 instructions).
+//!
+//! Every distinct series is a permanent stat: past [`MAX_SERIES`] distinct counter series
+//! of a configuration, the label values a peer chooses (tool names, upstream error codes)
+//! collapse to `other`, as the wasm build does per worker (its VM).
 //!
 //! Counters are summed in module memory and added to Envoy in one flush per
 //! [`FLUSH_PERIOD`], as the wasm build does: a labelled update makes Envoy build the
@@ -29,14 +36,13 @@
 //! several.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use meshgate_core::audit::{self, AuditRecord, MetricKind, MetricOptions, MetricSeries};
+use meshgate_core::audit::{self, AuditRecord, MetricKind, MetricOptions};
 
 use crate::ffi::{self, ConfigScheduler, EnvoyConfig, EnvoyFilter, LogLevel};
 
@@ -54,9 +60,9 @@ const KEY_SEPARATOR: char = '\u{1f}';
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LabelledCounter(pub(crate) usize);
 
-/// A histogram defined with label names (the labelled id space).
+/// A histogram defined without label names (the unlabelled id space).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LabelledHistogram(pub(crate) usize);
+pub struct Histogram(pub(crate) usize);
 
 /// Metrics Envoy would not set up.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +78,8 @@ pub enum MetricsError {
 /// The metrics of one configuration.
 pub struct Metrics {
     counters: Vec<(&'static str, LabelledCounter)>,
-    histograms: Vec<(&'static str, LabelledHistogram)>,
+    /// `(root, method label)` → its histogram.
+    histograms: Vec<(&'static str, &'static str, Histogram)>,
     sums: Arc<Sums>,
 }
 
@@ -82,13 +89,16 @@ struct Sums {
     event: u64,
     scheduler: Mutex<ConfigScheduler>,
     /// Series key → its sum since the last flush. Keys stay (at 0) once seen, so a series'
-    /// next increment allocates nothing; they are bounded by the series cap.
-    pending: Mutex<HashMap<Box<str>, Pending>>,
+    /// next increment allocates nothing; their number is what [`MAX_SERIES`] caps.
+    pending: Mutex<Pending>,
     /// Something was added since the flush thread last looked.
     dirty: AtomicBool,
 }
 
-struct Pending {
+/// Counter series key → its sum.
+type Pending = HashMap<Box<str>, Series>;
+
+struct Series {
     counter: LabelledCounter,
     labels: Vec<String>,
     sum: u64,
@@ -113,8 +123,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 thread_local! {
-    /// Fingerprints of the series this worker recorded so far (no lock on the hot path).
-    static SEEN: RefCell<(RandomState, HashSet<u64>)> = RefCell::new((RandomState::new(), HashSet::new()));
     /// The key of the series being added (reused: no allocation per exchange).
     static KEY: RefCell<String> = const { RefCell::new(String::new()) };
 }
@@ -131,9 +139,16 @@ impl Metrics {
         }
         let mut histograms = Vec::new();
         for root in audit::metric::HISTOGRAMS {
-            let labels = audit::metric_labels(root, options);
-            let id = envoy.define_histogram(root, labels).ok_or(MetricsError::Define(root))?;
-            histograms.push((root, id));
+            // Only `method` labels a histogram (see the module docs); a root labelled
+            // otherwise could not be defined up front.
+            if audit::metric_labels(root, options) != [audit::label::METHOD] {
+                return Err(MetricsError::Define(root));
+            }
+            for method in audit::method_labels() {
+                let name = format!("{root}.{}.{method}", audit::label::METHOD);
+                let id = envoy.define_histogram(&name).ok_or(MetricsError::Define(root))?;
+                histograms.push((root, method, id));
+            }
         }
         let scheduler = envoy.scheduler().ok_or(MetricsError::Scheduler)?;
         let sums = register(scheduler)?;
@@ -144,32 +159,51 @@ impl Metrics {
     /// increments into the sums. A refused update is logged, never fatal: metrics must not
     /// change what the gateway answers.
     pub fn record(&self, envoy: &EnvoyFilter, record: &AuditRecord, options: MetricOptions) {
-        let overflow = SEEN.with(|seen| seen.borrow().1.len() >= MAX_SERIES);
-        for series in record.metric_series(options, overflow) {
-            let labels: Vec<&str> = series.labels.iter().map(|(_, v)| v.as_str()).collect();
-            if !overflow {
-                SEEN.with(|seen| {
-                    let (hasher, seen) = &mut *seen.borrow_mut();
-                    seen.insert(hasher.hash_one((series.root, &labels)));
-                });
-            }
-            let recorded = match series.kind {
-                MetricKind::Counter => self
-                    .counters
-                    .iter()
-                    .find(|(root, _)| *root == series.root)
-                    .map(|(_, id)| self.sums.add(*id, &series)),
+        let mut pending = lock(&self.sums.pending);
+        let overflow = pending.len() >= MAX_SERIES;
+        let mut added = false;
+        record.for_each_series(options, overflow, |kind, root, values, value| {
+            let recorded = match kind {
+                MetricKind::Counter => self.counters.iter().find(|(r, _)| *r == root).map(|(_, id)| {
+                    add(&mut pending, *id, root, values, value);
+                    added = true;
+                    true
+                }),
                 MetricKind::Histogram => self
                     .histograms
                     .iter()
-                    .find(|(root, _)| *root == series.root)
-                    .map(|(_, id)| envoy.record_histogram(*id, &labels, series.value)),
+                    .find(|(r, method, _)| *r == root && values.first() == Some(method))
+                    .map(|(_, _, id)| envoy.record_histogram(*id, value)),
             };
             if recorded != Some(true) {
-                ffi::log(LogLevel::Warn, &|| format!("meshgate: metric {} not recorded", series.name()));
+                ffi::log(LogLevel::Warn, &|| format!("meshgate: metric {root} {values:?} not recorded"));
             }
+        });
+        drop(pending);
+        if added {
+            self.sums.dirty.store(true, Ordering::Release);
         }
     }
+}
+
+/// Adds a counter series' increment to `pending` (the sum saturates).
+fn add(pending: &mut Pending, counter: LabelledCounter, root: &str, values: &[&str], value: u64) {
+    KEY.with(|key| {
+        let mut key = key.borrow_mut();
+        key.clear();
+        key.push_str(root);
+        for v in values {
+            key.push(KEY_SEPARATOR);
+            key.push_str(v);
+        }
+        match pending.get_mut(key.as_str()) {
+            Some(p) => p.sum = p.sum.saturating_add(value),
+            None => {
+                let labels = values.iter().map(|v| (*v).to_string()).collect();
+                pending.insert(key.as_str().into(), Series { counter, labels, sum: value });
+            }
+        }
+    });
 }
 
 impl Drop for Metrics {
@@ -194,29 +228,6 @@ impl Drop for Metrics {
 }
 
 impl Sums {
-    /// Adds a counter series' increment; always `true` (the sum saturates).
-    fn add(&self, counter: LabelledCounter, series: &MetricSeries) -> bool {
-        KEY.with(|key| {
-            let mut key = key.borrow_mut();
-            key.clear();
-            key.push_str(series.root);
-            for (_, value) in &series.labels {
-                key.push(KEY_SEPARATOR);
-                key.push_str(value);
-            }
-            let mut pending = lock(&self.pending);
-            match pending.get_mut(key.as_str()) {
-                Some(p) => p.sum = p.sum.saturating_add(series.value),
-                None => {
-                    let labels = series.labels.iter().map(|(_, v)| v.clone()).collect();
-                    pending.insert(key.as_str().into(), Pending { counter, labels, sum: series.value });
-                }
-            }
-        });
-        self.dirty.store(true, Ordering::Release);
-        true
-    }
-
     /// Takes every non-zero sum, leaving it at 0.
     fn take(&self) -> Vec<(LabelledCounter, Vec<String>, u64)> {
         let mut pending = lock(&self.pending);

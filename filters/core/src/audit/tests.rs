@@ -186,6 +186,65 @@ fn labels_are_sanitized_and_bounded() {
 }
 
 #[test]
+fn method_labels_are_the_sanitized_methods() {
+    for (method, label) in KNOWN_METHODS {
+        assert_eq!(sanitize(method), *label, "{method}");
+        assert_eq!(method_label(method), *label);
+    }
+    let all: Vec<_> = method_labels().collect();
+    assert!(all.contains(&OTHER) && all.contains(&NONE) && all.contains(&"tools_call"));
+}
+
+#[test]
+fn clean_labels_are_borrowed() {
+    assert!(matches!(sanitize_label("get_customer"), Cow::Borrowed("get_customer")));
+    assert_eq!(sanitize_label("get.customer"), "get_customer");
+}
+
+#[test]
+fn upstream_error_codes_collapse_past_the_series_cap() {
+    // An upstream chooses its error codes: each new code is a new series, so past the cap
+    // the code is `other` like a caller's tool name.
+    let g = gateway();
+    let p = pending(&g);
+    let ex = g.on_request_body(&p, &call("get_customer", json!({}))).unwrap();
+    let mut r = AuditRecord::for_exchange(&ex);
+    r.upstream_answer(Some(200), Some(-31999));
+    r.finish();
+    let under = r.metrics(MetricOptions::default(), false);
+    let under = names(&under);
+    assert!(under.contains(&"meshgate.upstream_errors.server.crm.code.-31999"), "{under:?}");
+    let over = r.metrics(MetricOptions::default(), true);
+    let over = names(&over);
+    assert!(over.contains(&"meshgate.upstream_errors.server.crm.code.other"), "{over:?}");
+    assert!(!over.iter().any(|n| n.contains("31999")), "{over:?}");
+}
+
+#[test]
+fn visited_series_are_the_listed_series() {
+    let g = gateway();
+    let p = pending(&g);
+    let ex = g.on_request_body(&p, &call("get.customer", json!({}))).unwrap();
+    let mut r = AuditRecord::for_exchange(&ex);
+    r.upstream_answer(Some(200), Some(-32601));
+    r.finish();
+    for options in [MetricOptions::default(), MetricOptions { consumer_label: true }] {
+        let mut visited = Vec::new();
+        r.for_each_series(options, false, |kind, root, values, value| {
+            assert_eq!(values.len(), metric_labels(root, options).len(), "{root}");
+            visited.push((kind, root, values.iter().map(|v| v.to_string()).collect::<Vec<_>>(), value));
+        });
+        let listed: Vec<_> = r
+            .metric_series(options, false)
+            .into_iter()
+            .map(|s| (s.kind, s.root, s.labels.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), s.value))
+            .collect();
+        assert_eq!(visited, listed);
+        assert!(visited.len() >= 4);
+    }
+}
+
+#[test]
 fn error_codes_are_found_in_json_and_sse() {
     assert_eq!(response_error_code(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#), None);
     assert_eq!(response_error_code(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"x"}}"#), Some(-32000));
