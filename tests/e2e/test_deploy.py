@@ -22,7 +22,9 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -762,3 +764,118 @@ def test_the_mesh_registry_validates() -> None:
     require_artifacts()
     out = meshgate("validate", "-r", str(MESH_REGISTRY))
     assert out.returncode == 0, out.stderr
+
+
+# --- Istio, run: the rendered patches in a real Envoy 1.40 -------------------------------------
+
+
+class ModuleServer:
+    """Serves one file over HTTP, as meshgate's admin API serves /wasm/meshgate.wasm."""
+
+    def __init__(self, body: bytes) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("content-type", "application/wasm")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_istio_like_gateway(tmp_path: Path, wasm_url: str, upstreams: dict[str, Any]) -> tuple[Proc, int]:
+    """An Envoy built as istiod builds the gateway from `meshgate render istio`'s output, its
+    Service clusters pointed at the local example servers."""
+    target_port, admin = free_port(), free_port()
+    docs = render("istio", "-r", str(MESH_REGISTRY), "--wasm-url", wasm_url, "--wasm", str(WASM), "--plaintext",
+                  "--service-namespace", "meshgate", "--target-port", str(target_port))
+    bootstrap = istio_patches_as_envoy_bootstrap(docs, admin)
+    local = {name: urllib.parse.urlsplit(upstream.url).port for name, upstream in upstreams.items()}
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        if cluster["name"].startswith("outbound|"):
+            server = cluster["name"].split("|")[3].split(".")[0]
+            address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            address["socket_address"] = {"address": "127.0.0.1", "port_value": local[server]}
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        # The example servers bind loopback, where the SDK accepts only a loopback Host.
+        server = route["match"]["path"].rsplit("/", 1)[1]
+        route["route"]["host_rewrite_literal"] = f"127.0.0.1:{local[server]}"
+    path = tmp_path / "istio-gateway.json"
+    path.write_text(json.dumps(bootstrap))
+    proc = Proc.start("envoy", [str(ENVOY), "--disable-hot-restart", "-c", str(path), "--base-id", str(admin)],
+                      tmp_path / "envoy.log")
+    return proc, target_port
+
+
+def test_the_istio_patches_govern_calls_with_the_module_fetched_and_pinned(
+    tmp_path: Path, upstreams: dict[str, Any]
+) -> None:
+    require_artifacts()
+    from e2e_support import api_key, is_denied, modern_body, modern_headers, post, response_messages
+
+    module = ModuleServer(WASM.read_bytes())
+    proc, port = start_istio_like_gateway(tmp_path, f"http://127.0.0.1:{module.port}/meshgate.wasm", upstreams)
+    try:
+        assert wait_tcp("127.0.0.1", port, 60), proc.tail()
+        url = f"http://127.0.0.1:{port}/mcp/docs"
+        mark = upstreams["docs"].log.mark()
+        anonymous = post(url, modern_body("tools/list", {}), None, modern_headers("tools/list"))
+        assert anonymous.status_code == 401, anonymous.text
+        assert upstreams["docs"].log.posts_since(mark) == []
+        reader = api_key("demo-reader-key")
+        listed = post(url, modern_body("tools/list", {}), reader, modern_headers("tools/list"))
+        assert listed.status_code == 200, listed.text
+        tools = {t["name"] for t in response_messages(listed)[0]["result"]["tools"]}
+        assert tools == {"search_docs", "get_doc"}, tools
+        denied = post(url, modern_body("tools/call", {"name": "admin_reindex", "arguments": {}}), reader,
+                      modern_headers("tools/call", "admin_reindex"))
+        assert is_denied(denied), denied.text
+        assert not upstreams["docs"].log.calls(mark, "tools/call", "admin_reindex")
+    finally:
+        proc.stop()
+        module.close()
+
+
+def test_the_istio_patches_fail_closed_when_the_module_cannot_be_fetched(
+    tmp_path: Path, upstreams: dict[str, Any]
+) -> None:
+    """No module (nothing listens at --wasm-url): the gateway must refuse, never pass calls ungoverned."""
+    require_artifacts()
+    from e2e_support import modern_body, modern_headers, post
+
+    closed = free_port()
+    proc, port = start_istio_like_gateway(tmp_path, f"http://127.0.0.1:{closed}/meshgate.wasm", upstreams)
+    try:
+        mark = upstreams["docs"].log.mark()
+        body = modern_body("tools/call", {"name": "search_docs", "arguments": {"query": "x"}})
+        headers = modern_headers("tools/call", "search_docs")
+        # While Envoy fetches (5 retries) the listener warms and refuses connections; once
+        # the fetch has failed, every request gets a 503: never the upstream.
+        deadline = time.monotonic() + 40
+        statuses: list[int] = []
+        while time.monotonic() < deadline and statuses[-3:] != [503, 503, 503]:
+            try:
+                response = post(f"http://127.0.0.1:{port}/mcp/docs", body, {"x-api-key": "demo-reader-key"}, headers,
+                                timeout=5)
+                statuses.append(response.status_code)
+            except Exception:  # noqa: BLE001 - a listener still warming refuses the connection
+                statuses.append(0)
+            time.sleep(0.5)
+        assert statuses[-3:] == [503, 503, 503] and set(statuses) <= {0, 503}, statuses
+        assert upstreams["docs"].log.posts_since(mark) == [], "a call reached the upstream without the filter"
+    finally:
+        proc.stop()
