@@ -879,3 +879,97 @@ def test_the_istio_patches_fail_closed_when_the_module_cannot_be_fetched(
         assert upstreams["docs"].log.posts_since(mark) == [], "a call reached the upstream without the filter"
     finally:
         proc.stop()
+
+
+# --- Envoy Gateway, run: the rendered policy as Envoy Gateway translates it ---------------------
+
+
+def envoy_gateway_as_envoy_bootstrap(docs: list[dict[str, Any]], port: int, admin: int, module: Path,
+                                     upstreams: dict[str, Any]) -> dict[str, Any]:
+    """The listener Envoy Gateway builds from `meshgate render envoy-gateway`'s output: every
+    dynamic module filter on the HCM, disabled, enabled per route of the targeted HTTPRoute;
+    `config` handed over as the JSON text of a StringValue; the module from the EnvoyProxy's
+    allow-list (its path replaced by the local build)."""
+    by_kind = {d["kind"]: d for d in docs}
+    allowed = {m["name"]: m for m in by_kind["EnvoyProxy"]["spec"]["dynamicModules"]}
+    filters, enable = [], {}
+    for dm in by_kind["EnvoyExtensionPolicy"]["spec"]["dynamicModule"]:
+        entry = allowed[dm["name"]]
+        name = f"envoy.filters.http.dynamic_modules/{dm['name']}"
+        filters.append({"name": name, "disabled": True, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": dm["name"], "do_not_close": entry["doNotClose"],
+                                      "module": {"local": {"filename": str(module)}}},
+            "filter_name": dm["filterName"],
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                              "value": json.dumps(dm["config"])},
+        }})
+        enable[name] = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
+    assert by_kind["EnvoyExtensionPolicy"]["spec"]["targetRefs"][0]["name"] == by_kind["HTTPRoute"]["metadata"]["name"]
+    routes, clusters = [], []
+    for rule in by_kind["HTTPRoute"]["spec"]["rules"]:
+        backend = rule["backendRefs"][0]
+        local = urllib.parse.urlsplit(upstreams[backend["name"]].url).port
+        name = f"httproute/{backend['name']}"
+        clusters.append({"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+            "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": local}}}}]}]}})
+        routes.append({
+            "match": {"path": rule["matches"][0]["path"]["value"]},
+            "route": {"cluster": name, "prefix_rewrite": rule["filters"][0]["urlRewrite"]["path"]["replaceFullPath"],
+                      # The example servers bind loopback, where the SDK accepts only a loopback Host.
+                      "host_rewrite_literal": f"127.0.0.1:{local}", "timeout": rule["timeouts"]["request"]},
+            "typed_per_filter_config": enable,
+        })
+    buffer = int(by_kind["ClientTrafficPolicy"]["spec"]["connection"]["bufferLimit"])
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "http-443",
+        "route_config": {"virtual_hosts": [{"name": "mcp", "domains": ["*"], "routes": routes}]},
+        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "mcp",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "per_connection_buffer_limit_bytes": buffer,
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}],
+            }],
+            "clusters": clusters,
+        },
+    }
+
+
+def test_the_envoy_gateway_policy_governs_calls_with_the_native_module(
+    tmp_path: Path, upstreams: dict[str, Any]
+) -> None:
+    require_artifacts()
+    from e2e_support import api_key, is_denied, modern_body, modern_headers, post, response_messages
+
+    docs = render("envoy-gateway", "-r", str(MESH_REGISTRY), "--namespace", "meshgate", "--service-namespace",
+                  "meshgate", "--tls-secret", "meshgate-tls")
+    port, admin = free_port(), free_port()
+    path = tmp_path / "eg.json"
+    path.write_text(json.dumps(envoy_gateway_as_envoy_bootstrap(docs, port, admin, NATIVE, upstreams)))
+    proc = Proc.start("envoy", [str(ENVOY), "--disable-hot-restart", "-c", str(path), "--base-id", str(admin)],
+                      tmp_path / "envoy.log")
+    try:
+        assert wait_tcp("127.0.0.1", port, 30), proc.tail()
+        url = f"http://127.0.0.1:{port}/mcp/docs"
+        mark = upstreams["docs"].log.mark()
+        anonymous = post(url, modern_body("tools/list", {}), None, modern_headers("tools/list"))
+        assert anonymous.status_code == 401, anonymous.text
+        reader = api_key("demo-reader-key")
+        listed = post(url, modern_body("tools/list", {}), reader, modern_headers("tools/list"))
+        assert listed.status_code == 200, listed.text
+        assert {t["name"] for t in response_messages(listed)[0]["result"]["tools"]} == {"search_docs", "get_doc"}
+        denied = post(url, modern_body("tools/call", {"name": "admin_reindex", "arguments": {}}), reader,
+                      modern_headers("tools/call", "admin_reindex"))
+        assert is_denied(denied), denied.text
+        assert not upstreams["docs"].log.calls(mark, "tools/call", "admin_reindex")
+    finally:
+        proc.stop()
