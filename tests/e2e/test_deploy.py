@@ -973,3 +973,37 @@ def test_the_envoy_gateway_policy_governs_calls_with_the_native_module(
         assert not upstreams["docs"].log.calls(mark, "tools/call", "admin_reindex")
     finally:
         proc.stop()
+
+
+def test_the_compose_example_servers_start_from_their_image_layout(tmp_path: Path) -> None:
+    """The `examples` image's layout (WORKDIR /app, /app/servers, the SDK preinstalled), the
+    compose command and healthcheck, run with this venv's Python (the same `mcp==2.3.0`)."""
+    import signal
+    import sys
+
+    stage = DOCKERFILE.read_text().split("AS examples", 1)[1]
+    assert "RUN pip install --no-cache-dir --disable-pip-version-check mcp==2.3.0" in stage
+    assert "WORKDIR /app" in stage and "COPY examples/servers /app/servers" in stage
+    assert "mcp==2.3.0" in (REPO / "requirements.txt").read_text()
+    app = tmp_path / "app"
+    shutil.copytree(REPO / "examples/servers", app / "servers")
+    python = lambda parts: [sys.executable if part == "python" else str(part) for part in parts]  # noqa: E731
+    for name in ("crm", "docs"):
+        service = compose()["services"][name]
+        port = str(free_port())
+        command = python(service["command"])
+        listen = command[command.index("--port") + 1]
+        command[command.index("--port") + 1] = port
+        check = [part.replace(listen, port) for part in python(service["healthcheck"]["test"][1:])]
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(command, cwd=app, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "MESHGATE_UPSTREAM_LOG": str(tmp_path / f"{name}.jsonl")})
+        try:
+            deadline = time.monotonic() + 30
+            while subprocess.run(check, capture_output=True, cwd=app).returncode != 0:
+                assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
+                assert time.monotonic() < deadline, f"{name}: healthcheck never passed"
+                time.sleep(0.2)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
