@@ -17,11 +17,14 @@ Fast (no gateway fixture): `make e2e` collects it; `-m deploy` runs only these.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -34,7 +37,23 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from e2e_support import ENVOY, MESHGATE, NATIVE, REPO, WASM, Proc, free_port, require_artifacts, wait_tcp
+from e2e_support import (
+    ENVOY,
+    MESHGATE,
+    NATIVE,
+    REPO,
+    WASM,
+    Proc,
+    api_key,
+    free_port,
+    is_denied,
+    modern_body,
+    modern_headers,
+    post,
+    require_artifacts,
+    response_messages,
+    wait_tcp,
+)
 
 pytestmark = pytest.mark.deploy
 
@@ -104,7 +123,7 @@ def dockerfile_stages() -> set[str]:
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
-    checker = Path(os.sys.executable).parent / "check-jsonschema"
+    checker = Path(sys.executable).parent / "check-jsonschema"
     out = subprocess.run(
         [str(checker), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True, text=True, timeout=60
     )
@@ -220,7 +239,7 @@ def test_the_shipped_prometheus_config_scrapes_what_compose_exposes() -> None:
 
 
 def test_dockerfile_passes_hadolint_and_copies_what_the_build_produces() -> None:
-    hadolint = Path(os.sys.executable).parent / "hadolint"
+    hadolint = Path(sys.executable).parent / "hadolint"
     out = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     text = DOCKERFILE.read_text()
@@ -558,8 +577,6 @@ def test_render_istio_matches_istios_api() -> None:
     config = filter_patch["patch"]["value"]["typed_config"]["config"]
     assert config["allow_on_headers_stop_iteration"] is True
     assert config["failure_policy"] != "FAIL_OPEN"
-    import hashlib
-
     assert config["vm_config"]["code"]["remote"]["sha256"] == hashlib.sha256(WASM.read_bytes()).hexdigest()
 
 
@@ -825,8 +842,6 @@ def test_the_istio_patches_govern_calls_with_the_module_fetched_and_pinned(
     tmp_path: Path, upstreams: dict[str, Any]
 ) -> None:
     require_artifacts()
-    from e2e_support import api_key, is_denied, modern_body, modern_headers, post, response_messages
-
     module = ModuleServer(WASM.read_bytes())
     proc, port = start_istio_like_gateway(tmp_path, f"http://127.0.0.1:{module.port}/meshgate.wasm", upstreams)
     try:
@@ -855,8 +870,6 @@ def test_the_istio_patches_fail_closed_when_the_module_cannot_be_fetched(
 ) -> None:
     """No module (nothing listens at --wasm-url): the gateway must refuse, never pass calls ungoverned."""
     require_artifacts()
-    from e2e_support import modern_body, modern_headers, post
-
     closed = free_port()
     proc, port = start_istio_like_gateway(tmp_path, f"http://127.0.0.1:{closed}/meshgate.wasm", upstreams)
     try:
@@ -948,8 +961,6 @@ def test_the_envoy_gateway_policy_governs_calls_with_the_native_module(
     tmp_path: Path, upstreams: dict[str, Any]
 ) -> None:
     require_artifacts()
-    from e2e_support import api_key, is_denied, modern_body, modern_headers, post, response_messages
-
     docs = render("envoy-gateway", "-r", str(MESH_REGISTRY), "--namespace", "meshgate", "--service-namespace",
                   "meshgate", "--tls-secret", "meshgate-tls")
     port, admin = free_port(), free_port()
@@ -978,9 +989,6 @@ def test_the_envoy_gateway_policy_governs_calls_with_the_native_module(
 def test_the_compose_example_servers_start_from_their_image_layout(tmp_path: Path) -> None:
     """The `examples` image's layout (WORKDIR /app, /app/servers, the SDK preinstalled), the
     compose command and healthcheck, run with this venv's Python (the same `mcp==2.3.0`)."""
-    import signal
-    import sys
-
     stage = DOCKERFILE.read_text().split("AS examples", 1)[1]
     assert "RUN pip install --no-cache-dir --disable-pip-version-check mcp==2.3.0" in stage
     assert "WORKDIR /app" in stage and "COPY examples/servers /app/servers" in stage
