@@ -197,6 +197,15 @@ def test_the_compose_envoy_runs_the_checked_in_bootstrap_with_the_stats_listener
     bootstrap = tmp_path / "etc/envoy/xds-bootstrap.yaml"
     out = envoy_validate(bootstrap, "--config-yaml", STATS_LISTENER.read_text())
     assert out.returncode == 0, out.stdout + out.stderr
+    # The command itself, as compose hands it to the entrypoint (`$$` is compose's `$`), with
+    # the image's file laid out and `envoy` in validate mode: the quoting delivers the file.
+    shutil.copy(STATS_LISTENER, tmp_path / "etc/envoy/stats-listener.yaml")
+    [script] = envoy["command"]
+    script = script.replace("$$", "$").replace("/etc/envoy/", f"{tmp_path}/etc/envoy/")
+    script = script.replace("exec envoy ", f"exec {ENVOY} --mode validate ").replace("-l warn", "-l info")
+    out = subprocess.run([*envoy["entrypoint"], script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "loading 1 listener(s)" in out.stdout + out.stderr
 
 
 def listening_ports(name: str, service: dict[str, Any]) -> set[int]:
@@ -236,6 +245,26 @@ def test_the_shipped_prometheus_config_scrapes_what_compose_exposes() -> None:
     bootstrap = yaml.safe_load((REPO / "envoy/xds-bootstrap.yaml").read_text())
     assert admin["endpoint"]["address"]["socket_address"]["port_value"] == COMPOSE_ENVOY_ADMIN_PORT
     assert bootstrap["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+
+
+def test_grafana_loads_the_shipped_dashboard_from_the_compose_prometheus() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    mounts = dict(volume.split(":")[:2] for volume in grafana["volumes"])
+    provisioning = REPO / next(source for source, target in mounts.items() if target == "/etc/grafana/provisioning")
+    [datasource] = yaml.safe_load((provisioning / "datasources/prometheus.yaml").read_text())["datasources"]
+    host, port = urllib.parse.urlsplit(datasource["url"]).netloc.split(":")
+    assert host in services and services[host]["ports"] == [f"127.0.0.1:{port}:{port}"]
+    [provider] = yaml.safe_load((provisioning / "dashboards/meshgate.yaml").read_text())["providers"]
+    dashboards = REPO / next(source for source, target in mounts.items() if target == provider["options"]["path"])
+    dashboard = json.loads((dashboards / "grafana-dashboard.json").read_text())
+    # Any Prometheus data source: the dashboard picks it through its variable.
+    assert dashboard["templating"]["list"][0] == {
+        "name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"
+    }
+    # Every series it charts is one of Meshgate's, which the `meshgate` job keeps.
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert exprs and all("meshgate_" in expr for expr in exprs), exprs
 
 
 def test_dockerfile_passes_hadolint_and_copies_what_the_build_produces() -> None:
