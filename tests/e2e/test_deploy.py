@@ -926,6 +926,15 @@ def test_the_istio_patches_fail_closed_when_the_module_cannot_be_fetched(
 # --- Envoy Gateway, run: the rendered policy as Envoy Gateway translates it ---------------------
 
 
+def proto_duration(gateway_api: str) -> str:
+    """A Gateway API duration (`1h2m3s500ms`) as Envoy's proto JSON (`3723.500s`)."""
+    units = {"h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
+    parts = re.findall(r"([0-9]+)(ms|h|m|s)", gateway_api)
+    assert "".join(n + u for n, u in parts) == gateway_api, gateway_api
+    millis = sum(int(n) * units[u] for n, u in parts)
+    return f"{millis // 1000}.{millis % 1000:03d}s"
+
+
 def envoy_gateway_as_envoy_bootstrap(docs: list[dict[str, Any]], port: int, admin: int, module: Path,
                                      upstreams: dict[str, Any]) -> dict[str, Any]:
     """The listener Envoy Gateway builds from `meshgate render envoy-gateway`'s output: every
@@ -960,7 +969,8 @@ def envoy_gateway_as_envoy_bootstrap(docs: list[dict[str, Any]], port: int, admi
             "match": {"path": rule["matches"][0]["path"]["value"]},
             "route": {"cluster": name, "prefix_rewrite": rule["filters"][0]["urlRewrite"]["path"]["replaceFullPath"],
                       # The example servers bind loopback, where the SDK accepts only a loopback Host.
-                      "host_rewrite_literal": f"127.0.0.1:{local}", "timeout": rule["timeouts"]["request"]},
+                      "host_rewrite_literal": f"127.0.0.1:{local}",
+                      "timeout": proto_duration(rule["timeouts"]["request"])},
             "typed_per_filter_config": enable,
         })
     buffer = int(by_kind["ClientTrafficPolicy"]["spec"]["connection"]["bufferLimit"])

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 
 use super::{check_renderable, metadata, service_of, RenderError};
 use crate::registry::Registry;
-use crate::translate::{buffer_limit_bytes, envoy_duration, NATIVE_MODULE_NAME};
+use crate::translate::{buffer_limit_bytes, NATIVE_MODULE_NAME};
 
 pub const EG_V1ALPHA1: &str = "gateway.envoyproxy.io/v1alpha1";
 pub const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
@@ -193,7 +193,7 @@ pub fn http_route(registry: &Registry, options: &EnvoyGatewayOptions) -> Result<
             }],
             "backendRefs": [backend],
             // 0s: no timeout (a long tool call or the GET stream).
-            "timeouts": { "request": envoy_duration(server.timeout) },
+            "timeouts": { "request": gateway_api_duration(server.timeout) },
         }));
     }
     let route = json!({
@@ -245,4 +245,22 @@ pub fn extension_policy(registry: &Registry, options: &EnvoyGatewayOptions) -> R
             }],
         }
     }))
+}
+
+/// A Gateway API `Duration` (GEP-2257): integer parts of `h`, `m`, `s`, `ms`, no decimals
+/// (`1.5s` is invalid there; `1s500ms` is not). Zero is `0s`, which disables the timeout.
+pub fn gateway_api_duration(duration: std::time::Duration) -> String {
+    let mut millis = duration.as_millis();
+    let mut out = String::new();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        let count = millis / size;
+        millis %= size;
+        if count > 0 {
+            out.push_str(&format!("{count}{unit}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
 }

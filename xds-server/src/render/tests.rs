@@ -164,6 +164,7 @@ fn envoy_gateway_allow_lists_the_module_the_policy_names_and_passes_the_filter_c
     assert_eq!(rules[0]["matches"][0]["path"], serde_json::json!({ "type": "Exact", "value": "/mcp/crm" }));
     assert_eq!(rules[0]["backendRefs"][0], serde_json::json!({ "name": "crm", "port": 9101 }));
     assert_eq!(rules[1]["backendRefs"][0]["namespace"], "tools");
+    assert_eq!(rules[0]["timeouts"]["request"], "5m");
     let grant = kind(&resources, "ReferenceGrant");
     assert_eq!(grant["metadata"]["namespace"], "tools");
     assert_eq!(grant["spec"]["from"][0]["namespace"], "mcp");
@@ -195,4 +196,19 @@ fn service_names_and_yaml_documents() {
     assert!(check_name("--name", "meshgate").is_ok());
     let text = to_yaml_documents(&[serde_json::json!({ "a": 1 }), serde_json::json!({ "b": 2 })]).expect("yaml");
     assert_eq!(text.matches("---\n").count(), 2, "{text}");
+}
+
+#[test]
+fn gateway_api_durations_have_no_decimals() {
+    use std::time::Duration;
+    let cases = [
+        (Duration::ZERO, "0s"),
+        (Duration::from_secs(300), "5m"),
+        (Duration::from_millis(1500), "1s500ms"),
+        (Duration::from_secs(3_661), "1h1m1s"),
+        (Duration::from_millis(250), "250ms"),
+    ];
+    for (duration, text) in cases {
+        assert_eq!(envoy_gateway::gateway_api_duration(duration), text);
+    }
 }
