@@ -288,7 +288,8 @@ def test_dockerfile_passes_hadolint_and_copies_what_the_build_produces() -> None
     packages = set(re.findall(r"-p (\S+)", text))
     metadata = json.loads(
         subprocess.run(
-            ["cargo", "metadata", "--no-deps", "--format-version", "1", "--offline"],
+            # --locked: the image build's `cargo build --locked` needs Cargo.lock current.
+            ["cargo", "metadata", "--no-deps", "--format-version", "1", "--offline", "--locked"],
             capture_output=True,
             text=True,
             cwd=REPO,
@@ -421,6 +422,19 @@ def test_kubernetes_wiring_is_consistent() -> None:
                 selector.items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in deployments.values()
             ), (kind, name)
     assert deployments["meshgate"]["spec"]["replicas"] == 2
+    # The namespace enforces the `restricted` Pod Security Standard: every pod must meet it.
+    assert by_kind["Namespace"]["meshgate"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["automountServiceAccountToken"] is False, name
+        for container in pod["containers"] + pod.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, (name, container["name"])
+            assert context["capabilities"] == {"drop": ["ALL"]}, (name, container["name"])
+            assert context["readOnlyRootFilesystem"] is True, (name, container["name"])
+            assert "limits" in container.get("resources", {}) or container in pod.get("initContainers", []), name
 
 
 def test_meshgate_probes_hit_the_admin_api_paths_that_exist() -> None:
