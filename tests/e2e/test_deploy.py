@@ -1068,3 +1068,111 @@ def test_the_compose_example_servers_start_from_their_image_layout(tmp_path: Pat
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(10)
+
+
+# --- Kubernetes, run: the pods' command lines, as the kubelet would start them ------------------
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """The kubelet's `$(VAR)` expansion in args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+
+
+def test_the_kubernetes_pods_govern_a_call_as_their_manifests_run_them(
+    tmp_path: Path, upstreams: dict[str, Any]
+) -> None:
+    """meshgate and an Envoy started from the Deployments' args, env, ConfigMaps and Secret,
+    the module copied as the init container copies it; only addresses are local (loopback
+    ports instead of Service names)."""
+    require_artifacts()
+    xds, admin, listener, envoy_admin, stats = (free_port() for _ in range(5))
+    # meshgate pod: the registry ConfigMap laid out as mounted, the servers at the local examples.
+    pod = kube("Deployment", "meshgate")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    root = tmp_path / "meshgate"
+    for volume in pod["volumes"]:
+        data = kube("ConfigMap", volume["configMap"]["name"])["data"]
+        for item in volume["configMap"]["items"]:
+            mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume["name"])
+            target = root / mount.lstrip("/") / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(data[item["key"]])
+    registry = root / "etc/meshgate/registry.yaml"
+    text = registry.read_text().replace("http://crm:9101/mcp", upstreams["crm"].url)
+    text = text.replace("http://docs:9102/mcp", upstreams["docs"].url)
+    registry.write_text(text.replace("address: 0.0.0.0, port: 10000", f"address: 127.0.0.1, port: {listener}"))
+    args = list(container["args"])
+    args[args.index("--registry") + 1] = str(registry)
+    args[args.index("--xds-listen") + 1] = f"127.0.0.1:{xds}"
+    args[args.index("--admin-listen") + 1] = f"127.0.0.1:{admin}"
+    args[args.index("--wasm-url") + 1] = f"http://127.0.0.1:{admin}/wasm/meshgate.wasm"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    for source in container["envFrom"]:
+        env.update(kube("Secret", source["secretRef"]["name"])["stringData"])
+    control = Proc.start("meshgate", [str(MESHGATE), *args], tmp_path / "meshgate.log", env={**env, "MESHGATE_WASM": str(WASM)})
+    # Envoy pod: the init container's copy, then Envoy with the Deployment's args and env.
+    pod = kube("Deployment", "meshgate-envoy")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    init = pod["initContainers"][0]
+    module_dir = tmp_path / "module"
+    module_dir.mkdir()
+    assert init["command"][0] == "cp" and Path(init["command"][2]).parent == Path(init["volumeMounts"][0]["mountPath"])
+    shutil.copy(NATIVE, module_dir / Path(init["command"][2]).name)
+    data = kube("ConfigMap", "meshgate-envoy-bootstrap")["data"]
+    bootstrap = tmp_path / "bootstrap.yaml"
+    bootstrap.write_text(
+        data["bootstrap.yaml"]
+        .replace("address: meshgate.meshgate.svc.cluster.local", "address: 127.0.0.1")
+        .replace("port_value: 18000", f"port_value: {xds}")
+        .replace("port_value: 9901", f"port_value: {envoy_admin}")
+    )
+    pod_env = {"POD_NAME": "meshgate-envoy-5d9c7-x2x4q"}
+    for item in container["env"]:
+        if "value" in item:
+            pod_env[item["name"]] = item["value"]
+        elif "configMapKeyRef" in item["valueFrom"]:
+            ref = item["valueFrom"]["configMapKeyRef"]
+            pod_env[item["name"]] = kube("ConfigMap", ref["name"])["data"][ref["key"]]
+    pod_env["MESHGATE_STATS_LISTENER"] = (
+        pod_env["MESHGATE_STATS_LISTENER"]
+        .replace("port_value: 15090", f"port_value: {stats}")
+        .replace("port_value: 9901", f"port_value: {envoy_admin}")
+    )
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts[pod_env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"]] == init["volumeMounts"][0]["name"]
+    pod_env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(module_dir)
+    envoy_args = [expand(a, pod_env) for a in container["args"]]
+    envoy_args[envoy_args.index("-c") + 1] = str(bootstrap)
+    envoy = Proc.start(
+        "envoy",
+        [str(ENVOY), *envoy_args, "--base-id", str(envoy_admin)],
+        tmp_path / "envoy.log",
+        env={k: v for k, v in pod_env.items() if k == "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"},
+    )
+    try:
+        assert wait_tcp("127.0.0.1", listener, 60), envoy.tail() + control.tail()
+        probe = container["readinessProbe"]["httpGet"]
+        deadline = time.monotonic() + 30
+        while http_get(f"http://127.0.0.1:{stats}{probe['path']}")[0] != 200:
+            assert time.monotonic() < deadline, envoy.tail()
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{listener}/mcp/docs"
+        docs_log = upstreams["docs"].log
+        mark = docs_log.mark()
+        reader = api_key("demo-reader-key")
+        call = post(url, modern_body("tools/call", {"name": "search_docs", "arguments": {"query": "envoy"}}), reader,
+                    modern_headers("tools/call", "search_docs"))
+        assert call.status_code == 200 and "result" in response_messages(call)[0], call.text
+        denied = post(url, modern_body("tools/call", {"name": "admin_reindex", "arguments": {}}), reader,
+                      modern_headers("tools/call", "admin_reindex"))
+        assert is_denied(denied), denied.text
+        # The Secret's credential reached docs (and only the gateway's, never the client's key).
+        [entry] = [e for e in docs_log.posts_since(mark) if "search_docs" in e.get("body", "")]
+        assert entry["headers"].get("authorization") == "Bearer demo-docs-upstream-token"
+        assert "x-api-key" not in entry["headers"]
+        # meshgate knows this Envoy by its pod name (--service-node $(POD_NAME)).
+        status = json.loads(http_get(f"http://127.0.0.1:{admin}/status")[1])
+        assert "meshgate-envoy-5d9c7-x2x4q" in status["nodes"], status["nodes"].keys()
+    finally:
+        envoy.stop()
+        control.stop()
