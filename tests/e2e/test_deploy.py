@@ -485,11 +485,20 @@ def render_kube_bootstrap() -> str:
         "data": {"bootstrap.yaml": out.stdout, "stats-listener.yaml": STATS_LISTENER.read_text()},
     }
     header = (
-        f"# Generated: bootstrap.yaml is `meshgate {' '.join(KUBE_BOOTSTRAP_ARGS)}`, stats-listener.yaml\n"
-        "# is envoy/stats-listener.yaml. Do not edit: regenerate with\n"
+        f"# Generated: bootstrap.yaml is `meshgate {' '.join(KUBE_BOOTSTRAP_ARGS)}`,\n"
+        "# stats-listener.yaml is envoy/stats-listener.yaml. Do not edit: regenerate with\n"
         "#   MESHGATE_BLESS=1 .venv/bin/python -m pytest tests/e2e/test_deploy.py -k bootstrap\n"
     )
-    return header + yaml.safe_dump(config_map, sort_keys=False, width=1000)
+    class Literal(yaml.SafeDumper):
+        """Multi-line strings as `|` blocks: the files stay readable in the ConfigMap."""
+
+    Literal.add_representer(
+        str,
+        lambda dumper, value: dumper.represent_scalar(
+            "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
+        ),
+    )
+    return header + yaml.dump(config_map, Dumper=Literal, sort_keys=False, width=1000)
 
 
 def test_the_kubernetes_envoy_bootstrap_is_what_meshgate_bootstrap_renders(tmp_path: Path) -> None:
