@@ -180,13 +180,15 @@ pub enum RenderPlatform {
         /// A label of the ingress gateway's pods (repeat for several).
         #[arg(long, value_name = "KEY=VALUE", default_value = "istio=ingressgateway")]
         selector: Vec<String>,
-        /// The Gateway's port for MCP (the gateway Service's port). Dedicate it to MCP: the
-        /// filter answers 404 to paths that are not /mcp/<server>.
-        #[arg(long, value_name = "PORT", default_value_t = 443)]
-        port: u16,
-        /// The port the gateway's Envoy listens on for it (the Service's targetPort).
-        #[arg(long, value_name = "PORT", default_value_t = 8443)]
-        target_port: u16,
+        /// The Gateway's port for MCP (the gateway Service's port) [default: 443, with
+        /// --plaintext 80]. Dedicate it to MCP: the filter answers 404 to paths that are not
+        /// /mcp/<server>.
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
+        /// The port the gateway's Envoy listens on for it (the Service's targetPort)
+        /// [default: 8443, with --plaintext 8080, as istio-ingressgateway maps them].
+        #[arg(long, value_name = "PORT")]
+        target_port: Option<u16>,
         /// Host names the Gateway and VirtualService answer (repeat for several).
         #[arg(long, value_name = "HOST", default_value = "*")]
         hosts: Vec<String>,
@@ -216,9 +218,9 @@ pub enum RenderPlatform {
         /// The GatewayClass of Envoy Gateway.
         #[arg(long, value_name = "NAME", default_value = "eg")]
         gateway_class: String,
-        /// The Gateway listener's port.
-        #[arg(long, value_name = "PORT", default_value_t = 443)]
-        port: u16,
+        /// The Gateway listener's port [default: 443, with --plaintext 80].
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
         /// TLS secret of the Gateway's HTTPS listener.
         #[arg(long, value_name = "SECRET", required_unless_present = "plaintext")]
         tls_secret: Option<String>,

@@ -31,11 +31,11 @@ pub fn run(platform: RenderPlatform) -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            let listener = match tls_credential {
-                Some(credential_name) if !plaintext => istio::Listener::Tls { credential_name },
+            let (listener, default_port, default_target_port) = match tls_credential {
+                Some(credential_name) if !plaintext => (istio::Listener::Tls { credential_name }, 443, 8443),
                 _ => {
                     warn_plaintext();
-                    istio::Listener::Plaintext
+                    (istio::Listener::Plaintext, 80, 8080)
                 }
             };
             let options = remote_wasm(&wasm_url, wasm_sha256.as_deref(), wasm.as_deref()).and_then(|wasm| {
@@ -48,8 +48,8 @@ pub fn run(platform: RenderPlatform) -> ExitCode {
                     namespace,
                     name,
                     selector: labels(&selector)?,
-                    port,
-                    target_port,
+                    port: port.unwrap_or(default_port),
+                    target_port: target_port.unwrap_or(default_target_port),
                     hosts,
                     listener,
                     wasm,
@@ -77,11 +77,11 @@ pub fn run(platform: RenderPlatform) -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            let listener = match tls_secret {
-                Some(secret) if !plaintext => envoy_gateway::Listener::Tls { secret },
+            let (listener, default_port) = match tls_secret {
+                Some(secret) if !plaintext => (envoy_gateway::Listener::Tls { secret }, 443),
                 _ => {
                     warn_plaintext();
-                    envoy_gateway::Listener::Plaintext
+                    (envoy_gateway::Listener::Plaintext, 80)
                 }
             };
             let checked = [("--namespace", &namespace), ("--name", &name), ("--service-namespace", &service_namespace)]
@@ -91,7 +91,7 @@ pub fn run(platform: RenderPlatform) -> ExitCode {
                 namespace,
                 name,
                 gateway_class,
-                port,
+                port: port.unwrap_or(default_port),
                 listener,
                 module_image,
                 envoy_image,
