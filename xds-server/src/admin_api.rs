@@ -275,6 +275,34 @@ mod tests {
     use super::*;
     use crate::test_support::registry;
 
+    /// The probes `deploy/kubernetes/meshgate.yaml` uses: liveness says the process runs;
+    /// readiness waits for a published snapshot (a replica whose registry never loaded gets
+    /// no Envoys).
+    #[tokio::test]
+    async fn probes_live_at_once_and_ready_only_with_a_snapshot() {
+        let state = AdminState {
+            control: crate::control::ControlPlane::new(),
+            wasm: None,
+            metrics: Arc::new(Metrics::default()),
+        };
+        let not_ready = readyz(State(state.clone())).await;
+        assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let registry =
+            Arc::new(registry("listener: { port: 0 }\nservers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n"));
+        let options = crate::translate::TranslateOptions {
+            wasm: crate::translate::WasmSource::Local { path: "/m.wasm".into() },
+            native: crate::translate::NativeSource::SearchPath,
+        };
+        let resources = crate::translate::translate(&registry, &options).expect("translate");
+        let snapshot = crate::snapshot::Snapshot::new(&resources).expect("consistent");
+        let version = snapshot.version.clone();
+        state.control.publish(registry, snapshot);
+        let ready = readyz(State(state)).await;
+        assert_eq!(ready.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(ready.into_body(), 1024).await.expect("body");
+        assert_eq!(body, format!("ready {version}\n"));
+    }
+
     #[test]
     fn registry_view_never_shows_secret_values() {
         let registry = registry(

@@ -19,6 +19,8 @@ use crate::reload::ReloadError;
 use crate::serve::{self, ServeError, StartOptions, WasmDelivery};
 use crate::translate::NativeSource;
 
+mod render_command;
+
 /// Default ADS port of `meshgate serve`.
 pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
 /// Default admin API port of `meshgate serve`.
@@ -141,6 +143,106 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = XdsApi::Sotw)]
         xds_api: XdsApi,
     },
+    /// Print what another control plane needs to run the filter with the registry's policy
+    /// (multi-document YAML for `kubectl apply -f -`).
+    Render {
+        #[command(subcommand)]
+        platform: RenderPlatform,
+    },
+}
+
+/// `meshgate render <platform>`.
+#[derive(Debug, Subcommand)]
+pub enum RenderPlatform {
+    /// An Istio ingress gateway: Gateway, VirtualService and an EnvoyFilter inserting the
+    /// wasm filter (fail closed) before the router.
+    Istio {
+        /// The registry YAML file.
+        #[arg(short, long, value_name = "FILE")]
+        registry: PathBuf,
+        /// Where the gateway's Envoys fetch the wasm module, e.g.
+        /// http://meshgate.meshgate.svc.cluster.local:18001/wasm/meshgate.wasm (`meshgate
+        /// serve --wasm-url` serves it there).
+        #[arg(long, value_name = "URL")]
+        wasm_url: String,
+        /// SHA-256 (hex) of the module at --wasm-url [default: that of --wasm].
+        #[arg(long, value_name = "HEX")]
+        wasm_sha256: Option<String>,
+        /// The wasm module whose SHA-256 Envoy checks [default: as for `up`].
+        #[arg(long, value_name = "PATH", conflicts_with = "wasm_sha256")]
+        wasm: Option<PathBuf>,
+        /// Namespace of the ingress gateway (and of the rendered resources).
+        #[arg(long, value_name = "NS", default_value = "istio-system")]
+        namespace: String,
+        /// Name of the rendered resources.
+        #[arg(long, value_name = "NAME", default_value = "meshgate")]
+        name: String,
+        /// A label of the ingress gateway's pods (repeat for several).
+        #[arg(long, value_name = "KEY=VALUE", default_value = "istio=ingressgateway")]
+        selector: Vec<String>,
+        /// The Gateway's port for MCP (the gateway Service's port) [default: 443, with
+        /// --plaintext 80]. Dedicate it to MCP: the filter answers 404 to paths that are not
+        /// /mcp/<server>.
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
+        /// The port the gateway's Envoy listens on for it (the Service's targetPort)
+        /// [default: 8443, with --plaintext 8080, as istio-ingressgateway maps them].
+        #[arg(long, value_name = "PORT")]
+        target_port: Option<u16>,
+        /// Host names the Gateway and VirtualService answer (repeat for several).
+        #[arg(long, value_name = "HOST", default_value = "*")]
+        hosts: Vec<String>,
+        /// TLS secret (credentialName) of the Gateway's HTTPS server.
+        #[arg(long, value_name = "SECRET", required_unless_present = "plaintext")]
+        tls_credential: Option<String>,
+        /// Serve MCP over plain HTTP on the gateway (credentials then cross the network in
+        /// clear text).
+        #[arg(long, conflicts_with = "tls_credential")]
+        plaintext: bool,
+        /// Namespace of servers whose URL names a Service without one.
+        #[arg(long, value_name = "NS", default_value = "default")]
+        service_namespace: String,
+    },
+    /// Envoy Gateway: EnvoyProxy (module allow-listed), Gateway, HTTPRoute and an
+    /// EnvoyExtensionPolicy with the native module.
+    EnvoyGateway {
+        /// The registry YAML file.
+        #[arg(short, long, value_name = "FILE")]
+        registry: PathBuf,
+        /// Namespace of the Gateway (and of the rendered resources).
+        #[arg(long, value_name = "NS", default_value = "default")]
+        namespace: String,
+        /// Name of the rendered resources.
+        #[arg(long, value_name = "NAME", default_value = "meshgate")]
+        name: String,
+        /// The GatewayClass of Envoy Gateway.
+        #[arg(long, value_name = "NAME", default_value = "eg")]
+        gateway_class: String,
+        /// The Gateway listener's port [default: 443, with --plaintext 80].
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
+        /// TLS secret of the Gateway's HTTPS listener.
+        #[arg(long, value_name = "SECRET", required_unless_present = "plaintext")]
+        tls_secret: Option<String>,
+        /// Serve MCP over plain HTTP (credentials then cross the network in clear text).
+        #[arg(long, conflicts_with = "tls_secret")]
+        plaintext: bool,
+        /// The image holding libmeshgate.so (the meshgate image, deploy/docker/Dockerfile).
+        #[arg(long, value_name = "IMAGE", default_value = "meshgate:dev")]
+        module_image: String,
+        /// The Envoy image: the Envoy version the module is built for.
+        #[arg(long, value_name = "IMAGE", default_value = "envoyproxy/envoy:v1.40-latest")]
+        envoy_image: String,
+        /// Folder the module is mounted at in the Envoy container.
+        #[arg(long, value_name = "DIR", default_value = "/usr/local/lib/meshgate")]
+        module_dir: String,
+        /// Namespace of servers whose URL names a Service without one.
+        #[arg(long, value_name = "NS", default_value = "default")]
+        service_namespace: String,
+        /// Secret with the filter's secret environment variables (one key per name).
+        #[arg(long, value_name = "SECRET", default_value = "meshgate-filter-secrets")]
+        secret_name: String,
+    },
 }
 
 /// `--xds-api`.
@@ -226,6 +328,7 @@ pub fn run(cli: Cli) -> ExitCode {
             xds_listen,
             admin_listen,
         }),
+        Command::Render { platform } => render_command::run(platform),
         Command::Serve { registry, xds_listen, admin_listen, wasm, wasm_url, native_module, ready_file } => {
             let native = native_module.map_or(NativeSource::SearchPath, |path| {
                 NativeSource::Path(std::path::absolute(&path).unwrap_or(path))

@@ -37,6 +37,7 @@ pub mod locate;
 pub mod ratelimit;
 pub mod registry;
 pub mod reload;
+pub mod render;
 pub mod serve;
 pub mod service;
 pub mod snapshot;

@@ -385,12 +385,10 @@ fn serve_refuses_an_invalid_registry() {
 
 #[test]
 fn the_compose_registry_is_valid() {
-    // Laid out as in the meshgate container: the registry folder, with examples/keys
-    // mounted at keys/.
-    let root = repo_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = write(dir.path(), "registry.yaml", std::fs::read(root.join("envoy/compose/registry.yaml")).unwrap());
-    write(dir.path(), "keys/jwks.json", std::fs::read(root.join("examples/keys/jwks.json")).unwrap());
+    // The folder docker-compose.yml mounts at /etc/meshgate holds everything the registry
+    // reads (keys/jwks.json): it validates in place. tests/e2e/test_deploy.py checks it again
+    // laid out from the compose file's own mounts.
+    let registry = repo_root().join("envoy/compose/registry.yaml");
     let out = support::meshgate()
         .env("DEMO_DOCS_UPSTREAM_TOKEN", "demo-docs-upstream-token")
         .args(["validate", "-r"])

@@ -40,7 +40,7 @@ use crate::registry::{Registry, Runtime, Server};
 
 const V8_RUNTIME: &str = "envoy.wasm.runtime.v8";
 /// Remote fetch attempts before Envoy gives up on a module (then NACKs).
-const WASM_FETCH_RETRIES: u32 = 5;
+pub const WASM_FETCH_RETRIES: u32 = 5;
 /// Least time between two reloads of a failed VM (Envoy backs off up to the maximum while
 /// the VM keeps failing).
 pub const VM_RELOAD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
