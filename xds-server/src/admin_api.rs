@@ -11,7 +11,9 @@
 //! | `GET /wasm/meshgate.wasm` | the filter module Envoys fetch (`x-sha256` header), when meshgate serves it |
 //!
 //! Bind it to loopback or a private network: `/status` and `/registry` describe the whole
-//! deployment (without secrets).
+//! deployment (without secrets). With a token (`--admin-token-file`) every path but
+//! `/healthz`, `/readyz` and the module needs `Authorization: Bearer <token>` (401 otherwise);
+//! see [`crate::transport_security`].
 
 use std::sync::Arc;
 
@@ -53,19 +55,44 @@ pub struct AdminState {
     pub wasm: Option<Arc<WasmModule>>,
     /// The rate-limit service's counters.
     pub metrics: Arc<Metrics>,
+    /// When set, required on every path but the probes and the module.
+    pub token: Option<crate::transport_security::AdminToken>,
 }
 
 /// The admin API as a router, so tests can drive it in-process.
 pub fn app(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let protected = Router::new()
         .route("/status", get(status))
         .route("/registry", get(registry))
         .route("/catalog", get(catalog))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        // Public bytes, pinned by SHA-256 in the configuration; Envoy's fetch sends no header.
         .route(WASM_PATH, get(wasm))
+        .merge(protected)
         .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if token.admits(authorization) {
+        return next.run(request).await;
+    }
+    let mut response = (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"meshgate-admin\""));
+    response
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

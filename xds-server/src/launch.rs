@@ -66,6 +66,8 @@ pub struct UpOptions {
     /// Where the control plane listens (default: loopback, any port).
     pub xds_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// Permit the control plane's ports on a non-loopback address without TLS (warns).
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +216,7 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
         admin_listen: options.admin_listen.unwrap_or(loopback_any),
         wasm: WasmDelivery::Local(wasm),
         native: NativeSource::Path(native),
+        security: serve::Security { allow_plaintext: options.allow_plaintext, ..Default::default() },
     })
     .await
     .map_err(|e| match e {
@@ -289,7 +292,10 @@ async fn supervise(
         xds_host: control_plane.xds.ip().to_string(),
         xds_port: control_plane.xds.port(),
         admin_port: registry.admin_port,
+        admin_address: registry.edge.admin_address,
+        stats: registry.edge.stats,
         api: options.api.unwrap_or(Api::Sotw),
+        tls: None,
     });
     std::fs::write(&bootstrap_file, bootstrap::to_json(&bootstrap))
         .map_err(io_error(format!("cannot write {}", bootstrap_file.display())))?;

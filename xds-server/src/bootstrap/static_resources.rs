@@ -217,6 +217,9 @@ pub fn make_listener(registry: &Registry, wasm: &Path, native: &Path) -> Result<
                     // The filter authorizes by path: make sure it sees the path the router
                     // matches, not `/mcp//crm` or `/mcp/./crm`.
                     "normalize_path": true,
+                    // The original client address (`listener.use_remote_address`, trusted hops).
+                    "use_remote_address": registry.edge.use_remote_address,
+                    "xff_num_trusted_hops": registry.edge.xff_num_trusted_hops,
                     "merge_slashes": true,
                     "route_config": make_route_config(registry),
                     "local_reply_config": local_reply_config(),

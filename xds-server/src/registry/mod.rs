@@ -19,6 +19,7 @@
 //! Every error names the file and line (see [`error::Diagnostic`]); all problems are reported
 //! at once.
 
+pub mod edge;
 pub mod error;
 mod filter;
 pub mod lines;
@@ -66,6 +67,8 @@ pub struct Registry {
     pub cors: Option<Cors>,
     /// `filter.runtime`: which build of the filter Envoy runs.
     pub runtime: Runtime,
+    /// Listener TLS/mTLS, client address, Envoy admin address and the stats listener.
+    pub edge: edge::Edge,
 }
 
 /// Which build of the Meshgate filter Envoy runs (`filter.runtime`). Both run the same
@@ -592,7 +595,12 @@ impl Registry {
             let credential = s.credentials.as_ref().and_then(|c| c.value_file.as_deref());
             ca.into_iter().chain(credential)
         });
-        jwks.chain(per_server).map(|f| base_dir.join(f)).collect()
+        // The listener's certificate, key and client CA, when meshgate reads them: editing
+        // one pushes the new secret (live rotation).
+        let listener_tls = raw.listener.tls.iter().filter(|t| t.source.as_deref() != Some("envoy")).flat_map(|t| {
+            [t.cert_file.as_deref(), t.key_file.as_deref(), t.client_ca_file.as_deref()].into_iter().flatten()
+        });
+        jwks.chain(per_server).chain(listener_tls).map(|f| base_dir.join(f)).collect()
     }
 
     /// The address clients should dial: an unspecified listener address means loopback.

@@ -224,13 +224,23 @@ fn leeway_applies() {
 fn api_keys_and_anonymous() {
     let a = auth();
     let mut cache = TokenCache::new(0);
-    let key = |k| a.authenticate(Credentials { authorization: None, api_key: Some(k), peer_certificate: None }, NOW, &mut TokenCache::new(0));
+    let key = |k| {
+        a.authenticate(
+            Credentials { authorization: None, api_key: Some(k), peer_certificate: None },
+            NOW,
+            &mut TokenCache::new(0),
+        )
+    };
     let c = key("key-1").unwrap();
     assert_eq!((c.name.as_str(), c.method), ("ci-bot", AuthMethod::ApiKey));
     assert_eq!(key("key-2"), Err(AuthError::UnknownApiKey));
     assert_eq!(a.authenticate(Credentials::default(), NOW, &mut cache), Err(AuthError::Missing));
     assert_eq!(
-        a.authenticate(Credentials { authorization: Some("Bearer x"), api_key: Some("key-1"), peer_certificate: None }, NOW, &mut cache),
+        a.authenticate(
+            Credentials { authorization: Some("Bearer x"), api_key: Some("key-1"), peer_certificate: None },
+            NOW,
+            &mut cache
+        ),
         Err(AuthError::Ambiguous)
     );
     let raw =
@@ -239,7 +249,11 @@ fn api_keys_and_anonymous() {
     assert_eq!(anon.authenticate(Credentials::default(), NOW, &mut cache).unwrap().name, "guest");
     // Anonymous access does not excuse a bad credential.
     assert_eq!(
-        anon.authenticate(Credentials { authorization: None, api_key: Some("nope"), peer_certificate: None }, NOW, &mut cache),
+        anon.authenticate(
+            Credentials { authorization: None, api_key: Some("nope"), peer_certificate: None },
+            NOW,
+            &mut cache
+        ),
         Err(AuthError::UnknownApiKey)
     );
 }
@@ -259,13 +273,21 @@ fn cache_serves_verified_tokens_until_expiry_and_stays_bounded() {
     assert_eq!(cache.len(), 0);
     for i in 0..5 {
         let t = bearer(&rs256(&claims(json!({"sub": format!("u{i}")}))));
-        assert!(a.authenticate(Credentials { authorization: Some(&t), api_key: None, peer_certificate: None }, NOW, &mut cache).is_ok());
+        assert!(a
+            .authenticate(
+                Credentials { authorization: Some(&t), api_key: None, peer_certificate: None },
+                NOW,
+                &mut cache
+            )
+            .is_ok());
         assert!(cache.len() <= 2);
     }
     // Failed verifications are not cached.
     let bad = bearer(&rs256(&claims(json!({"aud": "x"}))));
     let before = cache.len();
-    assert!(a.authenticate(Credentials { authorization: Some(&bad), api_key: None, peer_certificate: None }, NOW, &mut cache).is_err());
+    assert!(a
+        .authenticate(Credentials { authorization: Some(&bad), api_key: None, peer_certificate: None }, NOW, &mut cache)
+        .is_err());
     assert_eq!(cache.len(), before);
 }
 
