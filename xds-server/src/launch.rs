@@ -140,7 +140,8 @@ impl Ready {
             .servers
             .iter()
             .map(|s| {
-                let url = format!("http://{}{}", self.listener, registry.route_path(s));
+                let scheme = if registry.edge.tls.is_some() { "https" } else { "http" };
+                let url = format!("{scheme}://{}{}", self.listener, registry.route_path(s));
                 (s.name.clone(), url)
             })
             .collect()
