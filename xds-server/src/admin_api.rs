@@ -180,6 +180,29 @@ pub fn catalog_view(registry: &Registry) -> Value {
 }
 
 /// `/registry`: the loaded registry without secrets.
+/// `listener.tls` (paths only: never the key), client address, admin address, stats.
+fn edge_view(edge: &crate::registry::edge::Edge) -> Value {
+    let tls = edge.tls.as_ref().map(|tls| {
+        json!({
+            "source": match tls.source {
+                crate::registry::edge::TlsSource::Meshgate => "meshgate",
+                crate::registry::edge::TlsSource::Envoy => "envoy",
+            },
+            "cert_file": tls.cert.path.display().to_string(),
+            "key_file": tls.key_path.display().to_string(),
+            "client_ca_file": tls.client_ca.as_ref().map(|ca| ca.path.display().to_string()),
+            "require_client_certificate": tls.require_client_certificate,
+        })
+    });
+    json!({
+        "tls": tls,
+        "use_remote_address": edge.use_remote_address,
+        "xff_num_trusted_hops": edge.xff_num_trusted_hops,
+        "admin_address": edge.admin_address.to_string(),
+        "stats": edge.stats.map(|s| s.to_string()),
+    })
+}
+
 pub fn registry_view(registry: &Registry) -> Value {
     let auth = &registry.filter.auth;
     let jwt: Vec<Value> = auth
@@ -215,7 +238,9 @@ pub fn registry_view(registry: &Registry) -> Value {
             "resource_metadata": auth.resource_metadata,
             "token_cache_entries": auth.token_cache_entries,
             "scopes": registry.scopes,
+            "mtls": auth.mtls,
         },
+        "edge": edge_view(&registry.edge),
         "policy": registry.filter.policy,
         "limits": registry.filter.limits,
         "envoy": {

@@ -623,7 +623,7 @@ impl Registry {
         let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
         let auth = &self.filter.auth;
         format!(
-            "{}: ok: {} ({}), {}, {}, {}{}, listener {}",
+            "{}: ok: {} ({}), {}, {}, {}{}, listener {}{}",
             self.source.display(),
             plural(self.servers.len(), "server"),
             names.join(", "),
@@ -632,6 +632,11 @@ impl Registry {
             plural(self.filter.policy.roles.len(), "role"),
             if auth.anonymous.is_some() { ", anonymous access on" } else { "" },
             self.listener,
+            match &self.edge.tls {
+                Some(tls) if tls.client_ca.is_some() => " (mTLS)",
+                Some(_) => " (TLS)",
+                None => "",
+            },
         )
     }
 }
