@@ -57,6 +57,9 @@ enum San {
     Dns(String),
 }
 
+/// Validates one entry's `(consumer, roles, registry path)` as for API keys.
+pub type ConsumerCheck<'a> = &'a dyn Fn(&str, &[String], &str) -> Result<(), ConfigError>;
+
 /// Compiled `auth.mtls`: SAN → consumer.
 #[derive(Debug, Clone, Default)]
 pub struct PeerIdentities {
@@ -65,10 +68,7 @@ pub struct PeerIdentities {
 
 impl PeerIdentities {
     /// Compiles the entries; `check` validates consumer and roles as for API keys.
-    pub fn compile(
-        raw: &[RawPeerIdentity],
-        check: &dyn Fn(&str, &[String], &str) -> Result<(), ConfigError>,
-    ) -> Result<Self, ConfigError> {
+    pub fn compile(raw: &[RawPeerIdentity], check: ConsumerCheck<'_>) -> Result<Self, ConfigError> {
         let mut by_san = HashMap::new();
         for (i, entry) in raw.iter().enumerate() {
             let path = format!("auth.mtls[{i}]");
@@ -270,7 +270,7 @@ mod tests {
             entry(Some("spiffe://a/b?x"), None),
             entry(None, Some("bad name")),
         ] {
-            assert!(PeerIdentities::compile(&[bad.clone()], &ok).is_err(), "{bad:?}");
+            assert!(PeerIdentities::compile(std::slice::from_ref(&bad), &ok).is_err(), "{bad:?}");
         }
         let dup = [entry(Some("spiffe://a/b"), None), entry(Some("spiffe://a/b"), None)];
         let e = PeerIdentities::compile(&dup, &ok).unwrap_err();
