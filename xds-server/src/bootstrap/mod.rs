@@ -107,11 +107,11 @@ pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
     if let Some(tls) = &options.tls {
         xds_cluster["transport_socket"] = xds_transport_socket(tls, &options.xds_host, is_ip);
     }
-    let mut clusters = vec![xds_cluster];
-    let mut listeners = Vec::new();
+    let mut static_resources = json!({ "clusters": [xds_cluster] });
     if let Some(stats) = options.stats {
-        clusters.push(admin_cluster(options.admin_address, options.admin_port));
-        listeners.push(stats_listener(stats));
+        static_resources["clusters"] =
+            json!([static_resources["clusters"][0].take(), admin_cluster(options.admin_address, options.admin_port)]);
+        static_resources["listeners"] = json!([stats_listener(stats)]);
     }
     json!({
         "node": { "id": options.node_id, "cluster": NODE_CLUSTER },
@@ -136,7 +136,7 @@ pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": { "listeners": listeners, "clusters": clusters },
+        "static_resources": static_resources,
         "overload_manager": overload_manager(),
         "stats_config": stats::stats_config(),
         "layered_runtime": stats::layered_runtime(),
