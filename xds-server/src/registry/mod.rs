@@ -14,7 +14,9 @@
 //!   [`SecretValue::expose`];
 //! - [`Registry::filter`] passed `FilterConfig::compile` with the secrets meshgate sees,
 //!   has JWKS documents inlined (public keys only) and holds no secret values;
-//! - the admin port never equals a non-zero listener port.
+//! - the admin port never equals a non-zero listener port;
+//! - the production-edge keys (`listener.tls`, `auth.mtls`, client address, `admin.address`,
+//!   `stats`) hold [`edge`]'s invariants (e.g. `auth.mtls` only with a client CA).
 //!
 //! Every error names the file and line (see [`error::Diagnostic`]); all problems are reported
 //! at once.
