@@ -1,6 +1,7 @@
 """An authenticated control plane against real Envoys (issue #16, item 2).
 
-One `meshgate serve` with mTLS on its gRPC port (ADS and the rate-limit service share it),
+One `meshgate serve` with mTLS on its gRPC port (ADS and the rate-limit service share it:
+a `scope: global` quota on `docs/search_*`, counted in a real redis-server, is decided over it),
 HTTPS and a bearer token on its admin API, and the wasm filter module served over that HTTPS
 API (pinned by SHA-256). Two Envoys bootstrapped by `meshgate bootstrap`: one without a client
 certificate (refused: it never gets a listener), one with it (converges and governs a call,
@@ -22,10 +23,13 @@ import httpx2
 import pytest
 
 from e2e_support import ENVOY, MESHGATE, NATIVE, WASM, Keys, Proc, Upstream, free_port, require_artifacts
+from global_limits_support import start_redis
 from pki_support import Issued, Pki, client_context
 from xds_support import RegistrySpec, _listener, call, keys_jwks, outcome, stop_quietly, wait_for, write_registry
 
 ADMIN_TOKEN = "e2e-admin-token-7f3a"
+# Calls of docs/search_* the whole fleet may make (a global quota, decided by meshgate).
+SEARCH_QUOTA = 3
 
 
 @dataclass
@@ -71,8 +75,14 @@ def plane(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[
     token.write_text(ADMIN_TOKEN + "\n")
     keys_jwks(workdir, keys)
     registry = workdir / "registry.yaml"
+    redis = start_redis(workdir)
+    quota = (
+        f"quotas:\n  - {{ name: search, match: {{ tools: ['docs/search_*'] }}, quota: {SEARCH_QUOTA}/h, scope: global }}\n"
+        f"rate_limit_service: {{ redis_url: '{redis.url}', failure_mode: deny, timeout: 5s }}\n"
+    )
     # The wasm build: its module is what Envoy downloads from meshgate over HTTPS.
-    write_registry(registry, RegistrySpec(servers={"docs": upstreams["docs"].url}, runtime="wasm").render())
+    write_registry(registry, RegistrySpec(servers={"docs": upstreams["docs"].url}, runtime="wasm",
+                                          extra=quota).render())
     admin_port = free_port()
     proc, ready = start_serve(workdir, registry, [
         "--xds-listen", "127.0.0.1:0", "--admin-listen", f"127.0.0.1:{admin_port}",
@@ -85,6 +95,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[
         yield Plane(proc, ready["xds"], ready["meshgate_admin"], ca.ca_pem, fleet, workdir)
     finally:
         proc.stop()
+        redis.stop()
 
 
 @dataclass
@@ -134,8 +145,11 @@ def test_envoy_without_client_certificate_is_refused_and_with_it_converges(plane
             time.sleep(0.2)
         # It runs the wasm filter it fetched over HTTPS: a governed call is allowed, another refused.
         url = f"http://{listener}/mcp/docs"
-        assert outcome(call(url, "search_docs")) == "allowed"
         assert outcome(call(url, "admin_reindex")) == "denied"
+        # The global quota is decided by meshgate's rate-limit service over the same mTLS
+        # cluster (failure_mode deny: an unreachable service would refuse the first call too).
+        results = [outcome(call(url, "search_docs")) for _ in range(SEARCH_QUOTA + 1)]
+        assert results == ["allowed"] * SEARCH_QUOTA + ["HTTP 429"], results
         # The Envoy without a certificate had as long and never got a listener (nor any config).
         assert refused.proc.popen.poll() is None, refused.proc.tail()
         wait_for("the refused Envoy's admin is up", refused.admin_file.exists)
