@@ -5,7 +5,9 @@ a `scope: global` quota on `docs/search_*`, counted in a real redis-server, is d
 HTTPS and a bearer token on its admin API, and the wasm filter module served over that HTTPS
 API (pinned by SHA-256). Two Envoys bootstrapped by `meshgate bootstrap`: one without a client
 certificate (refused: it never gets a listener), one with it (converges and governs a call,
-running the module it fetched over HTTPS). Every certificate is made in the test.
+running the module it fetched over HTTPS). That Envoy's listener has TLS with `source: envoy`
+(Envoy reads and watches the certificate files itself) and an optional client certificate.
+Every certificate is made in the test.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pytest
 
 from e2e_support import ENVOY, MESHGATE, NATIVE, WASM, Keys, Proc, Upstream, free_port, require_artifacts
 from global_limits_support import start_redis
-from pki_support import Issued, Pki, client_context
+from pki_support import Issued, Pki, client_context, presented_serial
 from xds_support import RegistrySpec, _listener, call, keys_jwks, outcome, stop_quietly, wait_for, write_registry
 
 ADMIN_TOKEN = "e2e-admin-token-7f3a"
@@ -40,6 +42,9 @@ class Plane:
     ca: Path
     fleet: Pki
     workdir: Path
+    # The listener's certificate, read by Envoy from these files (`source: envoy`).
+    listener_ca: Pki
+    listener_cert: Issued
 
     def admin_get(self, path: str, token: str | None = ADMIN_TOKEN) -> httpx2.Response:
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -75,14 +80,19 @@ def plane(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[
     token.write_text(ADMIN_TOKEN + "\n")
     keys_jwks(workdir, keys)
     registry = workdir / "registry.yaml"
+    listener_ca = Pki(workdir, "listener")
+    listener_cert = listener_ca.issue("listener", dns=["localhost"], ips=["127.0.0.1"], server=True)
     redis = start_redis(workdir)
     quota = (
         f"quotas:\n  - {{ name: search, match: {{ tools: ['docs/search_*'] }}, quota: {SEARCH_QUOTA}/h, scope: global }}\n"
         f"rate_limit_service: {{ redis_url: '{redis.url}', failure_mode: deny, timeout: 5s }}\n"
     )
     # The wasm build: its module is what Envoy downloads from meshgate over HTTPS.
-    write_registry(registry, RegistrySpec(servers={"docs": upstreams["docs"].url}, runtime="wasm",
-                                          extra=quota).render())
+    tls = (f"listener: {{ address: 127.0.0.1, port: 0, tls: {{ source: envoy, cert_file: {listener_cert.cert}, "
+           f"key_file: {listener_cert.key}, client_ca_file: {fleet.ca_pem}, require_client_certificate: false }} }}")
+    text = RegistrySpec(servers={"docs": upstreams["docs"].url}, runtime="wasm", extra=quota).render()
+    assert text.count("listener: { address: 127.0.0.1, port: 0 }") == 1
+    write_registry(registry, text.replace("listener: { address: 127.0.0.1, port: 0 }", tls))
     admin_port = free_port()
     proc, ready = start_serve(workdir, registry, [
         "--xds-listen", "127.0.0.1:0", "--admin-listen", f"127.0.0.1:{admin_port}",
@@ -92,7 +102,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[
     ])
     try:
         assert ready["meshgate_admin"] == f"https://127.0.0.1:{admin_port}"
-        yield Plane(proc, ready["xds"], ready["meshgate_admin"], ca.ca_pem, fleet, workdir)
+        yield Plane(proc, ready["xds"], ready["meshgate_admin"], ca.ca_pem, fleet, workdir, listener_ca, listener_cert)
     finally:
         proc.stop()
         redis.stop()
@@ -143,13 +153,23 @@ def test_envoy_without_client_certificate_is_refused_and_with_it_converges(plane
             assert time.monotonic() < deadline, f"envoy-with-cert did not converge:\n{accepted.proc.tail()}"
             listener = _listener(accepted.admin_file)
             time.sleep(0.2)
-        # It runs the wasm filter it fetched over HTTPS: a governed call is allowed, another refused.
-        url = f"http://{listener}/mcp/docs"
-        assert outcome(call(url, "admin_reindex")) == "denied"
+        # It runs the wasm filter it fetched over HTTPS: a governed call is allowed, another
+        # refused. The client certificate is optional on this listener: an API key without one works.
+        url = f"https://localhost:{listener.rpartition(':')[2]}/mcp/docs"
+        verify = client_context(plane.listener_ca.ca_pem)
+        assert outcome(call(url, "admin_reindex", verify=verify)) == "denied"
         # The global quota is decided by meshgate's rate-limit service over the same mTLS
         # cluster (failure_mode deny: an unreachable service would refuse the first call too).
-        results = [outcome(call(url, "search_docs")) for _ in range(SEARCH_QUOTA + 1)]
+        results = [outcome(call(url, "search_docs", verify=verify)) for _ in range(SEARCH_QUOTA + 1)]
         assert results == ["allowed"] * SEARCH_QUOTA + ["HTTP 429"], results
+        # `source: envoy`: Envoy watches the certificate files itself; a rotation is served
+        # without a restart (and without meshgate reading anything).
+        port = int(listener.rpartition(":")[2])
+        assert presented_serial("127.0.0.1", port, verify) == plane.listener_cert.serial
+        rotated = plane.listener_ca.issue("listener", dns=["localhost"], ips=["127.0.0.1"], server=True)
+        wait_for("Envoy serves the rotated file", lambda: presented_serial("127.0.0.1", port, verify) == rotated.serial,
+                 within=20)
+        assert accepted.proc.popen.poll() is None
         # The Envoy without a certificate had as long and never got a listener (nor any config).
         assert refused.proc.popen.poll() is None, refused.proc.tail()
         wait_for("the refused Envoy's admin is up", refused.admin_file.exists)
