@@ -346,6 +346,14 @@ mod tests {
         assert_eq!(view["global_rules"][0]["limit"], "5/m quota");
         assert!(!view.to_string().contains("hunter2"), "{view}");
         assert!(!text.contains("3f2a4fc5"), "{text}");
+        let edge = crate::test_support::registry(
+            "listener: { port: 0, tls: { source: envoy, cert_file: /etc/gw/cert.pem, key_file: /etc/gw/key.pem } }\n\
+             servers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n",
+        );
+        let view = registry_view(&edge);
+        assert_eq!(view["edge"]["tls"]["key_file"], "/etc/gw/key.pem");
+        assert_eq!(view["edge"]["tls"]["source"], "envoy");
+        assert_eq!(view["edge"]["admin_address"], "127.0.0.1");
         assert!(text.contains("\"value_env\":\"TEST_SECRET\""), "{text}");
         let catalog = catalog_view(&registry);
         assert_eq!(
