@@ -36,6 +36,7 @@ from e2e_support import (
     Keys,
     Proc,
     api_key_yaml,
+    base_headers,
     modern_body,
     modern_headers,
     pid_alive,
@@ -257,16 +258,16 @@ def _listener(admin_file: Path) -> str | None:
 
 
 def call(url: str, tool: str, key: str | None = "e2e-reader-key", arguments: dict[str, Any] | None = None,
-         headers: dict[str, str] | None = None) -> httpx2.Response:
-    """One 2026-07-28 tools/call (no session needed), authenticated by API key (or `headers`)."""
+         headers: dict[str, str] | None = None, verify: Any = None) -> httpx2.Response:
+    """One 2026-07-28 tools/call (no session needed), authenticated by API key (or `headers`);
+    `verify` is the TLS client context for an https `url`."""
     credentials = {"x-api-key": key} if key is not None else {}
-    return post(
-        url,
-        modern_body("tools/call", {"name": tool, "arguments": arguments or {}}),
-        {**credentials, **(headers or {})},
-        modern_headers("tools/call", tool),
-        timeout=10,
-    )
+    body = modern_body("tools/call", {"name": tool, "arguments": arguments or {}})
+    all_headers = {**credentials, **(headers or {})}
+    if verify is not None:
+        merged = {**base_headers(all_headers), **modern_headers("tools/call", tool)}
+        return httpx2.post(url, json=body, headers=merged, verify=verify, timeout=10)
+    return post(url, body, all_headers, modern_headers("tools/call", tool), timeout=10)
 
 
 def outcome(response: httpx2.Response) -> str:

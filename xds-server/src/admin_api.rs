@@ -11,7 +11,9 @@
 //! | `GET /wasm/meshgate.wasm` | the filter module Envoys fetch (`x-sha256` header), when meshgate serves it |
 //!
 //! Bind it to loopback or a private network: `/status` and `/registry` describe the whole
-//! deployment (without secrets).
+//! deployment (without secrets). With a token (`--admin-token-file`) every path but
+//! `/healthz`, `/readyz` and the module needs `Authorization: Bearer <token>` (401 otherwise);
+//! see [`crate::transport_security`].
 
 use std::sync::Arc;
 
@@ -53,19 +55,44 @@ pub struct AdminState {
     pub wasm: Option<Arc<WasmModule>>,
     /// The rate-limit service's counters.
     pub metrics: Arc<Metrics>,
+    /// When set, required on every path but the probes and the module.
+    pub token: Option<crate::transport_security::AdminToken>,
 }
 
 /// The admin API as a router, so tests can drive it in-process.
 pub fn app(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let protected = Router::new()
         .route("/status", get(status))
         .route("/registry", get(registry))
         .route("/catalog", get(catalog))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        // Public bytes, pinned by SHA-256 in the configuration; Envoy's fetch sends no header.
         .route(WASM_PATH, get(wasm))
+        .merge(protected)
         .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if token.admits(authorization) {
+        return next.run(request).await;
+    }
+    let mut response = (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"meshgate-admin\""));
+    response
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -153,6 +180,29 @@ pub fn catalog_view(registry: &Registry) -> Value {
 }
 
 /// `/registry`: the loaded registry without secrets.
+/// `listener.tls` (paths only: never the key), client address, admin address, stats.
+fn edge_view(edge: &crate::registry::edge::Edge) -> Value {
+    let tls = edge.tls.as_ref().map(|tls| {
+        json!({
+            "source": match tls.source {
+                crate::registry::edge::TlsSource::Meshgate => "meshgate",
+                crate::registry::edge::TlsSource::Envoy => "envoy",
+            },
+            "cert_file": tls.cert.path.display().to_string(),
+            "key_file": tls.key_path.display().to_string(),
+            "client_ca_file": tls.client_ca.as_ref().map(|ca| ca.path.display().to_string()),
+            "require_client_certificate": tls.require_client_certificate,
+        })
+    });
+    json!({
+        "tls": tls,
+        "use_remote_address": edge.use_remote_address,
+        "xff_num_trusted_hops": edge.xff_num_trusted_hops,
+        "admin_address": edge.admin_address.to_string(),
+        "stats": edge.stats.map(|s| s.to_string()),
+    })
+}
+
 pub fn registry_view(registry: &Registry) -> Value {
     let auth = &registry.filter.auth;
     let jwt: Vec<Value> = auth
@@ -188,7 +238,9 @@ pub fn registry_view(registry: &Registry) -> Value {
             "resource_metadata": auth.resource_metadata,
             "token_cache_entries": auth.token_cache_entries,
             "scopes": registry.scopes,
+            "mtls": auth.mtls,
         },
+        "edge": edge_view(&registry.edge),
         "policy": registry.filter.policy,
         "limits": registry.filter.limits,
         "envoy": {
@@ -284,6 +336,7 @@ mod tests {
             control: crate::control::ControlPlane::new(),
             wasm: None,
             metrics: Arc::new(Metrics::default()),
+            token: None,
         };
         let not_ready = readyz(State(state.clone())).await;
         assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -322,6 +375,14 @@ mod tests {
         assert_eq!(view["global_rules"][0]["limit"], "5/m quota");
         assert!(!view.to_string().contains("hunter2"), "{view}");
         assert!(!text.contains("3f2a4fc5"), "{text}");
+        let edge = crate::test_support::registry(
+            "listener: { port: 0, tls: { source: envoy, cert_file: /etc/gw/cert.pem, key_file: /etc/gw/key.pem } }\n\
+             servers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n",
+        );
+        let view = registry_view(&edge);
+        assert_eq!(view["edge"]["tls"]["key_file"], "/etc/gw/key.pem");
+        assert_eq!(view["edge"]["tls"]["source"], "envoy");
+        assert_eq!(view["edge"]["admin_address"], "127.0.0.1");
         assert!(text.contains("\"value_env\":\"TEST_SECRET\""), "{text}");
         let catalog = catalog_view(&registry);
         assert_eq!(

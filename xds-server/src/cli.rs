@@ -76,6 +76,9 @@ pub enum Command {
         /// Where meshgate's admin API listens [default: 127.0.0.1, any port].
         #[arg(long, value_name = "ADDR:PORT")]
         admin_listen: Option<SocketAddr>,
+        /// Allow --xds-listen/--admin-listen on a non-loopback address (plaintext; warns).
+        #[arg(long)]
+        allow_plaintext: bool,
     },
     /// Run the control plane: serve the registry over ADS (state of the world and Delta) to
     /// any number of Envoys, reload it on every edit, answer the admin API.
@@ -107,6 +110,12 @@ pub enum Command {
         /// Once listening, write {"xds", "meshgate_admin", "version"} as JSON here.
         #[arg(long, value_name = "PATH")]
         ready_file: Option<PathBuf>,
+        #[command(flatten)]
+        security: SecurityArgs,
+        /// PEM CA bundle Envoys verify an https --wasm-url with [default: the Envoy host's
+        /// system bundle, the registry's envoy.system_ca_file].
+        #[arg(long, value_name = "FILE", requires = "wasm_url")]
+        wasm_url_ca: Option<PathBuf>,
     },
     /// Print an Envoy bootstrap: with --xds-address, one that points at a control plane
     /// (for Envoys anywhere); otherwise the static one for --registry.
@@ -142,6 +151,19 @@ pub enum Command {
         /// ADS variant.
         #[arg(long, value_enum, default_value_t = XdsApi::Sotw)]
         xds_api: XdsApi,
+        /// Speak TLS to meshgate, verifying its certificate against this PEM CA bundle
+        /// (a path on the Envoy host).
+        #[arg(long, value_name = "FILE", requires = "xds_address")]
+        xds_ca: Option<String>,
+        /// Client certificate Envoy presents to meshgate (mTLS; a path on the Envoy host).
+        #[arg(long, value_name = "FILE", requires_all = ["xds_ca", "xds_client_key"])]
+        xds_client_cert: Option<String>,
+        /// Key of --xds-client-cert (a path on the Envoy host).
+        #[arg(long, value_name = "FILE", requires = "xds_client_cert")]
+        xds_client_key: Option<String>,
+        /// Name meshgate's certificate must carry (and SNI) [default: the --xds-address host].
+        #[arg(long, value_name = "NAME", requires = "xds_ca")]
+        xds_server_name: Option<String>,
     },
     /// Print what another control plane needs to run the filter with the registry's policy
     /// (multi-document YAML for `kubectl apply -f -`).
@@ -245,6 +267,54 @@ pub enum RenderPlatform {
     },
 }
 
+/// Transport security of `serve`'s ports (see `transport_security`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecurityArgs {
+    /// Serve ADS and the rate-limit service over TLS with this PEM certificate chain.
+    #[arg(long, value_name = "FILE", requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// Key of --xds-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// mTLS: Envoys must present a certificate chaining to this PEM CA bundle.
+    #[arg(long, value_name = "FILE", requires = "xds_tls_cert")]
+    pub xds_client_ca: Option<PathBuf>,
+    /// Serve the admin API over HTTPS with this PEM certificate chain.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// Key of --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on the admin API (all but /healthz, /readyz
+    /// and the module); the file holds the token.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Allow plaintext ADS or admin API on a non-loopback address (warns).
+    #[arg(long)]
+    pub allow_plaintext: bool,
+}
+
+impl SecurityArgs {
+    /// Reads and checks every file named.
+    pub fn load(&self) -> Result<serve::Security, crate::transport_security::TransportError> {
+        use crate::transport_security::{admin_tls, AdminToken, GrpcTls, TlsFiles};
+        let grpc_tls = match (&self.xds_tls_cert, &self.xds_tls_key) {
+            (Some(cert), Some(key)) => Some(GrpcTls::load(&TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.xds_client_ca.clone(),
+            })?),
+            _ => None,
+        };
+        let admin_tls = match (&self.admin_tls_cert, &self.admin_tls_key) {
+            (Some(cert), Some(key)) => Some(admin_tls(cert, key)?),
+            _ => None,
+        };
+        let admin_token = self.admin_token_file.as_deref().map(AdminToken::read).transpose()?;
+        Ok(serve::Security { grpc_tls, admin_tls, admin_token, allow_plaintext: self.allow_plaintext })
+    }
+}
+
 /// `--xds-api`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum XdsApi {
@@ -287,6 +357,10 @@ pub fn run(cli: Cli) -> ExitCode {
             node_id,
             admin_port,
             xds_api,
+            xds_ca,
+            xds_client_cert,
+            xds_client_key,
+            xds_server_name,
         } => match (static_, xds_address) {
             (false, Some(address)) => print_xds_bootstrap(
                 registry,
@@ -295,6 +369,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 admin_port,
                 xds_api.into(),
                 format,
+                xds_ca.map(|ca_file| bootstrap::XdsClientTls {
+                    ca_file,
+                    client_cert: xds_client_cert.zip(xds_client_key),
+                    sni: xds_server_name,
+                }),
             ),
             (_, _) => match registry {
                 Some(registry) => print_bootstrap(registry, wasm, native_module, format),
@@ -317,6 +396,7 @@ pub fn run(cli: Cli) -> ExitCode {
             xds_api,
             xds_listen,
             admin_listen,
+            allow_plaintext,
         } => up(UpOptions {
             registry,
             envoy,
@@ -327,13 +407,34 @@ pub fn run(cli: Cli) -> ExitCode {
             api: Some(xds_api.into()),
             xds_listen,
             admin_listen,
+            allow_plaintext,
         }),
         Command::Render { platform } => render_command::run(platform),
-        Command::Serve { registry, xds_listen, admin_listen, wasm, wasm_url, native_module, ready_file } => {
+        Command::Serve {
+            registry,
+            xds_listen,
+            admin_listen,
+            wasm,
+            wasm_url,
+            native_module,
+            ready_file,
+            security,
+            wasm_url_ca,
+        } => {
             let native = native_module.map_or(NativeSource::SearchPath, |path| {
                 NativeSource::Path(std::path::absolute(&path).unwrap_or(path))
             });
-            serve_command(registry, xds_listen, admin_listen, wasm, wasm_url, native, ready_file)
+            let security = match security.load() {
+                Ok(security) => security,
+                Err(e) => {
+                    eprintln!("meshgate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            serve_command(
+                ServeArgs { registry, xds_listen, admin_listen, wasm, wasm_url, wasm_url_ca, native, ready_file },
+                security,
+            )
         }
     }
 }
@@ -341,6 +442,9 @@ pub fn run(cli: Cli) -> ExitCode {
 fn validate(file: PathBuf) -> ExitCode {
     match Registry::load(&file) {
         Ok(registry) => {
+            for warning in registry.edge.warnings() {
+                eprintln!("{}: warning: {warning}", file.display());
+            }
             println!("{}", registry.summary());
             ExitCode::SUCCESS
         }
@@ -414,6 +518,7 @@ fn print_xds_bootstrap(
     admin_port: Option<u16>,
     api: Api,
     format: Format,
+    tls: Option<bootstrap::XdsClientTls>,
 ) -> ExitCode {
     let (xds_host, xds_port) = match XdsBootstrap::parse_address(address) {
         Ok(parsed) => parsed,
@@ -422,22 +527,29 @@ fn print_xds_bootstrap(
             return ExitCode::FAILURE;
         }
     };
-    let registry_port = match &registry {
+    let registry = match &registry {
         None => None,
         Some(file) => match Registry::load(file) {
-            Ok(registry) => Some(registry.admin_port),
+            Ok(registry) => Some(registry),
             Err(errors) => {
                 eprintln!("{errors}");
                 return ExitCode::FAILURE;
             }
         },
     };
+    let edge = registry.as_ref().map(|r| r.edge.clone()).unwrap_or_default();
+    for warning in edge.warnings() {
+        eprintln!("meshgate: warning: {warning}");
+    }
     let bootstrap = bootstrap::xds_bootstrap(&XdsBootstrap {
         node_id,
         xds_host,
         xds_port,
-        admin_port: admin_port.or(registry_port).unwrap_or(DEFAULT_ENVOY_ADMIN_PORT),
+        admin_port: admin_port.or(registry.as_ref().map(|r| r.admin_port)).unwrap_or(DEFAULT_ENVOY_ADMIN_PORT),
+        admin_address: edge.admin_address,
+        stats: edge.stats,
         api,
+        tls,
     });
     print_rendered(Ok(bootstrap), format)
 }
@@ -454,22 +566,26 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
-fn serve_command(
+/// `serve`'s arguments, parsed.
+struct ServeArgs {
     registry: PathBuf,
     xds_listen: SocketAddr,
     admin_listen: SocketAddr,
     wasm: Option<PathBuf>,
     wasm_url: Option<String>,
+    wasm_url_ca: Option<PathBuf>,
     native: NativeSource,
     ready_file: Option<PathBuf>,
-) -> ExitCode {
+}
+
+fn serve_command(args: ServeArgs, security: serve::Security) -> ExitCode {
+    let ServeArgs { registry, xds_listen, admin_listen, wasm, wasm_url, wasm_url_ca, native, ready_file } = args;
     serve::init_logging();
     let search = Search::current();
     let delivery = match &wasm_url {
-        Some(url) => search
-            .wasm(wasm.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|path| WasmDelivery::remote(url, &path).map_err(|e| e.to_string())),
+        Some(url) => search.wasm(wasm.as_deref()).map_err(|e| e.to_string()).and_then(|path| {
+            WasmDelivery::remote(url, &path).and_then(|d| d.with_ca(wasm_url_ca.as_deref())).map_err(|e| e.to_string())
+        }),
         None => search
             .wasm_candidate(wasm.as_deref())
             .map(|(path, _)| {
@@ -495,7 +611,7 @@ fn serve_command(
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let options = StartOptions { registry, xds_listen, admin_listen, wasm: delivery, native };
+    let options = StartOptions { registry, xds_listen, admin_listen, wasm: delivery, native, security };
     runtime.block_on(async move {
         let mut signals = match Signals::new() {
             Ok(signals) => signals,
@@ -516,7 +632,7 @@ fn serve_command(
             }
         };
         println!("meshgate: xds listening on {}", running.xds);
-        println!("meshgate: admin http://{}", running.admin);
+        println!("meshgate: admin {}://{}", running.admin_scheme, running.admin);
         if let Some(file) = &ready_file {
             let mut document = running.ready_fields();
             document["version"] = serde_json::json!(running.version);

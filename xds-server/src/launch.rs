@@ -66,6 +66,8 @@ pub struct UpOptions {
     /// Where the control plane listens (default: loopback, any port).
     pub xds_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// Permit the control plane's ports on a non-loopback address without TLS (warns).
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +140,8 @@ impl Ready {
             .servers
             .iter()
             .map(|s| {
-                let url = format!("http://{}{}", self.listener, registry.route_path(s));
+                let scheme = if registry.edge.tls.is_some() { "https" } else { "http" };
+                let url = format!("{scheme}://{}{}", self.listener, registry.route_path(s));
                 (s.name.clone(), url)
             })
             .collect()
@@ -214,6 +217,7 @@ pub async fn up(options: &UpOptions) -> Result<Ended, UpError> {
         admin_listen: options.admin_listen.unwrap_or(loopback_any),
         wasm: WasmDelivery::Local(wasm),
         native: NativeSource::Path(native),
+        security: serve::Security { allow_plaintext: options.allow_plaintext, ..Default::default() },
     })
     .await
     .map_err(|e| match e {
@@ -289,7 +293,10 @@ async fn supervise(
         xds_host: control_plane.xds.ip().to_string(),
         xds_port: control_plane.xds.port(),
         admin_port: registry.admin_port,
+        admin_address: registry.edge.admin_address,
+        stats: registry.edge.stats,
         api: options.api.unwrap_or(Api::Sotw),
+        tls: None,
     });
     std::fs::write(&bootstrap_file, bootstrap::to_json(&bootstrap))
         .map_err(io_error(format!("cannot write {}", bootstrap_file.display())))?;

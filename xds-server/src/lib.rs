@@ -42,6 +42,7 @@ pub mod serve;
 pub mod service;
 pub mod snapshot;
 pub mod translate;
+pub mod transport_security;
 
 #[cfg(test)]
 mod test_support;

@@ -261,6 +261,7 @@ async fn the_module_is_served_with_its_hash() {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         wasm: WasmDelivery::remote("http://meshgate:18001/wasm/meshgate.wasm", &module).unwrap(),
         native: Default::default(),
+        security: Default::default(),
     })
     .await
     .unwrap();

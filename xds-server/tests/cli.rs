@@ -398,3 +398,35 @@ fn the_compose_registry_is_valid() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("ok: 2 servers (crm, docs)"), "{}", stdout(&out));
 }
+
+#[test]
+fn a_non_loopback_envoy_admin_is_an_opt_in_that_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = good_registry(dir.path());
+    let out = run(&["validate", "-r", &registry]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    std::fs::write(&registry, format!("{GOOD}admin: {{ port: 9901, address: 0.0.0.0 }}\nstats: {{ port: 15090 }}\n"))
+        .unwrap();
+    let out = run(&["validate", "-r", &registry]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: admin.address 0.0.0.0 is not loopback"), "{}", stderr(&out));
+    let out = run(&["bootstrap", "-r", &registry, "--xds-address", "cp.internal:18000", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: admin.address"), "{}", stderr(&out));
+    let b: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(b["admin"]["address"]["socket_address"]["address"], "0.0.0.0");
+    assert_eq!(b["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"], 15090);
+}
+
+#[test]
+fn serve_refuses_plaintext_off_loopback_without_the_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = good_registry(dir.path());
+    let out = run(&["serve", "-r", &registry, "--wasm", "/nonexistent.wasm", "--xds-listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--allow-plaintext"), "{}", stderr(&out));
+    // Half a TLS configuration is a usage error.
+    let out = run(&["serve", "-r", &registry, "--xds-tls-cert", "/c.pem"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -131,6 +131,9 @@ pub struct RawAuth {
     /// Verified tokens remembered per worker (RS256 verification is ~1 ms in V8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_cache_entries: Option<usize>,
+    /// Client-certificate identities: SPIFFE ID or DNS SAN → consumer and roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mtls: Vec<crate::identity::RawPeerIdentity>,
 }
 
 /// One trusted JWT issuer.

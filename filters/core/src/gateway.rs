@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::config::FilterConfig;
 use crate::content_type::{self, ContentTypeAction};
-use crate::identity::{AuthError, Consumer, Credentials, TokenCache};
+use crate::identity::{AuthError, Consumer, Credentials, TokenCache, XFCC_HEADER};
 use crate::jsonrpc::{self, code};
 use crate::listing::{ListFilter, ListOutcome};
 use crate::mcp::{self, header, Message, ReadError, ReadMessage, ResourceKind, MODERN_PROTOCOL_VERSIONS};
@@ -762,7 +762,21 @@ impl Gateway {
         if head.count("authorization") > 1 || head.count("x-api-key") > 1 {
             return Err(self.unauthenticated(&AuthError::Ambiguous));
         }
-        let creds = Credentials { authorization: head.header("authorization"), api_key: head.header("x-api-key") };
+        // Only with `auth.mtls`: no scan of the headers otherwise. Envoy sets at most one.
+        let authenticator = &self.config.authenticator;
+        let peer_certificate = if authenticator.uses_peer_certificates() {
+            if head.count(XFCC_HEADER) > 1 {
+                return Err(self.unauthenticated(&AuthError::BadPeerCertificate));
+            }
+            head.header(XFCC_HEADER)
+        } else {
+            None
+        };
+        let creds = Credentials {
+            authorization: head.header("authorization"),
+            api_key: head.header("x-api-key"),
+            peer_certificate,
+        };
         self.config.authenticator.authenticate(creds, now, cache).map_err(|e| self.unauthenticated(&e))
     }
 

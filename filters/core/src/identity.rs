@@ -1,5 +1,11 @@
 //! Identity: who is calling. JWT bearer tokens (HS256, RS256, ES256 via `jsonwebtoken`),
-//! API keys (`x-api-key`, stored as SHA-256), and an optional anonymous consumer.
+//! API keys (`x-api-key`, stored as SHA-256), verified client certificates (`auth.mtls`,
+//! see [`peer`]), and an optional anonymous consumer.
+//!
+//! Precedence: a bearer token or an API key, when sent, decides (both at once are refused);
+//! a request with neither is identified by its client certificate when `auth.mtls` is
+//! configured and the connection presented one; otherwise it is anonymous (when enabled).
+//! A certificate that maps to no entry is refused, not treated as anonymous.
 //!
 //! Keys are resolved once, at configure time: JWKS documents are inlined by the control
 //! plane, HS256 secrets come from an environment variable. Token verification is expensive
@@ -25,6 +31,10 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::config::{ConfigError, RawAuth, RawJwtProvider, SecretSource, DEFAULT_JWT_LEEWAY_SECONDS};
+
+pub mod peer;
+
+pub use peer::{PeerIdentities, RawPeerIdentity, XFCC_HEADER};
 
 /// Separates the issuer from the consumer claim in a JWT consumer's name.
 pub const ISSUER_SEPARATOR: char = '#';
@@ -55,6 +65,8 @@ pub struct Consumer {
 pub enum AuthMethod {
     Jwt,
     ApiKey,
+    /// A verified client certificate mapped by `auth.mtls`.
+    ClientCertificate,
     Anonymous,
 }
 
@@ -65,6 +77,9 @@ pub struct Credentials<'a> {
     pub authorization: Option<&'a str>,
     /// The raw `x-api-key` header value.
     pub api_key: Option<&'a str>,
+    /// Envoy's `x-forwarded-client-cert` for this connection (see [`peer`]); read only
+    /// when [`Authenticator::uses_peer_certificates`].
+    pub peer_certificate: Option<&'a str>,
 }
 
 /// Why a request is not authenticated. Messages never contain the credential.
@@ -84,13 +99,23 @@ pub enum AuthError {
     NotYetValid,
     #[error("unknown API key")]
     UnknownApiKey,
+    #[error("the client certificate's identity is not mapped to a consumer (auth.mtls)")]
+    UnknownPeer,
+    #[error("the client certificate's names map to more than one consumer (auth.mtls)")]
+    AmbiguousPeer,
+    #[error("the client certificate details are malformed")]
+    BadPeerCertificate,
 }
 
 impl AuthError {
     /// The RFC 6750 `error` attribute for `WWW-Authenticate`, when one applies.
     pub fn bearer_error(&self) -> Option<&'static str> {
         match self {
-            AuthError::Missing | AuthError::UnknownApiKey => None,
+            AuthError::Missing
+            | AuthError::UnknownApiKey
+            | AuthError::UnknownPeer
+            | AuthError::AmbiguousPeer
+            | AuthError::BadPeerCertificate => None,
             AuthError::Ambiguous | AuthError::NotBearer => Some("invalid_request"),
             AuthError::InvalidToken(_) | AuthError::Expired | AuthError::NotYetValid => Some("invalid_token"),
         }
@@ -121,6 +146,8 @@ pub struct Authenticator {
     /// Lowercase hex SHA-256 of the key → consumer.
     api_keys: HashMap<String, Arc<Consumer>>,
     anonymous: Option<Arc<Consumer>>,
+    /// `auth.mtls`: empty when client certificates identify nobody.
+    peers: PeerIdentities,
     token_cache_entries: usize,
 }
 
@@ -130,6 +157,7 @@ impl std::fmt::Debug for Authenticator {
             .field("issuers", &self.providers.iter().map(|p| p.issuer.as_str()).collect::<Vec<_>>())
             .field("api_keys", &self.api_keys.len())
             .field("anonymous", &self.anonymous.is_some())
+            .field("peer_identities", &!self.peers.is_empty())
             .finish()
     }
 }
@@ -191,8 +219,18 @@ impl Authenticator {
                 }))
             }
         };
+        let peers = PeerIdentities::compile(&raw.mtls, &|consumer, roles, path| {
+            check_consumer(consumer, roles, path, known_role)?;
+            check_not_namespaced(consumer, &issuers, path)
+        })?;
         let token_cache_entries = raw.token_cache_entries.unwrap_or(crate::config::DEFAULT_TOKEN_CACHE_ENTRIES);
-        Ok(Self { providers, api_keys, anonymous, token_cache_entries })
+        Ok(Self { providers, api_keys, anonymous, peers, token_cache_entries })
+    }
+
+    /// Whether client certificates identify callers (`auth.mtls` has entries): only then
+    /// does the request path look at the client-certificate header.
+    pub fn uses_peer_certificates(&self) -> bool {
+        !self.peers.is_empty()
     }
 
     /// How many verified tokens a worker should remember.
@@ -211,7 +249,10 @@ impl Authenticator {
             (Some(_), Some(_)) => Err(AuthError::Ambiguous),
             (Some(authz), None) => self.verify_bearer(authz, now, cache),
             (None, Some(key)) => self.verify_api_key(key),
-            (None, None) => self.anonymous.clone().ok_or(AuthError::Missing),
+            (None, None) => match creds.peer_certificate.filter(|_| self.uses_peer_certificates()) {
+                Some(xfcc) => self.peers.identify(xfcc),
+                None => self.anonymous.clone().ok_or(AuthError::Missing),
+            },
         }
     }
 

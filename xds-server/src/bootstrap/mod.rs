@@ -7,8 +7,14 @@
 //! - [`static_bootstrap`]: the older everything-inline form (`meshgate bootstrap
 //!   --registry FILE`), for running Envoy without a control plane.
 //!
-//! Admin always listens on loopback only: it can dump the whole configuration and stop
-//! Envoy. Both are written as JSON (which Envoy reads as YAML's subset) or rendered as YAML.
+//! Admin listens on loopback unless the registry's `admin.address` says otherwise (an
+//! explicit opt-in that `validate` and the logs warn about): it can dump the whole
+//! configuration and stop Envoy. The registry's `stats` adds a separate static listener that
+//! serves only `GET /stats/prometheus` and `GET /ready` by routing them to the admin (as
+//! Istio's 15090 and 15021), so scrapers and probes never reach the admin itself
+//! ([`stats_listener`]). With [`XdsClientTls`] the `meshgate-xds` cluster speaks TLS (mTLS
+//! with a client certificate) to meshgate; the rate-limit service shares that cluster.
+//! Both are written as JSON (which Envoy reads as YAML's subset) or rendered as YAML.
 
 mod stats;
 
@@ -35,6 +41,24 @@ pub const XDS_RETRY_MAX: Duration = Duration::from_secs(2);
 const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const HTTP_PROTOCOL_OPTIONS_TYPE: &str = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
+/// Cluster the stats listener routes to: Envoy's own admin.
+pub const ADMIN_CLUSTER: &str = "meshgate-envoy-admin";
+/// Name of the stats/readiness listener.
+pub const STATS_LISTENER: &str = "meshgate-stats";
+/// The admin paths the stats listener serves (exact, GET only).
+pub const STATS_PATHS: [&str; 2] = ["/stats/prometheus", "/ready"];
+
+/// How the `meshgate-xds` cluster authenticates meshgate (and itself): files on the Envoy host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsClientTls {
+    /// PEM CA bundle meshgate's certificate must chain to.
+    pub ca_file: String,
+    /// Client certificate and key, for an mTLS control plane.
+    pub client_cert: Option<(String, String)>,
+    /// Server name to send and verify (default: the xDS host when it is a name).
+    pub sni: Option<String>,
+}
+
 /// Where an Envoy finds meshgate, and who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdsBootstrap {
@@ -43,9 +67,15 @@ pub struct XdsBootstrap {
     /// Host name or IP address of meshgate's ADS port.
     pub xds_host: String,
     pub xds_port: u16,
-    /// Envoy's admin port on 127.0.0.1 (0 = any).
+    /// Envoy's admin port (0 = any).
     pub admin_port: u16,
+    /// Envoy's admin address (the registry's `admin.address`, default 127.0.0.1).
+    pub admin_address: std::net::IpAddr,
+    /// The stats/readiness listener (`stats`), when configured.
+    pub stats: Option<std::net::SocketAddr>,
     pub api: Api,
+    /// TLS to meshgate; `None` = plaintext.
+    pub tls: Option<XdsClientTls>,
 }
 
 impl XdsBootstrap {
@@ -73,13 +103,19 @@ pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
         Api::Delta => "DELTA_GRPC",
     };
     let ads = json!({ "ads": {}, "resource_api_version": "V3" });
+    let mut xds_cluster = xds_cluster(options, is_ip);
+    if let Some(tls) = &options.tls {
+        xds_cluster["transport_socket"] = xds_transport_socket(tls, &options.xds_host, is_ip);
+    }
+    let mut static_resources = json!({ "clusters": [xds_cluster] });
+    if let Some(stats) = options.stats {
+        static_resources["clusters"] =
+            json!([static_resources["clusters"][0].take(), admin_cluster(options.admin_address, options.admin_port)]);
+        static_resources["listeners"] = json!([stats_listener(stats)]);
+    }
     json!({
         "node": { "id": options.node_id, "cluster": NODE_CLUSTER },
-        "admin": {
-            "address": {
-                "socket_address": { "address": "127.0.0.1", "port_value": options.admin_port }
-            }
-        },
+        "admin": admin(options.admin_address, options.admin_port),
         "dynamic_resources": {
             "ads_config": {
                 "api_type": api_type,
@@ -100,8 +136,20 @@ pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": {
-            "clusters": [{
+        "static_resources": static_resources,
+        "overload_manager": overload_manager(),
+        "stats_config": stats::stats_config(),
+        "layered_runtime": stats::layered_runtime(),
+    })
+}
+
+fn admin(address: std::net::IpAddr, port: u16) -> Value {
+    json!({ "address": { "socket_address": { "address": address.to_string(), "port_value": port } } })
+}
+
+/// `meshgate-xds`: meshgate's gRPC port (ADS and the rate-limit service), HTTP/2.
+fn xds_cluster(options: &XdsBootstrap, is_ip: bool) -> Value {
+    json!({
                 "name": XDS_CLUSTER,
                 "type": if is_ip { "STATIC" } else { "LOGICAL_DNS" },
                 "connect_timeout": "1s",
@@ -132,11 +180,95 @@ pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
                         }
                     }
                 }
-            }]
+    })
+}
+
+/// TLS towards meshgate: its certificate must chain to `ca_file` and name the xDS host (or
+/// `sni`); with a client certificate, Envoy presents it (meshgate's `--xds-client-ca`).
+fn xds_transport_socket(tls: &XdsClientTls, xds_host: &str, is_ip: bool) -> Value {
+    let name = tls.sni.clone().unwrap_or_else(|| xds_host.to_string());
+    let san_type = if is_ip && tls.sni.is_none() { "IP_ADDRESS" } else { "DNS" };
+    let mut common = json!({
+        "validation_context": {
+            "trusted_ca": { "filename": tls.ca_file },
+            "match_typed_subject_alt_names": [{ "san_type": san_type, "matcher": { "exact": name } }],
         },
-        "overload_manager": overload_manager(),
-        "stats_config": stats::stats_config(),
-        "layered_runtime": stats::layered_runtime(),
+        // gRPC: HTTP/2 over TLS.
+        "alpn_protocols": ["h2"],
+    });
+    if let Some((cert, key)) = &tls.client_cert {
+        common["tls_certificates"] = json!([{
+            "certificate_chain": { "filename": cert },
+            "private_key": { "filename": key },
+        }]);
+    }
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common,
+    });
+    if san_type == "DNS" {
+        context["sni"] = json!(name);
+    }
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": context })
+}
+
+/// A static cluster to Envoy's own admin (loopback when the admin listens on any address).
+fn admin_cluster(address: std::net::IpAddr, port: u16) -> Value {
+    let target = if address.is_unspecified() {
+        match address {
+            std::net::IpAddr::V4(_) => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(_) => "::1".to_string(),
+        }
+    } else {
+        address.to_string()
+    };
+    json!({
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                "socket_address": { "address": target, "port_value": port }
+            } } }] }]
+        }
+    })
+}
+
+/// The stats/readiness listener: `GET /stats/prometheus` and `GET /ready`, routed to the
+/// admin; anything else is a 404 from this listener (the admin's other paths stay unreachable).
+pub fn stats_listener(address: std::net::SocketAddr) -> Value {
+    let routes: Vec<Value> = STATS_PATHS
+        .iter()
+        .map(|path| {
+            json!({
+                "match": {
+                    "path": path,
+                    "headers": [{ "name": ":method", "string_match": { "exact": "GET" } }],
+                },
+                "route": { "cluster": ADMIN_CLUSTER, "timeout": "5s" },
+            })
+        })
+        .collect();
+    json!({
+        "name": STATS_LISTENER,
+        "address": { "socket_address": { "address": address.ip().to_string(), "port_value": address.port() } },
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "meshgate_stats",
+                "codec_type": "AUTO",
+                "route_config": {
+                    "name": STATS_LISTENER,
+                    "virtual_hosts": [{ "name": STATS_LISTENER, "domains": ["*"], "routes": routes }],
+                },
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                }],
+            }
+        }] }],
     })
 }
 
@@ -196,20 +328,25 @@ pub fn static_bootstrap(registry: &Registry, wasm: &Path, native: &Path) -> Resu
     if registry.cors.is_some() {
         return Err(BootstrapError::ListenerNeedsControlPlane { key: "cors" });
     }
+    // Certificates travel by SDS (live rotation), and mTLS identity comes with them.
+    if registry.edge.tls.is_some() {
+        return Err(BootstrapError::ListenerNeedsControlPlane { key: "tls" });
+    }
     // Global counters live in meshgate: without a control plane there is nobody to ask.
     if let Some(rule) = registry.global_rules.first() {
         return Err(BootstrapError::NeedsRateLimitService { rule: rule.name.clone() });
     }
-    let clusters: Vec<Value> = registry.servers.iter().map(|server| make_cluster(registry, server)).collect();
+    let mut clusters: Vec<Value> = registry.servers.iter().map(|server| make_cluster(registry, server)).collect();
+    let mut listeners = vec![make_listener(registry, wasm, native)?];
+    if let Some(stats) = registry.edge.stats {
+        clusters.push(admin_cluster(registry.edge.admin_address, registry.admin_port));
+        listeners.push(stats_listener(stats));
+    }
     Ok(json!({
         "node": { "id": "meshgate", "cluster": "meshgate" },
-        "admin": {
-            "address": {
-                "socket_address": { "address": "127.0.0.1", "port_value": registry.admin_port }
-            }
-        },
+        "admin": admin(registry.edge.admin_address, registry.admin_port),
         "static_resources": {
-            "listeners": [make_listener(registry, wasm, native)?],
+            "listeners": listeners,
             "clusters": clusters,
         },
         "overload_manager": overload_manager(),
@@ -404,6 +541,63 @@ filter: { runtime: wasm }
         let config = &hcm(&b)["http_filters"][0]["typed_config"]["config"]["configuration"]["value"];
         let filter: Value = serde_json::from_str(config.as_str().expect("string")).expect("json");
         assert_eq!(filter["origin_policy"]["allowed_hosts"], json!(["localhost", "127.0.0.1", "[::1]"]));
+    }
+
+    fn fleet(tls: Option<XdsClientTls>, stats: Option<std::net::SocketAddr>) -> Value {
+        xds_bootstrap(&XdsBootstrap {
+            node_id: "edge-1".to_string(),
+            xds_host: "meshgate.internal".to_string(),
+            xds_port: 18000,
+            admin_port: 9901,
+            admin_address: "127.0.0.1".parse().expect("ip"),
+            stats,
+            api: Api::Sotw,
+            tls,
+        })
+    }
+
+    #[test]
+    fn xds_cluster_speaks_mtls_when_asked() {
+        let plain = fleet(None, None);
+        assert!(plain["static_resources"]["clusters"][0].get("transport_socket").is_none());
+        let b = fleet(
+            Some(XdsClientTls {
+                ca_file: "/etc/meshgate/ca.pem".to_string(),
+                client_cert: Some(("/etc/envoy/xds.pem".to_string(), "/etc/envoy/xds-key.pem".to_string())),
+                sni: None,
+            }),
+            None,
+        );
+        let socket = &b["static_resources"]["clusters"][0]["transport_socket"]["typed_config"];
+        assert_eq!(socket["sni"], "meshgate.internal");
+        let common = &socket["common_tls_context"];
+        assert_eq!(common["validation_context"]["trusted_ca"]["filename"], "/etc/meshgate/ca.pem");
+        assert_eq!(
+            common["validation_context"]["match_typed_subject_alt_names"][0],
+            json!({ "san_type": "DNS", "matcher": { "exact": "meshgate.internal" } })
+        );
+        assert_eq!(common["tls_certificates"][0]["certificate_chain"]["filename"], "/etc/envoy/xds.pem");
+        assert_eq!(common["alpn_protocols"], json!(["h2"]));
+    }
+
+    #[test]
+    fn stats_listener_serves_only_prometheus_and_ready_from_the_admin() {
+        let b = fleet(None, Some("0.0.0.0:15090".parse().expect("addr")));
+        let listener = &b["static_resources"]["listeners"][0];
+        assert_eq!(listener["address"]["socket_address"]["port_value"], 15090);
+        let routes =
+            &listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+        let paths: Vec<&str> =
+            routes.as_array().expect("routes").iter().filter_map(|r| r["match"]["path"].as_str()).collect();
+        assert_eq!(paths, STATS_PATHS);
+        assert_eq!(routes[0]["route"]["cluster"], ADMIN_CLUSTER);
+        let admin = &b["static_resources"]["clusters"][1];
+        assert_eq!(admin["name"], ADMIN_CLUSTER);
+        assert_eq!(
+            admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            9901
+        );
     }
 
     #[test]

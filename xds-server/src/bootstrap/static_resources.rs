@@ -196,7 +196,20 @@ pub fn make_listener(registry: &Registry, wasm: &Path, native: &Path) -> Result<
         Runtime::Native => make_native_filter(registry, native)?,
         Runtime::Wasm => make_wasm_filter(registry, wasm)?,
     };
-    Ok(json!({
+    let mut listener = make_listener_json(registry, filter);
+    // The original client address (`listener.use_remote_address`, trusted hops), when set.
+    let hcm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
+    if registry.edge.use_remote_address {
+        hcm["use_remote_address"] = json!(true);
+    }
+    if registry.edge.xff_num_trusted_hops != 0 {
+        hcm["xff_num_trusted_hops"] = json!(registry.edge.xff_num_trusted_hops);
+    }
+    Ok(listener)
+}
+
+fn make_listener_json(registry: &Registry, filter: Value) -> Value {
+    json!({
         "name": LISTENER_NAME,
         "address": {
             "socket_address": {
@@ -231,5 +244,5 @@ pub fn make_listener(registry: &Registry, wasm: &Path, native: &Path) -> Result<
                 }
             }]
         }]
-    }))
+    })
 }

@@ -170,7 +170,7 @@ fn remote_wasm(url: &str, sha256: Option<&str>, module: Option<&std::path::Path>
                 .sha256
         }
     };
-    Ok(RemoteWasm { url: url.to_string(), host, port: uri.port_u16().unwrap_or(80), sha256 })
+    Ok(RemoteWasm { url: url.to_string(), host, port: uri.port_u16().unwrap_or(80), sha256, tls: None })
 }
 
 /// `KEY=VALUE` pairs.

@@ -19,6 +19,9 @@ pub enum RegistryError {
     Yaml(String),
     #[error("{value:?} is not an IP address (Envoy listens on IP addresses only)")]
     InvalidListenerAddress { value: String },
+    /// Listener TLS, client address, admin address, stats listener (`super::edge`).
+    #[error("{0}")]
+    Edge(#[from] super::edge::EdgeError),
     #[error("{value} is not a port number (0-65535)")]
     PortOutOfRange { value: u64 },
     #[error("port {port} is also the listener port")]

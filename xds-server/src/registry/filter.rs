@@ -37,6 +37,7 @@ pub(crate) fn make_filter_config(
             anonymous: raw.auth.anonymous.clone(),
             resource_metadata: raw.auth.resource_metadata.clone(),
             token_cache_entries: raw.auth.token_cache_entries,
+            mtls: raw.auth.mtls.clone(),
         },
         policy: raw.policy.clone(),
         limits: raw.limits.clone(),

@@ -14,11 +14,14 @@
 //!   [`SecretValue::expose`];
 //! - [`Registry::filter`] passed `FilterConfig::compile` with the secrets meshgate sees,
 //!   has JWKS documents inlined (public keys only) and holds no secret values;
-//! - the admin port never equals a non-zero listener port.
+//! - the admin port never equals a non-zero listener port;
+//! - the production-edge keys (`listener.tls`, `auth.mtls`, client address, `admin.address`,
+//!   `stats`) hold [`edge`]'s invariants (e.g. `auth.mtls` only with a client CA).
 //!
 //! Every error names the file and line (see [`error::Diagnostic`]); all problems are reported
 //! at once.
 
+pub mod edge;
 pub mod error;
 mod filter;
 pub mod lines;
@@ -66,6 +69,8 @@ pub struct Registry {
     pub cors: Option<Cors>,
     /// `filter.runtime`: which build of the filter Envoy runs.
     pub runtime: Runtime,
+    /// Listener TLS/mTLS, client address, Envoy admin address and the stats listener.
+    pub edge: edge::Edge,
 }
 
 /// Which build of the Meshgate filter Envoy runs (`filter.runtime`). Both run the same
@@ -592,7 +597,12 @@ impl Registry {
             let credential = s.credentials.as_ref().and_then(|c| c.value_file.as_deref());
             ca.into_iter().chain(credential)
         });
-        jwks.chain(per_server).map(|f| base_dir.join(f)).collect()
+        // The listener's certificate, key and client CA, when meshgate reads them: editing
+        // one pushes the new secret (live rotation).
+        let listener_tls = raw.listener.tls.iter().filter(|t| t.source.as_deref() != Some("envoy")).flat_map(|t| {
+            [t.cert_file.as_deref(), t.key_file.as_deref(), t.client_ca_file.as_deref()].into_iter().flatten()
+        });
+        jwks.chain(per_server).chain(listener_tls).map(|f| base_dir.join(f)).collect()
     }
 
     /// The address clients should dial: an unspecified listener address means loopback.
@@ -615,7 +625,7 @@ impl Registry {
         let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
         let auth = &self.filter.auth;
         format!(
-            "{}: ok: {} ({}), {}, {}, {}{}, listener {}",
+            "{}: ok: {} ({}), {}, {}, {}{}, listener {}{}",
             self.source.display(),
             plural(self.servers.len(), "server"),
             names.join(", "),
@@ -624,6 +634,11 @@ impl Registry {
             plural(self.filter.policy.roles.len(), "role"),
             if auth.anonymous.is_some() { ", anonymous access on" } else { "" },
             self.listener,
+            match &self.edge.tls {
+                Some(tls) if tls.client_ca.is_some() => " (mTLS)",
+                Some(_) => " (TLS)",
+                None => "",
+            },
         )
     }
 }

@@ -47,6 +47,9 @@ pub struct RawRegistry {
     /// Which build of the filter Envoy runs.
     #[serde(default)]
     pub filter: RawFilterSection,
+    /// A stats/readiness listener (`/stats/prometheus`, `/ready`), `super::edge`.
+    #[serde(default)]
+    pub stats: Option<super::edge::RawStats>,
 }
 
 /// `filter`: how Envoy runs the Meshgate filter.
@@ -95,6 +98,15 @@ pub struct RawListener {
     /// CORS for every server's route (a server's own `cors` replaces it). Off by default.
     #[serde(default)]
     pub cors: Option<RawCors>,
+    /// TLS (and mTLS) on the listener (`super::edge`).
+    #[serde(default)]
+    pub tls: Option<super::edge::RawListenerTls>,
+    /// Trust the connection's peer as the client address (an edge proxy). Default false.
+    #[serde(default)]
+    pub use_remote_address: Option<bool>,
+    /// Proxies in front whose `X-Forwarded-For` entries are trusted. Default 0.
+    #[serde(default)]
+    pub xff_num_trusted_hops: Option<u64>,
 }
 
 /// An opt-in CORS policy, answered by Envoy's CORS filter.
@@ -121,6 +133,9 @@ pub struct RawCors {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub port: u64,
+    /// Envoy admin's IP address (default 127.0.0.1; anything else warns).
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,6 +275,9 @@ pub struct RawAuth {
     /// OAuth scopes advertised in the protected-resource metadata (`scopes_supported`).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Client-certificate identities (the filter's own raw type).
+    #[serde(default)]
+    pub mtls: Vec<meshgate_core::identity::RawPeerIdentity>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -118,6 +118,20 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
 
         let rate_limit_service =
             raw.rate_limit_service.as_ref().and_then(|r| rate_limit_service(&mut problems, r, secrets));
+        let raw_edge = super::edge::RawEdge {
+            tls: raw.listener.tls.as_ref(),
+            use_remote_address: raw.listener.use_remote_address,
+            xff_num_trusted_hops: raw.listener.xff_num_trusted_hops,
+            admin_address: raw.admin.as_ref().and_then(|a| a.address.as_deref()),
+            admin_port,
+            listener_port,
+            stats: raw.stats.as_ref(),
+            has_mtls_identities: !raw.auth.mtls.is_empty(),
+        };
+        let edge = super::edge::validate(&raw_edge, base_dir).unwrap_or_else(|found| {
+            found.into_iter().for_each(|(path, e)| problems.push(path, RegistryError::Edge(e)));
+            Default::default()
+        });
 
         let filter = filter::make_filter_config(&raw, jwt, &observability, listener_ip.is_loopback());
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
@@ -165,6 +179,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             observability,
             cors,
             runtime,
+            edge,
         })
     }
 }

@@ -37,6 +37,7 @@ fn istio_options() -> IstioOptions {
             host: "meshgate.meshgate.svc.cluster.local".into(),
             port: 18001,
             sha256: "ab".repeat(32),
+            tls: None,
         },
         service_namespace: "mcp".into(),
     }

@@ -198,8 +198,22 @@ fn make_tls_socket(tls: &UpstreamTls, system_ca_file: &str) -> TransportSocket {
 }
 
 /// The cluster Envoy fetches a remote wasm module through (meshgate's admin API, usually).
-pub fn make_wasm_source_cluster(remote: &RemoteWasm) -> Cluster {
+/// An `https` URL gets TLS verifying meshgate's certificate for the URL's host (its CA
+/// bundle, else `system_ca_file`); the module is checked against its SHA-256 either way.
+pub fn make_wasm_source_cluster(remote: &RemoteWasm, system_ca_file: &str) -> Cluster {
     let is_ip = remote.host.parse::<std::net::IpAddr>().is_ok();
+    let transport_socket = remote.tls.as_ref().map(|tls| {
+        let verify = match remote.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => VerifyName::Ip(ip),
+            Err(_) => VerifyName::Dns(remote.host.clone()),
+        };
+        let trust = match &tls.ca_pem {
+            Some(pem) => Trust::CaFile { file: std::path::PathBuf::new(), pem: pem.clone() },
+            None => Trust::System,
+        };
+        let sni = (!is_ip).then(|| remote.host.clone());
+        make_tls_socket(&UpstreamTls { sni, verify, trust }, system_ca_file)
+    });
     let kind = if is_ip { DiscoveryType::Static } else { DiscoveryType::LogicalDns };
     Cluster {
         name: super::WASM_SOURCE_CLUSTER.to_string(),
@@ -222,6 +236,7 @@ pub fn make_wasm_source_cluster(remote: &RemoteWasm) -> Cluster {
         }),
         // A module is a few MB; the default 1 MiB buffer would cut it.
         per_connection_buffer_limit_bytes: u32_value(64 * 1024 * 1024),
+        transport_socket,
         ..Default::default()
     }
 }

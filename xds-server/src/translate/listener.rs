@@ -85,6 +85,7 @@ pub fn make_listener(registry: &Registry) -> Listener {
         ..Default::default()
     };
     super::observability::apply(registry, &mut hcm);
+    super::edge::apply(registry, &mut hcm);
     Listener {
         name: LISTENER_NAME.to_string(),
         address: Some(Address {
@@ -100,6 +101,8 @@ pub fn make_listener(registry: &Registry) -> Listener {
                 name: HCM_FILTER.to_string(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack(&hcm))),
             }],
+            // `listener.tls`: certificates by SDS (see [`super::edge`]).
+            transport_socket: super::edge::transport_socket(registry),
             ..Default::default()
         }],
         ..Default::default()

@@ -11,6 +11,7 @@
 //! | [`filter::make_credential_secret`] | a generic `Secret` per server with `credentials` | SDS |
 //! | [`ratelimit`] | the `ratelimit` filter and per-route descriptors for `scope: global` quotas | LDS, RDS |
 //! | [`cors`] | the CORS filter and per-route CORS policies, when the registry opts in | LDS, RDS |
+//! | [`edge`] | listener TLS/mTLS (certificates as SDS secrets), client-certificate forwarding, client address | LDS, SDS |
 //! | [`local_reply`] | Envoy's own answers (failed filter VM, rate-limit service down) as JSON-RPC errors | LDS |
 //!
 //! Why this split: a policy edit changes only the ECDS resource; adding or removing a server
@@ -27,6 +28,7 @@
 
 pub mod cluster;
 pub mod cors;
+pub mod edge;
 pub mod filter;
 pub mod listener;
 pub mod local_reply;
@@ -120,6 +122,15 @@ pub struct RemoteWasm {
     pub port: u16,
     /// Lower-case hex SHA-256 of the module.
     pub sha256: String,
+    /// `Some` for an `https` URL: Envoy verifies meshgate's certificate for `host`.
+    pub tls: Option<RemoteWasmTls>,
+}
+
+/// How Envoy verifies an `https` module URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteWasmTls {
+    /// PEM CA bundle; `None`: the Envoy host's system bundle (`envoy.system_ca_file`).
+    pub ca_pem: Option<String>,
 }
 
 /// Where Envoy gets the native module (`filter.runtime: native`).
@@ -218,10 +229,15 @@ pub fn translate(registry: &Registry, options: &TranslateOptions) -> Result<Reso
     let mut clusters: Vec<Cluster> =
         registry.servers.iter().map(|server| cluster::make_cluster(registry, server)).collect();
     if let WasmSource::Remote(remote) = &options.wasm {
-        clusters.push(cluster::make_wasm_source_cluster(remote));
+        clusters.push(cluster::make_wasm_source_cluster(remote, &registry.envoy.system_ca_file));
     }
     clusters.extend(observability::collector_cluster(registry));
-    let secrets = registry.servers.iter().filter_map(filter::make_credential_secret).collect();
+    let secrets = registry
+        .servers
+        .iter()
+        .filter_map(filter::make_credential_secret)
+        .chain(edge::listener_secrets(registry))
+        .collect();
     Ok(Resources {
         secrets,
         clusters,

@@ -87,6 +87,7 @@ fn remote_wasm() -> TranslateOptions {
             host: "meshgate".to_string(),
             port: 18001,
             sha256: "ab".repeat(32),
+            tls: None,
         }),
         native: NativeSource::SearchPath,
     }

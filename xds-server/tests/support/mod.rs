@@ -15,6 +15,7 @@ pub async fn start_serve(dir: &Path, registry: &str) -> meshgate::serve::Running
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         wasm: WasmDelivery::Local("/opt/meshgate.wasm".into()),
         native: Default::default(),
+        security: Default::default(),
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"))

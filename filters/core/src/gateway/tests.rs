@@ -1262,3 +1262,38 @@ fn every_list_array_of_a_replayed_result_is_filtered() {
     // Not UTF-8 on the GET stream: refused too.
     assert!(sent(get.rewrite_event(EventData::NotUtf8, policy, &mut RedactionCounts::new())).is_some());
 }
+
+#[test]
+fn client_certificate_header_identifies_only_with_auth_mtls_and_only_once() {
+    let mut policy = RawPolicy::default();
+    policy.roles.insert("reader".into(), RawRole { allow: vec!["crm/get_*".into()], ..Default::default() });
+    let peer = |mtls: Vec<crate::identity::RawPeerIdentity>| {
+        let raw = RawFilterConfig {
+            route_prefix: "/mcp/".into(),
+            servers: vec!["crm".into()],
+            auth: RawAuth { mtls, ..Default::default() },
+            policy: policy.clone(),
+            ..Default::default()
+        };
+        Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
+    };
+    let planner = crate::identity::RawPeerIdentity {
+        spiffe_id: Some("spiffe://mesh.example/planner".into()),
+        dns_san: None,
+        consumer: "planner".into(),
+        roles: vec!["reader".into()],
+    };
+    let xfcc = ("x-forwarded-client-cert", "Hash=00;URI=spiffe://mesh.example/planner");
+    let ct = ("content-type", "application/json");
+    let with_mtls = peer(vec![planner]);
+    match head_of(&with_mtls, "POST", "/mcp/crm", &[xfcc, ct]) {
+        HeadDecision::AwaitBody(p) => assert_eq!(p.consumer.name, "planner"),
+        other => panic!("{other:?}"),
+    }
+    // Envoy sets one header; two are refused, never guessed between.
+    let second = ("x-forwarded-client-cert", "Hash=01;URI=spiffe://mesh.example/other");
+    assert_eq!(rejected(head_of(&with_mtls, "POST", "/mcp/crm", &[xfcc, second, ct])).status, 401);
+    assert_eq!(rejected(head_of(&with_mtls, "POST", "/mcp/crm", &[ct])).status, 401);
+    // Without auth.mtls the header means nothing.
+    assert_eq!(rejected(head_of(&peer(vec![]), "POST", "/mcp/crm", &[xfcc, ct])).status, 401);
+}

@@ -48,6 +48,7 @@ fn auth() -> Authenticator {
         anonymous: None,
         resource_metadata: None,
         token_cache_entries: Some(2),
+        mtls: vec![],
     };
     Authenticator::compile(&raw, &Env, &|r| r == "reader").unwrap()
 }
@@ -88,7 +89,7 @@ fn bearer(t: &str) -> String {
 
 fn check(a: &Authenticator, authz: &str, now: u64) -> Result<Arc<Consumer>, AuthError> {
     let mut cache = TokenCache::new(0);
-    a.authenticate(Credentials { authorization: Some(authz), api_key: None }, now, &mut cache)
+    a.authenticate(Credentials { authorization: Some(authz), api_key: None, peer_certificate: None }, now, &mut cache)
 }
 
 #[test]
@@ -223,13 +224,23 @@ fn leeway_applies() {
 fn api_keys_and_anonymous() {
     let a = auth();
     let mut cache = TokenCache::new(0);
-    let key = |k| a.authenticate(Credentials { authorization: None, api_key: Some(k) }, NOW, &mut TokenCache::new(0));
+    let key = |k| {
+        a.authenticate(
+            Credentials { authorization: None, api_key: Some(k), peer_certificate: None },
+            NOW,
+            &mut TokenCache::new(0),
+        )
+    };
     let c = key("key-1").unwrap();
     assert_eq!((c.name.as_str(), c.method), ("ci-bot", AuthMethod::ApiKey));
     assert_eq!(key("key-2"), Err(AuthError::UnknownApiKey));
     assert_eq!(a.authenticate(Credentials::default(), NOW, &mut cache), Err(AuthError::Missing));
     assert_eq!(
-        a.authenticate(Credentials { authorization: Some("Bearer x"), api_key: Some("key-1") }, NOW, &mut cache),
+        a.authenticate(
+            Credentials { authorization: Some("Bearer x"), api_key: Some("key-1"), peer_certificate: None },
+            NOW,
+            &mut cache
+        ),
         Err(AuthError::Ambiguous)
     );
     let raw =
@@ -238,7 +249,11 @@ fn api_keys_and_anonymous() {
     assert_eq!(anon.authenticate(Credentials::default(), NOW, &mut cache).unwrap().name, "guest");
     // Anonymous access does not excuse a bad credential.
     assert_eq!(
-        anon.authenticate(Credentials { authorization: None, api_key: Some("nope") }, NOW, &mut cache),
+        anon.authenticate(
+            Credentials { authorization: None, api_key: Some("nope"), peer_certificate: None },
+            NOW,
+            &mut cache
+        ),
         Err(AuthError::UnknownApiKey)
     );
 }
@@ -249,7 +264,7 @@ fn cache_serves_verified_tokens_until_expiry_and_stays_bounded() {
     let mut cache = TokenCache::new(2);
     let t1 = rs256(&claims(json!({"exp": NOW + 10})));
     let authz = bearer(&t1);
-    let creds = Credentials { authorization: Some(&authz), api_key: None };
+    let creds = Credentials { authorization: Some(&authz), api_key: None, peer_certificate: None };
     assert!(a.authenticate(creds, NOW, &mut cache).is_ok());
     assert_eq!(cache.len(), 1);
     assert!(a.authenticate(creds, NOW + 5, &mut cache).is_ok());
@@ -258,13 +273,21 @@ fn cache_serves_verified_tokens_until_expiry_and_stays_bounded() {
     assert_eq!(cache.len(), 0);
     for i in 0..5 {
         let t = bearer(&rs256(&claims(json!({"sub": format!("u{i}")}))));
-        assert!(a.authenticate(Credentials { authorization: Some(&t), api_key: None }, NOW, &mut cache).is_ok());
+        assert!(a
+            .authenticate(
+                Credentials { authorization: Some(&t), api_key: None, peer_certificate: None },
+                NOW,
+                &mut cache
+            )
+            .is_ok());
         assert!(cache.len() <= 2);
     }
     // Failed verifications are not cached.
     let bad = bearer(&rs256(&claims(json!({"aud": "x"}))));
     let before = cache.len();
-    assert!(a.authenticate(Credentials { authorization: Some(&bad), api_key: None }, NOW, &mut cache).is_err());
+    assert!(a
+        .authenticate(Credentials { authorization: Some(&bad), api_key: None, peer_certificate: None }, NOW, &mut cache)
+        .is_err());
     assert_eq!(cache.len(), before);
 }
 
@@ -323,4 +346,39 @@ fn config_errors_name_the_path() {
         assert_eq!(err.path(), Some(path), "{err}");
         assert!(err.message().contains(msg), "{err}");
     }
+}
+
+#[test]
+fn client_certificates_identify_callers_that_send_no_other_credential() {
+    let raw = RawAuth {
+        api_keys: vec![RawApiKey {
+            consumer: "ci-bot".into(),
+            sha256: hex::encode(Sha256::digest(b"key-1")),
+            roles: vec!["reader".into()],
+        }],
+        anonymous: Some(RawAnonymous { consumer: "guest".into(), roles: vec![] }),
+        mtls: vec![RawPeerIdentity {
+            spiffe_id: Some("spiffe://mesh.example/agent".into()),
+            dns_san: None,
+            consumer: "agent".into(),
+            roles: vec!["writer".into()],
+        }],
+        ..Default::default()
+    };
+    let a = Authenticator::compile(&raw, &Env, &|_| true).unwrap();
+    assert!(a.uses_peer_certificates());
+    let mut cache = TokenCache::new(0);
+    let cert = Some("Hash=00;URI=spiffe://mesh.example/agent");
+    let with = |api_key, peer_certificate| Credentials { authorization: None, api_key, peer_certificate };
+    let agent = a.authenticate(with(None, cert), NOW, &mut cache).unwrap();
+    assert_eq!((agent.name.as_str(), agent.method), ("agent", AuthMethod::ClientCertificate));
+    // An explicit credential decides; no certificate means anonymous; an unmapped one is refused.
+    assert_eq!(a.authenticate(with(Some("key-1"), cert), NOW, &mut cache).unwrap().name, "ci-bot");
+    assert_eq!(a.authenticate(with(None, None), NOW, &mut cache).unwrap().name, "guest");
+    let other = Some("Hash=00;URI=spiffe://mesh.example/other");
+    assert_eq!(a.authenticate(with(None, other), NOW, &mut cache).unwrap_err(), AuthError::UnknownPeer);
+    // Without auth.mtls the header is never consulted.
+    let plain = Authenticator::compile(&RawAuth { mtls: vec![], ..raw }, &Env, &|_| true).unwrap();
+    assert!(!plain.uses_peer_certificates());
+    assert_eq!(plain.authenticate(with(None, cert), NOW, &mut cache).unwrap().name, "guest");
 }
