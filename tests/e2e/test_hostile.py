@@ -703,7 +703,9 @@ def test_mirrored_card_number_is_masked_in_its_header_too(hostile_gateway, scrip
     assert r.status_code == 200, describe(r)
     [req] = script.requests
     forwarded = json.dumps(req.headers) + req.body.decode()
-    assert "4111" not in forwarded, f"card number reached the upstream: {forwarded}"
+    # The whole number, spaced or not: a 4-digit fragment can occur by chance in a request id.
+    for fragment in (CARD, CARD.replace(" ", "")):
+        assert fragment not in forwarded, f"card number reached the upstream: {forwarded}"
     assert req.params["arguments"]["card"] == "[CREDIT_CARD]"
     assert (req.headers.get("mcp-param-card"), req.headers.get("mcp-param-amount")) == ("[CREDIT_CARD]", "25")
 
