@@ -61,6 +61,10 @@ pub struct RawFilterConfig {
     /// no `Origin`.
     #[serde(default, skip_serializing_if = "crate::origin::RawOriginPolicy::is_default")]
     pub origin_policy: crate::origin::RawOriginPolicy,
+    /// Virtual servers: one endpoint over a selection of several servers' tools and prompts
+    /// ([`crate::virtual_server`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<crate::virtual_server::RawVirtualServer>,
 }
 
 /// How the filter reports what it decided.
@@ -597,6 +601,8 @@ pub struct FilterConfig {
     pub audit_fields: bool,
     /// Host and Origin checks ([`crate::origin`]).
     pub origin_policy: crate::origin::OriginPolicy,
+    /// Virtual servers by name ([`crate::virtual_server`]).
+    pub virtual_servers: crate::virtual_server::VirtualServers,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -656,6 +662,7 @@ impl FilterConfig {
         let quotas = crate::quota::QuotaRules::compile(&raw.quotas, &servers, &|r| policy.has_role(r))?;
         let limits = Limits::compile(raw, &servers)?;
         let origin_policy = crate::origin::OriginPolicy::compile(&raw.origin_policy, &servers)?;
+        let virtual_servers = crate::virtual_server::VirtualServers::compile(&raw.virtual_servers, &servers)?;
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)
@@ -676,6 +683,7 @@ impl FilterConfig {
             audit_before_stream_end: raw.observability.tracing,
             audit_fields: raw.observability.audit_fields,
             origin_policy,
+            virtual_servers,
         })
     }
 }

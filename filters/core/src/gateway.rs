@@ -116,6 +116,9 @@ pub struct PendingRequest {
     /// The `Content-Type` is an equivalent spelling of `application/json`: the canonical
     /// value is forwarded instead (see [`content_type`]).
     canonicalize_content_type: bool,
+    /// The path names a virtual server (then [`Self::server`] is its name): the body
+    /// decides which backing server the request goes to ([`virtual_call`]).
+    via_virtual: bool,
 }
 
 impl PendingRequest {
@@ -694,7 +697,11 @@ impl Gateway {
         // a foreign Origin (403, as MCP requires, whatever else is wrong), then a foreign Host.
         let origins = &self.config.origin_policy;
         let host = origins.check_host(head.header(":authority").or_else(|| head.header("host")));
-        let server = path.strip_prefix(self.config.route_prefix.as_str()).filter(|n| self.config.servers.contains(*n));
+        let named = path.strip_prefix(self.config.route_prefix.as_str());
+        let server = named.filter(|n| self.config.servers.contains(*n));
+        // A virtual server's path: the body names the backing server ([`virtual_call`]).
+        let via_virtual = server.is_none() && named.is_some_and(|n| self.config.virtual_servers.get(n).is_some());
+        let server = if via_virtual { named } else { server };
         let origin_values = head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("origin")).map(|(_, v)| *v);
         if let Err(r) = origins.check_origin(server, origin_values).and(host) {
             return HeadDecision::Reject(r);
@@ -706,6 +713,9 @@ impl Gateway {
             Ok(c) => c,
             Err(rejection) => return HeadDecision::Reject(rejection),
         };
+        if via_virtual && head.method != "POST" {
+            return HeadDecision::Reject(virtual_call::method_not_allowed(head.method));
+        }
         match head.method {
             "GET" | "DELETE" if !head.end_of_stream => HeadDecision::Reject(Rejection::bad_request(
                 code::INVALID_REQUEST,
@@ -739,6 +749,7 @@ impl Gateway {
                     server,
                     routing,
                     canonicalize_content_type: content_type == ContentTypeAction::Canonicalize,
+                    via_virtual,
                 }),
                 Err(r) => HeadDecision::Reject(r),
             },
@@ -868,6 +879,9 @@ impl Gateway {
 
     /// Step 2: the one parse of the message, header agreement, RBAC.
     pub fn on_request_body(&self, pending: &PendingRequest, body: &[u8]) -> Result<Exchange, Rejection> {
+        if pending.via_virtual {
+            return self.on_virtual_request_body(pending, body);
+        }
         if let Some(r) = self.request_too_large(pending, body.len() as u64) {
             return Err(r);
         }
@@ -1020,6 +1034,8 @@ fn check_routing_headers(
     }
     Ok(())
 }
+
+mod virtual_call;
 
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-mod static_resources;
+pub(crate) mod static_resources;
 
 use crate::control::Api;
 use crate::registry::Registry;

@@ -47,6 +47,10 @@ pub struct RawRegistry {
     /// Which build of the filter Envoy runs.
     #[serde(default)]
     pub filter: RawFilterSection,
+    /// Virtual MCP servers: one endpoint over a selection of several servers' tools and
+    /// prompts; the filter's own raw type (`meshgate_core::virtual_server`).
+    #[serde(default)]
+    pub virtual_servers: Vec<meshgate_core::virtual_server::RawVirtualServer>,
 }
 
 /// `filter`: how Envoy runs the Meshgate filter.

@@ -33,6 +33,7 @@ pub mod local_reply;
 pub mod observability;
 pub mod ratelimit;
 pub mod route;
+pub mod virtual_route;
 
 #[cfg(test)]
 mod tests;
