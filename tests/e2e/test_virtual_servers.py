@@ -14,6 +14,7 @@ by sending that header itself.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from e2e_support import (
     marker,
     modern_body,
     modern_headers,
+    pid_alive,
     post,
     response_messages,
     running_gateway,
@@ -253,3 +255,60 @@ def test_the_real_servers_are_unchanged_beside_it(virtual_gateway, crm):
     response = post(virtual_gateway.url("crm"), body, READER, headers=headers)
     assert response.status_code == 200, response.text
     assert TARGET_HEADER not in only_post(crm, mark)["headers"]
+
+
+def wait_until(what: str, check, within: float = 20.0) -> None:
+    """Polls `check` until it holds (the registry is reloaded by content hash, then pushed over
+    xDS); fails naming `what` otherwise. Not a measurement: only a bound on waiting."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {within}s")
+        time.sleep(0.1)
+
+
+def test_live_edits_apply_without_an_envoy_restart(virtual_gateway):
+    """Add a virtual server, add a server to it, then edit the policy: each applies to the
+    next call, and Envoy is the same process throughout. Runs last; restores the registry."""
+    registry = virtual_gateway.registry
+    original = registry.read_text()
+    envoy_pid = virtual_gateway.envoy_pid
+    url = f"http://{virtual_gateway.listener}/mcp/live"
+
+    def live_call(tool: str, args: dict[str, Any]):
+        body = modern_body("tools/call", {"name": tool, "arguments": args})
+        return post(url, body, READER, headers=modern_headers("tools/call", tool))
+
+    def error_code(response) -> int | None:
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        return body.get("error", {}).get("code") if isinstance(body, dict) else None
+
+    def succeeds(response) -> bool:
+        return response.status_code == 200 and error_code(response) is None and "result" in response.text
+
+    try:
+        # 1. A new virtual server over crm only.
+        registry.write_text(original.replace(VIRTUAL, VIRTUAL + "  - { name: live, servers: [crm] }\n"))
+        wait_until("the new virtual server routes", lambda: succeeds(live_call("crm__get_customer", {"id": "c-001"})))
+        assert error_code(live_call("docs__search_docs", {"query": "envoy"})) == INVALID_PARAMS
+        # 2. docs joins it: its route on /mcp/live appears.
+        registry.write_text(original.replace(VIRTUAL, VIRTUAL + "  - { name: live, servers: [crm, docs] }\n"))
+        wait_until("docs joins the virtual server", lambda: succeeds(live_call("docs__search_docs", {"query": "envoy"})))
+        # 3. A policy edit: readers lose docs/search_* through every endpoint.
+        reader_line = '      allow: ["crm/get_*", "crm/list_*", "docs/search_*", "docs/get_*"]\n'
+        assert reader_line in original
+        edited = original.replace(reader_line, reader_line + '      deny: ["docs/search_*"]\n')
+        registry.write_text(edited.replace(VIRTUAL, VIRTUAL + "  - { name: live, servers: [crm, docs] }\n"))
+        wait_until(
+            "the policy edit denies the call",
+            lambda: error_code(live_call("docs__search_docs", {"query": "envoy"})) == FORBIDDEN,
+        )
+        assert error_code(call(virtual_gateway, "docs__search_docs", {"query": "envoy"}, READER)) == FORBIDDEN
+        assert virtual_gateway.envoy_pid == envoy_pid and pid_alive(envoy_pid)
+    finally:
+        registry.write_text(original)
+        # Restored when /mcp/live is gone again (the filter answers 404 for unknown paths).
+        wait_until("the registry is restored", lambda: live_call("crm__get_customer", {"id": "c-001"}).status_code == 404)
