@@ -885,11 +885,14 @@ impl Gateway {
         if let Some(r) = self.request_too_large(pending, body.len() as u64) {
             return Err(r);
         }
-        let read = mcp::read_message(body).map_err(|e| match &e {
-            ReadError::Json(_) => Rejection::bad_request(e.code(), e.to_string()),
-            ReadError::Message { id, .. } => Rejection::bad_request(e.code(), e.to_string()).with_id(id.as_ref()),
-        })?;
+        let read = mcp::read_message(body).map_err(unreadable)?;
         check_routing_headers(&pending.routing, &read.message, read.envelope_version())?;
+        self.govern_read(pending, body, read)
+    }
+
+    /// Step 2 after the read and the header checks: RBAC, limits, redaction, quotas, on the
+    /// message `read` from `body`.
+    fn govern_read(&self, pending: &PendingRequest, body: &[u8], read: ReadMessage) -> Result<Exchange, Rejection> {
         let arguments_bytes = read.arguments_bytes;
         let message = read.message;
 
@@ -978,6 +981,15 @@ impl Gateway {
             response_limit,
             server_stream: false,
         })
+    }
+}
+
+/// A body that is not one readable message: 400 with the read error's code (and the id,
+/// when the message had a usable one).
+fn unreadable(e: ReadError) -> Rejection {
+    match &e {
+        ReadError::Json(_) => Rejection::bad_request(e.code(), e.to_string()),
+        ReadError::Message { id, .. } => Rejection::bad_request(e.code(), e.to_string()).with_id(id.as_ref()),
     }
 }
 

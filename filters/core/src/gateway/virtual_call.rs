@@ -15,12 +15,12 @@
 //! the list methods (their merged answers need fan-out callouts, not built yet), messages of
 //! the session-based eras, notifications and responses (no backing server to route them to).
 
-use crate::jsonrpc::{self, code};
+use crate::jsonrpc::{self, code, StrictJson};
 use crate::mcp::{self, header, Message, ReadError, ResourceKind};
 use crate::reject::{printable, Rejection};
 use crate::virtual_server::{VirtualServer, TARGET_HEADER};
 
-use super::{check_routing_headers, Exchange, Gateway, PendingRequest};
+use super::{check_routing_headers, unreadable, Exchange, Gateway, PendingRequest};
 
 /// HTTP status of a JSON-RPC error about what the request names or asks for (an unknown
 /// prefix, a member not exposed, a method not answered here): 200, as an MCP server answers
@@ -52,10 +52,9 @@ impl Gateway {
         if let Some(r) = self.request_too_large(pending, body.len() as u64) {
             return Err(r);
         }
-        let read = mcp::read_message(body).map_err(|e| match &e {
-            ReadError::Json(_) => Rejection::bad_request(e.code(), e.to_string()),
-            ReadError::Message { id, .. } => Rejection::bad_request(e.code(), e.to_string()).with_id(id.as_ref()),
-        })?;
+        // One read of the body: the message, and where its name lies.
+        let doc = jsonrpc::validate_strict(body).map_err(|e| unreadable(ReadError::Json(e)))?;
+        let read = mcp::read_message_in(&doc).map_err(unreadable)?;
         // The client's headers must agree with what it sent (exposed names), as anywhere.
         check_routing_headers(&pending.routing, &read.message, read.envelope_version())?;
         let message = &read.message;
@@ -86,10 +85,12 @@ impl Gateway {
         let member = virtual_server
             .resolve(kind, &target.name)
             .map_err(|e| Rejection::new(ANSWER_STATUS, code::INVALID_PARAMS, printable(&e.to_string())).with_id(id))?;
-        let rewritten = replace_name(body, kind, member.name).ok_or_else(|| {
+        let rewritten = replace_name(body, &doc, kind, member.name).ok_or_else(|| {
             Rejection::bad_request(code::INVALID_PARAMS, "the request's name is not readable").with_id(id)
         })?;
 
+        // Governed as the backing server's own request: the same message, renamed (the
+        // headers were checked above; Mcp-Name is rewritten with the body).
         let mut backend = pending.clone();
         backend.via_virtual = false;
         backend.server = member.server.to_string();
@@ -97,7 +98,8 @@ impl Gateway {
         if backend.routing.name.is_some() {
             backend.routing.name = Some(own_name_header.clone());
         }
-        let mut exchange = self.on_request_body(&backend, &rewritten)?;
+        let backend_read = read.clone().with_target_name(member.name);
+        let mut exchange = self.govern_read(&backend, &rewritten, backend_read)?;
         if exchange.rewritten_request.is_none() {
             exchange.rewritten_request = Some(rewritten);
         }
@@ -123,11 +125,10 @@ fn unsupported(virtual_server: &VirtualServer, what: &str, id: Option<&serde_jso
     .with_id(id)
 }
 
-/// `body` with the value of `params.<name key>` replaced by `own` as a JSON string, every
-/// other byte as sent. `None` when the body has no such string (not reached: the message was
-/// classified from the same field).
-pub(crate) fn replace_name(body: &[u8], kind: ResourceKind, own: &str) -> Option<Vec<u8>> {
-    let doc = jsonrpc::validate_strict(body).ok()?;
+/// `body` (read as `doc`) with the value of `params.<name key>` replaced by `own` as a JSON
+/// string, every other byte as sent. `None` when the body has no such string (not reached:
+/// the message was classified from the same field).
+pub(crate) fn replace_name(body: &[u8], doc: &StrictJson<'_>, kind: ResourceKind, own: &str) -> Option<Vec<u8>> {
     let root = doc.root();
     let value = root.get("params")?.get(kind.param_key())?;
     if value.kind() != jsonrpc::JsonKind::String {
@@ -322,7 +323,7 @@ mod tests {
     fn only_the_name_value_is_replaced() {
         // The exposed name appears elsewhere too (arguments, _meta): only params.name changes.
         let body = br#"{ "jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{"q":"crm__x","name":"crm__x"},"name":"crm__x","_meta":{"k":"crm__x"}}}"#;
-        let out = replace_name(body, ResourceKind::Tool, "x").unwrap();
+        let out = replace_name(body, &jsonrpc::validate_strict(body).unwrap(), ResourceKind::Tool, "x").unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{ "jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{"q":"crm__x","name":"crm__x"},"name":"x","_meta":{"k":"crm__x"}}}"#
@@ -332,7 +333,8 @@ mod tests {
     #[test]
     fn escaped_names_are_replaced_whole_and_re_encoded() {
         let body = br#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"n\u0061me":"crm__\u0073ummary"}}"#;
-        let out = replace_name(body, ResourceKind::Prompt, "say \"hi\"").unwrap();
+        let out =
+            replace_name(body, &jsonrpc::validate_strict(body).unwrap(), ResourceKind::Prompt, "say \"hi\"").unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"n\u0061me":"say \"hi\""}}"#
@@ -340,13 +342,28 @@ mod tests {
     }
 
     #[test]
+    fn the_renamed_read_is_what_reading_the_rewritten_body_gives() {
+        let bodies: [&[u8]; 3] = [
+            br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"crm__x","arguments":{"k":[1,2,{"name":"crm__x"}]},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            br#"{"params":{"arguments":{},"name":"crm__\u0078"},"method":"tools/call","id":3,"jsonrpc":"2.0"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"crm__p","arguments":{"a":"b"}}}"#,
+        ];
+        for body in bodies {
+            let doc = jsonrpc::validate_strict(body).unwrap();
+            let read = mcp::read_message_in(&doc).unwrap();
+            let kind = read.message.target().unwrap().kind;
+            let rewritten = replace_name(body, &doc, kind, "own \"name\"").unwrap();
+            assert_eq!(mcp::read_message(&rewritten).unwrap(), read.with_target_name("own \"name\""));
+        }
+    }
+
+    #[test]
     fn nothing_to_replace_is_none() {
-        assert!(replace_name(
-            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#,
-            ResourceKind::Tool,
-            "x"
-        )
-        .is_none());
-        assert!(replace_name(b"not json", ResourceKind::Tool, "x").is_none());
+        for body in [
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#.as_slice(),
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#.as_slice(),
+        ] {
+            assert!(replace_name(body, &jsonrpc::validate_strict(body).unwrap(), ResourceKind::Tool, "x").is_none());
+        }
     }
 }
