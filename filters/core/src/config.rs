@@ -519,6 +519,16 @@ impl Limits {
         tool.and_then(|t| s.tools.get(t)).copied().unwrap_or(s.base)
     }
 
+    /// Gives virtual server `name` the head-time request bound of the largest of its
+    /// `backing` servers: a call through it is refused for size only where the same call to
+    /// the backing server would be (that server's own limits apply once the body names it).
+    fn add_virtual(&mut self, name: &str, backing: &[String]) {
+        let largest =
+            backing.iter().map(|s| self.head_request_bytes(s)).fold(self.defaults.max_request_bytes, u64::max);
+        let sizes = ServerSizes { base: self.defaults, largest_request_bytes: largest, tools: Default::default() };
+        self.servers.insert(name.to_string(), sizes);
+    }
+
     /// The request-size bound before the body is read (the largest of the server's tools).
     pub fn head_request_bytes(&self, server: &str) -> u64 {
         self.servers.get(server).map_or(self.defaults.max_request_bytes, |s| s.largest_request_bytes)
@@ -660,9 +670,12 @@ impl FilterConfig {
             secrets,
         )?;
         let quotas = crate::quota::QuotaRules::compile(&raw.quotas, &servers, &|r| policy.has_role(r))?;
-        let limits = Limits::compile(raw, &servers)?;
+        let mut limits = Limits::compile(raw, &servers)?;
         let origin_policy = crate::origin::OriginPolicy::compile(&raw.origin_policy, &servers)?;
         let virtual_servers = crate::virtual_server::VirtualServers::compile(&raw.virtual_servers, &servers)?;
+        for virtual_server in virtual_servers.iter() {
+            limits.add_virtual(&virtual_server.name, virtual_server.servers());
+        }
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)

@@ -187,6 +187,11 @@ impl VirtualServers {
         self.by_name.get(name)
     }
 
+    /// Every virtual server, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &VirtualServer> {
+        self.by_name.values()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }

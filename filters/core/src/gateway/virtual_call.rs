@@ -313,6 +313,29 @@ mod tests {
     }
 
     #[test]
+    fn the_body_limit_is_the_largest_backing_servers() {
+        let raw: RawFilterConfig = serde_json::from_value(json!({
+            "servers": ["crm", "docs"],
+            "auth": {"api_keys": [{"consumer": "bot", "sha256": hex::encode(Sha256::digest(b"k")), "roles": ["any"]}]},
+            "policy": {"roles": {"any": {"allow": ["*"]}}},
+            "limits": {"max_request_bytes": 1000},
+            "server_limits": {"docs": {"max_request_bytes": 5000}},
+            "virtual_servers": [{"name": "both", "servers": ["crm", "docs"]}, {"name": "one", "servers": ["crm"]}]
+        }))
+        .unwrap();
+        let g = Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap());
+        assert_eq!(g.config().limits.head_request_bytes("both"), 5000);
+        assert_eq!(g.config().limits.head_request_bytes("one"), 1000);
+        // Once the body names the server, its own limit applies.
+        let padding = "x".repeat(2000);
+        let sent = body("tools/call", json!({"name": "crm__get_customer", "arguments": {"pad": padding}}));
+        let r = decide(&g, "k", "/mcp/both", &modern("tools/call", Some("crm__get_customer")), &sent).unwrap_err();
+        assert_eq!(r.status, 413);
+        let sent = body("tools/call", json!({"name": "docs__search_docs", "arguments": {"pad": padding}}));
+        assert!(decide(&g, "k", "/mcp/both", &modern("tools/call", Some("docs__search_docs")), &sent).is_ok());
+    }
+
+    #[test]
     fn unknown_virtual_paths_are_not_found() {
         let g = gateway();
         let HeadDecision::Reject(r) = head(&g, "POST", "/mcp/worker", &[]) else { panic!() };
