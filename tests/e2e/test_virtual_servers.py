@@ -26,6 +26,7 @@ from e2e_support import (
     FORBIDDEN,
     HEADER_MISMATCH,
     INVALID_REQUEST,
+    UPSTREAM_UNAVAILABLE,
     Gateway,
     Keys,
     Upstream,
@@ -39,6 +40,7 @@ from e2e_support import (
     post,
     response_messages,
     running_gateway,
+    start_upstream,
 )
 
 pytestmark = pytest.mark.e2e
@@ -312,3 +314,31 @@ def test_live_edits_apply_without_an_envoy_restart(virtual_gateway):
         registry.write_text(original)
         # Restored when /mcp/live is gone again (the filter answers 404 for unknown paths).
         wait_until("the registry is restored", lambda: live_call("crm__get_customer", {"id": "c-001"}).status_code == 404)
+
+
+def test_a_call_to_a_backend_that_is_down_names_the_server(tmp_path, keys, upstreams, runtime):
+    """A backing server killed while the gateway runs: its calls get a JSON-RPC error naming
+    it (with the request's id); the other backing server keeps answering."""
+    spare = start_upstream("spare", "docs_server.py", tmp_path)
+    try:
+        extra_servers = f"  - name: spare\n    url: {spare.url}\n"
+        virtual = "\nvirtual_servers:\n  - { name: pair, servers: [spare], tools: ['docs/search_*'] }\n"
+        crm, docs = upstreams["crm"].url, upstreams["docs"].url
+        (tmp_path / "gw").mkdir()
+        with running_gateway(
+            tmp_path / "gw", keys, crm, docs, virtual, extra_servers=extra_servers, runtime=runtime
+        ) as gw:
+            url = f"http://{gw.listener}/mcp/pair"
+
+            def pair_call(tool: str, id: str):
+                body = modern_body("tools/call", {"name": tool, "arguments": {"query": "envoy"}}, id=id)
+                return post(url, body, ADMIN, headers=modern_headers("tools/call", tool))
+
+            assert "result" in pair_call("spare__search_docs", "up").text
+            spare.proc.stop()
+            body = jsonrpc_error(pair_call("spare__search_docs", "down"))
+            assert (body["id"], body["error"]["code"]) == ("down", UPSTREAM_UNAVAILABLE), body
+            assert "spare" in body["error"]["message"]
+            assert "result" in pair_call("docs__search_docs", "other").text
+    finally:
+        spare.proc.stop()
