@@ -51,6 +51,7 @@ INVALID_PARAMS = -32602
 METHOD_NOT_FOUND = -32601
 INTERNAL_ERROR = -32603
 TARGET_HEADER = "x-meshgate-target"
+RATE_LIMITED = -32029
 
 VIRTUAL = """
 virtual_servers:
@@ -59,6 +60,20 @@ virtual_servers:
     servers: [crm]
     tools: ["docs/search_*", "docs/get_*"]
 """
+# Redaction and a quota on the backing servers' tools: through the virtual server they apply
+# exactly as on /mcp/<server> (the quota's counter is the same one).
+GOVERNANCE = """redaction:
+  - match: { tools: ["docs/get_*"] }
+    detectors: [email]
+    mode: mask
+quotas:
+  - name: gdpr-lookups
+    match: { tools: ["crm/get_*"], roles: [gdpr-officer] }
+    rate: 2/m
+    burst: 2
+    key: consumer
+"""
+GDPR = api_key("e2e-gdpr-key")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +86,7 @@ def virtual_gateway(
     # headers before Meshgate decides, so the route cache must really be cleared for the
     # filter's choice to count (the header-injection tests prove it is).
     cors = ", cors: { allow_origins: ['https://app.example.com'] }"
-    with running_gateway(workdir, keys, crm, docs, VIRTUAL, listener_extra=cors, runtime=runtime) as gw:
+    with running_gateway(workdir, keys, crm, docs, VIRTUAL + GOVERNANCE, listener_extra=cors, runtime=runtime) as gw:
         yield gw
 
 
@@ -191,6 +206,24 @@ def test_rbac_applies_to_the_underlying_tool(virtual_gateway, crm):
     body = jsonrpc_error(call(virtual_gateway, "crm__delete_customer", {"id": "c-001"}, ADMIN))
     assert body["error"]["code"] == FORBIDDEN
     assert crm.log.posts_since(mark) == []
+
+
+def test_redaction_applies_to_the_underlying_tool(virtual_gateway):
+    text = result_text(call(virtual_gateway, "docs__get_doc", {"id": "support"}, READER))
+    assert "[EMAIL]" in text and "support@meshgate.example" not in text, text
+
+
+def test_a_quota_counts_calls_on_every_endpoint_together(virtual_gateway):
+    """One call via /mcp/crm and one via the virtual server use up the burst of 2; the next,
+    on either endpoint, is refused (-32029)."""
+    body = modern_body("tools/call", {"name": "get_customer", "arguments": {"id": "c-001"}})
+    direct = post(virtual_gateway.url("crm"), body, GDPR, headers=modern_headers("tools/call", "get_customer"))
+    assert "Ada Lovelace" in result_text(direct)
+    assert "Ada Lovelace" in result_text(call(virtual_gateway, "crm__get_customer", {"id": "c-001"}, GDPR))
+    refused = call(virtual_gateway, "crm__get_customer", {"id": "c-001"}, GDPR, id="q-3")
+    assert refused.status_code == 429, refused.text
+    body = jsonrpc_error(refused)
+    assert (body["id"], body["error"]["code"]) == ("q-3", RATE_LIMITED)
 
 
 def test_the_selection_narrows_what_the_policy_allows(virtual_gateway, docs):
