@@ -18,6 +18,11 @@ It reports instructions per request and the difference to the first configuratio
   .venv/bin/python benches/load/instructions.py --only bcdgh   # bare, wasm (c, d), native (g, h)
   .venv/bin/python benches/load/instructions.py --only cC --wasm-b /tmp/old.wasm
   .venv/bin/python benches/load/instructions.py --only fPH --probe P:props=10 --probe H:header=4
+  .venv/bin/python benches/load/instructions.py --only mv   # a call via a virtual server vs direct
+
+`m`/`v` send the same call in the 2026-07-28 era (routing headers, envelope in `_meta`) with
+Meshgate native, RBAC only, on one registry: (m) to `/mcp/bench`, (v) as `bench__get_item`
+through the virtual server `/mcp/v` over it.
 
 `--probe KEY:OPS` adds the floor module (benches/wasm-floor) with the plugin configuration
 `floor-probe:OPS`, which adds that many of one host operation per request: its difference
@@ -57,19 +62,60 @@ BODY = ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_ite
         f'"note":"{NOTE}"}},"_meta":{{"progressToken":"bench-1"}}}}}}').encode()
 
 
+# (m)/(v): the same tool call in the 2026-07-28 era (routing headers, per-request envelope),
+# sent to the server's own endpoint (m) and, prefixed, through a virtual server over it (v).
+# Same registry and bootstrap for both, so the difference is the virtual server's cost.
+VIRTUAL_SERVER = "v"
+MODERN_VERSION = "2026-07-28"
+MODERN_CALLS = {"m": (run.ROUTE, "get_item"), "v": (f"/mcp/{VIRTUAL_SERVER}", f"{run.SERVER}__get_item")}
+
+
+def modern_body(tool: str) -> bytes:
+    """BODY as a 2026-07-28 request naming `tool` (same arguments, the envelope in `_meta`)."""
+    return (BODY.decode()
+            .replace('"name":"get_item"', json.dumps({"name": tool}, separators=(",", ":"))[1:-1], 1)
+            .replace('"_meta":{"progressToken":"bench-1"}',
+                     f'"_meta":{{"progressToken":"bench-1","io.modelcontextprotocol/protocolVersion":"{MODERN_VERSION}"}}', 1)
+            .encode())
+
+
+def request_of(config: run.Config) -> tuple[str, bytes, dict[str, str]]:
+    """Path, body and extra headers of `config`'s request."""
+    if config.key not in MODERN_CALLS:
+        return run.ROUTE, BODY, {}
+    path, tool = MODERN_CALLS[config.key]
+    headers = {"mcp-protocol-version": MODERN_VERSION, "mcp-method": "tools/call", "mcp-name": tool}
+    return path, modern_body(tool), headers
+
+
+def modern_configs(workdir: Path, upstream_port: int) -> list[run.Config]:
+    """(m) and (v): Meshgate native, RBAC only, on a registry that adds the virtual server."""
+    registry = workdir / "registry-virtual.yaml"
+    text = run.registry_yaml(run.free_port(), run.free_port(), upstream_port, full=False, runtime="native")
+    registry.write_text(text + f"virtual_servers:\n  - {{ name: {VIRTUAL_SERVER}, servers: [{run.SERVER}] }}\n")
+    bootstrap = run.meshgate_bootstrap(registry, {})
+    return [
+        run.Config("m", "Envoy + Meshgate native, RBAC only, 2026-07-28 call to /mcp/bench", bootstrap=bootstrap,
+                   governed=True),
+        run.Config("v", "(m) through the virtual server /mcp/v (bench__get_item)", bootstrap=bootstrap,
+                   governed=True),
+    ]
+
+
 def checked_requests(url: str, config: run.Config, n: int) -> None:
     """`n` POSTs of BODY on one keep-alive connection; every answer checked like mcp.lua does."""
     parsed = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
     if parsed is None:
         raise SystemExit(f"unexpected URL {url}")
-    host, port, path = parsed.group(1), int(parsed.group(2)), parsed.group(3)
-    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    host, port = parsed.group(1), int(parsed.group(2))
+    path, body, extra = request_of(config)
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream", **extra}
     if config.token:
         headers["authorization"] = f"Bearer {config.token}"
     conn = http.client.HTTPConnection(host, port, timeout=60)
     try:
         for _ in range(n):
-            conn.request("POST", path, body=BODY, headers=headers)
+            conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
             text = response.read().decode(errors="replace")
             ok = response.status == 200 and "meshgate-bench-ok" in text
@@ -144,7 +190,16 @@ def counted(config: run.Config, workdir: Path, args: argparse.Namespace) -> floa
                 return r.status == 200
 
         run.wait_until(f"Envoy ({config.key}) under valgrind", ready, args.start_timeout, envoy)
-        run.wait_until(f"({config.key}) answering", lambda: run.probe(url, config.token, config.expect), 120, envoy)
+        def answering() -> bool:
+            if config.key not in MODERN_CALLS:
+                return run.probe(url, config.token, config.expect)
+            try:
+                checked_requests(url, config, 1)
+            except (SystemExit, OSError):
+                return False
+            return True
+
+        run.wait_until(f"({config.key}) answering", answering, 120, envoy)
         checked_requests(url, config, args.warmup)
         callgrind_control("--instr=on", str(envoy.pid))
         started = time.monotonic()
@@ -200,6 +255,8 @@ def main() -> int:
             port = json.loads(ready.read_text())["port"]
             secret = base64.urlsafe_b64encode(os.urandom(36)).decode()
             configs = {c.key: c for c in run.build_configs(workdir, port, secret, args.wasm_b)}
+            if any(key in MODERN_CALLS for key in args.only):
+                configs.update({c.key: c for c in modern_configs(workdir, port)})
             for spec in args.probe:
                 key, _, ops = spec.partition(":")
                 if len(key) != 1 or key in configs or not ops:

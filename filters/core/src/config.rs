@@ -61,6 +61,10 @@ pub struct RawFilterConfig {
     /// no `Origin`.
     #[serde(default, skip_serializing_if = "crate::origin::RawOriginPolicy::is_default")]
     pub origin_policy: crate::origin::RawOriginPolicy,
+    /// Virtual servers: one endpoint over a selection of several servers' tools and prompts
+    /// ([`crate::virtual_server`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<crate::virtual_server::RawVirtualServer>,
 }
 
 /// How the filter reports what it decided.
@@ -518,6 +522,16 @@ impl Limits {
         tool.and_then(|t| s.tools.get(t)).copied().unwrap_or(s.base)
     }
 
+    /// Gives virtual server `name` the head-time request bound of the largest of its
+    /// `backing` servers: a call through it is refused for size only where the same call to
+    /// the backing server would be (that server's own limits apply once the body names it).
+    fn add_virtual(&mut self, name: &str, backing: &[String]) {
+        let largest =
+            backing.iter().map(|s| self.head_request_bytes(s)).fold(self.defaults.max_request_bytes, u64::max);
+        let sizes = ServerSizes { base: self.defaults, largest_request_bytes: largest, tools: Default::default() };
+        self.servers.insert(name.to_string(), sizes);
+    }
+
     /// The request-size bound before the body is read (the largest of the server's tools).
     pub fn head_request_bytes(&self, server: &str) -> u64 {
         self.servers.get(server).map_or(self.defaults.max_request_bytes, |s| s.largest_request_bytes)
@@ -600,6 +614,8 @@ pub struct FilterConfig {
     pub audit_fields: bool,
     /// Host and Origin checks ([`crate::origin`]).
     pub origin_policy: crate::origin::OriginPolicy,
+    /// Virtual servers by name ([`crate::virtual_server`]).
+    pub virtual_servers: crate::virtual_server::VirtualServers,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -657,8 +673,12 @@ impl FilterConfig {
             secrets,
         )?;
         let quotas = crate::quota::QuotaRules::compile(&raw.quotas, &servers, &|r| policy.has_role(r))?;
-        let limits = Limits::compile(raw, &servers)?;
+        let mut limits = Limits::compile(raw, &servers)?;
         let origin_policy = crate::origin::OriginPolicy::compile(&raw.origin_policy, &servers)?;
+        let virtual_servers = crate::virtual_server::VirtualServers::compile(&raw.virtual_servers, &servers)?;
+        for virtual_server in virtual_servers.iter() {
+            limits.add_virtual(&virtual_server.name, virtual_server.servers());
+        }
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)
@@ -679,6 +699,7 @@ impl FilterConfig {
             audit_before_stream_end: raw.observability.tracing,
             audit_fields: raw.observability.audit_fields,
             origin_policy,
+            virtual_servers,
         })
     }
 }

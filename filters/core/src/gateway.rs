@@ -116,6 +116,9 @@ pub struct PendingRequest {
     /// The `Content-Type` is an equivalent spelling of `application/json`: the canonical
     /// value is forwarded instead (see [`content_type`]).
     canonicalize_content_type: bool,
+    /// The path names a virtual server (then [`Self::server`] is its name): the body
+    /// decides which backing server the request goes to ([`virtual_call`]).
+    via_virtual: bool,
 }
 
 impl PendingRequest {
@@ -694,7 +697,11 @@ impl Gateway {
         // a foreign Origin (403, as MCP requires, whatever else is wrong), then a foreign Host.
         let origins = &self.config.origin_policy;
         let host = origins.check_host(head.header(":authority").or_else(|| head.header("host")));
-        let server = path.strip_prefix(self.config.route_prefix.as_str()).filter(|n| self.config.servers.contains(*n));
+        let named = path.strip_prefix(self.config.route_prefix.as_str());
+        let server = named.filter(|n| self.config.servers.contains(*n));
+        // A virtual server's path: the body names the backing server ([`virtual_call`]).
+        let via_virtual = server.is_none() && named.is_some_and(|n| self.config.virtual_servers.get(n).is_some());
+        let server = if via_virtual { named } else { server };
         let origin_values = head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("origin")).map(|(_, v)| *v);
         if let Err(r) = origins.check_origin(server, origin_values).and(host) {
             return HeadDecision::Reject(r);
@@ -706,6 +713,9 @@ impl Gateway {
             Ok(c) => c,
             Err(rejection) => return HeadDecision::Reject(rejection),
         };
+        if via_virtual && head.method != "POST" {
+            return HeadDecision::Reject(virtual_call::method_not_allowed(head.method));
+        }
         match head.method {
             "GET" | "DELETE" if !head.end_of_stream => HeadDecision::Reject(Rejection::bad_request(
                 code::INVALID_REQUEST,
@@ -739,6 +749,7 @@ impl Gateway {
                     server,
                     routing,
                     canonicalize_content_type: content_type == ContentTypeAction::Canonicalize,
+                    via_virtual,
                 }),
                 Err(r) => HeadDecision::Reject(r),
             },
@@ -882,14 +893,20 @@ impl Gateway {
 
     /// Step 2: the one parse of the message, header agreement, RBAC.
     pub fn on_request_body(&self, pending: &PendingRequest, body: &[u8]) -> Result<Exchange, Rejection> {
+        if pending.via_virtual {
+            return self.on_virtual_request_body(pending, body);
+        }
         if let Some(r) = self.request_too_large(pending, body.len() as u64) {
             return Err(r);
         }
-        let read = mcp::read_message(body).map_err(|e| match &e {
-            ReadError::Json(_) => Rejection::bad_request(e.code(), e.to_string()),
-            ReadError::Message { id, .. } => Rejection::bad_request(e.code(), e.to_string()).with_id(id.as_ref()),
-        })?;
+        let read = mcp::read_message(body).map_err(unreadable)?;
         check_routing_headers(&pending.routing, &read.message, read.envelope_version())?;
+        self.govern_read(pending, body, read)
+    }
+
+    /// Step 2 after the read and the header checks: RBAC, limits, redaction, quotas, on the
+    /// message `read` from `body`.
+    fn govern_read(&self, pending: &PendingRequest, body: &[u8], read: ReadMessage) -> Result<Exchange, Rejection> {
         let arguments_bytes = read.arguments_bytes;
         let message = read.message;
 
@@ -981,6 +998,15 @@ impl Gateway {
     }
 }
 
+/// A body that is not one readable message: 400 with the read error's code (and the id,
+/// when the message had a usable one).
+fn unreadable(e: ReadError) -> Rejection {
+    match &e {
+        ReadError::Json(_) => Rejection::bad_request(e.code(), e.to_string()),
+        ReadError::Message { id, .. } => Rejection::bad_request(e.code(), e.to_string()).with_id(id.as_ref()),
+    }
+}
+
 /// 2026-07-28: `MCP-Protocol-Version` must equal the envelope's version, `Mcp-Method` the
 /// body's method and `Mcp-Name` the named param. Checked whenever the headers are present (a
 /// gateway or server that routes or authorizes on headers must not be fooled), and required
@@ -1034,6 +1060,8 @@ fn check_routing_headers(
     }
     Ok(())
 }
+
+mod virtual_call;
 
 #[cfg(test)]
 mod tests;

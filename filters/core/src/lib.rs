@@ -39,6 +39,7 @@ pub mod redact;
 pub mod reject;
 pub mod resource_uri;
 pub mod sse;
+pub mod virtual_server;
 
 /// The Envoy dynamic-module ABI the native build (`filters/native`, `libmeshgate.so`) is
 /// built for. meshgate checks the Envoy it starts against it: the module declares Envoy

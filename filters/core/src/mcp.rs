@@ -241,6 +241,17 @@ pub struct ReadMessage {
 }
 
 impl ReadMessage {
+    /// The same message read from a body whose only change is the value of the target's
+    /// name field (`params.name` / `params.uri`), now `name`: what [`read_message`] returns
+    /// for that body, without reading it again. Everything else (id, method, references,
+    /// envelope, argument size) is the same bytes.
+    pub fn with_target_name(mut self, name: &str) -> Self {
+        if let Message::Request { target: Some(target), .. } = &mut self.message {
+            target.name = name.to_string();
+        }
+        self
+    }
+
     /// The protocol version the per-request envelope declares, as
     /// [`envelope_protocol_version`] reports it.
     pub fn envelope_version(&self) -> Option<Option<&str>> {
@@ -276,6 +287,12 @@ impl ReadError {
 /// `classify(&parse_strict(body)?)`.
 pub fn read_message(body: &[u8]) -> Result<ReadMessage, ReadError> {
     let doc = jsonrpc::validate_strict(body)?;
+    read_message_in(&doc)
+}
+
+/// [`read_message`] on a body already validated (for a caller that reads more of the same
+/// document, e.g. where a field lies).
+pub fn read_message_in(doc: &jsonrpc::StrictJson<'_>) -> Result<ReadMessage, ReadError> {
     let raw = doc.root();
     let (message, meta) = classify_view(raw).map_err(|error| ReadError::Message {
         error,

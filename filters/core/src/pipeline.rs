@@ -106,6 +106,9 @@ pub trait Host {
     fn response_body(&mut self, size: usize) -> Vec<u8>;
     /// Replaces [`Self::response_body`]'s `size` bytes with `body`.
     fn set_response_body(&mut self, size: usize, body: &[u8]);
+    /// Makes Envoy select the route again for this request (after the pipeline set a
+    /// request header routes match: [`crate::virtual_server::TARGET_HEADER`]).
+    fn clear_route_cache(&mut self);
     /// Answers the request locally; nothing (more) reaches the upstream.
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// The pipeline is about to hold up to `bytes` of this stream's body: a host whose own
@@ -362,12 +365,18 @@ impl Stream {
                 for global in &exchange.charges.global {
                     host.set_request_header(&global.header, Some(&global.value));
                 }
+                let mut reroute = false;
                 for (name, value) in &exchange.request_header_rewrites {
                     host.set_request_header(name, value.as_deref());
+                    reroute |= name == crate::virtual_server::TARGET_HEADER;
                 }
                 if let Some(rewritten) = &exchange.rewritten_request {
                     host.set_request_header("content-length", Some(&rewritten.len().to_string()));
                     host.set_request_body(body_size, rewritten);
+                }
+                if reroute {
+                    // A virtual server's call: the route naming its backing server applies.
+                    host.clear_route_cache();
                 }
                 self.state = State::Forwarded(exchange);
                 Flow::Continue

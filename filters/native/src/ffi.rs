@@ -112,6 +112,7 @@ extern "C" {
     fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
     fn envoy_dynamic_module_callback_http_get_headers_size(fe: *mut c_void, kind: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_headers(fe: *mut c_void, kind: u32, out: *mut HttpHeader) -> bool;
+    fn envoy_dynamic_module_callback_http_clear_route_cache(fe: *mut c_void);
     fn envoy_dynamic_module_callback_http_set_header(
         fe: *mut c_void,
         kind: u32,
@@ -243,6 +244,12 @@ impl EnvoyFilter {
         unsafe {
             envoy_dynamic_module_callback_http_set_header(self.0, map as u32, ModuleBuffer::of(name.as_bytes()), value)
         }
+    }
+
+    /// Makes Envoy select the route again (a no-op outside the request path).
+    pub fn clear_route_cache(&mut self) {
+        // SAFETY: live handle; the callback only reads it.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
     }
 
     /// Answers locally. `details` becomes `%RESPONSE_CODE_DETAILS%`; Envoy adds

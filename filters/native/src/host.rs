@@ -77,6 +77,10 @@ impl Host for NativeHost<'_> {
         self.replace_body(Body::Response, body);
     }
 
+    fn clear_route_cache(&mut self) {
+        self.envoy.clear_route_cache();
+    }
+
     /// `%RESPONSE_CODE_DETAILS%` is empty, as for the wasm build's local replies.
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         self.envoy.send_response(status, headers, body, "");

@@ -43,6 +43,11 @@ impl Host for WasmHost {
         lend(lenient(hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()), read)
     }
 
+    /// proxy-wasm has no call for it: Envoy's wasm host clears the route cache itself
+    /// whenever a filter changes a request header (checked against Envoy 1.40 by
+    /// `tests/e2e/test_virtual_servers.py`).
+    fn clear_route_cache(&mut self) {}
+
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
             log::warn!("meshgate: response header {name} not set: {e:?}");

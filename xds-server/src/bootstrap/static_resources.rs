@@ -26,6 +26,7 @@
 
 use std::path::Path;
 
+use meshgate_core::virtual_server::{VirtualServer, TARGET_HEADER};
 use serde_json::{json, Value};
 
 use crate::registry::{Registry, Runtime, Server, UpstreamHost};
@@ -95,8 +96,49 @@ pub fn make_route(registry: &Registry, server: &Server) -> Value {
     })
 }
 
+/// A virtual server's routes (see `translate::virtual_route`): per backing server, its own
+/// route on the virtual path matching the filter's [`TARGET_HEADER`], which is removed
+/// before forwarding; then a JSON-RPC refusal for anything the filter did not route.
+pub fn make_virtual_routes(registry: &Registry, virtual_server: &VirtualServer) -> Vec<Value> {
+    let path = registry.virtual_route_path(&virtual_server.name);
+    let mut routes: Vec<Value> = virtual_server
+        .servers()
+        .iter()
+        .filter_map(|name| registry.server(name))
+        .map(|server| {
+            let mut route = make_route(registry, server);
+            route["name"] = json!(format!("{}/{}", virtual_server.name, server.name));
+            route["match"] = json!({
+                "path": path,
+                "headers": [{ "name": TARGET_HEADER, "string_match": { "exact": server.name } }],
+            });
+            route["request_headers_to_remove"] = json!([TARGET_HEADER]);
+            route
+        })
+        .collect();
+    let refusal = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": meshgate_core::jsonrpc::code::INTERNAL_ERROR,
+            "message": format!("virtual server \"{}\": the gateway did not route this request", virtual_server.name),
+        },
+    });
+    routes.push(json!({
+        "name": format!("{}/unrouted", virtual_server.name),
+        "match": { "path": path },
+        "direct_response": { "status": 500, "body": { "inline_string": refusal.to_string() } },
+        "response_headers_to_add": [{
+            "header": { "key": "content-type", "value": "application/json" },
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }],
+    }));
+    routes
+}
+
 pub fn make_route_config(registry: &Registry) -> Value {
-    let routes: Vec<Value> = registry.servers.iter().map(|server| make_route(registry, server)).collect();
+    let mut routes: Vec<Value> = registry.servers.iter().map(|server| make_route(registry, server)).collect();
+    routes.extend(registry.virtual_servers.iter().flat_map(|v| make_virtual_routes(registry, v)));
     json!({
         "name": LISTENER_NAME,
         "virtual_hosts": [{

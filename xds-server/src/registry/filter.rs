@@ -55,6 +55,8 @@ pub(crate) fn make_filter_config(
             audit_fields: observability.access_log_path.is_some() || observability.otel.is_some(),
         },
         origin_policy: origin_policy(raw, loopback),
+        // Same shape and paths in both documents.
+        virtual_servers: raw.virtual_servers.clone(),
     }
 }
 

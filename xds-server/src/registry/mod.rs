@@ -28,6 +28,7 @@ pub mod lines;
 pub mod observability;
 pub mod raw;
 mod validate;
+mod virtual_servers;
 
 #[cfg(test)]
 mod tests;
@@ -71,6 +72,9 @@ pub struct Registry {
     pub runtime: Runtime,
     /// Listener TLS/mTLS, client address, Envoy admin address and the stats listener.
     pub edge: edge::Edge,
+    /// `virtual_servers`, in registry order, compiled by the filter's own validator: names
+    /// are unique, clash with no server, and every backing server exists.
+    pub virtual_servers: Vec<meshgate_core::virtual_server::VirtualServer>,
 }
 
 /// Which build of the Meshgate filter Envoy runs (`filter.runtime`). Both run the same
@@ -618,6 +622,16 @@ impl Registry {
     /// The path a server is served at, e.g. `/mcp/crm`.
     pub fn route_path(&self, server: &Server) -> String {
         format!("{}{}", self.filter.route_prefix, server.name)
+    }
+
+    /// The path a virtual server is served at, e.g. `/mcp/work`.
+    pub fn virtual_route_path(&self, name: &str) -> String {
+        format!("{}{}", self.filter.route_prefix, name)
+    }
+
+    /// The server called `name`.
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.name == name)
     }
 
     /// One line for `meshgate validate`.

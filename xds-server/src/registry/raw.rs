@@ -50,6 +50,10 @@ pub struct RawRegistry {
     /// A stats/readiness listener (`/stats/prometheus`, `/ready`), `super::edge`.
     #[serde(default)]
     pub stats: Option<super::edge::RawStats>,
+    /// Virtual MCP servers: one endpoint over a selection of several servers' tools and
+    /// prompts; the filter's own raw type (`meshgate_core::virtual_server`).
+    #[serde(default)]
+    pub virtual_servers: Vec<meshgate_core::virtual_server::RawVirtualServer>,
 }
 
 /// `filter`: how Envoy runs the Meshgate filter.

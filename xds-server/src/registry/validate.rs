@@ -136,20 +136,24 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
         let filter = filter::make_filter_config(&raw, jwt, &observability, listener_ip.is_loopback());
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
         // at something already reported, the registry's message is the clearer one.
-        let global_rules = match FilterConfig::compile(&filter, secrets) {
+        let (global_rules, virtual_servers) = match FilterConfig::compile(&filter, secrets) {
             Err(e) => {
                 let FilterPath { path, message } = filter::locate(&e, &raw);
                 if !problems.overlaps(&path) {
+                    let message = super::virtual_servers::cite_lines(&message, file, index);
                     problems.push(path, RegistryError::Filter(message));
                 }
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
-            Ok(compiled) => compiled
-                .quotas
-                .iter()
-                .filter(|rule| rule.scope == QuotaScope::Global)
-                .map(|rule| GlobalRule { name: rule.name.clone(), limit: rule.limit })
-                .collect(),
+            Ok(compiled) => (
+                compiled
+                    .quotas
+                    .iter()
+                    .filter(|rule| rule.scope == QuotaScope::Global)
+                    .map(|rule| GlobalRule { name: rule.name.clone(), limit: rule.limit })
+                    .collect(),
+                super::virtual_servers::in_registry_order(&raw, &compiled.virtual_servers),
+            ),
         };
         if raw.rate_limit_service.is_none() {
             // Point at the first global rule's `scope` line.
@@ -180,6 +184,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             cors,
             runtime,
             edge,
+            virtual_servers,
         })
     }
 }

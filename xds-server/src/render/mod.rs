@@ -51,6 +51,11 @@ pub enum RenderError {
     )]
     GlobalQuota { platform: &'static str, rule: String },
     #[error(
+        "{key} is not translated by `meshgate render {platform}`: {why}; remove it from the \
+         registry for this platform"
+    )]
+    ListenerKeys { platform: &'static str, key: &'static str, why: &'static str },
+    #[error(
         "servers[{server}].url host {host:?} is not a Kubernetes Service name \
          (expected <service>, <service>.<namespace> or <service>.<namespace>.svc[.<domain>])"
     )]
@@ -79,6 +84,25 @@ pub fn check_renderable(registry: &Registry, platform: &'static str, hint: &'sta
     }
     if let Some(rule) = registry.global_rules.first() {
         return Err(RenderError::GlobalQuota { platform, rule: rule.name.clone() });
+    }
+    // Keys meshgate's own listener and routes carry: the platform's gateway owns those, so
+    // rendering them would drop them silently (TLS, or callers' identities) or leave a
+    // virtual endpoint without its routes.
+    let listener_keys: [(bool, &'static str, &'static str); 3] = [
+        (
+            registry.edge.tls.is_some(),
+            "listener.tls (and with it auth.mtls)",
+            "the platform's gateway terminates TLS (--tls-credential / --tls-secret)",
+        ),
+        (registry.edge.stats.is_some(), "stats", "the platform exposes Envoy's metrics and readiness itself"),
+        (
+            !registry.virtual_servers.is_empty(),
+            "virtual_servers",
+            "their per-call routes are rendered by meshgate's own xDS only",
+        ),
+    ];
+    if let Some((_, key, why)) = listener_keys.into_iter().find(|(set, _, _)| *set) {
+        return Err(RenderError::ListenerKeys { platform, key, why });
     }
     Ok(())
 }

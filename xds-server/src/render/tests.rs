@@ -213,3 +213,14 @@ fn gateway_api_durations_have_no_decimals() {
         assert_eq!(envoy_gateway::gateway_api_duration(duration), text);
     }
 }
+
+#[test]
+fn keys_of_meshgate_s_own_listener_and_routes_are_refused_not_dropped() {
+    assert!(check_renderable(&registry(REGISTRY), "istio", "h").is_ok());
+    let with_virtual = registry(&format!("{REGISTRY}virtual_servers:\n  - {{ name: all, servers: [crm, docs] }}\n"));
+    let err = check_renderable(&with_virtual, "istio", "h").expect_err("virtual servers need meshgate's routes");
+    assert!(err.to_string().contains("virtual_servers"), "{err}");
+    let with_stats = registry(&format!("{REGISTRY}admin: {{ port: 9901 }}\nstats: {{ port: 15090 }}\n"));
+    let err = check_renderable(&with_stats, "envoy-gateway", "h").expect_err("stats is meshgate's listener");
+    assert!(err.to_string().contains("stats"), "{err}");
+}

@@ -35,6 +35,7 @@ pub mod local_reply;
 pub mod observability;
 pub mod ratelimit;
 pub mod route;
+pub mod virtual_route;
 
 #[cfg(test)]
 mod tests;

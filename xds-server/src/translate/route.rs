@@ -51,6 +51,7 @@ const GENERIC_CREDENTIAL: &str = "envoy.http.injected_credentials.generic";
 pub fn make_route_config(registry: &Registry) -> RouteConfiguration {
     let mut routes = protected_resource_routes(registry);
     routes.extend(registry.servers.iter().map(|server| make_route(registry, server)));
+    routes.extend(super::virtual_route::make_virtual_routes(registry));
     // The listener's CORS policy covers every route; a server's own replaces it on its route.
     let typed_per_filter_config =
         registry.cors.iter().map(|cors| (CORS_FILTER_NAME.to_string(), cors::make_cors_policy(cors))).collect();
@@ -156,6 +157,10 @@ pub fn protected_resource_documents(registry: &Registry) -> BTreeMap<String, Str
         let path = registry.route_path(server);
         documents.insert(format!("{PROTECTED_RESOURCE_PATH}{path}"), format!("{origin}{path}"));
     }
+    for virtual_server in &registry.virtual_servers {
+        let path = registry.virtual_route_path(&virtual_server.name);
+        documents.insert(format!("{PROTECTED_RESOURCE_PATH}{path}"), format!("{origin}{path}"));
+    }
     // The advertised URL itself, when it is elsewhere under /.well-known/ (the only prefix
     // the filter lets through without credentials).
     let path = uri.path();
@@ -204,9 +209,9 @@ fn protected_resource_routes(registry: &Registry) -> Vec<Route> {
                     ..Default::default()
                 })),
                 response_headers_to_add: vec![
-                    header("content-type", "application/json"),
+                    overwrite_header("content-type", "application/json"),
                     // Browser-based MCP clients fetch this cross-origin.
-                    header("access-control-allow-origin", "*"),
+                    overwrite_header("access-control-allow-origin", "*"),
                 ],
                 ..Default::default()
             }
@@ -214,7 +219,8 @@ fn protected_resource_routes(registry: &Registry) -> Vec<Route> {
         .collect()
 }
 
-fn header(key: &str, value: &str) -> HeaderValueOption {
+/// A response header set (replacing any value).
+pub(super) fn overwrite_header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), ..Default::default() }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,

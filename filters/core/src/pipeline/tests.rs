@@ -38,6 +38,8 @@ struct MemoryHost {
     audit: Vec<(&'static str, String)>,
     metrics: Vec<MetricUpdate>,
     logs: Vec<(Level, String)>,
+    /// How often the pipeline asked Envoy to select the route again.
+    route_cache_cleared: u32,
 }
 
 impl MemoryHost {
@@ -87,6 +89,9 @@ impl Host for MemoryHost {
     fn set_response_body(&mut self, size: usize, body: &[u8]) {
         assert_eq!(size, self.response_body.len());
         self.response_body = body.to_vec();
+    }
+    fn clear_route_cache(&mut self) {
+        self.route_cache_cleared += 1;
     }
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         assert!(self.local_reply.is_none(), "one local reply per stream");
@@ -518,6 +523,9 @@ fn a_counter_that_cannot_be_updated_refuses_the_call() {
         fn set_response_body(&mut self, size: usize, body: &[u8]) {
             self.0.set_response_body(size, body)
         }
+        fn clear_route_cache(&mut self) {
+            self.0.clear_route_cache()
+        }
         fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
             self.0.send_local_reply(status, headers, body)
         }
@@ -578,4 +586,59 @@ fn audit_fields_are_written_once_without_tracing_and_only_when_changed_with_it()
     assert!(settled > 0, "with tracing the settled exchange is written before the stream ends");
     let decision_writes = fields.iter().filter(|(k, _)| *k == audit::field::DECISION).count();
     assert_eq!(decision_writes, 1, "an unchanged value is not written again: {fields:?}");
+}
+
+#[test]
+fn a_virtual_server_call_names_its_backend_and_reselects_the_route() {
+    let g = gateway(json!({"virtual_servers": [{"name": "work", "servers": ["crm", "docs"]}]}));
+    let modern = |mut h: Vec<(String, String)>, name: &str| {
+        h.push(("mcp-protocol-version".into(), "2026-07-28".into()));
+        h.push(("mcp-method".into(), "tools/call".into()));
+        h.push(("mcp-name".into(), name.into()));
+        h
+    };
+    let body = |name: &str| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+        .to_string()
+        .into_bytes()
+    };
+    // The client tries to pick the backend itself: its header is gone before the decision.
+    let mut host = MemoryHost::default();
+    let mut stream = Stream::new(g.clone());
+    let mut headers = modern(post_headers(Some("r"), "/mcp/work"), "crm__get_customer");
+    headers.push(("x-meshgate-target".into(), "docs".into()));
+    assert_eq!(request(&mut stream, &mut host, headers, &[&body("crm__get_customer")], false), Sent::Forwarded);
+    let target: Vec<&str> =
+        host.request_headers.iter().filter(|(k, _)| k == "x-meshgate-target").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(target, ["crm"]);
+    assert_eq!(host.route_cache_cleared, 1);
+    assert!(host.request_headers.contains(&("mcp-name".to_string(), "get_customer".to_string())));
+    let sent: Value = serde_json::from_slice(&host.request_body).unwrap();
+    assert_eq!(sent["params"]["name"], "get_customer");
+    assert!(host.request_headers.contains(&("content-length".to_string(), host.request_body.len().to_string())));
+
+    // Refused: nothing names a backend.
+    let mut host = MemoryHost::default();
+    let mut stream = Stream::new(g.clone());
+    let mut headers = modern(post_headers(Some("r"), "/mcp/work"), "crm__delete_customer");
+    headers.push(("x-meshgate-target".into(), "crm".into()));
+    assert_eq!(request(&mut stream, &mut host, headers, &[&body("crm__delete_customer")], false), Sent::Refused(200));
+    assert!(!host.request_headers.iter().any(|(k, _)| k == "x-meshgate-target"));
+    assert_eq!(host.route_cache_cleared, 0);
+
+    // A call to a real server never touches the route.
+    let mut host = MemoryHost::default();
+    let mut stream = Stream::new(g);
+    assert_eq!(
+        request(
+            &mut stream,
+            &mut host,
+            post_headers(Some("r"), "/mcp/crm"),
+            &[&call(1, "get_customer", json!({}))],
+            false
+        ),
+        Sent::Forwarded
+    );
+    assert_eq!(host.route_cache_cleared, 0);
 }

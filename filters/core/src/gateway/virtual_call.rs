@@ -1,0 +1,392 @@
+//! Calls through a virtual server ([`crate::virtual_server`]): the body's exposed name is
+//! resolved to a backing server and its own name, the request is rewritten to what that
+//! server expects, and then governed exactly as if it had been sent to the server's own
+//! endpoint ([`Gateway::on_request_body`] on the rewritten request).
+//!
+//! What this answers today (the 2026-07-28 era, stateless):
+//! - `tools/call` and `prompts/get`: routed by the exposed name. Only the `params.name`
+//!   value is replaced, re-serialised as a JSON string at its exact place in the body; the
+//!   rest of the bytes are forwarded as sent. `Mcp-Name` is checked against the exposed
+//!   name, then rewritten to the own name. The backing server is named in
+//!   [`TARGET_HEADER`] for the route to match (the client's own value was removed with every
+//!   `x-meshgate-*` header).
+//!
+//! Everything else is refused with a JSON-RPC error carrying the request's id: discovery and
+//! the list methods (their merged answers need fan-out callouts, not built yet), messages of
+//! the session-based eras, notifications and responses (no backing server to route them to).
+
+use crate::jsonrpc::{self, code, StrictJson};
+use crate::mcp::{self, header, Message, ReadError, ResourceKind};
+use crate::reject::{printable, Rejection};
+use crate::virtual_server::{VirtualServer, TARGET_HEADER};
+
+use super::{check_routing_headers, unreadable, Exchange, Gateway, PendingRequest};
+
+/// HTTP status of a JSON-RPC error about what the request names or asks for (an unknown
+/// prefix, a member not exposed, a method not answered here): 200, as an MCP server answers
+/// an unknown tool or method, so every client reads the JSON-RPC error itself.
+const ANSWER_STATUS: u16 = 200;
+
+/// GET (the session-era server stream) and DELETE (session end) have no meaning on a
+/// virtual server yet: 405 with a JSON-RPC error.
+pub(super) fn method_not_allowed(method: &str) -> Rejection {
+    Rejection::new(
+        405,
+        code::INVALID_REQUEST,
+        format!(
+            "method {} is not supported on virtual servers: they speak MCP 2026-07-28 (one POST per request, no session)",
+            printable(method)
+        ),
+    )
+    .with_header("allow", "POST".to_string())
+}
+
+impl Gateway {
+    /// Step 2 for a virtual server's request: resolve, rewrite, then govern as the backing
+    /// server's own request.
+    pub(super) fn on_virtual_request_body(&self, pending: &PendingRequest, body: &[u8]) -> Result<Exchange, Rejection> {
+        let Some(virtual_server) = self.config.virtual_servers.get(&pending.server) else {
+            // The configuration that accepted the path is the one deciding the body.
+            return Err(Rejection::new(500, code::INTERNAL_ERROR, "virtual server configuration changed"));
+        };
+        if let Some(r) = self.request_too_large(pending, body.len() as u64) {
+            return Err(r);
+        }
+        // One read of the body: the message, and where its name lies.
+        let doc = jsonrpc::validate_strict(body).map_err(|e| unreadable(ReadError::Json(e)))?;
+        let read = mcp::read_message_in(&doc).map_err(unreadable)?;
+        // The client's headers must agree with what it sent (exposed names), as anywhere.
+        check_routing_headers(&pending.routing, &read.message, read.envelope_version())?;
+        let message = &read.message;
+        let id = message.id();
+        let modern = pending.routing.modern
+            || read.envelope_version().flatten().is_some_and(|v| mcp::MODERN_PROTOCOL_VERSIONS.contains(&v));
+        let Message::Request { method, .. } = message else {
+            return Err(unsupported(virtual_server, "a notification or response", id));
+        };
+        if !modern {
+            return Err(Rejection::bad_request(
+                code::INVALID_REQUEST,
+                format!(
+                    "virtual server \"{}\" speaks only MCP {} (send MCP-Protocol-Version); the session-based protocol versions are not supported on virtual servers yet",
+                    virtual_server.name,
+                    mcp::MODERN_PROTOCOL_VERSIONS.join(", ")
+                ),
+            )
+            .with_id(id));
+        }
+        let kind = match ResourceKind::of_method(method) {
+            Some(kind @ (ResourceKind::Tool | ResourceKind::Prompt)) => kind,
+            _ => return Err(unsupported(virtual_server, &format!("method {}", printable(method)), id)),
+        };
+        let Some(target) = message.target() else {
+            return Err(Rejection::bad_request(code::INVALID_PARAMS, "the request names nothing").with_id(id));
+        };
+        let member = virtual_server
+            .resolve(kind, &target.name)
+            .map_err(|e| Rejection::new(ANSWER_STATUS, code::INVALID_PARAMS, printable(&e.to_string())).with_id(id))?;
+        let rewritten = replace_name(body, &doc, kind, member.name).ok_or_else(|| {
+            Rejection::bad_request(code::INVALID_PARAMS, "the request's name is not readable").with_id(id)
+        })?;
+
+        // Governed as the backing server's own request: the same message, renamed (the
+        // headers were checked above; Mcp-Name is rewritten with the body).
+        let mut backend = pending.clone();
+        backend.via_virtual = false;
+        backend.server = member.server.to_string();
+        let own_name_header = mcp::encode_header_value(member.name);
+        if backend.routing.name.is_some() {
+            backend.routing.name = Some(own_name_header.clone());
+        }
+        let backend_read = read.clone().with_target_name(member.name);
+        let mut exchange = self.govern_read(&backend, &rewritten, backend_read)?;
+        if exchange.rewritten_request.is_none() {
+            exchange.rewritten_request = Some(rewritten);
+        }
+        if pending.routing.name.is_some() {
+            exchange.request_header_rewrites.push((header::NAME.to_string(), Some(own_name_header)));
+        }
+        exchange.request_header_rewrites.push((TARGET_HEADER.to_string(), Some(member.server.to_string())));
+        Ok(exchange)
+    }
+}
+
+/// A JSON-RPC error for what a virtual server does not answer (yet).
+fn unsupported(virtual_server: &VirtualServer, what: &str, id: Option<&serde_json::Value>) -> Rejection {
+    Rejection::new(
+        ANSWER_STATUS,
+        code::METHOD_NOT_FOUND,
+        format!(
+            "{what} is not supported on virtual server \"{}\" yet; it answers tools/call and prompts/get (names prefixed {}); use /mcp/<server> for the rest",
+            virtual_server.name,
+            virtual_server.prefixes().join(", ")
+        ),
+    )
+    .with_id(id)
+}
+
+/// `body` (read as `doc`) with the value of `params.<name key>` replaced by `own` as a JSON
+/// string, every other byte as sent. `None` when the body has no such string (not reached:
+/// the message was classified from the same field).
+pub(crate) fn replace_name(body: &[u8], doc: &StrictJson<'_>, kind: ResourceKind, own: &str) -> Option<Vec<u8>> {
+    let root = doc.root();
+    let value = root.get("params")?.get(kind.param_key())?;
+    if value.kind() != jsonrpc::JsonKind::String {
+        return None;
+    }
+    let text = value.text();
+    // Both are slices of `body`: the offset is the distance between their starts.
+    let start = (text.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(text.len())?;
+    if end > body.len() {
+        return None;
+    }
+    let encoded = serde_json::to_string(own).ok()?;
+    let mut out = Vec::with_capacity(body.len() - text.len() + encoded.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(encoded.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::config::{EnvSecrets, FilterConfig, RawFilterConfig};
+    use crate::gateway::{HeadDecision, RequestHead};
+
+    fn gateway() -> Gateway {
+        let key = |k: &str, role: &str| json!({"consumer": format!("{role}-bot"), "sha256": hex::encode(Sha256::digest(k.as_bytes())), "roles": [role]});
+        let raw: RawFilterConfig = serde_json::from_value(json!({
+            "servers": ["crm", "docs"],
+            "auth": {"api_keys": [key("r", "reader"), key("a", "admin")]},
+            "policy": {"roles": {
+                "reader": {"allow": ["crm/get_*", "docs/*"]},
+                "admin": {"allow": ["*"], "deny": ["crm/delete_*"], "prompts": {"allow": ["crm/*"]}}
+            }},
+            "quotas": [{"name": "q", "match": {"tools": ["crm/get_*"]}, "rate": "5/m"}],
+            "virtual_servers": [{"name": "work", "servers": ["crm"], "tools": ["docs/search_*"]}]
+        }))
+        .unwrap();
+        Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
+    }
+
+    fn head(g: &Gateway, method: &str, path: &str, extra: &[(&str, &str)]) -> HeadDecision {
+        let mut h = vec![("x-api-key", "r"), ("content-type", "application/json")];
+        h.extend_from_slice(extra);
+        g.on_request_head(
+            RequestHead { method, path, headers: &h, end_of_stream: method != "POST" },
+            0,
+            &mut g.new_token_cache(),
+        )
+    }
+
+    fn modern(method: &str, name: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut h = vec![("mcp-protocol-version", "2026-07-28".to_string()), ("mcp-method", method.to_string())];
+        if let Some(n) = name {
+            h.push(("mcp-name", n.to_string()));
+        }
+        h
+    }
+
+    fn body(method: &str, params: Value) -> Vec<u8> {
+        let mut params = params;
+        params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+        json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": params}).to_string().into_bytes()
+    }
+
+    /// The decision on a POST to `path` with `key`, headers and body.
+    fn decide(
+        g: &Gateway,
+        key: &str,
+        path: &str,
+        headers: &[(&'static str, String)],
+        body: &[u8],
+    ) -> Result<Exchange, Rejection> {
+        let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        h.push(("x-api-key", key));
+        h.push(("content-type", "application/json"));
+        match g.on_request_head(
+            RequestHead { method: "POST", path, headers: &h, end_of_stream: false },
+            0,
+            &mut g.new_token_cache(),
+        ) {
+            HeadDecision::AwaitBody(p) => g.on_request_body(&p, body),
+            HeadDecision::Reject(r) => Err(r),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn rewrite<'e>(e: &'e Exchange, name: &str) -> Option<&'e str> {
+        e.request_header_rewrites.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    #[test]
+    fn a_call_is_routed_by_prefix_and_governed_as_the_backing_servers() {
+        let g = gateway();
+        let sent = body("tools/call", json!({"name": "crm__get_customer", "arguments": {"id": "crm__get_customer"}}));
+        let e = decide(&g, "r", "/mcp/work", &modern("tools/call", Some("crm__get_customer")), &sent).unwrap();
+        assert_eq!(e.server, "crm");
+        assert_eq!(rewrite(&e, TARGET_HEADER), Some("crm"));
+        assert_eq!(rewrite(&e, header::NAME), Some("get_customer"));
+        let forwarded: Value = serde_json::from_slice(e.rewritten_request.as_deref().unwrap()).unwrap();
+        assert_eq!(forwarded["params"]["name"], "get_customer");
+        assert_eq!(forwarded["params"]["arguments"]["id"], "crm__get_customer");
+        // Charged to the backing server's quota, as via /mcp/crm.
+        let direct = decide(
+            &g,
+            "r",
+            "/mcp/crm",
+            &modern("tools/call", Some("get_customer")),
+            &body("tools/call", json!({"name": "get_customer", "arguments": {}})),
+        )
+        .unwrap();
+        assert_eq!(format!("{:?}", e.charges), format!("{:?}", direct.charges));
+        assert!(!e.charges.local.is_empty());
+    }
+
+    #[test]
+    fn a_virtual_server_never_widens_the_policy() {
+        let g = gateway();
+        // Selected by the virtual server, denied by the reader's policy.
+        let sent = body("tools/call", json!({"name": "crm__delete_customer", "arguments": {}}));
+        let r = decide(&g, "r", "/mcp/work", &modern("tools/call", Some("crm__delete_customer")), &sent).unwrap_err();
+        assert_eq!(r.code, code::FORBIDDEN);
+        assert!(r.message.contains("\"crm/delete_customer\""), "{}", r.message);
+        assert_eq!(r.id, Some(json!(9)));
+        // Allowed by the policy, not selected by the virtual server.
+        let sent = body("tools/call", json!({"name": "docs__get_doc", "arguments": {}}));
+        let r = decide(&g, "r", "/mcp/work", &modern("tools/call", Some("docs__get_doc")), &sent).unwrap_err();
+        assert_eq!(r.code, code::INVALID_PARAMS);
+        assert!(r.message.contains("not exposed"), "{}", r.message);
+    }
+
+    #[test]
+    fn unknown_prefixes_list_the_valid_ones() {
+        let g = gateway();
+        let sent = body("tools/call", json!({"name": "billing__charge", "arguments": {}}));
+        let r = decide(&g, "r", "/mcp/work", &modern("tools/call", Some("billing__charge")), &sent).unwrap_err();
+        assert_eq!((r.status, r.code, r.id.clone()), (200, code::INVALID_PARAMS, Some(json!(9))));
+        assert!(r.message.contains("crm__, docs__"), "{}", r.message);
+    }
+
+    #[test]
+    fn headers_are_checked_against_the_exposed_name() {
+        let g = gateway();
+        let sent = body("tools/call", json!({"name": "crm__get_customer", "arguments": {}}));
+        // Mcp-Name naming the backend's own name (or another tool) does not match the body.
+        for name in ["get_customer", "crm__list_customers"] {
+            let r = decide(&g, "r", "/mcp/work", &modern("tools/call", Some(name)), &sent).unwrap_err();
+            assert_eq!(r.code, code::HEADER_MISMATCH, "{name}");
+        }
+    }
+
+    #[test]
+    fn prompts_are_routed_too() {
+        let g = gateway();
+        let sent = body("prompts/get", json!({"name": "crm__summarize_customer", "arguments": {"id": "1"}}));
+        let e = decide(&g, "a", "/mcp/work", &modern("prompts/get", Some("crm__summarize_customer")), &sent).unwrap();
+        assert_eq!((e.server.as_str(), rewrite(&e, header::NAME)), ("crm", Some("summarize_customer")));
+    }
+
+    #[test]
+    fn what_is_not_supported_yet_is_refused_with_the_id() {
+        let g = gateway();
+        for method in ["tools/list", "server/discover", "resources/read", "ping"] {
+            let sent = body(method, json!({"uri": "file:///x"}));
+            let name = (method == "resources/read").then_some("file:///x");
+            let r = decide(&g, "r", "/mcp/work", &modern(method, name), &sent).unwrap_err();
+            assert_eq!((r.code, r.id.clone()), (code::METHOD_NOT_FOUND, Some(json!(9))), "{method}: {}", r.message);
+        }
+        // The session-based era.
+        let legacy =
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "crm__get_customer"}});
+        let r = decide(&g, "r", "/mcp/work", &[], legacy.to_string().as_bytes()).unwrap_err();
+        assert_eq!((r.code, r.id.clone()), (code::INVALID_REQUEST, Some(json!(3))));
+        for method in ["GET", "DELETE"] {
+            let HeadDecision::Reject(r) = head(&g, method, "/mcp/work", &[]) else { panic!("{method}") };
+            assert_eq!(r.status, 405);
+        }
+    }
+
+    #[test]
+    fn the_body_limit_is_the_largest_backing_servers() {
+        let raw: RawFilterConfig = serde_json::from_value(json!({
+            "servers": ["crm", "docs"],
+            "auth": {"api_keys": [{"consumer": "bot", "sha256": hex::encode(Sha256::digest(b"k")), "roles": ["any"]}]},
+            "policy": {"roles": {"any": {"allow": ["*"]}}},
+            "limits": {"max_request_bytes": 1000},
+            "server_limits": {"docs": {"max_request_bytes": 5000}},
+            "virtual_servers": [{"name": "both", "servers": ["crm", "docs"]}, {"name": "one", "servers": ["crm"]}]
+        }))
+        .unwrap();
+        let g = Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap());
+        assert_eq!(g.config().limits.head_request_bytes("both"), 5000);
+        assert_eq!(g.config().limits.head_request_bytes("one"), 1000);
+        // Once the body names the server, its own limit applies.
+        let padding = "x".repeat(2000);
+        let sent = body("tools/call", json!({"name": "crm__get_customer", "arguments": {"pad": padding}}));
+        let r = decide(&g, "k", "/mcp/both", &modern("tools/call", Some("crm__get_customer")), &sent).unwrap_err();
+        assert_eq!(r.status, 413);
+        let sent = body("tools/call", json!({"name": "docs__search_docs", "arguments": {"pad": padding}}));
+        assert!(decide(&g, "k", "/mcp/both", &modern("tools/call", Some("docs__search_docs")), &sent).is_ok());
+    }
+
+    #[test]
+    fn unknown_virtual_paths_are_not_found() {
+        let g = gateway();
+        let HeadDecision::Reject(r) = head(&g, "POST", "/mcp/worker", &[]) else { panic!() };
+        assert_eq!(r.status, 404);
+    }
+
+    #[test]
+    fn only_the_name_value_is_replaced() {
+        // The exposed name appears elsewhere too (arguments, _meta): only params.name changes.
+        let body = br#"{ "jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{"q":"crm__x","name":"crm__x"},"name":"crm__x","_meta":{"k":"crm__x"}}}"#;
+        let out = replace_name(body, &jsonrpc::validate_strict(body).unwrap(), ResourceKind::Tool, "x").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{ "jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{"q":"crm__x","name":"crm__x"},"name":"x","_meta":{"k":"crm__x"}}}"#
+        );
+    }
+
+    #[test]
+    fn escaped_names_are_replaced_whole_and_re_encoded() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"n\u0061me":"crm__\u0073ummary"}}"#;
+        let out =
+            replace_name(body, &jsonrpc::validate_strict(body).unwrap(), ResourceKind::Prompt, "say \"hi\"").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"n\u0061me":"say \"hi\""}}"#
+        );
+    }
+
+    #[test]
+    fn the_renamed_read_is_what_reading_the_rewritten_body_gives() {
+        let bodies: [&[u8]; 3] = [
+            br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"crm__x","arguments":{"k":[1,2,{"name":"crm__x"}]},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            br#"{"params":{"arguments":{},"name":"crm__\u0078"},"method":"tools/call","id":3,"jsonrpc":"2.0"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"crm__p","arguments":{"a":"b"}}}"#,
+        ];
+        for body in bodies {
+            let doc = jsonrpc::validate_strict(body).unwrap();
+            let read = mcp::read_message_in(&doc).unwrap();
+            let kind = read.message.target().unwrap().kind;
+            let rewritten = replace_name(body, &doc, kind, "own \"name\"").unwrap();
+            assert_eq!(mcp::read_message(&rewritten).unwrap(), read.with_target_name("own \"name\""));
+        }
+    }
+
+    #[test]
+    fn nothing_to_replace_is_none() {
+        for body in [
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#.as_slice(),
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#.as_slice(),
+        ] {
+            assert!(replace_name(body, &jsonrpc::validate_strict(body).unwrap(), ResourceKind::Tool, "x").is_none());
+        }
+    }
+}
