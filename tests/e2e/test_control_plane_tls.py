@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,7 +26,17 @@ import pytest
 from e2e_support import ENVOY, MESHGATE, NATIVE, WASM, Keys, Proc, Upstream, free_port, require_artifacts
 from global_limits_support import start_redis
 from pki_support import Issued, Pki, client_context, presented_serial
-from xds_support import RegistrySpec, _listener, call, keys_jwks, outcome, stop_quietly, wait_for, write_registry
+from xds_support import (
+    RegistrySpec,
+    _listener,
+    call,
+    keys_jwks,
+    outcome,
+    serve_until_ready,
+    stop_quietly,
+    wait_for,
+    write_registry,
+)
 
 ADMIN_TOKEN = "e2e-admin-token-7f3a"
 # Calls of docs/search_* the whole fleet may make (a global quota, decided by meshgate).
@@ -53,20 +62,9 @@ class Plane:
 
 def start_serve(workdir: Path, registry: Path, args: list[str], name: str = "meshgate-tls") -> tuple[Proc, dict]:
     ready_file = workdir / f"{name}.ready.json"
-    proc = Proc.start(
-        name,
-        [str(MESHGATE), "serve", "--registry", str(registry), "--wasm", str(WASM), "--ready-file", str(ready_file),
-         *args],
-        workdir / f"{name}.out",
-        env={"MESHGATE_LOG": "info"},
-    )
-    deadline = time.monotonic() + 30
-    while not ready_file.exists():
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            proc.stop()
-            pytest.fail(f"`meshgate serve` did not start:\n{proc.tail()}", pytrace=False)
-        time.sleep(0.05)
-    return proc, json.loads(ready_file.read_text())
+    command = [str(MESHGATE), "serve", "--registry", str(registry), "--wasm", str(WASM), "--ready-file",
+               str(ready_file), *args]
+    return serve_until_ready(name, command, ready_file, workdir)
 
 
 @pytest.fixture(scope="module")

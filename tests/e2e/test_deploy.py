@@ -890,6 +890,24 @@ def start_istio_like_gateway(tmp_path: Path, wasm_url: str, upstreams: dict[str,
     return proc, target_port
 
 
+def assert_docs_are_governed(url: str, upstreams: dict[str, Any]) -> None:
+    """The mesh registry's policy on `docs` through a rendered gateway: no credentials → 401
+    and nothing forwarded; a reader's `tools/list` filtered; a denied tool never forwarded."""
+    mark = upstreams["docs"].log.mark()
+    anonymous = post(url, modern_body("tools/list", {}), None, modern_headers("tools/list"))
+    assert anonymous.status_code == 401, anonymous.text
+    assert upstreams["docs"].log.posts_since(mark) == []
+    reader = api_key("demo-reader-key")
+    listed = post(url, modern_body("tools/list", {}), reader, modern_headers("tools/list"))
+    assert listed.status_code == 200, listed.text
+    tools = {t["name"] for t in response_messages(listed)[0]["result"]["tools"]}
+    assert tools == {"search_docs", "get_doc"}, tools
+    denied = post(url, modern_body("tools/call", {"name": "admin_reindex", "arguments": {}}), reader,
+                  modern_headers("tools/call", "admin_reindex"))
+    assert is_denied(denied), denied.text
+    assert not upstreams["docs"].log.calls(mark, "tools/call", "admin_reindex")
+
+
 def test_the_istio_patches_govern_calls_with_the_module_fetched_and_pinned(
     tmp_path: Path, upstreams: dict[str, Any]
 ) -> None:
@@ -898,20 +916,7 @@ def test_the_istio_patches_govern_calls_with_the_module_fetched_and_pinned(
     proc, port = start_istio_like_gateway(tmp_path, f"http://127.0.0.1:{module.port}/meshgate.wasm", upstreams)
     try:
         assert wait_tcp("127.0.0.1", port, 60), proc.tail()
-        url = f"http://127.0.0.1:{port}/mcp/docs"
-        mark = upstreams["docs"].log.mark()
-        anonymous = post(url, modern_body("tools/list", {}), None, modern_headers("tools/list"))
-        assert anonymous.status_code == 401, anonymous.text
-        assert upstreams["docs"].log.posts_since(mark) == []
-        reader = api_key("demo-reader-key")
-        listed = post(url, modern_body("tools/list", {}), reader, modern_headers("tools/list"))
-        assert listed.status_code == 200, listed.text
-        tools = {t["name"] for t in response_messages(listed)[0]["result"]["tools"]}
-        assert tools == {"search_docs", "get_doc"}, tools
-        denied = post(url, modern_body("tools/call", {"name": "admin_reindex", "arguments": {}}), reader,
-                      modern_headers("tools/call", "admin_reindex"))
-        assert is_denied(denied), denied.text
-        assert not upstreams["docs"].log.calls(mark, "tools/call", "admin_reindex")
+        assert_docs_are_governed(f"http://127.0.0.1:{port}/mcp/docs", upstreams)
     finally:
         proc.stop()
         module.close()
@@ -1032,18 +1037,7 @@ def test_the_envoy_gateway_policy_governs_calls_with_the_native_module(
                       tmp_path / "envoy.log")
     try:
         assert wait_tcp("127.0.0.1", port, 30), proc.tail()
-        url = f"http://127.0.0.1:{port}/mcp/docs"
-        mark = upstreams["docs"].log.mark()
-        anonymous = post(url, modern_body("tools/list", {}), None, modern_headers("tools/list"))
-        assert anonymous.status_code == 401, anonymous.text
-        reader = api_key("demo-reader-key")
-        listed = post(url, modern_body("tools/list", {}), reader, modern_headers("tools/list"))
-        assert listed.status_code == 200, listed.text
-        assert {t["name"] for t in response_messages(listed)[0]["result"]["tools"]} == {"search_docs", "get_doc"}
-        denied = post(url, modern_body("tools/call", {"name": "admin_reindex", "arguments": {}}), reader,
-                      modern_headers("tools/call", "admin_reindex"))
-        assert is_denied(denied), denied.text
-        assert not upstreams["docs"].log.calls(mark, "tools/call", "admin_reindex")
+        assert_docs_are_governed(f"http://127.0.0.1:{port}/mcp/docs", upstreams)
     finally:
         proc.stop()
 

@@ -164,6 +164,15 @@ def start_control_plane(
     ]
     if wasm_url:
         args += ["--wasm-url", wasm_url]
+    proc, ready = serve_until_ready(name, args, ready_file, workdir, env)
+    return ControlPlane(proc, ready, registry, workdir, args)
+
+
+def serve_until_ready(
+    name: str, args: list[str], ready_file: Path, workdir: Path, env: dict[str, str] | None = None
+) -> tuple[Proc, dict[str, Any]]:
+    """Starts `args` (a `meshgate serve` command line with `--ready-file ready_file`) and
+    waits up to 30 s for its ready file: the process and what the file says."""
     proc = Proc.start(name, args, workdir / f"{name}.out", env={"MESHGATE_LOG": "info", **(env or {})})
     deadline = time.monotonic() + 30
     while not ready_file.exists():
@@ -171,8 +180,7 @@ def start_control_plane(
             proc.stop()
             pytest.fail(f"`meshgate serve` did not start:\n{proc.tail()}", pytrace=False)
         time.sleep(0.05)
-    ready = json.loads(ready_file.read_text())
-    return ControlPlane(proc, ready, registry, workdir, args)
+    return proc, json.loads(ready_file.read_text())
 
 
 # --------------------------------------------------------------------------- Envoy on ADS
