@@ -87,9 +87,26 @@ for _ in $(seq 600); do
 done
 [[ -s "$READY" ]] || { echo "run.sh: meshgate not ready after 60s" >&2; exit 1; }
 
+# Where an operator looks: every address of this run, one per line (the ports meshgate's
+# control plane and Envoy's admin got are the OS's picks).
+ADDRESSES=$(.venv/bin/python - "$READY" <<'PY'
+import json, sys
+ready = json.load(open(sys.argv[1]))
+def url(value, path=""):
+    value = str(value)
+    return (value if "://" in value else f"http://{value}") + path
+print(f"  MCP listener:        {url(ready['listener'])}/mcp/<server>")
+print(f"  meshgate admin API:  {url(ready['meshgate_admin'], '/status')}  (also /registry, /catalog, /metrics)")
+print(f"  Envoy admin:         {url(ready['admin'], '/stats/prometheus')}  (Envoy pid {ready['envoy_pid']})")
+print(f"  xDS (ADS):           {ready['xds']}")
+PY
+) || ADDRESSES="  (addresses: $(cat "$READY"))"
+
 cat <<EOF
 
-Meshgate is up ($(cat "$READY")).
+Meshgate is up.
+$ADDRESSES
+
 Try it from another terminal:
 
   # list tools (reader sees get_*/list_* only) and call one, official MCP SDK client:
