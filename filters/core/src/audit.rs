@@ -94,9 +94,12 @@ pub mod metric {
     pub const DECISION_TIME_US: &str = "meshgate.decision_time_us";
     /// Counter `meshgate.upstream_errors.server.<s>.code.<c>`.
     pub const UPSTREAM_ERRORS: &str = "meshgate.upstream_errors";
+    /// Counter `meshgate.fan_out_omissions.server.<virtual server>.backend.<server>`: a
+    /// backing server left out of a virtual server's discovery answer (down, slow, unreadable).
+    pub const FAN_OUT_OMISSIONS: &str = "meshgate.fan_out_omissions";
 
     /// Every counter root.
-    pub const COUNTERS: [&str; 4] = [REQUESTS, TOOL_CALLS, REDACTIONS, UPSTREAM_ERRORS];
+    pub const COUNTERS: [&str; 5] = [REQUESTS, TOOL_CALLS, REDACTIONS, UPSTREAM_ERRORS, FAN_OUT_OMISSIONS];
     /// Every histogram root.
     pub const HISTOGRAMS: [&str; 1] = [DECISION_TIME_US];
 }
@@ -110,6 +113,7 @@ pub mod label {
     pub const CONSUMER: &str = "consumer";
     pub const DETECTOR: &str = "detector";
     pub const CODE: &str = "code";
+    pub const BACKEND: &str = "backend";
 }
 
 /// Longest label value kept; longer names are cut (the metric stays, bounded).
@@ -251,6 +255,8 @@ pub struct AuditRecord {
     pub decision_us: u64,
     /// `tools/call` arguments (compact JSON), only when the tool is opted in.
     pub arguments: Option<String>,
+    /// A virtual server's discovery answer: the backing servers left out of it.
+    pub fan_out_omissions: Vec<String>,
 }
 
 impl AuditRecord {
@@ -515,6 +521,10 @@ impl AuditRecord {
             let code = if overflow { OTHER } else { number.of(i128::from(c)) };
             visit(MetricKind::Counter, metric::UPSTREAM_ERRORS, &[&server, code], 1);
         }
+        for backend in &self.fan_out_omissions {
+            // Server names: configured, bounded, already clean.
+            visit(MetricKind::Counter, metric::FAN_OUT_OMISSIONS, &[&server, backend], 1);
+        }
     }
 }
 
@@ -571,6 +581,7 @@ pub fn metric_labels(root: &str, options: MetricOptions) -> &'static [&'static s
         metric::TOOL_CALLS => &[label::SERVER, label::TOOL, label::DECISION],
         metric::REDACTIONS => &[label::SERVER, label::TOOL, label::DETECTOR],
         metric::UPSTREAM_ERRORS => &[label::SERVER, label::CODE],
+        metric::FAN_OUT_OMISSIONS => &[label::SERVER, label::BACKEND],
         _ => &[],
     }
 }

@@ -65,6 +65,10 @@ pub struct RawFilterConfig {
     /// ([`crate::virtual_server`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_servers: Vec<crate::virtual_server::RawVirtualServer>,
+    /// How the filter reaches each real server itself, for the fan-out callouts of virtual
+    /// servers (rendered by the control plane from the server's route; keyed by server).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstreams: BTreeMap<String, crate::virtual_server::Upstream>,
 }
 
 /// How the filter reports what it decided.
@@ -616,6 +620,8 @@ pub struct FilterConfig {
     pub origin_policy: crate::origin::OriginPolicy,
     /// Virtual servers by name ([`crate::virtual_server`]).
     pub virtual_servers: crate::virtual_server::VirtualServers,
+    /// How to reach each real server with a callout ([`crate::virtual_server::Upstream`]).
+    pub upstreams: std::collections::HashMap<String, crate::virtual_server::Upstream>,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -679,6 +685,7 @@ impl FilterConfig {
         for virtual_server in virtual_servers.iter() {
             limits.add_virtual(&virtual_server.name, virtual_server.servers());
         }
+        let upstreams = crate::virtual_server::Upstream::compile_all(&raw.upstreams, &servers)?;
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)
@@ -700,6 +707,7 @@ impl FilterConfig {
             audit_fields: raw.observability.audit_fields,
             origin_policy,
             virtual_servers,
+            upstreams,
         })
     }
 }

@@ -107,6 +107,17 @@ pub enum HeadDecision {
     AwaitBody(PendingRequest),
 }
 
+/// What the body of a POST decided, when it was not refused.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum BodyDecision {
+    /// Forward the request (to its server, or a virtual server's call to a backing server).
+    Forward(Exchange),
+    /// A virtual server's discovery request: answered by the filter from one callout per
+    /// backing server ([`virtual_fanout`]).
+    FanOut(FanOut),
+}
+
 /// A POST waiting for its body.
 #[derive(Debug, Clone)]
 pub struct PendingRequest {
@@ -891,10 +902,25 @@ impl Gateway {
         self.config.quotas.global_rejection(refusal, exchange.request_id())
     }
 
-    /// Step 2: the one parse of the message, header agreement, RBAC.
-    pub fn on_request_body(&self, pending: &PendingRequest, body: &[u8]) -> Result<Exchange, Rejection> {
+    /// Step 2, as the pipeline runs it: forward the request ([`Self::on_request_body`]), or,
+    /// for a virtual server's discovery request, answer it from its backing servers.
+    pub fn decide_request_body(&self, pending: &PendingRequest, body: &[u8]) -> Result<BodyDecision, Rejection> {
         if pending.via_virtual {
             return self.on_virtual_request_body(pending, body);
+        }
+        self.on_request_body(pending, body).map(BodyDecision::Forward)
+    }
+
+    /// Step 2: the one parse of the message, header agreement, RBAC. A virtual server's
+    /// discovery request, which only [`Self::decide_request_body`] answers, is refused.
+    pub fn on_request_body(&self, pending: &PendingRequest, body: &[u8]) -> Result<Exchange, Rejection> {
+        if pending.via_virtual {
+            return match self.on_virtual_request_body(pending, body)? {
+                BodyDecision::Forward(exchange) => Ok(exchange),
+                BodyDecision::FanOut(_) => {
+                    Err(Rejection::new(500, code::INTERNAL_ERROR, "discovery of a virtual server needs callouts"))
+                }
+            };
         }
         if let Some(r) = self.request_too_large(pending, body.len() as u64) {
             return Err(r);
@@ -1062,6 +1088,9 @@ fn check_routing_headers(
 }
 
 mod virtual_call;
+pub mod virtual_fanout;
+
+pub use virtual_fanout::{CalloutRequest, CalloutResponse, FanOut, Omission};
 
 #[cfg(test)]
 mod tests;

@@ -29,8 +29,8 @@ use std::sync::Arc;
 
 use crate::audit::{self, AuditRecord, MetricOptions};
 use crate::gateway::{
-    header_value, header_values, headers_to_strip, BodyKind, Exchange, Gateway, HeadDecision, PendingRequest,
-    RequestHead, ResponsePlan,
+    header_value, header_values, headers_to_strip, BodyDecision, BodyKind, CalloutRequest, CalloutResponse, Exchange,
+    FanOut, Gateway, HeadDecision, PendingRequest, RequestHead, ResponsePlan,
 };
 use crate::identity::TokenCache;
 use crate::jsonrpc::{code, error_body};
@@ -109,6 +109,11 @@ pub trait Host {
     /// Makes Envoy select the route again for this request (after the pipeline set a
     /// request header routes match: [`crate::virtual_server::TARGET_HEADER`]).
     fn clear_route_cache(&mut self);
+    /// Starts an HTTP callout: `request` sent to its cluster by Envoy itself (no route, no
+    /// filter of this listener), bounded by its timeout. `Ok(id)`: the host calls
+    /// [`Stream::on_callout_done`] with this id exactly once, however the callout ends
+    /// (unless the stream ended first). `Err`: it was not started (the host's words).
+    fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String>;
     /// Answers the request locally; nothing (more) reaches the upstream.
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// The pipeline is about to hold up to `bytes` of this stream's body: a host whose own
@@ -149,6 +154,9 @@ enum State {
     AwaitingBody { pending: PendingRequest, buffered: usize },
     /// Let through; its response may need work.
     Forwarded(Exchange),
+    /// A virtual server's discovery request: waiting for the callouts to its backing
+    /// servers (`ids[i]` for `fan_out.backends[i]`; `answers[i]` once it ended).
+    FanningOut { fan_out: FanOut, ids: Vec<Option<u64>>, answers: Vec<Option<Result<CalloutResponse, String>>> },
 }
 
 /// What the response body needs.
@@ -342,15 +350,25 @@ impl Stream {
         let gateway = self.gateway.clone();
         // Everything that needs the body itself happens while the host lends it: the one
         // parse, and the audit record (the arguments it may carry are the forwarded ones).
-        let read = host.with_request_body(body_size, |body| match gateway.on_request_body(pending, body) {
-            Ok(exchange) => {
+        let read = host.with_request_body(body_size, |body| match gateway.decide_request_body(pending, body) {
+            Ok(BodyDecision::Forward(exchange)) => {
                 let mut record = AuditRecord::for_exchange(&exchange);
                 let forwarded = exchange.rewritten_request.as_deref().unwrap_or(body);
                 record.capture_arguments(&gateway.config().audit_values, forwarded);
-                Ok((exchange, record))
+                Ok(Ok((exchange, record)))
             }
+            Ok(BodyDecision::FanOut(fan_out)) => Ok(Err((fan_out, AuditRecord::for_pending(pending, body)))),
             Err(r) => Err((r, AuditRecord::for_pending(pending, body))),
         });
+        let read = match read {
+            Ok(Ok(forward)) => Ok(forward),
+            Ok(Err((fan_out, record))) => {
+                self.decision_ns += host.now_ns().saturating_sub(started);
+                self.audit = Some(record);
+                return self.start_fan_out(host, fan_out);
+            }
+            Err(refused) => Err(refused),
+        };
         let decided = match read {
             Ok((exchange, record)) => match self.admit(host, &exchange, started) {
                 Ok(()) => Ok((exchange, record)),
@@ -396,6 +414,80 @@ impl Stream {
                 self.reject(host, &r)
             }
         }
+    }
+
+    /// Starts one callout per backing server of a discovery request; the request waits
+    /// for them ([`Self::on_callout_done`]), or is answered now when none could start.
+    fn start_fan_out(&mut self, host: &mut impl Host, fan_out: FanOut) -> Flow {
+        let mut ids = Vec::with_capacity(fan_out.backends.len());
+        let mut answers = Vec::with_capacity(fan_out.backends.len());
+        for backend in &fan_out.backends {
+            match host.start_callout(&backend.request) {
+                Ok(id) => {
+                    ids.push(Some(id));
+                    answers.push(None);
+                }
+                Err(e) => {
+                    ids.push(None);
+                    answers.push(Some(Err(format!("the callout could not start: {e}"))));
+                }
+            }
+        }
+        self.state = State::FanningOut { fan_out, ids, answers };
+        if self.finish_fan_out(host) {
+            Flow::Answered
+        } else {
+            Flow::Pause
+        }
+    }
+
+    /// A callout of this stream ended: `response`, or why it failed (reset, timeout,
+    /// an answer too large). The discovery request is answered once every callout ended.
+    pub fn on_callout_done(&mut self, host: &mut impl Host, id: u64, response: Result<CalloutResponse, String>) {
+        let State::FanningOut { ids, answers, .. } = &mut self.state else {
+            return;
+        };
+        let Some(i) = ids.iter().position(|own| *own == Some(id)) else {
+            return;
+        };
+        ids[i] = None;
+        answers[i] = Some(response);
+        self.finish_fan_out(host);
+    }
+
+    /// Answers a fan-out whose callouts all ended; `false` while some are still open.
+    fn finish_fan_out(&mut self, host: &mut impl Host) -> bool {
+        let State::FanningOut { answers, .. } = &self.state else {
+            return false;
+        };
+        if answers.iter().any(Option::is_none) {
+            return false;
+        }
+        let State::FanningOut { fan_out, answers, .. } = std::mem::replace(&mut self.state, State::Done) else {
+            return false;
+        };
+        let answers: Vec<Result<CalloutResponse, String>> =
+            answers.into_iter().map(|a| a.unwrap_or_else(|| Err("no answer".to_string()))).collect();
+        let policy = &self.gateway.config().policy;
+        let (body, omitted) = fan_out.answer(&answers, policy, &mut self.redactions);
+        for omission in &omitted {
+            host.log(
+                Level::Warn,
+                format_args!(
+                    "meshgate: virtual server {} answered discovery without {}: {}",
+                    fan_out.virtual_server, omission.server, omission.reason
+                ),
+            );
+        }
+        if let Some(record) = self.audit.as_mut() {
+            // Counted with the exchange's metrics (`meshgate.fan_out_omissions`).
+            record.fan_out_omissions = omitted.iter().map(|o| o.server.clone()).collect();
+            record.upstream_answer(Some(200), None);
+            record.finish();
+        }
+        self.publish_audit(host, Moment::Settled);
+        host.send_local_reply(200, &[("content-type", "application/json")], &body);
+        true
     }
 
     /// Request headers: route, identity and the head checks; a POST waits for its body.

@@ -73,6 +73,52 @@ pub struct RawVirtualServer {
     pub prefix: Option<bool>,
 }
 
+/// How the filter itself reaches one real server (the fan-out callouts of discovery): what
+/// the server's route applies, rendered by the control plane. A callout bypasses the route,
+/// so the same cluster, upstream path and `Host` are used here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// The Envoy cluster of the server.
+    pub cluster: String,
+    /// The upstream request path (the route's path rewrite).
+    pub path: String,
+    /// The `Host` the route sends (`host:port`).
+    pub authority: String,
+    /// The route injects an upstream credential from an SDS secret. The filter never holds
+    /// that secret, so a callout cannot carry it: such a server is left out of discovery
+    /// (logged and counted), never called without its credential.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub credentials: bool,
+}
+
+impl Upstream {
+    /// Validates every entry of `upstreams` against the real `servers`.
+    pub fn compile_all(
+        raw: &std::collections::BTreeMap<String, Upstream>,
+        servers: &HashSet<String>,
+    ) -> Result<HashMap<String, Upstream>, ConfigError> {
+        let mut out = HashMap::new();
+        for (server, upstream) in raw {
+            let at = format!("upstreams.{server}");
+            if !servers.contains(server) {
+                return Err(ConfigError::invalid(at, format!("no such server \"{server}\"")));
+            }
+            if upstream.cluster.is_empty() || upstream.authority.is_empty() {
+                return Err(ConfigError::invalid(at, "cluster and authority must not be empty".to_string()));
+            }
+            if !upstream.path.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("{at}.path"),
+                    format!("\"{}\" must start with '/'", upstream.path),
+                ));
+            }
+            out.insert(server.clone(), upstream.clone());
+        }
+        Ok(out)
+    }
+}
+
 /// One selection: a kind, a backing server, a glob over that server's own names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Selection {
@@ -155,6 +201,14 @@ impl VirtualServer {
         } else {
             Err(not_exposed())
         }
+    }
+
+    /// The backing servers with at least one selection of `kind`, first mention first.
+    pub fn servers_selecting(&self, kind: ResourceKind) -> impl Iterator<Item = &str> {
+        self.servers
+            .iter()
+            .filter(move |server| self.selections.iter().any(|s| s.kind == kind && s.server == **server))
+            .map(String::as_str)
     }
 
     /// Whether the selection includes `server`'s `kind` member called `own`.

@@ -20,7 +20,8 @@ use crate::mcp::{self, header, Message, ReadError, ResourceKind};
 use crate::reject::{printable, Rejection};
 use crate::virtual_server::{VirtualServer, TARGET_HEADER};
 
-use super::{check_routing_headers, unreadable, Exchange, Gateway, PendingRequest};
+use super::virtual_fanout::is_fan_out_method;
+use super::{check_routing_headers, unreadable, BodyDecision, Gateway, PendingRequest};
 
 /// HTTP status of a JSON-RPC error about what the request names or asks for (an unknown
 /// prefix, a member not exposed, a method not answered here): 200, as an MCP server answers
@@ -44,7 +45,11 @@ pub(super) fn method_not_allowed(method: &str) -> Rejection {
 impl Gateway {
     /// Step 2 for a virtual server's request: resolve, rewrite, then govern as the backing
     /// server's own request.
-    pub(super) fn on_virtual_request_body(&self, pending: &PendingRequest, body: &[u8]) -> Result<Exchange, Rejection> {
+    pub(super) fn on_virtual_request_body(
+        &self,
+        pending: &PendingRequest,
+        body: &[u8],
+    ) -> Result<BodyDecision, Rejection> {
         let Some(virtual_server) = self.config.virtual_servers.get(&pending.server) else {
             // The configuration that accepted the path is the one deciding the body.
             return Err(Rejection::new(500, code::INTERNAL_ERROR, "virtual server configuration changed"));
@@ -74,6 +79,10 @@ impl Gateway {
                 ),
             )
             .with_id(id));
+        }
+        if is_fan_out_method(method) {
+            let read = read.clone();
+            return self.plan_fan_out(pending, virtual_server, body, read).map(BodyDecision::FanOut);
         }
         let kind = match ResourceKind::of_method(method) {
             Some(kind @ (ResourceKind::Tool | ResourceKind::Prompt)) => kind,
@@ -107,7 +116,7 @@ impl Gateway {
             exchange.request_header_rewrites.push((header::NAME.to_string(), Some(own_name_header)));
         }
         exchange.request_header_rewrites.push((TARGET_HEADER.to_string(), Some(member.server.to_string())));
-        Ok(exchange)
+        Ok(BodyDecision::Forward(exchange))
     }
 }
 
@@ -117,7 +126,7 @@ fn unsupported(virtual_server: &VirtualServer, what: &str, id: Option<&serde_jso
         ANSWER_STATUS,
         code::METHOD_NOT_FOUND,
         format!(
-            "{what} is not supported on virtual server \"{}\" yet; it answers tools/call and prompts/get (names prefixed {}); use /mcp/<server> for the rest",
+            "{what} is not supported on virtual server \"{}\" yet; it answers server/discover, tools/list, prompts/list, tools/call and prompts/get (names prefixed {}); use /mcp/<server> for the rest",
             virtual_server.name,
             virtual_server.prefixes().join(", ")
         ),
@@ -156,7 +165,7 @@ mod tests {
 
     use super::*;
     use crate::config::{EnvSecrets, FilterConfig, RawFilterConfig};
-    use crate::gateway::{HeadDecision, RequestHead};
+    use crate::gateway::{Exchange, HeadDecision, RequestHead};
 
     fn gateway() -> Gateway {
         let key = |k: &str, role: &str| json!({"consumer": format!("{role}-bot"), "sha256": hex::encode(Sha256::digest(k.as_bytes())), "roles": [role]});
@@ -295,7 +304,7 @@ mod tests {
     #[test]
     fn what_is_not_supported_yet_is_refused_with_the_id() {
         let g = gateway();
-        for method in ["tools/list", "server/discover", "resources/read", "ping"] {
+        for method in ["resources/list", "resources/read", "ping"] {
             let sent = body(method, json!({"uri": "file:///x"}));
             let name = (method == "resources/read").then_some("file:///x");
             let r = decide(&g, "r", "/mcp/work", &modern(method, name), &sent).unwrap_err();

@@ -40,6 +40,10 @@ struct MemoryHost {
     logs: Vec<(Level, String)>,
     /// How often the pipeline asked Envoy to select the route again.
     route_cache_cleared: u32,
+    /// Callouts started, by id (ids count from 1).
+    callouts: Vec<(u64, CalloutRequest)>,
+    /// Clusters whose callouts fail to start.
+    unknown_clusters: Vec<String>,
 }
 
 impl MemoryHost {
@@ -93,6 +97,15 @@ impl Host for MemoryHost {
     fn clear_route_cache(&mut self) {
         self.route_cache_cleared += 1;
     }
+    fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String> {
+        if self.unknown_clusters.contains(&request.cluster) {
+            return Err(format!("cluster {} not found", request.cluster));
+        }
+        let id = self.callouts.len() as u64 + 1;
+        self.callouts.push((id, request.clone()));
+        Ok(id)
+    }
+
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         assert!(self.local_reply.is_none(), "one local reply per stream");
         let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -526,6 +539,10 @@ fn a_counter_that_cannot_be_updated_refuses_the_call() {
         fn clear_route_cache(&mut self) {
             self.0.clear_route_cache()
         }
+        fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String> {
+            self.0.start_callout(request)
+        }
+
         fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
             self.0.send_local_reply(status, headers, body)
         }
@@ -641,4 +658,86 @@ fn a_virtual_server_call_names_its_backend_and_reselects_the_route() {
         Sent::Forwarded
     );
     assert_eq!(host.route_cache_cleared, 0);
+}
+
+/// A `tools/list` on a virtual server: one callout per backing server, all started before
+/// any answer; each answer governed as through the server's own endpoint; a failed backend
+/// omitted (logged, counted); one local answer once every callout ended.
+#[test]
+fn a_virtual_tools_list_fans_out_and_merges_when_every_callout_ended() {
+    let g = gateway(json!({
+        "servers": ["crm", "docs", "billing"],
+        "virtual_servers": [{"name": "work", "servers": ["crm", "docs", "billing"]}],
+        "upstreams": {
+            "crm": {"cluster": "mcp-crm", "path": "/mcp", "authority": "127.0.0.1:9001"},
+            "docs": {"cluster": "mcp-docs", "path": "/docs/mcp", "authority": "127.0.0.1:9002"},
+            "billing": {"cluster": "mcp-billing", "path": "/mcp", "authority": "127.0.0.1:9003"},
+        },
+    }));
+    let body = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+    .to_string()
+    .into_bytes();
+    let mut headers = post_headers(Some("r"), "/mcp/work");
+    headers.push(("mcp-protocol-version".into(), "2026-07-28".into()));
+    headers.push(("mcp-method".into(), "tools/list".into()));
+    let mut host = MemoryHost { unknown_clusters: vec!["mcp-billing".into()], ..MemoryHost::default() };
+    let mut stream = Stream::new(g);
+    host.request_headers = headers;
+    let mut tokens = TokenCache::new(16);
+    assert_eq!(stream.on_request_headers(&mut host, &mut tokens, false), Flow::Pause);
+    host.request_body = body.clone();
+    assert_eq!(stream.on_request_body(&mut host, body.len(), true), Flow::Pause);
+    // Both reachable backends are called at once, each the way its route calls it.
+    let sent: Vec<(String, Option<String>)> = host
+        .callouts
+        .iter()
+        .map(|(_, r)| (r.cluster.clone(), r.headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| v.clone())))
+        .collect();
+    assert_eq!(
+        sent,
+        [("mcp-crm".to_string(), Some("/mcp".to_string())), ("mcp-docs".to_string(), Some("/docs/mcp".to_string()))]
+    );
+    assert_eq!(host.callouts[0].1.body, body);
+    assert!(host.local_reply.is_none());
+    let tools = |names: &[&str]| {
+        let tools: Vec<Value> = names.iter().map(|n| json!({"name": n, "inputSchema": {"type": "object"}})).collect();
+        json!({"jsonrpc": "2.0", "id": 4, "result": {"tools": tools, "ttlMs": 60000, "cacheScope": "public"}})
+            .to_string()
+            .into_bytes()
+    };
+    let json_type = vec![("content-type".to_string(), "application/json".to_string())];
+    // docs answers first, as an SSE stream; the reader's policy allows nothing of docs.
+    let sse = format!("event: message\ndata: {}\n\n", String::from_utf8(tools(&["search"])).unwrap());
+    let sse_type = vec![("content-type".to_string(), "text/event-stream".to_string())];
+    stream.on_callout_done(
+        &mut host,
+        2,
+        Ok(CalloutResponse { status: 200, headers: sse_type, body: sse.into_bytes() }),
+    );
+    assert!(host.local_reply.is_none(), "one callout is still open");
+    let crm = tools(&["get_customer", "delete_customer"]);
+    stream.on_callout_done(&mut host, 1, Ok(CalloutResponse { status: 200, headers: json_type, body: crm }));
+    let (status, _, answer) = host.local_reply.clone().expect("answered");
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["id"], 4);
+    let names: Vec<&str> =
+        answer["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["crm__get_customer"]);
+    assert_eq!(answer["result"]["tools"][0]["inputSchema"], json!({"type": "object"}));
+    assert_eq!(
+        (&answer["result"]["resultType"], &answer["result"]["ttlMs"], &answer["result"]["cacheScope"]),
+        (&json!("complete"), &json!(60000), &json!("private"))
+    );
+    stream.on_log(&mut host);
+    let omitted: Vec<&MetricUpdate> =
+        host.metrics.iter().filter(|m| m.name().starts_with("meshgate.fan_out_omissions")).collect();
+    assert_eq!(
+        omitted,
+        [&MetricUpdate::Counter { name: "meshgate.fan_out_omissions.server.work.backend.billing".into(), by: 1 }]
+    );
+    assert!(host.logs.iter().any(|(l, m)| *l == Level::Warn && m.contains("without billing")), "{:?}", host.logs);
+    // A late or unknown completion changes nothing.
+    stream.on_callout_done(&mut host, 1, Err("late".into()));
 }

@@ -1,0 +1,437 @@
+//! Discovery through a virtual server ([`crate::virtual_server`]), 2026-07-28 era:
+//! `server/discover`, `tools/list` and `prompts/list` are answered by the filter itself from
+//! one HTTP callout per backing server, all started at once.
+//!
+//! - Each backing server is called the way its own route calls it ([`Upstream`]: cluster,
+//!   upstream path, `Host`), with the client's request body as sent (it was read strictly
+//!   and checked against its headers), bounded by [`FAN_OUT_TIMEOUT_MS`].
+//! - Each answer is governed exactly as the same request's answer through
+//!   `<route_prefix><server>`: the backend's [`Exchange`] is built by the same
+//!   `govern_read` (RBAC of the list, response redaction), and the answer is read with the
+//!   same strict readers (a JSON body, or the SSE stream's events) and list filter.
+//! - Kept items are renamed to their exposed names (only the name value is replaced in the
+//!   item's own text; every other field is kept byte for byte), items outside the virtual
+//!   server's selection are dropped, and the lists are concatenated in backing-server order.
+//! - A backend that fails (no route to it, reset, timeout, an HTTP error, a JSON-RPC error,
+//!   an answer that cannot be read exactly) is omitted: the answer is still given, without
+//!   it, and each omission is reported to the caller of [`FanOut::answer`] (the pipeline
+//!   logs and counts it).
+//! - Results carry `resultType: "complete"`, `ttlMs` = the smallest of the backends' (0 when
+//!   one gave none) and `cacheScope: "private"`: the list is filtered per caller.
+//! - Pagination: each backend's first page only. A request carrying a cursor is refused
+//!   (-32602), and the backends' `nextCursor` values are not passed on.
+
+use serde_json::Value;
+
+use crate::jsonrpc::{self, code, JsonKind};
+use crate::mcp::{self, header, method, ListShape, ReadMessage, ResourceKind};
+use crate::policy::Policy;
+use crate::redact::RedactionCounts;
+use crate::reject::Rejection;
+use crate::sse::{EventData, Rewritten, SseRewriter};
+use crate::virtual_server::{Upstream, VirtualServer};
+
+use super::{media_type, BodyKind, Exchange, Gateway, PendingRequest};
+
+/// Longest a discovery callout may take before its backend is omitted.
+pub const FAN_OUT_TIMEOUT_MS: u64 = 5_000;
+
+/// The `cacheScope` of every merged answer: it is filtered for the caller's roles.
+const CACHE_SCOPE: &str = "private";
+
+/// One request the filter sends itself (an HTTP callout), owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalloutRequest {
+    pub cluster: String,
+    /// Pseudo-headers (`:method`, `:path`, `:authority`) included; lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+/// The answer to a callout, owned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CalloutResponse {
+    pub status: u16,
+    /// Lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What a fan-out asks each backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    Discover,
+    List(ListShape),
+}
+
+/// One backing server of a fan-out.
+#[derive(Debug)]
+pub struct Backend {
+    pub server: String,
+    pub request: CalloutRequest,
+    /// Governs the backend's answer as the same request through its own endpoint.
+    exchange: Exchange,
+}
+
+/// A backing server left out of an answer, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Omission {
+    pub server: String,
+    pub reason: String,
+}
+
+/// A discovery request being answered from its backing servers.
+#[derive(Debug)]
+pub struct FanOut {
+    pub virtual_server: String,
+    request_id: Value,
+    ask: Ask,
+    /// Backends to call, in backing-server order.
+    pub backends: Vec<Backend>,
+    /// Backends left out before any call (no way to reach them).
+    pub skipped: Vec<Omission>,
+    /// The merged answer may list tools (discovery: the selection has tools) / prompts.
+    selects_tools: bool,
+    selects_prompts: bool,
+    /// The virtual server, for renaming (a copy: the answer is built after the callouts).
+    selection: VirtualServer,
+}
+
+/// Whether `method` is answered by a fan-out on a virtual server.
+pub(super) fn is_fan_out_method(method: &str) -> bool {
+    matches!(method, method::SERVER_DISCOVER | method::TOOLS_LIST | method::PROMPTS_LIST)
+}
+
+impl Gateway {
+    /// Plans the fan-out of a discovery request `read` from `body` on `virtual_server`
+    /// (already checked: modern era, headers agree with the body).
+    pub(super) fn plan_fan_out(
+        &self,
+        pending: &PendingRequest,
+        virtual_server: &VirtualServer,
+        body: &[u8],
+        read: ReadMessage,
+    ) -> Result<FanOut, Rejection> {
+        let id = read.message.id().cloned().unwrap_or(Value::Null);
+        let method_name = read.message.method().unwrap_or_default().to_string();
+        let ask = match ResourceKind::of_list_method(&method_name) {
+            Some(shape) => Ask::List(shape),
+            None => Ask::Discover,
+        };
+        if let Ask::List(_) = ask {
+            if has_cursor(body) {
+                return Err(Rejection::new(
+                    200,
+                    code::INVALID_PARAMS,
+                    format!(
+                        "virtual server \"{}\" answers the first page of every backing server in one list; it takes no cursor",
+                        virtual_server.name
+                    ),
+                )
+                .with_id(Some(&id)));
+            }
+        }
+        let servers: Vec<&str> = match ask {
+            Ask::List(shape) => virtual_server.servers_selecting(shape.kind).collect(),
+            Ask::Discover => virtual_server.servers().iter().map(String::as_str).collect(),
+        };
+        let mut backends = Vec::new();
+        let mut skipped = Vec::new();
+        for server in servers {
+            let upstream = match self.config.upstreams.get(server) {
+                Some(u) if !u.credentials => u,
+                Some(_) => {
+                    skipped.push(Omission {
+                        server: server.to_string(),
+                        reason: "its upstream credential is injected by its route and is not available to discovery callouts".to_string(),
+                    });
+                    continue;
+                }
+                None => {
+                    skipped.push(Omission {
+                        server: server.to_string(),
+                        reason: "the configuration does not say how to reach it (upstreams)".to_string(),
+                    });
+                    continue;
+                }
+            };
+            // Governed as the same request to the server's own endpoint.
+            let mut own = pending.clone();
+            own.via_virtual = false;
+            own.server = server.to_string();
+            let exchange = match self.govern_read(&own, body, read.clone()) {
+                Ok(exchange) => exchange,
+                Err(r) => {
+                    skipped.push(Omission { server: server.to_string(), reason: r.message });
+                    continue;
+                }
+            };
+            let request = callout_request(upstream, pending, &method_name, body);
+            backends.push(Backend { server: server.to_string(), request, exchange });
+        }
+        Ok(FanOut {
+            virtual_server: virtual_server.name.clone(),
+            request_id: id,
+            ask,
+            backends,
+            skipped,
+            selects_tools: virtual_server.servers_selecting(ResourceKind::Tool).next().is_some(),
+            selects_prompts: virtual_server.servers_selecting(ResourceKind::Prompt).next().is_some(),
+            selection: virtual_server.clone(),
+        })
+    }
+}
+
+/// Whether a list request carries `params.cursor`.
+fn has_cursor(body: &[u8]) -> bool {
+    jsonrpc::validate_strict(body)
+        .ok()
+        .is_some_and(|doc| doc.root().get("params").and_then(|p| p.get("cursor")).is_some())
+}
+
+/// The callout that asks `upstream` what the client asked.
+fn callout_request(upstream: &Upstream, pending: &PendingRequest, method_name: &str, body: &[u8]) -> CalloutRequest {
+    let mut headers = vec![
+        (":method".to_string(), "POST".to_string()),
+        (":path".to_string(), upstream.path.clone()),
+        (":authority".to_string(), upstream.authority.clone()),
+        ("content-type".to_string(), "application/json".to_string()),
+        ("accept".to_string(), "application/json, text/event-stream".to_string()),
+        (header::METHOD.to_string(), method_name.to_string()),
+    ];
+    let version = pending.routing.version.clone().unwrap_or_else(|| mcp::MODERN_PROTOCOL_VERSIONS[0].to_string());
+    headers.push((header::PROTOCOL_VERSION.to_string(), version));
+    CalloutRequest { cluster: upstream.cluster.clone(), headers, body: body.to_vec(), timeout_ms: FAN_OUT_TIMEOUT_MS }
+}
+
+impl FanOut {
+    /// The merged answer (a JSON-RPC response body for the client) from the backends'
+    /// answers, `answers[i]` for `self.backends[i]` (`Err`: the callout failed, and why),
+    /// and every backend omitted from it.
+    pub fn answer(
+        &self,
+        answers: &[Result<CalloutResponse, String>],
+        policy: &Policy,
+        counts: &mut RedactionCounts,
+    ) -> (Vec<u8>, Vec<Omission>) {
+        let mut omitted = self.skipped.clone();
+        let mut results: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, backend) in self.backends.iter().enumerate() {
+            let outcome = match answers.get(i) {
+                Some(Ok(response)) => backend.read(response, &self.request_id, policy, counts),
+                Some(Err(why)) => Err(why.clone()),
+                None => Err("no answer".to_string()),
+            };
+            match outcome {
+                Ok(message) => results.push((i, message)),
+                Err(reason) => omitted.push(Omission { server: backend.server.clone(), reason }),
+            }
+        }
+        let body = match self.ask {
+            Ask::List(shape) => self.merge_lists(shape, &results, &mut omitted),
+            Ask::Discover => self.merge_discover(&results, &mut omitted),
+        };
+        (body, omitted)
+    }
+
+    fn respond(&self, result: Value) -> Vec<u8> {
+        let response = serde_json::json!({"jsonrpc": "2.0", "id": self.request_id, "result": result});
+        response.to_string().into_bytes()
+    }
+
+    /// Every backend's kept items, renamed, in backing-server order.
+    fn merge_lists(&self, shape: ListShape, results: &[(usize, Vec<u8>)], omitted: &mut Vec<Omission>) -> Vec<u8> {
+        let mut items: Vec<u8> = Vec::new();
+        let mut ttl: Option<u64> = None;
+        for (i, message) in results {
+            let backend = &self.backends[*i];
+            match rename_items(&self.selection, shape, &backend.server, message) {
+                Ok((renamed, own_ttl)) => {
+                    for item in renamed {
+                        if !items.is_empty() {
+                            items.push(b',');
+                        }
+                        items.extend_from_slice(&item);
+                    }
+                    ttl = Some(ttl.map_or(own_ttl, |t| t.min(own_ttl)));
+                }
+                Err(reason) => omitted.push(Omission { server: backend.server.clone(), reason }),
+            }
+        }
+        // The item texts are the backends' own, already validated: spliced in as they are.
+        let id = self.request_id.to_string();
+        let ttl = ttl.unwrap_or(0);
+        let mut out = Vec::with_capacity(items.len() + 160);
+        out.extend_from_slice(
+            format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"{}\":[", shape.array).as_bytes(),
+        );
+        out.extend_from_slice(&items);
+        out.extend_from_slice(
+            format!("],\"resultType\":\"complete\",\"ttlMs\":{ttl},\"cacheScope\":\"{CACHE_SCOPE}\"}}}}").as_bytes(),
+        );
+        out
+    }
+
+    /// Capabilities: `tools` / `prompts` when the selection has them and a backend that
+    /// answered offers them. Only the modern protocol versions the filter speaks.
+    fn merge_discover(&self, results: &[(usize, Vec<u8>)], omitted: &mut Vec<Omission>) -> Vec<u8> {
+        let mut tools = false;
+        let mut prompts = false;
+        let mut ttl: Option<u64> = None;
+        for (i, message) in results {
+            let backend = &self.backends[*i];
+            let Ok(value) = serde_json::from_slice::<Value>(message) else {
+                omitted.push(Omission { server: backend.server.clone(), reason: "unreadable answer".to_string() });
+                continue;
+            };
+            let result = &value["result"];
+            let capabilities = &result["capabilities"];
+            let selects = |kind| self.selection.servers_selecting(kind).any(|s| s == backend.server);
+            tools |= capabilities.get("tools").is_some_and(Value::is_object) && selects(ResourceKind::Tool);
+            prompts |= capabilities.get("prompts").is_some_and(Value::is_object) && selects(ResourceKind::Prompt);
+            let own = result.get("ttlMs").and_then(Value::as_u64).unwrap_or(0);
+            ttl = Some(ttl.map_or(own, |t| t.min(own)));
+        }
+        let mut capabilities = serde_json::Map::new();
+        if tools && self.selects_tools {
+            capabilities.insert("tools".to_string(), serde_json::json!({}));
+        }
+        if prompts && self.selects_prompts {
+            capabilities.insert("prompts".to_string(), serde_json::json!({}));
+        }
+        let mut result = serde_json::json!({
+            "supportedVersions": mcp::MODERN_PROTOCOL_VERSIONS,
+            "capabilities": capabilities,
+            "resultType": "complete",
+            "ttlMs": ttl.unwrap_or(0),
+            "cacheScope": CACHE_SCOPE,
+            "_meta": {"io.modelcontextprotocol/serverInfo": {
+                "name": self.virtual_server,
+                "version": env!("CARGO_PKG_VERSION"),
+            }},
+        });
+        if let Some(description) = &self.selection.description {
+            result["instructions"] = Value::String(description.clone());
+        }
+        self.respond(result)
+    }
+}
+
+impl Backend {
+    /// The backend's answer to the request, governed as through its own endpoint: the
+    /// one JSON-RPC response (a JSON body, or the response event of an SSE stream), as the
+    /// client of `<route_prefix><server>` would have read it. `Err`: why it is omitted.
+    fn read(
+        &self,
+        response: &CalloutResponse,
+        id: &Value,
+        policy: &Policy,
+        counts: &mut RedactionCounts,
+    ) -> Result<Vec<u8>, String> {
+        if !(200..300).contains(&response.status) || response.status == 202 {
+            return Err(format!("HTTP {}", response.status));
+        }
+        let content_type = response.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| media_type(v));
+        if response.headers.iter().any(|(k, v)| k == "content-encoding" && !v.trim().eq_ignore_ascii_case("identity")) {
+            return Err("an encoded answer".to_string());
+        }
+        let message = match content_type.as_deref() {
+            Some("application/json") => {
+                match self.exchange.rewrite_body(BodyKind::Json, &response.body, policy, counts) {
+                    Some(governed) => governed,
+                    None => response.body.clone(),
+                }
+            }
+            Some("text/event-stream") => {
+                let mut answer: Option<Vec<u8>> = None;
+                let exchange = &self.exchange;
+                let mut rewrite = |data: EventData<'_>| {
+                    let rewritten = exchange.rewrite_event(data, policy, counts);
+                    let text: Option<&[u8]> = match (&rewritten, data) {
+                        (Rewritten::Keep, EventData::Text(t)) => Some(t.as_bytes()),
+                        (Rewritten::Data(b) | Rewritten::Last(b), _) => Some(b),
+                        (Rewritten::Keep, EventData::NotUtf8) => None,
+                    };
+                    if let Some(text) = text.filter(|t| is_response(t)) {
+                        answer.get_or_insert_with(|| text.to_vec());
+                    }
+                    rewritten
+                };
+                let mut sse = SseRewriter::new();
+                sse.feed(&response.body, &mut rewrite);
+                sse.finish(&mut rewrite);
+                answer.ok_or_else(|| "its event stream carried no answer".to_string())?
+            }
+            other => return Err(format!("an answer of type {}", other.unwrap_or("(none)"))),
+        };
+        let doc = jsonrpc::validate_strict(&message).map_err(|_| "an answer that is not valid JSON".to_string())?;
+        let root = doc.root();
+        let [own_id, result, error] = root.fields(["id", "result", "error"]);
+        if own_id.map(|i| i.to_value()).as_ref() != Some(id) {
+            return Err("an answer to another request".to_string());
+        }
+        if let Some(error) = error {
+            let shown =
+                crate::reject::printable(error.get("message").and_then(|m| m.as_str()).unwrap_or_default().as_ref());
+            return Err(format!("JSON-RPC error: {shown}"));
+        }
+        if result.is_none_or(|r| r.kind() != JsonKind::Object) {
+            return Err("an answer without a result".to_string());
+        }
+        Ok(message)
+    }
+}
+
+/// Whether an SSE event's data is a JSON-RPC response (has `result` or `error`).
+fn is_response(data: &[u8]) -> bool {
+    jsonrpc::validate_strict(data).ok().is_some_and(|doc| {
+        let root = doc.root();
+        root.kind() == JsonKind::Object && (root.get("result").is_some() || root.get("error").is_some())
+    })
+}
+
+/// The items of `server`'s governed list answer that the selection exposes, each the item's
+/// own text with its name value replaced by the exposed name; and the answer's `ttlMs` (0
+/// when absent).
+fn rename_items(
+    selection: &VirtualServer,
+    shape: ListShape,
+    server: &str,
+    message: &[u8],
+) -> Result<(Vec<Vec<u8>>, u64), String> {
+    let doc = jsonrpc::validate_strict(message).map_err(|_| "an answer that is not valid JSON".to_string())?;
+    let root = doc.root();
+    let result = root.get("result").ok_or_else(|| "an answer without a result".to_string())?;
+    let items =
+        result.get(shape.array).filter(|a| a.kind() == JsonKind::Array).ok_or_else(|| "no item array".to_string())?;
+    let ttl = result.get("ttlMs").and_then(|t| t.to_value().as_u64()).unwrap_or(0);
+    let mut out = Vec::new();
+    for item in items.elements() {
+        let Some(name_value) = item.get(shape.field).filter(|n| n.kind() == JsonKind::String) else {
+            continue;
+        };
+        let Some(own) = name_value.as_str() else {
+            continue;
+        };
+        let Some(exposed) = selection.exposed_name(shape.kind, server, &own) else {
+            continue;
+        };
+        let text = item.text();
+        let name_text = name_value.text();
+        let start = (name_text.as_ptr() as usize).checked_sub(text.as_ptr() as usize);
+        let Some(start) = start.filter(|s| s + name_text.len() <= text.len()) else {
+            continue;
+        };
+        let encoded = serde_json::to_string(&exposed).map_err(|e| e.to_string())?;
+        let mut renamed = Vec::with_capacity(text.len() + encoded.len());
+        renamed.extend_from_slice(&text.as_bytes()[..start]);
+        renamed.extend_from_slice(encoded.as_bytes());
+        renamed.extend_from_slice(&text.as_bytes()[start + name_text.len()..]);
+        out.push(renamed);
+    }
+    Ok((out, ttl))
+}
+
+#[cfg(test)]
+mod tests;
