@@ -2,8 +2,9 @@
 
 Real Envoy, both filter builds (the `runtime` fixture), the example servers `crm` (stateful,
 SSE answers) and `docs` (stateless, JSON answers) behind the virtual server `work`, spoken to
-in the 2026-07-28 era with raw HTTP (the SDK client starts with `server/discover`, which
-virtual servers do not answer yet: that refusal is tested here too).
+in the 2026-07-28 era with raw HTTP and with the official Python SDK client (`mode="auto"`:
+`server/discover`, `tools/list` and `prompts/list` are answered by the filter from one
+callout per backing server, merged, prefixed and filtered per caller).
 
 What is checked is what the upstreams read (their request logs): the call reaches the right
 server with its own tool name in the body and in `Mcp-Name`, nothing else of the body
@@ -35,6 +36,7 @@ from e2e_support import (
     legacy_body,
     marker,
     modern_body,
+    modern_client,
     modern_headers,
     pid_alive,
     post,
@@ -252,12 +254,79 @@ def test_headers_must_match_the_exposed_name(virtual_gateway, crm):
     assert crm.log.posts_since(mark) == []
 
 
-@pytest.mark.parametrize("method", ["server/discover", "tools/list", "prompts/list", "ping"])
+@pytest.mark.parametrize("method", ["resources/list", "resources/templates/list", "resources/read", "ping"])
 def test_what_is_not_supported_yet_is_a_json_rpc_error(virtual_gateway, method):
-    response = post(work_url(virtual_gateway), modern_body(method, {}, id="m-1"), READER, headers=modern_headers(method))
+    params = {"uri": "crm://customers/c-001"} if method == "resources/read" else {}
+    name = params.get("uri")
+    response = post(
+        work_url(virtual_gateway), modern_body(method, params, id="m-1"), READER, headers=modern_headers(method, name)
+    )
     body = jsonrpc_error(response)
     assert (body["id"], body["error"]["code"]) == ("m-1", METHOD_NOT_FOUND)
     assert "virtual server \"work\"" in body["error"]["message"]
+
+
+def test_a_list_cursor_is_refused_clearly(virtual_gateway):
+    body = modern_body("tools/list", {"cursor": "abc"}, id="c-1")
+    error = jsonrpc_error(post(work_url(virtual_gateway), body, ADMIN, headers=modern_headers("tools/list")))
+    assert (error["id"], error["error"]["code"]) == ("c-1", INVALID_PARAMS)
+    assert "cursor" in error["error"]["message"]
+
+
+async def sdk_lists(url: str, creds: dict[str, str]) -> tuple[list[Any], list[Any]]:
+    async with modern_client(url, creds) as client:
+        return (await client.list_tools()).tools, (await client.list_prompts()).prompts
+
+
+# What `work` selects of docs (`docs/search_*`, `docs/get_*`); all of crm.
+def selected(server: str, name: str) -> bool:
+    return server == "crm" or name.startswith(("search_", "get_"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("who", ["reader", "admin"])
+async def test_the_sdk_client_discovers_lists_and_calls_through_the_virtual_server(virtual_gateway, crm, docs, who):
+    """The official client in the 2026-07-28 era: the merged list is exactly the prefixed
+    union of what the same caller sees on /mcp/crm and /mcp/docs (narrowed by the
+    selection), every field kept; then a call through it reaches crm."""
+    creds = READER if who == "reader" else ADMIN
+    gw = virtual_gateway
+    marks = crm.log.mark(), docs.log.mark()
+    tools, prompts = await sdk_lists(work_url(gw), creds)
+    # One callout per backing server for each discovery request (discover, tools, prompts).
+    assert len(crm.log.posts_since(marks[0])) == 3, crm.log.posts_since(marks[0])
+    assert len(docs.log.posts_since(marks[1])) == 2, docs.log.posts_since(marks[1])
+    expected = []
+    expected_prompts = []
+    for server in ("crm", "docs"):
+        own_tools, own_prompts = await sdk_lists(gw.url(server), creds)
+        expected += [(f"{server}__{t.name}", t) for t in own_tools if selected(server, t.name)]
+        expected_prompts += [(f"{server}__{p.name}", p) for p in own_prompts if server == "crm"]
+    assert [t.name for t in tools] == [name for name, _ in expected]
+    for tool, (_, own) in zip(tools, expected):
+        assert tool.model_dump(exclude={"name"}) == own.model_dump(exclude={"name"}), tool.name
+    assert [p.name for p in prompts] == [name for name, _ in expected_prompts]
+    names = {t.name for t in tools}
+    if who == "reader":
+        assert "crm__get_customer" in names and "crm__update_customer" not in names, names
+    else:
+        assert {"crm__get_customer", "crm__update_customer"} <= names and "crm__delete_customer" not in names, names
+    async with modern_client(work_url(gw), creds) as client:
+        result = await client.call_tool("crm__get_customer", {"id": "c-002"})
+    assert not result.is_error, result
+    assert "Grace Hopper" in result.content[0].text
+
+
+def test_discovery_answers_merged_capabilities_with_cache_hints(virtual_gateway):
+    response = post(work_url(virtual_gateway), modern_body("server/discover", {}, id="d"), READER, headers=modern_headers("server/discover"))
+    assert response.status_code == 200, response.text
+    result = response.json()["result"]
+    assert (result["resultType"], result["cacheScope"], result["supportedVersions"]) == ("complete", "private", ["2026-07-28"])
+    assert set(result["capabilities"]) == {"tools", "prompts"}, result
+    assert isinstance(result["ttlMs"], int)
+    listed = post(work_url(virtual_gateway), modern_body("tools/list", {}, id="l"), READER, headers=modern_headers("tools/list"))
+    result = listed.json()["result"]
+    assert (result["resultType"], result["cacheScope"]) == ("complete", "private")
 
 
 def test_the_session_based_era_is_refused_clearly(virtual_gateway):
@@ -373,5 +442,45 @@ def test_a_call_to_a_backend_that_is_down_names_the_server(tmp_path, keys, upstr
             assert (body["id"], body["error"]["code"]) == ("down", UPSTREAM_UNAVAILABLE), body
             assert "spare" in body["error"]["message"]
             assert "result" in pair_call("docs__search_docs", "other").text
+    finally:
+        spare.proc.stop()
+
+
+@pytest.mark.parametrize("how", ["killed", "closed-port"])
+def test_a_backend_down_during_discovery_is_left_out_in_bounded_time(tmp_path, keys, upstreams, runtime, how):
+    """A backing server that is down (killed while the gateway runs, or a port nothing listens
+    on): discovery still answers, promptly, with the other backends' tools; the omission is
+    logged and counted."""
+    spare = start_upstream("spare", "docs_server.py", tmp_path)
+    try:
+        url = spare.url
+        if how == "closed-port":
+            spare.proc.stop()
+        extra_servers = f"  - name: spare\n    url: {url}\n"
+        virtual = "\nvirtual_servers:\n  - { name: pair, servers: [spare], tools: ['docs/search_*'] }\n"
+        (tmp_path / "gw").mkdir()
+        with running_gateway(
+            tmp_path / "gw", keys, upstreams["crm"].url, upstreams["docs"].url, virtual, extra_servers=extra_servers, runtime=runtime
+        ) as gw:
+            pair = f"http://{gw.listener}/mcp/pair"
+
+            def names() -> list[str]:
+                response = post(pair, modern_body("tools/list", {}, id="l"), ADMIN, headers=modern_headers("tools/list"))
+                assert response.status_code == 200, response.text
+                return [t["name"] for t in response.json()["result"]["tools"]]
+
+            if how == "killed":
+                assert "spare__search_docs" in names()
+                spare.proc.stop()
+            started = time.monotonic()
+            assert names() == ["docs__search_docs"]
+            assert time.monotonic() - started < 6.0
+
+            def counted() -> bool:
+                stats = httpx2.get(f"{gw.admin}/stats?filter=fan_out_omissions", timeout=5).text
+                return any("spare" in line and not line.rstrip().endswith(": 0") for line in stats.splitlines())
+
+            # Counters reach Envoy's stats at the next metrics flush.
+            wait_until("the omission of spare counted in meshgate.fan_out_omissions", counted)
     finally:
         spare.proc.stop()

@@ -103,6 +103,12 @@ pub enum LogLevel {
     Error = 4,
 }
 
+/// `envoy_dynamic_module_type_http_callout_init_result`: 0 is success.
+const CALLOUT_INIT_SUCCESS: u32 = 0;
+/// `envoy_dynamic_module_type_http_callout_result`: 0 is success (1 reset, 2 the answer
+/// exceeded the buffer limit).
+const CALLOUT_SUCCESS: u32 = 0;
+
 /// Metric callback results (`envoy_dynamic_module_type_metrics_result`): 0 is success.
 const METRICS_SUCCESS: u32 = 0;
 
@@ -113,6 +119,15 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_get_headers_size(fe: *mut c_void, kind: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_headers(fe: *mut c_void, kind: u32, out: *mut HttpHeader) -> bool;
     fn envoy_dynamic_module_callback_http_clear_route_cache(fe: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        fe: *mut c_void,
+        id_out: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const HttpHeader,
+        count: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
     fn envoy_dynamic_module_callback_http_set_header(
         fe: *mut c_void,
         kind: u32,
@@ -250,6 +265,48 @@ impl EnvoyFilter {
     pub fn clear_route_cache(&mut self) {
         // SAFETY: live handle; the callback only reads it.
         unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
+    }
+
+    /// Starts an HTTP callout to `cluster` (`headers` must hold `:method`, `:path` and
+    /// `:authority`); `Ok(id)`: `http_callout_done` follows with that id. `Err`: the
+    /// callout init result (1 missing headers, 2 cluster not found, 3 duplicate id, 4
+    /// cannot create the request).
+    pub fn http_callout(
+        &mut self,
+        cluster: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, u32> {
+        let raw: Vec<HttpHeader> = headers
+            .iter()
+            .map(|(k, v)| HttpHeader {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: live handle; `id` is a valid place for Envoy to write the callout id; `raw`
+        // points into `headers`, which with `cluster` and `body` outlives the call (Envoy
+        // copies all of it into the request it creates).
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                raw.as_ptr(),
+                raw.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        if result == CALLOUT_INIT_SUCCESS {
+            Ok(id)
+        } else {
+            Err(result)
+        }
     }
 
     /// Answers locally. `details` becomes `%RESPONSE_CODE_DETAILS%`; Envoy adds
@@ -653,20 +710,66 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(fe: *mut c
     });
 }
 
-// Hooks Envoy 1.40 requires and the filter does not use.
-
+/// A callout this stream started ended (worker thread): its answer, copied out, or why it
+/// failed.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _fe: *mut c_void,
-    _fm: *const c_void,
-    _id: u64,
-    _result: u32,
-    _headers: *const HttpHeader,
-    _headers_count: usize,
-    _chunks: *const EnvoyBuffer,
-    _chunks_count: usize,
+    fe: *mut c_void,
+    fm: *const c_void,
+    id: u64,
+    result: u32,
+    headers: *const HttpHeader,
+    headers_count: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_count: usize,
 ) {
+    let answer = catch_unwind(AssertUnwindSafe(|| {
+        if result != CALLOUT_SUCCESS {
+            let why = if result == 1 {
+                "the callout was reset (no connection, or a timeout)"
+            } else {
+                "the answer was too large"
+            };
+            return Err(why.to_string());
+        }
+        let headers: &[HttpHeader] = if headers.is_null() || headers_count == 0 {
+            &[]
+        } else {
+            // SAFETY: Envoy passes `headers_count` headers at `headers`, valid during this hook.
+            unsafe { std::slice::from_raw_parts(headers, headers_count) }
+        };
+        let chunks: &[EnvoyBuffer] = if chunks.is_null() || chunks_count == 0 {
+            &[]
+        } else {
+            // SAFETY: Envoy passes `chunks_count` body slices at `chunks`, valid during this hook.
+            unsafe { std::slice::from_raw_parts(chunks, chunks_count) }
+        };
+        let mut response = meshgate_core::gateway::CalloutResponse::default();
+        for h in headers {
+            // SAFETY: each header points into Envoy's response header map, valid during this
+            // hook; the bytes are copied out before it returns.
+            let (key, value) = unsafe { (copy_out(h.key_ptr, h.key_length), copy_out(h.value_ptr, h.value_length)) };
+            let key = String::from_utf8_lossy(&key).to_ascii_lowercase();
+            let value = String::from_utf8_lossy(&value).into_owned();
+            if key == ":status" {
+                response.status = value.trim().parse().unwrap_or(0);
+            }
+            response.headers.push((key, value));
+        }
+        for c in chunks {
+            // SAFETY: each slice points into Envoy's response body, valid during this hook.
+            response.body.extend_from_slice(unsafe { borrow(c.ptr, c.length) });
+        }
+        Ok(response)
+    }))
+    .unwrap_or_else(|_| Err("the callout's answer could not be read".to_string()));
+    guard(fe, fm, Hook::CalloutDone, 0, |f, e| {
+        crate::callout_done(f, e, id, answer);
+        0
+    });
 }
+
+// Hooks Envoy 1.40 requires and the filter does not use.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(

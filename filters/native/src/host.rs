@@ -9,6 +9,7 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use meshgate_core::audit::{AuditRecord, MetricOptions};
+use meshgate_core::gateway::CalloutRequest;
 use meshgate_core::pipeline::{Compute, CounterError, Host, Level};
 
 use crate::ffi::{self, Body, EnvoyFilter, HeaderMap, LogLevel};
@@ -79,6 +80,17 @@ impl Host for NativeHost<'_> {
 
     fn clear_route_cache(&mut self) {
         self.envoy.clear_route_cache();
+    }
+
+    fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String> {
+        self.envoy.http_callout(&request.cluster, &request.headers, &request.body, request.timeout_ms).map_err(|code| {
+            match code {
+                1 => "missing required headers".to_string(),
+                2 => format!("cluster {} not found", request.cluster),
+                3 => "duplicate callout id".to_string(),
+                other => format!("the request could not be created (result {other})"),
+            }
+        })
     }
 
     /// `%RESPONSE_CODE_DETAILS%` is empty, as for the wasm build's local replies.

@@ -95,6 +95,8 @@ pub enum Hook {
     ResponseHeaders,
     ResponseBody,
     StreamComplete,
+    /// A fan-out callout ended.
+    CalloutDone,
 }
 
 /// One HTTP stream.
@@ -198,6 +200,21 @@ fn response_body(filter: &mut Filter, envoy: &mut EnvoyFilter, end_of_stream: bo
     let size = envoy.body_size(ffi::Body::Response);
     let mut host = NativeHost::new(envoy, &config.metrics);
     body_status(filter.stream.on_response_body(&mut host, size, end_of_stream))
+}
+
+/// A callout of this stream ended (a virtual server's discovery fan-out).
+fn callout_done(
+    filter: &mut Filter,
+    envoy: &mut EnvoyFilter,
+    id: u64,
+    answer: Result<meshgate_core::gateway::CalloutResponse, String>,
+) {
+    if filter.failed || filter.completed {
+        return;
+    }
+    let config = filter.config.clone();
+    let mut host = NativeHost::new(envoy, &config.metrics);
+    filter.stream.on_callout_done(&mut host, id, answer);
 }
 
 fn stream_complete(filter: &mut Filter, envoy: &mut EnvoyFilter) {

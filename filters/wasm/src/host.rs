@@ -6,9 +6,10 @@
 //! ([`lenient`]).
 
 use std::fmt;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use meshgate_core::audit::{AuditRecord, MetricOptions};
+use meshgate_core::gateway::{CalloutRequest, CalloutResponse};
 use meshgate_core::pipeline::{Compute, CounterError, Host, Level};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
@@ -47,6 +48,19 @@ impl Host for WasmHost {
     /// whenever a filter changes a request header (checked against Envoy 1.40 by
     /// `tests/e2e/test_virtual_servers.py`).
     fn clear_route_cache(&mut self) {}
+
+    fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String> {
+        let headers: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        hostcalls::dispatch_http_call(
+            &request.cluster,
+            headers,
+            Some(&request.body),
+            Vec::new(),
+            Duration::from_millis(request.timeout_ms),
+        )
+        .map(u64::from)
+        .map_err(|e| format!("{e:?} (cluster {})", request.cluster))
+    }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
@@ -132,4 +146,24 @@ fn lenient(map: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
             (name, value)
         })
         .collect()
+}
+
+/// The answer of the callout whose `on_http_call_response` runs now. Envoy gives no headers
+/// when the call failed (reset, timeout, no healthy upstream).
+pub fn callout_response(num_headers: usize, body_size: usize) -> Result<CalloutResponse, String> {
+    if num_headers == 0 {
+        return Err("the callout failed (reset, timeout or no upstream)".to_string());
+    }
+    let headers = lenient(hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default());
+    let mut response = CalloutResponse::default();
+    for (k, v) in headers {
+        let key = k.to_ascii_lowercase();
+        if key == ":status" {
+            response.status = v.trim().parse().unwrap_or(0);
+        }
+        response.headers.push((key, v));
+    }
+    response.body =
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
+    Ok(response)
 }

@@ -100,7 +100,14 @@ struct StreamContext {
     crash_at: Option<String>,
 }
 
-impl Context for StreamContext {}
+impl Context for StreamContext {
+    /// A fan-out callout ended (`dispatch_http_call`): its answer, or (no headers: reset,
+    /// timeout, no upstream) its failure.
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let answer = host::callout_response(num_headers, body_size);
+        self.stream.on_callout_done(&mut WasmHost, u64::from(token_id), answer);
+    }
+}
 
 /// proxy-wasm has one `Pause` for "hold the data" and "answered locally".
 fn action(flow: Flow) -> Action {

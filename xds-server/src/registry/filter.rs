@@ -57,6 +57,8 @@ pub(crate) fn make_filter_config(
         origin_policy: origin_policy(raw, loopback),
         // Same shape and paths in both documents.
         virtual_servers: raw.virtual_servers.clone(),
+        // Filled from the validated servers when there are virtual servers (validate.rs).
+        upstreams: BTreeMap::new(),
     }
 }
 

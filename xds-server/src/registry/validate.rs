@@ -133,7 +133,22 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             Default::default()
         });
 
-        let filter = filter::make_filter_config(&raw, jwt, &observability, listener_ip.is_loopback());
+        let mut filter = filter::make_filter_config(&raw, jwt, &observability, listener_ip.is_loopback());
+        if !raw.virtual_servers.is_empty() {
+            // The discovery callouts of virtual servers reach each server as its route does.
+            filter.upstreams = servers
+                .iter()
+                .map(|server| {
+                    let upstream = meshgate_core::virtual_server::Upstream {
+                        cluster: crate::translate::cluster_name(server),
+                        path: server.upstream.path.clone(),
+                        authority: server.upstream.authority(),
+                        credentials: server.credentials.is_some(),
+                    };
+                    (server.name.clone(), upstream)
+                })
+                .collect();
+        }
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
         // at something already reported, the registry's message is the clearer one.
         let (global_rules, virtual_servers) = match FilterConfig::compile(&filter, secrets) {
