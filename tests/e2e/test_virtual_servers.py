@@ -180,9 +180,9 @@ def test_an_injected_header_on_a_refused_request_reaches_nobody(virtual_gateway,
             call(virtual_gateway, "docs__admin_reindex", {}, ADMIN, extra={TARGET_HEADER: target}),
             post(
                 work_url(virtual_gateway),
-                modern_body("tools/list", {}, id=5),
+                modern_body("ping", {}, id=5),
                 READER,
-                headers={**modern_headers("tools/list"), TARGET_HEADER: target},
+                headers={**modern_headers("ping"), TARGET_HEADER: target},
             ),
             post(
                 work_url(virtual_gateway),
@@ -194,6 +194,15 @@ def test_an_injected_header_on_a_refused_request_reaches_nobody(virtual_gateway,
         for response in refused:
             jsonrpc_error(response)
     assert crm.log.posts_since(crm_mark) == [] and docs.log.posts_since(docs_mark) == []
+    # A discovery request is answered from callouts the filter builds itself: the client's
+    # header is in none of them.
+    for target in ("crm", "docs"):
+        headers = {**modern_headers("tools/list"), TARGET_HEADER: target}
+        listed = post(work_url(virtual_gateway), modern_body("tools/list", {}, id=6), READER, headers=headers)
+        assert "result" in listed.json(), listed.text
+    callouts = crm.log.posts_since(crm_mark) + docs.log.posts_since(docs_mark)
+    assert len(callouts) == 4, callouts
+    assert all(TARGET_HEADER not in entry["headers"] for entry in callouts), callouts
 
 
 def test_rbac_applies_to_the_underlying_tool(virtual_gateway, crm):

@@ -17,6 +17,7 @@ const TAGS: &[(&str, &str)] = &[
     ("detector", r"^wasmcustom\.meshgate\.redactions\.\S*?(\.detector\.([^.]+))$"),
     ("code", r"^wasmcustom\.meshgate\.upstream_errors\.\S*?(\.code\.([^.]+))$"),
     ("consumer", r"^wasmcustom\.meshgate\.tool_calls\.\S*?(\.consumer\.([^.]+))$"),
+    ("backend", r"^wasmcustom\.meshgate\.fan_out_omissions\.\S*?(\.backend\.([^.]+))$"),
 ];
 
 /// Decision time buckets, microseconds (Envoy's default buckets are milliseconds-shaped).
