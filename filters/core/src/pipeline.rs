@@ -665,6 +665,10 @@ impl Stream {
     /// record for the access log, record the metrics. Called once per stream.
     pub fn on_log(&mut self, host: &mut impl Host) {
         self.release_in_flight(host);
+        if matches!(self.state, State::FanningOut { .. }) {
+            // The client went away during a fan-out: a callout ending later answers nobody.
+            self.state = State::Done;
+        }
         let Some(mut record) = self.audit.take() else {
             return;
         };

@@ -3,8 +3,9 @@
 //! one HTTP callout per backing server, all started at once.
 //!
 //! - Each backing server is called the way its own route calls it ([`Upstream`]: cluster,
-//!   upstream path, `Host`), with the client's request body as sent (it was read strictly
-//!   and checked against its headers), bounded by [`FAN_OUT_TIMEOUT_MS`].
+//!   upstream path, `Host`), with the request body its own endpoint would forward (read
+//!   strictly, checked against its headers, request redaction applied), bounded by
+//!   [`FAN_OUT_TIMEOUT_MS`].
 //! - Each answer is governed exactly as the same request's answer through
 //!   `<route_prefix><server>`: the backend's [`Exchange`] is built by the same
 //!   `govern_read` (RBAC of the list, response redaction), and the answer is read with the
@@ -167,7 +168,9 @@ impl Gateway {
                     continue;
                 }
             };
-            let request = callout_request(upstream, pending, &method_name, body);
+            // What the server's own endpoint would forward: the body after request redaction.
+            let forwarded = exchange.rewritten_request.as_deref().unwrap_or(body);
+            let request = callout_request(upstream, pending, &method_name, forwarded);
             backends.push(Backend { server: server.to_string(), request, exchange });
         }
         Ok(FanOut {

@@ -741,3 +741,31 @@ fn a_virtual_tools_list_fans_out_and_merges_when_every_callout_ended() {
     // A late or unknown completion changes nothing.
     stream.on_callout_done(&mut host, 1, Err("late".into()));
 }
+
+/// No callout can start (no cluster for any backing server): the discovery request is
+/// answered at once, with nothing from them, never left waiting.
+#[test]
+fn a_fan_out_whose_callouts_cannot_start_is_answered_at_once() {
+    let g = gateway(json!({
+        "virtual_servers": [{"name": "work", "servers": ["crm"]}],
+        "upstreams": {"crm": {"cluster": "mcp-crm", "path": "/mcp", "authority": "127.0.0.1:9001"}},
+    }));
+    let body = json!({"jsonrpc": "2.0", "id": "d", "method": "server/discover",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+    .to_string()
+    .into_bytes();
+    let mut headers = post_headers(Some("r"), "/mcp/work");
+    headers.push(("mcp-protocol-version".into(), "2026-07-28".into()));
+    headers.push(("mcp-method".into(), "server/discover".into()));
+    let mut host = MemoryHost { unknown_clusters: vec!["mcp-crm".into()], ..MemoryHost::default() };
+    let mut stream = Stream::new(g);
+    host.request_headers = headers;
+    assert_eq!(stream.on_request_headers(&mut host, &mut TokenCache::new(16), false), Flow::Pause);
+    host.request_body = body.clone();
+    assert_eq!(stream.on_request_body(&mut host, body.len(), true), Flow::Answered);
+    let (status, _, answer) = host.local_reply.clone().expect("answered");
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!((status, &answer["id"]), (200, &json!("d")));
+    assert_eq!(answer["result"]["capabilities"], json!({}));
+    assert!(host.logs.iter().any(|(_, m)| m.contains("cluster mcp-crm not found")), "{:?}", host.logs);
+}
