@@ -64,6 +64,14 @@ pub struct HttpHeader {
     value_length: usize,
 }
 
+impl HttpHeader {
+    /// A header Envoy reads during one call: it points into `key` and `value`, which must
+    /// outlive that call (Envoy copies what it keeps).
+    fn borrowing(key: &str, value: &str) -> Self {
+        Self { key_ptr: key.as_ptr(), key_length: key.len(), value_ptr: value.as_ptr(), value_length: value.len() }
+    }
+}
+
 /// Header map kinds (`envoy_dynamic_module_type_http_header_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderMap {
@@ -278,15 +286,7 @@ impl EnvoyFilter {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, u32> {
-        let raw: Vec<HttpHeader> = headers
-            .iter()
-            .map(|(k, v)| HttpHeader {
-                key_ptr: k.as_ptr(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let raw: Vec<HttpHeader> = headers.iter().map(|(k, v)| HttpHeader::borrowing(k, v)).collect();
         let mut id = 0u64;
         // SAFETY: live handle; `id` is a valid place for Envoy to write the callout id; `raw`
         // points into `headers`, which with `cluster` and `body` outlives the call (Envoy
@@ -312,15 +312,7 @@ impl EnvoyFilter {
     /// Answers locally. `details` becomes `%RESPONSE_CODE_DETAILS%`; Envoy adds
     /// `content-length`.
     pub fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], details: &str) {
-        let raw: Vec<HttpHeader> = headers
-            .iter()
-            .map(|(k, v)| HttpHeader {
-                key_ptr: k.as_ptr(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let raw: Vec<HttpHeader> = headers.iter().map(|(k, v)| HttpHeader::borrowing(k, v)).collect();
         // SAFETY: live handle; `raw` points into `headers`, which with `body` and
         // `details` outlives the call (Envoy copies all of it).
         unsafe {
