@@ -920,3 +920,14 @@ def inspector_cli(url: str, credentials: Mapping[str, str], args: Sequence[str],
             with contextlib.suppress(ValueError):
                 return done.returncode, json.loads(line)
     return done.returncode, text
+
+
+def write_atomically(path: Path, data: bytes | str) -> None:
+    """Replace `path` the way editors and secret rotators do: write aside, rename over, so a
+    watcher never reads a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)

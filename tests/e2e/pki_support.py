@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
 import ssl
 from collections.abc import Iterable
@@ -18,17 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from e2e_support import write_atomically
+
 _PEM = serialization.Encoding.PEM
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -83,9 +78,9 @@ class Pki:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         issued = Issued(self.directory / f"{stem}.pem", self.directory / f"{stem}-key.pem", serial)
-        _write_atomically(issued.key, key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8,
+        write_atomically(issued.key, key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8,
                                                         serialization.NoEncryption()))
-        _write_atomically(issued.cert, cert.public_bytes(_PEM))
+        write_atomically(issued.cert, cert.public_bytes(_PEM))
         return issued
 
 

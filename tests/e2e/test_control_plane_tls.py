@@ -12,7 +12,6 @@ Every certificate is made in the test.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import subprocess
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from e2e_support import ENVOY, MESHGATE, NATIVE, WASM, Keys, Proc, Upstream, free_port, require_artifacts
+from e2e_support import MESHGATE, WASM, Keys, Proc, Upstream, free_port, require_artifacts
 from global_limits_support import start_redis
 from pki_support import Issued, Pki, client_context, presented_serial
 from xds_support import (
@@ -31,6 +30,7 @@ from xds_support import (
     _listener,
     call,
     keys_jwks,
+    launch_fleet_envoy,
     outcome,
     serve_until_ready,
     stop_quietly,
@@ -121,16 +121,7 @@ def start_node(plane: Plane, node_id: str, client: Issued | None) -> Node:
     assert out.returncode == 0, out.stderr
     bootstrap = plane.workdir / f"{node_id}.bootstrap.json"
     bootstrap.write_text(out.stdout)
-    admin_file = plane.workdir / f"{node_id}.admin"
-    with contextlib.suppress(FileNotFoundError):
-        admin_file.unlink()
-    proc = Proc.start(
-        node_id,
-        [str(ENVOY), "--disable-hot-restart", "-c", str(bootstrap), "--concurrency", "1", "-l", "warn",
-         "--admin-address-path", str(admin_file)],
-        plane.workdir / f"{node_id}.out",
-        env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE.parent)},
-    )
+    proc, admin_file = launch_fleet_envoy(node_id, bootstrap, plane.workdir)
     return Node(proc, admin_file)
 
 

@@ -38,6 +38,7 @@ from e2e_support import (
     api_key_yaml,
     base_headers,
     modern_body,
+    write_atomically,
     modern_headers,
     pid_alive,
     post,
@@ -101,9 +102,7 @@ class RegistrySpec:
 
 def write_registry(path: Path, text: str) -> None:
     """Replace the registry the way editors do: write aside, rename over."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, text)
 
 
 # --------------------------------------------------------------------------- meshgate serve
@@ -213,6 +212,23 @@ class EnvoyNode:
         return out
 
 
+def launch_fleet_envoy(node_id: str, bootstrap: Path, workdir: Path) -> tuple[Proc, Path]:
+    """Starts Envoy on `bootstrap` as a fleet Envoy runs (one worker, the native module found
+    by name in its search path) without waiting for it: the process and the file its admin
+    address will be written to."""
+    admin_file = workdir / f"{node_id}.admin"
+    with contextlib.suppress(FileNotFoundError):
+        admin_file.unlink()
+    proc = Proc.start(
+        node_id,
+        [str(ENVOY), "--disable-hot-restart", "-c", str(bootstrap), "--concurrency", "1", "-l", "warn",
+         "--admin-address-path", str(admin_file)],
+        workdir / f"{node_id}.out",
+        env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE.parent)},
+    )
+    return proc, admin_file
+
+
 def start_envoy(plane: ControlPlane, node_id: str, api: str, workdir: Path, timeout: float = 60) -> EnvoyNode:
     """An Envoy whose bootstrap (from `meshgate bootstrap --xds-address`) only points at `plane`."""
     bootstrap = workdir / f"{node_id}.bootstrap.json"
@@ -223,17 +239,7 @@ def start_envoy(plane: ControlPlane, node_id: str, api: str, workdir: Path, time
     )
     assert out.returncode == 0, out.stderr
     bootstrap.write_text(out.stdout)
-    admin_file = workdir / f"{node_id}.admin"
-    with contextlib.suppress(FileNotFoundError):
-        admin_file.unlink()
-    proc = Proc.start(
-        node_id,
-        [str(ENVOY), "--disable-hot-restart", "-c", str(bootstrap), "--concurrency", "1", "-l", "warn",
-         "--admin-address-path", str(admin_file)],
-        workdir / f"{node_id}.out",
-        # As a fleet Envoy finds the native module: by name, in its module search path.
-        env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE.parent)},
-    )
+    proc, admin_file = launch_fleet_envoy(node_id, bootstrap, workdir)
     deadline = time.monotonic() + timeout
     while True:
         if proc.popen.poll() is not None:
