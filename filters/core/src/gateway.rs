@@ -1089,6 +1089,8 @@ fn check_routing_headers(
 
 mod virtual_call;
 pub mod virtual_fanout;
+mod virtual_pagination;
+mod virtual_resources;
 
 pub use virtual_fanout::{CalloutRequest, CalloutResponse, FanOut, Omission};
 
