@@ -1,7 +1,7 @@
 """A real 2026-07-28 MCP upstream (Python SDK low-level `Server`, stateless JSON) that pages its
 lists: `--tools N` tools `<prefix>NN`, as many resources `paged://<prefix>/items/NN` and one
 template `paged://<prefix>/items/{n}`, `--page-size K` per page (the cursor is the next
-offset). Tools answer their own name, resources their URI, so a test sees what was reached.
+offset); `--ttl-ms`/`--scope` are the lists' cache hints. Tools answer their own name, resources their URI, so a test sees what was reached.
 Every request is logged (MESHGATE_UPSTREAM_LOG, see examples/servers/upstream.py): a test
 counts how many list requests reached it.
 """
@@ -16,6 +16,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "servers"))
 
 from mcp import types  # noqa: E402
+from mcp.server.caching import CacheHint  # noqa: E402
 from mcp.server.lowlevel import Server  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
 
@@ -25,6 +26,8 @@ own = argparse.ArgumentParser(add_help=False)
 own.add_argument("--prefix", default="p")
 own.add_argument("--tools", type=int, default=5)
 own.add_argument("--page-size", type=int, default=2)
+own.add_argument("--ttl-ms", type=int, default=0, help="ttlMs of every list answer")
+own.add_argument("--scope", default="private", choices=["private", "public"], help="cacheScope of every list answer")
 OWN, rest = own.parse_known_args()
 sys.argv = [sys.argv[0], *rest]
 
@@ -81,6 +84,10 @@ server = Server(
     on_list_resources=list_resources,
     on_list_resource_templates=list_templates,
     on_read_resource=read_resource,
+    cache_hints={
+        method: CacheHint(ttl_ms=OWN.ttl_ms, scope=OWN.scope)
+        for method in ("tools/list", "resources/list", "resources/templates/list")
+    },
 )
 
 

@@ -9,6 +9,8 @@ items at a time (`paged_server.py`: `alpha` with 5 tools and resources, `beta` w
 - `paged` = alpha + beta, with their resources: the official client pages through the merged
   lists with the gateway's cursor, and each backend sees only the list requests it still has
   pages for (its own request log counts them).
+- `cached` = gamma, whose lists say `ttlMs: 600000, cacheScope: public`: the gateway answers
+  the same list again from its cache (gamma sees no request) until the configuration changes.
 - `mixed` = crm's and docs' resources: merged and filtered per caller exactly as on
   `/mcp/crm` and `/mcp/docs`; `resources/read` routed by URI (never renamed) and governed as
   the backing server's own request.
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from e2e_support import (
@@ -38,6 +42,7 @@ from e2e_support import (
     post,
     registry_yaml,
     start_gateway,
+    base_headers,
     start_upstream,
     stop_gateway,
 )
@@ -57,6 +62,8 @@ virtual_servers:
   - name: mixed
     tools: ["crm/get_*"]
     resources: ["crm/crm://*", "docs/docs://*"]
+  - name: cached
+    servers: [gamma]
 """
 
 
@@ -65,8 +72,8 @@ def paged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Upstre
     workdir = tmp_path_factory.mktemp("paged-upstreams")
     started: dict[str, Upstream] = {}
     try:
-        for name, count in (("alpha", 5), ("beta", 3)):
-            args = ["--prefix", name, "--tools", str(count), "--page-size", "2"]
+        for name, count, hints in (("alpha", 5, []), ("beta", 3, []), ("gamma", 2, ["--ttl-ms", "600000", "--scope", "public"])):
+            args = ["--prefix", name, "--tools", str(count), "--page-size", "2", *hints]
             started[name] = start_upstream(name, TESTS / "paged_server.py", workdir, args)
         yield started
     finally:
@@ -276,3 +283,60 @@ def test_discovery_offers_resources_when_selected(lists_gateway):
         response = post(url(lists_gateway, virtual), modern_body("server/discover", {}, id="d"), ADMIN, headers=headers)
         assert response.status_code == 200, response.text
         assert set(response.json()["result"]["capabilities"]) == want, response.text
+
+
+# ------------------------------------------------------------------------------------- caching
+
+
+def wait_until(what: str, check, within: float = 20.0) -> None:
+    """Polls `check` until it holds (a registry edit is reloaded, then pushed over xDS)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {within}s")
+        time.sleep(0.1)
+
+
+def cached_list(client: httpx2.Client, gw: Gateway, creds: dict[str, str], id: str) -> dict[str, Any]:
+    headers = {**base_headers(creds), **modern_headers("tools/list")}
+    body = json.dumps(modern_body("tools/list", {}, id=id)).encode()
+    response = client.post(url(gw, "cached"), content=body, headers=headers, timeout=15)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_cached_merged_list_makes_no_callout_until_the_configuration_changes(lists_gateway, paged):
+    """One connection (one Envoy worker: the wasm build keeps a cache per worker). Runs last:
+    it edits the registry (and restores it)."""
+    gamma = paged["gamma"]
+    with httpx2.Client() as client:
+        mark = gamma.log.mark()
+        first = cached_list(client, lists_gateway, ADMIN, "one")
+        assert len(list_cursors(gamma, mark, "tools/list")) == 1
+        assert [t["name"] for t in first["result"]["tools"]] == ["gamma__gamma00", "gamma__gamma01"]
+        assert 0 < first["result"]["ttlMs"] <= 600000
+        again = cached_list(client, lists_gateway, ADMIN, "two")
+        assert len(list_cursors(gamma, mark, "tools/list")) == 1, "the second list made a callout"
+        assert again["id"] == "two"
+        assert again["result"]["tools"] == first["result"]["tools"]
+        assert 0 < again["result"]["ttlMs"] <= first["result"]["ttlMs"]
+        # Other roles: another entry (readers may not call gamma's tools: an empty list).
+        assert cached_list(client, lists_gateway, READER, "three")["result"]["tools"] == []
+        assert len(list_cursors(gamma, mark, "tools/list")) == 2
+    # A configuration change (a new virtual server) starts with an empty cache.
+    registry = lists_gateway.registry
+    original = registry.read_text()
+    try:
+        assert VIRTUAL in original
+        registry.write_text(original.replace(VIRTUAL, VIRTUAL + "  - { name: later, servers: [gamma] }\n"))
+        later = f"http://{lists_gateway.listener}/mcp/later"
+        wait_until(
+            "the registry edit applies",
+            lambda: post(later, modern_body("tools/list", {}), ADMIN, headers=modern_headers("tools/list")).status_code == 200,
+        )
+        mark = gamma.log.mark()
+        with httpx2.Client() as client:
+            cached_list(client, lists_gateway, ADMIN, "four")
+        assert len(list_cursors(gamma, mark, "tools/list")) == 1, "the new configuration answered from an old cache"
+    finally:
+        registry.write_text(original)

@@ -39,6 +39,7 @@ use crate::reject::Rejection;
 use crate::sse::{EventData, Rewritten, SseRewriter};
 use crate::virtual_server::{Upstream, VirtualServer};
 
+use super::virtual_cache::CacheKey;
 use super::{media_type, virtual_pagination, BodyKind, Exchange, Gateway, PendingRequest};
 
 /// Longest a discovery callout may take before its backend is omitted.
@@ -107,6 +108,52 @@ pub struct FanOut {
     method: String,
     /// The virtual server, for renaming (a copy: the answer is built after the callouts).
     selection: VirtualServer,
+    /// Lists only: what the merged answer is cached under ([`super::virtual_cache`]).
+    cache_key: Option<CacheKey>,
+    /// The caller's consumer name (the key of answers not declared public).
+    consumer: String,
+}
+
+/// A merged list answer without its request id: what is cached, and what a client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedList {
+    /// `tools`, `prompts`, `resources` or `resourceTemplates`.
+    pub array: &'static str,
+    /// The kept items' texts, comma-separated.
+    pub items: Vec<u8>,
+    /// The client's next cursor ([`virtual_pagination`]).
+    pub next_cursor: Option<String>,
+    pub ttl_ms: u64,
+    /// Every answering backend declared `cacheScope: "public"`.
+    pub public: bool,
+}
+
+impl MergedList {
+    /// Bytes held (for the cache's bound).
+    pub fn size(&self) -> usize {
+        self.items.len() + self.next_cursor.as_ref().map_or(0, String::len)
+    }
+
+    /// The JSON-RPC response to request `id`.
+    pub fn body(&self, id: &Value) -> Vec<u8> {
+        let id = id.to_string();
+        let mut out = Vec::with_capacity(self.items.len() + 200);
+        out.extend_from_slice(
+            format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"{}\":[", self.array).as_bytes(),
+        );
+        // The item texts are the backends' own, already validated: spliced in as they are.
+        out.extend_from_slice(&self.items);
+        out.push(b']');
+        if let Some(cursor) = &self.next_cursor {
+            // Base64url after a fixed ASCII prefix: nothing to escape.
+            out.extend_from_slice(format!(",\"nextCursor\":\"{cursor}\"").as_bytes());
+        }
+        out.extend_from_slice(
+            format!(",\"resultType\":\"complete\",\"ttlMs\":{},\"cacheScope\":\"{CACHE_SCOPE}\"}}}}", self.ttl_ms)
+                .as_bytes(),
+        );
+        out
+    }
 }
 
 /// Whether `method` is answered by a fan-out on a virtual server.
@@ -138,6 +185,7 @@ impl Gateway {
             None => Ask::Discover,
         };
         // A later page: only the servers the cursor names, each with its own cursor.
+        let mut client_cursor = None;
         let pages = match ask {
             Ask::List(shape) => {
                 let doc =
@@ -145,10 +193,12 @@ impl Gateway {
                 match virtual_pagination::cursor_param(&doc) {
                     None => None,
                     Some(Err(())) => return Err(invalid_params("params.cursor must be a string", &id)),
-                    Some(Ok(cursor)) => Some(
-                        virtual_pagination::decode(&cursor, virtual_server, &method_name, shape)
-                            .map_err(|why| invalid_params(&why, &id))?,
-                    ),
+                    Some(Ok(cursor)) => {
+                        let pages = virtual_pagination::decode(&cursor, virtual_server, &method_name, shape)
+                            .map_err(|why| invalid_params(&why, &id))?;
+                        client_cursor = Some(cursor);
+                        Some(pages)
+                    }
                 }
             }
             Ask::Discover => None,
@@ -220,6 +270,22 @@ impl Gateway {
             selects_tools: virtual_server.servers_selecting(ResourceKind::Tool).next().is_some(),
             selects_prompts: virtual_server.servers_selecting(ResourceKind::Prompt).next().is_some(),
             selects_resources: virtual_server.servers_selecting(ResourceKind::Resource).next().is_some(),
+            cache_key: match ask {
+                Ask::List(_) => {
+                    let mut roles = pending.consumer().roles.clone();
+                    roles.sort();
+                    roles.dedup();
+                    Some(CacheKey {
+                        virtual_server: virtual_server.name.clone(),
+                        method: method_name.clone(),
+                        cursor: client_cursor,
+                        roles,
+                        consumer: None,
+                    })
+                }
+                Ask::Discover => None,
+            },
+            consumer: pending.consumer().name.clone(),
             method: method_name.clone(),
             selection: virtual_server.clone(),
         })
@@ -256,6 +322,17 @@ impl FanOut {
         policy: &Policy,
         counts: &mut RedactionCounts,
     ) -> (Vec<u8>, Vec<Omission>) {
+        let (body, omitted, _) = self.answer_cacheable(answers, policy, counts);
+        (body, omitted)
+    }
+
+    /// [`Self::answer`], and for a list the merged answer itself (to cache).
+    pub fn answer_cacheable(
+        &self,
+        answers: &[Result<CalloutResponse, String>],
+        policy: &Policy,
+        counts: &mut RedactionCounts,
+    ) -> (Vec<u8>, Vec<Omission>, Option<MergedList>) {
         let mut omitted = self.skipped.clone();
         let mut results: Vec<(usize, Vec<u8>)> = Vec::new();
         for (i, backend) in self.backends.iter().enumerate() {
@@ -269,11 +346,23 @@ impl FanOut {
                 Err(reason) => omitted.push(Omission { server: backend.server.clone(), reason }),
             }
         }
-        let body = match self.ask {
-            Ask::List(shape) => self.merge_lists(shape, &results, &mut omitted),
-            Ask::Discover => self.merge_discover(&results, &mut omitted),
-        };
-        (body, omitted)
+        match self.ask {
+            Ask::List(shape) => {
+                let list = self.merge_lists(shape, &results, &mut omitted);
+                (list.body(&self.request_id), omitted, Some(list))
+            }
+            Ask::Discover => (self.merge_discover(&results, &mut omitted), omitted, None),
+        }
+    }
+
+    /// The cache key of a list request (`None` for discovery) and the caller's name.
+    pub(super) fn cache_key(&self) -> Option<(&CacheKey, &str)> {
+        self.cache_key.as_ref().map(|k| (k, self.consumer.as_str()))
+    }
+
+    /// The request's id.
+    pub(super) fn request_id(&self) -> &Value {
+        &self.request_id
     }
 
     fn respond(&self, result: Value) -> Vec<u8> {
@@ -282,9 +371,10 @@ impl FanOut {
     }
 
     /// Every backend's kept items, renamed, in backing-server order.
-    fn merge_lists(&self, shape: ListShape, results: &[(usize, Vec<u8>)], omitted: &mut Vec<Omission>) -> Vec<u8> {
+    fn merge_lists(&self, shape: ListShape, results: &[(usize, Vec<u8>)], omitted: &mut Vec<Omission>) -> MergedList {
         let mut items: Vec<u8> = Vec::new();
         let mut ttl: Option<u64> = None;
+        let mut public = true;
         let mut pages: Vec<(String, String)> = Vec::new();
         for (i, message) in results {
             let backend = &self.backends[*i];
@@ -297,6 +387,7 @@ impl FanOut {
                         items.extend_from_slice(&item);
                     }
                     ttl = Some(ttl.map_or(page.ttl_ms, |t| t.min(page.ttl_ms)));
+                    public &= page.public;
                     if let Some(next) = page.next_cursor {
                         pages.push((backend.server.clone(), next));
                     }
@@ -304,23 +395,13 @@ impl FanOut {
                 Err(reason) => omitted.push(Omission { server: backend.server.clone(), reason }),
             }
         }
-        // The item texts are the backends' own, already validated: spliced in as they are.
-        let id = self.request_id.to_string();
-        let ttl = merged_ttl(ttl, omitted);
-        let mut out = Vec::with_capacity(items.len() + 160);
-        out.extend_from_slice(
-            format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"{}\":[", shape.array).as_bytes(),
-        );
-        out.extend_from_slice(&items);
-        out.push(b']');
-        if let Some(cursor) = virtual_pagination::encode(&self.virtual_server, &self.method, pages) {
-            // Base64url after a fixed ASCII prefix: nothing to escape.
-            out.extend_from_slice(format!(",\"nextCursor\":\"{cursor}\"").as_bytes());
+        MergedList {
+            array: shape.array,
+            items,
+            next_cursor: virtual_pagination::encode(&self.virtual_server, &self.method, pages),
+            ttl_ms: merged_ttl(ttl, omitted),
+            public: public && ttl.is_some(),
         }
-        out.extend_from_slice(
-            format!(",\"resultType\":\"complete\",\"ttlMs\":{ttl},\"cacheScope\":\"{CACHE_SCOPE}\"}}}}").as_bytes(),
-        );
-        out
     }
 
     /// Capabilities: `tools` / `prompts` when the selection has them and a backend that
@@ -455,6 +536,8 @@ struct Page {
     ttl_ms: u64,
     /// The answer's `nextCursor`: the backend has another page.
     next_cursor: Option<String>,
+    /// The answer declared `cacheScope: "public"`.
+    public: bool,
 }
 
 /// The smallest `ttlMs` of the answers merged (0 when none answered), and 0 when any
@@ -514,7 +597,8 @@ fn rename_items(selection: &VirtualServer, shape: ListShape, server: &str, messa
         renamed.extend_from_slice(&text.as_bytes()[start + name_text.len()..]);
         out.push(renamed);
     }
-    Ok(Page { items: out, ttl_ms, next_cursor })
+    let public = result.get("cacheScope").and_then(|c| c.as_str()).is_some_and(|c| c == "public");
+    Ok(Page { items: out, ttl_ms, next_cursor, public })
 }
 
 #[cfg(test)]
