@@ -107,7 +107,8 @@ fn the_static_bootstrap_renders_virtual_routes() {
 #[test]
 fn resource_selections_load_route_and_are_checked_with_lines() {
     // A resource-only backing server gets its route on the virtual path.
-    let registry = load("virtual_servers:\n  - name: work\n    tools: [crm/get_x]\n    resources: ['docs/docs://*']\n").unwrap();
+    let registry =
+        load("virtual_servers:\n  - name: work\n    tools: [crm/get_x]\n    resources: ['docs/docs://*']\n").unwrap();
     assert_eq!(registry.virtual_servers[0].servers(), ["crm".to_string(), "docs".to_string()]);
     assert_eq!(registry.virtual_servers[0].resource_server("docs://pages/1"), Ok("docs"));
     let config = crate::bootstrap::static_resources::make_route_config(&registry);
