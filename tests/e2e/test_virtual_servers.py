@@ -264,16 +264,30 @@ def test_headers_must_match_the_exposed_name(virtual_gateway, crm):
     assert crm.log.posts_since(mark) == []
 
 
-@pytest.mark.parametrize("method", ["resources/list", "resources/templates/list", "resources/read", "ping"])
+@pytest.mark.parametrize("method", ["ping", "resources/subscribe"])
 def test_what_is_not_supported_yet_is_a_json_rpc_error(virtual_gateway, method):
-    params = {"uri": "crm://customers/c-001"} if method == "resources/read" else {}
-    name = params.get("uri")
-    response = post(
-        work_url(virtual_gateway), modern_body(method, params, id="m-1"), READER, headers=modern_headers(method, name)
-    )
+    params = {"uri": "crm://customers/c-001"} if method == "resources/subscribe" else {}
+    response = post(work_url(virtual_gateway), modern_body(method, params, id="m-1"), READER, headers=modern_headers(method))
     body = jsonrpc_error(response)
     assert (body["id"], body["error"]["code"]) == ("m-1", METHOD_NOT_FOUND)
     assert "virtual server \"work\"" in body["error"]["message"]
+
+
+def test_resources_outside_the_selection_are_neither_listed_nor_read(virtual_gateway, crm):
+    """`work` selects no resources: its resource lists are empty (no backend is asked) and a
+    read of a real crm resource is not routed (-32602 with the id; resources are covered in
+    test_virtual_lists.py)."""
+    mark = crm.log.mark()
+    for method, key in (("resources/list", "resources"), ("resources/templates/list", "resourceTemplates")):
+        response = post(work_url(virtual_gateway), modern_body(method, {}, id="l"), ADMIN, headers=modern_headers(method))
+        assert response.status_code == 200, response.text
+        assert response.json()["result"][key] == []
+    uri = "crm://customers/c-001"
+    body = modern_body("resources/read", {"uri": uri}, id="m-1")
+    error = jsonrpc_error(post(work_url(virtual_gateway), body, ADMIN, headers=modern_headers("resources/read", uri)))
+    assert (error["id"], error["error"]["code"]) == ("m-1", INVALID_PARAMS)
+    assert "not exposed" in error["error"]["message"]
+    assert crm.log.posts_since(mark) == []
 
 
 def test_a_list_cursor_is_refused_clearly(virtual_gateway):

@@ -682,11 +682,27 @@ fn media_type(content_type: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     config: FilterConfig,
+    /// Virtual servers' merged lists ([`virtual_cache`]); empty for each new configuration.
+    lists: Arc<virtual_cache::ListCache>,
 }
 
 impl Gateway {
     pub fn new(config: FilterConfig) -> Self {
-        Self { config }
+        Self { config, lists: Arc::default() }
+    }
+
+    /// The merged answer of a virtual server's list request, when a fresh one is cached
+    /// for this caller ([`virtual_cache`]): answered without any callout.
+    pub fn cached_fan_out(&self, fan_out: &FanOut, now_ns: u64) -> Option<Vec<u8>> {
+        let (key, consumer) = fan_out.cache_key()?;
+        self.lists.get(key, consumer, now_ns).map(|list| list.body(fan_out.request_id()))
+    }
+
+    /// Keeps a merged list answer for reuse, when it may be reused.
+    pub fn store_fan_out(&self, fan_out: &FanOut, list: &virtual_fanout::MergedList, now_ns: u64) {
+        if let Some((key, consumer)) = fan_out.cache_key() {
+            self.lists.put(key.clone(), consumer, list, now_ns);
+        }
     }
 
     pub fn config(&self) -> &FilterConfig {
@@ -1087,8 +1103,11 @@ fn check_routing_headers(
     Ok(())
 }
 
+mod virtual_cache;
 mod virtual_call;
 pub mod virtual_fanout;
+mod virtual_pagination;
+mod virtual_resources;
 
 pub use virtual_fanout::{CalloutRequest, CalloutResponse, FanOut, Omission};
 

@@ -419,6 +419,17 @@ impl Stream {
     /// Starts one callout per backing server of a discovery request; the request waits
     /// for them ([`Self::on_callout_done`]), or is answered now when none could start.
     fn start_fan_out(&mut self, host: &mut impl Host, fan_out: FanOut) -> Flow {
+        // A fresh merged list for this caller: answered from the cache, no callout.
+        if let Some(body) = self.gateway.cached_fan_out(&fan_out, host.now_ns()) {
+            if let Some(record) = self.audit.as_mut() {
+                record.upstream_answer(Some(200), None);
+                record.finish();
+            }
+            self.state = State::Done;
+            self.publish_audit(host, Moment::Settled);
+            host.send_local_reply(200, &[("content-type", "application/json")], &body);
+            return Flow::Answered;
+        }
         let mut ids = Vec::with_capacity(fan_out.backends.len());
         let mut answers = Vec::with_capacity(fan_out.backends.len());
         for backend in &fan_out.backends {
@@ -469,7 +480,10 @@ impl Stream {
         let answers: Vec<Result<CalloutResponse, String>> =
             answers.into_iter().map(|a| a.unwrap_or_else(|| Err("no answer".to_string()))).collect();
         let policy = &self.gateway.config().policy;
-        let (body, omitted) = fan_out.answer(&answers, policy, &mut self.redactions);
+        let (body, omitted, list) = fan_out.answer_cacheable(&answers, policy, &mut self.redactions);
+        if let Some(list) = &list {
+            self.gateway.store_fan_out(&fan_out, list, host.now_ns());
+        }
         for omission in &omitted {
             host.log(
                 Level::Warn,

@@ -1,5 +1,5 @@
 //! Virtual MCP servers: one endpoint (`<route_prefix><name>`) exposing a curated selection of
-//! the tools and prompts of several real servers.
+//! the tools, prompts and resources of several real servers.
 //!
 //! This module owns the virtual-server configuration (raw and compiled) and the name map
 //! between what a client sees and what a backing server calls the same thing:
@@ -12,6 +12,12 @@
 //!   selection names one tool or prompt literally (no glob, no whole server), so that
 //!   collisions are known when the configuration is compiled; a collision is refused and
 //!   names both selections.
+//!
+//! - **resources** are never renamed (a URI is what clients read from lists, templates and
+//!   tool results): a URI is routed to the one backing server whose `resources` selection
+//!   matches its canonical form ([`VirtualServer::resource_server`]). A URI selected from two
+//!   servers is refused (a literal one when the configuration is compiled, one matched by
+//!   two globs when it is routed).
 //!
 //! A virtual server never widens what a caller may do: a call resolved here is then
 //! governed exactly as the same call sent to `<route_prefix><server>` (RBAC, quotas,
@@ -58,7 +64,9 @@ pub struct RawVirtualServer {
     /// `server/glob` selections of tools (policy syntax; the server part is literal).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
-    /// `server/glob` selections of resources. Not supported yet: refused by validation.
+    /// `server/<URI glob>` selections of resources and resource templates (policy syntax;
+    /// the URI part is canonicalised as policy resource patterns are). URIs are never
+    /// renamed: a URI is routed to the one backing server whose selection matches it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<String>,
     /// `server/glob` selections of prompts.
@@ -141,6 +149,17 @@ pub struct VirtualServer {
     literal: HashMap<(ResourceKind, String), String>,
 }
 
+/// Why a resource URI routes to no backing server (JSON-RPC -32602).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceRouteError {
+    #[error("resource \"{uri}\" cannot be routed: {why}")]
+    Unreadable { uri: String, why: crate::resource_uri::UriError },
+    #[error("resource \"{uri}\" is not exposed by virtual server \"{virtual_server}\"")]
+    NotExposed { uri: String, virtual_server: String },
+    #[error("resource \"{uri}\" is selected from several servers of virtual server \"{virtual_server}\" ({servers}): refused rather than guessed; use /mcp/<server>")]
+    Ambiguous { uri: String, virtual_server: String, servers: String },
+}
+
 /// A member a virtual-server name resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member<'s, 'n> {
@@ -203,6 +222,33 @@ impl VirtualServer {
         }
     }
 
+    /// The one backing server whose resource selection matches `uri` (a resource URI or a
+    /// template's `uriTemplate`), matched in its canonical form ([`crate::resource_uri`]) as
+    /// the policy matches it. Fails closed: a URI the canonicaliser refuses, one no
+    /// selection matches, and one the selections of two servers both match route nowhere.
+    pub fn resource_server(&self, uri: &str) -> Result<&str, ResourceRouteError> {
+        let canonical = crate::resource_uri::canonical(uri)
+            .map_err(|why| ResourceRouteError::Unreadable { uri: uri.to_string(), why })?;
+        let mut owner: Option<&str> = None;
+        for selection in &self.selections {
+            if selection.kind != ResourceKind::Resource || !selection.name.matches(&canonical) {
+                continue;
+            }
+            match owner {
+                None => owner = Some(&selection.server),
+                Some(first) if first == selection.server => {}
+                Some(first) => {
+                    return Err(ResourceRouteError::Ambiguous {
+                        uri: uri.to_string(),
+                        virtual_server: self.name.clone(),
+                        servers: format!("{first}, {}", selection.server),
+                    })
+                }
+            }
+        }
+        owner.ok_or_else(|| ResourceRouteError::NotExposed { uri: uri.to_string(), virtual_server: self.name.clone() })
+    }
+
     /// The backing servers with at least one selection of `kind`, first mention first.
     pub fn servers_selecting(&self, kind: ResourceKind) -> impl Iterator<Item = &str> {
         self.servers
@@ -216,8 +262,13 @@ impl VirtualServer {
         self.selections.iter().any(|s| s.kind == kind && s.server == server && s.name.matches(own))
     }
 
-    /// The name a client sees for `server`'s member `own`, if selected.
+    /// The name a client sees for `server`'s member `own`, if selected. A resource (its URI
+    /// or template) keeps its own name, and is exposed only when it routes back to `server`
+    /// ([`Self::resource_server`]): what is listed can be read.
     pub fn exposed_name(&self, kind: ResourceKind, server: &str, own: &str) -> Option<String> {
+        if kind == ResourceKind::Resource {
+            return (self.resource_server(own).ok()? == server).then(|| own.to_string());
+        }
         if !self.selects(kind, server, own) {
             return None;
         }
@@ -291,6 +342,17 @@ fn parse_selection(at: &str, value: &str, servers: &HashSet<String>) -> Result<(
     Ok((server.to_string(), glob))
 }
 
+/// A resource selection `server/<URI glob>`: the URI part canonicalised as a policy
+/// resource pattern is ([`crate::resource_uri::canonical_pattern`]).
+fn parse_resource_selection(at: &str, value: &str, servers: &HashSet<String>) -> Result<(String, Glob), ConfigError> {
+    let (server, _) = parse_selection(at, value, servers)?;
+    let uri = value.split_once('/').map_or("", |(_, uri)| uri);
+    let canonical = crate::resource_uri::canonical_pattern(uri)
+        .map_err(|e| ConfigError::invalid(at, format!("\"{value}\" can never match a resource: {e}")))?;
+    let glob = Glob::new(&canonical).map_err(|e| ConfigError::invalid(at, format!("\"{value}\": {e}")))?;
+    Ok((server, glob))
+}
+
 fn compile_one(at: &str, raw: &RawVirtualServer, servers: &HashSet<String>) -> Result<VirtualServer, ConfigError> {
     if !is_valid_server_name(&raw.name) {
         return Err(ConfigError::invalid(
@@ -302,12 +364,6 @@ fn compile_one(at: &str, raw: &RawVirtualServer, servers: &HashSet<String>) -> R
         return Err(ConfigError::invalid(
             format!("{at}.name"),
             format!("virtual server \"{}\" has the name of a server: both would be served at the same path", raw.name),
-        ));
-    }
-    if !raw.resources.is_empty() {
-        return Err(ConfigError::invalid(
-            format!("{at}.resources"),
-            "resources through virtual servers are not supported yet; use the server's own endpoint".to_string(),
         ));
     }
     let separator = raw.separator.clone().unwrap_or_else(|| DEFAULT_SEPARATOR.to_string());
@@ -374,10 +430,35 @@ fn compile_one(at: &str, raw: &RawVirtualServer, servers: &HashSet<String>) -> R
             selections.push(Selection { kind, server, name });
         }
     }
+    for (j, value) in raw.resources.iter().enumerate() {
+        let path = format!("{at}.resources[{j}]");
+        let (server, name) = parse_resource_selection(&path, value, servers)?;
+        // A literal URI two servers select could never be read: refused here (overlapping
+        // globs are refused per URI when routed, see `resource_server`).
+        let other = selections.iter().find(|s: &&Selection| {
+            s.kind == ResourceKind::Resource
+                && s.server != server
+                && ((name.is_literal() && s.name.matches(name.as_str()))
+                    || (s.name.is_literal() && name.matches(s.name.as_str())))
+        });
+        if let Some(other) = other {
+            return Err(ConfigError::invalid(
+                path,
+                format!(
+                    "\"{value}\" is also selected from server \"{}\" (\"{}/{}\"): a URI must route to one server",
+                    other.server,
+                    other.server,
+                    other.name.as_str()
+                ),
+            ));
+        }
+        add_backing(&server);
+        selections.push(Selection { kind: ResourceKind::Resource, server, name });
+    }
     if selections.is_empty() {
         return Err(ConfigError::invalid(
             at,
-            format!("virtual server \"{}\" selects nothing: list servers, tools or prompts", raw.name),
+            format!("virtual server \"{}\" selects nothing: list servers, tools, resources or prompts", raw.name),
         ));
     }
     Ok(VirtualServer {

@@ -11,6 +11,8 @@
 //!   [`TARGET_HEADER`] for the route to match (the client's own value was removed with every
 //!   `x-meshgate-*` header).
 //!
+//! - `resources/read`: routed by its URI, which is not renamed ([`super::virtual_resources`]).
+//!
 //! Everything else is refused with a JSON-RPC error carrying the request's id: discovery and
 //! the list methods (their merged answers need fan-out callouts, not built yet), messages of
 //! the session-based eras, notifications and responses (no backing server to route them to).
@@ -85,12 +87,18 @@ impl Gateway {
             return self.plan_fan_out(pending, virtual_server, body, read).map(BodyDecision::FanOut);
         }
         let kind = match ResourceKind::of_method(method) {
-            Some(kind @ (ResourceKind::Tool | ResourceKind::Prompt)) => kind,
-            _ => return Err(unsupported(virtual_server, &format!("method {}", printable(method)), id)),
+            Some(kind) => kind,
+            None => return Err(unsupported(virtual_server, &format!("method {}", printable(method)), id)),
         };
         let Some(target) = message.target() else {
             return Err(Rejection::bad_request(code::INVALID_PARAMS, "the request names nothing").with_id(id));
         };
+        if kind == ResourceKind::Resource {
+            let uri = target.name.clone();
+            return self
+                .route_resource_read(pending, virtual_server, &uri, body, read.clone())
+                .map(BodyDecision::Forward);
+        }
         let member = virtual_server
             .resolve(kind, &target.name)
             .map_err(|e| Rejection::new(ANSWER_STATUS, code::INVALID_PARAMS, printable(&e.to_string())).with_id(id))?;
@@ -126,7 +134,7 @@ fn unsupported(virtual_server: &VirtualServer, what: &str, id: Option<&serde_jso
         ANSWER_STATUS,
         code::METHOD_NOT_FOUND,
         format!(
-            "{what} is not supported on virtual server \"{}\" yet; it answers server/discover, tools/list, prompts/list, tools/call and prompts/get (names prefixed {}); use /mcp/<server> for the rest",
+            "{what} is not supported on virtual server \"{}\" yet; it answers server/discover, the list methods, tools/call, prompts/get (names prefixed {}) and resources/read; use /mcp/<server> for the rest",
             virtual_server.name,
             virtual_server.prefixes().join(", ")
         ),
@@ -304,12 +312,16 @@ mod tests {
     #[test]
     fn what_is_not_supported_yet_is_refused_with_the_id() {
         let g = gateway();
-        for method in ["resources/list", "resources/read", "ping"] {
+        for method in ["ping", "resources/subscribe"] {
             let sent = body(method, json!({"uri": "file:///x"}));
-            let name = (method == "resources/read").then_some("file:///x");
-            let r = decide(&g, "r", "/mcp/work", &modern(method, name), &sent).unwrap_err();
+            let r = decide(&g, "r", "/mcp/work", &modern(method, None), &sent).unwrap_err();
             assert_eq!((r.code, r.id.clone()), (code::METHOD_NOT_FOUND, Some(json!(9))), "{method}: {}", r.message);
         }
+        // work selects no resources: a read is not routed anywhere.
+        let sent = body("resources/read", json!({"uri": "file:///x"}));
+        let r = decide(&g, "r", "/mcp/work", &modern("resources/read", Some("file:///x")), &sent).unwrap_err();
+        assert_eq!((r.code, r.id.clone()), (code::INVALID_PARAMS, Some(json!(9))), "{}", r.message);
+        assert!(r.message.contains("not exposed"), "{}", r.message);
         // The session-based era.
         let legacy =
             json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "crm__get_customer"}});

@@ -1,6 +1,8 @@
-//! Discovery through a virtual server ([`crate::virtual_server`]), 2026-07-28 era:
-//! `server/discover`, `tools/list` and `prompts/list` are answered by the filter itself from
-//! one HTTP callout per backing server, all started at once.
+//! Discovery through a virtual server ([`crate::virtual_server`]): `server/discover`,
+//! `tools/list`, `prompts/list`, `resources/list` and `resources/templates/list` are
+//! answered by the filter itself from one HTTP callout per backing server, all started at
+//! once. The code does not depend on the protocol era of the request (the list answers are
+//! the same JSON-RPC results in every era).
 //!
 //! - Each backing server is called the way its own route calls it ([`Upstream`]: cluster,
 //!   upstream path, `Host`), with the request body its own endpoint would forward (read
@@ -17,10 +19,15 @@
 //!   an answer that cannot be read exactly) is omitted: the answer is still given, without
 //!   it, and each omission is reported to the caller of [`FanOut::answer`] (the pipeline
 //!   logs and counts it).
-//! - Results carry `resultType: "complete"`, `ttlMs` = the smallest of the backends' (0 when
-//!   one gave none) and `cacheScope: "private"`: the list is filtered per caller.
-//! - Pagination: each backend's first page only. A request carrying a cursor is refused
-//!   (-32602), and the backends' `nextCursor` values are not passed on.
+//! - Results carry `resultType: "complete"`, `ttlMs` = the smallest of the answering
+//!   backends' (0 when one gave none, and 0 when any backend was omitted: an incomplete list
+//!   must not be reused as whole) and `cacheScope: "private"` (the narrowest: the list is
+//!   filtered for the caller, whatever scope each backend declared).
+//! - Resources and resource templates keep their URIs (never renamed); an item is kept only
+//!   when its URI routes back to the backend that listed it
+//!   ([`VirtualServer::resource_server`]), so what is listed can be read.
+//! - Pagination: a merged answer's `nextCursor` carries every backend's own next cursor, and
+//!   a request with it asks only those backends ([`super::virtual_pagination`]).
 
 use serde_json::Value;
 
@@ -32,7 +39,8 @@ use crate::reject::Rejection;
 use crate::sse::{EventData, Rewritten, SseRewriter};
 use crate::virtual_server::{Upstream, VirtualServer};
 
-use super::{media_type, BodyKind, Exchange, Gateway, PendingRequest};
+use super::virtual_cache::CacheKey;
+use super::{media_type, virtual_pagination, BodyKind, Exchange, Gateway, PendingRequest};
 
 /// Longest a discovery callout may take before its backend is omitted.
 pub const FAN_OUT_TIMEOUT_MS: u64 = 5_000;
@@ -95,13 +103,69 @@ pub struct FanOut {
     /// The merged answer may list tools (discovery: the selection has tools) / prompts.
     selects_tools: bool,
     selects_prompts: bool,
+    selects_resources: bool,
+    /// The list method asked (for the merged cursor).
+    method: String,
     /// The virtual server, for renaming (a copy: the answer is built after the callouts).
     selection: VirtualServer,
+    /// Lists only: what the merged answer is cached under ([`super::virtual_cache`]).
+    cache_key: Option<CacheKey>,
+    /// The caller's consumer name (the key of answers not declared public).
+    consumer: String,
+}
+
+/// A merged list answer without its request id: what is cached, and what a client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedList {
+    /// `tools`, `prompts`, `resources` or `resourceTemplates`.
+    pub array: &'static str,
+    /// The kept items' texts, comma-separated.
+    pub items: Vec<u8>,
+    /// The client's next cursor ([`virtual_pagination`]).
+    pub next_cursor: Option<String>,
+    pub ttl_ms: u64,
+    /// Every answering backend declared `cacheScope: "public"`.
+    pub public: bool,
+}
+
+impl MergedList {
+    /// Bytes held (for the cache's bound).
+    pub fn size(&self) -> usize {
+        self.items.len() + self.next_cursor.as_ref().map_or(0, String::len)
+    }
+
+    /// The JSON-RPC response to request `id`.
+    pub fn body(&self, id: &Value) -> Vec<u8> {
+        let id = id.to_string();
+        let mut out = Vec::with_capacity(self.items.len() + 200);
+        out.extend_from_slice(
+            format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"{}\":[", self.array).as_bytes(),
+        );
+        // The item texts are the backends' own, already validated: spliced in as they are.
+        out.extend_from_slice(&self.items);
+        out.push(b']');
+        if let Some(cursor) = &self.next_cursor {
+            // Base64url after a fixed ASCII prefix: nothing to escape.
+            out.extend_from_slice(format!(",\"nextCursor\":\"{cursor}\"").as_bytes());
+        }
+        out.extend_from_slice(
+            format!(",\"resultType\":\"complete\",\"ttlMs\":{},\"cacheScope\":\"{CACHE_SCOPE}\"}}}}", self.ttl_ms)
+                .as_bytes(),
+        );
+        out
+    }
 }
 
 /// Whether `method` is answered by a fan-out on a virtual server.
 pub(super) fn is_fan_out_method(method: &str) -> bool {
-    matches!(method, method::SERVER_DISCOVER | method::TOOLS_LIST | method::PROMPTS_LIST)
+    matches!(
+        method,
+        method::SERVER_DISCOVER
+            | method::TOOLS_LIST
+            | method::PROMPTS_LIST
+            | method::RESOURCES_LIST
+            | method::RESOURCES_TEMPLATES_LIST
+    )
 }
 
 impl Gateway {
@@ -120,26 +184,33 @@ impl Gateway {
             Some(shape) => Ask::List(shape),
             None => Ask::Discover,
         };
-        if let Ask::List(_) = ask {
-            if has_cursor(body) {
-                return Err(Rejection::new(
-                    200,
-                    code::INVALID_PARAMS,
-                    format!(
-                        "virtual server \"{}\" answers the first page of every backing server in one list; it takes no cursor",
-                        virtual_server.name
-                    ),
-                )
-                .with_id(Some(&id)));
+        // A later page: only the servers the cursor names, each with its own cursor.
+        let mut client_cursor = None;
+        let pages = match ask {
+            Ask::List(shape) => {
+                let doc =
+                    jsonrpc::validate_strict(body).map_err(|_| invalid_params("the request is not valid JSON", &id))?;
+                match virtual_pagination::cursor_param(&doc) {
+                    None => None,
+                    Some(Err(())) => return Err(invalid_params("params.cursor must be a string", &id)),
+                    Some(Ok(cursor)) => {
+                        let pages = virtual_pagination::decode(&cursor, virtual_server, &method_name, shape)
+                            .map_err(|why| invalid_params(&why, &id))?;
+                        client_cursor = Some(cursor);
+                        Some(pages)
+                    }
+                }
             }
-        }
-        let servers: Vec<&str> = match ask {
-            Ask::List(shape) => virtual_server.servers_selecting(shape.kind).collect(),
-            Ask::Discover => virtual_server.servers().iter().map(String::as_str).collect(),
+            Ask::Discover => None,
+        };
+        let servers: Vec<(&str, Option<&str>)> = match (ask, &pages) {
+            (Ask::List(_), Some(pages)) => pages.iter().map(|(s, c)| (s.as_str(), Some(c.as_str()))).collect(),
+            (Ask::List(shape), None) => virtual_server.servers_selecting(shape.kind).map(|s| (s, None)).collect(),
+            (Ask::Discover, _) => virtual_server.servers().iter().map(|s| (s.as_str(), None)).collect(),
         };
         let mut backends = Vec::new();
         let mut skipped = Vec::new();
-        for server in servers {
+        for (server, own_cursor) in servers {
             let upstream = match self.config.upstreams.get(server) {
                 Some(u) if !u.credentials => u,
                 Some(_) => {
@@ -157,11 +228,28 @@ impl Gateway {
                     continue;
                 }
             };
+            // A later page: the same request with the server's own cursor.
+            let paged = match own_cursor {
+                Some(cursor) => {
+                    let doc = jsonrpc::validate_strict(body)
+                        .map_err(|_| invalid_params("the request is not valid JSON", &id))?;
+                    let rewritten = virtual_pagination::with_cursor(body, &doc, cursor)
+                        .ok_or_else(|| invalid_params("params.cursor must be a string", &id))?;
+                    let own_read = mcp::read_message(&rewritten)
+                        .map_err(|_| invalid_params("the request is not readable", &id))?;
+                    Some((rewritten, own_read))
+                }
+                None => None,
+            };
+            let (own_body, own_read) = match &paged {
+                Some((b, r)) => (b.as_slice(), r.clone()),
+                None => (body, read.clone()),
+            };
             // Governed as the same request to the server's own endpoint.
             let mut own = pending.clone();
             own.via_virtual = false;
             own.server = server.to_string();
-            let exchange = match self.govern_read(&own, body, read.clone()) {
+            let exchange = match self.govern_read(&own, own_body, own_read) {
                 Ok(exchange) => exchange,
                 Err(r) => {
                     skipped.push(Omission { server: server.to_string(), reason: r.message });
@@ -169,7 +257,7 @@ impl Gateway {
                 }
             };
             // What the server's own endpoint would forward: the body after request redaction.
-            let forwarded = exchange.rewritten_request.as_deref().unwrap_or(body);
+            let forwarded = exchange.rewritten_request.as_deref().unwrap_or(own_body);
             let request = callout_request(upstream, pending, &method_name, forwarded);
             backends.push(Backend { server: server.to_string(), request, exchange });
         }
@@ -181,16 +269,32 @@ impl Gateway {
             skipped,
             selects_tools: virtual_server.servers_selecting(ResourceKind::Tool).next().is_some(),
             selects_prompts: virtual_server.servers_selecting(ResourceKind::Prompt).next().is_some(),
+            selects_resources: virtual_server.servers_selecting(ResourceKind::Resource).next().is_some(),
+            cache_key: match ask {
+                Ask::List(_) => {
+                    let mut roles = pending.consumer().roles.clone();
+                    roles.sort();
+                    roles.dedup();
+                    Some(CacheKey {
+                        virtual_server: virtual_server.name.clone(),
+                        method: method_name.clone(),
+                        cursor: client_cursor,
+                        roles,
+                        consumer: None,
+                    })
+                }
+                Ask::Discover => None,
+            },
+            consumer: pending.consumer().name.clone(),
+            method: method_name.clone(),
             selection: virtual_server.clone(),
         })
     }
 }
 
-/// Whether a list request carries `params.cursor`.
-fn has_cursor(body: &[u8]) -> bool {
-    jsonrpc::validate_strict(body)
-        .ok()
-        .is_some_and(|doc| doc.root().get("params").and_then(|p| p.get("cursor")).is_some())
+/// A -32602 about the request's own params, with its id.
+fn invalid_params(why: &str, id: &Value) -> Rejection {
+    Rejection::new(200, code::INVALID_PARAMS, crate::reject::printable(why)).with_id(Some(id))
 }
 
 /// The callout that asks `upstream` what the client asked.
@@ -218,6 +322,17 @@ impl FanOut {
         policy: &Policy,
         counts: &mut RedactionCounts,
     ) -> (Vec<u8>, Vec<Omission>) {
+        let (body, omitted, _) = self.answer_cacheable(answers, policy, counts);
+        (body, omitted)
+    }
+
+    /// [`Self::answer`], and for a list the merged answer itself (to cache).
+    pub fn answer_cacheable(
+        &self,
+        answers: &[Result<CalloutResponse, String>],
+        policy: &Policy,
+        counts: &mut RedactionCounts,
+    ) -> (Vec<u8>, Vec<Omission>, Option<MergedList>) {
         let mut omitted = self.skipped.clone();
         let mut results: Vec<(usize, Vec<u8>)> = Vec::new();
         for (i, backend) in self.backends.iter().enumerate() {
@@ -231,11 +346,23 @@ impl FanOut {
                 Err(reason) => omitted.push(Omission { server: backend.server.clone(), reason }),
             }
         }
-        let body = match self.ask {
-            Ask::List(shape) => self.merge_lists(shape, &results, &mut omitted),
-            Ask::Discover => self.merge_discover(&results, &mut omitted),
-        };
-        (body, omitted)
+        match self.ask {
+            Ask::List(shape) => {
+                let list = self.merge_lists(shape, &results, &mut omitted);
+                (list.body(&self.request_id), omitted, Some(list))
+            }
+            Ask::Discover => (self.merge_discover(&results, &mut omitted), omitted, None),
+        }
+    }
+
+    /// The cache key of a list request (`None` for discovery) and the caller's name.
+    pub(super) fn cache_key(&self) -> Option<(&CacheKey, &str)> {
+        self.cache_key.as_ref().map(|k| (k, self.consumer.as_str()))
+    }
+
+    /// The request's id.
+    pub(super) fn request_id(&self) -> &Value {
+        &self.request_id
     }
 
     fn respond(&self, result: Value) -> Vec<u8> {
@@ -244,36 +371,37 @@ impl FanOut {
     }
 
     /// Every backend's kept items, renamed, in backing-server order.
-    fn merge_lists(&self, shape: ListShape, results: &[(usize, Vec<u8>)], omitted: &mut Vec<Omission>) -> Vec<u8> {
+    fn merge_lists(&self, shape: ListShape, results: &[(usize, Vec<u8>)], omitted: &mut Vec<Omission>) -> MergedList {
         let mut items: Vec<u8> = Vec::new();
         let mut ttl: Option<u64> = None;
+        let mut public = true;
+        let mut pages: Vec<(String, String)> = Vec::new();
         for (i, message) in results {
             let backend = &self.backends[*i];
             match rename_items(&self.selection, shape, &backend.server, message) {
-                Ok((renamed, own_ttl)) => {
-                    for item in renamed {
+                Ok(page) => {
+                    for item in page.items {
                         if !items.is_empty() {
                             items.push(b',');
                         }
                         items.extend_from_slice(&item);
                     }
-                    ttl = Some(ttl.map_or(own_ttl, |t| t.min(own_ttl)));
+                    ttl = Some(ttl.map_or(page.ttl_ms, |t| t.min(page.ttl_ms)));
+                    public &= page.public;
+                    if let Some(next) = page.next_cursor {
+                        pages.push((backend.server.clone(), next));
+                    }
                 }
                 Err(reason) => omitted.push(Omission { server: backend.server.clone(), reason }),
             }
         }
-        // The item texts are the backends' own, already validated: spliced in as they are.
-        let id = self.request_id.to_string();
-        let ttl = ttl.unwrap_or(0);
-        let mut out = Vec::with_capacity(items.len() + 160);
-        out.extend_from_slice(
-            format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"{}\":[", shape.array).as_bytes(),
-        );
-        out.extend_from_slice(&items);
-        out.extend_from_slice(
-            format!("],\"resultType\":\"complete\",\"ttlMs\":{ttl},\"cacheScope\":\"{CACHE_SCOPE}\"}}}}").as_bytes(),
-        );
-        out
+        MergedList {
+            array: shape.array,
+            items,
+            next_cursor: virtual_pagination::encode(&self.virtual_server, &self.method, pages),
+            ttl_ms: merged_ttl(ttl, omitted),
+            public: public && ttl.is_some(),
+        }
     }
 
     /// Capabilities: `tools` / `prompts` when the selection has them and a backend that
@@ -281,6 +409,7 @@ impl FanOut {
     fn merge_discover(&self, results: &[(usize, Vec<u8>)], omitted: &mut Vec<Omission>) -> Vec<u8> {
         let mut tools = false;
         let mut prompts = false;
+        let mut resources = false;
         let mut ttl: Option<u64> = None;
         for (i, message) in results {
             let backend = &self.backends[*i];
@@ -293,6 +422,7 @@ impl FanOut {
             let selects = |kind| self.selection.servers_selecting(kind).any(|s| s == backend.server);
             tools |= capabilities.get("tools").is_some_and(Value::is_object) && selects(ResourceKind::Tool);
             prompts |= capabilities.get("prompts").is_some_and(Value::is_object) && selects(ResourceKind::Prompt);
+            resources |= capabilities.get("resources").is_some_and(Value::is_object) && selects(ResourceKind::Resource);
             let own = result.get("ttlMs").and_then(Value::as_u64).unwrap_or(0);
             ttl = Some(ttl.map_or(own, |t| t.min(own)));
         }
@@ -303,11 +433,14 @@ impl FanOut {
         if prompts && self.selects_prompts {
             capabilities.insert("prompts".to_string(), serde_json::json!({}));
         }
+        if resources && self.selects_resources {
+            capabilities.insert("resources".to_string(), serde_json::json!({}));
+        }
         let mut result = serde_json::json!({
             "supportedVersions": mcp::MODERN_PROTOCOL_VERSIONS,
             "capabilities": capabilities,
             "resultType": "complete",
-            "ttlMs": ttl.unwrap_or(0),
+            "ttlMs": merged_ttl(ttl, omitted),
             "cacheScope": CACHE_SCOPE,
             "_meta": {"io.modelcontextprotocol/serverInfo": {
                 "name": self.virtual_server,
@@ -394,21 +527,48 @@ fn is_response(data: &[u8]) -> bool {
     })
 }
 
+/// One backend's page of a merged list.
+#[derive(Debug)]
+struct Page {
+    /// The kept items, renamed.
+    items: Vec<Vec<u8>>,
+    /// The answer's `ttlMs` (0 when absent).
+    ttl_ms: u64,
+    /// The answer's `nextCursor`: the backend has another page.
+    next_cursor: Option<String>,
+    /// The answer declared `cacheScope: "public"`.
+    public: bool,
+}
+
+/// The smallest `ttlMs` of the answers merged (0 when none answered), and 0 when any
+/// backend was omitted: an incomplete list must not be reused as if it were whole.
+fn merged_ttl(ttl: Option<u64>, omitted: &[Omission]) -> u64 {
+    if omitted.is_empty() {
+        ttl.unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 /// The items of `server`'s governed list answer that the selection exposes, each the item's
-/// own text with its name value replaced by the exposed name; and the answer's `ttlMs` (0
-/// when absent).
-fn rename_items(
-    selection: &VirtualServer,
-    shape: ListShape,
-    server: &str,
-    message: &[u8],
-) -> Result<(Vec<Vec<u8>>, u64), String> {
+/// own text with its name value replaced by the exposed name (resources keep their URIs and
+/// are kept only when they route back to `server`); the answer's `ttlMs` and `nextCursor`
+/// (which must be a string when present).
+fn rename_items(selection: &VirtualServer, shape: ListShape, server: &str, message: &[u8]) -> Result<Page, String> {
     let doc = jsonrpc::validate_strict(message).map_err(|_| "an answer that is not valid JSON".to_string())?;
     let root = doc.root();
     let result = root.get("result").ok_or_else(|| "an answer without a result".to_string())?;
     let items =
         result.get(shape.array).filter(|a| a.kind() == JsonKind::Array).ok_or_else(|| "no item array".to_string())?;
-    let ttl = result.get("ttlMs").and_then(|t| t.to_value().as_u64()).unwrap_or(0);
+    let ttl_ms = result.get("ttlMs").and_then(|t| t.to_value().as_u64()).unwrap_or(0);
+    let next_cursor = match result.get("nextCursor") {
+        None => None,
+        Some(c) if c.kind() == JsonKind::Null => None,
+        Some(c) => match c.as_str() {
+            Some(c) => Some(c.into_owned()),
+            None => return Err("a nextCursor that is not a string".to_string()),
+        },
+    };
     let mut out = Vec::new();
     for item in items.elements() {
         let Some(name_value) = item.get(shape.field).filter(|n| n.kind() == JsonKind::String) else {
@@ -421,6 +581,10 @@ fn rename_items(
             continue;
         };
         let text = item.text();
+        if exposed == *own {
+            out.push(text.as_bytes().to_vec());
+            continue;
+        }
         let name_text = name_value.text();
         let start = (name_text.as_ptr() as usize).checked_sub(text.as_ptr() as usize);
         let Some(start) = start.filter(|s| s + name_text.len() <= text.len()) else {
@@ -433,7 +597,8 @@ fn rename_items(
         renamed.extend_from_slice(&text.as_bytes()[start + name_text.len()..]);
         out.push(renamed);
     }
-    Ok((out, ttl))
+    let public = result.get("cacheScope").and_then(|c| c.as_str()).is_some_and(|c| c == "public");
+    Ok(Page { items: out, ttl_ms, next_cursor, public })
 }
 
 #[cfg(test)]

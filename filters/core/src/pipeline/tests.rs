@@ -728,7 +728,8 @@ fn a_virtual_tools_list_fans_out_and_merges_when_every_callout_ended() {
     assert_eq!(answer["result"]["tools"][0]["inputSchema"], json!({"type": "object"}));
     assert_eq!(
         (&answer["result"]["resultType"], &answer["result"]["ttlMs"], &answer["result"]["cacheScope"]),
-        (&json!("complete"), &json!(60000), &json!("private"))
+        // billing was omitted: an incomplete list gets ttlMs 0 (never reused as whole).
+        (&json!("complete"), &json!(0), &json!("private"))
     );
     stream.on_log(&mut host);
     let omitted: Vec<&MetricUpdate> =
@@ -768,4 +769,65 @@ fn a_fan_out_whose_callouts_cannot_start_is_answered_at_once() {
     assert_eq!((status, &answer["id"]), (200, &json!("d")));
     assert_eq!(answer["result"]["capabilities"], json!({}));
     assert!(host.logs.iter().any(|(_, m)| m.contains("cluster mcp-crm not found")), "{:?}", host.logs);
+}
+
+/// A merged list every backend declared public with a positive ttl is cached for the
+/// caller's roles: the same request again (another stream, another caller with the same
+/// roles) is answered with no callout; a private one only for the same caller.
+#[test]
+fn a_cached_virtual_list_is_answered_without_callouts() {
+    let g = gateway(json!({
+        "auth": {"api_keys": [
+            {"consumer": "reader-bot", "sha256": hex::encode(Sha256::digest(b"r")), "roles": ["reader"]},
+            {"consumer": "other-reader", "sha256": hex::encode(Sha256::digest(b"r2")), "roles": ["reader"]},
+        ]},
+        "virtual_servers": [{"name": "work", "servers": ["crm"]}],
+        "upstreams": {"crm": {"cluster": "mcp-crm", "path": "/mcp", "authority": "127.0.0.1:9001"}},
+    }));
+    let list = |key: &str, method: &str, scope: &str| {
+        let body = json!({"jsonrpc": "2.0", "id": key, "method": method,
+            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+        .to_string()
+        .into_bytes();
+        let mut headers = post_headers(Some(key), "/mcp/work");
+        headers.push(("mcp-protocol-version".into(), "2026-07-28".into()));
+        headers.push(("mcp-method".into(), method.into()));
+        let mut host = MemoryHost::default();
+        let mut stream = Stream::new(g.clone());
+        host.request_headers = headers;
+        let mut tokens = TokenCache::new(16);
+        assert_eq!(stream.on_request_headers(&mut host, &mut tokens, false), Flow::Pause);
+        host.request_body = body.clone();
+        let flow = stream.on_request_body(&mut host, body.len(), true);
+        let called = host.callouts.len();
+        if flow == Flow::Pause {
+            let answer = json!({"jsonrpc": "2.0", "id": key, "result": {
+                "tools": [{"name": "get_customer", "inputSchema": {}}], "prompts": [],
+                "ttlMs": 60000, "cacheScope": scope}});
+            let id = host.callouts[0].0;
+            let headers = vec![("content-type".to_string(), "application/json".to_string())];
+            stream.on_callout_done(
+                &mut host,
+                id,
+                Ok(CalloutResponse { status: 200, headers, body: answer.to_string().into_bytes() }),
+            );
+        }
+        let (status, _, answer) = host.local_reply.clone().expect("answered");
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["id"], key, "the request's own id, also from the cache");
+        (called, answer)
+    };
+    let (called, first) = list("r", "tools/list", "public");
+    assert_eq!(called, 1);
+    assert_eq!(first["result"]["tools"][0]["name"], "crm__get_customer");
+    let (called, again) = list("r2", "tools/list", "public");
+    assert_eq!(called, 0, "same roles, public: from the cache");
+    assert_eq!(again["result"]["tools"], first["result"]["tools"]);
+    assert_eq!(again["result"]["ttlMs"], 60000);
+    assert_eq!(again["result"]["cacheScope"], "private");
+    // Another method is another entry; a private answer is kept for its caller only.
+    assert_eq!(list("r", "prompts/list", "private").0, 1);
+    assert_eq!(list("r", "prompts/list", "private").0, 0);
+    assert_eq!(list("r2", "prompts/list", "private").0, 1);
 }

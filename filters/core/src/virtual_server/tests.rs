@@ -195,10 +195,18 @@ fn names_and_references_are_checked() {
         (
             {
                 let mut v = raw("work");
-                v.resources = vec!["crm/*".into()];
+                v.resources = vec!["crm/file:///srv/../etc/*".into()];
                 v
             },
-            "virtual_servers[0].resources",
+            "virtual_servers[0].resources[0]",
+        ),
+        (
+            {
+                let mut v = raw("work");
+                v.resources = vec!["crm/crm://stats".into(), "docs/crm://*".into()];
+                v
+            },
+            "virtual_servers[0].resources[1]",
         ),
         (raw("work"), "virtual_servers[0]"),
     ];
@@ -210,4 +218,39 @@ fn names_and_references_are_checked() {
     a.servers = vec!["crm".into()];
     let b = a.clone();
     assert_eq!(message(compile(vec![a, b]).unwrap_err()).0, "virtual_servers[1].name");
+}
+
+#[test]
+fn resources_route_by_uri_to_exactly_one_server() {
+    let mut v = raw("work");
+    v.tools = vec!["crm/get_*".into()];
+    v.resources = vec![
+        "crm/crm://*".into(),
+        "docs/docs://pages/*".into(),
+        "billing/shared://*".into(),
+        "docs/shared://a*".into(),
+    ];
+    let all = compile(vec![v]).unwrap();
+    let work = all.get("work").unwrap();
+    assert_eq!(work.servers(), ["crm".to_string(), "docs".to_string(), "billing".to_string()]);
+    assert_eq!(work.resource_server("crm://customers/1"), Ok("crm"));
+    // Matched in canonical form, as the policy matches.
+    assert_eq!(work.resource_server("CRM://customers/%31"), Ok("crm"));
+    assert_eq!(work.resource_server("docs://pages/{id}"), Ok("docs"));
+    assert!(matches!(work.resource_server("docs://index"), Err(ResourceRouteError::NotExposed { .. })));
+    assert!(matches!(work.resource_server("crm://a/../b"), Err(ResourceRouteError::Unreadable { .. })));
+    assert!(matches!(work.resource_server("no scheme"), Err(ResourceRouteError::Unreadable { .. })));
+    let Err(ResourceRouteError::Ambiguous { servers, .. }) = work.resource_server("shared://abc") else { panic!() };
+    assert_eq!(servers, "billing, docs");
+    assert_eq!(work.resource_server("shared://xyz"), Ok("billing"));
+    // Listed only by the server it routes to, never renamed.
+    assert_eq!(work.exposed_name(ResourceKind::Resource, "crm", "crm://stats").as_deref(), Some("crm://stats"));
+    assert_eq!(work.exposed_name(ResourceKind::Resource, "docs", "crm://stats"), None);
+    assert_eq!(work.exposed_name(ResourceKind::Resource, "docs", "shared://abc"), None);
+    assert_eq!(work.servers_selecting(ResourceKind::Resource).collect::<Vec<_>>(), ["crm", "docs", "billing"]);
+    // Whole servers select tools and prompts, not resources (URIs are not prefixed).
+    let mut whole = raw("whole");
+    whole.servers = vec!["crm".into()];
+    let all = compile(vec![whole]).unwrap();
+    assert_eq!(all.get("whole").unwrap().servers_selecting(ResourceKind::Resource).count(), 0);
 }

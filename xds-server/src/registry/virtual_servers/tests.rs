@@ -103,3 +103,26 @@ fn the_static_bootstrap_renders_virtual_routes() {
     assert_eq!(routes[2]["route"], routes[0]["route"]);
     assert_eq!(routes[3]["direct_response"]["status"], 500);
 }
+
+#[test]
+fn resource_selections_load_route_and_are_checked_with_lines() {
+    // A resource-only backing server gets its route on the virtual path.
+    let registry =
+        load("virtual_servers:\n  - name: work\n    tools: [crm/get_x]\n    resources: ['docs/docs://*']\n").unwrap();
+    assert_eq!(registry.virtual_servers[0].servers(), ["crm".to_string(), "docs".to_string()]);
+    assert_eq!(registry.virtual_servers[0].resource_server("docs://pages/1"), Ok("docs"));
+    let config = crate::bootstrap::static_resources::make_route_config(&registry);
+    let routes = config["virtual_hosts"][0]["routes"].as_array().unwrap();
+    let names: Vec<&str> = routes.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["crm", "docs", "work/crm", "work/docs", "work/unrouted"]);
+    assert_error(
+        "virtual_servers:\n  - name: work\n    resources:\n      - crm/shared://x\n      - docs/shared://*\n",
+        "reg.yaml:9: virtual_servers[0].resources[1]: ",
+        "also selected from server \"crm\"",
+    );
+    assert_error(
+        "virtual_servers:\n  - name: work\n    resources: ['crm/crm://a/../*']\n",
+        "reg.yaml:7: virtual_servers[0].resources[0]: ",
+        "can never match a resource",
+    );
+}

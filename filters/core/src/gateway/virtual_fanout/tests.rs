@@ -138,8 +138,205 @@ fn discover_merges_what_the_selection_offers() {
 }
 
 #[test]
-fn a_cursor_is_refused() {
+fn a_cursor_this_gateway_did_not_issue_is_refused_with_the_id() {
     let g = gateway(false);
-    let r = plan(&g, "a", "tools/list", json!({"cursor": "abc"})).unwrap_err();
-    assert_eq!((r.code, r.id), (code::INVALID_PARAMS, Some(json!("q"))));
+    for cursor in [json!("abc"), json!(5), json!("mgv1.e30")] {
+        let r = plan(&g, "a", "tools/list", json!({"cursor": cursor})).unwrap_err();
+        assert_eq!((r.status, r.code, r.id), (200, code::INVALID_PARAMS, Some(json!("q"))), "{cursor}");
+        assert!(r.message.contains("cursor"), "{}", r.message);
+    }
+}
+
+fn page(tools: &[&str], next: Option<&str>) -> Result<CalloutResponse, String> {
+    let tools: Vec<Value> = tools.iter().map(|n| json!({"name": n, "inputSchema": {}})).collect();
+    let mut result = json!({"tools": tools, "ttlMs": 1000});
+    if let Some(next) = next {
+        result["nextCursor"] = json!(next);
+    }
+    json_answer(result)
+}
+
+/// Cursor of the plan's request body sent to each backend.
+fn sent_cursors(f: &FanOut) -> Vec<(String, Option<String>)> {
+    f.backends
+        .iter()
+        .map(|b| {
+            let v: Value = serde_json::from_slice(&b.request.body).unwrap();
+            (b.server.clone(), v["params"]["cursor"].as_str().map(str::to_string))
+        })
+        .collect()
+}
+
+#[test]
+fn pages_of_several_backends_are_combined_in_one_cursor() {
+    let g = gateway(false);
+    let first = plan(&g, "a", "tools/list", json!({})).unwrap();
+    assert_eq!(sent_cursors(&first), [("crm".to_string(), None), ("docs".to_string(), None)]);
+    let policy = &g.config().policy;
+    let (body, _) = first.answer(
+        &[page(&["get_customer"], Some("crm-2")), page(&["search_docs"], Some("docs \"2\""))],
+        policy,
+        &mut RedactionCounts::new(),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let cursor = v["result"]["nextCursor"].as_str().unwrap().to_string();
+    // Page 2: both backends, each with its own cursor (nothing else of the body changed).
+    let second = plan(&g, "a", "tools/list", json!({"cursor": cursor})).unwrap();
+    assert_eq!(
+        sent_cursors(&second),
+        [("crm".to_string(), Some("crm-2".to_string())), ("docs".to_string(), Some("docs \"2\"".to_string()))]
+    );
+    let sent: Value = serde_json::from_slice(&second.backends[0].request.body).unwrap();
+    assert_eq!(sent["params"]["_meta"], json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"}));
+    let (body, _) = second.answer(
+        &[page(&["list_customers"], None), page(&["search_more"], Some("docs-3"))],
+        policy,
+        &mut RedactionCounts::new(),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 2);
+    // Page 3: only docs still has pages.
+    let third = plan(&g, "a", "tools/list", json!({"cursor": v["result"]["nextCursor"]})).unwrap();
+    assert_eq!(sent_cursors(&third), [("docs".to_string(), Some("docs-3".to_string()))]);
+    let (body, _) = third.answer(&[page(&["search_last"], None)], policy, &mut RedactionCounts::new());
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["result"]["tools"][0]["name"], "docs__search_last");
+    assert!(v["result"].get("nextCursor").is_none(), "{v}");
+    assert_eq!(v["result"]["ttlMs"], 1000);
+    // A cursor is bound to its list: not accepted for prompts/list.
+    let r = plan(&g, "a", "prompts/list", json!({"cursor": cursor})).unwrap_err();
+    assert_eq!(r.code, code::INVALID_PARAMS);
+}
+
+#[test]
+fn a_backend_that_fails_is_dropped_from_the_cursor_and_the_ttl_is_zero() {
+    let g = gateway(false);
+    let f = plan(&g, "a", "tools/list", json!({})).unwrap();
+    let (body, omitted) = f.answer(
+        &[page(&["get_customer"], Some("crm-2")), Err("reset".into())],
+        &g.config().policy,
+        &mut RedactionCounts::new(),
+    );
+    assert_eq!(omitted.len(), 1);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["result"]["ttlMs"], 0);
+    let next = plan(&g, "a", "tools/list", json!({"cursor": v["result"]["nextCursor"]})).unwrap();
+    assert_eq!(sent_cursors(&next), [("crm".to_string(), Some("crm-2".to_string()))]);
+    // A nextCursor that is not a string makes the answer unreadable: omitted.
+    let bad = json_answer(json!({"tools": [], "nextCursor": 3}));
+    let (_, omitted) = f.answer(&[page(&[], None), bad], &g.config().policy, &mut RedactionCounts::new());
+    assert_eq!(omitted.len(), 1, "{omitted:?}");
+}
+
+fn resource_gateway() -> Gateway {
+    let key = |k: &str, role: &str| json!({"consumer": format!("{role}-bot"), "sha256": hex::encode(Sha256::digest(k.as_bytes())), "roles": [role]});
+    let raw: RawFilterConfig = serde_json::from_value(json!({
+        "servers": ["crm", "docs"],
+        "auth": {"api_keys": [key("r", "reader"), key("a", "admin")]},
+        "policy": {"roles": {
+            "reader": {"allow": ["crm/get_*"], "resources": {"allow": ["docs/*"]}},
+            "admin": {"allow": ["*"], "resources": {"allow": ["*"]}}
+        }},
+        "virtual_servers": [{"name": "work", "tools": ["crm/*"], "resources": ["crm/crm://*", "docs/docs://pages/*"]}],
+        "upstreams": {
+            "crm": {"cluster": "mcp-crm", "path": "/mcp", "authority": "127.0.0.1:1"},
+            "docs": {"cluster": "mcp-docs", "path": "/mcp", "authority": "127.0.0.1:2"},
+        }
+    }))
+    .unwrap();
+    Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap())
+}
+
+#[test]
+fn resources_are_merged_unrenamed_filtered_per_caller_and_by_selection() {
+    let g = resource_gateway();
+    let crm =
+        || json_answer(json!({"resources": [{"uri": "crm://stats", "name": "stats", "mimeType": "application/json"}]}));
+    let docs = || {
+        json_answer(json!({"resources": [
+            {"uri": "docs://pages/1", "name": "one", "_meta": {"k": 1}},
+            {"uri": "docs://index", "name": "index"},
+        ]}))
+    };
+    let uris = |key: &str| {
+        let f = plan(&g, key, "resources/list", json!({})).unwrap();
+        let (body, omitted) = f.answer(&[crm(), docs()], &g.config().policy, &mut RedactionCounts::new());
+        assert!(omitted.is_empty());
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["result"]["resources"].as_array().unwrap().clone()
+    };
+    let admin = uris("a");
+    assert_eq!(admin.iter().map(|r| r["uri"].as_str().unwrap()).collect::<Vec<_>>(), ["crm://stats", "docs://pages/1"]);
+    assert_eq!(admin[1], json!({"uri": "docs://pages/1", "name": "one", "_meta": {"k": 1}}));
+    // The reader may read docs resources only.
+    assert_eq!(uris("r").iter().map(|r| r["uri"].as_str().unwrap()).collect::<Vec<_>>(), ["docs://pages/1"]);
+    // Templates: matched on their uriTemplate.
+    let f = plan(&g, "a", "resources/templates/list", json!({})).unwrap();
+    let templates = |t: Value| json_answer(json!({"resourceTemplates": t}));
+    let (body, _) = f.answer(
+        &[
+            templates(json!([{"uriTemplate": "crm://customers/{id}", "name": "customer"}])),
+            templates(json!([{"uriTemplate": "docs://pages/{id}", "name": "page"}, {"uriTemplate": "other://{x}", "name": "x"}])),
+        ],
+        &g.config().policy,
+        &mut RedactionCounts::new(),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let listed: Vec<&str> = v["result"]["resourceTemplates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["uriTemplate"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["crm://customers/{id}", "docs://pages/{id}"]);
+}
+
+#[test]
+fn discover_offers_resources_when_selected() {
+    let g = resource_gateway();
+    let f = plan(&g, "a", "server/discover", json!({})).unwrap();
+    let caps = |c: Value| json_answer(json!({"supportedVersions": ["2026-07-28"], "capabilities": c, "ttlMs": 10}));
+    let (body, _) = f.answer(
+        &[caps(json!({"tools": {}, "resources": {"subscribe": true}})), caps(json!({"resources": {}}))],
+        &g.config().policy,
+        &mut RedactionCounts::new(),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["result"]["capabilities"], json!({"tools": {}, "resources": {}}));
+    assert_eq!(v["result"]["ttlMs"], 10);
+}
+
+#[test]
+fn a_read_is_routed_by_its_uri_and_governed_as_the_backing_servers() {
+    let g = resource_gateway();
+    let read = |key: &str, uri: &str| {
+        let headers = [
+            ("x-api-key", key),
+            ("content-type", "application/json"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "resources/read"),
+            ("mcp-name", uri),
+        ];
+        let body = json!({"jsonrpc": "2.0", "id": "q", "method": "resources/read", "params": {"uri": uri,
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+        .to_string();
+        let head = RequestHead { method: "POST", path: "/mcp/work", headers: &headers, end_of_stream: false };
+        let HeadDecision::AwaitBody(pending) = g.on_request_head(head, 0, &mut g.new_token_cache()) else { panic!() };
+        g.decide_request_body(&pending, body.as_bytes()).map(|d| match d {
+            BodyDecision::Forward(e) => e,
+            BodyDecision::FanOut(f) => panic!("{f:?}"),
+        })
+    };
+    let e = read("a", "docs://pages/7").unwrap();
+    assert_eq!(e.server, "docs");
+    let target = e.request_header_rewrites.iter().find(|(k, _)| k == crate::virtual_server::TARGET_HEADER);
+    assert_eq!(target.and_then(|(_, v)| v.as_deref()), Some("docs"));
+    assert_eq!(read("a", "crm://stats").unwrap().server, "crm");
+    // RBAC of the backing server: the reader may not read crm resources.
+    assert_eq!(read("r", "crm://stats").unwrap_err().code, code::FORBIDDEN);
+    // Not selected, dot segments, encoded delimiters: -32602 with the id.
+    for uri in ["docs://index", "docs://pages/../secret", "docs://pages/a%2Fb"] {
+        let r = read("a", uri).unwrap_err();
+        assert_eq!((r.code, r.id), (code::INVALID_PARAMS, Some(json!("q"))), "{uri}: {}", r.message);
+    }
 }
