@@ -475,10 +475,9 @@ impl EnvoyFilter {
     }
 }
 
-/// Header bytes as text: borrowed when they are UTF-8, decoded leniently (U+FFFD) when not.
 /// Headers read without a heap allocation (a larger map is read through the heap).
 const STACK_HEADERS: usize = 48;
-/// Body slices listed without a heap allocation, per part.
+/// Body slices listed without a heap allocation (a body in more slices is listed on the heap).
 const STACK_SLICES: usize = 8;
 
 /// The slices of a body: on the stack, or all on the heap once there are more than
@@ -524,6 +523,7 @@ fn ascii_str(bytes: &[u8]) -> Option<&str> {
     bytes.is_ascii().then(|| unsafe { std::str::from_utf8_unchecked(bytes) })
 }
 
+/// Header bytes as text: borrowed when they are UTF-8, decoded leniently (U+FFFD) when not.
 fn lossy(bytes: &[u8]) -> Cow<'_, str> {
     // Header names and values are almost always ASCII, which an ASCII scan settles in a
     // few instructions per word; `from_utf8` costs about 100 per header, and the lossy
