@@ -357,7 +357,49 @@ mod tests {
         }
     }
 
+    /// A number read in place (the integer fast path) is the number serde_json reads,
+    /// integer or float alike.
+    fn assert_number_agrees(text: &str) {
+        let doc = validate_strict(text.as_bytes()).unwrap();
+        let serde: Value = serde_json::from_str(text).unwrap();
+        let read = doc.root().to_value();
+        assert_eq!(read, serde, "{text}");
+        assert_eq!(read.is_i64() || read.is_u64(), serde.is_i64() || serde.is_u64(), "{text}");
+        assert_eq!(read.is_f64(), serde.is_f64(), "{text}");
+    }
+
+    #[test]
+    fn numbers_read_in_place_are_serde_json_numbers() {
+        for text in [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "7",
+            "999999999999999999",
+            "-999999999999999999",
+            "9999999999999999999",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "1.0",
+            "-0.0",
+            "1e3",
+            "1E-3",
+            "0.5",
+        ] {
+            assert_number_agrees(text);
+        }
+    }
+
     proptest! {
+        #[test]
+        fn integers_read_in_place_are_serde_json_integers(i in any::<i64>(), u in any::<u64>()) {
+            assert_number_agrees(&i.to_string());
+            assert_number_agrees(&u.to_string());
+        }
+
         /// Whatever serde_json accepts without duplicates, the strict parser accepts identically.
         #[test]
         fn agrees_with_serde_json_on_valid_documents(v in arb_json()) {

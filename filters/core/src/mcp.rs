@@ -294,18 +294,19 @@ pub fn read_message(body: &[u8]) -> Result<ReadMessage, ReadError> {
 /// document, e.g. where a field lies).
 pub fn read_message_in(doc: &jsonrpc::StrictJson<'_>) -> Result<ReadMessage, ReadError> {
     let raw = doc.root();
-    let (message, meta) = classify_view(raw).map_err(|error| ReadError::Message {
+    // One walk of the envelope and one of `params` find everything read here.
+    let (message, meta, arguments) = classify_view(raw).map_err(|error| ReadError::Message {
         error,
         id: raw.get("id").filter(|id| matches!(id.kind(), JsonKind::String | JsonKind::Number)).map(|id| id.to_value()),
     })?;
     let envelope_version = meta.and_then(|m| m.get(PROTOCOL_VERSION_META_KEY)).map(|v| v.as_str().map(Cow::into_owned));
-    let arguments_bytes = raw.get("params").and_then(|p| p.get("arguments")).map(|a| a.text().len());
+    let arguments_bytes = arguments.map(|a| a.text().len());
     Ok(ReadMessage { message, envelope_version, arguments_bytes })
 }
 
 /// Classifies a strictly parsed JSON value as one MCP message.
 pub fn classify(value: &Value) -> Result<Message, MessageError> {
-    classify_view(value).map(|(message, _)| message)
+    classify_view(value).map(|(message, _, _)| message)
 }
 
 /// The protocol version a message's per-request envelope declares, if it has one:
@@ -376,7 +377,8 @@ impl<'a> JsonView<'a> for RawJson<'a> {
     fn is_integer(self) -> bool {
         // `-0` and `1.0` are floats to serde_json: ask it rather than guess from the text.
         self.kind() == JsonKind::Number
-            && RawJson::to_value(&self).as_number().is_some_and(|n| n.is_i64() || n.is_u64())
+            && (self.plain_integer().is_some()
+                || RawJson::to_value(&self).as_number().is_some_and(|n| n.is_i64() || n.is_u64()))
     }
     fn items(self) -> Option<Vec<Self>> {
         (self.kind() == JsonKind::Array).then(|| self.elements().collect())
@@ -384,8 +386,10 @@ impl<'a> JsonView<'a> for RawJson<'a> {
 }
 
 /// The classification rules, once for both views. Also returns `params._meta` (whatever
-/// the message), read in the same walk, for the envelope version.
-fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), MessageError> {
+/// the message), for the envelope version, and `params.arguments`, both read in the same
+/// walk of `params`.
+#[allow(clippy::type_complexity)]
+fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>, Option<J>), MessageError> {
     match value.kind() {
         JsonKind::Object => {}
         JsonKind::Array => return Err(MessageError::Batch),
@@ -393,8 +397,8 @@ fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), 
     }
     let [jsonrpc, id, method, params, result, error] =
         value.fields(["jsonrpc", "id", "method", "params", "result", "error"]);
-    let [name, uri, meta, reference, notifications, task] =
-        params.map_or([None; 6], |p| p.fields(["name", "uri", "_meta", "ref", "notifications", "task"]));
+    let [name, uri, meta, reference, notifications, task, arguments] =
+        params.map_or([None; 7], |p| p.fields(["name", "uri", "_meta", "ref", "notifications", "task", "arguments"]));
     if jsonrpc.and_then(J::string).as_deref() != Some("2.0") {
         return Err(MessageError::Version);
     }
@@ -450,7 +454,7 @@ fn classify_view<'a, J: JsonView<'a>>(value: J) -> Result<(Message, Option<J>), 
             Message::Response { id }
         }
     };
-    Ok((message, meta))
+    Ok((message, meta, arguments))
 }
 
 /// The tools, resources and prompts a request names besides its target.

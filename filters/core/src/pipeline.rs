@@ -104,6 +104,11 @@ pub trait Host {
     /// The response body this callback sees: the part Envoy holds for the filter (when it
     /// paused) followed by the new chunk, `size` bytes in all.
     fn response_body(&mut self, size: usize) -> Vec<u8>;
+    /// Runs `read` over [`Self::response_body`]'s bytes, for a look that keeps nothing: a
+    /// host that can show Envoy's own memory lends it instead of copying it.
+    fn with_response_body<R>(&mut self, size: usize, read: impl FnOnce(&[u8]) -> R) -> R {
+        read(&self.response_body(size))
+    }
     /// Replaces [`Self::response_body`]'s `size` bytes with `body`.
     fn set_response_body(&mut self, size: usize, body: &[u8]);
     /// Makes Envoy select the route again for this request (after the pipeline set a
@@ -713,7 +718,12 @@ impl Stream {
         if !wanted {
             return;
         }
-        let code = audit::response_error_code(Self::response_chunk(host, chunk, body_size));
+        let code = match (chunk.as_deref(), &self.response) {
+            (Some(bytes), _) => audit::response_error_code(bytes),
+            // Nothing rewrites this body: look at it where the host holds it.
+            (None, Response::Untouched) => host.with_response_body(body_size, audit::response_error_code),
+            (None, _) => audit::response_error_code(Self::response_chunk(host, chunk, body_size)),
+        };
         if let (Some(code), Some(record)) = (code, self.audit.as_mut()) {
             record.upstream_answer(None, Some(code));
         }

@@ -241,19 +241,47 @@ impl EnvoyFilter {
         }
         let empty =
             HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
-        let mut raw = vec![empty; count];
+        // A request's or response's headers fit on the stack; a larger map takes the heap.
+        let mut on_stack = [empty; STACK_HEADERS];
+        let mut on_heap = Vec::new();
+        let raw: &mut [HttpHeader] = match on_stack.get_mut(..count) {
+            Some(raw) => raw,
+            None => {
+                on_heap.resize(count, empty);
+                &mut on_heap
+            }
+        };
         // SAFETY: `raw` has room for the `count` headers Envoy just reported; Envoy fills it.
         if !unsafe { envoy_dynamic_module_callback_http_get_headers(self.0, map as u32, raw.as_mut_ptr()) } {
             return read(&[]);
         }
+        // SAFETY: Envoy filled each header with pointers into its header map. Changing a
+        // header map takes `&mut self` (`set_header`, `send_response`), which this `&self`
+        // borrow rules out while `read` runs, and the views are bound to this call.
+        let view = |h: &HttpHeader| unsafe { (borrow(h.key_ptr, h.key_length), borrow(h.value_ptr, h.value_length)) };
+        // ASCII names and values (almost always) are lent as they are, from the stack.
+        let mut pairs = [("", ""); STACK_HEADERS];
+        if let Some(slots) = pairs.get_mut(..raw.len()) {
+            let mut ascii = true;
+            for (slot, h) in slots.iter_mut().zip(raw.iter()) {
+                let (k, v) = view(h);
+                match (ascii_str(k), ascii_str(v)) {
+                    (Some(k), Some(v)) => *slot = (k, v),
+                    _ => {
+                        ascii = false;
+                        break;
+                    }
+                }
+            }
+            if ascii {
+                return read(slots);
+            }
+        }
         let decoded: Vec<(Cow<'_, str>, Cow<'_, str>)> = raw
             .iter()
             .map(|h| {
-                // SAFETY: Envoy filled `h` with pointers into its header map. Changing a
-                // header map takes `&mut self` (`set_header`, `send_response`), which this
-                // `&self` borrow rules out while `read` runs, and the views are bound to
-                // this call.
-                unsafe { (lossy(borrow(h.key_ptr, h.key_length)), lossy(borrow(h.value_ptr, h.value_length))) }
+                let (k, v) = view(h);
+                (lossy(k), lossy(v))
             })
             .collect();
         let pairs: Vec<(&str, &str)> = decoded.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
@@ -327,28 +355,40 @@ impl EnvoyFilter {
         }
     }
 
-    /// The slices of one part of a body (`kind`), as Envoy holds them (zero-copy).
-    fn slices(&self, kind: u32) -> Vec<EnvoyBuffer> {
+    /// The slices of one part of a body (`kind`), as Envoy holds them (zero-copy), added
+    /// to `out`.
+    fn slices(&self, kind: u32, out: &mut Slices) {
         // SAFETY: live handle.
         let count = unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, kind) };
         if count == 0 {
-            return Vec::new();
+            return;
         }
-        let mut raw = vec![EnvoyBuffer { ptr: std::ptr::null(), length: 0 }; count];
+        let empty = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+        let mut on_stack = [empty; STACK_SLICES];
+        let mut on_heap = Vec::new();
+        let raw: &mut [EnvoyBuffer] = match on_stack.get_mut(..count) {
+            Some(raw) => raw,
+            None => {
+                on_heap.resize(count, empty);
+                &mut on_heap
+            }
+        };
         // SAFETY: `raw` has room for the `count` chunks Envoy just reported.
         if !unsafe { envoy_dynamic_module_callback_http_get_body_chunks(self.0, kind, raw.as_mut_ptr()) } {
-            return Vec::new();
+            return;
         }
-        raw.retain(|c| !c.ptr.is_null() && c.length > 0);
-        raw
+        for chunk in raw.iter().filter(|c| !c.ptr.is_null() && c.length > 0) {
+            out.push(*chunk);
+        }
     }
 
     /// Runs `read` over the body this hook sees: what Envoy holds for the filter, then the
     /// current chunk. A body in one slice (the common small request) is read in place;
     /// otherwise its slices are copied into one buffer.
     pub fn with_body<R>(&self, body: Body, read: impl FnOnce(&[u8]) -> R) -> R {
-        let mut slices = self.slices(body.buffered());
-        slices.extend(self.slices(body.received()));
+        let mut slices = Slices::default();
+        self.slices(body.buffered(), &mut slices);
+        self.slices(body.received(), &mut slices);
         match slices.as_slice() {
             [] => read(&[]),
             // SAFETY: a zero-copy view of Envoy's buffer. Changing a body takes `&mut self`
@@ -433,6 +473,54 @@ impl EnvoyFilter {
         };
         result == METRICS_SUCCESS
     }
+}
+
+/// Headers read without a heap allocation (a larger map is read through the heap).
+const STACK_HEADERS: usize = 48;
+/// Body slices listed without a heap allocation (a body in more slices is listed on the heap).
+const STACK_SLICES: usize = 8;
+
+/// The slices of a body: on the stack, or all on the heap once there are more than
+/// [`STACK_SLICES`].
+struct Slices {
+    stack: [EnvoyBuffer; STACK_SLICES],
+    len: usize,
+    heap: Vec<EnvoyBuffer>,
+}
+
+impl Default for Slices {
+    fn default() -> Self {
+        Self { stack: [EnvoyBuffer { ptr: std::ptr::null(), length: 0 }; STACK_SLICES], len: 0, heap: Vec::new() }
+    }
+}
+
+impl Slices {
+    fn push(&mut self, chunk: EnvoyBuffer) {
+        if self.heap.is_empty() {
+            if let Some(slot) = self.stack.get_mut(self.len) {
+                *slot = chunk;
+                self.len += 1;
+                return;
+            }
+            self.heap.extend_from_slice(&self.stack);
+        }
+        self.heap.push(chunk);
+    }
+
+    /// Every slice, in order.
+    fn as_slice(&self) -> &[EnvoyBuffer] {
+        if self.heap.is_empty() {
+            self.stack.get(..self.len).unwrap_or_default()
+        } else {
+            &self.heap
+        }
+    }
+}
+
+/// `bytes` as text when it is ASCII (valid UTF-8 as it is), without a copy.
+fn ascii_str(bytes: &[u8]) -> Option<&str> {
+    // SAFETY: ASCII bytes are valid UTF-8.
+    bytes.is_ascii().then(|| unsafe { std::str::from_utf8_unchecked(bytes) })
 }
 
 /// Header bytes as text: borrowed when they are UTF-8, decoded leniently (U+FFFD) when not.

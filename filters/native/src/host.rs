@@ -74,6 +74,10 @@ impl Host for NativeHost<'_> {
         self.envoy.body(Body::Response)
     }
 
+    fn with_response_body<R>(&mut self, _size: usize, read: impl FnOnce(&[u8]) -> R) -> R {
+        self.envoy.with_body(Body::Response, read)
+    }
+
     fn set_response_body(&mut self, _size: usize, body: &[u8]) {
         self.replace_body(Body::Response, body);
     }

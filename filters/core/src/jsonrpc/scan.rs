@@ -514,7 +514,14 @@ impl<'a> RawJson<'a> {
         let mut out = [None; N];
         let mut missing = N;
         for (key, value) in self.members() {
-            if let Some(i) = keys.iter().position(|k| key.matches(k)) {
+            // A key without escapes is its own decoded form: compared as written, without
+            // looking for a backslash once per wanted key.
+            let found = if key.inner.contains('\\') {
+                key.decoded().and_then(|decoded| keys.iter().position(|k| *k == decoded))
+            } else {
+                keys.iter().position(|k| *k == key.inner)
+            };
+            if let Some(i) = found {
                 if let Some(slot @ None) = out.get_mut(i) {
                     *slot = Some(value);
                     missing -= 1;
@@ -549,7 +556,28 @@ impl<'a> RawJson<'a> {
 
     /// The value as a `serde_json::Value` (for ids and other small values).
     pub fn to_value(&self) -> Value {
+        if let Some(n) = self.plain_integer() {
+            return n;
+        }
         serde_json::from_str(self.text()).unwrap_or(Value::Null)
+    }
+
+    /// A number written as a plain integer that fits `i64`/`u64`, as serde_json reads it
+    /// (the common id); `None` for anything else, including `-0`, which serde_json reads as
+    /// a float. The document is valid JSON, so digits never have a leading zero.
+    pub fn plain_integer(&self) -> Option<Value> {
+        let text = self.text();
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if digits.len() == text.len() {
+            digits.parse::<u64>().ok().map(Value::from)
+        } else if digits == "0" {
+            None
+        } else {
+            text.parse::<i64>().ok().map(Value::from)
+        }
     }
 }
 

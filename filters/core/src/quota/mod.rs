@@ -197,9 +197,29 @@ pub struct QuotaRule {
     pub limit: Limit,
     pub key: QuotaKey,
     pub scope: QuotaScope,
+    /// What every shared-data key of this rule starts with ([`Self::shared_key`]), built
+    /// once with the configuration instead of per call.
+    shared_prefix: String,
 }
 
 impl QuotaRule {
+    fn new(
+        name: String,
+        tools: Vec<TargetPattern>,
+        roles: Vec<String>,
+        limit: Limit,
+        key: QuotaKey,
+        scope: QuotaScope,
+    ) -> Self {
+        let canonical = match limit {
+            Limit::Bucket { per_period, period_secs, burst } => format!("b:{per_period}:{period_secs}:{burst}"),
+            Limit::Window { limit, period_secs } => format!("w:{limit}:{period_secs}"),
+        };
+        let print = fingerprint(&format!("{canonical}:{}", key.tag()));
+        let shared_prefix = format!("{SHARED_PREFIX}q/{name}/{print:016x}/");
+        Self { name, tools, roles, limit, key, scope, shared_prefix }
+    }
+
     /// Whether a `tools/call` of `server/tool` by a caller holding `roles` counts against this rule.
     pub fn applies(&self, server: &str, tool: &str, roles: &[String]) -> bool {
         (self.roles.is_empty() || roles.iter().any(|r| self.roles.contains(r)))
@@ -237,27 +257,32 @@ impl QuotaRule {
     }
 
     /// The shared-data key of this rule's counter for a call (see [`LocalCharge::shared_key`]).
+    /// `<prefix>q/<rule>/<fingerprint of the limit and key kind>/<counter key>`: a changed
+    /// limit starts fresh counters.
     pub fn shared_key(&self, counter_key: &str) -> String {
-        let canonical = match self.limit {
-            Limit::Bucket { per_period, period_secs, burst } => format!("b:{per_period}:{period_secs}:{burst}"),
-            Limit::Window { limit, period_secs } => format!("w:{limit}:{period_secs}"),
-        };
-        let print = fingerprint(&format!("{canonical}:{}", self.key.tag()));
-        format!("{SHARED_PREFIX}q/{}/{print:016x}/{counter_key}", self.name)
+        let mut key = String::with_capacity(self.shared_prefix.len() + counter_key.len());
+        key.push_str(&self.shared_prefix);
+        key.push_str(counter_key);
+        key
     }
 }
 
 fn push_encoded(out: &mut String, text: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in text.as_bytes() {
+    out.reserve(text.len());
+    // Runs of unreserved bytes (ASCII, so each run is whole characters) are copied at once.
+    let mut run = 0;
+    for (i, &b) in text.as_bytes().iter().enumerate() {
         if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+            continue;
         }
+        out.push_str(text.get(run..i).unwrap_or_default());
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+        run = i + 1;
     }
+    out.push_str(text.get(run..).unwrap_or_default());
 }
 
 /// What Envoy's `ratelimit` filter and meshgate's rate-limit service said when they refused
@@ -369,7 +394,7 @@ impl QuotaRules {
                 RawQuotaScope::Local => QuotaScope::Local,
                 RawQuotaScope::Global => QuotaScope::Global,
             };
-            rules.push(QuotaRule { name, tools, roles: rule.matches.roles.clone(), limit, key, scope });
+            rules.push(QuotaRule::new(name, tools, rule.matches.roles.clone(), limit, key, scope));
         }
         Ok(Self { rules })
     }
@@ -588,18 +613,28 @@ mod tests {
 
     #[test]
     fn counter_keys_are_unambiguous_and_header_safe() {
-        let rule_with = |key| QuotaRule {
-            name: "r".into(),
-            tools: vec![],
-            roles: vec![],
-            limit: Limit::Window { limit: 1, period_secs: 60 },
-            key,
-            scope: QuotaScope::Local,
+        let rule_with = |key| {
+            QuotaRule::new(
+                "r".into(),
+                vec![],
+                vec![],
+                Limit::Window { limit: 1, period_secs: 60 },
+                key,
+                QuotaScope::Local,
+            )
         };
         let ct = rule_with(QuotaKey::ConsumerTool);
         assert_eq!(ct.counter_key("alice", "crm", "search"), "alice/crm/search");
         assert_ne!(ct.counter_key("a/b", "crm", "c"), ct.counter_key("a", "crm", "b/c"));
         assert_eq!(ct.counter_key("ä x", "crm", "t"), "%C3%A4%20x/crm/t");
+        assert_eq!(ct.counter_key("aäb", "c r", "ü"), "a%C3%A4b/c%20r/%C3%BC");
+        // The shared-data key: the rule, a fingerprint of its limit and key kind, the counter.
+        let shared = ct.shared_key("alice/crm/search");
+        assert!(
+            shared.starts_with(&format!("{SHARED_PREFIX}q/r/")) && shared.ends_with("/alice/crm/search"),
+            "{shared}"
+        );
+        assert_ne!(shared, rule_with(QuotaKey::Tool).shared_key("alice/crm/search"));
         assert_eq!(rule_with(QuotaKey::Consumer).counter_key("alice", "crm", "search"), "alice");
         assert_eq!(rule_with(QuotaKey::Tool).counter_key("alice", "crm", "search"), "crm/search");
         // A caller-chosen long tool name gives a bounded key, distinct per name and from
