@@ -27,6 +27,7 @@ mod filter;
 pub mod lines;
 pub mod observability;
 pub mod raw;
+pub mod schema;
 mod validate;
 mod virtual_servers;
 
