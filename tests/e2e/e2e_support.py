@@ -64,7 +64,7 @@ HEADER_MISMATCH = -32020
 UPSTREAM_UNAVAILABLE = -32004
 # The HTTP status of a call refused by policy or blocked by redaction (JSON-RPC FORBIDDEN):
 # 200, so every MCP client shows the JSON-RPC error as the call's error (on 401/403 they
-# start an OAuth flow; see the README's error table). Mirrors `DENIED_STATUS` in reject.rs.
+# start an OAuth flow; see the error table in docs/security.md). Mirrors `DENIED_STATUS` in reject.rs.
 POLICY_DENIED_STATUS = 200
 
 ISSUER_JWKS = "https://idp.e2e.test"

@@ -96,7 +96,7 @@ pub struct Registry {
 
 /// Which build of the Meshgate filter Envoy runs (`filter.runtime`). Both run the same
 /// core on the same configuration; they differ in how Envoy loads them and in the scope of
-/// local counters and the token cache (see the README, "Native or wasm").
+/// local counters and the token cache (see docs/architecture.md, "Native or wasm").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Runtime {
     /// The dynamic module `libmeshgate.so`, built for Envoy 1.40 (default).
@@ -323,7 +323,7 @@ pub enum Trust {
     CaFile { file: PathBuf, pem: String },
 }
 
-/// Defaults of every per-server knob, in one place (documented in the README section).
+/// Defaults of every per-server knob, in one place (documented in docs/registry.md).
 pub mod defaults {
     use std::time::Duration;
 
