@@ -444,7 +444,8 @@ mod tests {
              - { name: t, description: mine }\n      - { name: only_declared }\n",
         );
         let catalog = Catalog::default();
-        let listed = |name: &str, description: &str| DiscoveredTool { name: name.into(), description: Some(description.into()) };
+        let listed =
+            |name: &str, description: &str| DiscoveredTool { name: name.into(), description: Some(description.into()) };
         catalog.record("a", Ok(vec![listed("s", "from the server"), listed("t", "theirs")]), 100);
         catalog.record("a", Err("HTTP 503".into()), 160);
         let view = catalog_view(&registry, &catalog);

@@ -234,7 +234,8 @@ impl Client {
             UpstreamHost::Ip(ip) => ip.to_string(),
             UpstreamHost::Dns(name) => name.clone(),
         };
-        let credential = server.credentials.as_ref().map(|c| (c.header.clone(), format!("{}{}", c.prefix, c.value.expose())));
+        let credential =
+            server.credentials.as_ref().map(|c| (c.header.clone(), format!("{}{}", c.prefix, c.value.expose())));
         let tls = match (upstream.scheme, &server.tls) {
             (Scheme::Https, Some(tls)) => {
                 let pem = match &tls.trust {
@@ -264,7 +265,13 @@ impl Client {
             (Scheme::Https, None) => return Err("https server without TLS settings".to_string()),
             (Scheme::Http, _) => None,
         };
-        Ok(Client { connect: (host, upstream.port), authority: upstream.authority(), path: upstream.path.clone(), credential, tls })
+        Ok(Client {
+            connect: (host, upstream.port),
+            authority: upstream.authority(),
+            path: upstream.path.clone(),
+            credential,
+            tls,
+        })
     }
 
     /// One JSON-RPC request; its `result`.
@@ -310,11 +317,7 @@ impl Client {
         if let Some(error) = message.get("error") {
             return Err(format!("initialize refused: {error}"));
         }
-        let version = message
-            .pointer("/result/protocolVersion")
-            .and_then(Value::as_str)
-            .unwrap_or(LEGACY)
-            .to_string();
+        let version = message.pointer("/result/protocolVersion").and_then(Value::as_str).unwrap_or(LEGACY).to_string();
         let session = Session { id: headers.get("mcp-session-id").cloned(), version };
         let mut notify = vec![("mcp-protocol-version", session.version.clone())];
         if let Some(id) = &session.id {
@@ -441,6 +444,110 @@ mod tests {
         let sse = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\r\n\r\n\
                     event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\ndata: \"result\":{}}\n\n";
         assert_eq!(find_response(sse, 2), Some(json!({"jsonrpc":"2.0","id":2,"result":{}})));
+    }
+
+    /// A 2025-11-25-only MCP server on loopback (refuses the 2026-07-28 request with 400, as
+    /// servers of that era do) that requires `x-upstream-key: Key s3cret` and pages its tools.
+    async fn legacy_server() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let handler = move |method: axum::http::Method, headers: HeaderMap, body: Bytes| {
+            let log = log.clone();
+            async move {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let rpc = message["method"].as_str().unwrap_or("").to_string();
+                if let Ok(mut log) = log.lock() {
+                    log.push(format!("{method} {rpc} {}", header("mcp-session-id")));
+                }
+                if header("x-upstream-key") != "Key s3cret" {
+                    return (StatusCode::UNAUTHORIZED, HeaderMap::new(), String::new()).into_response();
+                }
+                if method == axum::http::Method::DELETE {
+                    return (StatusCode::OK, HeaderMap::new(), String::new()).into_response();
+                }
+                let mut out = HeaderMap::new();
+                let answer = match rpc.as_str() {
+                    "initialize" => {
+                        out.insert("mcp-session-id", axum::http::HeaderValue::from_static("s-1"));
+                        json!({"jsonrpc":"2.0","id":message["id"],"result":{"protocolVersion":LEGACY,"capabilities":{},"serverInfo":{"name":"t","version":"1"}}})
+                    }
+                    "notifications/initialized" => return (StatusCode::ACCEPTED, out, String::new()).into_response(),
+                    "tools/list" if header("mcp-session-id") != "s-1" => {
+                        return (StatusCode::BAD_REQUEST, out, "no session".to_string()).into_response()
+                    }
+                    "tools/list" if message["params"]["cursor"].is_null() => json!({"jsonrpc":"2.0","id":message["id"],
+                        "result":{"tools":[{"name":"a","description":"first"}],"nextCursor":"p2"}}),
+                    "tools/list" => json!({"jsonrpc":"2.0","id":message["id"],"result":{"tools":[{"name":"b"}]}}),
+                    _ => json!({"jsonrpc":"2.0","id":message["id"],"error":{"code":-32601,"message":"no"}}),
+                };
+                // Answered as an SSE stream, as the SDK's stateful servers do.
+                out.insert("content-type", axum::http::HeaderValue::from_static("text/event-stream"));
+                (StatusCode::OK, out, format!("event: message\ndata: {answer}\n\n")).into_response()
+            }
+        };
+        let app = axum::Router::new().route("/mcp", axum::routing::any(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("address: {e}"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (address, seen)
+    }
+
+    #[tokio::test]
+    async fn a_legacy_server_is_listed_in_a_session_with_its_credential_and_every_page() {
+        let (address, seen) = legacy_server().await;
+        let registry = crate::test_support::registry(&format!(
+            "listener: {{ port: 0 }}\nservers:\n  - name: old\n    url: 'http://{address}/mcp'\n    \
+             credentials: {{ header: x-upstream-key, prefix: 'Key ', value_env: TEST_SECRET }}\n"
+        ));
+        // The fixture's environment has TEST_SECRET; the server wants "s3cret".
+        let mut server = registry.servers[0].clone();
+        if let Some(credentials) = server.credentials.as_mut() {
+            credentials.value = crate::registry::SecretValue::new("s3cret".to_string());
+        }
+        let tools = list_tools(&server, "/nonexistent").await;
+        assert_eq!(
+            tools,
+            Ok(vec![
+                DiscoveredTool { name: "a".into(), description: Some("first".into()) },
+                DiscoveredTool { name: "b".into(), description: None },
+            ])
+        );
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(
+            seen,
+            [
+                "POST tools/list ",
+                "POST initialize ",
+                "POST notifications/initialized s-1",
+                "POST tools/list s-1",
+                "POST tools/list s-1",
+                "DELETE  s-1"
+            ]
+        );
+
+        // Without the credential the server refuses: the error says so, within the bound.
+        let mut anonymous = registry.servers[0].clone();
+        anonymous.credentials = None;
+        let refused = list_tools(&anonymous, "/nonexistent").await.err().unwrap_or_default();
+        assert!(refused.contains("HTTP 401"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_reported_not_waited_for() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        drop(listener);
+        let registry = crate::test_support::registry(&format!(
+            "listener: {{ port: 0 }}\nservers:\n  - {{ name: gone, url: 'http://127.0.0.1:{port}/mcp' }}\n"
+        ));
+        let catalog = Catalog::default();
+        refresh(&catalog, &registry).await;
+        let seen = catalog.get("gone").unwrap_or_else(|| panic!("recorded"));
+        assert_eq!(seen.tools, None);
+        assert!(seen.error.as_deref().unwrap_or_default().contains("cannot connect"), "{seen:?}");
     }
 
     #[test]

@@ -204,6 +204,21 @@ pub async fn watch(loader: Loader, loaded_from: Option<[u8; 32]>, mut shutdown: 
     }
 }
 
+/// Names of the servers and virtual servers (each served at `/mcp/<name>`) that `after`
+/// adds to and removes from `before`, in registry order: what an operator watching the log
+/// wants to read about a reload.
+pub fn server_changes(before: Option<&Registry>, after: &Registry) -> (Vec<String>, Vec<String>) {
+    fn names(registry: &Registry) -> Vec<String> {
+        let servers = registry.servers.iter().map(|s| s.name.clone());
+        servers.chain(registry.virtual_servers.iter().map(|v| v.name.clone())).collect()
+    }
+    let old = before.map(names).unwrap_or_default();
+    let new = names(after);
+    let added = new.iter().filter(|n| !old.contains(n)).cloned().collect();
+    let removed = old.iter().filter(|n| !new.contains(n)).cloned().collect();
+    (added, removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,19 +327,4 @@ mod tests {
         assert_ne!(one, two);
         assert_eq!(fingerprint(&dir.path().join("nope.yaml")), None);
     }
-}
-
-/// Names of the servers and virtual servers (each served at `/mcp/<name>`) that `after`
-/// adds to and removes from `before`, in registry order: what an operator watching the log
-/// wants to read about a reload.
-pub fn server_changes(before: Option<&Registry>, after: &Registry) -> (Vec<String>, Vec<String>) {
-    fn names(registry: &Registry) -> Vec<String> {
-        let servers = registry.servers.iter().map(|s| s.name.clone());
-        servers.chain(registry.virtual_servers.iter().map(|v| v.name.clone())).collect()
-    }
-    let old = before.map(names).unwrap_or_default();
-    let new = names(after);
-    let added = new.iter().filter(|n| !old.contains(n)).cloned().collect();
-    let removed = old.iter().filter(|n| !new.contains(n)).cloned().collect();
-    (added, removed)
 }

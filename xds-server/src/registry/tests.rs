@@ -897,9 +897,7 @@ fn a_moved_registry_names_the_folder_its_relative_paths_resolve_against() {
     let dir = tempfile::tempdir().expect("tempdir");
     let moved = dir.path().join("elsewhere");
     std::fs::create_dir_all(&moved).expect("mkdir");
-    let text = format!(
-        "{MINIMAL}auth:\n  jwt:\n    - {{ issuer: a, audiences: [m], jwks_file: keys/jwks.json }}\n"
-    );
+    let text = format!("{MINIMAL}auth:\n  jwt:\n    - {{ issuer: a, audiences: [m], jwks_file: keys/jwks.json }}\n");
     std::fs::write(moved.join("registry.yaml"), &text).expect("write");
     let errors = Registry::load_with(&moved.join("registry.yaml"), &FakeEnv::default()).expect_err("keys/ not copied");
     let shown = errors.to_string();

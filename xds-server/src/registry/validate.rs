@@ -506,7 +506,8 @@ fn upstream_tls(
             let path = format!("{at}.tls.ca_file");
             match std::fs::read_to_string(&file) {
                 Err(e) => {
-                    problems.push(path, RegistryError::CaRead { file, error: super::file_read_error(name, base_dir, &e) });
+                    problems
+                        .push(path, RegistryError::CaRead { file, error: super::file_read_error(name, base_dir, &e) });
                     return None;
                 }
                 Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
@@ -869,8 +870,7 @@ fn jwt_providers<S: SecretSource>(
                 }
                 (None, None) => problems.push(&at, RegistryError::NoKeySource { issuer: issuer.issuer.clone() }),
                 (Some(file), None) => {
-                    jwks =
-                        read_jwks(file, base_dir).map_err(|e| problems.push(format!("{at}.jwks_file"), e)).ok();
+                    jwks = read_jwks(file, base_dir).map_err(|e| problems.push(format!("{at}.jwks_file"), e)).ok();
                 }
                 (None, Some(name)) => {
                     let path = format!("{at}.hs256_secret_env");

@@ -113,7 +113,8 @@ fn the_cell_syntax_expands_shorthands() {
         Ok(vec!["policy.roles.<*>.allow".to_string(), "policy.roles.<*>.deny".to_string()])
     );
     assert!(cell_keys("`quotas[].rate` + `burst`").is_err());
-    let (keys, problems) = documented("| key | meaning |\n|---|---|\n| `a.b` / `.c` | x |\n\n| guardrail | x |\n| y z | x |\n");
+    let (keys, problems) =
+        documented("| key | meaning |\n|---|---|\n| `a.b` / `.c` | x |\n\n| guardrail | x |\n| y z | x |\n");
     assert_eq!(keys, vec![("a.b".to_string(), 3), ("a.c".to_string(), 3)]);
     assert!(problems.is_empty(), "{problems:?}");
 }
