@@ -10,6 +10,7 @@
 //! - Credentials: the server's `credentials` header (with its prefix) is sent, as the
 //!   gateway's route would send it. `https` servers are verified like Envoy verifies them
 //!   (`tls.ca_file`, else `envoy.system_ca_file`; SNI and the name checked as configured).
+//! - Every request says `user-agent: meshgate-catalog/<version>` ([`USER_AGENT`]).
 //! - Bounds: one server's discovery (every request of it) takes at most [`SERVER_TIMEOUT`];
 //!   an answer larger than [`MAX_BODY`] is refused. Servers are asked concurrently.
 //! - Freshness: at start, after every registry change that publishes a new snapshot, and
@@ -39,6 +40,9 @@ pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_BODY: usize = 4 << 20;
 /// Pages of `tools/list` followed at most.
 pub const MAX_PAGES: usize = 20;
+
+/// Sent with every discovery request, so a server's logs can tell them from clients' requests.
+pub const USER_AGENT: &str = concat!("meshgate-catalog/", env!("CARGO_PKG_VERSION"));
 
 const MODERN: &str = "2026-07-28";
 const LEGACY: &str = "2025-11-25";
@@ -346,6 +350,7 @@ impl Client {
             .method(method)
             .uri(&self.path)
             .header("host", &self.authority)
+            .header("user-agent", USER_AGENT)
             .header("accept", "application/json, text/event-stream");
         if body.is_some() {
             request = request.header("content-type", "application/json");
@@ -459,6 +464,7 @@ mod tests {
                 let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                 let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let rpc = message["method"].as_str().unwrap_or("").to_string();
+                assert!(header("user-agent").starts_with("meshgate-catalog/"), "{headers:?}");
                 if let Ok(mut log) = log.lock() {
                     log.push(format!("{method} {rpc} {}", header("mcp-session-id")));
                 }
