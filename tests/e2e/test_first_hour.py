@@ -262,3 +262,35 @@ def test_the_readme_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
         assert not (tmp_path / "run" / "run.pid").exists()
     finally:
         demo.kill()
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole process group (run.sh, meshgate, Envoy,
+    the servers): the demo still stops in order, says so and exits 0, leaving nothing behind."""
+    for artifact in (MESHGATE, NATIVE, WASM, ENVOY):
+        if not artifact.exists():
+            pytest.skip(f"{artifact} missing (make build)")
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    registry = demo_registry(tmp_path, ports)
+    env = {
+        **os.environ,
+        "MESHGATE_REGISTRY": str(registry),
+        "MESHGATE_ADMIN_PORT": str(ports["admin"]),
+        "MESHGATE_RUN_DIR": str(tmp_path / "run"),
+    }
+    demo = Demo(env)
+    try:
+        demo.read_until(re.escape(BANNER_END), 120)
+        ready = json.loads((tmp_path / "run" / "ready.json").read_text())
+        os.killpg(demo.proc.pid, signal.SIGINT)
+        assert demo.proc.wait(timeout=30) == 0, "\n".join(demo.printed)
+        demo.read_until(r"^Stopped: gateway and example servers", 5)
+        assert not [line for line in demo.printed[demo.unread:] if line.strip()], demo.printed
+        time.sleep(0.5)
+        assert not Path(f"/proc/{ready['envoy_pid']}").exists() or "zombie" in Path(
+            f"/proc/{ready['envoy_pid']}/status").read_text().lower()
+        for port in ports.values():
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served after Ctrl-C"
+    finally:
+        demo.kill()
