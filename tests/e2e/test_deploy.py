@@ -1,4 +1,4 @@
-"""Deploy paths (README, "Deploy"): Docker Compose, Kubernetes, Istio, Envoy Gateway.
+"""Deploy paths (docs/deploy.md): Docker Compose, Kubernetes, Istio, Envoy Gateway.
 
 No Docker engine or cluster runs here, so each file is checked the way its consumer reads it:
 - the compose file against the Compose specification's JSON schema, its mounts laid out as in

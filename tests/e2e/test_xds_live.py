@@ -80,10 +80,15 @@ def test_serves_the_registry_with_catalog_and_metadata(xds):
     assert node["streams"] == 1 and node["api"] == xds.api, status
     assert node["last_nack"] is None, status
     assert set(node["acked"]) >= {"clusters", "listeners", "routes", "extension_configs"}, status
-    assert plane.get("/catalog").json() == {
-        "servers": [{"name": "docs", "path": "/mcp/docs",
-                     "tools": [{"name": "probe_docs", "description": "declared for the catalog"}]}]
-    }
+    # The catalog: docs' real tools, asked of the server by meshgate, then the declared one.
+    wait_for("meshgate has listed docs' tools", lambda: plane.get("/catalog").json()["servers"][0]["discovery"]["status"] == "ok")
+    (docs,) = plane.get("/catalog").json()["servers"]
+    assert (docs["name"], docs["path"]) == ("docs", "/mcp/docs"), docs
+    assert [(t["name"], t["source"]) for t in docs["tools"]] == [
+        ("search_docs", "server"), ("get_doc", "server"), ("admin_reindex", "server"), ("probe_docs", "registry"),
+    ], docs
+    assert docs["tools"][3]["description"] == "declared for the catalog"
+    assert docs["tools"][0]["description"], docs
     document = httpx2.get(f"http://{envoy.listener}/.well-known/oauth-protected-resource/mcp/docs", timeout=5)
     assert document.status_code == 200
     assert document.headers["content-type"] == "application/json"

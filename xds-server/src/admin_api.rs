@@ -6,7 +6,7 @@
 //! | `GET /readyz` | 200 once a snapshot is published, else 503 |
 //! | `GET /status` | snapshot version and counts, the last registry load error, per Envoy node: streams, last ACKed version per type, last NACK (Envoy's message) and NACK count |
 //! | `GET /registry` | the loaded registry; credential values are never shown (`[redacted]`), API keys show consumer and roles only |
-//! | `GET /catalog` | servers, their paths and declared tools, for discovery |
+//! | `GET /catalog` | servers, their paths and tools: discovered from the servers ([`crate::discovery`]), declared tools as overrides |
 //! | `GET /metrics` | Prometheus text: global rate-limit decisions per rule, store errors, control-plane counters |
 //! | `GET /wasm/meshgate.wasm` | the filter module Envoys fetch (`x-sha256` header), when meshgate serves it |
 //!
@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::control::ControlPlane;
+use crate::discovery::Catalog;
 use crate::ratelimit::Metrics;
 use crate::registry::{CredentialSource, HealthCheck, Registry, Server, Trust, VerifyName};
 use crate::translate::envoy_duration;
@@ -57,6 +58,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// When set, required on every path but the probes and the module.
     pub token: Option<crate::transport_security::AdminToken>,
+    /// What the servers said their tools are (kept fresh by [`crate::discovery::keep_fresh`]).
+    pub catalog: Arc<Catalog>,
 }
 
 /// The admin API as a router, so tests can drive it in-process.
@@ -143,7 +146,7 @@ async fn registry(State(state): State<AdminState>) -> Response {
 
 async fn catalog(State(state): State<AdminState>) -> Response {
     match state.control.registry() {
-        Some(registry) => Json(catalog_view(&registry)).into_response(),
+        Some(registry) => Json(catalog_view(&registry, &state.catalog)).into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no registry loaded\n").into_response(),
     }
 }
@@ -161,18 +164,54 @@ async fn wasm(State(state): State<AdminState>) -> Response {
     response
 }
 
-/// `/catalog`: what an MCP client or a portal needs to find servers and tools.
-pub fn catalog_view(registry: &Registry) -> Value {
+/// `/catalog`: what an MCP client or a portal needs to find servers and tools. Each server's
+/// tools are the ones it listed last (in its order), with a declared tool's description
+/// replacing the server's; declared tools the server did not list follow. `discovery` says
+/// how fresh the list is.
+pub fn catalog_view(registry: &Registry, catalog: &Catalog) -> Value {
     let servers: Vec<Value> = registry
         .servers
         .iter()
         .map(|server| {
-            let tools: Vec<Value> =
-                server.tools.iter().map(|t| json!({ "name": t.name, "description": t.description })).collect();
+            let discovered = catalog.get(&server.name);
+            let listed = discovered.as_ref().and_then(|d| d.tools.clone()).unwrap_or_default();
+            let declared = |name: &str| server.tools.iter().find(|t| t.name == name);
+            let mut tools: Vec<Value> = listed
+                .iter()
+                .map(|tool| match declared(&tool.name) {
+                    Some(own) => json!({
+                        "name": tool.name,
+                        "description": own.description.clone().or_else(|| tool.description.clone()),
+                        "source": "server, registry",
+                    }),
+                    None => json!({ "name": tool.name, "description": tool.description, "source": "server" }),
+                })
+                .collect();
+            tools.extend(
+                server
+                    .tools
+                    .iter()
+                    .filter(|t| !listed.iter().any(|l| l.name == t.name))
+                    .map(|t| json!({ "name": t.name, "description": t.description, "source": "registry" })),
+            );
+            let discovery = match &discovered {
+                None => json!({ "status": "pending" }),
+                Some(d) => json!({
+                    "status": match (&d.error, &d.tools) {
+                        (None, _) => "ok",
+                        (Some(_), Some(_)) => "stale",
+                        (Some(_), None) => "failed",
+                    },
+                    "listed_at": d.listed_at,
+                    "attempted_at": d.attempted_at,
+                    "error": d.error,
+                }),
+            };
             json!({
                 "name": server.name,
                 "path": registry.route_path(server),
                 "tools": tools,
+                "discovery": discovery,
             })
         })
         .collect();
@@ -337,6 +376,7 @@ mod tests {
             wasm: None,
             metrics: Arc::new(Metrics::default()),
             token: None,
+            catalog: Arc::new(Catalog::default()),
         };
         let not_ready = readyz(State(state.clone())).await;
         assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -384,10 +424,42 @@ mod tests {
         assert_eq!(view["edge"]["tls"]["source"], "envoy");
         assert_eq!(view["edge"]["admin_address"], "127.0.0.1");
         assert!(text.contains("\"value_env\":\"TEST_SECRET\""), "{text}");
-        let catalog = catalog_view(&registry);
+        let catalog = catalog_view(&registry, &Catalog::default());
         assert_eq!(
             catalog,
-            json!({ "servers": [{ "name": "a", "path": "/mcp/a", "tools": [{ "name": "t", "description": "d" }] }] })
+            json!({ "servers": [{
+                "name": "a",
+                "path": "/mcp/a",
+                "tools": [{ "name": "t", "description": "d", "source": "registry" }],
+                "discovery": { "status": "pending" },
+            }] })
+        );
+    }
+
+    #[test]
+    fn the_catalog_lists_discovered_tools_with_declared_ones_as_overrides() {
+        use crate::discovery::DiscoveredTool;
+        let registry = registry(
+            "listener: { port: 0 }\nservers:\n  - name: a\n    url: 'http://127.0.0.1:1/'\n    tools:\n      \
+             - { name: t, description: mine }\n      - { name: only_declared }\n",
+        );
+        let catalog = Catalog::default();
+        let listed =
+            |name: &str, description: &str| DiscoveredTool { name: name.into(), description: Some(description.into()) };
+        catalog.record("a", Ok(vec![listed("s", "from the server"), listed("t", "theirs")]), 100);
+        catalog.record("a", Err("HTTP 503".into()), 160);
+        let view = catalog_view(&registry, &catalog);
+        assert_eq!(
+            view["servers"][0]["tools"],
+            json!([
+                { "name": "s", "description": "from the server", "source": "server" },
+                { "name": "t", "description": "mine", "source": "server, registry" },
+                { "name": "only_declared", "description": null, "source": "registry" },
+            ])
+        );
+        assert_eq!(
+            view["servers"][0]["discovery"],
+            json!({ "status": "stale", "listed_at": 100, "attempted_at": 160, "error": "HTTP 503" })
         );
     }
 }

@@ -31,6 +31,7 @@ pub mod admin_api;
 pub mod bootstrap;
 pub mod cli;
 pub mod control;
+pub mod discovery;
 pub mod envoy_admin;
 pub mod launch;
 pub mod locate;

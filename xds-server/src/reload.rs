@@ -174,16 +174,22 @@ pub async fn watch(loader: Loader, loaded_from: Option<[u8; 32]>, mut shutdown: 
         last = settled;
         missing_reported = false;
         let file = loader.file.clone();
+        let before = loader.control.registry();
         let worker = loader.clone();
         // Validation reads files and compiles globs: keep it off the async workers.
         let result = tokio::task::spawn_blocking(move || worker.load()).await;
         match result {
-            Ok(Ok(loaded)) if loaded.changed => tracing::info!(
-                file = %file.display(),
-                version = %loaded.version,
-                servers = loaded.registry.servers.len(),
-                "registry reloaded"
-            ),
+            Ok(Ok(loaded)) if loaded.changed => {
+                let (added, removed) = server_changes(before.as_deref(), &loaded.registry);
+                tracing::info!(
+                    file = %file.display(),
+                    version = %loaded.version,
+                    servers = loaded.registry.servers.len(),
+                    added = %added.join(","),
+                    removed = %removed.join(","),
+                    "registry reloaded"
+                )
+            }
             Ok(Ok(loaded)) => tracing::info!(
                 file = %file.display(),
                 version = %loaded.version,
@@ -196,6 +202,21 @@ pub async fn watch(loader: Loader, loaded_from: Option<[u8; 32]>, mut shutdown: 
             Err(e) => tracing::error!("registry reload task failed: {e}"),
         }
     }
+}
+
+/// Names of the servers and virtual servers (each served at `/mcp/<name>`) that `after`
+/// adds to and removes from `before`, in registry order: what an operator watching the log
+/// wants to read about a reload.
+pub fn server_changes(before: Option<&Registry>, after: &Registry) -> (Vec<String>, Vec<String>) {
+    fn names(registry: &Registry) -> Vec<String> {
+        let servers = registry.servers.iter().map(|s| s.name.clone());
+        servers.chain(registry.virtual_servers.iter().map(|v| v.name.clone())).collect()
+    }
+    let old = before.map(names).unwrap_or_default();
+    let new = names(after);
+    let added = new.iter().filter(|n| !old.contains(n)).cloned().collect();
+    let removed = old.iter().filter(|n| !new.contains(n)).cloned().collect();
+    (added, removed)
 }
 
 #[cfg(test)]
@@ -215,6 +236,17 @@ mod tests {
     }
 
     const GOOD: &str = "listener: { port: 0 }\nservers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n";
+
+    #[test]
+    fn a_reload_names_the_servers_it_adds_and_removes() {
+        let before = crate::test_support::registry(GOOD);
+        let after = crate::test_support::registry(
+            "listener: { port: 0 }\nservers:\n  - { name: b, url: 'http://127.0.0.1:1/' }\n  - { name: c, url: 'http://127.0.0.1:2/' }\n",
+        );
+        assert_eq!(server_changes(Some(&before), &after), (vec!["b".into(), "c".into()], vec!["a".into()]));
+        assert_eq!(server_changes(Some(&before), &before), (vec![], vec![]));
+        assert_eq!(server_changes(None, &before), (vec!["a".to_string()], vec![]));
+    }
 
     #[test]
     fn a_refused_edit_keeps_the_last_good_snapshot_and_says_why() {

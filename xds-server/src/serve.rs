@@ -248,8 +248,16 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
         WasmDelivery::Remote { module, .. } => Some(Arc::new(module.clone())),
         WasmDelivery::Local(_) => None,
     };
-    let app =
-        admin_api::app(AdminState { control: control.clone(), wasm, metrics, token: security.admin_token.clone() });
+    // /catalog: every server's tools, asked of the servers themselves and kept fresh.
+    let catalog = Arc::new(crate::discovery::Catalog::default());
+    tasks.push(tokio::spawn(crate::discovery::keep_fresh(catalog.clone(), control.clone(), shutdown.subscribe())));
+    let app = admin_api::app(AdminState {
+        control: control.clone(),
+        wasm,
+        metrics,
+        token: security.admin_token.clone(),
+        catalog,
+    });
     let mut stop = shutdown.subscribe();
     let admin_tls = security.admin_tls.clone();
     tasks.push(tokio::spawn(async move {

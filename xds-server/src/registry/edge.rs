@@ -273,7 +273,17 @@ fn listener_tls(raw: &RawListenerTls, base_dir: &Path) -> Result<ListenerTls, Ve
             }
             TlsSource::Meshgate => {
                 let path = base_dir.join(value);
-                match read_pem(&path, what) {
+                match read_pem(&path, what).map_err(|e| match e {
+                    // A relative path: say which folder it resolved against.
+                    EdgeError::Unreadable { path, reason } if !std::path::Path::new(value).is_absolute() => {
+                        let reason = match std::fs::read(base_dir.join(value)) {
+                            Err(io) => super::file_read_error(value, base_dir, &io),
+                            Ok(_) => reason,
+                        };
+                        EdgeError::Unreadable { path, reason }
+                    }
+                    other => other,
+                }) {
                     Ok(pem) => Some(PemFile { path, pem: Some(pem) }),
                     Err(e) => {
                         problems.push((at(key), e));

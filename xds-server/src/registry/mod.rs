@@ -27,6 +27,7 @@ mod filter;
 pub mod lines;
 pub mod observability;
 pub mod raw;
+pub mod schema;
 mod validate;
 mod virtual_servers;
 
@@ -41,6 +42,22 @@ use std::time::Duration;
 use meshgate_core::config::{EnvSecrets, RawFilterConfig, SecretSource};
 
 pub use error::{Diagnostic, LoadErrors, RegistryError};
+
+/// Why a file the registry names could not be read. A relative path resolves against the
+/// registry's folder, so a registry copied elsewhere without its files fails here: the
+/// message then names the folder it resolved against and what to do.
+pub(crate) fn file_read_error(written: &str, base_dir: &Path, error: &std::io::Error) -> String {
+    if error.kind() != std::io::ErrorKind::NotFound || !Path::new(written).is_relative() {
+        return error.to_string();
+    }
+    let dir = if base_dir.as_os_str().is_empty() { Path::new(".") } else { base_dir };
+    let shown = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    format!(
+        "{error} (\"{written}\" is relative to the registry's folder {}: copy it along with the registry, \
+         or give an absolute path)",
+        shown.display()
+    )
+}
 use lines::{LineIndex, Position};
 
 /// A validated registry. See the module docs for its invariants.
@@ -79,7 +96,7 @@ pub struct Registry {
 
 /// Which build of the Meshgate filter Envoy runs (`filter.runtime`). Both run the same
 /// core on the same configuration; they differ in how Envoy loads them and in the scope of
-/// local counters and the token cache (see the README, "Native or wasm").
+/// local counters and the token cache (see docs/architecture.md, "Native or wasm").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Runtime {
     /// The dynamic module `libmeshgate.so`, built for Envoy 1.40 (default).
@@ -306,7 +323,7 @@ pub enum Trust {
     CaFile { file: PathBuf, pem: String },
 }
 
-/// Defaults of every per-server knob, in one place (documented in the README section).
+/// Defaults of every per-server knob, in one place (documented in docs/registry.md).
 pub mod defaults {
     use std::time::Duration;
 

@@ -889,3 +889,26 @@ fn browser_key_errors_point_at_the_registry_line() {
         "unknown field `allow_origin`",
     );
 }
+
+/// A registry copied away from the files it names: the error says which folder the relative
+/// path resolved against, and what to do; the registry's own folder is what counts.
+#[test]
+fn a_moved_registry_names_the_folder_its_relative_paths_resolve_against() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let moved = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&moved).expect("mkdir");
+    let text = format!("{MINIMAL}auth:\n  jwt:\n    - {{ issuer: a, audiences: [m], jwks_file: keys/jwks.json }}\n");
+    std::fs::write(moved.join("registry.yaml"), &text).expect("write");
+    let errors = Registry::load_with(&moved.join("registry.yaml"), &FakeEnv::default()).expect_err("keys/ not copied");
+    let shown = errors.to_string();
+    let folder = std::fs::canonicalize(&moved).expect("canonical");
+    assert!(
+        shown.contains(&format!("\"keys/jwks.json\" is relative to the registry's folder {}", folder.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("copy it along with the registry, or give an absolute path"), "{shown}");
+
+    std::fs::create_dir_all(moved.join("keys")).expect("mkdir");
+    std::fs::write(moved.join("keys/jwks.json"), JWKS).expect("write");
+    Registry::load_with(&moved.join("registry.yaml"), &FakeEnv::default()).expect("resolved next to the registry");
+}

@@ -506,7 +506,8 @@ fn upstream_tls(
             let path = format!("{at}.tls.ca_file");
             match std::fs::read_to_string(&file) {
                 Err(e) => {
-                    problems.push(path, RegistryError::CaRead { file, error: e.to_string() });
+                    problems
+                        .push(path, RegistryError::CaRead { file, error: super::file_read_error(name, base_dir, &e) });
                     return None;
                 }
                 Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
@@ -734,7 +735,8 @@ fn credentials<S: SecretSource>(
                     (CredentialSource::File(file), value, path)
                 }
                 Err(e) => {
-                    problems.push(path, RegistryError::CredentialRead { file, error: e.to_string() });
+                    let error = super::file_read_error(name, base_dir, &e);
+                    problems.push(path, RegistryError::CredentialRead { file, error });
                     return None;
                 }
             }
@@ -868,8 +870,7 @@ fn jwt_providers<S: SecretSource>(
                 }
                 (None, None) => problems.push(&at, RegistryError::NoKeySource { issuer: issuer.issuer.clone() }),
                 (Some(file), None) => {
-                    jwks =
-                        read_jwks(&base_dir.join(file)).map_err(|e| problems.push(format!("{at}.jwks_file"), e)).ok();
+                    jwks = read_jwks(file, base_dir).map_err(|e| problems.push(format!("{at}.jwks_file"), e)).ok();
                 }
                 (None, Some(name)) => {
                     let path = format!("{at}.hs256_secret_env");
@@ -893,9 +894,12 @@ fn is_env_name(name: &str) -> bool {
 
 /// Reads a JWKS document and makes sure it carries public keys only: it ends up in the
 /// filter configuration, which Envoy shows to anyone with admin access (`/config_dump`).
-fn read_jwks(file: &Path) -> Result<serde_json::Value, RegistryError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| RegistryError::JwksRead { file: file.to_path_buf(), error: e.to_string() })?;
+fn read_jwks(written: &str, base_dir: &Path) -> Result<serde_json::Value, RegistryError> {
+    let file = &base_dir.join(written);
+    let text = std::fs::read_to_string(file).map_err(|e| RegistryError::JwksRead {
+        file: file.to_path_buf(),
+        error: super::file_read_error(written, base_dir, &e),
+    })?;
     let invalid = |reason: String| RegistryError::JwksInvalid { file: file.to_path_buf(), reason };
     let jwks: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(format!("bad JSON: {e}")))?;
     let keys = jwks

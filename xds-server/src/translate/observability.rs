@@ -64,7 +64,7 @@ fn text(s: &str) -> Entry {
 }
 
 /// The audit line: one JSON object per HTTP exchange (one MCP message). Documented in the
-/// README ("Audit log"); argument and result values are never part of it.
+/// docs/operations.md ("Audit log"); argument and result values are never part of it.
 fn audit_format() -> Vec<(&'static str, Entry)> {
     vec![
         ("start_time", text("%START_TIME%")),
