@@ -21,7 +21,7 @@ use crate::reject::{printable, Rejection};
 use crate::virtual_server::{VirtualServer, TARGET_HEADER};
 
 use super::virtual_fanout::is_fan_out_method;
-use super::{check_routing_headers, unreadable, BodyDecision, Gateway, PendingRequest};
+use super::{check_routing_headers, unreadable, BodyDecision, Exchange, Gateway, PendingRequest};
 
 /// HTTP status of a JSON-RPC error about what the request names or asks for (an unknown
 /// prefix, a member not exposed, a method not answered here): 200, as an MCP server answers
@@ -66,24 +66,33 @@ impl Gateway {
         let id = message.id();
         let modern = pending.routing.modern
             || read.envelope_version().flatten().is_some_and(|v| mcp::MODERN_PROTOCOL_VERSIONS.contains(&v));
+        if !modern {
+            // The session-based eras: one sealed client session over the backends' own.
+            return self.on_session_era_body(pending, virtual_server, body, &doc, &read);
+        }
         let Message::Request { method, .. } = message else {
             return Err(unsupported(virtual_server, "a notification or response", id));
         };
-        if !modern {
-            return Err(Rejection::bad_request(
-                code::INVALID_REQUEST,
-                format!(
-                    "virtual server \"{}\" speaks only MCP {} (send MCP-Protocol-Version); the session-based protocol versions are not supported on virtual servers yet",
-                    virtual_server.name,
-                    mcp::MODERN_PROTOCOL_VERSIONS.join(", ")
-                ),
-            )
-            .with_id(id));
-        }
         if is_fan_out_method(method) {
             let read = read.clone();
             return self.plan_fan_out(pending, virtual_server, body, read).map(BodyDecision::FanOut);
         }
+        self.route_virtual_call(pending, virtual_server, body, &doc, &read).map(BodyDecision::Forward)
+    }
+
+    /// A `tools/call` or `prompts/get` through `virtual_server`: resolved by its exposed
+    /// name, renamed, and governed as the backing server's own request (both eras).
+    pub(super) fn route_virtual_call(
+        &self,
+        pending: &PendingRequest,
+        virtual_server: &VirtualServer,
+        body: &[u8],
+        doc: &StrictJson<'_>,
+        read: &mcp::ReadMessage,
+    ) -> Result<Exchange, Rejection> {
+        let message = &read.message;
+        let id = message.id();
+        let method = message.method().unwrap_or_default();
         let kind = match ResourceKind::of_method(method) {
             Some(kind @ (ResourceKind::Tool | ResourceKind::Prompt)) => kind,
             _ => return Err(unsupported(virtual_server, &format!("method {}", printable(method)), id)),
@@ -94,7 +103,7 @@ impl Gateway {
         let member = virtual_server
             .resolve(kind, &target.name)
             .map_err(|e| Rejection::new(ANSWER_STATUS, code::INVALID_PARAMS, printable(&e.to_string())).with_id(id))?;
-        let rewritten = replace_name(body, &doc, kind, member.name).ok_or_else(|| {
+        let rewritten = replace_name(body, doc, kind, member.name).ok_or_else(|| {
             Rejection::bad_request(code::INVALID_PARAMS, "the request's name is not readable").with_id(id)
         })?;
 
@@ -116,7 +125,7 @@ impl Gateway {
             exchange.request_header_rewrites.push((header::NAME.to_string(), Some(own_name_header)));
         }
         exchange.request_header_rewrites.push((TARGET_HEADER.to_string(), Some(member.server.to_string())));
-        Ok(BodyDecision::Forward(exchange))
+        Ok(exchange)
     }
 }
 
