@@ -47,6 +47,9 @@ use crate::identity::Consumer;
 /// `mg1.<server>.<n|s>.<original>` (`n`: the original was a number, `s`: a string).
 const TAG_PREFIX: &str = "mg1.";
 
+/// HTTP status of a request carrying another consumer's session id.
+const REPLAY_STATUS: u16 = 403;
+
 /// The protocol versions of the session-based eras, newest first. Only these are accepted
 /// from a backend's `initialize` answer.
 pub const SESSION_PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -322,10 +325,16 @@ impl Gateway {
             Ok(()) => Ok(session),
             Err(Misuse::OtherVirtualServer) => Err(not_found("was issued on another virtual server")),
             Err(Misuse::Expired) => Err(not_found("has expired")),
-            Err(Misuse::OtherConsumer) => Err(Rejection::forbidden(
-                "the Mcp-Session-Id was issued to another consumer; initialize your own session",
-            )
-            .with_id(id)),
+            Err(Misuse::OtherConsumer) => {
+                // Authenticated, but the session is someone else's: 403 (not the 200 of a
+                // policy denial: this is no call the caller could make at all).
+                let mut r = Rejection::forbidden(
+                    "the Mcp-Session-Id was issued to another consumer; initialize your own session",
+                )
+                .with_id(id);
+                r.status = REPLAY_STATUS;
+                Err(r)
+            }
         }
     }
 
@@ -438,20 +447,6 @@ impl Gateway {
             .ok()
             .and_then(|doc| doc.root().get("params")?.get("protocolVersion")?.as_str().map(|v| v.into_owned()))
             .unwrap_or_default();
-        if !SESSION_PROTOCOL_VERSIONS.contains(&requested.as_str()) {
-            return Err(Rejection::new(
-                200,
-                code::INVALID_PARAMS,
-                format!(
-                    "unsupported protocol version \"{}\"; virtual server \"{}\" supports {} and {}",
-                    printable(&requested),
-                    virtual_server.name,
-                    SESSION_PROTOCOL_VERSIONS.join(", "),
-                    mcp::MODERN_PROTOCOL_VERSIONS.join(", ")
-                ),
-            )
-            .with_id(id));
-        }
         let mut callouts = Vec::new();
         let mut skipped = Vec::new();
         for server in virtual_server.servers() {
