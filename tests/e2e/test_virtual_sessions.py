@@ -228,6 +228,32 @@ async def test_the_sdk_client_initializes_lists_and_calls_every_backend(hub):
         assert len(deletes) == 1, (name, seen[name])
 
 
+@pytest.mark.anyio
+async def test_the_modern_client_answers_an_elicitation_through_the_virtual_server(hub):
+    """2026-07-28: the server asks through the call's result (`input_required`) and the client
+    retries the same call with its answers; the retry is routed like any call."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.types import ElicitResult
+
+    asked: list[str] = []
+
+    async def on_elicit(context, params):
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"confirm": True})
+
+    marks = hub.marks()
+    async with http_client(ADMIN) as http:
+        transport = streamable_http_client(hub.url, http_client=http)
+        async with Client(transport, mode="auto", elicitation_callback=on_elicit) as client:
+            assert client.protocol_version == "2026-07-28"
+            result = await client.call_tool("interact__transfer", {"amount": 5})
+    assert not result.is_error and result.content[0].text == "transferred 5", result
+    assert asked == ["Transfer 5?"]
+    calls = [e for e in hub.interact.log.since(marks["interact"]) if e.get("method") == "tools/call"]
+    assert calls and all(c["name"] == "transfer" for c in calls), calls
+
+
 def test_the_server_request_id_names_the_backend_and_is_restored_exactly(hub):
     """Raw: the elicitation request on the call's SSE answer carries an id naming `interact`;
     the client's answer with that id reaches interact with the original id and JSON type."""

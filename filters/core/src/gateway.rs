@@ -439,7 +439,10 @@ impl Exchange {
     /// Whether the messages of this exchange's answer are read at all (list filtering,
     /// redaction, or the GET stream's replayed answers).
     fn governs_messages(&self) -> bool {
-        self.list_filter.is_some() || self.response_redaction.is_some() || self.server_stream || self.session_backend.is_some()
+        self.list_filter.is_some()
+            || self.response_redaction.is_some()
+            || self.server_stream
+            || self.session_backend.is_some()
     }
 
     /// Governs a buffered response body read as `kind` (see [`ResponsePlan::Buffer`]).

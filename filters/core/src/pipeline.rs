@@ -366,7 +366,9 @@ impl Stream {
                 record.capture_arguments(&gateway.config().audit_values, forwarded);
                 Ok(Ok((exchange, record)))
             }
-            Ok(BodyDecision::FanOut(fan_out)) => Ok(Err((Callouts::FanOut(fan_out), AuditRecord::for_pending(pending, body)))),
+            Ok(BodyDecision::FanOut(fan_out)) => {
+                Ok(Err((Callouts::FanOut(fan_out), AuditRecord::for_pending(pending, body))))
+            }
             Ok(BodyDecision::Session(op)) => Ok(Err((Callouts::Session(op), AuditRecord::for_pending(pending, body)))),
             Err(r) => Err((r, AuditRecord::for_pending(pending, body))),
         });

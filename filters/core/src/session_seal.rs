@@ -136,10 +136,7 @@ impl SessionKeys {
         let mut nonce = XNonce::default();
         nonce.copy_from_slice(&tag[..NONCE_LEN]);
         let nonce = &nonce;
-        let sealed = key
-            .aead
-            .encrypt(nonce, Payload { msg: &plaintext, aad: ASSOCIATED_DATA })
-            .unwrap_or_default();
+        let sealed = key.aead.encrypt(nonce, Payload { msg: &plaintext, aad: ASSOCIATED_DATA }).unwrap_or_default();
         let mut raw = Vec::with_capacity(NONCE_LEN + sealed.len());
         raw.extend_from_slice(nonce);
         raw.extend_from_slice(&sealed);
@@ -278,7 +275,11 @@ mod tests {
             issued_ns: 1_700_000_000_000_000_000,
             protocol_version: "2025-11-25".into(),
             backends: vec![
-                BackendSession { server: "crm".into(), session_id: Some("abc123".into()), protocol_version: "2025-11-25".into() },
+                BackendSession {
+                    server: "crm".into(),
+                    session_id: Some("abc123".into()),
+                    protocol_version: "2025-11-25".into(),
+                },
                 BackendSession { server: "docs".into(), session_id: None, protocol_version: "2025-06-18".into() },
             ],
         }

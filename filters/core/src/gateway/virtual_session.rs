@@ -108,7 +108,9 @@ impl SessionOp {
                 for ((server, _), answer) in self.callouts.iter().zip(answers) {
                     match answer {
                         Ok(r) if (200..300).contains(&r.status) => {}
-                        Ok(r) => omitted.push(Omission { server: server.clone(), reason: format!("HTTP {}", r.status) }),
+                        Ok(r) => {
+                            omitted.push(Omission { server: server.clone(), reason: format!("HTTP {}", r.status) })
+                        }
                         Err(e) => omitted.push(Omission { server: server.clone(), reason: e.clone() }),
                     }
                 }
@@ -139,13 +141,17 @@ impl SessionOp {
                 let mut backends = Vec::new();
                 let (mut tools, mut prompts) = (false, false);
                 for ((server, _), answer) in self.callouts.iter().zip(answers) {
-                    let read = answer.as_ref().map_err(Clone::clone).and_then(|r| read_initialize(r, self.request_id.as_ref()));
+                    let read = answer
+                        .as_ref()
+                        .map_err(Clone::clone)
+                        .and_then(|r| read_initialize(r, self.request_id.as_ref()));
                     match read {
                         Ok((backend, capabilities)) => {
                             let selects = |kind| selection.servers_selecting(kind).any(|s| s == server);
-                            tools |= capabilities.get("tools").is_some_and(Value::is_object) && selects(ResourceKind::Tool);
-                            prompts |=
-                                capabilities.get("prompts").is_some_and(Value::is_object) && selects(ResourceKind::Prompt);
+                            tools |=
+                                capabilities.get("tools").is_some_and(Value::is_object) && selects(ResourceKind::Tool);
+                            prompts |= capabilities.get("prompts").is_some_and(Value::is_object)
+                                && selects(ResourceKind::Prompt);
                             backends.push(BackendSession { server: server.clone(), ..backend });
                         }
                         Err(reason) => omitted.push(Omission { server: server.clone(), reason }),
@@ -158,7 +164,11 @@ impl SessionOp {
                         format!(
                             "virtual server \"{}\" could not initialize any of its servers: {}",
                             self.virtual_server,
-                            omitted.iter().map(|o| format!("{} ({})", o.server, o.reason)).collect::<Vec<_>>().join(", ")
+                            omitted
+                                .iter()
+                                .map(|o| format!("{} ({})", o.server, o.reason))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     );
                     return LocalAnswer { status: r.status, headers: json(), body: r.body(), omitted };
@@ -242,7 +252,8 @@ fn read_initialize(response: &CalloutResponse, id: Option<&Value>) -> Result<(Ba
         let message = error.get("message").and_then(Value::as_str).unwrap_or_default();
         return Err(format!("JSON-RPC error: {}", printable(message)));
     }
-    let result = value.get("result").filter(|r| r.is_object()).ok_or_else(|| "an answer without a result".to_string())?;
+    let result =
+        value.get("result").filter(|r| r.is_object()).ok_or_else(|| "an answer without a result".to_string())?;
     let version = result.get("protocolVersion").and_then(Value::as_str).unwrap_or_default();
     let Some(version) = SESSION_PROTOCOL_VERSIONS.iter().find(|v| **v == version) else {
         return Err(format!("protocol version \"{}\" is not one of the session-based eras", printable(version)));
@@ -515,7 +526,13 @@ impl Gateway {
                 }),
             }
         }
-        SessionOp { virtual_server: virtual_server.name.clone(), request_id: None, callouts, skipped, kind: OpKind::End }
+        SessionOp {
+            virtual_server: virtual_server.name.clone(),
+            request_id: None,
+            callouts,
+            skipped,
+            kind: OpKind::End,
+        }
     }
 
     /// How to reach `server` with a callout, and the body its own endpoint would forward
@@ -530,7 +547,9 @@ impl Gateway {
         let upstream = match self.config.upstreams.get(server) {
             Some(u) if !u.credentials => u,
             Some(_) => {
-                return Err("its upstream credential is injected by its route and is not available to callouts".to_string())
+                return Err(
+                    "its upstream credential is injected by its route and is not available to callouts".to_string()
+                )
             }
             None => return Err("the configuration does not say how to reach it (upstreams)".to_string()),
         };
@@ -565,7 +584,7 @@ impl Gateway {
             .with_id(id)
         };
         let (server, restored) = untag_answer(body, doc).ok_or_else(unmappable)?;
-        if !virtual_server.servers().iter().any(|s| *s == server) {
+        if !virtual_server.servers().contains(&server) {
             return Err(unmappable());
         }
         let Some(own) = session.backend(&server) else {
@@ -597,7 +616,11 @@ impl Gateway {
         now_secs: u64,
     ) -> HeadDecision {
         let Some(virtual_server) = self.config.virtual_servers.get(name) else {
-            return HeadDecision::Reject(Rejection::new(500, code::INTERNAL_ERROR, "virtual server configuration changed"));
+            return HeadDecision::Reject(Rejection::new(
+                500,
+                code::INTERNAL_ERROR,
+                "virtual server configuration changed",
+            ));
         };
         if self.config.virtual_session_keys.is_none() {
             return HeadDecision::Reject(super::virtual_call::method_not_allowed(head.method));
@@ -661,7 +684,12 @@ fn with_session_headers(request: &mut CalloutRequest, own: &BackendSession) {
 }
 
 /// A callout to `upstream` in the session-based eras.
-fn session_callout(upstream: &Upstream, http_method: &str, body: Option<&[u8]>, own: Option<&BackendSession>) -> CalloutRequest {
+fn session_callout(
+    upstream: &Upstream,
+    http_method: &str,
+    body: Option<&[u8]>,
+    own: Option<&BackendSession>,
+) -> CalloutRequest {
     let mut headers = vec![
         (":method".to_string(), http_method.to_string()),
         (":path".to_string(), upstream.path.clone()),
@@ -719,8 +747,12 @@ fn untag_answer(body: &[u8], doc: &StrictJson<'_>) -> Option<(String, Vec<u8>)> 
     let restored = match kind {
         // Only an integer as JSON writes it (what was tagged).
         "n" => {
-            let value: Value = serde_json::from_str(original).ok()?;
-            if !value.is_i64() && !value.is_u64() || value.to_string() != original {
+            let digits = original.strip_prefix('-').unwrap_or(original);
+            let canonical = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'))
+                && (original.parse::<i64>().is_ok() || original.parse::<u64>().is_ok());
+            if !canonical {
                 return None;
             }
             original.to_string()

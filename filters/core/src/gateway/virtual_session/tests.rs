@@ -81,7 +81,11 @@ fn init_answer(version: &str, session: Option<&str>, json_body: bool) -> Callout
 
 /// A session for the admin: crm stateful (`crm-session`), docs stateless.
 fn open(g: &Gateway, key: &str, versions: [&str; 2], requested: &str) -> (String, Value) {
-    let body = legacy("initialize", json!({"protocolVersion": requested, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}), json!("i"));
+    let body = legacy(
+        "initialize",
+        json!({"protocolVersion": requested, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}),
+        json!("i"),
+    );
     let BodyDecision::Session(op) = decide(g, key, None, &body).unwrap() else { panic!() };
     let servers: Vec<&str> = op.callouts.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(servers, ["crm", "docs"]);
@@ -90,7 +94,8 @@ fn open(g: &Gateway, key: &str, versions: [&str; 2], requested: &str) -> (String
         assert_eq!(request.body, body);
     }
     let answers = [Ok(init_answer(versions[0], Some("crm-session"), false)), Ok(init_answer(versions[1], None, true))];
-    let answer = op.answer(&answers, g.config().virtual_session_keys.as_ref(), &g.config().policy, &mut RedactionCounts::new());
+    let answer =
+        op.answer(&answers, g.config().virtual_session_keys.as_ref(), &g.config().policy, &mut RedactionCounts::new());
     assert_eq!(answer.status, 200);
     let session = answer.headers.iter().find(|(k, _)| *k == "mcp-session-id").unwrap().1.clone();
     let body: Value = serde_json::from_slice(&answer.body).unwrap();
@@ -175,7 +180,8 @@ fn a_session_is_refused_to_anyone_else_and_when_altered_or_missing() {
 fn lists_fan_out_with_each_backends_session_and_a_404_ends_the_session() {
     let g = gateway();
     let (session, _) = open(&g, "a", ["2025-11-25", "2025-11-25"], "2025-11-25");
-    let BodyDecision::Session(op) = decide(&g, "a", Some(&session), &legacy("tools/list", json!({}), json!(8))).unwrap()
+    let BodyDecision::Session(op) =
+        decide(&g, "a", Some(&session), &legacy("tools/list", json!({}), json!(8))).unwrap()
     else {
         panic!()
     };
@@ -198,7 +204,8 @@ fn a_backends_404_on_a_call_is_answered_404() {
     let (session, _) = open(&g, "a", ["2025-11-25", "2025-11-25"], "2025-11-25");
     let call = legacy("tools/call", json!({"name": "crm__get_customer", "arguments": {}}), json!(3));
     let BodyDecision::Forward(e) = decide(&g, "a", Some(&session), &call).unwrap() else { panic!() };
-    let plan = e.response_plan(ResponseHead { status: 404, content_type: Some("application/json"), ..Default::default() });
+    let plan =
+        e.response_plan(ResponseHead { status: 404, content_type: Some("application/json"), ..Default::default() });
     let ResponsePlan::Fail(r) = plan else { panic!("{plan:?}") };
     assert_eq!((r.status, r.id), (404, Some(json!(3))));
 }
@@ -206,10 +213,13 @@ fn a_backends_404_on_a_call_is_answered_404() {
 #[test]
 fn server_request_ids_name_the_backend_and_answers_restore_them_exactly() {
     for (original, tagged) in [("7", "\"mg1.crm.n.7\""), ("\"a.b\\\"c\"", "\"mg1.crm.s.a.b\\\"c\"")] {
-        let event = format!("{{\"jsonrpc\":\"2.0\",\"id\":{original},\"method\":\"elicitation/create\",\"params\":{{}}}}");
+        let event =
+            format!("{{\"jsonrpc\":\"2.0\",\"id\":{original},\"method\":\"elicitation/create\",\"params\":{{}}}}");
         let out = tag_server_request(event.as_bytes(), "crm").unwrap().unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), event.replace(original, tagged));
-        let answer = format!("{{\"jsonrpc\":\"2.0\",\"id\":{tagged},\"result\":{{\"action\":\"decline\",\"x\":\"mg1.crm.n.7\"}}}}");
+        let answer = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{tagged},\"result\":{{\"action\":\"decline\",\"x\":\"mg1.crm.n.7\"}}}}"
+        );
         let doc = jsonrpc::validate_strict(answer.as_bytes()).unwrap();
         let (server, restored) = untag_answer(answer.as_bytes(), &doc).unwrap();
         assert_eq!(server, "crm");
