@@ -666,6 +666,11 @@ impl Stream {
         let State::Forwarded(exchange) = &self.state else {
             return Flow::Continue;
         };
+        if exchange.session_backend.is_some() {
+            // A virtual server's session: the client keeps its sealed id. A backend's own
+            // id would replace it in clients that take the id from any answer.
+            host.set_response_header(crate::mcp::header::SESSION_ID, None);
+        }
         let gateway = &self.gateway;
         // One host call for every header: in proxy-wasm each host call that returns data
         // costs a callback into the VM to allocate its buffer, about as much as copying a
