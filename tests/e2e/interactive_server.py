@@ -2,7 +2,7 @@
 progress and asks the client for confirmation (elicitation) in the middle of its call.
 
 Run:  .venv/bin/python tests/e2e/interactive_server.py --port 9103
-Tools: transfer(amount) — progress 1/3, elicits {confirm: bool}, progress 2/3 and 3/3, then
+Tools: transfer(amount) — elicits {confirm: bool}, reports progress 1/3, 2/3, 3/3, then
        answers "transferred <amount>" or "transfer of <amount> declined".
        whoami() — "interact".
 Set MESHGATE_UPSTREAM_LOG=/path to log every request it receives (examples/servers/upstream.py).
@@ -15,7 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "servers"))
 
-from mcp.server.mcpserver import Context, MCPServer  # noqa: E402
+from typing import Annotated  # noqa: E402
+
+from mcp.server.elicitation import AcceptedElicitation, ElicitationResult  # noqa: E402
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from upstream import parse_args, serve  # noqa: E402
@@ -27,14 +30,20 @@ class Confirmation(BaseModel):
     confirm: bool
 
 
+def ask(amount: int) -> Elicit[Confirmation]:
+    """The confirmation question: asked mid-call (2025-11-25) or through `input_required`
+    and the client's retry (2026-07-28), as the SDK's resolvers do in each era."""
+    return Elicit(f"Transfer {amount}?", Confirmation)
+
+
 @mcp.tool()
-async def transfer(amount: int, ctx: Context) -> str:
+async def transfer(
+    amount: int, answer: Annotated[ElicitationResult[Confirmation], Resolve(ask)], ctx: Context
+) -> str:
     """Transfer an amount after the user confirms it."""
-    await ctx.report_progress(1, 3, "checking")
-    answer = await ctx.elicit(f"Transfer {amount}?", schema=Confirmation)
-    await ctx.report_progress(2, 3, "asked")
-    confirmed = answer.action == "accept" and answer.data.confirm
-    await ctx.report_progress(3, 3, "done")
+    confirmed = isinstance(answer, AcceptedElicitation) and answer.data.confirm
+    for step, what in ((1, "checking"), (2, "moving"), (3, "done")):
+        await ctx.report_progress(step, 3, what)
     return f"transferred {amount}" if confirmed else f"transfer of {amount} declined"
 
 

@@ -266,7 +266,8 @@ def test_the_server_request_id_names_the_backend_and_is_restored_exactly(hub):
             assert stream.status_code == 200
             request = None
             buffer = ""
-            for chunk in stream.iter_text():
+            chunks = stream.iter_text()
+            for chunk in chunks:
                 buffer += chunk
                 complete, _, buffer = buffer.rpartition("\n")
                 for line in complete.split("\n"):
@@ -281,7 +282,7 @@ def test_the_server_request_id_names_the_backend_and_is_restored_exactly(hub):
             answer = {"jsonrpc": "2.0", "id": request["id"], "result": {"action": "decline"}}
             sent = post(hub.url, answer, ADMIN, legacy_headers(session_id))
             assert sent.status_code == 202, sent.text
-            rest = "".join(stream.iter_text())
+            rest = buffer + "".join(chunks)
     assert "transfer of 7 declined" in rest, rest
     forwarded = [e for e in hub.interact.log.since(marks["interact"]) if any(m.get("response") for m in e.get("messages", []))]
     assert len(forwarded) == 1
@@ -412,15 +413,24 @@ def test_get_is_not_offered_and_modern_clients_still_work(hub):
 # --------------------------------------------------------------------------- MCP Inspector CLI
 
 
+def inspector(hub: Hub, args: list[str], home: Path) -> tuple[int, Any]:
+    """`inspector_cli`, its output read as the (pretty-printed) JSON document it prints."""
+    code, out = inspector_cli(hub.url, ADMIN, args, home)
+    if isinstance(out, str) and "{" in out:
+        try:
+            out, _ = json.JSONDecoder().raw_decode(out[out.index("{") :])
+        except ValueError:
+            pass
+    return code, out
+
+
 def test_the_inspector_cli_lists_and_calls_through_the_virtual_server(hub, tmp_path):
-    code, listed = inspector_cli(hub.url, ADMIN, ["--method", "tools/list"], tmp_path)
+    code, listed = inspector(hub, ["--method", "tools/list"], tmp_path)
     assert code == 0 and isinstance(listed, dict), listed
     names = [t["name"] for t in listed["tools"]]
     assert {"crm__get_customer", "docs__search_docs", "interact__whoami"} <= set(names), names
     marks = hub.marks()
-    code, called = inspector_cli(
-        hub.url, ADMIN, ["--method", "tools/call", "--tool-name", "crm__get_customer", "--tool-arg", "id=c-003"], tmp_path
-    )
+    code, called = inspector(hub, ["--method", "tools/call", "--tool-name", "crm__get_customer", "--tool-arg", "id=c-003"], tmp_path)
     assert code == 0 and isinstance(called, dict), called
     assert "Alan Turing" in json.dumps(called), called
     calls = [e for e in hub.crm.log.since(marks["crm"]) if e.get("method") == "tools/call"]
