@@ -107,8 +107,8 @@ fn the_static_bootstrap_renders_virtual_routes() {
 #[test]
 fn the_session_key_is_named_by_an_environment_variable_and_never_enters_the_config() {
     // TEST_SECRET holds 34 bytes.
-    let registry = load("virtual_servers:\n  - { name: work, servers: [crm] }\nvirtual_session_key_env: TEST_SECRET\n")
-        .unwrap();
+    let registry =
+        load("virtual_servers:\n  - { name: work, servers: [crm] }\nvirtual_session_key_env: TEST_SECRET\n").unwrap();
     assert_eq!(registry.filter.virtual_session_key_env.as_deref(), Some("TEST_SECRET"));
     assert!(registry.filter.secret_env_names().contains(&"TEST_SECRET".to_string()));
     let json = serde_json::to_string(&registry.filter).unwrap();
