@@ -11,9 +11,11 @@
 //!   [`TARGET_HEADER`] for the route to match (the client's own value was removed with every
 //!   `x-meshgate-*` header).
 //!
-//! Everything else is refused with a JSON-RPC error carrying the request's id: discovery and
-//! the list methods (their merged answers need fan-out callouts, not built yet), messages of
-//! the session-based eras, notifications and responses (no backing server to route them to).
+//! Discovery and the list methods are answered by fan-out ([`super::virtual_fanout`]);
+//! messages of the session-based eras (2025-11-25 and earlier) go to
+//! [`super::virtual_session`], which routes calls through [`Gateway::route_virtual_call`]
+//! too. Everything else is refused with a JSON-RPC error carrying the request's id
+//! (2026-07-28 notifications and responses: no backing server to route them to).
 
 use crate::jsonrpc::{self, code, StrictJson};
 use crate::mcp::{self, header, Message, ReadError, ResourceKind};

@@ -361,9 +361,10 @@ impl Gateway {
     ) -> Result<BodyDecision, Rejection> {
         let message = &read.message;
         let id = message.id();
-        let keys = self.session_keys(virtual_server, id)?;
+        // Refused at once when no key is configured (the session-based eras are off).
+        self.session_keys(virtual_server, id)?;
         if message.method() == Some(method::INITIALIZE) {
-            return self.plan_initialize(pending, virtual_server, body, read, keys).map(BodyDecision::Session);
+            return self.plan_initialize(pending, virtual_server, body, read).map(BodyDecision::Session);
         }
         let session = self.open_session(
             virtual_server,
@@ -451,7 +452,6 @@ impl Gateway {
         virtual_server: &VirtualServer,
         body: &[u8],
         read: &ReadMessage,
-        _keys: &SessionKeys,
     ) -> Result<SessionOp, Rejection> {
         let id = read.message.id();
         let requested = jsonrpc::validate_strict(body)
