@@ -87,8 +87,10 @@ def start_interact(workdir: Path, port: int) -> Upstream:
 class Hub:
     """The gateway, the interactive server (restartable) and the logs of all three."""
 
-    def __init__(self, gw: Gateway, interact: Upstream, workdir: Path, port: int, upstreams: dict[str, Upstream]):
-        self.gw, self.interact, self.workdir, self.port = gw, interact, workdir, port
+    def __init__(
+        self, gw: Gateway, interact: Upstream, workdir: Path, port: int, upstreams: dict[str, Upstream], env: dict[str, str]
+    ):
+        self.gw, self.interact, self.workdir, self.port, self.env = gw, interact, workdir, port, env
         self.crm, self.docs = upstreams["crm"], upstreams["docs"]
 
     @property
@@ -120,7 +122,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[st
     registry.write_text(registry_yaml(upstreams["crm"].url, upstreams["docs"].url, extra_servers=extra) + HUB)
     env = {HS_SECRET_ENV: keys.hs_secret, KEY_ENV: secrets.token_urlsafe(48)}
     gw = start_gateway(registry, workdir, env=env, runtime=runtime)
-    state = Hub(gw, interact, workdir, port, upstreams)
+    state = Hub(gw, interact, workdir, port, upstreams, env)
     try:
         yield state
     finally:
@@ -376,6 +378,32 @@ def test_delete_ends_every_backend_session(hub):
     refused = httpx2.delete(hub.url, headers={**READER, **legacy_headers(other)}, timeout=15)
     assert refused.status_code == 403, refused.text
     assert all(not entries for entries in hub.since(marks).values())
+
+
+def test_a_session_works_on_another_envoy_with_the_same_key(hub, tmp_path):
+    """No shared state: a second gateway (another Envoy, started after the session was
+    issued) with the same key serves the session; with another key the id is unknown (404)."""
+    session_id = initialize(hub, ADMIN)
+    for name in ("registry.yaml", "jwks.json"):
+        (tmp_path / name).write_text((hub.workdir / name).read_text())
+    for key, expected in ((hub.env[KEY_ENV], 200), (secrets.token_urlsafe(48), 404)):
+        workdir = tmp_path / str(expected)
+        workdir.mkdir()
+        for name in ("registry.yaml", "jwks.json"):
+            (workdir / name).write_text((tmp_path / name).read_text())
+        other = start_gateway(workdir / "registry.yaml", workdir, env={**hub.env, KEY_ENV: key}, runtime=hub.gw.runtime)
+        try:
+            assert other.envoy_pid != hub.gw.envoy_pid
+            url = f"http://{other.listener}/mcp/hub"
+            body = legacy_body("tools/call", {"name": "crm__get_customer", "arguments": {"id": "c-001"}}, id="x")
+            response = post(url, body, ADMIN, legacy_headers(session_id))
+            assert response.status_code == expected, response.text
+            if expected == 200:
+                assert "Ada Lovelace" in response.text
+            else:
+                assert jsonrpc_error(response)["id"] == "x"
+        finally:
+            stop_gateway(other)
 
 
 @pytest.mark.anyio
