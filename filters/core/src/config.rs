@@ -69,6 +69,15 @@ pub struct RawFilterConfig {
     /// servers (rendered by the control plane from the server's route; keyed by server).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, crate::virtual_server::Upstream>,
+    /// Environment variable holding the key (≥ 32 bytes) that seals the session ids of
+    /// virtual servers in the session-based MCP eras ([`crate::session_seal`]). Without it,
+    /// virtual servers speak only 2026-07-28.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_session_key_env: Option<String>,
+    /// Environment variable holding the previous key during a rotation: ids it sealed are
+    /// still accepted; new ids are sealed with the current key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_session_previous_key_env: Option<String>,
 }
 
 /// How the filter reports what it decided.
@@ -427,7 +436,10 @@ impl RawFilterConfig {
     /// Names of the environment variables the filter reads (for `vm_config.environment_variables`).
     pub fn secret_env_names(&self) -> Vec<String> {
         let jwt = self.auth.jwt.iter().filter_map(|p| p.hs256_secret_env.clone());
-        jwt.chain(self.redaction_hash_key_env.clone()).collect()
+        jwt.chain(self.redaction_hash_key_env.clone())
+            .chain(self.virtual_session_key_env.clone())
+            .chain(self.virtual_session_previous_key_env.clone())
+            .collect()
     }
 }
 
@@ -622,6 +634,9 @@ pub struct FilterConfig {
     pub virtual_servers: crate::virtual_server::VirtualServers,
     /// How to reach each real server with a callout ([`crate::virtual_server::Upstream`]).
     pub upstreams: std::collections::HashMap<String, crate::virtual_server::Upstream>,
+    /// The keys of virtual-server session ids (`virtual_session_key_env`); `None`: the
+    /// session-based eras are refused on virtual servers.
+    pub virtual_session_keys: Option<crate::session_seal::SessionKeys>,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -686,6 +701,18 @@ impl FilterConfig {
             limits.add_virtual(&virtual_server.name, virtual_server.servers());
         }
         let upstreams = crate::virtual_server::Upstream::compile_all(&raw.upstreams, &servers)?;
+        let virtual_session_keys = match (&raw.virtual_session_key_env, &raw.virtual_session_previous_key_env) {
+            (Some(current), previous) => {
+                Some(crate::session_seal::SessionKeys::compile(current, previous.as_deref(), secrets)?)
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "virtual_session_previous_key_env",
+                    "a previous key needs a current one: set virtual_session_key_env".to_string(),
+                ))
+            }
+            (None, None) => None,
+        };
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)
@@ -708,6 +735,7 @@ impl FilterConfig {
             origin_policy,
             virtual_servers,
             upstreams,
+            virtual_session_keys,
         })
     }
 }

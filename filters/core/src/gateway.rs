@@ -105,6 +105,9 @@ pub enum HeadDecision {
     Forward(Exchange),
     /// A POST: the JSON-RPC body decides.
     AwaitBody(PendingRequest),
+    /// A virtual server's session end (DELETE, session-based eras): answered by the filter
+    /// from callouts ([`virtual_session`]).
+    Session(SessionOp),
 }
 
 /// What the body of a POST decided, when it was not refused.
@@ -116,6 +119,9 @@ pub enum BodyDecision {
     /// A virtual server's discovery request: answered by the filter from one callout per
     /// backing server ([`virtual_fanout`]).
     FanOut(FanOut),
+    /// A virtual server's request in the session-based eras answered by the filter
+    /// (`initialize`, lists, notifications, `ping`: [`virtual_session`]).
+    Session(SessionOp),
 }
 
 /// A POST waiting for its body.
@@ -130,6 +136,11 @@ pub struct PendingRequest {
     /// The path names a virtual server (then [`Self::server`] is its name): the body
     /// decides which backing server the request goes to ([`virtual_call`]).
     via_virtual: bool,
+    /// Virtual servers only: the client's `Mcp-Session-Id` (session-based eras,
+    /// [`virtual_session`]).
+    session_id: Option<String>,
+    /// When the request headers were decided, Unix seconds.
+    now_secs: u64,
 }
 
 impl PendingRequest {
@@ -186,6 +197,10 @@ pub struct Exchange {
     /// is filtered for the caller, and redaction is every rule for any tool of the server
     /// (see [`Self::rewrite_event`]).
     pub server_stream: bool,
+    /// A virtual server's exchange in the session-based eras, on this backing server's
+    /// session ([`virtual_session`]): server→client requests on its SSE answer get ids
+    /// naming the server, and a 404 (the backend's session ended) is answered 404.
+    pub session_backend: Option<String>,
 }
 
 /// How the response body must be handled.
@@ -292,6 +307,10 @@ impl Exchange {
     pub fn response_plan(&self, head: ResponseHead<'_>) -> ResponsePlan {
         if let Some(failure) = self.upstream_failure(head) {
             return ResponsePlan::Fail(failure);
+        }
+        if let (Some(server), 404) = (&self.session_backend, head.status) {
+            // The backend's session ended: the client must initialize again.
+            return ResponsePlan::Fail(virtual_session::session_ended(server, self.request_id()));
         }
         let filter = self.filters_list(head.status);
         let rewrites = self.rewrites_response(head.status);
@@ -409,7 +428,7 @@ impl Exchange {
     /// Whether a response with `status` may have its body rewritten (list filtering or
     /// redaction), which needs its type and encoding.
     fn rewrites_response(&self, status: u16) -> bool {
-        self.filters_list(status) || self.response_redaction.is_some()
+        self.filters_list(status) || self.response_redaction.is_some() || self.session_backend.is_some()
     }
 
     /// Whether a response with `status` is a list answer to filter (a 2xx with a body).
@@ -420,7 +439,10 @@ impl Exchange {
     /// Whether the messages of this exchange's answer are read at all (list filtering,
     /// redaction, or the GET stream's replayed answers).
     fn governs_messages(&self) -> bool {
-        self.list_filter.is_some() || self.response_redaction.is_some() || self.server_stream
+        self.list_filter.is_some()
+            || self.response_redaction.is_some()
+            || self.server_stream
+            || self.session_backend.is_some()
     }
 
     /// Governs a buffered response body read as `kind` (see [`ResponsePlan::Buffer`]).
@@ -508,7 +530,13 @@ impl Exchange {
             if let Some(limit) = self.response_limit.filter(|l| data.len() as u64 > *l) {
                 return Governed::Refused(self.oversized_response(limit));
             }
-            return self.govern(data, policy, counts, self.request_id());
+            let governed = self.govern(data, policy, counts, self.request_id());
+            return match &self.session_backend {
+                Some(server) => tag_server_requests(governed, data, server, || {
+                    self.unreadable_answer("an event of its stream is not one JSON-RPC message")
+                }),
+                None => governed,
+            };
         }
         let id = match mcp::read_message(data.as_bytes()) {
             Ok(ReadMessage { message: Message::Response { id }, .. }) => id,
@@ -642,6 +670,22 @@ impl Exchange {
     }
 }
 
+/// A governed event of a virtual server's call in the session-based eras, with the id of
+/// a server→client request rewritten to name the backend it came from
+/// ([`virtual_session::tag_server_request`]); an event that cannot be read is refused.
+fn tag_server_requests(governed: Governed, data: &str, server: &str, refuse: impl FnOnce() -> Vec<u8>) -> Governed {
+    let current: &[u8] = match &governed {
+        Governed::Refused(_) => return governed,
+        Governed::Unchanged => data.as_bytes(),
+        Governed::Rewritten(bytes) => bytes,
+    };
+    match virtual_session::tag_server_request(current, server) {
+        Ok(None) => governed,
+        Ok(Some(tagged)) => Governed::Rewritten(tagged),
+        Err(()) => Governed::Refused(refuse()),
+    }
+}
+
 /// What governing one upstream message gave.
 #[derive(Debug)]
 enum Governed {
@@ -740,8 +784,14 @@ impl Gateway {
             Ok(c) => c,
             Err(rejection) => return HeadDecision::Reject(rejection),
         };
+        if via_virtual && head.count(mcp::header::SESSION_ID) > 1 {
+            return HeadDecision::Reject(Rejection::bad_request(
+                code::INVALID_REQUEST,
+                "header mcp-session-id is repeated",
+            ));
+        }
         if via_virtual && head.method != "POST" {
-            return HeadDecision::Reject(virtual_call::method_not_allowed(head.method));
+            return self.on_virtual_head(head, &server, &consumer, now);
         }
         match head.method {
             "GET" | "DELETE" if !head.end_of_stream => HeadDecision::Reject(Rejection::bad_request(
@@ -768,6 +818,7 @@ impl Gateway {
                     counts_in_flight: false,
                     response_limit: None,
                     server_stream: head.method == "GET",
+                    session_backend: None,
                 })
             }
             "POST" => match self.check_post_head(head, &server) {
@@ -777,6 +828,8 @@ impl Gateway {
                     routing,
                     canonicalize_content_type: content_type == ContentTypeAction::Canonicalize,
                     via_virtual,
+                    session_id: via_virtual.then(|| head.header(mcp::header::SESSION_ID).map(str::to_string)).flatten(),
+                    now_secs: now,
                 }),
                 Err(r) => HeadDecision::Reject(r),
             },
@@ -933,7 +986,7 @@ impl Gateway {
         if pending.via_virtual {
             return match self.on_virtual_request_body(pending, body)? {
                 BodyDecision::Forward(exchange) => Ok(exchange),
-                BodyDecision::FanOut(_) => {
+                BodyDecision::FanOut(_) | BodyDecision::Session(_) => {
                     Err(Rejection::new(500, code::INTERNAL_ERROR, "discovery of a virtual server needs callouts"))
                 }
             };
@@ -1036,6 +1089,7 @@ impl Gateway {
             counts_in_flight,
             response_limit,
             server_stream: false,
+            session_backend: None,
         })
     }
 }
@@ -1108,8 +1162,10 @@ mod virtual_call;
 pub mod virtual_fanout;
 mod virtual_pagination;
 mod virtual_resources;
+pub mod virtual_session;
 
 pub use virtual_fanout::{CalloutRequest, CalloutResponse, FanOut, Omission};
+pub use virtual_session::{LocalAnswer, SessionOp};
 
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,7 @@ pub mod quota;
 pub mod redact;
 pub mod reject;
 pub mod resource_uri;
+pub mod session_seal;
 pub mod sse;
 pub mod virtual_server;
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use crate::audit::{self, AuditRecord, MetricOptions};
 use crate::gateway::{
     header_value, header_values, headers_to_strip, BodyDecision, BodyKind, CalloutRequest, CalloutResponse, Exchange,
-    FanOut, Gateway, HeadDecision, PendingRequest, RequestHead, ResponsePlan,
+    FanOut, Gateway, HeadDecision, PendingRequest, RequestHead, ResponsePlan, SessionOp,
 };
 use crate::identity::TokenCache;
 use crate::jsonrpc::{code, error_body};
@@ -162,6 +162,15 @@ enum State {
     /// A virtual server's discovery request: waiting for the callouts to its backing
     /// servers (`ids[i]` for `fan_out.backends[i]`; `answers[i]` once it ended).
     FanningOut { fan_out: FanOut, ids: Vec<Option<u64>>, answers: Vec<Option<Result<CalloutResponse, String>>> },
+    /// A virtual server's session-era request answered by the filter: waiting for its
+    /// callouts (`ids[i]` for `op.callouts[i]`; `answers[i]` once it ended).
+    SessionCallouts { op: SessionOp, ids: Vec<Option<u64>>, answers: Vec<Option<Result<CalloutResponse, String>>> },
+}
+
+/// What a body decision answered by callouts waits for.
+enum Callouts {
+    FanOut(FanOut),
+    Session(SessionOp),
 }
 
 /// What the response body needs.
@@ -362,15 +371,21 @@ impl Stream {
                 record.capture_arguments(&gateway.config().audit_values, forwarded);
                 Ok(Ok((exchange, record)))
             }
-            Ok(BodyDecision::FanOut(fan_out)) => Ok(Err((fan_out, AuditRecord::for_pending(pending, body)))),
+            Ok(BodyDecision::FanOut(fan_out)) => {
+                Ok(Err((Callouts::FanOut(fan_out), AuditRecord::for_pending(pending, body))))
+            }
+            Ok(BodyDecision::Session(op)) => Ok(Err((Callouts::Session(op), AuditRecord::for_pending(pending, body)))),
             Err(r) => Err((r, AuditRecord::for_pending(pending, body))),
         });
         let read = match read {
             Ok(Ok(forward)) => Ok(forward),
-            Ok(Err((fan_out, record))) => {
+            Ok(Err((callouts, record))) => {
                 self.decision_ns += host.now_ns().saturating_sub(started);
                 self.audit = Some(record);
-                return self.start_fan_out(host, fan_out);
+                return match callouts {
+                    Callouts::FanOut(fan_out) => self.start_fan_out(host, fan_out),
+                    Callouts::Session(op) => self.start_session_op(host, op),
+                };
             }
             Err(refused) => Err(refused),
         };
@@ -457,9 +472,79 @@ impl Stream {
         }
     }
 
+    /// Starts the callouts of a virtual server's session-era request answered by the filter
+    /// ([`SessionOp`]); the request waits for them, or is answered now when none could start
+    /// (or none are needed).
+    fn start_session_op(&mut self, host: &mut impl Host, op: SessionOp) -> Flow {
+        let mut ids = Vec::with_capacity(op.callouts.len());
+        let mut answers = Vec::with_capacity(op.callouts.len());
+        for (_, request) in &op.callouts {
+            match host.start_callout(request) {
+                Ok(id) => {
+                    ids.push(Some(id));
+                    answers.push(None);
+                }
+                Err(e) => {
+                    ids.push(None);
+                    answers.push(Some(Err(format!("the callout could not start: {e}"))));
+                }
+            }
+        }
+        self.state = State::SessionCallouts { op, ids, answers };
+        if self.finish_session_op(host) {
+            Flow::Answered
+        } else {
+            Flow::Pause
+        }
+    }
+
+    /// Answers a [`SessionOp`] whose callouts all ended; `false` while some are still open.
+    fn finish_session_op(&mut self, host: &mut impl Host) -> bool {
+        let State::SessionCallouts { answers, .. } = &self.state else {
+            return false;
+        };
+        if answers.iter().any(Option::is_none) {
+            return false;
+        }
+        let State::SessionCallouts { op, answers, .. } = std::mem::replace(&mut self.state, State::Done) else {
+            return false;
+        };
+        let answers: Vec<Result<CalloutResponse, String>> =
+            answers.into_iter().map(|a| a.unwrap_or_else(|| Err("no answer".to_string()))).collect();
+        let config = self.gateway.config();
+        let answer = op.answer(&answers, config.virtual_session_keys.as_ref(), &config.policy, &mut self.redactions);
+        for omission in &answer.omitted {
+            host.log(
+                Level::Warn,
+                format_args!(
+                    "meshgate: virtual server {} answered without {}: {}",
+                    op.virtual_server, omission.server, omission.reason
+                ),
+            );
+        }
+        if let Some(record) = self.audit.as_mut() {
+            record.fan_out_omissions = answer.omitted.iter().map(|o| o.server.clone()).collect();
+            record.upstream_answer(Some(answer.status), None);
+            record.finish();
+        }
+        self.publish_audit(host, Moment::Settled);
+        let headers: Vec<(&str, &str)> = answer.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host.send_local_reply(answer.status, &headers, &answer.body);
+        true
+    }
+
     /// A callout of this stream ended: `response`, or why it failed (reset, timeout,
     /// an answer too large). The discovery request is answered once every callout ended.
     pub fn on_callout_done(&mut self, host: &mut impl Host, id: u64, response: Result<CalloutResponse, String>) {
+        if let State::SessionCallouts { ids, answers, .. } = &mut self.state {
+            let Some(i) = ids.iter().position(|own| *own == Some(id)) else {
+                return;
+            };
+            ids[i] = None;
+            answers[i] = Some(response);
+            self.finish_session_op(host);
+            return;
+        }
         let State::FanningOut { ids, answers, .. } = &mut self.state else {
             return;
         };
@@ -527,6 +612,10 @@ impl Stream {
                     (Vec::new(), Some(AuditRecord::for_path(&config.route_prefix, &config.servers, head.path)))
                 }
                 HeadDecision::Forward(_) | HeadDecision::AwaitBody(_) => (headers_to_strip(headers), None),
+                HeadDecision::Session(_) => {
+                    let config = gateway.config();
+                    (Vec::new(), Some(AuditRecord::for_path(&config.route_prefix, &config.servers, head.path)))
+                }
             };
             (decision, strip, refused)
         });
@@ -545,6 +634,11 @@ impl Stream {
                 Self::strip_request_headers(host, &strip);
                 self.state = State::Forwarded(exchange);
                 Flow::Continue
+            }
+            HeadDecision::Session(op) => {
+                // A virtual server's session end: answered from callouts.
+                self.audit = refused;
+                self.start_session_op(host, op)
             }
             HeadDecision::AwaitBody(pending) => {
                 Self::strip_request_headers(host, &strip);
@@ -591,6 +685,11 @@ impl Stream {
         let State::Forwarded(exchange) = &self.state else {
             return Flow::Continue;
         };
+        if exchange.session_backend.is_some() {
+            // A virtual server's session: the client keeps its sealed id. A backend's own
+            // id would replace it in clients that take the id from any answer.
+            host.set_response_header(crate::mcp::header::SESSION_ID, None);
+        }
         let gateway = &self.gateway;
         // One host call for every header: in proxy-wasm each host call that returns data
         // costs a callback into the VM to allocate its buffer, about as much as copying a
@@ -684,7 +783,7 @@ impl Stream {
     /// record for the access log, record the metrics. Called once per stream.
     pub fn on_log(&mut self, host: &mut impl Host) {
         self.release_in_flight(host);
-        if matches!(self.state, State::FanningOut { .. }) {
+        if matches!(self.state, State::FanningOut { .. } | State::SessionCallouts { .. }) {
             // The client went away during a fan-out: a callout ending later answers nobody.
             self.state = State::Done;
         }

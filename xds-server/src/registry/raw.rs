@@ -54,6 +54,13 @@ pub struct RawRegistry {
     /// prompts; the filter's own raw type (`meshgate_core::virtual_server`).
     #[serde(default)]
     pub virtual_servers: Vec<meshgate_core::virtual_server::RawVirtualServer>,
+    /// Environment variable holding the key (≥ 32 bytes) sealing virtual-server session ids
+    /// (session-based MCP eras); passed to Envoy like every filter secret.
+    #[serde(default)]
+    pub virtual_session_key_env: Option<String>,
+    /// Environment variable holding the previous key during a rotation (still unseals).
+    #[serde(default)]
+    pub virtual_session_previous_key_env: Option<String>,
 }
 
 /// `filter`: how Envoy runs the Meshgate filter.

@@ -13,9 +13,11 @@
 //!
 //! - `resources/read`: routed by its URI, which is not renamed ([`super::virtual_resources`]).
 //!
-//! Everything else is refused with a JSON-RPC error carrying the request's id: discovery and
-//! the list methods (their merged answers need fan-out callouts, not built yet), messages of
-//! the session-based eras, notifications and responses (no backing server to route them to).
+//! Discovery and the list methods are answered by fan-out ([`super::virtual_fanout`]);
+//! messages of the session-based eras (2025-11-25 and earlier) go to
+//! [`super::virtual_session`], which routes calls through [`Gateway::route_virtual_call`]
+//! too. Everything else is refused with a JSON-RPC error carrying the request's id
+//! (2026-07-28 notifications and responses: no backing server to route them to).
 
 use crate::jsonrpc::{self, code, StrictJson};
 use crate::mcp::{self, header, Message, ReadError, ResourceKind};
@@ -23,7 +25,7 @@ use crate::reject::{printable, Rejection};
 use crate::virtual_server::{VirtualServer, TARGET_HEADER};
 
 use super::virtual_fanout::is_fan_out_method;
-use super::{check_routing_headers, unreadable, BodyDecision, Gateway, PendingRequest};
+use super::{check_routing_headers, unreadable, BodyDecision, Exchange, Gateway, PendingRequest};
 
 /// HTTP status of a JSON-RPC error about what the request names or asks for (an unknown
 /// prefix, a member not exposed, a method not answered here): 200, as an MCP server answers
@@ -68,24 +70,34 @@ impl Gateway {
         let id = message.id();
         let modern = pending.routing.modern
             || read.envelope_version().flatten().is_some_and(|v| mcp::MODERN_PROTOCOL_VERSIONS.contains(&v));
+        if !modern {
+            // The session-based eras: one sealed client session over the backends' own.
+            return self.on_session_era_body(pending, virtual_server, body, &doc, &read);
+        }
         let Message::Request { method, .. } = message else {
             return Err(unsupported(virtual_server, "a notification or response", id));
         };
-        if !modern {
-            return Err(Rejection::bad_request(
-                code::INVALID_REQUEST,
-                format!(
-                    "virtual server \"{}\" speaks only MCP {} (send MCP-Protocol-Version); the session-based protocol versions are not supported on virtual servers yet",
-                    virtual_server.name,
-                    mcp::MODERN_PROTOCOL_VERSIONS.join(", ")
-                ),
-            )
-            .with_id(id));
-        }
         if is_fan_out_method(method) {
             let read = read.clone();
             return self.plan_fan_out(pending, virtual_server, body, read).map(BodyDecision::FanOut);
         }
+        self.route_virtual_call(pending, virtual_server, body, &doc, &read).map(BodyDecision::Forward)
+    }
+
+    /// A `tools/call` or `prompts/get` through `virtual_server`: resolved by its exposed
+    /// name, renamed, and governed as the backing server's own request; a `resources/read`:
+    /// routed by its URI (both eras).
+    pub(super) fn route_virtual_call(
+        &self,
+        pending: &PendingRequest,
+        virtual_server: &VirtualServer,
+        body: &[u8],
+        doc: &StrictJson<'_>,
+        read: &mcp::ReadMessage,
+    ) -> Result<Exchange, Rejection> {
+        let message = &read.message;
+        let id = message.id();
+        let method = message.method().unwrap_or_default();
         let kind = match ResourceKind::of_method(method) {
             Some(kind) => kind,
             None => return Err(unsupported(virtual_server, &format!("method {}", printable(method)), id)),
@@ -95,14 +107,12 @@ impl Gateway {
         };
         if kind == ResourceKind::Resource {
             let uri = target.name.clone();
-            return self
-                .route_resource_read(pending, virtual_server, &uri, body, read.clone())
-                .map(BodyDecision::Forward);
+            return self.route_resource_read(pending, virtual_server, &uri, body, read.clone());
         }
         let member = virtual_server
             .resolve(kind, &target.name)
             .map_err(|e| Rejection::new(ANSWER_STATUS, code::INVALID_PARAMS, printable(&e.to_string())).with_id(id))?;
-        let rewritten = replace_name(body, &doc, kind, member.name).ok_or_else(|| {
+        let rewritten = replace_name(body, doc, kind, member.name).ok_or_else(|| {
             Rejection::bad_request(code::INVALID_PARAMS, "the request's name is not readable").with_id(id)
         })?;
 
@@ -124,7 +134,7 @@ impl Gateway {
             exchange.request_header_rewrites.push((header::NAME.to_string(), Some(own_name_header)));
         }
         exchange.request_header_rewrites.push((TARGET_HEADER.to_string(), Some(member.server.to_string())));
-        Ok(BodyDecision::Forward(exchange))
+        Ok(exchange)
     }
 }
 

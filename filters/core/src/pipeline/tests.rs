@@ -831,3 +831,101 @@ fn a_cached_virtual_list_is_answered_without_callouts() {
     assert_eq!(list("r", "prompts/list", "private").0, 0);
     assert_eq!(list("r2", "prompts/list", "private").0, 1);
 }
+
+/// The session-based era through a virtual server, callback by callback: `initialize`
+/// answered from callouts with a sealed id, a call forwarded with the backend's own session
+/// (its answer's session header removed, a server request's id tagged with the backend),
+/// and DELETE ending the backend's session from the request headers.
+#[test]
+fn a_virtual_session_initializes_calls_and_ends() {
+    struct Key;
+    impl crate::config::SecretSource for Key {
+        fn secret(&self, name: &str) -> Option<String> {
+            (name == "K").then(|| "k".repeat(40))
+        }
+    }
+    let key = |k: &str| hex::encode(Sha256::digest(k.as_bytes()));
+    let raw = json!({
+        "servers": ["crm", "docs"],
+        "auth": {"api_keys": [{"consumer": "admin-bot", "sha256": key("a"), "roles": ["admin"]}]},
+        "policy": {"roles": {"admin": {"allow": ["*"]}}},
+        "virtual_servers": [{"name": "work", "servers": ["crm", "docs"]}],
+        "upstreams": {
+            "crm": {"cluster": "mcp-crm", "path": "/mcp", "authority": "127.0.0.1:9001"},
+            "docs": {"cluster": "mcp-docs", "path": "/mcp", "authority": "127.0.0.1:9002"},
+        },
+        "virtual_session_key_env": "K",
+    });
+    let raw = RawFilterConfig::from_json(raw.to_string().as_bytes()).unwrap();
+    let g = Arc::new(Gateway::new(FilterConfig::compile(&raw, &Key).unwrap()));
+    let mut tokens = TokenCache::new(16);
+
+    // initialize: one callout per backend, then one answer with the sealed id.
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string()
+    .into_bytes();
+    let mut host = MemoryHost { request_headers: post_headers(Some("a"), "/mcp/work"), ..MemoryHost::default() };
+    let mut stream = Stream::new(g.clone());
+    assert_eq!(stream.on_request_headers(&mut host, &mut tokens, false), Flow::Pause);
+    host.request_body = init.clone();
+    assert_eq!(stream.on_request_body(&mut host, init.len(), true), Flow::Pause);
+    assert_eq!(host.callouts.len(), 2);
+    let answer = |session: Option<&str>| {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if let Some(s) = session {
+            headers.push(("mcp-session-id".to_string(), s.to_string()));
+        }
+        let body = json!({"jsonrpc": "2.0", "id": 0, "result": {"protocolVersion": "2025-11-25",
+            "capabilities": {"tools": {}}, "serverInfo": {"name": "b", "version": "1"}}});
+        Ok(CalloutResponse { status: 200, headers, body: body.to_string().into_bytes() })
+    };
+    stream.on_callout_done(&mut host, 1, answer(Some("crm-own")));
+    assert!(host.local_reply.is_none());
+    stream.on_callout_done(&mut host, 2, answer(None));
+    let (status, headers, _) = host.local_reply.clone().expect("answered");
+    assert_eq!(status, 200);
+    let session = headers.iter().find(|(k, _)| k == "mcp-session-id").map(|(_, v)| v.clone()).unwrap();
+    stream.on_log(&mut host);
+
+    // A call: the backend's own session, and its answer governed for the session.
+    let mut headers = post_headers(Some("a"), "/mcp/work");
+    headers.push(("mcp-session-id".into(), session.clone()));
+    headers.push(("mcp-protocol-version".into(), "2025-11-25".into()));
+    let mut host = MemoryHost::default();
+    let mut stream = Stream::new(g.clone());
+    let body = call(5, "crm__transfer", json!({}));
+    assert!(matches!(request(&mut stream, &mut host, headers, &[&body], false), Sent::Forwarded));
+    let sent = |name: &str| host.request_headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(sent("mcp-session-id").as_deref(), Some("crm-own"));
+    assert_eq!(sent("x-meshgate-target").as_deref(), Some("crm"));
+    assert_eq!(host.route_cache_cleared, 1);
+    let events = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n\
+event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"elicitation/create\",\"params\":{}}\n\n";
+    let out = response(
+        &mut stream,
+        &mut host,
+        &[(":status", "200"), ("content-type", "text/event-stream"), ("mcp-session-id", "crm-own")],
+        &[events],
+    );
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("\"method\":\"notifications/progress\""), "{out}");
+    assert!(out.contains("\"id\":\"mg1.crm.n.0\",\"method\":\"elicitation/create\""), "{out}");
+    assert!(!host.response_headers.iter().any(|(k, _)| k == "mcp-session-id"), "{:?}", host.response_headers);
+
+    // DELETE: answered from the request headers once crm's session is ended.
+    let headers = vec![
+        (":method".to_string(), "DELETE".to_string()),
+        (":path".to_string(), "/mcp/work".to_string()),
+        ("x-api-key".to_string(), "a".to_string()),
+        ("mcp-session-id".to_string(), session),
+    ];
+    let mut host = MemoryHost { request_headers: headers, ..MemoryHost::default() };
+    let mut stream = Stream::new(g);
+    assert_eq!(stream.on_request_headers(&mut host, &mut tokens, true), Flow::Pause);
+    assert_eq!(host.callouts.len(), 1);
+    assert!(host.callouts[0].1.headers.contains(&(":method".to_string(), "DELETE".to_string())));
+    assert!(host.callouts[0].1.headers.contains(&("mcp-session-id".to_string(), "crm-own".to_string())));
+    stream.on_callout_done(&mut host, 1, Ok(CalloutResponse { status: 200, headers: Vec::new(), body: Vec::new() }));
+    assert_eq!(host.local_reply.as_ref().map(|r| r.0), Some(200));
+}

@@ -126,3 +126,24 @@ fn resource_selections_load_route_and_are_checked_with_lines() {
         "can never match a resource",
     );
 }
+
+#[test]
+fn the_session_key_is_named_by_an_environment_variable_and_never_enters_the_config() {
+    // TEST_SECRET holds 34 bytes.
+    let registry =
+        load("virtual_servers:\n  - { name: work, servers: [crm] }\nvirtual_session_key_env: TEST_SECRET\n").unwrap();
+    assert_eq!(registry.filter.virtual_session_key_env.as_deref(), Some("TEST_SECRET"));
+    assert!(registry.filter.secret_env_names().contains(&"TEST_SECRET".to_string()));
+    let json = serde_json::to_string(&registry.filter).unwrap();
+    assert!(!json.contains("s3cret"), "the key's value never enters the filter config");
+    assert_error(
+        "virtual_servers:\n  - { name: work, servers: [crm] }\nvirtual_session_key_env: NOPE\n",
+        "reg.yaml:7: virtual_session_key_env: ",
+        "NOPE is not set",
+    );
+    assert_error(
+        "virtual_session_previous_key_env: TEST_SECRET\n",
+        "reg.yaml:5: virtual_session_previous_key_env: ",
+        "needs a current one",
+    );
+}

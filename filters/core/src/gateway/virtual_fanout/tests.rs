@@ -39,6 +39,7 @@ fn plan(g: &Gateway, key: &str, method: &str, params: Value) -> Result<FanOut, R
     match g.decide_request_body(&pending, body.as_bytes())? {
         BodyDecision::FanOut(f) => Ok(f),
         BodyDecision::Forward(e) => panic!("{e:?}"),
+        BodyDecision::Session(op) => panic!("{op:?}"),
     }
 }
 
