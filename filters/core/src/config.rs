@@ -69,6 +69,9 @@ pub struct RawFilterConfig {
     /// servers (rendered by the control plane from the server's route; keyed by server).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, crate::virtual_server::Upstream>,
+    /// Pinned definitions per server ([`crate::pinning`]), from the registry's lockfile.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pinning: BTreeMap<String, crate::pinning::RawServerPins>,
 }
 
 /// How the filter reports what it decided.
@@ -622,6 +625,8 @@ pub struct FilterConfig {
     pub virtual_servers: crate::virtual_server::VirtualServers,
     /// How to reach each real server with a callout ([`crate::virtual_server::Upstream`]).
     pub upstreams: std::collections::HashMap<String, crate::virtual_server::Upstream>,
+    /// Pinned definitions ([`crate::pinning`]).
+    pub pins: crate::pinning::Pins,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -686,6 +691,7 @@ impl FilterConfig {
             limits.add_virtual(&virtual_server.name, virtual_server.servers());
         }
         let upstreams = crate::virtual_server::Upstream::compile_all(&raw.upstreams, &servers)?;
+        let pins = crate::pinning::Pins::compile(&raw.pinning, &servers)?;
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)
@@ -708,6 +714,7 @@ impl FilterConfig {
             origin_policy,
             virtual_servers,
             upstreams,
+            pins,
         })
     }
 }

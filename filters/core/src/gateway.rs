@@ -186,6 +186,11 @@ pub struct Exchange {
     /// is filtered for the caller, and redaction is every rule for any tool of the server
     /// (see [`Self::rewrite_event`]).
     pub server_stream: bool,
+    /// Pin drift seen in list answers of this exchange ([`crate::pinning`]), for the
+    /// pipeline to count and log ([`Self::take_pin_drifts`]).
+    pub pin_drifts: std::cell::RefCell<Vec<crate::pinning::Drift>>,
+    /// The server's pins, on the GET stream (whose replayed list answers are checked too).
+    pub server_pins: Option<Arc<crate::pinning::ServerPins>>,
 }
 
 /// How the response body must be handled.
@@ -417,6 +422,11 @@ impl Exchange {
         self.list_filter.is_some() && (200..300).contains(&status) && status != 202
     }
 
+    /// The pin drift seen so far in this exchange's answer (emptied).
+    pub fn take_pin_drifts(&self) -> Vec<crate::pinning::Drift> {
+        std::mem::take(&mut self.pin_drifts.borrow_mut())
+    }
+
     /// Whether the messages of this exchange's answer are read at all (list filtering,
     /// redaction, or the GET stream's replayed answers).
     fn governs_messages(&self) -> bool {
@@ -536,9 +546,15 @@ impl Exchange {
         let mut filtered: Option<Vec<u8>> = None;
         for shape in shapes {
             let request_id = id.clone();
-            let filter =
-                ListFilter { shape, request_id, server: self.server.clone(), roles: self.consumer.roles.clone() };
-            match filter.apply(filtered.as_deref().unwrap_or(data.as_bytes()), policy) {
+            let filter = ListFilter {
+                shape,
+                request_id,
+                server: self.server.clone(),
+                roles: self.consumer.roles.clone(),
+                pins: self.server_pins.clone().filter(|p| pins_cover(p, shape)),
+            };
+            let mut drifts = self.pin_drifts.borrow_mut();
+            match filter.apply_pinned(filtered.as_deref().unwrap_or(data.as_bytes()), policy, &mut drifts) {
                 ListOutcome::Unchanged => {}
                 ListOutcome::Rewritten(b) => filtered = Some(b),
                 ListOutcome::Unreadable(error) => return Governed::Refused(error),
@@ -570,7 +586,7 @@ impl Exchange {
     ) -> Governed {
         let filtered = match &self.list_filter {
             None => None,
-            Some(filter) => match filter.apply(message.as_bytes(), policy) {
+            Some(filter) => match filter.apply_pinned(message.as_bytes(), policy, &mut self.pin_drifts.borrow_mut()) {
                 ListOutcome::Unchanged => None,
                 ListOutcome::Rewritten(b) => Some(b),
                 ListOutcome::Unreadable(error) => return Governed::Refused(error),
@@ -662,6 +678,11 @@ impl Governed {
     }
 }
 
+/// Whether `pins` govern the items of a list of `shape` (resource templates are not pinned).
+fn pins_cover(pins: &crate::pinning::ServerPins, shape: mcp::ListShape) -> bool {
+    shape.array != mcp::RESOURCE_TEMPLATES_ARRAY && pins.governs(shape.kind)
+}
+
 /// A UTF-8 byte order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -740,6 +761,7 @@ impl Gateway {
                 // any tool's results: every rule for any tool of the server covers it.
                 let response_redaction =
                     self.config.redactor.plan_any_tool(&server, &consumer.roles, Direction::Response);
+                let server_pins = self.config.pins.server(&server).cloned();
                 HeadDecision::Forward(Exchange {
                     consumer,
                     server,
@@ -752,6 +774,8 @@ impl Gateway {
                     counts_in_flight: false,
                     response_limit: None,
                     server_stream: head.method == "GET",
+                    pin_drifts: Default::default(),
+                    server_pins,
                 })
             }
             "POST" => match self.check_post_head(head, &server) {
@@ -941,6 +965,12 @@ impl Gateway {
         for target in message.named() {
             self.authorize(consumer, server, target).map_err(|r| r.with_id(message.id()))?;
         }
+        // Pinned definitions: one lookup in the pins, one in what the last listing showed.
+        if let (Some(pins), Some(target)) = (self.config.pins.server(server), message.target()) {
+            if let Some(why) = pins.refuse_call(target.kind, &target.name) {
+                return Err(Rejection::forbidden(why).with_id(message.id()));
+            }
+        }
         let tool = message.target().filter(|t| t.kind == ResourceKind::Tool).map(|t| t.name.as_str());
         let sizes = self.config.limits.sizes(server, tool);
         if body.len() as u64 > sizes.max_request_bytes {
@@ -998,6 +1028,7 @@ impl Gateway {
                 request_id: id.clone(),
                 server: server.clone(),
                 roles: consumer.roles.clone(),
+                pins: self.config.pins.server(server).filter(|p| pins_cover(p, shape)).cloned(),
             }),
             _ => None,
         };
@@ -1020,6 +1051,8 @@ impl Gateway {
             counts_in_flight,
             response_limit,
             server_stream: false,
+            pin_drifts: Default::default(),
+            server_pins: None,
         })
     }
 }

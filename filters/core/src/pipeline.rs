@@ -34,6 +34,7 @@ use crate::gateway::{
 };
 use crate::identity::TokenCache;
 use crate::jsonrpc::{code, error_body};
+use crate::pinning::PinMode;
 use crate::quota::{self, LocalCharge, State as QuotaState};
 use crate::redact::RedactionCounts;
 use crate::reject::Rejection;
@@ -747,6 +748,7 @@ impl Stream {
                     Self::note_blocked(&mut self.audit, &new, &exchange.server);
                     host.set_response_body(body_size, &new);
                 }
+                report_pin_drift(host, exchange, &mut self.audit, &self.gateway);
                 Flow::Continue
             }
             Response::Stream(mut rewriter) => {
@@ -757,6 +759,7 @@ impl Stream {
                 if end_of_stream {
                     out.extend(rewriter.finish(&mut rewrite));
                 }
+                report_pin_drift(host, exchange, &mut self.audit, &self.gateway);
                 // An event still growing past the limit is never sent: the stream ends with
                 // an error for the request, and the rest of the upstream's bytes are dropped.
                 // Streams without a request (GET) are bounded by the default limit: the
@@ -784,6 +787,35 @@ impl Stream {
                 }
                 Flow::Continue
             }
+        }
+    }
+}
+
+/// Counts the pin drift an exchange's answer showed (every time, in the audit record's
+/// metrics) and logs each drift once per change: the shared key of (server, kind, name)
+/// holds the last logged (change, pinned, seen) across this Envoy's workers. When that key
+/// cannot be read or written the line is logged anyway (a duplicate line beats a lost one).
+fn report_pin_drift(host: &mut impl Host, exchange: &Exchange, audit: &mut Option<AuditRecord>, gateway: &Gateway) {
+    let drifts = exchange.take_pin_drifts();
+    if drifts.is_empty() {
+        return;
+    }
+    let cap = gateway.max_local_counters();
+    let now_ns = host.now_ns();
+    for drift in drifts {
+        if let Some(record) = audit.as_mut() {
+            record.pin_drifts.push((drift.kind.noun(), drift.change.as_str()));
+        }
+        let value = drift.dedupe_value();
+        let mut fresh = false;
+        let mut compute = |stored: Option<&[u8]>| {
+            fresh = stored != Some(value.as_slice());
+            fresh.then(|| value.clone())
+        };
+        let written = host.update_counter(&drift.dedupe_key(), Some(cap), now_ns, &mut compute);
+        if fresh || written.is_err() {
+            let mode = gateway.config().pins.server(&drift.server).map_or(PinMode::Observe, |p| p.mode);
+            host.log(Level::Warn, format_args!("{}", drift.audit_line(mode)));
         }
     }
 }
