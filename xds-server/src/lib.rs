@@ -34,6 +34,7 @@ pub mod control;
 pub mod envoy_admin;
 pub mod launch;
 pub mod locate;
+pub mod pin;
 pub mod ratelimit;
 pub mod registry;
 pub mod reload;

@@ -94,8 +94,26 @@ impl std::fmt::Debug for PinHash {
 /// The canonical JSON text of `value` (see the module docs).
 pub fn canonical(value: RawJson<'_>) -> Result<String, CanonicalError> {
     let mut out = String::with_capacity(value.text().len());
-    write_value(value, &mut out, 0)?;
+    write_value(value, &mut out, 0, None)?;
     Ok(out)
+}
+
+/// The canonical form laid out for people (members on their own lines, indented by two
+/// spaces per level, starting at `level`): the same tokens in the same order, so its
+/// canonical form is [`canonical`]'s. The lockfile holds definitions in this form.
+pub fn pretty(value: RawJson<'_>, level: usize) -> Result<String, CanonicalError> {
+    let mut out = String::with_capacity(value.text().len() * 2);
+    write_value(value, &mut out, 0, Some(level))?;
+    Ok(out)
+}
+
+fn newline(out: &mut String, indent: Option<usize>) {
+    if let Some(level) = indent {
+        out.push('\n');
+        for _ in 0..level {
+            out.push_str("  ");
+        }
+    }
 }
 
 /// The pin hash of `value`.
@@ -118,7 +136,13 @@ pub enum CanonicalDocumentError {
     Canonical(CanonicalError),
 }
 
-fn write_value(value: RawJson<'_>, out: &mut String, depth: usize) -> Result<(), CanonicalError> {
+fn write_value(
+    value: RawJson<'_>,
+    out: &mut String,
+    depth: usize,
+    indent: Option<usize>,
+) -> Result<(), CanonicalError> {
+    let inner = indent.map(|i| i + 1);
     if depth > MAX_DEPTH {
         return Err(CanonicalError::TooDeep);
     }
@@ -130,23 +154,37 @@ fn write_value(value: RawJson<'_>, out: &mut String, depth: usize) -> Result<(),
             }
             members.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
             out.push('{');
+            let empty = members.is_empty();
             for (i, (key, member)) in members.into_iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
+                newline(out, inner);
                 write_string(&key, out);
                 out.push(':');
-                write_value(member, out, depth + 1)?;
+                if indent.is_some() {
+                    out.push(' ');
+                }
+                write_value(member, out, depth + 1, inner)?;
+            }
+            if !empty {
+                newline(out, indent);
             }
             out.push('}');
         }
         JsonKind::Array => {
             out.push('[');
+            let mut empty = true;
             for (i, element) in value.elements().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                write_value(element, out, depth + 1)?;
+                empty = false;
+                newline(out, inner);
+                write_value(element, out, depth + 1, inner)?;
+            }
+            if !empty {
+                newline(out, indent);
             }
             out.push(']');
         }
@@ -314,6 +352,15 @@ mod tests {
         }
         // A surrogate pair is one character.
         assert_eq!(canon(r#""\ud83d\ude00""#), "\"\u{1F600}\"");
+    }
+
+    #[test]
+    fn the_pretty_form_has_the_same_canonical_form() {
+        let text = r#"{"b":[1,{"y":[],"x":{}}],"a":"\u00e9\n","c":1.50}"#;
+        let strict = crate::jsonrpc::validate_strict(text.as_bytes()).unwrap();
+        let laid_out = pretty(strict.root(), 1).unwrap();
+        assert_eq!(laid_out, "{\n    \"a\": \"é\\n\",\n    \"b\": [\n      1,\n      {\n        \"x\": {},\n        \"y\": []\n      }\n    ],\n    \"c\": 15e-1\n  }");
+        assert_eq!(canon(&laid_out), canon(text));
     }
 
     #[test]
