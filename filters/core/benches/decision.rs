@@ -162,8 +162,8 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("tools_list_100/filter_pinned", |b| {
         b.iter(|| {
-            let mut drifts = Vec::new();
-            black_box(pinned.apply_pinned(black_box(&list), &g.config().policy, &mut drifts))
+            let mut report = meshgate_core::pinning::PinReport::default();
+            black_box(pinned.apply_pinned(black_box(&list), &g.config().policy, &mut report))
         })
     });
     group.finish();

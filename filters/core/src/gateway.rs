@@ -188,8 +188,10 @@ pub struct Exchange {
     pub server_stream: bool,
     /// Pin drift seen in list answers of this exchange ([`crate::pinning`]), for the
     /// pipeline to count and log ([`Self::take_pin_drifts`]).
-    pub pin_drifts: std::cell::RefCell<Vec<crate::pinning::Drift>>,
-    /// The server's pins, on the GET stream (whose replayed list answers are checked too).
+    pub pin_drifts: std::cell::RefCell<crate::pinning::PinReport>,
+    /// The server's pins: on the GET stream (whose replayed list answers are checked too),
+    /// on list requests (whose answers update the drift state), and on a call of a pinned
+    /// item under `enforce` (checked against the drift state before it is forwarded).
     pub server_pins: Option<Arc<crate::pinning::ServerPins>>,
 }
 
@@ -423,7 +425,7 @@ impl Exchange {
     }
 
     /// The pin drift seen so far in this exchange's answer (emptied).
-    pub fn take_pin_drifts(&self) -> Vec<crate::pinning::Drift> {
+    pub fn take_pin_drifts(&self) -> crate::pinning::PinReport {
         std::mem::take(&mut self.pin_drifts.borrow_mut())
     }
 
@@ -965,10 +967,20 @@ impl Gateway {
         for target in message.named() {
             self.authorize(consumer, server, target).map_err(|r| r.with_id(message.id()))?;
         }
-        // Pinned definitions: one lookup in the pins, one in what the last listing showed.
-        if let (Some(pins), Some(target)) = (self.config.pins.server(server), message.target()) {
-            if let Some(why) = pins.refuse_call(target.kind, &target.name) {
-                return Err(Rejection::forbidden(why).with_id(message.id()));
+        // Pinned definitions: an unpinned name is refused here (one lookup in the pins); a
+        // pinned one is checked against what the last listing showed when it is admitted
+        // (the drift state the workers share, `pipeline`).
+        let mut server_pins = None;
+        if let Some(pins) = self.config.pins.server(server) {
+            if let Some(target) = message.target() {
+                if let Some(why) = pins.refuse_call(target.kind, &target.name) {
+                    return Err(Rejection::forbidden(why).with_id(message.id()));
+                }
+                if pins.watches(target.kind, &target.name) {
+                    server_pins = Some(pins.clone());
+                }
+            } else if message.method().and_then(ResourceKind::of_list_method).is_some() {
+                server_pins = Some(pins.clone());
             }
         }
         let tool = message.target().filter(|t| t.kind == ResourceKind::Tool).map(|t| t.name.as_str());
@@ -1052,7 +1064,7 @@ impl Gateway {
             response_limit,
             server_stream: false,
             pin_drifts: Default::default(),
-            server_pins: None,
+            server_pins,
         })
     }
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::jsonrpc::{self, code, JsonKind};
 use crate::mcp::ListShape;
-use crate::pinning::{Drift, PinMode, ServerPins};
+use crate::pinning::{PinMode, PinReport, ServerPins};
 use crate::policy::{Policy, Verdict};
 
 /// What a list response must be filtered against.
@@ -47,11 +47,11 @@ pub enum ListOutcome {
 impl ListFilter {
     /// Filters one upstream message (a JSON body or one SSE event's data).
     pub fn apply(&self, message: &[u8], policy: &Policy) -> ListOutcome {
-        self.apply_pinned(message, policy, &mut Vec::new())
+        self.apply_pinned(message, policy, &mut PinReport::default())
     }
 
-    /// [`Self::apply`], adding every drifted item of a pinned server to `drifts`.
-    pub fn apply_pinned(&self, message: &[u8], policy: &Policy, drifts: &mut Vec<Drift>) -> ListOutcome {
+    /// [`Self::apply`], reporting what a pinned server's items showed to `report`.
+    pub fn apply_pinned(&self, message: &[u8], policy: &Policy, report: &mut PinReport) -> ListOutcome {
         let Ok(strict) = jsonrpc::validate_strict(message) else {
             return self.unreadable("upstream sent a list response that is not valid JSON");
         };
@@ -92,9 +92,8 @@ impl ListFilter {
                 .as_ref()
                 .is_some_and(|name| policy.decide(&self.roles, self.shape.kind, &self.server, name) == Verdict::Allow);
             if let (Some(pins), Some(name)) = (&self.pins, &name) {
-                if let Some(drift) = pins.check_item(self.shape.kind, name, item) {
+                if pins.check_item(self.shape.kind, name, item, report) {
                     allowed &= pins.mode == PinMode::Observe;
-                    drifts.push(drift);
                 }
             }
             if allowed {

@@ -12,7 +12,9 @@
 //!   (`prompts/get`, `resources/read`) naming an unpinned item, or a pinned item whose last
 //!   listing by this server showed a drifted definition, is refused with a JSON-RPC error
 //!   naming the drift, before the upstream sees it. On the call path this is one hash-map
-//!   lookup in the pins and one in [`PinMemory`].
+//!   lookup in the pins and, for a pinned item, one read of the server's drift state (shared
+//!   by the workers of an Envoy: proxy-wasm shared data, or process memory in the native
+//!   build; see [`merge_state`]), written only when a list answer changes it.
 //! - `observe`: everything passes.
 //! - both: every drifted item is counted (`meshgate.pin_drift{server,kind,change}`) and
 //!   written once per change as a log line with the pinned and new hashes (deduplicated per
@@ -24,17 +26,16 @@
 //!
 //! Limits, by design: the gateway sees definitions, never behaviour. A server that lists the
 //! pinned definition and then does something else when called cannot be told apart here;
-//! pinning guarantees that what the model reads is what was reviewed. [`PinMemory`] is per
-//! configuration and (in the wasm build) per worker: after a reload or on a worker that has
-//! not yet seen the drifted listing, a pinned tool stays callable; the client can only have
-//! read its pinned definition through the gateway, since drifted definitions never reach a
-//! client under `enforce`.
+//! pinning guarantees that what the model reads is what was reviewed. Before any listing
+//! showed drift (e.g. right after Envoy starts), a pinned tool is callable: the pin is what
+//! was reviewed, and a client can only have read that definition through the gateway, since
+//! drifted definitions never reach a client under `enforce`.
 
 pub mod canonical;
 pub mod scan;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -151,36 +152,55 @@ impl Drift {
     }
 }
 
-/// What the filter last saw listed for pinned items that drifted, per configuration.
-/// Keyed by (kind, name); holds the drift. A listing that shows the pinned definition again
-/// clears it.
-#[derive(Debug, Default)]
-pub struct PinMemory {
-    drifted: Mutex<HashMap<(ResourceKind, String), Drift>>,
+/// What list answers of one server showed, for the shared drift state: pinned items seen
+/// drifted, and pinned items seen as pinned (which clears an earlier drift).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PinReport {
+    pub drifts: Vec<Drift>,
+    /// Pinned items listed with their pinned definition.
+    pub clean: Vec<(ResourceKind, String)>,
 }
 
-impl PinMemory {
-    fn note(&self, kind: ResourceKind, name: &str, drift: Option<&Drift>) {
-        let mut map = self.drifted.lock().unwrap_or_else(PoisonError::into_inner);
-        match drift {
-            Some(d) => {
-                map.insert((kind, name.to_string()), d.clone());
-            }
-            None => {
-                if !map.is_empty() {
-                    map.remove(&(kind, name.to_string()));
-                }
-            }
-        }
+impl PinReport {
+    pub fn is_empty(&self) -> bool {
+        self.drifts.is_empty() && self.clean.is_empty()
     }
+}
 
-    fn get(&self, kind: ResourceKind, name: &str) -> Option<Drift> {
-        let map = self.drifted.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.is_empty() {
-            return None;
-        }
-        map.get(&(kind, name.to_string())).cloned()
+/// One pinned item whose last listing drifted, as the shared drift state holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredDrift {
+    pub kind: String,
+    pub name: String,
+    pub change: String,
+    pub seen: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
+}
+
+/// The drift state of one server, shared by the workers of an Envoy ([`crate::pipeline::Host::update_counter`]
+/// under [`ServerPins::state_key`]): the pinned items whose last listing drifted. Written only
+/// when a list answer changes it; read once per call to a pinned server under `enforce`.
+pub fn merge_state(stored: Option<&[u8]>, report: &PinReport) -> Option<Vec<u8>> {
+    let before: Vec<StoredDrift> = stored.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+    let mut after = before.clone();
+    for (kind, name) in &report.clean {
+        after.retain(|d| !(d.kind == kind.noun() && &d.name == name));
     }
+    for drift in report.drifts.iter().filter(|d| d.pinned.is_some()) {
+        after.retain(|d| !(d.kind == drift.kind.noun() && d.name == drift.name));
+        after.push(StoredDrift {
+            kind: drift.kind.noun().to_string(),
+            name: drift.name.clone(),
+            change: drift.change.as_str().to_string(),
+            seen: drift.seen.map(|h| h.to_string()),
+            marker: drift.marker.map(String::from),
+        });
+    }
+    if after == before && stored.is_some() {
+        return None;
+    }
+    serde_json::to_vec(&after).ok()
 }
 
 /// One server's compiled pins.
@@ -192,7 +212,6 @@ pub struct ServerPins {
     tools: Option<HashMap<String, PinHash>>,
     resources: Option<HashMap<String, PinHash>>,
     prompts: Option<HashMap<String, PinHash>>,
-    memory: PinMemory,
 }
 
 impl ServerPins {
@@ -218,7 +237,6 @@ impl ServerPins {
             tools: section("tools", &raw.tools)?,
             resources: section("resources", &raw.resources)?,
             prompts: section("prompts", &raw.prompts)?,
-            memory: PinMemory::default(),
         })
     }
 
@@ -235,10 +253,12 @@ impl ServerPins {
         self.section(kind).is_some()
     }
 
-    /// Checks one listed item (its strict JSON `item`, its `name`), remembers the result
-    /// for calls, and returns the drift, if any.
-    pub fn check_item(&self, kind: ResourceKind, name: &str, item: RawJson<'_>) -> Option<Drift> {
-        let section = self.section(kind)?;
+    /// Checks one listed item (its strict JSON `item`, its `name`): its drift goes to
+    /// `report.drifts`; a pinned item listed as pinned to `report.clean`. Whether it drifted.
+    pub fn check_item(&self, kind: ResourceKind, name: &str, item: RawJson<'_>, report: &mut PinReport) -> bool {
+        let Some(section) = self.section(kind) else {
+            return false;
+        };
         let pinned = section.get(name).copied();
         let seen = canonical::hash(item).ok();
         let marker = if self.scan { scan::scan_definition(item) } else { None };
@@ -258,14 +278,51 @@ impl ServerPins {
             seen,
             marker,
         });
-        if pinned.is_some() {
-            self.memory.note(kind, name, drift.as_ref());
+        match drift {
+            Some(drift) => {
+                report.drifts.push(drift);
+                true
+            }
+            None => {
+                report.clean.push((kind, name.to_string()));
+                false
+            }
         }
-        drift
     }
 
-    /// Why a call naming `name` must be refused under `enforce` (`None`: it may go on, or
-    /// the mode is `observe`, or `kind` is not pinned here). The message names the drift.
+    /// The shared-data key of this server's drift state ([`merge_state`]).
+    pub fn state_key(&self) -> String {
+        format!("meshgate.pin_state.{}", self.server)
+    }
+
+    /// Whether a call naming the pinned `name` must be refused under `enforce` because its
+    /// last listing drifted (`stored`: the server's drift state).
+    pub fn refuse_drifted(&self, kind: ResourceKind, name: &str, stored: Option<&[u8]>) -> Option<String> {
+        if self.mode != PinMode::Enforce {
+            return None;
+        }
+        let pinned = self.section(kind)?.get(name)?;
+        let state: Vec<StoredDrift> = serde_json::from_slice(stored?).ok()?;
+        let drift = state.into_iter().find(|d| d.kind == kind.noun() && d.name == name)?;
+        Some(format!(
+            "{} \"{}/{}\" is refused: its listed definition drifted from its pin (pin drift: {}; pinned {pinned}, listed {}{})",
+            kind.noun(),
+            self.server,
+            crate::reject::printable(name),
+            drift.change,
+            drift.seen.as_deref().unwrap_or("unreadable"),
+            drift.marker.map(|m| format!(", marker \"{m}\"")).unwrap_or_default()
+        ))
+    }
+
+    /// Whether calls naming `name` need the drift state (enforce, and a pinned item).
+    pub fn watches(&self, kind: ResourceKind, name: &str) -> bool {
+        self.mode == PinMode::Enforce && self.section(kind).is_some_and(|s| s.contains_key(name))
+    }
+
+    /// Why a call naming `name` must be refused under `enforce` for having no pin (`None`: it
+    /// is pinned, or the mode is `observe`, or `kind` is not pinned here). Calls of pinned
+    /// items are checked against the drift state by the pipeline ([`Self::refuse_drifted`]).
     pub fn refuse_call(&self, kind: ResourceKind, name: &str) -> Option<String> {
         if self.mode != PinMode::Enforce {
             return None;
@@ -273,19 +330,12 @@ impl ServerPins {
         let section = self.section(kind)?;
         let noun = kind.noun();
         let shown = crate::reject::printable(name);
-        let Some(pinned) = section.get(name) else {
-            return Some(format!(
-                "{noun} \"{}/{shown}\" is refused: it has no pinned definition (pin drift: unpinned)",
-                self.server
-            ));
-        };
-        let drift = self.memory.get(kind, name)?;
-        let seen = drift.seen.map_or_else(|| "unreadable".to_string(), |h| h.to_string());
+        if section.contains_key(name) {
+            return None;
+        }
         Some(format!(
-            "{noun} \"{}/{shown}\" is refused: its listed definition drifted from its pin (pin drift: {}; pinned {pinned}, listed {seen}{})",
-            self.server,
-            drift.change.as_str(),
-            drift.marker.map(|m| format!(", marker \"{m}\"")).unwrap_or_default()
+            "{noun} \"{}/{shown}\" is refused: it has no pinned definition (pin drift: unpinned)",
+            self.server
         ))
     }
 }

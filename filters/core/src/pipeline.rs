@@ -300,6 +300,35 @@ impl Stream {
     /// body decision started). `Err` is the answer to send.
     fn admit(&mut self, host: &mut impl Host, exchange: &Exchange, now_ns: u64) -> Result<(), Rejection> {
         let id = exchange.request_id();
+        // A call of a pinned item under enforce: refused when its last listing (on any
+        // worker) drifted. One read of the server's drift state; fails closed.
+        if let (Some(pins), Some(target)) = (&exchange.server_pins, exchange.message.as_ref().and_then(|m| m.target()))
+        {
+            let mut refusal = None;
+            let mut compute = |stored: Option<&[u8]>| {
+                refusal = pins.refuse_drifted(target.kind, &target.name, stored);
+                None
+            };
+            match host.update_counter(&pins.state_key(), None, now_ns, &mut compute) {
+                Ok(()) => {}
+                Err(e) => {
+                    host.log(
+                        Level::Error,
+                        format_args!("meshgate: pin drift state of {} unavailable: {e}", pins.server),
+                    );
+                    return Err(Rejection::forbidden(format!(
+                        "{} \"{}/{}\" is refused: the pin drift state cannot be read",
+                        target.kind.noun(),
+                        pins.server,
+                        crate::reject::printable(&target.name)
+                    ))
+                    .with_id(id));
+                }
+            }
+            if let Some(why) = refusal {
+                return Err(Rejection::forbidden(why).with_id(id));
+            }
+        }
         if let (true, Some(max)) = (exchange.counts_in_flight, self.gateway.max_in_flight()) {
             let key = quota::in_flight_key(&exchange.consumer.name);
             let mut taken = false;
@@ -796,13 +825,20 @@ impl Stream {
 /// holds the last logged (change, pinned, seen) across this Envoy's workers. When that key
 /// cannot be read or written the line is logged anyway (a duplicate line beats a lost one).
 fn report_pin_drift(host: &mut impl Host, exchange: &Exchange, audit: &mut Option<AuditRecord>, gateway: &Gateway) {
-    let drifts = exchange.take_pin_drifts();
-    if drifts.is_empty() {
+    let report = exchange.take_pin_drifts();
+    if report.is_empty() {
         return;
     }
     let cap = gateway.max_local_counters();
     let now_ns = host.now_ns();
-    for drift in drifts {
+    // The drift state calls are checked against: one read, and a write only when it changed.
+    if let Some(pins) = &exchange.server_pins {
+        let mut compute = |stored: Option<&[u8]>| crate::pinning::merge_state(stored, &report);
+        if let Err(e) = host.update_counter(&pins.state_key(), None, now_ns, &mut compute) {
+            host.log(Level::Error, format_args!("meshgate: pin drift state of {} not updated: {e}", pins.server));
+        }
+    }
+    for drift in report.drifts {
         if let Some(record) = audit.as_mut() {
             record.pin_drifts.push((drift.kind.noun(), drift.change.as_str()));
         }

@@ -26,6 +26,11 @@ fn policy() -> Policy {
 }
 
 fn list(p: &Pins, items: &[&str]) -> (Vec<String>, Vec<Drift>) {
+    let (names, report) = list_report(p, items);
+    (names, report.drifts)
+}
+
+fn list_report(p: &Pins, items: &[&str]) -> (Vec<String>, PinReport) {
     let filter = ListFilter {
         shape: crate::mcp::ResourceKind::of_list_method("tools/list").unwrap(),
         request_id: json!(1),
@@ -34,8 +39,8 @@ fn list(p: &Pins, items: &[&str]) -> (Vec<String>, Vec<Drift>) {
         pins: p.server("crm").cloned(),
     };
     let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{}]}}}}"#, items.join(","));
-    let mut drifts = Vec::new();
-    let out = filter.apply_pinned(body.as_bytes(), &policy(), &mut drifts);
+    let mut report = PinReport::default();
+    let out = filter.apply_pinned(body.as_bytes(), &policy(), &mut report);
     let bytes = match out {
         ListOutcome::Unchanged => body.into_bytes(),
         ListOutcome::Rewritten(b) => b,
@@ -44,7 +49,7 @@ fn list(p: &Pins, items: &[&str]) -> (Vec<String>, Vec<Drift>) {
     let v: Value = serde_json::from_slice(&bytes).unwrap();
     let names =
         v["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
-    (names, drifts)
+    (names, report)
 }
 
 #[test]
@@ -56,6 +61,10 @@ fn pinned_definitions_pass_in_any_formatting() {
     assert_eq!(names, ["get_weather", "get_time"]);
     assert!(drifts.is_empty(), "{drifts:?}");
     assert_eq!(p.server("crm").unwrap().refuse_call(ResourceKind::Tool, "get_weather"), None);
+    assert_eq!(
+        p.server("crm").unwrap().refuse_call(ResourceKind::Tool, "get_weather2").map(|m| m.contains("unpinned")),
+        Some(true)
+    );
 }
 
 #[test]
@@ -65,7 +74,9 @@ fn enforce_removes_drift_and_refuses_calls_observe_passes() {
     let renamed = WEATHER.replace("get_weather", "get_weather2");
     for mode in [PinMode::Enforce, PinMode::Observe] {
         let p = pins(mode, false);
-        let (names, drifts) = list(&p, &[&edited, &widened, &renamed]);
+        let (names, report) = list_report(&p, &[&edited, &widened, &renamed]);
+        let state = merge_state(None, &report).unwrap();
+        let drifts = report.drifts;
         let changes: Vec<_> = drifts.iter().map(|d| (d.name.as_str(), d.change)).collect();
         assert_eq!(
             changes,
@@ -75,7 +86,8 @@ fn enforce_removes_drift_and_refuses_calls_observe_passes() {
         assert_eq!(drifts[0].seen.unwrap().to_string(), hash_of(&edited));
         assert!(drifts[0].audit_line(mode).contains(&hash_of(&edited)));
         let server = p.server("crm").unwrap();
-        let refusal = server.refuse_call(ResourceKind::Tool, "get_weather");
+        assert_eq!(server.refuse_call(ResourceKind::Tool, "get_weather"), None, "pinned: checked against the state");
+        let refusal = server.refuse_drifted(ResourceKind::Tool, "get_weather", Some(&state));
         let unpinned = server.refuse_call(ResourceKind::Tool, "get_weather2");
         match mode {
             PinMode::Enforce => {
@@ -92,10 +104,19 @@ fn enforce_removes_drift_and_refuses_calls_observe_passes() {
                 assert_eq!((refusal, unpinned), (None, None));
             }
         }
+        // Unchanged state is not written again.
+        let (_, again) = list_report(&p, &[&edited, &widened, &renamed]);
+        assert_eq!(merge_state(Some(&state), &again), None);
         // The server reverts: the pinned tool is callable again.
-        let (names, drifts) = list(&p, &[WEATHER]);
-        assert_eq!((names.len(), drifts.len()), (1, 0));
-        assert_eq!(server.refuse_call(ResourceKind::Tool, "get_weather"), None);
+        let (names, report) = list_report(&p, &[WEATHER]);
+        assert_eq!((names.len(), report.drifts.len()), (1, 0));
+        let state = merge_state(Some(&state), &report).unwrap();
+        assert_eq!(server.refuse_drifted(ResourceKind::Tool, "get_weather", Some(&state)), None);
+        assert_eq!(
+            server.refuse_drifted(ResourceKind::Tool, "get_time", Some(&state)).is_some(),
+            mode == PinMode::Enforce,
+            "get_time was not listed again: still drifted"
+        );
     }
 }
 
@@ -117,10 +138,12 @@ fn scan_flags_pinned_and_new_definitions() {
     let p =
         Pins::compile(&[("crm".to_string(), raw)].into_iter().collect(), &["crm".to_string()].into_iter().collect())
             .unwrap();
-    let (names, drifts) = list(&p, &[&poisoned]);
+    let (names, report) = list_report(&p, &[&poisoned]);
     assert!(names.is_empty());
-    assert_eq!(drifts[0].change, Change::Flagged);
-    assert!(p.server("crm").unwrap().refuse_call(ResourceKind::Tool, "get_weather").unwrap().contains("flagged"));
+    assert_eq!(report.drifts[0].change, Change::Flagged);
+    let state = merge_state(None, &report).unwrap();
+    let why = p.server("crm").unwrap().refuse_drifted(ResourceKind::Tool, "get_weather", Some(&state)).unwrap();
+    assert!(why.contains("flagged") && why.contains("marker"), "{why}");
 }
 
 #[test]
@@ -142,7 +165,7 @@ fn hostile_lists_fail_closed_whole() {
         r#"{"name":"get_weather","inputSchema":{"maximum":NaN}}"#,
     ] {
         let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{item}]}}}}"#);
-        let out = filter.apply_pinned(body.as_bytes(), &policy(), &mut Vec::new());
+        let out = filter.apply_pinned(body.as_bytes(), &policy(), &mut PinReport::default());
         assert!(matches!(out, ListOutcome::Unreadable(_)), "{item}");
     }
 }
