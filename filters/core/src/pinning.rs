@@ -173,6 +173,9 @@ pub struct StoredDrift {
     pub kind: String,
     pub name: String,
     pub change: String,
+    /// The pin it drifted from: state about another pin (before `meshgate pin --update`
+    /// reached this Envoy) is stale and ignored.
+    pub pinned: String,
     pub seen: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marker: Option<String>,
@@ -187,12 +190,14 @@ pub fn merge_state(stored: Option<&[u8]>, report: &PinReport) -> Option<Vec<u8>>
     for (kind, name) in &report.clean {
         after.retain(|d| !(d.kind == kind.noun() && &d.name == name));
     }
-    for drift in report.drifts.iter().filter(|d| d.pinned.is_some()) {
+    for drift in &report.drifts {
+        let Some(pinned) = drift.pinned else { continue };
         after.retain(|d| !(d.kind == drift.kind.noun() && d.name == drift.name));
         after.push(StoredDrift {
             kind: drift.kind.noun().to_string(),
             name: drift.name.clone(),
             change: drift.change.as_str().to_string(),
+            pinned: pinned.to_string(),
             seen: drift.seen.map(|h| h.to_string()),
             marker: drift.marker.map(String::from),
         });
@@ -303,7 +308,8 @@ impl ServerPins {
         }
         let pinned = self.section(kind)?.get(name)?;
         let state: Vec<StoredDrift> = serde_json::from_slice(stored?).ok()?;
-        let drift = state.into_iter().find(|d| d.kind == kind.noun() && d.name == name)?;
+        let current = pinned.to_string();
+        let drift = state.into_iter().find(|d| d.kind == kind.noun() && d.name == name && d.pinned == current)?;
         Some(format!(
             "{} \"{}/{}\" is refused: its listed definition drifted from its pin (pin drift: {}; pinned {pinned}, listed {}{})",
             kind.noun(),
