@@ -123,16 +123,24 @@ pub struct Drift {
 }
 
 impl Drift {
-    /// The shared-data key that deduplicates this drift's log line across workers.
-    pub fn dedupe_key(&self) -> String {
-        format!("meshgate.pin.{}.{}.{}", self.server, self.kind.noun(), crate::reject::printable(&self.name))
-    }
-
-    /// What the dedupe key holds once this drift was logged.
-    pub fn dedupe_value(&self) -> Vec<u8> {
+    /// What identifies this change for the once-per-change log line: 8 bytes of the SHA-256
+    /// of kind, name, change, pinned and seen hash, and marker.
+    pub fn digest(&self) -> [u8; 8] {
+        use sha2::{Digest as _, Sha256};
         let show = |h: Option<PinHash>| h.map_or_else(|| "none".to_string(), |h| h.to_string());
-        format!("{}|{}|{}|{}", self.change.as_str(), show(self.pinned), show(self.seen), self.marker.unwrap_or(""))
-            .into_bytes()
+        let text = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            self.kind.noun(),
+            self.name,
+            self.change.as_str(),
+            show(self.pinned),
+            show(self.seen),
+            self.marker.unwrap_or("")
+        );
+        let hash = Sha256::digest(text.as_bytes());
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&hash[..8]);
+        out
     }
 
     /// The audit line for this drift (one per change).
@@ -165,6 +173,36 @@ impl PinReport {
     pub fn is_empty(&self) -> bool {
         self.drifts.is_empty() && self.clean.is_empty()
     }
+}
+
+/// Most changes one server's log-dedupe set remembers ([`note_logged`]); past it the set
+/// starts over (a change may then be logged again: bounded memory whatever a server lists).
+pub const MAX_LOGGED_CHANGES: usize = 4096;
+
+/// The drifts of `drifts` not yet logged for their server, given the server's dedupe set
+/// `stored` (8-byte digests, [`Drift::digest`]); and the set to store (`None`: unchanged).
+/// One shared key per server, whatever a hostile server lists.
+pub fn note_logged(stored: Option<&[u8]>, drifts: &[Drift]) -> (Vec<usize>, Option<Vec<u8>>) {
+    let mut set: Vec<u8> = stored.unwrap_or_default().to_vec();
+    let mut fresh = Vec::new();
+    for (i, drift) in drifts.iter().enumerate() {
+        let digest = drift.digest();
+        if set.chunks_exact(8).any(|d| d == digest) {
+            continue;
+        }
+        if set.len() / 8 >= MAX_LOGGED_CHANGES {
+            set.clear();
+        }
+        set.extend_from_slice(&digest);
+        fresh.push(i);
+    }
+    let write = (!fresh.is_empty()).then_some(set);
+    (fresh, write)
+}
+
+/// The shared-data key of a server's log-dedupe set ([`note_logged`]).
+pub fn logged_key(server: &str) -> String {
+    format!("meshgate.pin_logged.{server}")
 }
 
 /// One pinned item whose last listing drifted, as the shared drift state holds it.

@@ -820,16 +820,15 @@ impl Stream {
     }
 }
 
-/// Counts the pin drift an exchange's answer showed (every time, in the audit record's
-/// metrics) and logs each drift once per change: the shared key of (server, kind, name)
-/// holds the last logged (change, pinned, seen) across this Envoy's workers. When that key
-/// cannot be read or written the line is logged anyway (a duplicate line beats a lost one).
+/// Updates the server's drift state, counts the pin drift an exchange's answer showed (every
+/// time, in the audit record's metrics) and logs each drift once per change across this
+/// Envoy's workers ([`crate::pinning::note_logged`]). When the dedupe set cannot be read or
+/// written the lines are logged anyway (a duplicate line beats a lost one).
 fn report_pin_drift(host: &mut impl Host, exchange: &Exchange, audit: &mut Option<AuditRecord>, gateway: &Gateway) {
     let report = exchange.take_pin_drifts();
     if report.is_empty() {
         return;
     }
-    let cap = gateway.max_local_counters();
     let now_ns = host.now_ns();
     // The drift state calls are checked against: one read, and a write only when it changed.
     if let Some(pins) = &exchange.server_pins {
@@ -838,21 +837,28 @@ fn report_pin_drift(host: &mut impl Host, exchange: &Exchange, audit: &mut Optio
             host.log(Level::Error, format_args!("meshgate: pin drift state of {} not updated: {e}", pins.server));
         }
     }
-    for drift in report.drifts {
-        if let Some(record) = audit.as_mut() {
-            record.pin_drifts.push((drift.kind.noun(), drift.change.as_str()));
-        }
-        let value = drift.dedupe_value();
-        let mut fresh = false;
-        let mut compute = |stored: Option<&[u8]>| {
-            fresh = stored != Some(value.as_slice());
-            fresh.then(|| value.clone())
-        };
-        let written = host.update_counter(&drift.dedupe_key(), Some(cap), now_ns, &mut compute);
-        if fresh || written.is_err() {
-            let mode = gateway.config().pins.server(&drift.server).map_or(PinMode::Observe, |p| p.mode);
-            host.log(Level::Warn, format_args!("{}", drift.audit_line(mode)));
-        }
+    if report.drifts.is_empty() {
+        return;
+    }
+    if let Some(record) = audit.as_mut() {
+        record.pin_drifts.extend(report.drifts.iter().map(|d| (d.kind.noun(), d.change.as_str())));
+    }
+    // One line per change: the server's dedupe set (one shared key per server) says which
+    // drifts were logged already. When it cannot be read, every line is written.
+    let server = &report.drifts[0].server;
+    let mut fresh: Vec<usize> = (0..report.drifts.len()).collect();
+    let mut compute = |stored: Option<&[u8]>| {
+        let (new, write) = crate::pinning::note_logged(stored, &report.drifts);
+        fresh = new;
+        write
+    };
+    if let Err(e) = host.update_counter(&crate::pinning::logged_key(server), None, now_ns, &mut compute) {
+        host.log(Level::Warn, format_args!("meshgate: pin drift log dedupe of {server} unavailable: {e}"));
+        fresh = (0..report.drifts.len()).collect();
+    }
+    let mode = gateway.config().pins.server(server).map_or(PinMode::Observe, |p| p.mode);
+    for drift in fresh.into_iter().filter_map(|i| report.drifts.get(i)) {
+        host.log(Level::Warn, format_args!("{}", drift.audit_line(mode)));
     }
 }
 

@@ -192,3 +192,29 @@ fn bad_pins_are_refused_at_configure_time() {
         Pins::compile(&[("erp".to_string(), RawServerPins::default())].into_iter().collect(), &servers).unwrap_err();
     assert_eq!(e.path(), Some("pinning.erp"));
 }
+
+#[test]
+fn the_log_dedupe_set_is_one_bounded_key_per_server() {
+    let drift = |name: &str, seen: u8| Drift {
+        server: "crm".into(),
+        kind: ResourceKind::Tool,
+        name: name.into(),
+        change: Change::Unpinned,
+        pinned: None,
+        seen: Some(PinHash([seen; 32])),
+        marker: None,
+    };
+    let first = [drift("a", 1), drift("b", 1)];
+    let (fresh, set) = note_logged(None, &first);
+    assert_eq!(fresh, [0, 1]);
+    let set = set.unwrap();
+    // Seen again: nothing to log, nothing to write. A new hash of `a` is a new change.
+    assert_eq!(note_logged(Some(&set), &first), (vec![], None));
+    let (fresh, _) = note_logged(Some(&set), &[drift("a", 2), drift("b", 1)]);
+    assert_eq!(fresh, [0]);
+    // A server listing endless new names never grows the set past its bound.
+    let flood: Vec<Drift> = (0..MAX_LOGGED_CHANGES + 10).map(|i| drift(&format!("t{i}"), 1)).collect();
+    let (fresh, set) = note_logged(Some(&set), &flood);
+    assert_eq!(fresh.len(), flood.len());
+    assert!(set.unwrap().len() <= MAX_LOGGED_CHANGES * 8);
+}
