@@ -294,9 +294,12 @@ def forwarded_credential_headers(entries: Iterable[dict[str, Any]]) -> list[tupl
 # --------------------------------------------------------------------------- upstream + gateway processes
 
 
-def start_upstream(name: str, script: str | Path, workdir: Path, args: Sequence[str] = ()) -> Upstream:
+def start_upstream(
+    name: str, script: str | Path, workdir: Path, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Upstream:
     """Starts a Python MCP upstream (`script`: a file in examples/servers, or a path) on a free
-    port (`--port 0 --port-file`), logging every request to `upstream-<name>.jsonl`."""
+    port (`--port 0 --port-file`), logging every request to `upstream-<name>.jsonl`; `env`
+    adds environment variables."""
     log_path = workdir / f"upstream-{name}.jsonl"
     port_file = workdir / f"upstream-{name}.port"
     path = script if isinstance(script, Path) else SERVERS / script
@@ -304,7 +307,7 @@ def start_upstream(name: str, script: str | Path, workdir: Path, args: Sequence[
         name,
         [sys.executable, str(path), *args, "--port", "0", "--port-file", str(port_file)],
         workdir / f"upstream-{name}.out",
-        env={"MESHGATE_UPSTREAM_LOG": str(log_path)},
+        env={"MESHGATE_UPSTREAM_LOG": str(log_path), **(env or {})},
     )
     deadline = time.monotonic() + 30
     while not port_file.exists():

@@ -7,6 +7,7 @@
 //! | `GET /status` | snapshot version and counts, the last registry load error, per Envoy node: streams, last ACKed version per type, last NACK (Envoy's message) and NACK count |
 //! | `GET /registry` | the loaded registry; credential values are never shown (`[redacted]`), API keys show consumer and roles only |
 //! | `GET /catalog` | servers, their paths and tools: discovered from the servers ([`crate::discovery`]), declared tools as overrides |
+//! | `GET /pins/drift` | per pinned server: its mode and every definition it serves now that differs from the lockfile (changed, unpinned, removed) with both hashes and a line diff; meshgate asks the servers on each request, as `meshgate pin` does |
 //! | `GET /metrics` | Prometheus text: global rate-limit decisions per rule, store errors, control-plane counters |
 //! | `GET /wasm/meshgate.wasm` | the filter module Envoys fetch (`x-sha256` header), when meshgate serves it |
 //!
@@ -69,6 +70,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/registry", get(registry))
         .route("/catalog", get(catalog))
         .route("/metrics", get(metrics))
+        .route("/pins/drift", get(pin_drift))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -147,6 +149,13 @@ async fn registry(State(state): State<AdminState>) -> Response {
 async fn catalog(State(state): State<AdminState>) -> Response {
     match state.control.registry() {
         Some(registry) => Json(catalog_view(&registry, &state.catalog)).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no registry loaded\n").into_response(),
+    }
+}
+
+async fn pin_drift(State(state): State<AdminState>) -> Response {
+    match state.control.registry() {
+        Some(registry) => Json(crate::pin::drift_view(&registry).await).into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no registry loaded\n").into_response(),
     }
 }

@@ -165,6 +165,22 @@ pub enum Command {
         #[arg(long, value_name = "NAME", requires = "xds_ca")]
         xds_server_name: Option<String>,
     },
+    /// Pin tool, resource and prompt definitions: connect to each server (or those named)
+    /// with the MCP protocol and write their definitions and hashes into the registry's
+    /// lockfile (`pinning.lockfile`, default `<registry stem>.lock.json` beside it). With
+    /// --update, accept only the named changes.
+    Pin {
+        /// The registry YAML file.
+        #[arg(short, long, value_name = "FILE")]
+        registry: PathBuf,
+        /// Accept the current definition of SERVER/NAME (a tool, else a prompt, else a
+        /// resource URI), or drop it when the server no longer lists it. Repeatable.
+        #[arg(long, value_name = "SERVER/NAME")]
+        update: Vec<String>,
+        /// Servers to pin whole [default: every server with `pinning`, else every server].
+        #[arg(value_name = "SERVER", conflicts_with = "update")]
+        servers: Vec<String>,
+    },
     /// Print what another control plane needs to run the filter with the registry's policy
     /// (multi-document YAML for `kubectl apply -f -`).
     Render {
@@ -347,6 +363,9 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate { registry } => validate(registry),
+        Command::Pin { registry, update, servers } => {
+            pin(crate::pin::PinRequest { registry, servers, updates: update })
+        }
         Command::Bootstrap {
             registry,
             wasm,
@@ -435,6 +454,25 @@ pub fn run(cli: Cli) -> ExitCode {
                 ServeArgs { registry, xds_listen, admin_listen, wasm, wasm_url, wasm_url_ca, native, ready_file },
                 security,
             )
+        }
+    }
+}
+
+fn pin(request: crate::pin::PinRequest) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::pin::run(&request)) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meshgate pin: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -132,11 +132,39 @@ fn bench(c: &mut Criterion) {
         request_id: json!(7),
         server: "crm".into(),
         roles: vec!["reader".into()],
+        pins: None,
     };
+    // The same list checked against pins of every tool (enforce: half of them drifted).
+    let mut raw_pins = meshgate_core::pinning::RawServerPins {
+        mode: meshgate_core::pinning::PinMode::Enforce,
+        tools: Some(Default::default()),
+        ..Default::default()
+    };
+    for (i, tool) in tools.iter().enumerate() {
+        let text = if i % 4 == 0 { tool.to_string().replace("a thing", "another thing") } else { tool.to_string() };
+        let canonical =
+            meshgate_core::pinning::canonical::canonical_document(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let hash = meshgate_core::pinning::PinHash::of_canonical(&canonical).to_string();
+        if let (Some(map), Some(name)) = (raw_pins.tools.as_mut(), tool["name"].as_str()) {
+            map.insert(name.to_string(), hash);
+        }
+    }
+    let pins = meshgate_core::pinning::Pins::compile(
+        &[("crm".to_string(), raw_pins)].into_iter().collect(),
+        &["crm".to_string()].into_iter().collect(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pinned = ListFilter { pins: pins.server("crm").cloned(), ..filter.clone() };
     let mut group = c.benchmark_group("list");
     group.throughput(Throughput::Bytes(list.len() as u64));
     group.bench_function("tools_list_100/filter", |b| {
         b.iter(|| black_box(filter.apply(black_box(&list), &g.config().policy)))
+    });
+    group.bench_function("tools_list_100/filter_pinned", |b| {
+        b.iter(|| {
+            let mut report = meshgate_core::pinning::PinReport::default();
+            black_box(pinned.apply_pinned(black_box(&list), &g.config().policy, &mut report))
+        })
     });
     group.finish();
 

@@ -97,9 +97,14 @@ pub mod metric {
     /// Counter `meshgate.fan_out_omissions.server.<virtual server>.backend.<server>`: a
     /// backing server left out of a virtual server's discovery answer (down, slow, unreadable).
     pub const FAN_OUT_OMISSIONS: &str = "meshgate.fan_out_omissions";
+    /// Counter `meshgate.pin_drift.server.<s>.kind.<tool|resource|prompt>.change.<c>`: a
+    /// listed definition of a pinned server that drifted from its pin
+    /// ([`crate::pinning::Change`]: `changed`, `unpinned`, `unreadable`, `flagged`), per
+    /// list answer that showed it.
+    pub const PIN_DRIFT: &str = "meshgate.pin_drift";
 
     /// Every counter root.
-    pub const COUNTERS: [&str; 5] = [REQUESTS, TOOL_CALLS, REDACTIONS, UPSTREAM_ERRORS, FAN_OUT_OMISSIONS];
+    pub const COUNTERS: [&str; 6] = [REQUESTS, TOOL_CALLS, REDACTIONS, UPSTREAM_ERRORS, FAN_OUT_OMISSIONS, PIN_DRIFT];
     /// Every histogram root.
     pub const HISTOGRAMS: [&str; 1] = [DECISION_TIME_US];
 }
@@ -114,6 +119,8 @@ pub mod label {
     pub const DETECTOR: &str = "detector";
     pub const CODE: &str = "code";
     pub const BACKEND: &str = "backend";
+    pub const KIND: &str = "kind";
+    pub const CHANGE: &str = "change";
 }
 
 /// Longest label value kept; longer names are cut (the metric stays, bounded).
@@ -257,6 +264,8 @@ pub struct AuditRecord {
     pub arguments: Option<String>,
     /// A virtual server's discovery answer: the backing servers left out of it.
     pub fan_out_omissions: Vec<String>,
+    /// Pin drift seen in this exchange's list answer: (kind noun, change) per drifted item.
+    pub pin_drifts: Vec<(&'static str, &'static str)>,
 }
 
 impl AuditRecord {
@@ -525,6 +534,10 @@ impl AuditRecord {
             // Server names: configured, bounded, already clean.
             visit(MetricKind::Counter, metric::FAN_OUT_OMISSIONS, &[&server, backend], 1);
         }
+        for (kind, change) in &self.pin_drifts {
+            // Fixed sets of values: bounded.
+            visit(MetricKind::Counter, metric::PIN_DRIFT, &[&server, kind, change], 1);
+        }
     }
 }
 
@@ -582,6 +595,7 @@ pub fn metric_labels(root: &str, options: MetricOptions) -> &'static [&'static s
         metric::REDACTIONS => &[label::SERVER, label::TOOL, label::DETECTOR],
         metric::UPSTREAM_ERRORS => &[label::SERVER, label::CODE],
         metric::FAN_OUT_OMISSIONS => &[label::SERVER, label::BACKEND],
+        metric::PIN_DRIFT => &[label::SERVER, label::KIND, label::CHANGE],
         _ => &[],
     }
 }

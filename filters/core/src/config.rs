@@ -78,6 +78,9 @@ pub struct RawFilterConfig {
     /// still accepted; new ids are sealed with the current key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_session_previous_key_env: Option<String>,
+    /// Pinned definitions per server ([`crate::pinning`]), from the registry's lockfile.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pinning: BTreeMap<String, crate::pinning::RawServerPins>,
 }
 
 /// How the filter reports what it decided.
@@ -637,6 +640,8 @@ pub struct FilterConfig {
     /// The keys of virtual-server session ids (`virtual_session_key_env`); `None`: the
     /// session-based eras are refused on virtual servers.
     pub virtual_session_keys: Option<crate::session_seal::SessionKeys>,
+    /// Pinned definitions ([`crate::pinning`]).
+    pub pins: crate::pinning::Pins,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -713,6 +718,7 @@ impl FilterConfig {
             }
             (None, None) => None,
         };
+        let pins = crate::pinning::Pins::compile(&raw.pinning, &servers)?;
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)
@@ -736,6 +742,7 @@ impl FilterConfig {
             virtual_servers,
             upstreams,
             virtual_session_keys,
+            pins,
         })
     }
 }

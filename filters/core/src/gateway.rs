@@ -201,6 +201,13 @@ pub struct Exchange {
     /// session ([`virtual_session`]): server→client requests on its SSE answer get ids
     /// naming the server, and a 404 (the backend's session ended) is answered 404.
     pub session_backend: Option<String>,
+    /// Pin drift seen in list answers of this exchange ([`crate::pinning`]), for the
+    /// pipeline to count and log ([`Self::take_pin_drifts`]).
+    pub pin_drifts: std::cell::RefCell<crate::pinning::PinReport>,
+    /// The server's pins: on the GET stream (whose replayed list answers are checked too),
+    /// on list requests (whose answers update the drift state), and on a call of a pinned
+    /// item under `enforce` (checked against the drift state before it is forwarded).
+    pub server_pins: Option<Arc<crate::pinning::ServerPins>>,
 }
 
 /// How the response body must be handled.
@@ -436,6 +443,11 @@ impl Exchange {
         self.list_filter.is_some() && (200..300).contains(&status) && status != 202
     }
 
+    /// The pin drift seen so far in this exchange's answer (emptied).
+    pub fn take_pin_drifts(&self) -> crate::pinning::PinReport {
+        std::mem::take(&mut self.pin_drifts.borrow_mut())
+    }
+
     /// Whether the messages of this exchange's answer are read at all (list filtering,
     /// redaction, or the GET stream's replayed answers).
     fn governs_messages(&self) -> bool {
@@ -564,9 +576,15 @@ impl Exchange {
         let mut filtered: Option<Vec<u8>> = None;
         for shape in shapes {
             let request_id = id.clone();
-            let filter =
-                ListFilter { shape, request_id, server: self.server.clone(), roles: self.consumer.roles.clone() };
-            match filter.apply(filtered.as_deref().unwrap_or(data.as_bytes()), policy) {
+            let filter = ListFilter {
+                shape,
+                request_id,
+                server: self.server.clone(),
+                roles: self.consumer.roles.clone(),
+                pins: self.server_pins.clone().filter(|p| pins_cover(p, shape)),
+            };
+            let mut drifts = self.pin_drifts.borrow_mut();
+            match filter.apply_pinned(filtered.as_deref().unwrap_or(data.as_bytes()), policy, &mut drifts) {
                 ListOutcome::Unchanged => {}
                 ListOutcome::Rewritten(b) => filtered = Some(b),
                 ListOutcome::Unreadable(error) => return Governed::Refused(error),
@@ -598,7 +616,7 @@ impl Exchange {
     ) -> Governed {
         let filtered = match &self.list_filter {
             None => None,
-            Some(filter) => match filter.apply(message.as_bytes(), policy) {
+            Some(filter) => match filter.apply_pinned(message.as_bytes(), policy, &mut self.pin_drifts.borrow_mut()) {
                 ListOutcome::Unchanged => None,
                 ListOutcome::Rewritten(b) => Some(b),
                 ListOutcome::Unreadable(error) => return Governed::Refused(error),
@@ -706,6 +724,11 @@ impl Governed {
     }
 }
 
+/// Whether `pins` govern the items of a list of `shape` (resource templates are not pinned).
+fn pins_cover(pins: &crate::pinning::ServerPins, shape: mcp::ListShape) -> bool {
+    shape.array != mcp::RESOURCE_TEMPLATES_ARRAY && pins.governs(shape.kind)
+}
+
 /// A UTF-8 byte order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -806,6 +829,7 @@ impl Gateway {
                 // any tool's results: every rule for any tool of the server covers it.
                 let response_redaction =
                     self.config.redactor.plan_any_tool(&server, &consumer.roles, Direction::Response);
+                let server_pins = self.config.pins.server(&server).cloned();
                 HeadDecision::Forward(Exchange {
                     consumer,
                     server,
@@ -819,6 +843,8 @@ impl Gateway {
                     response_limit: None,
                     server_stream: head.method == "GET",
                     session_backend: None,
+                    pin_drifts: Default::default(),
+                    server_pins,
                 })
             }
             "POST" => match self.check_post_head(head, &server) {
@@ -1010,6 +1036,22 @@ impl Gateway {
         for target in message.named() {
             self.authorize(consumer, server, target).map_err(|r| r.with_id(message.id()))?;
         }
+        // Pinned definitions: an unpinned name is refused here (one lookup in the pins); a
+        // pinned one is checked against what the last listing showed when it is admitted
+        // (the drift state the workers share, `pipeline`).
+        let mut server_pins = None;
+        if let Some(pins) = self.config.pins.server(server) {
+            if let Some(target) = message.target() {
+                if let Some(why) = pins.refuse_call(target.kind, &target.name) {
+                    return Err(Rejection::forbidden(why).with_id(message.id()));
+                }
+                if pins.watches(target.kind, &target.name) {
+                    server_pins = Some(pins.clone());
+                }
+            } else if message.method().and_then(ResourceKind::of_list_method).is_some() {
+                server_pins = Some(pins.clone());
+            }
+        }
         let tool = message.target().filter(|t| t.kind == ResourceKind::Tool).map(|t| t.name.as_str());
         let sizes = self.config.limits.sizes(server, tool);
         if body.len() as u64 > sizes.max_request_bytes {
@@ -1067,6 +1109,7 @@ impl Gateway {
                 request_id: id.clone(),
                 server: server.clone(),
                 roles: consumer.roles.clone(),
+                pins: self.config.pins.server(server).filter(|p| pins_cover(p, shape)).cloned(),
             }),
             _ => None,
         };
@@ -1090,6 +1133,8 @@ impl Gateway {
             response_limit,
             server_stream: false,
             session_backend: None,
+            pin_drifts: Default::default(),
+            server_pins,
         })
     }
 }

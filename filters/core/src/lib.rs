@@ -32,6 +32,7 @@ pub mod listing;
 pub mod mcp;
 pub mod origin;
 pub mod param_headers;
+pub mod pinning;
 pub mod pipeline;
 pub mod policy;
 pub mod quota;

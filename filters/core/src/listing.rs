@@ -9,11 +9,16 @@
 //! then read in place: only each item's name is decoded. A rewritten message is the original
 //! bytes with the item array replaced by the kept items' original text, so everything else
 //! (key order, formatting, escapes, numbers) is exactly what the upstream sent.
+//!
+//! For a pinned server ([`crate::pinning`]) the same pass checks each item's definition
+//! against its pin: under `enforce` a drifted item is removed as a denied one is, and every
+//! drift is reported to the caller of [`ListFilter::apply_pinned`].
 
 use serde_json::Value;
 
 use crate::jsonrpc::{self, code, JsonKind};
 use crate::mcp::ListShape;
+use crate::pinning::{PinMode, PinReport, ServerPins};
 use crate::policy::{Policy, Verdict};
 
 /// What a list response must be filtered against.
@@ -24,6 +29,8 @@ pub struct ListFilter {
     pub request_id: Value,
     pub server: String,
     pub roles: Vec<String>,
+    /// The server's pins, when this kind of item is pinned there.
+    pub pins: Option<std::sync::Arc<ServerPins>>,
 }
 
 /// Result of looking at one JSON-RPC message from upstream.
@@ -40,6 +47,11 @@ pub enum ListOutcome {
 impl ListFilter {
     /// Filters one upstream message (a JSON body or one SSE event's data).
     pub fn apply(&self, message: &[u8], policy: &Policy) -> ListOutcome {
+        self.apply_pinned(message, policy, &mut PinReport::default())
+    }
+
+    /// [`Self::apply`], reporting what a pinned server's items showed to `report`.
+    pub fn apply_pinned(&self, message: &[u8], policy: &Policy, report: &mut PinReport) -> ListOutcome {
         let Ok(strict) = jsonrpc::validate_strict(message) else {
             return self.unreadable("upstream sent a list response that is not valid JSON");
         };
@@ -76,8 +88,14 @@ impl ListFilter {
         let mut removed = false;
         for item in items.elements() {
             let name = item.get(self.shape.field).and_then(|n| n.as_str());
-            let allowed = name
-                .is_some_and(|name| policy.decide(&self.roles, self.shape.kind, &self.server, &name) == Verdict::Allow);
+            let mut allowed = name
+                .as_ref()
+                .is_some_and(|name| policy.decide(&self.roles, self.shape.kind, &self.server, name) == Verdict::Allow);
+            if let (Some(pins), Some(name)) = (&self.pins, &name) {
+                if pins.check_item(self.shape.kind, name, item, report) {
+                    allowed &= pins.mode == PinMode::Observe;
+                }
+            }
             if allowed {
                 kept.push(item.text());
             } else {
@@ -139,6 +157,7 @@ mod tests {
             request_id: json!(3),
             server: "crm".into(),
             roles: vec!["reader".into()],
+            pins: None,
         }
     }
 

@@ -99,12 +99,15 @@ impl ResourceKind {
         match method {
             method::TOOLS_LIST => shape(ResourceKind::Tool, "tools", "name"),
             method::RESOURCES_LIST => shape(ResourceKind::Resource, "resources", "uri"),
-            method::RESOURCES_TEMPLATES_LIST => shape(ResourceKind::Resource, "resourceTemplates", "uriTemplate"),
+            method::RESOURCES_TEMPLATES_LIST => shape(ResourceKind::Resource, RESOURCE_TEMPLATES_ARRAY, "uriTemplate"),
             method::PROMPTS_LIST => shape(ResourceKind::Prompt, "prompts", "name"),
             _ => None,
         }
     }
 }
+
+/// The result array of `resources/templates/list`.
+pub const RESOURCE_TEMPLATES_ARRAY: &str = "resourceTemplates";
 
 /// Where the items of a `*/list` result live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,6 +34,7 @@ use crate::gateway::{
 };
 use crate::identity::TokenCache;
 use crate::jsonrpc::{code, error_body};
+use crate::pinning::PinMode;
 use crate::quota::{self, LocalCharge, State as QuotaState};
 use crate::redact::RedactionCounts;
 use crate::reject::Rejection;
@@ -313,6 +314,35 @@ impl Stream {
     /// body decision started). `Err` is the answer to send.
     fn admit(&mut self, host: &mut impl Host, exchange: &Exchange, now_ns: u64) -> Result<(), Rejection> {
         let id = exchange.request_id();
+        // A call of a pinned item under enforce: refused when its last listing (on any
+        // worker) drifted. One read of the server's drift state; fails closed.
+        if let (Some(pins), Some(target)) = (&exchange.server_pins, exchange.message.as_ref().and_then(|m| m.target()))
+        {
+            let mut refusal = None;
+            let mut compute = |stored: Option<&[u8]>| {
+                refusal = pins.refuse_drifted(target.kind, &target.name, stored);
+                None
+            };
+            match host.update_counter(&pins.state_key(), None, now_ns, &mut compute) {
+                Ok(()) => {}
+                Err(e) => {
+                    host.log(
+                        Level::Error,
+                        format_args!("meshgate: pin drift state of {} unavailable: {e}", pins.server),
+                    );
+                    return Err(Rejection::forbidden(format!(
+                        "{} \"{}/{}\" is refused: the pin drift state cannot be read",
+                        target.kind.noun(),
+                        pins.server,
+                        crate::reject::printable(&target.name)
+                    ))
+                    .with_id(id));
+                }
+            }
+            if let Some(why) = refusal {
+                return Err(Rejection::forbidden(why).with_id(id));
+            }
+        }
         if let (true, Some(max)) = (exchange.counts_in_flight, self.gateway.max_in_flight()) {
             let key = quota::in_flight_key(&exchange.consumer.name);
             let mut taken = false;
@@ -870,6 +900,7 @@ impl Stream {
                     Self::note_blocked(&mut self.audit, &new, &exchange.server);
                     host.set_response_body(body_size, &new);
                 }
+                report_pin_drift(host, exchange, &mut self.audit, &self.gateway);
                 Flow::Continue
             }
             Response::Stream(mut rewriter) => {
@@ -880,6 +911,7 @@ impl Stream {
                 if end_of_stream {
                     out.extend(rewriter.finish(&mut rewrite));
                 }
+                report_pin_drift(host, exchange, &mut self.audit, &self.gateway);
                 // An event still growing past the limit is never sent: the stream ends with
                 // an error for the request, and the rest of the upstream's bytes are dropped.
                 // Streams without a request (GET) are bounded by the default limit: the
@@ -908,6 +940,48 @@ impl Stream {
                 Flow::Continue
             }
         }
+    }
+}
+
+/// Updates the server's drift state, counts the pin drift an exchange's answer showed (every
+/// time, in the audit record's metrics) and logs each drift once per change across this
+/// Envoy's workers ([`crate::pinning::note_logged`]). When the dedupe set cannot be read or
+/// written the lines are logged anyway (a duplicate line beats a lost one).
+fn report_pin_drift(host: &mut impl Host, exchange: &Exchange, audit: &mut Option<AuditRecord>, gateway: &Gateway) {
+    let report = exchange.take_pin_drifts();
+    if report.is_empty() {
+        return;
+    }
+    let now_ns = host.now_ns();
+    // The drift state calls are checked against: one read, and a write only when it changed.
+    if let Some(pins) = &exchange.server_pins {
+        let mut compute = |stored: Option<&[u8]>| crate::pinning::merge_state(stored, &report);
+        if let Err(e) = host.update_counter(&pins.state_key(), None, now_ns, &mut compute) {
+            host.log(Level::Error, format_args!("meshgate: pin drift state of {} not updated: {e}", pins.server));
+        }
+    }
+    if report.drifts.is_empty() {
+        return;
+    }
+    if let Some(record) = audit.as_mut() {
+        record.pin_drifts.extend(report.drifts.iter().map(|d| (d.kind.noun(), d.change.as_str())));
+    }
+    // One line per change: the server's dedupe set (one shared key per server) says which
+    // drifts were logged already. When it cannot be read, every line is written.
+    let server = &report.drifts[0].server;
+    let mut fresh: Vec<usize> = (0..report.drifts.len()).collect();
+    let mut compute = |stored: Option<&[u8]>| {
+        let (new, write) = crate::pinning::note_logged(stored, &report.drifts);
+        fresh = new;
+        write
+    };
+    if let Err(e) = host.update_counter(&crate::pinning::logged_key(server), None, now_ns, &mut compute) {
+        host.log(Level::Warn, format_args!("meshgate: pin drift log dedupe of {server} unavailable: {e}"));
+        fresh = (0..report.drifts.len()).collect();
+    }
+    let mode = gateway.config().pins.server(server).map_or(PinMode::Observe, |p| p.mode);
+    for drift in fresh.into_iter().filter_map(|i| report.drifts.get(i)) {
+        host.log(Level::Warn, format_args!("{}", drift.audit_line(mode)));
     }
 }
 

@@ -18,6 +18,8 @@ const TAGS: &[(&str, &str)] = &[
     ("code", r"^wasmcustom\.meshgate\.upstream_errors\.\S*?(\.code\.([^.]+))$"),
     ("consumer", r"^wasmcustom\.meshgate\.tool_calls\.\S*?(\.consumer\.([^.]+))$"),
     ("backend", r"^wasmcustom\.meshgate\.fan_out_omissions\.\S*?(\.backend\.([^.]+))$"),
+    ("kind", r"^wasmcustom\.meshgate\.pin_drift\.\S*?(\.kind\.([^.]+))"),
+    ("change", r"^wasmcustom\.meshgate\.pin_drift\.\S*?(\.change\.([^.]+))$"),
 ];
 
 /// Decision time buckets, microseconds (Envoy's default buckets are milliseconds-shaped).

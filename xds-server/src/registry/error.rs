@@ -14,6 +14,13 @@ pub enum RegistryError {
     Read(String),
     #[error("registry is empty")]
     Empty,
+    #[error("pinning {value:?} is not a mode: use observe or enforce")]
+    InvalidPinMode { value: String },
+    /// The pin lockfile cannot be read or is not valid (its own file:line inside).
+    #[error("{0}")]
+    Lockfile(String),
+    #[error("server {server:?} has no entry in the pin lockfile {lockfile}: run `meshgate pin --registry <registry> {server}`")]
+    NotPinned { server: String, lockfile: String },
     /// Syntax errors, unknown keys and wrong types, as the YAML deserializer words them.
     #[error("{0}")]
     Yaml(String),

@@ -61,6 +61,8 @@ pub(crate) fn make_filter_config(
         upstreams: BTreeMap::new(),
         virtual_session_key_env: raw.virtual_session_key_env.clone(),
         virtual_session_previous_key_env: raw.virtual_session_previous_key_env.clone(),
+        // Filled from the lockfile when a server is pinned (validate.rs).
+        pinning: BTreeMap::new(),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod edge;
 pub mod error;
 mod filter;
 pub mod lines;
+pub mod lockfile;
 pub mod observability;
 pub mod raw;
 pub mod schema;
@@ -92,6 +93,42 @@ pub struct Registry {
     /// `virtual_servers`, in registry order, compiled by the filter's own validator: names
     /// are unique, clash with no server, and every backing server exists.
     pub virtual_servers: Vec<meshgate_core::virtual_server::VirtualServer>,
+    /// Pinned definitions, when a server sets `pinning` (its lockfile was read and checked).
+    pub pinning: Option<Pinning>,
+}
+
+/// `pinning` and the servers' modes, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pinning {
+    /// The lockfile (resolved against the registry's folder).
+    pub lockfile: PathBuf,
+    pub scan: bool,
+    /// Pinned servers and their modes, in registry order.
+    pub modes: Vec<(String, meshgate_core::pinning::PinMode)>,
+    /// The lockfile as loaded (empty when `meshgate pin` loaded the registry without it).
+    pub pins: lockfile::Lockfile,
+}
+
+/// Whether loading a registry reads its pin lockfile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockfileUse {
+    /// Read and check it; a pinned server must have an entry.
+    Read,
+    /// Leave it alone (`meshgate pin`, which writes it).
+    Skip,
+}
+
+/// The lockfile path of a registry: `pinning.lockfile` against the registry's folder, else
+/// `<registry stem>.lock.json` beside it.
+pub fn lockfile_path(file: &Path, configured: Option<&str>) -> PathBuf {
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    match configured {
+        Some(name) => base_dir.join(name),
+        None => {
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("registry");
+            base_dir.join(format!("{stem}.lock.json"))
+        }
+    }
 }
 
 /// Which build of the Meshgate filter Envoy runs (`filter.runtime`). Both run the same
@@ -572,6 +609,29 @@ impl Registry {
     /// Validates registry `text` as if read from `file`: messages name `file`, and relative
     /// paths (`jwks_file`) resolve against its folder.
     pub fn parse<S: SecretSource>(text: &str, file: &Path, secrets: &S) -> Result<Registry, LoadErrors> {
+        Registry::parse_with(text, file, secrets, LockfileUse::Read)
+    }
+
+    /// [`Registry::load`] without reading the pin lockfile (for `meshgate pin`, which writes it).
+    pub fn load_without_pins(file: &Path) -> Result<Registry, LoadErrors> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            LoadErrors(vec![Diagnostic {
+                file: file.to_path_buf(),
+                line: None,
+                path: None,
+                error: RegistryError::Read(e.to_string()),
+            }])
+        })?;
+        Registry::parse_with(&text, file, &EnvSecrets, LockfileUse::Skip)
+    }
+
+    /// [`Registry::parse`], reading the lockfile or not.
+    pub fn parse_with<S: SecretSource>(
+        text: &str,
+        file: &Path,
+        secrets: &S,
+        lockfile: LockfileUse,
+    ) -> Result<Registry, LoadErrors> {
         let index = LineIndex::build(text);
         let diagnostic = |line: Option<usize>, path: Option<String>, error| Diagnostic {
             file: file.to_path_buf(),
@@ -594,7 +654,7 @@ impl Registry {
             }
         };
         let base_dir = file.parent().unwrap_or(Path::new("."));
-        let unvalidated = validate::Unvalidated { raw, file, base_dir, secrets, index: &index };
+        let unvalidated = validate::Unvalidated { raw, file, base_dir, secrets, index: &index, lockfile };
         Registry::try_from(unvalidated).map_err(|problems| {
             let mut diagnostics: Vec<Diagnostic> =
                 problems.into_iter().map(|p| diagnostic(index.line_of(&p.path), Some(p.path), p.error)).collect();
@@ -623,7 +683,12 @@ impl Registry {
         let listener_tls = raw.listener.tls.iter().filter(|t| t.source.as_deref() != Some("envoy")).flat_map(|t| {
             [t.cert_file.as_deref(), t.key_file.as_deref(), t.client_ca_file.as_deref()].into_iter().flatten()
         });
-        jwks.chain(per_server).chain(listener_tls).map(|f| base_dir.join(f)).collect()
+        let mut files: Vec<PathBuf> = jwks.chain(per_server).chain(listener_tls).map(|f| base_dir.join(f)).collect();
+        // The pin lockfile: `meshgate pin --update` then reaches Envoy with the next reload.
+        if raw.pinning.is_some() || raw.servers.iter().any(|s| s.pinning.is_some()) {
+            files.push(lockfile_path(file, raw.pinning.as_ref().and_then(|p| p.lockfile.as_deref())));
+        }
+        files
     }
 
     /// The address clients should dial: an unspecified listener address means loopback.

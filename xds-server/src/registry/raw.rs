@@ -61,6 +61,22 @@ pub struct RawRegistry {
     /// Environment variable holding the previous key during a rotation (still unseals).
     #[serde(default)]
     pub virtual_session_previous_key_env: Option<String>,
+    /// Pinned definitions: the lockfile and the description scan (`servers[].pinning` sets
+    /// each server's mode).
+    #[serde(default)]
+    pub pinning: Option<RawPinning>,
+}
+
+/// `pinning`: where the pin lockfile is and whether descriptions are scanned.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPinning {
+    /// The lockfile, relative to the registry's folder (default `<registry stem>.lock.json`).
+    #[serde(default)]
+    pub lockfile: Option<String>,
+    /// Scan the descriptions of pinned servers' definitions for prompt-injection markers.
+    #[serde(default)]
+    pub scan: Option<bool>,
 }
 
 /// `filter`: how Envoy runs the Meshgate filter.
@@ -183,6 +199,9 @@ pub struct RawServer {
     /// CORS for this server's route, replacing `listener.cors`.
     #[serde(default)]
     pub cors: Option<RawCors>,
+    /// `observe` or `enforce`: pin this server's definitions (the lockfile's entry).
+    #[serde(default)]
+    pub pinning: Option<String>,
 }
 
 /// Trust for `https://` upstreams.

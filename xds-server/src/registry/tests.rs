@@ -912,3 +912,60 @@ fn a_moved_registry_names_the_folder_its_relative_paths_resolve_against() {
     std::fs::write(moved.join("keys/jwks.json"), JWKS).expect("write");
     Registry::load_with(&moved.join("registry.yaml"), &FakeEnv::default()).expect("resolved next to the registry");
 }
+
+/// Issue #19: `servers[].pinning` and `pinning.{lockfile,scan}`.
+const PINNED: &str = "listener: { port: 10000 }\npinning: { lockfile: pins/lock.json, scan: true }\nservers:\n  - name: crm\n    url: 'http://127.0.0.1:9101/mcp'\n    pinning: enforce\n  - { name: docs, url: 'http://127.0.0.1:9102/mcp' }\n";
+
+fn a_lockfile() -> String {
+    let definition = r#"{"name":"get_customer","inputSchema":{"type":"object"}}"#;
+    let strict = meshgate_core::jsonrpc::validate_strict(definition.as_bytes()).expect("json");
+    let mut lock = lockfile::Lockfile::default();
+    let pin = lockfile::pin_of(strict.root()).expect("pin");
+    let mut entry = lockfile::ServerEntry::new();
+    entry.insert("tools", [("get_customer".to_string(), pin)].into_iter().collect());
+    lock.servers.insert("crm".to_string(), entry);
+    lock.render()
+}
+
+#[test]
+fn pinned_servers_get_their_lockfile_pins_in_the_filter_config() {
+    let lock = a_lockfile();
+    let fixture = Fixture::with_files(PINNED, &[("pins/lock.json", &lock)]);
+    let registry = fixture.load().unwrap_or_else(|e| panic!("{e}"));
+    let pins = &registry.filter.pinning["crm"];
+    assert_eq!(pins.mode, meshgate_core::pinning::PinMode::Enforce);
+    assert!(pins.scan);
+    assert_eq!(pins.tools.as_ref().map(|t| t.len()), Some(1));
+    assert!(pins.resources.is_none() && !registry.filter.pinning.contains_key("docs"));
+    let pinning = registry.pinning.expect("pinning");
+    assert_eq!(pinning.lockfile, fixture.file.parent().expect("dir").join("pins/lock.json"));
+    // The lockfile is watched with the registry.
+    let watched = Registry::referenced_files(PINNED, &fixture.file);
+    assert!(watched.contains(&pinning.lockfile), "{watched:?}");
+}
+
+#[test]
+fn pinning_errors_name_the_line() {
+    let missing = Fixture::with_files(PINNED, &[]);
+    let errors = missing.errors();
+    assert!(errors.iter().any(|e| e.contains(":2: pinning.lockfile: ") && e.contains("meshgate pin")), "{errors:?}");
+    let other = a_lockfile().replace("\"crm\"", "\"docs\"");
+    let errors = Fixture::with_files(PINNED, &[("pins/lock.json", &other)]).errors();
+    assert!(errors.iter().any(|e| e.contains(":6: servers[0].pinning: ") && e.contains("no entry")), "{errors:?}");
+    let edited = a_lockfile().replace("\"object\"", "\"array\"");
+    let errors = Fixture::with_files(PINNED, &[("pins/lock.json", &edited)]).errors();
+    assert!(
+        errors.iter().any(|e| e.contains("lock.json:") && e.contains("not the hash of its definition")),
+        "{errors:?}"
+    );
+    assert_error(
+        "listener: { port: 10000 }\nservers:\n  - name: crm\n    url: 'http://127.0.0.1:9101/mcp'\n    pinning: block # <-\n",
+        "servers[0].pinning",
+        "observe or enforce",
+    );
+    assert_error(
+        "listener: { port: 10000 }\npinning: { lockfile: a, mode: x } # <-\nservers: []\n",
+        "",
+        "unknown field",
+    );
+}

@@ -45,6 +45,8 @@ pub(crate) struct Unvalidated<'a, S> {
     pub base_dir: &'a Path,
     pub secrets: &'a S,
     pub index: &'a LineIndex,
+    /// Whether the pin lockfile is read.
+    pub lockfile: super::LockfileUse,
 }
 
 /// One problem at a registry path.
@@ -78,7 +80,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
     type Error = Vec<Problem>;
 
     fn try_from(input: Unvalidated<'_, S>) -> Result<Self, Self::Error> {
-        let Unvalidated { raw, file, base_dir, secrets, index } = input;
+        let Unvalidated { raw, file, base_dir, secrets, index, lockfile } = input;
         let mut problems = Problems::default();
 
         let listener_ip = match raw.listener.address.as_deref() {
@@ -149,6 +151,14 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
                 })
                 .collect();
         }
+        let pinning = pinning(&mut problems, &raw, file, lockfile);
+        if let Some(pinning) = &pinning {
+            for (server, mode) in &pinning.modes {
+                if let Some(pins) = pinning.pins.filter_pins(server, *mode, pinning.scan) {
+                    filter.pinning.insert(server.clone(), pins);
+                }
+            }
+        }
         // The filter's own validator, exactly as the filter runs it in Envoy. When it points
         // at something already reported, the registry's message is the clearer one.
         let (global_rules, virtual_servers) = match FilterConfig::compile(&filter, secrets) {
@@ -200,8 +210,59 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             runtime,
             edge,
             virtual_servers,
+            pinning,
         })
     }
+}
+
+/// `pinning` and `servers[].pinning`: the modes, the lockfile (read unless `use_lockfile` is
+/// `Skip`), and an entry in it for every pinned server.
+fn pinning(
+    problems: &mut Problems,
+    raw: &RawRegistry,
+    file: &Path,
+    use_lockfile: super::LockfileUse,
+) -> Option<super::Pinning> {
+    use meshgate_core::pinning::PinMode;
+    let mut modes = Vec::new();
+    for (i, server) in raw.servers.iter().enumerate() {
+        let Some(value) = server.pinning.as_deref() else { continue };
+        let mode = match value {
+            "observe" => PinMode::Observe,
+            "enforce" => PinMode::Enforce,
+            other => {
+                problems
+                    .push(format!("servers[{i}].pinning"), RegistryError::InvalidPinMode { value: other.to_string() });
+                continue;
+            }
+        };
+        modes.push((server.name.clone(), mode));
+    }
+    if raw.pinning.is_none() && modes.is_empty() {
+        return None;
+    }
+    let section = raw.pinning.clone().unwrap_or_default();
+    let lockfile = super::lockfile_path(file, section.lockfile.as_deref());
+    let mut pins = super::lockfile::Lockfile::default();
+    if use_lockfile == super::LockfileUse::Read && !modes.is_empty() {
+        match super::lockfile::Lockfile::load(&lockfile) {
+            Ok(loaded) => pins = loaded,
+            Err(e) => {
+                let at = if section.lockfile.is_some() { "pinning.lockfile" } else { "servers" };
+                problems.push(at, RegistryError::Lockfile(e.to_string()));
+                return None;
+            }
+        }
+        for (i, server) in raw.servers.iter().enumerate() {
+            if server.pinning.is_some() && !pins.servers.contains_key(&server.name) {
+                problems.push(
+                    format!("servers[{i}].pinning"),
+                    RegistryError::NotPinned { server: server.name.clone(), lockfile: lockfile.display().to_string() },
+                );
+            }
+        }
+    }
+    Some(super::Pinning { lockfile, scan: section.scan.unwrap_or(false), modes, pins })
 }
 
 /// `rate_limit_service`: the Redis URL (inline or from meshgate's environment), the failure

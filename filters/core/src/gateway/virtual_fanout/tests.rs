@@ -326,6 +326,7 @@ fn a_read_is_routed_by_its_uri_and_governed_as_the_backing_servers() {
         g.decide_request_body(&pending, body.as_bytes()).map(|d| match d {
             BodyDecision::Forward(e) => e,
             BodyDecision::FanOut(f) => panic!("{f:?}"),
+            BodyDecision::Session(op) => panic!("{op:?}"),
         })
     };
     let e = read("a", "docs://pages/7").unwrap();
