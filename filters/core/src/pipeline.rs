@@ -170,7 +170,7 @@ enum State {
 
 /// What a body decision answered by callouts waits for.
 enum Callouts {
-    FanOut(FanOut),
+    FanOut(Box<FanOut>),
     Session(SessionOp),
 }
 
@@ -402,7 +402,7 @@ impl Stream {
                 Ok(Ok((exchange, record)))
             }
             Ok(BodyDecision::FanOut(fan_out)) => {
-                Ok(Err((Callouts::FanOut(fan_out), AuditRecord::for_pending(pending, body))))
+                Ok(Err((Callouts::FanOut(Box::new(fan_out)), AuditRecord::for_pending(pending, body))))
             }
             Ok(BodyDecision::Session(op)) => Ok(Err((Callouts::Session(op), AuditRecord::for_pending(pending, body)))),
             Err(r) => Err((r, AuditRecord::for_pending(pending, body))),
@@ -413,7 +413,7 @@ impl Stream {
                 self.decision_ns += host.now_ns().saturating_sub(started);
                 self.audit = Some(record);
                 return match callouts {
-                    Callouts::FanOut(fan_out) => self.start_fan_out(host, fan_out),
+                    Callouts::FanOut(fan_out) => self.start_fan_out(host, *fan_out),
                     Callouts::Session(op) => self.start_session_op(host, op),
                 };
             }

@@ -70,9 +70,9 @@ pub struct SessionOp {
 #[derive(Debug)]
 enum OpKind {
     /// `initialize`: issue a session.
-    Initialize { consumer: String, requested: String, issued_secs: u64, selection: VirtualServer },
+    Initialize { consumer: String, requested: String, issued_secs: u64, selection: Box<VirtualServer> },
     /// A list: the merged answer of [`FanOut`], unless a backend's session ended.
-    List(FanOut),
+    List(Box<FanOut>),
     /// A notification to every backend: 202.
     Notify,
     /// DELETE: 200.
@@ -415,7 +415,7 @@ impl Gateway {
                         request_id: id.cloned(),
                         callouts,
                         skipped: Vec::new(),
-                        kind: OpKind::List(fan_out),
+                        kind: OpKind::List(Box::new(fan_out)),
                     }))
                 }
                 method::TOOLS_CALL | method::PROMPTS_GET => {
@@ -483,7 +483,7 @@ impl Gateway {
                 consumer: pending.consumer.name.clone(),
                 requested,
                 issued_secs: pending.now_secs,
-                selection: virtual_server.clone(),
+                selection: Box::new(virtual_server.clone()),
             },
         })
     }
