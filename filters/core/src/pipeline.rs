@@ -162,10 +162,10 @@ enum State {
     Forwarded(Exchange),
     /// A virtual server's discovery request: waiting for the callouts to its backing
     /// servers (`ids[i]` for `fan_out.backends[i]`; `answers[i]` once it ended).
-    FanningOut { fan_out: FanOut, ids: Vec<Option<u64>>, answers: Vec<Option<Result<CalloutResponse, String>>> },
+    FanningOut { fan_out: FanOut, ids: Vec<Option<u64>>, answers: Vec<Option<CalloutAnswer>> },
     /// A virtual server's session-era request answered by the filter: waiting for its
     /// callouts (`ids[i]` for `op.callouts[i]`; `answers[i]` once it ended).
-    SessionCallouts { op: SessionOp, ids: Vec<Option<u64>>, answers: Vec<Option<Result<CalloutResponse, String>>> },
+    SessionCallouts { op: SessionOp, ids: Vec<Option<u64>>, answers: Vec<Option<CalloutAnswer>> },
 }
 
 /// What a body decision answered by callouts waits for.
@@ -480,20 +480,7 @@ impl Stream {
             host.send_local_reply(200, &[("content-type", "application/json")], &body);
             return Flow::Answered;
         }
-        let mut ids = Vec::with_capacity(fan_out.backends.len());
-        let mut answers = Vec::with_capacity(fan_out.backends.len());
-        for backend in &fan_out.backends {
-            match host.start_callout(&backend.request) {
-                Ok(id) => {
-                    ids.push(Some(id));
-                    answers.push(None);
-                }
-                Err(e) => {
-                    ids.push(None);
-                    answers.push(Some(Err(format!("the callout could not start: {e}"))));
-                }
-            }
-        }
+        let (ids, answers) = start_callouts(host, fan_out.backends.iter().map(|b| &b.request));
         self.state = State::FanningOut { fan_out, ids, answers };
         if self.finish_fan_out(host) {
             Flow::Answered
@@ -506,20 +493,7 @@ impl Stream {
     /// ([`SessionOp`]); the request waits for them, or is answered now when none could start
     /// (or none are needed).
     fn start_session_op(&mut self, host: &mut impl Host, op: SessionOp) -> Flow {
-        let mut ids = Vec::with_capacity(op.callouts.len());
-        let mut answers = Vec::with_capacity(op.callouts.len());
-        for (_, request) in &op.callouts {
-            match host.start_callout(request) {
-                Ok(id) => {
-                    ids.push(Some(id));
-                    answers.push(None);
-                }
-                Err(e) => {
-                    ids.push(None);
-                    answers.push(Some(Err(format!("the callout could not start: {e}"))));
-                }
-            }
-        }
+        let (ids, answers) = start_callouts(host, op.callouts.iter().map(|(_, request)| request));
         self.state = State::SessionCallouts { op, ids, answers };
         if self.finish_session_op(host) {
             Flow::Answered
@@ -1024,6 +998,32 @@ fn warn_overflow_once(host: &mut impl Host, e: &CounterError) {
             ),
         );
     }
+}
+
+/// A callout's answer: the response, or why there is none.
+type CalloutAnswer = Result<CalloutResponse, String>;
+
+/// The ids and answers slots of callouts started for one request: `Some(id)` with an empty
+/// slot for each callout that started, `None` with its failure already answered for each one
+/// that could not.
+fn start_callouts<'r>(
+    host: &mut impl Host,
+    requests: impl Iterator<Item = &'r CalloutRequest>,
+) -> (Vec<Option<u64>>, Vec<Option<CalloutAnswer>>) {
+    let (mut ids, mut answers) = (Vec::new(), Vec::new());
+    for request in requests {
+        match host.start_callout(request) {
+            Ok(id) => {
+                ids.push(Some(id));
+                answers.push(None);
+            }
+            Err(e) => {
+                ids.push(None);
+                answers.push(Some(Err(format!("the callout could not start: {e}"))));
+            }
+        }
+    }
+    (ids, answers)
 }
 
 #[cfg(test)]

@@ -587,6 +587,18 @@ impl LogLevel {
     }
 }
 
+/// The registry file's text; a read error is the file's one diagnostic.
+fn read_registry(file: &Path) -> Result<String, LoadErrors> {
+    std::fs::read_to_string(file).map_err(|e| {
+        LoadErrors(vec![Diagnostic {
+            file: file.to_path_buf(),
+            line: None,
+            path: None,
+            error: RegistryError::Read(e.to_string()),
+        }])
+    })
+}
+
 impl Registry {
     /// Loads and validates `file`; HS256 secrets are looked up in meshgate's environment.
     pub fn load(file: &Path) -> Result<Registry, LoadErrors> {
@@ -595,15 +607,7 @@ impl Registry {
 
     /// [`Registry::load`] with an explicit secret source.
     pub fn load_with<S: SecretSource>(file: &Path, secrets: &S) -> Result<Registry, LoadErrors> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            LoadErrors(vec![Diagnostic {
-                file: file.to_path_buf(),
-                line: None,
-                path: None,
-                error: RegistryError::Read(e.to_string()),
-            }])
-        })?;
-        Registry::parse(&text, file, secrets)
+        Registry::parse(&read_registry(file)?, file, secrets)
     }
 
     /// Validates registry `text` as if read from `file`: messages name `file`, and relative
@@ -614,15 +618,7 @@ impl Registry {
 
     /// [`Registry::load`] without reading the pin lockfile (for `meshgate pin`, which writes it).
     pub fn load_without_pins(file: &Path) -> Result<Registry, LoadErrors> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            LoadErrors(vec![Diagnostic {
-                file: file.to_path_buf(),
-                line: None,
-                path: None,
-                error: RegistryError::Read(e.to_string()),
-            }])
-        })?;
-        Registry::parse_with(&text, file, &EnvSecrets, LockfileUse::Skip)
+        Registry::parse_with(&read_registry(file)?, file, &EnvSecrets, LockfileUse::Skip)
     }
 
     /// [`Registry::parse`], reading the lockfile or not.

@@ -156,8 +156,14 @@ fn unsupported(virtual_server: &VirtualServer, what: &str, id: Option<&serde_jso
 /// string, every other byte as sent. `None` when the body has no such string (not reached:
 /// the message was classified from the same field).
 pub(crate) fn replace_name(body: &[u8], doc: &StrictJson<'_>, kind: ResourceKind, own: &str) -> Option<Vec<u8>> {
-    let root = doc.root();
-    let value = root.get("params")?.get(kind.param_key())?;
+    replace_param_string(body, doc, kind.param_key(), own)
+}
+
+/// `body` (read as `doc`) with the string value of `params.<key>` replaced by `own`,
+/// re-serialised as a JSON string at its exact place; every other byte as sent. `None` when
+/// `params.<key>` is not a string.
+pub(super) fn replace_param_string(body: &[u8], doc: &StrictJson<'_>, key: &str, own: &str) -> Option<Vec<u8>> {
+    let value = doc.root().get("params")?.get(key)?;
     if value.kind() != jsonrpc::JsonKind::String {
         return None;
     }

@@ -20,7 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::jsonrpc::{self, JsonKind, StrictJson};
+use crate::jsonrpc::{self, StrictJson};
 use crate::mcp::ListShape;
 use crate::virtual_server::VirtualServer;
 
@@ -98,23 +98,7 @@ pub(super) fn cursor_param(doc: &StrictJson<'_>) -> Option<Result<String, ()>> {
 /// `body` (read as `doc`) with the value of `params.cursor` replaced by `own` as a JSON
 /// string, every other byte as sent; `None` when there is no string cursor.
 pub(super) fn with_cursor(body: &[u8], doc: &StrictJson<'_>, own: &str) -> Option<Vec<u8>> {
-    let value = doc.root().get("params")?.get("cursor")?;
-    if value.kind() != JsonKind::String {
-        return None;
-    }
-    let text = value.text();
-    // Both are slices of `body`: the offset is the distance between their starts.
-    let start = (text.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    let end = start.checked_add(text.len())?;
-    if end > body.len() {
-        return None;
-    }
-    let encoded = serde_json::to_string(own).ok()?;
-    let mut out = Vec::with_capacity(body.len() - text.len() + encoded.len());
-    out.extend_from_slice(&body[..start]);
-    out.extend_from_slice(encoded.as_bytes());
-    out.extend_from_slice(&body[end..]);
-    Some(out)
+    super::virtual_call::replace_param_string(body, doc, "cursor", own)
 }
 
 #[cfg(test)]
