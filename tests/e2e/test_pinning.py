@@ -33,6 +33,7 @@ from e2e_support import (
     Keys,
     Upstream,
     api_key,
+    complete_json_lines,
     legacy_session,
     registry_yaml,
     start_gateway,
@@ -124,6 +125,7 @@ def pinned(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict
         registry.write_text(
             registry_yaml(upstreams["crm"].url, upstreams["docs"].url, extra_servers=extra_servers)
             + "pinning: { lockfile: pins.lock.json, scan: true }\n"
+            + "observability:\n  access_log: { path: audit.log }\n"
         )
         out = meshgate_pin(registry, keys.hs_secret)
         assert f"{ENFORCE}: pinned 2 tools" in out and f"{OBSERVE}: pinned 2 tools" in out, out
@@ -173,6 +175,7 @@ async def test_a_changed_tool_disappears_under_enforce_and_passes_under_observe(
     gw = pinned.gateway
     tools, called, pinned_name = changed(change)
     since = log_mark(gw)
+    audit_since = len(audit_records(gw))
     set_tools(pinned, tools)
     try:
         log = pinned.upstreams[ENFORCE].log
@@ -210,12 +213,31 @@ async def test_a_changed_tool_disappears_under_enforce_and_passes_under_observe(
         if kind == "changed":
             assert f"pinned={lock[pinned_name]['hash']}" in lines[0], lines[0]
         assert "seen=sha256:" in lines[0]
+        # The same change in the audit log, once: the pin_drift field of the list answer's line.
+        def audited() -> list[str]:
+            found = [
+                r["pin_drift"] for r in audit_records(gw)[audit_since:]
+                if r.get("pin_drift") and f"server={ENFORCE} " in r["pin_drift"] and f'name="{called}" change={kind}' in r["pin_drift"]
+            ]
+            assert found, f"no audit line for {ENFORCE}/{called}"
+            return found
+
+        found = eventually(audited)
+        assert len(found) == 1, found
+        assert "seen=sha256:" in found[0] and "mode=enforce" in found[0], found[0]
+        if kind == "changed":
+            assert f"pinned={lock[pinned_name]['hash']}" in found[0], found[0]
     finally:
         set_tools(pinned, TOOLS)
     # Back to the pinned definitions: listed and callable again.
     restored = await listed(gw, ENFORCE)
     assert sorted(restored) == ["get_time", "get_weather"]
     assert await call(gw, ENFORCE, pinned_name) == f"called {pinned_name}"
+
+
+def audit_records(gw: Gateway) -> list[dict[str, Any]]:
+    path = gw.workdir / "audit.log"
+    return complete_json_lines(path.read_text()) if path.exists() else []
 
 
 def innermost(error: BaseException) -> BaseException:

@@ -32,6 +32,9 @@ use crate::reject::{Refusal, Rejection};
 pub mod batch;
 
 /// Filter-state keys (single path segment: the host stores them as `wasm.<key>`).
+/// At most this many drifts are written into one `mcp_pin_drift` value; the rest are counted.
+pub const MAX_PIN_DRIFTS_AUDITED: usize = 16;
+
 pub mod field {
     pub const METHOD: &str = "mcp_method";
     pub const SERVER: &str = "mcp_server";
@@ -60,9 +63,13 @@ pub mod field {
     /// `tools/call` arguments as compact JSON, only for tools opted in with
     /// `observability.audit_values` (after request redaction).
     pub const ARGUMENTS: &str = "mcp_arguments";
+    /// Pin drift this exchange's list answer showed for the first time (once per change per
+    /// Envoy; `; `-separated, at most [`super::MAX_PIN_DRIFTS_AUDITED`] then `… and N more`):
+    /// server, kind, name, change, mode, pinned and seen hashes.
+    pub const PIN_DRIFT: &str = "mcp_pin_drift";
 
     /// Every key, for the access-log format and tests.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         METHOD,
         SERVER,
         TARGET_KIND,
@@ -79,6 +86,7 @@ pub mod field {
         UPSTREAM_STATUS,
         DECISION_US,
         ARGUMENTS,
+        PIN_DRIFT,
     ];
 }
 
@@ -266,6 +274,8 @@ pub struct AuditRecord {
     pub fan_out_omissions: Vec<String>,
     /// Pin drift seen in this exchange's list answer: (kind noun, change) per drifted item.
     pub pin_drifts: Vec<(&'static str, &'static str)>,
+    /// The `mcp_pin_drift` audit value: drift first seen in this exchange's answer.
+    pub pin_drift: Option<String>,
 }
 
 impl AuditRecord {
@@ -469,6 +479,9 @@ impl AuditRecord {
         visit(field::DECISION_US, number.of(i128::from(decision_us)));
         if let Some(arguments) = &self.arguments {
             visit(field::ARGUMENTS, arguments);
+        }
+        if let Some(drift) = &self.pin_drift {
+            visit(field::PIN_DRIFT, drift);
         }
     }
 

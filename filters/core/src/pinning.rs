@@ -143,11 +143,18 @@ impl Drift {
         out
     }
 
-    /// The audit line for this drift (one per change).
+    /// The log line for this drift (one per change): `meshgate pin drift: ` and
+    /// [`Self::audit_value`].
     pub fn audit_line(&self, mode: PinMode) -> String {
+        format!("meshgate pin drift: {}", self.audit_value(mode))
+    }
+
+    /// This drift as the audit record's `mcp_pin_drift` value: server, kind, name, change,
+    /// mode, and the pinned and seen hashes.
+    pub fn audit_value(&self, mode: PinMode) -> String {
         let show = |h: Option<PinHash>| h.map_or_else(|| "none".to_string(), |h| h.to_string());
         format!(
-            "meshgate pin drift: server={} kind={} name=\"{}\" change={} mode={} pinned={} seen={}{}",
+            "server={} kind={} name=\"{}\" change={} mode={} pinned={} seen={}{}",
             self.server,
             self.kind.noun(),
             crate::reject::printable(&self.name),

@@ -918,9 +918,10 @@ impl Stream {
 }
 
 /// Updates the server's drift state, counts the pin drift an exchange's answer showed (every
-/// time, in the audit record's metrics) and logs each drift once per change across this
-/// Envoy's workers ([`crate::pinning::note_logged`]). When the dedupe set cannot be read or
-/// written the lines are logged anyway (a duplicate line beats a lost one).
+/// time, in the audit record's metrics) and logs each drift once per change across this Envoy's
+/// workers ([`crate::pinning::note_logged`]), also written into the audit record's
+/// `mcp_pin_drift`. When the dedupe set cannot be read or written the lines are logged
+/// anyway (a duplicate line beats a lost one).
 fn report_pin_drift(host: &mut impl Host, exchange: &Exchange, audit: &mut Option<AuditRecord>, gateway: &Gateway) {
     let report = exchange.take_pin_drifts();
     if report.is_empty() {
@@ -954,8 +955,22 @@ fn report_pin_drift(host: &mut impl Host, exchange: &Exchange, audit: &mut Optio
         fresh = (0..report.drifts.len()).collect();
     }
     let mode = gateway.config().pins.server(server).map_or(PinMode::Observe, |p| p.mode);
-    for drift in fresh.into_iter().filter_map(|i| report.drifts.get(i)) {
+    let mut value = String::new();
+    let fresh: Vec<_> = fresh.into_iter().filter_map(|i| report.drifts.get(i)).collect();
+    for (i, drift) in fresh.iter().enumerate() {
         host.log(Level::Warn, format_args!("{}", drift.audit_line(mode)));
+        if i < crate::audit::MAX_PIN_DRIFTS_AUDITED {
+            if i > 0 {
+                value.push_str("; ");
+            }
+            value.push_str(&drift.audit_value(mode));
+        }
+    }
+    if fresh.len() > crate::audit::MAX_PIN_DRIFTS_AUDITED {
+        value.push_str(&format!("; … and {} more", fresh.len() - crate::audit::MAX_PIN_DRIFTS_AUDITED));
+    }
+    if let (Some(record), false) = (audit.as_mut(), value.is_empty()) {
+        record.pin_drift = Some(value);
     }
 }
 

@@ -96,6 +96,7 @@ fn audit_format() -> Vec<(&'static str, Entry)> {
         ("upstream_jsonrpc_error_code", state(field::UPSTREAM_ERROR_CODE)),
         ("decision_us", state(field::DECISION_US)),
         ("arguments", state(field::ARGUMENTS)),
+        ("pin_drift", state(field::PIN_DRIFT)),
     ]
 }
 

@@ -948,6 +948,7 @@ fn pinned_tools_drift_is_removed_refused_counted_and_logged_once() {
         format!(r#"{{"jsonrpc":"2.0","id":3,"result":{{"tools":[{drifted},{{"name":"get_x","inputSchema":{{}}}}]}}}}"#);
     let headers = [(":status", "200"), ("content-type", "application/json")];
     let mut logs = Vec::new();
+    let mut audited = Vec::new();
     for _ in 0..2 {
         let mut stream = Stream::new(g.clone());
         let mut host = MemoryHost::sharing(&store);
@@ -960,10 +961,19 @@ fn pinned_tools_drift_is_removed_refused_counted_and_logged_once() {
         stream.on_log(&mut host);
         assert_eq!(counter(&host, "meshgate.pin_drift.server.crm.kind.tool.change.changed"), 1);
         assert_eq!(counter(&host, "meshgate.pin_drift.server.crm.kind.tool.change.unpinned"), 1);
+        audited.push(host.audit.iter().find(|(k, _)| *k == crate::audit::field::PIN_DRIFT).map(|(_, v)| v.clone()));
         logs.extend(host.logs.into_iter().filter(|(_, l)| l.contains("pin drift")));
     }
     assert_eq!(logs.len(), 2, "one line per drifted tool, not per answer: {logs:?}");
     assert!(logs.iter().any(|(_, l)| l.contains(&hash) && l.contains("change=changed")), "{logs:?}");
+    // The first answer's audit record names both changes with their hashes; the second none.
+    let first = audited[0].as_deref().expect("the first listing is audited");
+    assert!(
+        first.contains(&format!("name=\"get_customer\" change=changed mode=enforce pinned={hash} seen=sha256:")),
+        "{first}"
+    );
+    assert!(first.contains("name=\"get_x\" change=unpinned"), "{first}");
+    assert_eq!(audited[1], None, "a change already audited is not audited again");
 
     // The call is refused with the drift named; the upstream never sees it.
     let mut stream = Stream::new(g.clone());
