@@ -262,7 +262,16 @@ pub struct ServerPins {
     tools: Option<HashMap<String, PinHash>>,
     resources: Option<HashMap<String, PinHash>>,
     prompts: Option<HashMap<String, PinHash>>,
+    /// The exact JSON text of each pinned item last found clean (its hash equal to its pin,
+    /// no scan marker), per (kind, name): an item listed again with the same bytes is clean
+    /// without canonicalising and hashing it again (same bytes, same canonical form, same
+    /// hash, same scan result). Holds pinned names only, each at most
+    /// [`MAX_REMEMBERED_ITEM_BYTES`]: bounded by the lockfile.
+    clean_texts: std::sync::Mutex<HashMap<(ResourceKind, String), Box<str>>>,
 }
+
+/// Items longer than this are checked in full every time rather than remembered.
+const MAX_REMEMBERED_ITEM_BYTES: usize = 64 * 1024;
 
 impl ServerPins {
     fn compile(server: &str, raw: &RawServerPins) -> Result<Self, ConfigError> {
@@ -287,7 +296,26 @@ impl ServerPins {
             tools: section("tools", &raw.tools)?,
             resources: section("resources", &raw.resources)?,
             prompts: section("prompts", &raw.prompts)?,
+            clean_texts: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether `item` is byte for byte the text last found clean for (`kind`, `name`).
+    fn known_clean(&self, kind: ResourceKind, name: &str, item: &str) -> bool {
+        // A poisoned lock only loses the shortcut: the item is checked in full.
+        self.clean_texts
+            .lock()
+            .is_ok_and(|texts| texts.get(&(kind, name.to_string())).is_some_and(|known| &**known == item))
+    }
+
+    /// Remembers `item` as the clean text of (`kind`, `name`).
+    fn remember_clean(&self, kind: ResourceKind, name: &str, item: &str) {
+        if item.len() > MAX_REMEMBERED_ITEM_BYTES {
+            return;
+        }
+        if let Ok(mut texts) = self.clean_texts.lock() {
+            texts.insert((kind, name.to_string()), item.into());
+        }
     }
 
     fn section(&self, kind: ResourceKind) -> Option<&HashMap<String, PinHash>> {
@@ -310,6 +338,10 @@ impl ServerPins {
             return false;
         };
         let pinned = section.get(name).copied();
+        if pinned.is_some() && self.known_clean(kind, name, item.text()) {
+            report.clean.push((kind, name.to_string()));
+            return false;
+        }
         let seen = canonical::hash(item).ok();
         let marker = if self.scan { scan::scan_definition(item) } else { None };
         let change = match (pinned, seen) {
@@ -334,6 +366,7 @@ impl ServerPins {
                 true
             }
             None => {
+                self.remember_clean(kind, name, item.text());
                 report.clean.push((kind, name.to_string()));
                 false
             }
