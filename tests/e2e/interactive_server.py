@@ -5,6 +5,9 @@ Run:  .venv/bin/python tests/e2e/interactive_server.py --port 9103
 Tools: transfer(amount) — elicits {confirm: bool}, reports progress 1/3, 2/3, 3/3, then
        answers "transferred <amount>" or "transfer of <amount> declined".
        whoami() — "interact".
+Prompt: plan(account) — "Plan for <account>". Resource template: interact://accounts/{account}.
+Completion (prompt `plan` and the template, argument `account`): the ACCOUNTS starting with the
+typed value, so a test sees which server answered and with which reference name.
 Set MESHGATE_UPSTREAM_LOG=/path to log every request it receives (examples/servers/upstream.py).
 """
 
@@ -19,6 +22,7 @@ from typing import Annotated  # noqa: E402
 
 from mcp.server.elicitation import AcceptedElicitation, ElicitationResult  # noqa: E402
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve  # noqa: E402
+from mcp.types import Completion, PromptReference, ResourceTemplateReference  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from upstream import parse_args, serve  # noqa: E402
@@ -51,6 +55,32 @@ async def transfer(
 def whoami() -> str:
     """The server's name."""
     return "interact"
+
+
+ACCOUNTS = ["acme-eu", "acme-us", "globex"]
+
+
+@mcp.prompt()
+def plan(account: str) -> str:
+    """Ask the model for an account plan."""
+    return f"Plan for {account}"
+
+
+@mcp.resource("interact://accounts/{account}", mime_type="text/plain")
+def account_record(account: str) -> str:
+    """One account, by name."""
+    return f"account {account}"
+
+
+@mcp.completion()
+async def complete(ref, argument, context) -> Completion | None:
+    """Accounts starting with the typed value, for `plan` and the accounts template only."""
+    known = (isinstance(ref, PromptReference) and ref.name == "plan") or (
+        isinstance(ref, ResourceTemplateReference) and ref.uri == "interact://accounts/{account}"
+    )
+    if not known or argument.name != "account":
+        return None
+    return Completion(values=[a for a in ACCOUNTS if a.startswith(argument.value)])
 
 
 def main() -> None:

@@ -181,9 +181,9 @@ def test_an_injected_header_on_a_refused_request_reaches_nobody(virtual_gateway,
             call(virtual_gateway, "docs__admin_reindex", {}, ADMIN, extra={TARGET_HEADER: target}),
             post(
                 work_url(virtual_gateway),
-                modern_body("ping", {}, id=5),
+                modern_body("logging/setLevel", {"level": "info"}, id=5),
                 READER,
-                headers={**modern_headers("ping"), TARGET_HEADER: target},
+                headers={**modern_headers("logging/setLevel"), TARGET_HEADER: target},
             ),
             post(
                 work_url(virtual_gateway),
@@ -264,9 +264,9 @@ def test_headers_must_match_the_exposed_name(virtual_gateway, crm):
     assert crm.log.posts_since(mark) == []
 
 
-@pytest.mark.parametrize("method", ["ping", "resources/subscribe"])
+@pytest.mark.parametrize("method", ["logging/setLevel", "resources/subscribe"])
 def test_what_is_not_supported_yet_is_a_json_rpc_error(virtual_gateway, method):
-    params = {"uri": "crm://customers/c-001"} if method == "resources/subscribe" else {}
+    params = {"uri": "crm://customers/c-001"} if method == "resources/subscribe" else {"level": "info"}
     response = post(work_url(virtual_gateway), modern_body(method, params, id="m-1"), READER, headers=modern_headers(method))
     body = jsonrpc_error(response)
     assert (body["id"], body["error"]["code"]) == ("m-1", METHOD_NOT_FOUND)

@@ -42,6 +42,8 @@ from e2e_support import (
     inspector_cli,
     jsonrpc_error,
     legacy_body,
+    modern_body,
+    modern_headers,
     post,
     registry_yaml,
     response_messages,
@@ -63,6 +65,7 @@ virtual_servers:
     description: crm, the docs search and the interactive server
     servers: [crm, interact]
     tools: ["docs/search_*"]
+    resources: ["crm/crm://*", "interact/interact://*"]
 virtual_session_key_env: {KEY_ENV}
 """
 
@@ -119,7 +122,12 @@ def hub(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[st
     (workdir / "jwks.json").write_text(json.dumps(keys.jwks(), indent=2))
     registry = workdir / "registry.yaml"
     extra = f"  - name: interact\n    url: {interact.url}\n    timeout: 60s\n"
-    registry.write_text(registry_yaml(upstreams["crm"].url, upstreams["docs"].url, extra_servers=extra) + HUB)
+    base = registry_yaml(upstreams["crm"].url, upstreams["docs"].url, extra_servers=extra)
+    # Admins may use interact's prompt and resources too (completion is governed by them).
+    base = base.replace('prompts: { allow: ["crm/*"] }', 'prompts: { allow: ["crm/*", "interact/*"] }')
+    base = base.replace('resources: { allow: ["crm/*"] }', 'resources: { allow: ["crm/*", "interact/*"] }')
+    assert "interact/*" in base, "the e2e registry's admin grants changed"
+    registry.write_text(base + HUB)
     env = {HS_SECRET_ENV: keys.hs_secret, KEY_ENV: secrets.token_urlsafe(48)}
     gw = start_gateway(registry, workdir, env=env, runtime=runtime)
     state = Hub(gw, interact, workdir, port, upstreams, env)
@@ -430,6 +438,77 @@ async def test_a_backend_restart_makes_the_client_initialize_again(hub):
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 assert (await session.call_tool("interact__whoami", {})).content[0].text == "interact"
+
+
+@pytest.mark.anyio
+async def test_the_sdk_client_reads_resources_and_completes_through_the_virtual_server(hub):
+    """2025-11-25, the official client: the merged capabilities offer resources, prompts and
+    completions (each backend offers them); resources and templates are listed merged and a
+    read is routed by URI; a completion reaches the server its reference names, under the
+    prompt's own name, and a template completion by its URI."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.types import PromptReference, ResourceTemplateReference
+
+    marks = hub.marks()
+    async with http_client(ADMIN) as http:
+        async with streamable_http_client(hub.url, http_client=http) as (read, write):
+            async with ClientSession(read, write) as session:
+                init = await session.initialize()
+                caps = init.capabilities
+                assert caps.resources is not None and caps.prompts is not None and caps.completions is not None, caps
+                resources = [str(r.uri) for r in (await session.list_resources()).resources]
+                assert "crm://stats" in resources, resources
+                templates = [t.uri_template for t in (await session.list_resource_templates()).resource_templates]
+                assert {"crm://customers/{id}", "interact://accounts/{account}"} <= set(templates), templates
+                stats = await session.read_resource("crm://stats")
+                assert '"customers"' in stats.contents[0].text, stats
+                prompt = await session.complete(PromptReference(type="ref/prompt", name="interact__plan"), {"name": "account", "value": "acme"})
+                assert prompt.completion.values == ["acme-eu", "acme-us"], prompt
+                template = await session.complete(
+                    ResourceTemplateReference(type="ref/resource", uri="interact://accounts/{account}"), {"name": "account", "value": "g"}
+                )
+                assert template.completion.values == ["globex"], template
+                assert (await session.send_ping()) is not None
+    seen = hub.since(marks)
+    completions = [json.loads(e["body"]) for e in seen["interact"] if e.get("method") == "completion/complete"]
+    assert [c["params"]["ref"] for c in completions] == [
+        {"type": "ref/prompt", "name": "plan"},
+        {"type": "ref/resource", "uri": "interact://accounts/{account}"},
+    ], completions
+    # The argument value is the client's, byte for byte; the read went to crm only.
+    assert completions[0]["params"]["argument"] == {"name": "account", "value": "acme"}
+    assert [e["name"] for e in seen["crm"] if e.get("method") == "resources/read"] == ["crm://stats"]
+    assert not [e for e in seen["interact"] if e.get("method") == "resources/read"]
+
+
+def test_a_completion_is_governed_as_on_the_servers_own_endpoint(hub):
+    """The reader holds no prompt grant: refused through the virtual server exactly as on
+    /mcp/interact, and the backend never sees it; an unknown prefix names the valid ones."""
+    session_id = initialize(hub, READER)
+    marks = hub.marks()
+    complete = legacy_body(
+        "completion/complete", {"ref": {"type": "ref/prompt", "name": "interact__plan"}, "argument": {"name": "account", "value": "a"}}, id=41
+    )
+    refused = post(hub.url, complete, READER, legacy_headers(session_id))
+    error = jsonrpc_error(refused)
+    assert error["id"] == 41 and error["error"]["code"] == FORBIDDEN, error
+    complete["params"]["ref"]["name"] = "hr__plan"
+    unknown = jsonrpc_error(post(hub.url, complete, READER, legacy_headers(session_id)))
+    assert unknown["id"] == 41 and "interact__" in unknown["error"]["message"], unknown
+    assert not [e for e in hub.since(marks)["interact"] if e.get("method") == "completion/complete"]
+
+
+def test_a_modern_ping_and_completion_are_answered(hub):
+    """2026-07-28: `ping` is answered by the virtual server itself (with `resultType`), and a
+    completion is routed by its reference without a session."""
+    ping = post(hub.url, modern_body("ping", {}, id=5), ADMIN, modern_headers("ping"))
+    assert ping.status_code == 200, ping.text
+    assert ping.json() == {"jsonrpc": "2.0", "id": 5, "result": {"resultType": "complete"}}
+    params = {"ref": {"type": "ref/prompt", "name": "interact__plan"}, "argument": {"name": "account", "value": "acme-u"}}
+    answer = post(hub.url, modern_body("completion/complete", params, id=6), ADMIN, modern_headers("completion/complete"))
+    messages = response_messages(answer)
+    assert messages[-1]["id"] == 6 and messages[-1]["result"]["completion"]["values"] == ["acme-us"], messages
 
 
 def test_get_is_not_offered_and_modern_clients_still_work(hub):

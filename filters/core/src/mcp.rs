@@ -255,6 +255,17 @@ impl ReadMessage {
         self
     }
 
+    /// The same message with the name of its one reference (a `completion/complete`'s
+    /// `params.ref`) replaced by `name`, as [`Self::with_target_name`] does for the target.
+    pub fn with_reference_name(mut self, name: &str) -> Self {
+        if let Message::Request { references, .. } = &mut self.message {
+            if let [only] = references.as_mut_slice() {
+                only.name = name.to_string();
+            }
+        }
+        self
+    }
+
     /// The protocol version the per-request envelope declares, as
     /// [`envelope_protocol_version`] reports it.
     pub fn envelope_version(&self) -> Option<Option<&str>> {

@@ -25,6 +25,7 @@ use crate::reject::{printable, Rejection};
 use crate::virtual_server::{VirtualServer, TARGET_HEADER};
 
 use super::virtual_fanout::is_fan_out_method;
+use super::virtual_session::SessionOp;
 use super::{check_routing_headers, unreadable, BodyDecision, Exchange, Gateway, PendingRequest};
 
 /// HTTP status of a JSON-RPC error about what the request names or asks for (an unknown
@@ -77,6 +78,11 @@ impl Gateway {
         let Message::Request { method, .. } = message else {
             return Err(unsupported(virtual_server, "a notification or response", id));
         };
+        if method == mcp::method::PING {
+            // Answered here: the virtual server itself is what the client pings.
+            let result = serde_json::json!({"resultType": "complete"});
+            return Ok(BodyDecision::Session(SessionOp::answered(virtual_server, id, result)));
+        }
         if is_fan_out_method(method) {
             let read = read.clone();
             return self.plan_fan_out(pending, virtual_server, body, read).map(BodyDecision::FanOut);
@@ -86,7 +92,8 @@ impl Gateway {
 
     /// A `tools/call` or `prompts/get` through `virtual_server`: resolved by its exposed
     /// name, renamed, and governed as the backing server's own request; a `resources/read`:
-    /// routed by its URI (both eras).
+    /// routed by its URI; a `completion/complete`: routed by its reference, a prompt's
+    /// exposed name renamed as for `prompts/get` (both eras).
     pub(super) fn route_virtual_call(
         &self,
         pending: &PendingRequest,
@@ -98,6 +105,9 @@ impl Gateway {
         let message = &read.message;
         let id = message.id();
         let method = message.method().unwrap_or_default();
+        if method == mcp::method::COMPLETION_COMPLETE {
+            return self.route_virtual_completion(pending, virtual_server, body, doc, read);
+        }
         let kind = match ResourceKind::of_method(method) {
             Some(kind) => kind,
             None => return Err(unsupported(virtual_server, &format!("method {}", printable(method)), id)),
@@ -115,25 +125,67 @@ impl Gateway {
         let rewritten = replace_name(body, doc, kind, member.name).ok_or_else(|| {
             Rejection::bad_request(code::INVALID_PARAMS, "the request's name is not readable").with_id(id)
         })?;
+        let backend_read = read.clone().with_target_name(member.name);
+        self.govern_on_backend(pending, member.server, member.name, rewritten, backend_read)
+    }
 
-        // Governed as the backing server's own request: the same message, renamed (the
-        // headers were checked above; Mcp-Name is rewritten with the body).
+    /// `completion/complete` through `virtual_server`: a `ref/resource` is routed by its URI
+    /// (not renamed, as for `resources/read`); a `ref/prompt` by its exposed name, with
+    /// `params.ref.name` renamed to the backing server's own. Governed as that server's own
+    /// request (the policy decides on the referenced prompt or resource).
+    fn route_virtual_completion(
+        &self,
+        pending: &PendingRequest,
+        virtual_server: &VirtualServer,
+        body: &[u8],
+        doc: &StrictJson<'_>,
+        read: &mcp::ReadMessage,
+    ) -> Result<Exchange, Rejection> {
+        let id = read.message.id();
+        // The reader refuses a completion without a readable reference: exactly one here.
+        let Some(reference) = read.message.named().next() else {
+            return Err(Rejection::bad_request(code::INVALID_PARAMS, "the completion names no reference").with_id(id));
+        };
+        if reference.kind == ResourceKind::Resource {
+            let uri = reference.name.clone();
+            return self.route_resource_read(pending, virtual_server, &uri, body, read.clone());
+        }
+        let member = virtual_server
+            .resolve(reference.kind, &reference.name)
+            .map_err(|e| Rejection::new(ANSWER_STATUS, code::INVALID_PARAMS, printable(&e.to_string())).with_id(id))?;
+        let rewritten = replace_string_at(body, doc, &["params", "ref", "name"], member.name).ok_or_else(|| {
+            Rejection::bad_request(code::INVALID_PARAMS, "the reference's name is not readable").with_id(id)
+        })?;
+        let backend_read = read.clone().with_reference_name(member.name);
+        self.govern_on_backend(pending, member.server, member.name, rewritten, backend_read)
+    }
+
+    /// Governs `rewritten` (read as `backend_read`) as the same request to backing server
+    /// `server`'s own endpoint, which the exchange is then routed to. `Mcp-Name`, when the
+    /// client sent one (checked against the body before), becomes `own_name`.
+    fn govern_on_backend(
+        &self,
+        pending: &PendingRequest,
+        server: &str,
+        own_name: &str,
+        rewritten: Vec<u8>,
+        backend_read: mcp::ReadMessage,
+    ) -> Result<Exchange, Rejection> {
         let mut backend = pending.clone();
         backend.via_virtual = false;
-        backend.server = member.server.to_string();
-        let own_name_header = mcp::encode_header_value(member.name);
-        if backend.routing.name.is_some() {
-            backend.routing.name = Some(own_name_header.clone());
+        backend.server = server.to_string();
+        let own_name_header = backend.routing.name.is_some().then(|| mcp::encode_header_value(own_name));
+        if let Some(own) = &own_name_header {
+            backend.routing.name = Some(own.clone());
         }
-        let backend_read = read.clone().with_target_name(member.name);
         let mut exchange = self.govern_read(&backend, &rewritten, backend_read)?;
         if exchange.rewritten_request.is_none() {
             exchange.rewritten_request = Some(rewritten);
         }
-        if pending.routing.name.is_some() {
-            exchange.request_header_rewrites.push((header::NAME.to_string(), Some(own_name_header)));
+        if let Some(own) = own_name_header {
+            exchange.request_header_rewrites.push((header::NAME.to_string(), Some(own)));
         }
-        exchange.request_header_rewrites.push((TARGET_HEADER.to_string(), Some(member.server.to_string())));
+        exchange.request_header_rewrites.push((TARGET_HEADER.to_string(), Some(server.to_string())));
         Ok(exchange)
     }
 }
@@ -144,7 +196,7 @@ fn unsupported(virtual_server: &VirtualServer, what: &str, id: Option<&serde_jso
         ANSWER_STATUS,
         code::METHOD_NOT_FOUND,
         format!(
-            "{what} is not supported on virtual server \"{}\" yet; it answers server/discover, the list methods, tools/call, prompts/get (names prefixed {}) and resources/read; use /mcp/<server> for the rest",
+            "{what} is not supported on virtual server \"{}\" yet; it answers server/discover, ping, the list methods, tools/call, prompts/get (names prefixed {}), resources/read and completion/complete; use /mcp/<server> for the rest",
             virtual_server.name,
             virtual_server.prefixes().join(", ")
         ),
@@ -163,7 +215,18 @@ pub(crate) fn replace_name(body: &[u8], doc: &StrictJson<'_>, kind: ResourceKind
 /// re-serialised as a JSON string at its exact place; every other byte as sent. `None` when
 /// `params.<key>` is not a string.
 pub(super) fn replace_param_string(body: &[u8], doc: &StrictJson<'_>, key: &str, own: &str) -> Option<Vec<u8>> {
-    let value = doc.root().get("params")?.get(key)?;
+    replace_string_at(body, doc, &["params", key], own)
+}
+
+/// `body` (read as `doc`) with the string value at member `path` (from the root) replaced
+/// by `own`, re-serialised as a JSON string at its exact place; every other byte as sent.
+/// `None` when there is no string there. (Strict JSON has no duplicate keys: the member a
+/// path names is the one every peer reads.)
+pub(super) fn replace_string_at(body: &[u8], doc: &StrictJson<'_>, path: &[&str], own: &str) -> Option<Vec<u8>> {
+    let mut value = doc.root();
+    for key in path {
+        value = value.get(key)?;
+    }
     if value.kind() != jsonrpc::JsonKind::String {
         return None;
     }
@@ -326,9 +389,59 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_completion_is_routed_by_its_reference_and_renamed_there_only() {
+        let g = gateway();
+        let params = json!({"ref": {"type": "ref/prompt", "name": "crm__summarize_customer"},
+                            "argument": {"name": "id", "value": "crm__summarize_customer"}});
+        let sent = body("completion/complete", params);
+        let e = decide(&g, "a", "/mcp/work", &modern("completion/complete", None), &sent).unwrap();
+        assert_eq!((e.server.as_str(), rewrite(&e, TARGET_HEADER)), ("crm", Some("crm")));
+        assert_eq!(rewrite(&e, header::NAME), None, "completion/complete carries no Mcp-Name");
+        let forwarded: Value = serde_json::from_slice(e.rewritten_request.as_deref().unwrap()).unwrap();
+        assert_eq!(forwarded["params"]["ref"]["name"], "summarize_customer");
+        assert_eq!(forwarded["params"]["argument"]["value"], "crm__summarize_customer");
+        // Governed as on /mcp/crm: the reader holds no prompt grant there.
+        let r = decide(&g, "r", "/mcp/work", &modern("completion/complete", None), &sent).unwrap_err();
+        let direct = body(
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "summarize_customer"}, "argument": {"name": "id", "value": ""}}),
+        );
+        let d = decide(&g, "r", "/mcp/crm", &modern("completion/complete", None), &direct).unwrap_err();
+        assert_eq!((r.status, r.code), (d.status, d.code), "{} / {}", r.message, d.message);
+        // An unknown prefix is refused with the valid ones, and the id.
+        let sent = body(
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "hr__x"}, "argument": {"name": "a", "value": ""}}),
+        );
+        let r = decide(&g, "a", "/mcp/work", &modern("completion/complete", None), &sent).unwrap_err();
+        assert_eq!((r.code, r.id.clone()), (code::INVALID_PARAMS, Some(json!(9))), "{}", r.message);
+    }
+
+    #[test]
+    fn ping_is_answered_by_the_virtual_server_itself() {
+        let g = gateway();
+        let mut h: Vec<(&str, &str)> = vec![("x-api-key", "r"), ("content-type", "application/json")];
+        let headers = modern("ping", None);
+        h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+        let HeadDecision::AwaitBody(p) = g.on_request_head(
+            RequestHead { method: "POST", path: "/mcp/work", headers: &h, end_of_stream: false },
+            0,
+            &mut g.new_token_cache(),
+        ) else {
+            panic!("head")
+        };
+        let Ok(BodyDecision::Session(op)) = g.on_virtual_request_body(&p, &body("ping", json!({}))) else {
+            panic!("not answered here")
+        };
+        let answer = op.answer(&[], None, &g.config.policy, &mut Default::default());
+        let read: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(read, json!({"jsonrpc": "2.0", "id": 9, "result": {"resultType": "complete"}}));
+    }
+
+    #[test]
     fn what_is_not_supported_yet_is_refused_with_the_id() {
         let g = gateway();
-        for method in ["ping", "resources/subscribe"] {
+        for method in ["logging/setLevel", "resources/subscribe"] {
             let sent = body(method, json!({"uri": "file:///x"}));
             let r = decide(&g, "r", "/mcp/work", &modern(method, None), &sent).unwrap_err();
             assert_eq!((r.code, r.id.clone()), (code::METHOD_NOT_FOUND, Some(json!(9))), "{method}: {}", r.message);

@@ -100,10 +100,6 @@ pub struct FanOut {
     pub backends: Vec<Backend>,
     /// Backends left out before any call (no way to reach them).
     pub skipped: Vec<Omission>,
-    /// The merged answer may list tools (discovery: the selection has tools) / prompts.
-    selects_tools: bool,
-    selects_prompts: bool,
-    selects_resources: bool,
     /// The list method asked (for the merged cursor).
     method: String,
     /// The virtual server, for renaming (a copy: the answer is built after the callouts).
@@ -267,9 +263,6 @@ impl Gateway {
             ask,
             backends,
             skipped,
-            selects_tools: virtual_server.servers_selecting(ResourceKind::Tool).next().is_some(),
-            selects_prompts: virtual_server.servers_selecting(ResourceKind::Prompt).next().is_some(),
-            selects_resources: virtual_server.servers_selecting(ResourceKind::Resource).next().is_some(),
             cache_key: match ask {
                 Ask::List(_) => {
                     let mut roles = pending.consumer().roles.clone();
@@ -404,12 +397,10 @@ impl FanOut {
         }
     }
 
-    /// Capabilities: `tools` / `prompts` when the selection has them and a backend that
-    /// answered offers them. Only the modern protocol versions the filter speaks.
+    /// Capabilities: those of [`MergedCapabilities`]. Only the modern protocol versions the
+    /// filter speaks.
     fn merge_discover(&self, results: &[(usize, Vec<u8>)], omitted: &mut Vec<Omission>) -> Vec<u8> {
-        let mut tools = false;
-        let mut prompts = false;
-        let mut resources = false;
+        let mut capabilities = MergedCapabilities::default();
         let mut ttl: Option<u64> = None;
         for (i, message) in results {
             let backend = &self.backends[*i];
@@ -418,24 +409,11 @@ impl FanOut {
                 continue;
             };
             let result = &value["result"];
-            let capabilities = &result["capabilities"];
-            let selects = |kind| self.selection.servers_selecting(kind).any(|s| s == backend.server);
-            tools |= capabilities.get("tools").is_some_and(Value::is_object) && selects(ResourceKind::Tool);
-            prompts |= capabilities.get("prompts").is_some_and(Value::is_object) && selects(ResourceKind::Prompt);
-            resources |= capabilities.get("resources").is_some_and(Value::is_object) && selects(ResourceKind::Resource);
+            capabilities.add(&self.selection, &backend.server, &result["capabilities"]);
             let own = result.get("ttlMs").and_then(Value::as_u64).unwrap_or(0);
             ttl = Some(ttl.map_or(own, |t| t.min(own)));
         }
-        let mut capabilities = serde_json::Map::new();
-        if tools && self.selects_tools {
-            capabilities.insert("tools".to_string(), serde_json::json!({}));
-        }
-        if prompts && self.selects_prompts {
-            capabilities.insert("prompts".to_string(), serde_json::json!({}));
-        }
-        if resources && self.selects_resources {
-            capabilities.insert("resources".to_string(), serde_json::json!({}));
-        }
+        let capabilities = capabilities.to_json();
         let mut result = serde_json::json!({
             "supportedVersions": mcp::MODERN_PROTOCOL_VERSIONS,
             "capabilities": capabilities,
@@ -451,6 +429,48 @@ impl FanOut {
             result["instructions"] = Value::String(description.clone());
         }
         self.respond(result)
+    }
+}
+
+/// The capabilities a virtual server offers: each one that a backing server which answered
+/// offers, for what the virtual server's selection exposes from that server. `tools`,
+/// `prompts`, `resources`: that kind is selected from it; `completions` (answered by routing
+/// `completion/complete` by its reference): its prompts or resources are selected. Nothing
+/// else (logging, subscriptions, tasks, experimental) is offered: the filter answers or routes
+/// nothing more.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MergedCapabilities {
+    tools: bool,
+    prompts: bool,
+    resources: bool,
+    completions: bool,
+}
+
+impl MergedCapabilities {
+    /// Adds what backing server `server` offers (its answer's `capabilities`).
+    pub(super) fn add(&mut self, selection: &VirtualServer, server: &str, offered: &Value) {
+        let offers = |name: &str| offered.get(name).is_some_and(Value::is_object);
+        let selects = |kind| selection.servers_selecting(kind).any(|s| s == server);
+        self.tools |= offers("tools") && selects(ResourceKind::Tool);
+        self.prompts |= offers("prompts") && selects(ResourceKind::Prompt);
+        self.resources |= offers("resources") && selects(ResourceKind::Resource);
+        self.completions |= offers("completions") && (selects(ResourceKind::Prompt) || selects(ResourceKind::Resource));
+    }
+
+    /// The `capabilities` object the client gets (each offered one as `{}`).
+    pub(super) fn to_json(self) -> serde_json::Map<String, Value> {
+        let mut capabilities = serde_json::Map::new();
+        for (name, offered) in [
+            ("tools", self.tools),
+            ("prompts", self.prompts),
+            ("resources", self.resources),
+            ("completions", self.completions),
+        ] {
+            if offered {
+                capabilities.insert(name.to_string(), serde_json::json!({}));
+            }
+        }
+        capabilities
     }
 }
 

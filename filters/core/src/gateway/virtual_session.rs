@@ -31,7 +31,7 @@
 use serde_json::{json, Value};
 
 use crate::jsonrpc::{self, code, JsonKind, StrictJson};
-use crate::mcp::{self, header, method, Message, ReadMessage, ResourceKind};
+use crate::mcp::{self, header, method, Message, ReadMessage};
 use crate::policy::Policy;
 use crate::redact::RedactionCounts;
 use crate::reject::{printable, Rejection};
@@ -39,7 +39,9 @@ use crate::session_seal::{BackendSession, Misuse, Session, SessionKeys};
 use crate::sse::{EventData, Rewritten, SseRewriter};
 use crate::virtual_server::{Upstream, VirtualServer, TARGET_HEADER};
 
-use super::virtual_fanout::{CalloutRequest, CalloutResponse, FanOut, Omission, FAN_OUT_TIMEOUT_MS};
+use super::virtual_fanout::{
+    CalloutRequest, CalloutResponse, FanOut, MergedCapabilities, Omission, FAN_OUT_TIMEOUT_MS,
+};
 use super::{media_type, BodyDecision, Gateway, HeadDecision, PendingRequest, RequestHead};
 use crate::identity::Consumer;
 
@@ -92,6 +94,17 @@ pub struct LocalAnswer {
 }
 
 impl SessionOp {
+    /// A request the filter answers itself with `result` (no callout): `ping`.
+    pub(super) fn answered(virtual_server: &VirtualServer, id: Option<&Value>, result: Value) -> SessionOp {
+        SessionOp {
+            virtual_server: virtual_server.name.clone(),
+            request_id: id.cloned(),
+            callouts: Vec::new(),
+            skipped: Vec::new(),
+            kind: OpKind::Local(json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string().into_bytes()),
+        }
+    }
+
     /// The answer, from `answers[i]` for `self.callouts[i]`.
     pub fn answer(
         &self,
@@ -139,21 +152,15 @@ impl SessionOp {
                     return LocalAnswer { status: 500, headers: json(), body, omitted };
                 };
                 let mut backends = Vec::new();
-                let (mut tools, mut prompts, mut resources) = (false, false, false);
+                let mut capabilities = MergedCapabilities::default();
                 for ((server, _), answer) in self.callouts.iter().zip(answers) {
                     let read = answer
                         .as_ref()
                         .map_err(Clone::clone)
                         .and_then(|r| read_initialize(r, self.request_id.as_ref()));
                     match read {
-                        Ok((backend, capabilities)) => {
-                            let selects = |kind| selection.servers_selecting(kind).any(|s| s == server);
-                            tools |=
-                                capabilities.get("tools").is_some_and(Value::is_object) && selects(ResourceKind::Tool);
-                            prompts |= capabilities.get("prompts").is_some_and(Value::is_object)
-                                && selects(ResourceKind::Prompt);
-                            resources |= capabilities.get("resources").is_some_and(Value::is_object)
-                                && selects(ResourceKind::Resource);
+                        Ok((backend, offered)) => {
+                            capabilities.add(selection, server, &offered);
                             backends.push(BackendSession { server: server.clone(), ..backend });
                         }
                         Err(reason) => omitted.push(Omission { server: server.clone(), reason }),
@@ -183,16 +190,7 @@ impl SessionOp {
                     protocol_version: version.clone(),
                     backends,
                 };
-                let mut capabilities = serde_json::Map::new();
-                if tools {
-                    capabilities.insert("tools".to_string(), json!({}));
-                }
-                if prompts {
-                    capabilities.insert("prompts".to_string(), json!({}));
-                }
-                if resources {
-                    capabilities.insert("resources".to_string(), json!({}));
-                }
+                let capabilities = capabilities.to_json();
                 let mut result = json!({
                     "protocolVersion": version,
                     "capabilities": capabilities,
@@ -380,14 +378,8 @@ impl Gateway {
         )?;
         match message {
             Message::Request { method, .. } => match method.as_str() {
-                method::PING => Ok(BodyDecision::Session(SessionOp {
-                    virtual_server: virtual_server.name.clone(),
-                    request_id: id.cloned(),
-                    callouts: Vec::new(),
-                    skipped: Vec::new(),
-                    kind: OpKind::Local(json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string().into_bytes()),
-                })),
-                method::TOOLS_LIST | method::PROMPTS_LIST => {
+                method::PING => Ok(BodyDecision::Session(SessionOp::answered(virtual_server, id, json!({})))),
+                method::TOOLS_LIST | method::PROMPTS_LIST | method::RESOURCES_LIST | method::RESOURCES_TEMPLATES_LIST => {
                     let mut fan_out = self.plan_fan_out(pending, virtual_server, body, read.clone())?;
                     let mut callouts = Vec::new();
                     let mut skipped = Vec::new();
@@ -418,7 +410,7 @@ impl Gateway {
                         kind: OpKind::List(Box::new(fan_out)),
                     }))
                 }
-                method::TOOLS_CALL | method::PROMPTS_GET => {
+                method::TOOLS_CALL | method::PROMPTS_GET | method::RESOURCES_READ | method::COMPLETION_COMPLETE => {
                     let mut exchange = self.route_virtual_call(pending, virtual_server, body, doc, read)?;
                     let server = exchange.server.clone();
                     let Some(own) = session.backend(&server) else {
@@ -432,7 +424,7 @@ impl Gateway {
                     200,
                     code::METHOD_NOT_FOUND,
                     format!(
-                        "method {} is not supported on virtual server \"{}\"; it answers initialize, ping, tools/list, prompts/list, tools/call and prompts/get (names prefixed {})",
+                        "method {} is not supported on virtual server \"{}\"; it answers initialize, ping, the list methods, tools/call and prompts/get (names prefixed {}), resources/read and completion/complete",
                         printable(other),
                         virtual_server.name,
                         virtual_server.prefixes().join(", ")
