@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ from e2e_support import (
     response_messages,
     start_gateway,
     stop_gateway,
+    ts_client,
     wait_tcp,
 )
 
@@ -509,6 +511,41 @@ def test_a_modern_ping_and_completion_are_answered(hub):
     answer = post(hub.url, modern_body("completion/complete", params, id=6), ADMIN, modern_headers("completion/complete"))
     messages = response_messages(answer)
     assert messages[-1]["id"] == 6 and messages[-1]["result"]["completion"]["values"] == ["acme-us"], messages
+
+
+def test_the_typescript_client_reports_the_ended_session_and_a_new_one_works(hub, tmp_path):
+    """The official TypeScript SDK, one session: interact restarts between two calls; the
+    second call surfaces the 404 (the SDK's `StreamableHTTPError` with code 404 and the
+    filter's JSON-RPC message), the other backends of the session still answer, and a new session
+    (a new client) calls interact again."""
+    ready, resume = tmp_path / "ts-ready", tmp_path / "ts-resume"
+    operations = [
+        {"tool": "interact__whoami"},
+        {"pause": {"ready": str(ready), "resume": str(resume)}},
+        {"tool": "interact__whoami"},
+        {"tool": "crm__get_customer", "arguments": {"id": "c-001"}},
+    ]
+    lines: list[dict[str, Any]] = []
+    client = threading.Thread(target=lambda: lines.extend(ts_client(hub.url, ADMIN, operations, timeout=120)))
+    client.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and client.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), "the TypeScript client never reached its pause"
+        hub.restart_interact()
+    finally:
+        resume.touch()
+        client.join(150)
+    calls = [line for line in lines if line["op"] != "onerror"]
+    assert [c["op"] for c in calls] == ["call:interact__whoami"] * 2 + ["call:crm__get_customer"], lines
+    assert calls[0]["ok"] and calls[0]["result"]["content"][0]["text"] == "interact", calls[0]
+    ended = calls[1]
+    assert not ended["ok"] and (ended["error"]["name"], ended["error"]["code"]) == ("StreamableHTTPError", 404), ended
+    assert "interact" in ended["error"]["message"] and "initialize" in ended["error"]["message"], ended
+    assert calls[2]["ok"] and "Ada" in calls[2]["result"]["content"][0]["text"], calls[2]
+    again = [line for line in ts_client(hub.url, ADMIN, [{"tool": "interact__whoami"}]) if line["op"] != "onerror"]
+    assert again[0]["ok"] and again[0]["result"]["content"][0]["text"] == "interact", again
 
 
 def test_get_is_not_offered_and_modern_clients_still_work(hub):

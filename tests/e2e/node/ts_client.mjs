@@ -4,7 +4,10 @@
 // user of the SDK would see.
 //
 //   node ts_client.mjs <url> '<json>'
-//   json: {"headers": {...}, "operations": [{"tool": "name", "arguments": {...}} | {"list": "tools" | "prompts" | "resources"}, ...]}
+//   json: {"headers": {...}, "operations": [{"tool": "name", "arguments": {...}} | {"list": "tools" | "prompts" | "resources"}
+//          | {"pause": {"ready": "/path", "resume": "/path"}}, ...]}
+//   A pause writes `ready` and waits (up to 60 s) until `resume` exists, so a test can change
+//   the world (restart a server) between two operations of one client session.
 //
 // Output: one line per operation, `{"op": "call:<tool>" | "<list>", "ok": true, "result": ...}`
 // or `{"op", "ok": false, "stage": "call", "error": {"name", "code", "message"}}`; errors the
@@ -14,6 +17,7 @@
 // operation has its own timeout, so a hung answer shows up as an error line.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { existsSync, writeFileSync } from "node:fs";
 
 const [url, specText] = process.argv.slice(2);
 const spec = JSON.parse(specText ?? "{}");
@@ -48,7 +52,19 @@ try {
   emit({ op: "connect", ok: false, stage: "connect", error: describe(error) });
   process.exit(0);
 }
+async function pause({ ready, resume }) {
+  writeFileSync(ready, "");
+  for (let waited = 0; !existsSync(resume); waited += 100) {
+    if (waited > 60000) throw new Error(`no ${resume} after 60 s`);
+    await new Promise((done) => setTimeout(done, 100));
+  }
+}
+
 for (const operation of spec.operations ?? []) {
+  if (operation.pause) {
+    await pause(operation.pause);
+    continue;
+  }
   const op = operation.list ?? `call:${operation.tool}`;
   try {
     const result = operation.list
