@@ -36,8 +36,9 @@ from e2e_support import (
     modern_body,
     modern_headers,
     post,
+    response_messages,
 )
-from scripted_upstream import json_response, sse_response
+from scripted_upstream import json_response, sse_event, sse_response
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 
@@ -686,6 +687,37 @@ def test_tasks_are_refused(case_id, hostile_gateway, scripted):
     assert (error["id"], error["error"]["code"]) == (53, METHOD_NOT_FOUND), describe(r)
     assert "not supported through the gateway" in error["error"]["message"]
     assert script.requests == []
+
+
+@pytest.mark.parametrize("framing", ["json", "sse"])
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+def test_a_server_advertising_tasks_is_not_believed(framing, era, hostile_gateway, scripted):
+    """Tasks are refused, so the `tasks` capability a server advertises is withheld from its
+    `initialize` (2025-11-25) or `server/discover` (2026-07-28) answer, in a JSON body or an
+    SSE event, every other byte as the server sent it: what the client is told is what the
+    gateway carries."""
+    capabilities = '{"tools":{"listChanged":true},"tasks":{"list":{},"requests":{"tools":{"call":{}}}},"logging":{}}'
+
+    def answer(req):
+        text = f'{{"jsonrpc":"2.0","id":{json.dumps(req.id)},"result":{{"protocolVersion":"2025-11-25","capabilities":{capabilities},"serverInfo":{{"name":"evil","version":"1.0"}}}}}}'
+        if framing == "sse":
+            return sse_response(sse_event(text))
+        return json_response(None, raw=text.encode())
+
+    script = scripted.script(answer)
+    if era == "legacy":
+        init = {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": {"name": "c", "version": "0"}}
+        r = post(hostile_gateway.url("evil"), legacy_body("initialize", init, id=71), READER, {**LEGACY, **script.headers})
+    else:
+        r = post(hostile_gateway.url("evil"), modern_body("server/discover", {}, id=71), READER,
+                 {**modern_headers("server/discover"), **script.headers})
+    assert r.status_code == 200, describe(r)
+    messages = response_messages(r)
+    assert len(messages) == 1, describe(r)
+    assert messages[0]["result"]["capabilities"] == {"tools": {"listChanged": True}, "logging": {}}, describe(r)
+    expected = '"capabilities":{"tools":{"listChanged":true},"logging":{}}'
+    assert expected in r.text, describe(r)
+    assert len(script.requests) == 1
 
 
 # --------------------------------------------------------------------------- item 7: routing and Mcp-Param-* headers

@@ -208,6 +208,9 @@ pub struct Exchange {
     /// on list requests (whose answers update the drift state), and on a call of a pinned
     /// item under `enforce` (checked against the drift state before it is forwarded).
     pub server_pins: Option<Arc<crate::pinning::ServerPins>>,
+    /// An `initialize` / `server/discover` request: the capabilities the gateway refuses to
+    /// carry are withheld from its answer ([`crate::capabilities`]).
+    pub withholds_capabilities: bool,
 }
 
 /// How the response body must be handled.
@@ -435,7 +438,10 @@ impl Exchange {
     /// Whether a response with `status` may have its body rewritten (list filtering or
     /// redaction), which needs its type and encoding.
     fn rewrites_response(&self, status: u16) -> bool {
-        self.filters_list(status) || self.response_redaction.is_some() || self.session_backend.is_some()
+        self.filters_list(status)
+            || self.response_redaction.is_some()
+            || self.session_backend.is_some()
+            || self.withholds_capabilities && (200..300).contains(&status) && status != 202
     }
 
     /// Whether a response with `status` is a list answer to filter (a 2xx with a body).
@@ -455,6 +461,7 @@ impl Exchange {
             || self.response_redaction.is_some()
             || self.server_stream
             || self.session_backend.is_some()
+            || self.withholds_capabilities
     }
 
     /// Governs a buffered response body read as `kind` (see [`ResponsePlan::Buffer`]).
@@ -603,11 +610,32 @@ impl Exchange {
         }
     }
 
-    /// Governs one upstream message (a JSON body, or one SSE event's data): list filtering,
-    /// then redaction, and on a POST exchange whose answer is governed, the check that a
-    /// response on it answers this request. A refusal is a JSON-RPC error for `id` (the
-    /// message cannot be read, is blocked or answers another id).
+    /// Governs one upstream message (a JSON body, or one SSE event's data): capabilities
+    /// withheld from an `initialize` / `server/discover` answer, then [`Self::govern_message`].
     fn govern(
+        &self,
+        message: &str,
+        policy: &Policy,
+        counts: &mut RedactionCounts,
+        id: Option<&serde_json::Value>,
+    ) -> Governed {
+        let withheld =
+            if self.withholds_capabilities { crate::capabilities::withhold(message.as_bytes()) } else { None };
+        let Some(withheld) = withheld else {
+            return self.govern_message(message, policy, counts, id);
+        };
+        // Only ASCII punctuation and whole members were cut: still UTF-8.
+        let text = String::from_utf8_lossy(&withheld).into_owned();
+        match self.govern_message(&text, policy, counts, id) {
+            Governed::Unchanged => Governed::Rewritten(withheld),
+            other => other,
+        }
+    }
+
+    /// List filtering, then redaction, and on a POST exchange whose answer is governed, the
+    /// check that a response on it answers this request. A refusal is a JSON-RPC error for
+    /// `id` (the message cannot be read, is blocked or answers another id).
+    fn govern_message(
         &self,
         message: &str,
         policy: &Policy,
@@ -845,6 +873,7 @@ impl Gateway {
                     session_backend: None,
                     pin_drifts: Default::default(),
                     server_pins,
+                    withholds_capabilities: false,
                 })
             }
             "POST" => match self.check_post_head(head, &server) {
@@ -1120,9 +1149,12 @@ impl Gateway {
         };
         let counts_in_flight = tool.is_some() && self.config.limits.max_in_flight_per_consumer.is_some();
         let response_limit = matches!(message, Message::Request { .. }).then_some(sizes.max_response_bytes);
+        let withholds_capabilities = matches!(&message, Message::Request { method, .. }
+            if method == mcp::method::INITIALIZE || method == mcp::method::SERVER_DISCOVER);
         Ok(Exchange {
             consumer: consumer.clone(),
             server: server.clone(),
+            withholds_capabilities,
             message: Some(message),
             list_filter,
             response_redaction,

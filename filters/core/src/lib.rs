@@ -22,6 +22,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod audit;
+pub mod capabilities;
 pub mod config;
 pub mod content_type;
 pub mod gateway;

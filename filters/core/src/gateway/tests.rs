@@ -1297,3 +1297,37 @@ fn client_certificate_header_identifies_only_with_auth_mtls_and_only_once() {
     // Without auth.mtls the header means nothing.
     assert_eq!(rejected(head_of(&peer(vec![]), "POST", "/mcp/crm", &[xfcc, ct])).status, 401);
 }
+
+#[test]
+fn the_tasks_capability_is_withheld_from_initialize_and_discover_answers() {
+    let g = gateway(None);
+    let reader = pending(&g, "r", &[]);
+    let policy = &g.config.policy;
+    let init = g.on_request_body(&reader, br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#).unwrap();
+    let json_head = ResponseHead { status: 200, content_type: Some("application/json"), ..Default::default() };
+    assert_eq!(init.response_plan(json_head), ResponsePlan::Buffer(BodyKind::Json));
+    let answer = br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"tasks":{"list":{}}},"serverInfo":{"name":"crm","version":"1"}}}"#;
+    let out = init.rewrite_message(answer, policy, &mut Default::default()).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"crm","version":"1"}}}"#
+    );
+    // Nothing to withhold: unchanged; an error answer is not rewritten.
+    let plain = br#"{"jsonrpc":"2.0","id":1,"result":{"capabilities":{"tools":{}}}}"#;
+    assert_eq!(init.rewrite_message(plain, policy, &mut Default::default()), None);
+    let error = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"capabilities.tasks"}}"#;
+    assert_eq!(init.rewrite_message(error, policy, &mut Default::default()), None);
+    // In an SSE answer too, event by event.
+    let sse_head = ResponseHead { status: 200, content_type: Some("text/event-stream"), ..Default::default() };
+    assert_eq!(init.response_plan(sse_head), ResponsePlan::Stream);
+    let event = r#"{"jsonrpc":"2.0","id":1,"result":{"capabilities":{"tasks":{},"tools":{}}}}"#;
+    match init.rewrite_event(EventData::Text(event), policy, &mut Default::default()) {
+        Rewritten::Data(bytes) => {
+            assert_eq!(bytes, br#"{"jsonrpc":"2.0","id":1,"result":{"capabilities":{"tools":{}}}}"#.to_vec())
+        }
+        other => panic!("{other:?}"),
+    }
+    // Other requests' answers are not touched (a tool result may say "tasks").
+    let call = g.on_request_body(&reader, &call(2, "get_customer")).unwrap();
+    assert!(!call.withholds_capabilities);
+}

@@ -596,6 +596,12 @@ impl<'a> RawKey<'a> {
         self.inner.contains('\\') && self.decoded().is_some_and(|k| k == key)
     }
 
+    /// The key as written, between its quotes (escapes not decoded): a slice of the
+    /// document, so its place in the text can be found.
+    pub fn as_written(&self) -> &'a str {
+        self.inner
+    }
+
     pub fn decoded(&self) -> Option<Cow<'a, str>> {
         if !self.inner.contains('\\') {
             return Some(Cow::Borrowed(self.inner));
