@@ -2,14 +2,9 @@
 //! as an MCP client, straight to the server (not through Envoy, so no policy applies: the
 //! catalog is the operator's view of everything that exists).
 //!
-//! - Protocol: `tools/list` in the 2026-07-28 form (one stateless POST with
-//!   `MCP-Protocol-Version` and `Mcp-Method`); a server that refuses it gets the 2025-11-25
-//!   handshake (`initialize`, `notifications/initialized`, `tools/list` in that session, then
-//!   `DELETE` of the session). Answers may be JSON or SSE. Every page is followed
-//!   (`nextCursor`, at most [`MAX_PAGES`]).
-//! - Credentials: the server's `credentials` header (with its prefix) is sent, as the
-//!   gateway's route would send it. `https` servers are verified like Envoy verifies them
-//!   (`tls.ca_file`, else `envoy.system_ca_file`; SNI and the name checked as configured).
+//! - Protocol, transport, credentials and trust: [`crate::mcp_client`] (2026-07-28
+//!   `server/discover`, else the 2025-11-25 session, ended with `DELETE`); `tools/list` when
+//!   the server offers tools, every page followed (`nextCursor`, at most [`MAX_PAGES`]).
 //! - Every request says `user-agent: meshgate-catalog/<version>` ([`USER_AGENT`]).
 //! - Bounds: one server's discovery (every request of it) takes at most [`SERVER_TIMEOUT`];
 //!   an answer larger than [`MAX_BODY`] is refused. Servers are asked concurrently.
@@ -21,16 +16,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use rustls_pki_types::pem::PemObject;
-use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use meshgate_core::mcp::method;
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::control::{unix_now, ControlPlane};
-use crate::registry::{Registry, Scheme, Server, Trust, UpstreamHost, VerifyName};
+use crate::mcp_client::{Limits, McpClient};
+use crate::registry::{Registry, Server};
 
 /// How often every server is asked again, registry changes aside.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
@@ -43,9 +35,6 @@ pub const MAX_PAGES: usize = 20;
 
 /// Sent with every discovery request, so a server's logs can tell them from clients' requests.
 pub const USER_AGENT: &str = concat!("meshgate-catalog/", env!("CARGO_PKG_VERSION"));
-
-const MODERN: &str = "2026-07-28";
-const LEGACY: &str = "2025-11-25";
 
 /// One tool as the server describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,308 +137,34 @@ pub async fn keep_fresh(catalog: Arc<Catalog>, control: Arc<ControlPlane>, mut s
     }
 }
 
-/// Every tool of one server: the 2026-07-28 request first, the 2025-11-25 session if the
-/// server refuses it.
+/// Every tool of one server ([`McpClient`]: 2026-07-28, else a 2025-11-25 session, closed
+/// afterwards). A server that offers no tools has none.
 async fn list_tools(server: &Server, system_ca: &str) -> Result<Vec<DiscoveredTool>, String> {
-    let client = Client::new(server, system_ca)?;
-    match list_pages(&client, None).await {
-        Ok(tools) => Ok(tools),
-        Err(Failure::Refused(modern)) => {
-            let session = client.initialize().await.map_err(|e| format!("{modern}; {LEGACY}: {e}"))?;
-            let listed = list_pages(&client, Some(&session)).await.map_err(|e| e.to_string());
-            client.close(&session).await;
-            listed
-        }
-        Err(Failure::Broken(e)) => Err(e),
-    }
-}
-
-async fn list_pages(client: &Client, session: Option<&Session>) -> Result<Vec<DiscoveredTool>, Failure> {
+    let limits = Limits { user_agent: USER_AGENT, timeout: SERVER_TIMEOUT, max_body: MAX_BODY, max_pages: MAX_PAGES };
+    let mut client = McpClient::new(server, system_ca, limits).map_err(|e| e.to_string())?;
+    let capabilities = client.open().await.map_err(|e| e.to_string())?;
+    let listed = if capabilities.tools { client.list_all(method::TOOLS_LIST, "tools").await } else { Ok(Vec::new()) };
+    client.close().await;
     let mut tools = Vec::new();
-    let mut cursor: Option<String> = None;
-    for page in 1..=MAX_PAGES {
-        let mut params = match session {
-            Some(_) => json!({}),
-            None => json!({ "_meta": {
-                "io.modelcontextprotocol/protocolVersion": MODERN,
-                "io.modelcontextprotocol/clientCapabilities": {},
-            }}),
-        };
-        if let Some(cursor) = &cursor {
-            params["cursor"] = json!(cursor);
-        }
-        let id = page as u64 + 1;
-        let result = client.call(session, id, "tools/list", params).await?;
-        let Some(listed) = result.get("tools").and_then(Value::as_array) else {
-            return Err(Failure::Broken("tools/list result has no `tools` array".to_string()));
-        };
-        for tool in listed {
+    for page in listed.map_err(|e| e.to_string())? {
+        let value: Value = serde_json::from_slice(&page).map_err(|e| format!("tools/list: {e}"))?;
+        for tool in value.pointer("/result/tools").and_then(Value::as_array).into_iter().flatten() {
             let Some(name) = tool.get("name").and_then(Value::as_str) else {
-                return Err(Failure::Broken("a tool without a `name`".to_string()));
+                return Err("a tool without a `name`".to_string());
             };
             let description = tool.get("description").and_then(Value::as_str).map(str::to_string);
             tools.push(DiscoveredTool { name: name.to_string(), description });
         }
-        match result.get("nextCursor").and_then(Value::as_str) {
-            Some(next) if !next.is_empty() => cursor = Some(next.to_string()),
-            _ => return Ok(tools),
-        }
     }
-    Err(Failure::Broken(format!("more than {MAX_PAGES} pages of tools")))
-}
-
-/// Why a request gave no result.
-#[derive(Debug)]
-enum Failure {
-    /// The server answered, refusing the request (an HTTP 4xx or a JSON-RPC error): another
-    /// protocol version may work.
-    Refused(String),
-    /// Nothing usable came back (unreachable, 5xx, unreadable).
-    Broken(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Refused(e) | Failure::Broken(e) => f.write_str(e),
-        }
-    }
-}
-
-/// A 2025-11-25 session.
-struct Session {
-    id: Option<String>,
-    version: String,
-}
-
-/// How to reach one server: address, `Host`, path, credential, TLS.
-struct Client {
-    connect: (String, u16),
-    authority: String,
-    path: String,
-    credential: Option<(String, String)>,
-    tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
-}
-
-impl Client {
-    fn new(server: &Server, system_ca: &str) -> Result<Client, String> {
-        let upstream = &server.upstream;
-        let host = match &upstream.host {
-            UpstreamHost::Ip(ip) => ip.to_string(),
-            UpstreamHost::Dns(name) => name.clone(),
-        };
-        let credential =
-            server.credentials.as_ref().map(|c| (c.header.clone(), format!("{}{}", c.prefix, c.value.expose())));
-        let tls = match (upstream.scheme, &server.tls) {
-            (Scheme::Https, Some(tls)) => {
-                let pem = match &tls.trust {
-                    Trust::CaFile { pem, .. } => pem.clone(),
-                    Trust::System => std::fs::read_to_string(system_ca)
-                        .map_err(|e| format!("cannot read the system CA bundle {system_ca}: {e}"))?,
-                };
-                let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-                for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    let cert = cert.map_err(|e| format!("unreadable CA certificate: {e}"))?;
-                    roots.add(cert).map_err(|e| format!("unusable CA certificate: {e}"))?;
-                }
-                let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
-                    tokio_rustls::rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-                let name = match &tls.verify {
-                    VerifyName::Dns(name) => rustls_pki_types::ServerName::try_from(name.clone())
-                        .map_err(|e| format!("TLS name {name}: {e}"))?,
-                    VerifyName::Ip(ip) => rustls_pki_types::ServerName::IpAddress((*ip).into()),
-                };
-                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
-            }
-            (Scheme::Https, None) => return Err("https server without TLS settings".to_string()),
-            (Scheme::Http, _) => None,
-        };
-        Ok(Client {
-            connect: (host, upstream.port),
-            authority: upstream.authority(),
-            path: upstream.path.clone(),
-            credential,
-            tls,
-        })
-    }
-
-    /// One JSON-RPC request; its `result`.
-    async fn call(&self, session: Option<&Session>, id: u64, method: &str, params: Value) -> Result<Value, Failure> {
-        let body = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
-        let mut headers = vec![("mcp-method", method.to_string())];
-        match session {
-            Some(session) => {
-                headers.push(("mcp-protocol-version", session.version.clone()));
-                if let Some(id) = &session.id {
-                    headers.push(("mcp-session-id", id.clone()));
-                }
-            }
-            None => headers.push(("mcp-protocol-version", MODERN.to_string())),
-        }
-        let (status, _, body) = self.send("POST", &headers, Some(&body)).await.map_err(Failure::Broken)?;
-        let message = find_response(&body, id);
-        if let Some(error) = message.as_ref().and_then(|m| m.get("error")) {
-            let code = error.get("code").and_then(Value::as_i64).unwrap_or_default();
-            let text = error.get("message").and_then(Value::as_str).unwrap_or_default();
-            return Err(Failure::Refused(format!("{method}: JSON-RPC error {code}: {text}")));
-        }
-        if (400..500).contains(&status) {
-            return Err(Failure::Refused(format!("{method}: HTTP {status}")));
-        }
-        if status != 200 {
-            return Err(Failure::Broken(format!("{method}: HTTP {status}")));
-        }
-        match message.and_then(|mut m| m.get_mut("result").map(Value::take)) {
-            Some(result) => Ok(result),
-            None => Err(Failure::Broken(format!("{method}: no JSON-RPC response with id {id} in the answer"))),
-        }
-    }
-
-    async fn initialize(&self) -> Result<Session, String> {
-        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": LEGACY,
-            "capabilities": {},
-            "clientInfo": { "name": "meshgate-catalog", "version": env!("CARGO_PKG_VERSION") },
-        }});
-        let (status, headers, answer) = self.send("POST", &[], Some(&body)).await?;
-        let message = find_response(&answer, 1).ok_or_else(|| format!("initialize: HTTP {status}, no response"))?;
-        if let Some(error) = message.get("error") {
-            return Err(format!("initialize refused: {error}"));
-        }
-        let version = message.pointer("/result/protocolVersion").and_then(Value::as_str).unwrap_or(LEGACY).to_string();
-        let session = Session { id: headers.get("mcp-session-id").cloned(), version };
-        let mut notify = vec![("mcp-protocol-version", session.version.clone())];
-        if let Some(id) = &session.id {
-            notify.push(("mcp-session-id", id.clone()));
-        }
-        let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
-        self.send("POST", &notify, Some(&initialized)).await?;
-        Ok(session)
-    }
-
-    async fn close(&self, session: &Session) {
-        if let Some(id) = &session.id {
-            let headers = [("mcp-session-id", id.clone()), ("mcp-protocol-version", session.version.clone())];
-            let _ = self.send("DELETE", &headers, None).await;
-        }
-    }
-
-    /// One HTTP/1.1 exchange on a fresh connection: status, headers (lower-case names), body.
-    async fn send(
-        &self,
-        method: &str,
-        extra: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<(u16, HashMap<String, String>, Bytes), String> {
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(&self.path)
-            .header("host", &self.authority)
-            .header("user-agent", USER_AGENT)
-            .header("accept", "application/json, text/event-stream");
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
-        }
-        for (name, value) in extra {
-            request = request.header(*name, value);
-        }
-        if let Some((name, value)) = &self.credential {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let request = request.body(Full::new(bytes)).map_err(|e| format!("request: {e}"))?;
-        let tcp = TcpStream::connect((self.connect.0.as_str(), self.connect.1))
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
-        match &self.tls {
-            Some((connector, name)) => {
-                let stream = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| format!("TLS with {}: {e}", self.authority))?;
-                exchange(stream, request).await
-            }
-            None => exchange(tcp, request).await,
-        }
-    }
-}
-
-async fn exchange<S>(
-    stream: S,
-    request: http::Request<Full<Bytes>>,
-) -> Result<(u16, HashMap<String, String>, Bytes), String>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP: {e}"))?;
-    let driver = tokio::spawn(connection);
-    let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"));
-    let result = match response {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let headers = response
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
-                .collect();
-            match Limited::new(response.into_body(), MAX_BODY).collect().await {
-                Ok(body) => Ok((status, headers, body.to_bytes())),
-                Err(e) => Err(format!("reading the answer: {e}")),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    driver.abort();
-    result
-}
-
-/// The JSON-RPC response with `id` in a JSON body or an SSE stream, if any.
-fn find_response(body: &[u8], id: u64) -> Option<Value> {
-    let matches = |message: &Value| message.get("id").and_then(Value::as_u64) == Some(id);
-    let text = std::str::from_utf8(body).ok()?;
-    if let Ok(message) = serde_json::from_str::<Value>(text) {
-        return matches(&message).then_some(message);
-    }
-    let mut data = String::new();
-    for line in text.lines().chain(std::iter::once("")) {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
-            if let Ok(message) = serde_json::from_str::<Value>(&data) {
-                if matches(&message) {
-                    return Some(message);
-                }
-            }
-            data.clear();
-        } else if let Some(value) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(value.strip_prefix(' ').unwrap_or(value));
-        }
-    }
-    None
+    Ok(tools)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use axum::body::Bytes;
+    use serde_json::json;
 
-    #[test]
-    fn responses_are_found_in_json_and_in_sse() {
-        let json = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[]}}"#;
-        assert!(find_response(json, 2).is_some());
-        assert!(find_response(json, 3).is_none());
-        let sse = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\r\n\r\n\
-                    event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\ndata: \"result\":{}}\n\n";
-        assert_eq!(find_response(sse, 2), Some(json!({"jsonrpc":"2.0","id":2,"result":{}})));
-    }
+    use super::*;
 
     /// A 2025-11-25-only MCP server on loopback (refuses the 2026-07-28 request with 400, as
     /// servers of that era do) that requires `x-upstream-key: Key s3cret` and pages its tools.
@@ -478,7 +193,7 @@ mod tests {
                 let answer = match rpc.as_str() {
                     "initialize" => {
                         out.insert("mcp-session-id", axum::http::HeaderValue::from_static("s-1"));
-                        json!({"jsonrpc":"2.0","id":message["id"],"result":{"protocolVersion":LEGACY,"capabilities":{},"serverInfo":{"name":"t","version":"1"}}})
+                        json!({"jsonrpc":"2.0","id":message["id"],"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"t","version":"1"}}})
                     }
                     "notifications/initialized" => return (StatusCode::ACCEPTED, out, String::new()).into_response(),
                     "tools/list" if header("mcp-session-id") != "s-1" => {
@@ -525,7 +240,7 @@ mod tests {
         assert_eq!(
             seen,
             [
-                "POST tools/list ",
+                "POST server/discover ",
                 "POST initialize ",
                 "POST notifications/initialized s-1",
                 "POST tools/list s-1",

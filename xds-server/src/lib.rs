@@ -35,6 +35,7 @@ pub mod discovery;
 pub mod envoy_admin;
 pub mod launch;
 pub mod locate;
+pub mod mcp_client;
 pub mod pin;
 pub mod ratelimit;
 pub mod registry;

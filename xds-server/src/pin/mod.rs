@@ -1,6 +1,7 @@
 //! `meshgate pin` and the drift view: what pinned servers serve now, against the lockfile.
 //!
-//! Both ask the servers themselves, with the official protocol ([`client::McpClient`]):
+//! Both ask the servers themselves, with the official protocol ([`crate::mcp_client`], both
+//! eras, `user-agent: meshgate-pin/<version>`):
 //! `pin` writes what it finds into the lockfile (every server, those named, or single
 //! accepted changes with `--update SERVER/NAME`); the admin API's `GET /pins/drift` compares
 //! it with the lockfile the running configuration enforces and shows a line diff of each
@@ -9,7 +10,6 @@
 //! counts and logs drift as clients see it, while this view tells the operator what
 //! reviewing and accepting a change would mean.
 
-pub mod client;
 pub mod diff;
 
 use std::collections::BTreeMap;
@@ -21,7 +21,14 @@ use serde_json::{json, Value};
 
 use crate::registry::lockfile::{self, Lockfile, Pin, ServerEntry};
 use crate::registry::{Registry, Server};
-use client::{ClientError, McpClient};
+use crate::mcp_client::{self, Limits, McpClient};
+
+/// Sent with every request of `pin` and the drift view.
+pub const USER_AGENT: &str = concat!("meshgate-pin/", env!("CARGO_PKG_VERSION"));
+/// Most pages of one list followed.
+const MAX_PAGES: usize = 1000;
+/// Largest answer read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Why `meshgate pin` failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +37,8 @@ pub enum PinError {
     Registry(String),
     #[error("{0}")]
     Lockfile(#[from] lockfile::LockfileError),
-    #[error(transparent)]
-    Client(#[from] ClientError),
+    #[error("{server}: {failure}")]
+    Client { server: String, failure: mcp_client::Failure },
     #[error("{server}: {kind} {name:?} is listed twice")]
     Duplicate { server: String, kind: &'static str, name: String },
     #[error("{server}: a {kind} definition cannot be pinned: {reason}")]
@@ -55,8 +62,28 @@ const LISTS: [(&str, &str, &str); 3] = [
 
 /// What `server` serves now, as a lockfile entry (only the kinds it offers).
 pub async fn fetch(registry: &Registry, server: &Server) -> Result<ServerEntry, PinError> {
-    let mut client = McpClient::new(registry, server)?;
-    let capabilities = client.initialize().await?;
+    let failed = |failure| PinError::Client { server: server.name.clone(), failure };
+    // Each answer waits at most the server's own timeout (as through Envoy), within 1–60 s.
+    let timeout = if server.timeout.is_zero() {
+        std::time::Duration::from_secs(30)
+    } else {
+        server.timeout.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60))
+    };
+    let limits = Limits { user_agent: USER_AGENT, timeout, max_body: MAX_ANSWER_BYTES, max_pages: MAX_PAGES };
+    let mut client = McpClient::new(server, &registry.envoy.system_ca_file, limits).map_err(failed)?;
+    let capabilities = client.open().await.map_err(failed)?;
+    let entry = fetch_lists(server, &mut client, capabilities).await;
+    client.close().await;
+    entry
+}
+
+/// Every list `capabilities` offers, as a lockfile entry.
+async fn fetch_lists(
+    server: &Server,
+    client: &mut McpClient,
+    capabilities: mcp_client::Capabilities,
+) -> Result<ServerEntry, PinError> {
+    let failed = |failure| PinError::Client { server: server.name.clone(), failure };
     let mut entry = ServerEntry::new();
     for (section, list_method, array) in LISTS {
         let offered = match section {
@@ -68,7 +95,7 @@ pub async fn fetch(registry: &Registry, server: &Server) -> Result<ServerEntry, 
             continue;
         }
         let mut pins = BTreeMap::new();
-        for page in client.list_all(list_method, array).await? {
+        for page in client.list_all(list_method, array).await.map_err(failed)? {
             let unpinnable =
                 |reason: String| PinError::Unpinnable { server: server.name.clone(), kind: section, reason };
             let strict = jsonrpc::validate_strict(&page).map_err(|e| unpinnable(e.to_string()))?;
