@@ -204,6 +204,7 @@ pub fn catalog_view(registry: &Registry, catalog: &Catalog) -> Value {
                     .map(|t| json!({ "name": t.name, "description": t.description, "source": "registry" })),
             );
             let discovery = match &discovered {
+                None if !registry.catalog.discover => json!({ "status": "off" }),
                 None => json!({ "status": "pending" }),
                 Some(d) => json!({
                     "status": match (&d.error, &d.tools) {
@@ -443,6 +444,36 @@ mod tests {
                 "discovery": { "status": "pending" },
             }] })
         );
+    }
+
+    #[tokio::test]
+    async fn with_discovery_off_nothing_is_asked_and_the_catalog_says_off() {
+        // A server that would answer: it must never be asked.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("address: {e}"));
+        let registry = registry(&format!(
+            "listener: {{ port: 0 }}\nservers:\n  - name: a\n    url: 'http://{address}/mcp'\n    tools: [{{ name: t }}]\n\
+             catalog: {{ discover: false }}\n"
+        ));
+        let registry = Arc::new(registry);
+        let control = crate::control::ControlPlane::new();
+        let options = crate::translate::TranslateOptions {
+            wasm: crate::translate::WasmSource::Local { path: "/m.wasm".into() },
+            native: crate::translate::NativeSource::SearchPath,
+        };
+        let resources = crate::translate::translate(&registry, &options).expect("translate");
+        control.publish(registry.clone(), crate::snapshot::Snapshot::new(&resources).expect("consistent"));
+        let catalog = Arc::new(Catalog::default());
+        catalog.record("a", Ok(Vec::new()), 1);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let refresher = tokio::spawn(crate::discovery::keep_fresh(catalog.clone(), control, shutdown));
+        let asked = tokio::time::timeout(std::time::Duration::from_millis(500), listener.accept()).await;
+        assert!(asked.is_err(), "discovery asked the server: {asked:?}");
+        let view = catalog_view(&registry, &catalog);
+        assert_eq!(view["servers"][0]["discovery"], json!({ "status": "off" }));
+        assert_eq!(view["servers"][0]["tools"], json!([{ "name": "t", "description": null, "source": "registry" }]));
+        let _ = stop.send(true);
+        let _ = refresher.await;
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::control::{unix_now, ControlPlane};
 use crate::mcp_client::{Limits, McpClient};
 use crate::registry::{Registry, Server};
 
-/// How often every server is asked again, registry changes aside.
+/// How often every server is asked again, registry changes aside, unless `catalog.interval` says otherwise.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// Everything one server's discovery may take (connects, handshake, every page).
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,6 +86,13 @@ impl Catalog {
         }
     }
 
+    /// Forgets every discovery (discovery was turned off).
+    fn forget(&self) {
+        if let Ok(mut servers) = self.servers.write() {
+            servers.clear();
+        }
+    }
+
     fn retain(&self, registry: &Registry) {
         if let Ok(mut servers) = self.servers.write() {
             servers.retain(|name, _| registry.servers.iter().any(|s| &s.name == name));
@@ -119,15 +126,22 @@ pub async fn refresh(catalog: &Catalog, registry: &Registry) {
 }
 
 /// Keeps `catalog` fresh until `shutdown` turns true: at start, on every new snapshot and
-/// every [`REFRESH_INTERVAL`].
+/// every `catalog.interval` of the registry ([`REFRESH_INTERVAL`] by default). With
+/// `catalog.discover: false` nothing is asked and what was discovered is forgotten.
 pub async fn keep_fresh(catalog: Arc<Catalog>, control: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
     let mut snapshots = control.subscribe();
     loop {
+        let mut interval = REFRESH_INTERVAL;
         if let Some(registry) = control.registry() {
-            refresh(&catalog, &registry).await;
+            interval = registry.catalog.interval;
+            if registry.catalog.discover {
+                refresh(&catalog, &registry).await;
+            } else {
+                catalog.forget();
+            }
         }
         tokio::select! {
-            _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
             changed = snapshots.changed() => if changed.is_err() { return },
             _ = shutdown.changed() => return,
         }

@@ -204,7 +204,8 @@ impl McpClient {
             if result.get(array).is_none_or(|a| a.kind() != JsonKind::Array) {
                 return Err(broken(format!("the result has no `{array}` array")));
             }
-            cursor = result.get("nextCursor").and_then(|c| c.as_str()).map(|c| c.into_owned()).filter(|c| !c.is_empty());
+            cursor =
+                result.get("nextCursor").and_then(|c| c.as_str()).map(|c| c.into_owned()).filter(|c| !c.is_empty());
             pages.push(answer);
             if cursor.is_none() {
                 return Ok(pages);
@@ -266,7 +267,10 @@ impl McpClient {
         if (400..500).contains(&status) {
             // A JSON-RPC error in a 4xx answer says more than the status.
             let error = id.and_then(|id| answer_in(&body, &response_headers, id)).and_then(|a| error_text(&a));
-            return Err(Failure::Refused(format!("{rpc_method}: HTTP {status}{}", error.map_or(String::new(), |e| format!(": {e}")))));
+            return Err(Failure::Refused(format!(
+                "{rpc_method}: HTTP {status}{}",
+                error.map_or(String::new(), |e| format!(": {e}"))
+            )));
         }
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&body);
@@ -415,8 +419,8 @@ fn refused_by_error(answer: &[u8], rpc_method: &str) -> Result<(), Failure> {
 
 /// The capabilities of a `server/discover` or `initialize` answer.
 fn capabilities_of(answer: &[u8], rpc_method: &str) -> Result<Capabilities, Failure> {
-    let value: Value = serde_json::from_slice(answer)
-        .map_err(|e| Failure::Broken(format!("{rpc_method}: unreadable answer: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(answer).map_err(|e| Failure::Broken(format!("{rpc_method}: unreadable answer: {e}")))?;
     let capabilities = value.pointer("/result/capabilities").unwrap_or(&Value::Null);
     let offered = |key: &str| capabilities.get(key).is_some_and(Value::is_object);
     Ok(Capabilities { tools: offered("tools"), resources: offered("resources"), prompts: offered("prompts") })

@@ -16,7 +16,10 @@ fn the_answer_is_the_exact_text_in_json_and_in_sse() {
     assert_eq!(answer_in(json, &HashMap::new(), 3), None);
     let events = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\r\n\r\n\
                   data: {\"jsonrpc\":\"2.0\",\"id\":2,\r\ndata: \"result\":{}}\r\n\r\n";
-    assert_eq!(answer_in(events.as_bytes(), &sse(), 2), Some(b"{\"jsonrpc\":\"2.0\",\"id\":2,\n\"result\":{}}".to_vec()));
+    assert_eq!(
+        answer_in(events.as_bytes(), &sse(), 2),
+        Some(b"{\"jsonrpc\":\"2.0\",\"id\":2,\n\"result\":{}}".to_vec())
+    );
     assert_eq!(answer_in(events.as_bytes(), &sse(), 3), None);
     // A server request with the same id is not the answer.
     let request = "data: {\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\"}\n\n";
@@ -48,7 +51,9 @@ async fn modern_server() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
                 ("server/discover", _) => {
                     json!({"jsonrpc":"2.0","id":id,"result":{"supportedVersions":[MODERN],"capabilities":{"tools":{}},"resultType":"complete"}})
                 }
-                ("tools/list", None) => json!({"jsonrpc":"2.0","id":id,"result":{"tools":[{"name":"a"}],"nextCursor":"2"}}),
+                ("tools/list", None) => {
+                    json!({"jsonrpc":"2.0","id":id,"result":{"tools":[{"name":"a"}],"nextCursor":"2"}})
+                }
                 ("tools/list", Some(_)) => json!({"jsonrpc":"2.0","id":id,"result":{"tools":[{"name":"b"}]}}),
                 _ => json!({"jsonrpc":"2.0","id":id,"error":{"code":-32601,"message":"no"}}),
             };

@@ -19,9 +19,9 @@ use meshgate_core::jsonrpc::{self, JsonKind};
 use meshgate_core::mcp::method;
 use serde_json::{json, Value};
 
+use crate::mcp_client::{self, Limits, McpClient};
 use crate::registry::lockfile::{self, Lockfile, Pin, ServerEntry};
 use crate::registry::{Registry, Server};
-use crate::mcp_client::{self, Limits, McpClient};
 
 /// Sent with every request of `pin` and the drift view.
 pub const USER_AGENT: &str = concat!("meshgate-pin/", env!("CARGO_PKG_VERSION"));

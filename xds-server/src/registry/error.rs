@@ -16,6 +16,8 @@ pub enum RegistryError {
     Empty,
     #[error("pinning {value:?} is not a mode: use observe or enforce")]
     InvalidPinMode { value: String },
+    #[error("{value:?} is out of range: use {min} to {max}")]
+    DurationOutOfRange { value: String, min: &'static str, max: &'static str },
     /// The pin lockfile cannot be read or is not valid (its own file:line inside).
     #[error("{0}")]
     Lockfile(String),

@@ -95,6 +95,30 @@ pub struct Registry {
     pub virtual_servers: Vec<meshgate_core::virtual_server::VirtualServer>,
     /// Pinned definitions, when a server sets `pinning` (its lockfile was read and checked).
     pub pinning: Option<Pinning>,
+    /// `catalog`: tool discovery for the admin API's `/catalog`.
+    pub catalog: CatalogSettings,
+}
+
+/// `catalog`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogSettings {
+    /// meshgate asks every server for its tools (`false`: `/catalog` shows declared tools only).
+    pub discover: bool,
+    /// How often every server is asked again, registry changes aside. Within
+    /// [`CatalogSettings::MIN_INTERVAL`]..=[`CatalogSettings::MAX_INTERVAL`].
+    pub interval: std::time::Duration,
+}
+
+impl CatalogSettings {
+    pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+    pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+    pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        CatalogSettings { discover: true, interval: Self::DEFAULT_INTERVAL }
+    }
 }
 
 /// `pinning` and the servers' modes, validated.

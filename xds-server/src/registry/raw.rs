@@ -65,6 +65,22 @@ pub struct RawRegistry {
     /// each server's mode).
     #[serde(default)]
     pub pinning: Option<RawPinning>,
+    /// The admin API's `/catalog`: whether meshgate asks the servers for their tools, and
+    /// how often.
+    #[serde(default)]
+    pub catalog: Option<RawCatalog>,
+}
+
+/// `catalog`: tool discovery for the admin API's `/catalog`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    /// Ask every server for its tools (default true); `false`: declared tools only.
+    #[serde(default)]
+    pub discover: Option<bool>,
+    /// How often every server is asked again, registry changes aside (default 60s).
+    #[serde(default)]
+    pub interval: Option<String>,
 }
 
 /// `pinning`: where the pin lockfile is and whether descriptions are scanned.

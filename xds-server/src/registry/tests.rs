@@ -969,3 +969,19 @@ fn pinning_errors_name_the_line() {
         "unknown field",
     );
 }
+
+#[test]
+fn catalog_discovery_is_on_every_minute_unless_configured() {
+    let registry = Fixture::new(MINIMAL).load().expect("loads");
+    assert_eq!(registry.catalog, super::CatalogSettings { discover: true, interval: Duration::from_secs(60) });
+    let yaml = format!("{MINIMAL}catalog: {{ discover: false, interval: 10m }}\n");
+    let registry = Fixture::new(&yaml).load().expect("loads");
+    assert_eq!(registry.catalog, super::CatalogSettings { discover: false, interval: Duration::from_secs(600) });
+    assert_error(&format!("{MINIMAL}catalog:\n  interval: 1s # <-\n"), "catalog.interval", "use 5s to 24h");
+    assert_error(&format!("{MINIMAL}catalog:\n  interval: 25h # <-\n"), "catalog.interval", "out of range");
+    assert_error(
+        &format!("{MINIMAL}catalog:\n  discovery: false # <-\n"),
+        "catalog.discovery",
+        "expected one of discover, interval",
+    );
+}

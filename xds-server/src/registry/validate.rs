@@ -21,13 +21,14 @@ use super::error::RegistryError;
 use super::filter::{self, FilterPath};
 use super::lines::LineIndex;
 use super::raw::{
-    RawCircuitBreakers, RawCors, RawCredentials, RawEnvoy, RawHealthCheck, RawJwtIssuer, RawListener,
+    RawCatalog, RawCircuitBreakers, RawCors, RawCredentials, RawEnvoy, RawHealthCheck, RawJwtIssuer, RawListener,
     RawOutlierDetection, RawRateLimitService, RawRegistry, RawServer, RawTls, RawTool,
 };
 use super::{
-    defaults, CircuitBreakers, Cors, CredentialSource, Credentials, EnvoySettings, FailureMode, GlobalRule,
-    HealthCheck, HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Runtime, Scheme, SecretValue,
-    Server, Tool, Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
+    defaults, CatalogSettings, CircuitBreakers, Cors, CredentialSource, Credentials, EnvoySettings, FailureMode,
+    GlobalRule, HealthCheck, HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Runtime, Scheme,
+    SecretValue, Server, Tool, Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY,
+    MAX_CONCURRENCY,
 };
 
 /// Where JWKS members that only private keys carry live (RFC 7518 §6).
@@ -151,6 +152,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
                 })
                 .collect();
         }
+        let catalog = catalog(&mut problems, raw.catalog.as_ref());
         let pinning = pinning(&mut problems, &raw, file, lockfile);
         if let Some(pinning) = &pinning {
             for (server, mode) in &pinning.modes {
@@ -211,8 +213,31 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             edge,
             virtual_servers,
             pinning,
+            catalog,
         })
     }
+}
+
+/// `catalog`: discovery on by default, the interval within its bounds.
+fn catalog(problems: &mut Problems, raw: Option<&RawCatalog>) -> CatalogSettings {
+    let Some(raw) = raw else { return CatalogSettings::default() };
+    let interval =
+        positive_duration(problems, "catalog.interval", raw.interval.as_deref(), CatalogSettings::DEFAULT_INTERVAL);
+    let (min, max) = (CatalogSettings::MIN_INTERVAL, CatalogSettings::MAX_INTERVAL);
+    let interval = if (min..=max).contains(&interval) {
+        interval
+    } else {
+        problems.push(
+            "catalog.interval",
+            RegistryError::DurationOutOfRange {
+                value: raw.interval.clone().unwrap_or_default(),
+                min: "5s",
+                max: "24h",
+            },
+        );
+        CatalogSettings::DEFAULT_INTERVAL
+    };
+    CatalogSettings { discover: raw.discover.unwrap_or(true), interval }
 }
 
 /// `pinning` and `servers[].pinning`: the modes, the lockfile (read unless `use_lockfile` is
