@@ -13,6 +13,7 @@ pub mod sotw;
 mod tests;
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -34,6 +35,30 @@ use crate::translate::type_url;
 const STREAM_BUFFER: usize = 16;
 /// A 1,000-server snapshot is a few MB; Envoy sends small requests.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// ADS streams one meshgate serves at once. Each costs about 65 KiB (BENCHMARKS.md, fleet
+/// scale), so this bounds what connected Envoys (or anything naming itself one) can make
+/// meshgate hold at about 650 MB; one more stream is refused with `RESOURCE_EXHAUSTED`,
+/// which Envoy retries with backoff (reaching another replica when there is one).
+pub const MAX_ADS_STREAMS: usize = 10_000;
+
+/// One open ADS stream counted against a limit; released when dropped.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    /// A slot if fewer than `max` are taken.
+    pub fn acquire(open: &Arc<AtomicUsize>, max: usize) -> Option<StreamSlot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| StreamSlot(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Something a stream did that is worth logging or recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,12 +171,23 @@ impl Protocol for delta::DeltaStream {
 #[derive(Debug, Clone)]
 pub struct AdsService {
     control: Arc<ControlPlane>,
+    /// Streams open now, and how many may be (see [`MAX_ADS_STREAMS`]).
+    open: Arc<AtomicUsize>,
+    max_streams: usize,
 }
 
 impl AdsService {
     /// The tonic service, ready for `Server::add_service`.
     pub fn server(control: Arc<ControlPlane>) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(AdsService { control })
+        AdsService::server_with_limit(control, MAX_ADS_STREAMS)
+    }
+
+    /// [`AdsService::server`] serving at most `max_streams` streams at once.
+    pub fn server_with_limit(
+        control: Arc<ControlPlane>,
+        max_streams: usize,
+    ) -> AggregatedDiscoveryServiceServer<AdsService> {
+        AggregatedDiscoveryServiceServer::new(AdsService { control, open: Arc::new(AtomicUsize::new(0)), max_streams })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
@@ -159,13 +195,24 @@ impl AdsService {
     fn spawn<P: Protocol + Default>(
         &self,
         inbound: Streaming<P::Request>,
-    ) -> ReceiverStream<Result<P::Response, Status>>
+    ) -> Result<ReceiverStream<Result<P::Response, Status>>, Status>
     where
         P::Request: prost::Message + Default,
     {
+        let Some(slot) = StreamSlot::acquire(&self.open, self.max_streams) else {
+            tracing::warn!(max = self.max_streams, "ADS stream refused: meshgate serves its maximum of streams");
+            return Err(Status::resource_exhausted(format!(
+                "meshgate serves at most {} ADS streams at once",
+                self.max_streams
+            )));
+        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run_stream::<P>(self.control.clone(), inbound, tx));
-        ReceiverStream::new(rx)
+        let control = self.control.clone();
+        tokio::spawn(async move {
+            run_stream::<P>(control, inbound, tx).await;
+            drop(slot);
+        });
+        Ok(ReceiverStream::new(rx))
     }
 }
 
@@ -180,7 +227,7 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let stream = self.spawn::<sotw::SotwStream>(request.into_inner());
+        let stream = self.spawn::<sotw::SotwStream>(request.into_inner())?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -188,7 +235,7 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let stream = self.spawn::<delta::DeltaStream>(request.into_inner());
+        let stream = self.spawn::<delta::DeltaStream>(request.into_inner())?;
         Ok(Response::new(Box::pin(stream)))
     }
 }
