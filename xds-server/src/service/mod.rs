@@ -53,9 +53,9 @@ const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/
 const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 /// A 1,000-server snapshot is a few MB; Envoy sends small requests.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// ADS streams one meshgate serves at once. Each costs about 65 KiB (BENCHMARKS.md, fleet
+/// ADS streams one meshgate serves at once. Each costs about 40 KiB (BENCHMARKS.md, fleet
 /// scale), so this bounds what connected Envoys (or anything naming itself one) can make
-/// meshgate hold at about 650 MB; one more stream is refused with `RESOURCE_EXHAUSTED`,
+/// meshgate hold at about 400 MB; one more stream is refused with `RESOURCE_EXHAUSTED`,
 /// which Envoy retries with backoff (reaching another replica when there is one).
 pub const MAX_ADS_STREAMS: usize = 10_000;
 
