@@ -212,12 +212,16 @@ bench: setup build
 # BENCHMARKS.md records a run. Each `run` exits 1 if a phase did not converge cleanly.
 FLEET := target/release/meshgate-fleet
 FLEET_NODES ?= 10 100 1000
-bench-fleet: system-deps
-	$(CARGO) build --release -p meshgate -p meshgate-fleet
+bench-fleet: setup build
+	$(CARGO) build --release -p meshgate-fleet
 	mkdir -p target/fleet
 	for n in $(FLEET_NODES); do for api in sotw delta; do \
 		echo "== $$n nodes, $$api"; $(FLEET) run --nodes $$n --api $$api --json target/fleet/run-$$n-$$api.json; \
 	done; done
+	for api in sotw delta; do \
+		echo "== 1000 nodes + 2 real Envoys, $$api"; \
+		$(FLEET) run --nodes 1000 --api $$api --envoys 2 --envoy $(VENV)/bin/envoy --json target/fleet/real-1000-$$api.json; \
+	done
 	$(FLEET) churn --cycles 10000 > target/fleet/churn.json
 	$(FLEET) rls --json target/fleet/rls.json
 

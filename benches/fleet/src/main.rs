@@ -20,6 +20,7 @@
 
 mod envoy;
 mod meshgate;
+mod real;
 mod registry;
 mod rls;
 
@@ -77,6 +78,16 @@ enum Command {
         /// Skip the reconnect storm.
         #[arg(long)]
         no_storm: bool,
+        /// Real Envoys to run alongside the simulated ones (same ADS variant; `mixed`
+        /// alternates), timed through meshgate's /status.
+        #[arg(long, default_value_t = 0)]
+        envoys: usize,
+        /// The Envoy binary for --envoys.
+        #[arg(long, default_value = ".venv/bin/envoy")]
+        envoy: PathBuf,
+        /// Where the real Envoys find libmeshgate.so (the registry's filter runs native).
+        #[arg(long, default_value = "target/release")]
+        module_dir: PathBuf,
         /// Write every measurement as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -137,7 +148,10 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { common, nodes, api, no_storm, json } => run(common, nodes, api, !no_storm, json).await,
+            Command::Run { common, nodes, api, no_storm, json, envoys, envoy, module_dir } => {
+                let real = RealOptions { count: envoys, envoy, module_dir };
+                run(common, nodes, api, !no_storm, json, real).await
+            }
             Command::Churn { common, cycles, concurrency, warmup, tolerance_kib, api } => {
                 churn(common, cycles, concurrency, warmup, tolerance_kib, api).await
             }
@@ -302,12 +316,71 @@ fn measure(name: &str, nodes: &[Arc<Shared>], marks: &[(usize, u32)], t0: Instan
 /// One registry edit the run measures.
 type Edit = fn(&mut FleetRegistry);
 
+/// Real Envoys alongside the fleet.
+struct RealOptions {
+    count: usize,
+    envoy: PathBuf,
+    module_dir: PathBuf,
+}
+
+/// What the phase sent a simulated node of `api` (the first one), by the last accepted
+/// version per type since its mark: short type name → version. A real Envoy of the same
+/// variant has converged when it has ACKed the same.
+fn reference(nodes: &[Arc<Shared>], marks: &[(usize, u32)], api: Api) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Some((node, (mark, _))) = nodes.iter().zip(marks).find(|(n, _)| n.api == api) {
+        for arrival in node.lock().arrivals.iter().skip(*mark).filter(|a| a.nack.is_none()) {
+            out.insert(real::short(arrival.type_url).to_string(), arrival.version.clone());
+        }
+    }
+    out
+}
+
+/// Times the real Envoys of one phase from `samples` (polling on for up to 10 s more for
+/// those not there yet); adds them to `phase`.
+async fn time_real(
+    phase: &mut Value,
+    samples: Vec<(Instant, real::Acks)>,
+    envoys: &[real::RealEnvoy],
+    nodes: &[Arc<Shared>],
+    marks: &[(usize, u32)],
+    admin: SocketAddr,
+    t0: Instant,
+) {
+    if envoys.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = envoys.iter().map(|e| e.id.clone()).collect();
+    let mut samples = samples;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = |samples: &[(Instant, real::Acks)]| {
+        envoys.iter().all(|e| real::converged_at(samples, &e.id, &reference(nodes, marks, e.api)).is_some())
+    };
+    while !done(&samples) && Instant::now() < deadline {
+        tokio::time::sleep(real::POLL).await;
+        if let Ok((acks, _)) = real::acks(admin, &ids).await {
+            samples.push((Instant::now(), acks));
+        }
+    }
+    let mut times = serde_json::Map::new();
+    for e in envoys {
+        let at = real::converged_at(&samples, &e.id, &reference(nodes, marks, e.api));
+        times.insert(e.id.clone(), json!(at.map(|at| ms(at.saturating_duration_since(t0)))));
+    }
+    eprintln!("{:>14}  real Envoys all ACKed (ms, {} ms resolution): {:?}", "", real::POLL.as_millis(), times);
+    if times.values().any(Value::is_null) {
+        phase["ok"] = json!(false);
+    }
+    phase["real_envoys_ms"] = Value::Object(times);
+}
+
 async fn run(
     common: Common,
     count: usize,
     api: ApiChoice,
     storm: bool,
     json_out: Option<PathBuf>,
+    real_options: RealOptions,
 ) -> Result<(), String> {
     let (setup, mut registry) = setup(&common)?;
     let mut meshgate = Meshgate::start(&setup.launch, "127.0.0.1:0".parse().map_err(|_| "address")?)?;
@@ -343,6 +416,43 @@ async fn run(
         rss_connected.saturating_sub(rss_idle)
     );
 
+    let mut envoys = Vec::new();
+    for k in 0..real_options.count {
+        let a = api_of(api, k);
+        let id = format!("real-envoy-{}-{k}", a.name());
+        envoys.push(real::start(
+            &real_options.envoy,
+            &common.meshgate,
+            xds,
+            &id,
+            a,
+            &setup.launch.workdir,
+            &real_options.module_dir,
+        )?);
+    }
+    let real_ids: Vec<String> = envoys.iter().map(|e| e.id.clone()).collect();
+    if !envoys.is_empty() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = match real::acks(meshgate.admin, &real_ids).await {
+                Ok((acks, _)) => acks.values().all(|a| {
+                    ["clusters", "listeners", "routes", "extension_configs"].iter().all(|t| a.contains_key(*t))
+                }),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the real Envoys did not ACK a configuration in 60 s (logs in {})",
+                    setup.launch.workdir.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("{} real Envoy(s) connected: {real_ids:?}", envoys.len());
+    }
     let edits: [(&str, Edit); 3] = [
         ("policy edit", |r| r.policy_revision += 1),
         ("add server", |r| r.added += 1),
@@ -354,10 +464,15 @@ async fn run(
         edit(&mut registry);
         let cpu = meshgate.cpu_seconds();
         let own_cpu = meshgate::cpu_seconds(std::process::id());
+        let (stop_poll, polling) = watch::channel(false);
+        let poller = tokio::spawn(real::poll(meshgate.admin, real_ids.clone(), polling));
         let t0 = Instant::now();
         registry.write(&setup.registry_file).map_err(|e| e.to_string())?;
         let complete = wait_quiet(&nodes, &before, false, Duration::from_secs(60)).await;
         let mut phase = measure(name, &nodes, &before, t0, complete);
+        let _ = stop_poll.send(true);
+        let samples = if envoys.is_empty() { Vec::new() } else { poller.await.unwrap_or_default() };
+        time_real(&mut phase, samples, &envoys, &nodes, &before, meshgate.admin, t0).await;
         // The quiet period is idle for meshgate; what it spent is the edit's cost.
         let spent = meshgate.cpu_seconds() - cpu;
         // The simulated fleet's own decoding shares the machine's cores.
@@ -386,8 +501,13 @@ async fn run(
         registry.write(&setup.registry_file).map_err(|e| e.to_string())?;
         meshgate = Meshgate::start(&setup.launch, xds)?;
         let restarted = t0.elapsed();
+        let (stop_poll, polling) = watch::channel(false);
+        let poller = tokio::spawn(real::poll(meshgate.admin, real_ids.clone(), polling));
         let complete = wait_quiet(&nodes, &before, true, Duration::from_secs(120)).await;
         let mut phase = measure("storm", &nodes, &before, t0, complete);
+        let _ = stop_poll.send(true);
+        let samples = if envoys.is_empty() { Vec::new() } else { poller.await.unwrap_or_default() };
+        time_real(&mut phase, samples, &envoys, &nodes, &before, meshgate.admin, t0).await;
         let versions = phase["versions"].clone();
         let on_new = versions.as_array().is_some_and(|v| v.len() == 1 && v[0] == json!(meshgate.version));
         phase["meshgate_restart_ms"] = json!(ms(restarted));
@@ -403,6 +523,13 @@ async fn run(
         storm_phase = phase.clone();
         phases.push(phase);
     }
+    if !envoys.is_empty() {
+        let (_, nacks) = real::acks(meshgate.admin, &real_ids).await?;
+        if nacks > 0 {
+            return Err(format!("the real Envoys NACKed {nacks} time(s) (logs in {})", setup.launch.workdir.display()));
+        }
+    }
+    drop(envoys);
     let _ = stop.send(true);
     for task in tasks {
         let _ = task.await;
