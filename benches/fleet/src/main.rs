@@ -13,7 +13,8 @@
 //!
 //! Every phase checks its outcome, not only its timing: all nodes end with identical
 //! configuration (content digest), on one version, with no NACK. `churn` drives
-//! connect/disconnect cycles and compares meshgate's RSS (the memory bound).
+//! connect/disconnect cycles and compares meshgate's RSS (the memory bound); `rls` loads the
+//! rate-limit service; `run --envoys 2` adds real Envoys, timed through meshgate's `/status`.
 //!
 //! The simulator shares the machine's CPUs with meshgate: its own decoding of N copies of
 //! every push is counted in the wall-clock times (see BENCHMARKS.md).
