@@ -9,6 +9,7 @@
 #   make lint    cargo fmt --check + clippy (not part of `make test`)
 #   make fuzz    property harnesses: time/memory per input byte of the SSE framer, JSON scanner, list filter, redactor (~2 min)
 #   make bench   load benchmark: bare Envoy vs Envoy + Meshgate, writes BENCHMARKS.md (~10 min; not part of `make test`)
+#   make bench-fleet  fleet scale: 10/100/1000 simulated Envoys (SotW, Delta) on one meshgate serve, 10,000 connect cycles, rate-limit load (~5 min)
 #
 # Setup is idempotent and fast when everything is present: the wasm target is
 # added only if missing, and the venv is (re)synced only when requirements*.txt
@@ -57,7 +58,7 @@ RUN_DIR := .run
 UNAME_S := $(shell uname -s)
 UNAME_M := $(shell uname -m)
 
-.PHONY: help setup platform system-deps wasm-target venv node-deps browser-deps build build-quietly fault-module test unit e2e lint fuzz run stop install clean-venv bench
+.PHONY: help setup platform system-deps wasm-target venv node-deps browser-deps build build-quietly fault-module test unit e2e lint fuzz run stop install clean-venv bench bench-fleet
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -206,6 +207,23 @@ bench: setup build
 	$(CARGO) build --release -p meshgate-bench-upstream
 	$(CARGO) build --release --target $(WASM_TARGET) -p meshgate-wasm-floor
 	"$(PY)" benches/load/run.py $(BENCH_ARGS)
+
+# Fleet scale (benches/fleet, issue 20): measurements go to target/fleet/*.json and stderr;
+# BENCHMARKS.md records a run. Each `run` exits 1 if a phase did not converge cleanly.
+FLEET := target/release/meshgate-fleet
+FLEET_NODES ?= 10 100 1000
+bench-fleet: setup build
+	$(CARGO) build --release -p meshgate-fleet
+	mkdir -p target/fleet
+	for n in $(FLEET_NODES); do for api in sotw delta; do \
+		echo "== $$n nodes, $$api"; $(FLEET) run --nodes $$n --api $$api --json target/fleet/run-$$n-$$api.json; \
+	done; done
+	for api in sotw delta; do \
+		echo "== 1000 nodes + 2 real Envoys, $$api"; \
+		$(FLEET) run --nodes 1000 --api $$api --envoys 2 --envoy $(VENV)/bin/envoy --json target/fleet/real-1000-$$api.json; \
+	done
+	$(FLEET) churn --cycles 10000 > target/fleet/churn.json
+	$(FLEET) rls --json target/fleet/rls.json
 
 clean-venv:
 	rm -rf "$(VENV)"

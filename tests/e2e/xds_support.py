@@ -229,11 +229,14 @@ def launch_fleet_envoy(node_id: str, bootstrap: Path, workdir: Path) -> tuple[Pr
     return proc, admin_file
 
 
-def start_envoy(plane: ControlPlane, node_id: str, api: str, workdir: Path, timeout: float = 60) -> EnvoyNode:
-    """An Envoy whose bootstrap (from `meshgate bootstrap --xds-address`) only points at `plane`."""
+def start_envoy(plane: ControlPlane, node_id: str, api: str, workdir: Path, timeout: float = 60,
+                replicas: tuple[ControlPlane, ...] = ()) -> EnvoyNode:
+    """An Envoy whose bootstrap (from `meshgate bootstrap --xds-address`) only points at `plane`
+    (and at `replicas`, further replicas of the same registry it may fail over to)."""
     bootstrap = workdir / f"{node_id}.bootstrap.json"
+    addresses = [arg for p in (plane, *replicas) for arg in ("--xds-address", p.xds)]
     out = subprocess.run(
-        [str(MESHGATE), "bootstrap", "--xds-address", plane.xds, "--node-id", node_id,
+        [str(MESHGATE), "bootstrap", *addresses, "--node-id", node_id,
          "--xds-api", api, "--admin-port", "0", "--format", "json"],
         capture_output=True, text=True, timeout=30, check=False,
     )
@@ -319,8 +322,8 @@ def wait_for(what: str, check: Callable[[], bool], within: float = SETTLE_WITHIN
 class Traffic:
     """Background requests to one URL while a test changes things; counts failures."""
 
-    def __init__(self, url: str, tool: str, arguments: dict[str, Any]) -> None:
-        self.url, self.tool, self.arguments = url, tool, arguments
+    def __init__(self, url: str, tool: str, arguments: dict[str, Any], key: str = "e2e-reader-key") -> None:
+        self.url, self.tool, self.arguments, self.key = url, tool, arguments, key
         self.ok = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -329,7 +332,7 @@ class Traffic:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                response = call(self.url, self.tool, arguments=self.arguments)
+                response = call(self.url, self.tool, key=self.key, arguments=self.arguments)
                 if outcome(response) == "allowed":
                     self.ok += 1
                 else:

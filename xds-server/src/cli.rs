@@ -139,9 +139,11 @@ pub enum Command {
         /// The static, everything-inline bootstrap (the default without --xds-address).
         #[arg(long = "static", conflicts_with_all = ["xds_address", "node_id"])]
         static_: bool,
-        /// meshgate's ADS address as the Envoy reaches it (host:port).
+        /// meshgate's ADS address as the Envoy reaches it (host:port). Repeat it for each
+        /// replica of a highly available control plane (replicas serving the same registry):
+        /// Envoy health-checks them, uses a live one, and fails over when it dies.
         #[arg(long, value_name = "HOST:PORT")]
-        xds_address: Option<String>,
+        xds_address: Vec<String>,
         /// The Envoy's node id (unique per Envoy; shown in meshgate's /status).
         #[arg(long, value_name = "ID", requires = "xds_address")]
         node_id: Option<String>,
@@ -380,10 +382,10 @@ pub fn run(cli: Cli) -> ExitCode {
             xds_client_cert,
             xds_client_key,
             xds_server_name,
-        } => match (static_, xds_address) {
-            (false, Some(address)) => print_xds_bootstrap(
+        } => match (static_, xds_address.is_empty()) {
+            (false, false) => print_xds_bootstrap(
                 registry,
-                &address,
+                &xds_address,
                 node_id.unwrap_or_else(|| "envoy".to_string()),
                 admin_port,
                 xds_api.into(),
@@ -551,20 +553,33 @@ fn print_rendered(bootstrap: Result<serde_json::Value, bootstrap::BootstrapError
 
 fn print_xds_bootstrap(
     registry: Option<PathBuf>,
-    address: &str,
+    addresses: &[String],
     node_id: String,
     admin_port: Option<u16>,
     api: Api,
     format: Format,
     tls: Option<bootstrap::XdsClientTls>,
 ) -> ExitCode {
-    let (xds_host, xds_port) = match XdsBootstrap::parse_address(address) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            eprintln!("meshgate: --xds-address: {e}");
-            return ExitCode::FAILURE;
+    let mut parsed = Vec::new();
+    for address in addresses {
+        match XdsBootstrap::parse_address(address) {
+            Ok(endpoint) if parsed.contains(&endpoint) => {
+                eprintln!("meshgate: --xds-address: {address:?} is given twice");
+                return ExitCode::FAILURE;
+            }
+            Ok(endpoint) => parsed.push(endpoint),
+            Err(e) => {
+                eprintln!("meshgate: --xds-address: {e}");
+                return ExitCode::FAILURE;
+            }
         }
+    }
+    let mut parsed = parsed.into_iter();
+    let Some((xds_host, xds_port)) = parsed.next() else {
+        eprintln!("meshgate: bootstrap needs --xds-address HOST:PORT");
+        return ExitCode::FAILURE;
     };
+    let replicas: Vec<(String, u16)> = parsed.collect();
     let registry = match &registry {
         None => None,
         Some(file) => match Registry::load(file) {
@@ -583,6 +598,7 @@ fn print_xds_bootstrap(
         node_id,
         xds_host,
         xds_port,
+        replicas,
         admin_port: admin_port.or(registry.as_ref().map(|r| r.admin_port)).unwrap_or(DEFAULT_ENVOY_ADMIN_PORT),
         admin_address: edge.admin_address,
         stats: edge.stats,

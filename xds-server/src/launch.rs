@@ -292,6 +292,7 @@ async fn supervise(
         node_id: UP_NODE_ID.to_string(),
         xds_host: control_plane.xds.ip().to_string(),
         xds_port: control_plane.xds.port(),
+        replicas: Vec::new(),
         admin_port: registry.admin_port,
         admin_address: registry.edge.admin_address,
         stats: registry.edge.stats,

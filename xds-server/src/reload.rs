@@ -110,7 +110,7 @@ pub struct Fingerprinter {
 
 impl Fingerprinter {
     pub fn fingerprint(&mut self, file: &Path) -> Option<[u8; 32]> {
-        let text = std::fs::read(file).ok()?;
+        let text = crate::registry::read_bounded(file, crate::registry::MAX_REGISTRY_BYTES).ok()?;
         let registry_hash: [u8; 32] = Sha256::digest(&text).into();
         if self.registry_hash != Some(registry_hash) {
             self.referenced = Registry::referenced_files(&String::from_utf8_lossy(&text), file);
@@ -222,7 +222,7 @@ pub fn server_changes(before: Option<&Registry>, after: &Registry) -> (Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::WasmSource;
+    use crate::translate::{type_url, WasmSource};
 
     fn loader(dir: &Path) -> Loader {
         Loader {
@@ -246,6 +246,30 @@ mod tests {
         assert_eq!(server_changes(Some(&before), &after), (vec!["b".into(), "c".into()], vec!["a".into()]));
         assert_eq!(server_changes(Some(&before), &before), (vec![], vec![]));
         assert_eq!(server_changes(None, &before), (vec!["a".to_string()], vec![]));
+    }
+
+    /// Two replicas (each its own control plane) loading one registry publish the same
+    /// version and byte-identical resources, before and after an edit: an Envoy failing over
+    /// from one to the other is told nothing changed.
+    #[test]
+    fn replicas_of_one_registry_publish_identical_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one = loader(dir.path());
+        let two = Loader { control: ControlPlane::new(), ..one.clone() };
+        let registry = "listener: { port: 0 }\nservers:\n  - { name: a, url: 'http://127.0.0.1:1/', credentials: { value_file: token } }\n  - { name: b, urls: ['http://127.0.0.1:2/', 'http://127.0.0.1:3/'] }\npolicy:\n  roles:\n    r: { allow: ['a/*', 'b/get_*'] }\n";
+        std::fs::write(dir.path().join("token"), "s3cret").expect("write");
+        for text in [registry.to_string(), registry.replace("b/get_*", "b/list_*")] {
+            std::fs::write(&one.file, &text).expect("write");
+            let (a, b) = (one.load().expect("valid"), two.load().expect("valid"));
+            assert_eq!(a.version, b.version);
+            let (a, b) = (one.control.snapshot().expect("published"), two.control.snapshot().expect("published"));
+            for type_url in type_url::ALL {
+                let bytes = |s: &Snapshot| -> Vec<(String, Vec<u8>)> {
+                    s.resources(type_url).iter().map(|(n, p)| (n.clone(), p.any.value.clone())).collect()
+                };
+                assert_eq!(bytes(&a), bytes(&b), "{type_url}");
+            }
+        }
     }
 
     #[test]

@@ -276,3 +276,44 @@ async fn the_module_is_served_with_its_hash() {
     assert_eq!(status["resources"]["clusters"], 2, "plus the fetch cluster");
     running.stop().await;
 }
+
+/// The stream bound over real gRPC: with room for one stream, another is refused with
+/// `RESOURCE_EXHAUSTED` (which Envoy retries with backoff, reaching another replica when
+/// there is one), and the slot is free again once the first stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_the_bound_are_refused_with_resource_exhausted() {
+    let control = meshgate::control::ControlPlane::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .add_service(meshgate::service::AdsService::server_with_limit(control, 1))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let server = tokio::spawn(server);
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{address}")).await.unwrap();
+    let open = |client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>, id: &str| {
+        let (tx, rx) = mpsc::channel(4);
+        let request =
+            DiscoveryRequest { node: node(id), type_url: type_url::CLUSTER.to_string(), ..Default::default() };
+        tx.try_send(request).unwrap();
+        let mut client = client.clone();
+        async move { (tx, client.stream_aggregated_resources(ReceiverStream::new(rx)).await) }
+    };
+    let (first_tx, first) = open(&mut client, "first").await;
+    let first = first.expect("the first stream is served");
+    let (_tx, refused) = open(&mut client, "second").await;
+    let refused = refused.expect_err("a second stream is over the bound");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("at most 1 ADS streams"), "{refused:?}");
+    drop((first_tx, first));
+    let mut reopened = None;
+    for _ in 0..100 {
+        let (tx, again) = open(&mut client, "third").await;
+        if let Ok(stream) = again {
+            reopened = Some((tx, stream));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened.is_some(), "the first stream's slot is freed once it ends");
+    server.abort();
+}

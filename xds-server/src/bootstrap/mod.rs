@@ -67,6 +67,12 @@ pub struct XdsBootstrap {
     /// Host name or IP address of meshgate's ADS port.
     pub xds_host: String,
     pub xds_port: u16,
+    /// Further meshgate replicas serving the same registry (host, port): the `meshgate-xds`
+    /// cluster holds all of them, health-checks them, and Envoy's ADS stream (and the
+    /// rate-limit calls) go to a live one; when the replica it uses dies, Envoy reconnects
+    /// to another. Replicas of one registry publish identical versions (content hashes),
+    /// so failing over resends nothing that changed.
+    pub replicas: Vec<(String, u16)>,
     /// Envoy's admin port (0 = any).
     pub admin_port: u16,
     /// Envoy's admin address (the registry's `admin.address`, default 127.0.0.1).
@@ -97,15 +103,15 @@ impl XdsBootstrap {
 
 /// A bootstrap that only points at meshgate (see the module docs).
 pub fn xds_bootstrap(options: &XdsBootstrap) -> Value {
-    let is_ip = options.xds_host.parse::<std::net::IpAddr>().is_ok();
+    let all_ip = xds_endpoints(options).iter().all(|(h, _)| h.parse::<std::net::IpAddr>().is_ok());
     let api_type = match options.api {
         Api::Sotw => "GRPC",
         Api::Delta => "DELTA_GRPC",
     };
     let ads = json!({ "ads": {}, "resource_api_version": "V3" });
-    let mut xds_cluster = xds_cluster(options, is_ip);
+    let mut xds_cluster = xds_cluster(options, all_ip);
     if let Some(tls) = &options.tls {
-        xds_cluster["transport_socket"] = xds_transport_socket(tls, &options.xds_host, is_ip);
+        xds_cluster["transport_socket"] = xds_transport_socket(tls, options);
     }
     let mut static_resources = json!({ "clusters": [xds_cluster] });
     if let Some(stats) = options.stats {
@@ -147,27 +153,42 @@ fn admin(address: std::net::IpAddr, port: u16) -> Value {
     json!({ "address": { "socket_address": { "address": address.to_string(), "port_value": port } } })
 }
 
-/// `meshgate-xds`: meshgate's gRPC port (ADS and the rate-limit service), HTTP/2.
-fn xds_cluster(options: &XdsBootstrap, is_ip: bool) -> Value {
-    json!({
+/// Every meshgate address the Envoy may use: `xds_host:xds_port` first, then the replicas.
+fn xds_endpoints(options: &XdsBootstrap) -> Vec<(&str, u16)> {
+    std::iter::once((options.xds_host.as_str(), options.xds_port))
+        .chain(options.replicas.iter().map(|(h, p)| (h.as_str(), *p)))
+        .collect()
+}
+
+/// How often the replicas of an HA control plane are probed (TCP connect), and how long
+/// one probe may take: a dead replica is out of rotation within about a second.
+const XDS_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `meshgate-xds`: meshgate's gRPC port (ADS and the rate-limit service), HTTP/2. With
+/// several replicas: STATIC (all IPs) or STRICT_DNS, round robin over the healthy ones,
+/// each probed by a TCP health check.
+fn xds_cluster(options: &XdsBootstrap, all_ip: bool) -> Value {
+    let endpoints = xds_endpoints(options);
+    let several = endpoints.len() > 1;
+    let kind = match (all_ip, several) {
+        (true, _) => "STATIC",
+        (false, false) => "LOGICAL_DNS",
+        (false, true) => "STRICT_DNS",
+    };
+    let lb_endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(host, port)| {
+            json!({ "endpoint": { "address": { "socket_address": { "address": host, "port_value": port } } } })
+        })
+        .collect();
+    let mut cluster = json!({
                 "name": XDS_CLUSTER,
-                "type": if is_ip { "STATIC" } else { "LOGICAL_DNS" },
+                "type": kind,
                 "connect_timeout": "1s",
                 "dns_lookup_family": "V4_PREFERRED",
                 "load_assignment": {
                     "cluster_name": XDS_CLUSTER,
-                    "endpoints": [{
-                        "lb_endpoints": [{
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": options.xds_host,
-                                        "port_value": options.xds_port,
-                                    }
-                                }
-                            }
-                        }]
-                    }]
+                    "endpoints": [{ "lb_endpoints": lb_endpoints }]
                 },
                 // gRPC needs HTTP/2; without it Envoy never connects, silently.
                 "typed_extension_protocol_options": {
@@ -180,18 +201,52 @@ fn xds_cluster(options: &XdsBootstrap, is_ip: bool) -> Value {
                         }
                     }
                 }
-    })
+    });
+    if several {
+        let interval = envoy_duration(XDS_HEALTH_CHECK_INTERVAL);
+        cluster["health_checks"] = json!([{
+            "timeout": interval,
+            "interval": interval,
+            "no_traffic_interval": interval,
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "tcp_health_check": {},
+        }]);
+    }
+    cluster
 }
 
 /// TLS towards meshgate: its certificate must chain to `ca_file` and name the xDS host (or
 /// `sni`); with a client certificate, Envoy presents it (meshgate's `--xds-client-ca`).
-fn xds_transport_socket(tls: &XdsClientTls, xds_host: &str, is_ip: bool) -> Value {
-    let name = tls.sni.clone().unwrap_or_else(|| xds_host.to_string());
-    let san_type = if is_ip && tls.sni.is_none() { "IP_ADDRESS" } else { "DNS" };
+///
+/// With several replicas and no `sni`, a certificate naming any one of the addresses is
+/// accepted (each replica's certificate names its own), and SNI is sent only when they
+/// share one host name.
+fn xds_transport_socket(tls: &XdsClientTls, options: &XdsBootstrap) -> Value {
+    let is_ip = |host: &str| host.parse::<std::net::IpAddr>().is_ok();
+    let san = |host: &str, ip: bool| json!({ "san_type": if ip { "IP_ADDRESS" } else { "DNS" }, "matcher": { "exact": host } });
+    let hosts: Vec<&str> = xds_endpoints(options).into_iter().map(|(h, _)| h).collect();
+    let (sans, sni): (Vec<Value>, Option<String>) = match &tls.sni {
+        Some(name) => (vec![san(name, false)], Some(name.clone())),
+        None => {
+            let mut distinct: Vec<&str> = Vec::new();
+            for host in hosts {
+                if !distinct.contains(&host) {
+                    distinct.push(host);
+                }
+            }
+            let sans = distinct.iter().map(|h| san(h, is_ip(h))).collect();
+            let sni = match distinct.as_slice() {
+                [only] if !is_ip(only) => Some(only.to_string()),
+                _ => None,
+            };
+            (sans, sni)
+        }
+    };
     let mut common = json!({
         "validation_context": {
             "trusted_ca": { "filename": tls.ca_file },
-            "match_typed_subject_alt_names": [{ "san_type": san_type, "matcher": { "exact": name } }],
+            "match_typed_subject_alt_names": sans,
         },
         // gRPC: HTTP/2 over TLS.
         "alpn_protocols": ["h2"],
@@ -206,7 +261,7 @@ fn xds_transport_socket(tls: &XdsClientTls, xds_host: &str, is_ip: bool) -> Valu
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": common,
     });
-    if san_type == "DNS" {
+    if let Some(name) = sni {
         context["sni"] = json!(name);
     }
     json!({ "name": "envoy.transport_sockets.tls", "typed_config": context })
@@ -548,6 +603,7 @@ filter: { runtime: wasm }
             node_id: "edge-1".to_string(),
             xds_host: "meshgate.internal".to_string(),
             xds_port: 18000,
+            replicas: Vec::new(),
             admin_port: 9901,
             admin_address: "127.0.0.1".parse().expect("ip"),
             stats,
@@ -578,6 +634,65 @@ filter: { runtime: wasm }
         );
         assert_eq!(common["tls_certificates"][0]["certificate_chain"]["filename"], "/etc/envoy/xds.pem");
         assert_eq!(common["alpn_protocols"], json!(["h2"]));
+    }
+
+    /// Several `--xds-address`es (HA replicas): one cluster with every replica, health-checked
+    /// so a dead one leaves the rotation; a single address renders as before.
+    #[test]
+    fn several_xds_addresses_make_one_health_checked_cluster() {
+        let mut options = XdsBootstrap {
+            node_id: "edge-1".to_string(),
+            xds_host: "10.0.0.5".to_string(),
+            xds_port: 18000,
+            replicas: vec![("10.0.0.6".to_string(), 18000)],
+            admin_port: 9901,
+            admin_address: "127.0.0.1".parse().expect("ip"),
+            stats: None,
+            api: Api::Delta,
+            tls: None,
+        };
+        let endpoints = |b: &Value| -> Vec<String> {
+            b["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+                .as_array()
+                .expect("endpoints")
+                .iter()
+                .map(|e| {
+                    let a = &e["endpoint"]["address"]["socket_address"];
+                    format!("{}:{}", a["address"].as_str().unwrap_or_default(), a["port_value"])
+                })
+                .collect()
+        };
+        let b = xds_bootstrap(&options);
+        let cluster = &b["static_resources"]["clusters"][0];
+        assert_eq!(cluster["type"], "STATIC");
+        assert_eq!(endpoints(&b), ["10.0.0.5:18000", "10.0.0.6:18000"]);
+        assert_eq!(cluster["health_checks"][0]["tcp_health_check"], json!({}));
+        assert_eq!(cluster["health_checks"][0]["unhealthy_threshold"], 1);
+        assert_eq!(b["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"], XDS_CLUSTER);
+
+        options.replicas = vec![("meshgate-1.internal".to_string(), 18000)];
+        let b = xds_bootstrap(&options);
+        assert_eq!(b["static_resources"]["clusters"][0]["type"], "STRICT_DNS", "names need DNS, every one of them");
+
+        // TLS: each replica's certificate names its own address; no single SNI fits both.
+        options.replicas = vec![("10.0.0.6".to_string(), 18000)];
+        options.tls = Some(XdsClientTls { ca_file: "/ca.pem".to_string(), client_cert: None, sni: None });
+        let b = xds_bootstrap(&options);
+        let socket = &b["static_resources"]["clusters"][0]["transport_socket"]["typed_config"];
+        assert!(socket.get("sni").is_none());
+        assert_eq!(
+            socket["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
+            json!([
+                { "san_type": "IP_ADDRESS", "matcher": { "exact": "10.0.0.5" } },
+                { "san_type": "IP_ADDRESS", "matcher": { "exact": "10.0.0.6" } },
+            ])
+        );
+
+        options.replicas.clear();
+        options.tls = None;
+        let single = xds_bootstrap(&options);
+        assert!(single["static_resources"]["clusters"][0].get("health_checks").is_none());
+        assert_eq!(endpoints(&single), ["10.0.0.5:18000"]);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum RegistryError {
     Read(String),
     #[error("registry is empty")]
     Empty,
+    #[error("registry is larger than {max} bytes: split it or trim it")]
+    TooLarge { max: u64 },
     #[error("pinning {value:?} is not a mode: use observe or enforce")]
     InvalidPinMode { value: String },
     #[error("{value:?} is out of range: use {min} to {max}")]

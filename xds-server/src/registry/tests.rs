@@ -985,3 +985,18 @@ fn catalog_discovery_is_on_every_minute_unless_configured() {
         "expected one of discover, interval",
     );
 }
+
+/// The registry file is bounded: one over the limit is refused before it is parsed.
+#[test]
+fn an_oversized_registry_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("registry.yaml");
+    let mut text = String::from("listener: { port: 0 }\nservers:\n  - { name: a, url: 'http://127.0.0.1:1/' }\n");
+    let padding = "# padding\n".repeat((crate::registry::MAX_REGISTRY_BYTES as usize / 10) + 1);
+    std::fs::write(&file, &text).expect("write");
+    assert!(Registry::load(&file).is_ok());
+    text.push_str(&padding);
+    std::fs::write(&file, &text).expect("write");
+    let errors = Registry::load(&file).expect_err("too large").to_string();
+    assert!(errors.contains("registry is larger than 16777216 bytes"), "{errors}");
+}

@@ -291,3 +291,19 @@ fn delta_subscribe_and_unsubscribe_names() {
     // A policy edit does not resurrect an unsubscribed route config.
     assert!(stream.on_snapshot(&snapshot(&["a"], "a/y")).responses.is_empty());
 }
+
+/// The stream bound: slots up to the limit, the next refused, a closed stream's slot reused.
+#[test]
+fn ads_streams_are_bounded() {
+    use super::StreamSlot;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let open = Arc::new(AtomicUsize::new(0));
+    let slots: Vec<StreamSlot> = (0..3).map(|_| StreamSlot::acquire(&open, 3).expect("below the limit")).collect();
+    assert!(StreamSlot::acquire(&open, 3).is_none(), "a fourth stream is refused");
+    assert_eq!(open.load(Ordering::Acquire), 3);
+    drop(slots);
+    assert_eq!(open.load(Ordering::Acquire), 0);
+    let again = StreamSlot::acquire(&open, 3);
+    assert!(again.is_some(), "closed streams free their slots");
+}
