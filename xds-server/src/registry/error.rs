@@ -16,6 +16,8 @@ pub enum RegistryError {
     Empty,
     #[error("pinning {value:?} is not a mode: use observe or enforce")]
     InvalidPinMode { value: String },
+    #[error("{value:?} is not an absolute http(s) URL without query, fragment or credentials")]
+    InvalidApprovalPageUrl { value: String },
     /// The pin lockfile cannot be read or is not valid (its own file:line inside).
     #[error("{0}")]
     Lockfile(String),

@@ -95,6 +95,9 @@ pub struct Registry {
     pub virtual_servers: Vec<meshgate_core::virtual_server::VirtualServer>,
     /// Pinned definitions, when a server sets `pinning` (its lockfile was read and checked).
     pub pinning: Option<Pinning>,
+    /// `approval_page.url`: the approval page as approvers reach it (`None`: meshgate's
+    /// admin API address).
+    pub approval_page_url: Option<String>,
 }
 
 /// `pinning` and the servers' modes, validated.

@@ -65,6 +65,23 @@ pub struct RawRegistry {
     /// each server's mode).
     #[serde(default)]
     pub pinning: Option<RawPinning>,
+    /// Calls that wait for a person's approval; the filter's own raw type
+    /// (`meshgate_core::approval`).
+    #[serde(default)]
+    pub approvals: Vec<meshgate_core::approval::RawApprovalRule>,
+    /// Where approvers reach the approval page.
+    #[serde(default)]
+    pub approval_page: Option<RawApprovalPage>,
+}
+
+/// `approval_page`: the approval page's public address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovalPage {
+    /// The page's URL as approvers reach it (default: meshgate's admin API address +
+    /// `/approvals`), put in every pending call's error.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// `pinning`: where the pin lockfile is and whether descriptions are scanned.
