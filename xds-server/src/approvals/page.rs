@@ -391,8 +391,9 @@ async fn decide(State(approvals): State<Arc<Approvals>>, headers: HeaderMap, For
     let reason: String = form.reason.trim().chars().take(MAX_REASON).collect();
     let reason = if approve || !reason.is_empty() { reason } else { "no reason given".to_string() };
     let rules = |name: &str| approvals.rule(name);
-    let decided = store::decide(&approvals.kv(), &form.id, &session.consumer, &session.roles, approve, &reason, &rules, now())
-        .await;
+    let decision =
+        store::Decision { approver: &session.consumer, roles: &session.roles, approve, reason: &reason };
+    let decided = store::decide(&approvals.kv(), &form.id, decision, &rules, now()).await;
     match decided {
         Ok(record) => {
             let event = if approve { "approved" } else { "rejected" };

@@ -447,17 +447,26 @@ pub async fn check(
     Err(StoreError::Contended)
 }
 
-/// An approver's decision on request `id`: `approve` or reject with `reason`.
+/// What an approver decided on the page.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    /// The approver's consumer name and roles.
+    pub approver: &'a str,
+    pub roles: &'a [String],
+    /// Approve, or reject with `reason`.
+    pub approve: bool,
+    pub reason: &'a str,
+}
+
+/// An approver's decision on request `id` (the rule is looked up by name in `rules`).
 pub async fn decide(
     kv: &Kv,
     id: &str,
-    approver: &str,
-    approver_roles: &[String],
-    approve: bool,
-    reason: &str,
+    decision: Decision<'_>,
     rules: &(dyn Fn(&str) -> Option<ApprovalRule> + Sync),
     now: u64,
 ) -> Result<Record, DecideError> {
+    let Decision { approver, roles: approver_roles, approve, reason } = decision;
     let key = record_key(id);
     for _ in 0..CAS_ATTEMPTS {
         let Some(stored) = (if id.len() <= 64 { kv.get(&key, now).await? } else { None }) else {

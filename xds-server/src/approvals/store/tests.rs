@@ -40,7 +40,8 @@ fn pending_id(answer: &CheckAnswer) -> String {
 
 async fn approve(kv: &Kv, id: &str, by: &str, r: &ApprovalRule, now: u64) -> Result<Record, DecideError> {
     let rules = |_: &str| Some(r.clone());
-    decide(kv, id, by, &["ops".to_string()], true, "", &rules, now).await
+    let roles = ["ops".to_string()];
+    decide(kv, id, Decision { approver: by, roles: &roles, approve: true, reason: "" }, &rules, now).await
 }
 
 #[tokio::test]
@@ -109,10 +110,13 @@ async fn decisions_need_an_approver_other_than_the_caller_and_a_pending_request(
     let id = pending_id(&check(&kv, &call("alice", "sha256:aa"), &r, 100, URL).await.unwrap().answer);
     assert!(matches!(approve(&kv, &id, "alice", &r, 101).await, Err(DecideError::SelfApproval(_))));
     let rules = |_: &str| Some(r.clone());
-    let not_ops = decide(&kv, &id, "bob", &["reader".to_string()], true, "", &rules, 101).await;
+    let reader = ["reader".to_string()];
+    let not_ops = decide(&kv, &id, Decision { approver: "bob", roles: &reader, approve: true, reason: "" }, &rules, 101).await;
     assert!(matches!(not_ops, Err(DecideError::NotApprover(_))));
     assert!(matches!(approve(&kv, "ap_nope", "bob", &r, 101).await, Err(DecideError::Unknown(_))));
-    let rejected = decide(&kv, &id, "bob", &["ops".to_string()], false, "not on a Friday", &rules, 102).await.unwrap();
+    let ops = ["ops".to_string()];
+    let rejection = Decision { approver: "bob", roles: &ops, approve: false, reason: "not on a Friday" };
+    let rejected = decide(&kv, &id, rejection, &rules, 102).await.unwrap();
     assert_eq!(rejected.status, Status::Rejected);
     assert!(matches!(approve(&kv, &id, "carol", &r, 103).await, Err(DecideError::NotPending { .. })));
     let answer = check(&kv, &call("alice", "sha256:aa"), &r, 104, URL).await.unwrap().answer;
