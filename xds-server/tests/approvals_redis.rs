@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use meshgate::approvals::store::{self, Kv, Status};
 use meshgate::ratelimit::redis::{RedisAddress, RedisPool};
-use meshgate_core::approval::{ApprovalRule, ApprovalRules, CheckAnswer, CheckRequest, RawApprovalRule, RawApprovalService};
+use meshgate_core::approval::{
+    ApprovalRule, ApprovalRules, CheckAnswer, CheckRequest, RawApprovalRule, RawApprovalService,
+};
 
 struct Redis {
     child: Child,
@@ -22,9 +24,8 @@ struct Redis {
 
 impl Redis {
     fn start() -> Option<Redis> {
-        let binary: PathBuf = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths).map(|p| p.join("redis-server")).find(|p| p.is_file())
-        })?;
+        let binary: PathBuf = std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("redis-server")).find(|p| p.is_file()))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(binary)

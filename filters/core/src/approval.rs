@@ -378,11 +378,10 @@ pub fn rejection(answer: &CheckAnswer, rule: &str, target: &str, id: Option<&Val
         .with_data(json!({
             "approval": { "id": approval, "status": "rejected", "rule": rule, "approver": approver, "reason": reason },
         })),
-        CheckAnswer::Refused { message } => Rejection::forbidden(format!(
-            "tool \"{target}\" is refused: {}",
-            printable(message)
-        ))
-        .with_data(json!({ "approval": { "status": "refused", "rule": rule } })),
+        CheckAnswer::Refused { message } => {
+            Rejection::forbidden(format!("tool \"{target}\" is refused: {}", printable(message)))
+                .with_data(json!({ "approval": { "status": "refused", "rule": rule } }))
+        }
     };
     Some(r.with_id(id))
 }

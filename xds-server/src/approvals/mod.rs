@@ -86,13 +86,19 @@ impl ApprovalMetrics {
 
     /// Prometheus text.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP meshgate_approval_events_total Approval requests, decisions, uses and refusals per rule.");
+        let _ = writeln!(
+            out,
+            "# HELP meshgate_approval_events_total Approval requests, decisions, uses and refusals per rule."
+        );
         let _ = writeln!(out, "# TYPE meshgate_approval_events_total counter");
         let map = self.events.lock().unwrap_or_else(|p| p.into_inner());
         for ((rule, event), n) in map.iter() {
             let _ = writeln!(out, "meshgate_approval_events_total{{rule=\"{}\",event=\"{event}\"}} {n}", label(rule));
         }
-        let _ = writeln!(out, "# HELP meshgate_approval_check_errors_total Approval checks answered 503 (store unreachable).");
+        let _ = writeln!(
+            out,
+            "# HELP meshgate_approval_check_errors_total Approval checks answered 503 (store unreachable)."
+        );
         let _ = writeln!(out, "# TYPE meshgate_approval_check_errors_total counter");
         let errors = *self.check_errors.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(out, "meshgate_approval_check_errors_total {errors}");
@@ -188,9 +194,8 @@ impl Approvals {
                 message: format!("approval rule \"{}\" is not in meshgate's registry", request.rule),
             });
         };
-        let checked = store::check(&self.kv(), request, rule, now(), &compiled.page_url)
-            .await
-            .map_err(|e| e.to_string())?;
+        let checked =
+            store::check(&self.kv(), request, rule, now(), &compiled.page_url).await.map_err(|e| e.to_string())?;
         let event = match checked.event {
             Event::Requested => "requested",
             Event::StillPending => "still_pending",
@@ -285,4 +290,3 @@ async fn check_handler(State(approvals): State<Arc<Approvals>>, body: axum::body
         }
     }
 }
-

@@ -163,7 +163,8 @@ fn page(nonce: &str, title: &str, body: &str, refresh: bool) -> Response {
 
 fn sign_in_form(nonce: &str, focus: Option<&str>, error: Option<&str>) -> Response {
     let error = error.map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", esc(e))).unwrap_or_default();
-    let focus = focus.map(|id| format!("<input type=\"hidden\" name=\"id\" value=\"{}\">", esc(id))).unwrap_or_default();
+    let focus =
+        focus.map(|id| format!("<input type=\"hidden\" name=\"id\" value=\"{}\">", esc(id))).unwrap_or_default();
     let body = format!(
         "{error}<p>Sign in with the JWT or API key of a consumer holding an approver role.</p>\
          <form id=\"sign-in\" method=\"post\" action=\"/approvals/sign-in\">{focus}\
@@ -245,7 +246,8 @@ async fn show(State(approvals): State<Arc<Approvals>>, Query(q): Query<ShowQuery
     if rows.is_empty() {
         rows = "<tr><td colspan=\"11\">No requests for your approver roles.</td></tr>".to_string();
     }
-    let error = q.error.as_deref().map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", esc(e))).unwrap_or_default();
+    let error =
+        q.error.as_deref().map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", esc(e))).unwrap_or_default();
     let body = format!(
         "<p>Signed in as <b id=\"who\">{who}</b>. <form method=\"post\" action=\"/approvals/sign-out\" style=\"display:inline\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Sign out</button></form></p>{error}\
@@ -259,7 +261,12 @@ async fn show(State(approvals): State<Arc<Approvals>>, Query(q): Query<ShowQuery
 
 /// The arguments as an approver may see them: every redaction rule for this tool applied
 /// (as to an answer read by the approver), and nothing at all when a rule would block them.
-fn shown_arguments(compiled: &super::Compiled, record: &Record, arguments: &serde_json::Value, roles: &[String]) -> String {
+fn shown_arguments(
+    compiled: &super::Compiled,
+    record: &Record,
+    arguments: &serde_json::Value,
+    roles: &[String],
+) -> String {
     let text = serde_json::to_string_pretty(arguments).unwrap_or_default();
     let redactor = &compiled.filter.redactor;
     let mut shown = text;
@@ -360,7 +367,8 @@ async fn sign_in(State(approvals): State<Arc<Approvals>>, Form(form): Form<SignI
     tracing::info!(target: "meshgate::audit", event = "approval_sign_in", approver = %consumer.name, "approval page sign-in");
     let mut response = redirect(&back(id, None));
     let secure = if approvals.secure_cookies { "; Secure" } else { "" };
-    let cookie = format!("{COOKIE}={token}; Path=/approvals; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}");
+    let cookie =
+        format!("{COOKIE}={token}; Path=/approvals; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}");
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -391,8 +399,7 @@ async fn decide(State(approvals): State<Arc<Approvals>>, headers: HeaderMap, For
     let reason: String = form.reason.trim().chars().take(MAX_REASON).collect();
     let reason = if approve || !reason.is_empty() { reason } else { "no reason given".to_string() };
     let rules = |name: &str| approvals.rule(name);
-    let decision =
-        store::Decision { approver: &session.consumer, roles: &session.roles, approve, reason: &reason };
+    let decision = store::Decision { approver: &session.consumer, roles: &session.roles, approve, reason: &reason };
     let decided = store::decide(&approvals.kv(), &form.id, decision, &rules, now()).await;
     match decided {
         Ok(record) => {
@@ -423,7 +430,11 @@ struct SignOutForm {
     csrf: String,
 }
 
-async fn sign_out(State(approvals): State<Arc<Approvals>>, headers: HeaderMap, Form(form): Form<SignOutForm>) -> Response {
+async fn sign_out(
+    State(approvals): State<Arc<Approvals>>,
+    headers: HeaderMap,
+    Form(form): Form<SignOutForm>,
+) -> Response {
     if let (Some(session), Some(token)) = (session(&approvals, &headers).await, cookie_token(&headers)) {
         if same_secret(&form.csrf, &session.csrf) {
             let _ = approvals.kv().remove(&session_key(&token), now()).await;

@@ -238,8 +238,9 @@ impl Kv {
                 let mut cursor = "0".to_string();
                 let mut keys: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    let reply =
-                        pool.call(&[b"SCAN", cursor.as_bytes(), b"MATCH", pattern.as_bytes(), b"COUNT", b"500"]).await?;
+                    let reply = pool
+                        .call(&[b"SCAN", cursor.as_bytes(), b"MATCH", pattern.as_bytes(), b"COUNT", b"500"])
+                        .await?;
                     let Reply::Array(Some(parts)) = reply else {
                         return Err(StoreError::Corrupt("SCAN answer".into()));
                     };
@@ -312,7 +313,11 @@ fn keep_until(record: &Record) -> u64 {
 fn answer_for(record: &Record, rule: &ApprovalRule, url: &str) -> (CheckAnswer, Option<Record>, Event) {
     match record.status {
         Status::Pending => (
-            CheckAnswer::Pending { id: record.id.clone(), url: page_url(url, &record.id), expires_at: record.expires_at },
+            CheckAnswer::Pending {
+                id: record.id.clone(),
+                url: page_url(url, &record.id),
+                expires_at: record.expires_at,
+            },
             None,
             Event::StillPending,
         ),
@@ -333,11 +338,9 @@ fn answer_for(record: &Record, rule: &ApprovalRule, url: &str) -> (CheckAnswer, 
             }
             (CheckAnswer::Approved { id: record.id.clone() }, Some(used), Event::Used)
         }
-        Status::Used => (
-            CheckAnswer::Refused { message: format!("approval {} was already used", record.id) },
-            None,
-            Event::Refused,
-        ),
+        Status::Used => {
+            (CheckAnswer::Refused { message: format!("approval {} was already used", record.id) }, None, Event::Refused)
+        }
     }
 }
 
@@ -382,7 +385,11 @@ pub async fn check(
         };
         let record = stored.as_deref().map(parse).transpose()?;
         if request.approval_id.is_some() {
-            let refused = |message: String| Checked { answer: CheckAnswer::Refused { message }, event: Event::Refused, record: None };
+            let refused = |message: String| Checked {
+                answer: CheckAnswer::Refused { message },
+                event: Event::Refused,
+                record: None,
+            };
             let Some(record) = &record else {
                 return Ok(refused("unknown approval id".to_string()));
             };

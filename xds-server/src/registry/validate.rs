@@ -203,10 +203,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
                     && !u.authority().is_some_and(|a| a.as_str().contains('@'))
             });
             if parsed.is_none() {
-                problems.push(
-                    "approval_page.url",
-                    RegistryError::InvalidApprovalPageUrl { value: url.clone() },
-                );
+                problems.push("approval_page.url", RegistryError::InvalidApprovalPageUrl { value: url.clone() });
             }
         }
 

@@ -48,14 +48,23 @@ fn invalid_rules_name_the_path() {
         (json!({"name": "Bad Name", "approvers": {"roles": ["ops"]}}), "approvals[0].name"),
         (json!({"name": "a", "approvers": {"roles": []}}), "approvals[0].approvers.roles"),
         (json!({"name": "a", "approvers": {"roles": ["ops"]}, "ttl": "1d"}), "approvals[0].ttl"),
-        (json!({"name": "a", "match": {"tools": ["nosuch/x"]}, "approvers": {"roles": ["ops"]}}), "approvals[0].match.tools[0]"),
+        (
+            json!({"name": "a", "match": {"tools": ["nosuch/x"]}, "approvers": {"roles": ["ops"]}}),
+            "approvals[0].match.tools[0]",
+        ),
     ];
     for (raw, path) in cases {
         let err = ApprovalRules::compile(&[rule(raw.clone())], Some(&service()), &servers()).unwrap_err();
         assert_eq!(err.path(), Some(path), "{raw}");
     }
-    let twice = [rule(json!({"name": "a", "approvers": {"roles": ["ops"]}})), rule(json!({"name": "a", "approvers": {"roles": ["ops"]}}))];
-    assert_eq!(ApprovalRules::compile(&twice, Some(&service()), &servers()).unwrap_err().path(), Some("approvals[1].name"));
+    let twice = [
+        rule(json!({"name": "a", "approvers": {"roles": ["ops"]}})),
+        rule(json!({"name": "a", "approvers": {"roles": ["ops"]}})),
+    ];
+    assert_eq!(
+        ApprovalRules::compile(&twice, Some(&service()), &servers()).unwrap_err().path(),
+        Some("approvals[1].name")
+    );
     let one = [rule(json!({"name": "a", "approvers": {"roles": ["ops"]}}))];
     assert_eq!(ApprovalRules::compile(&one, None, &servers()).unwrap_err().path(), Some("approval_service"));
     assert!(serde_json::from_value::<RawApprovalRule>(json!({"name": "a", "aprovers": {}})).is_err());
@@ -63,13 +72,16 @@ fn invalid_rules_name_the_path() {
 
 #[test]
 fn the_hash_binds_the_arguments_canonically() {
-    let call = |args: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#);
+    let call = |args: &str| {
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#)
+    };
     let (a, _) = arguments_hash(call(r#"{"id": 1, "why": "x"}"#).as_bytes()).unwrap();
     let (b, _) = arguments_hash(call(r#"{"why":"x","id":1.0}"#).as_bytes()).unwrap();
     let (c, _) = arguments_hash(call(r#"{"why":"x","id":2}"#).as_bytes()).unwrap();
     assert_eq!(a, b, "key order, spacing and number spelling do not matter");
     assert_ne!(a, c, "other values need another approval");
-    let (none, value) = arguments_hash(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#).unwrap();
+    let (none, value) =
+        arguments_hash(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#).unwrap();
     assert_eq!(none, arguments_hash(call("{}").as_bytes()).unwrap().0);
     assert_eq!(value, json!({}));
     assert_eq!(arguments_hash(call("[1]").as_bytes()), Err(HashError::NotObject));
@@ -97,7 +109,10 @@ fn answers_become_json_rpc_errors_or_nothing() {
 
 #[test]
 fn only_exact_answers_are_read() {
-    assert_eq!(CheckAnswer::read(200, br#"{"decision":"approved","id":"a"}"#), Ok(CheckAnswer::Approved { id: "a".into() }));
+    assert_eq!(
+        CheckAnswer::read(200, br#"{"decision":"approved","id":"a"}"#),
+        Ok(CheckAnswer::Approved { id: "a".into() })
+    );
     assert!(CheckAnswer::read(500, br#"{"decision":"approved","id":"a"}"#).is_err());
     assert!(CheckAnswer::read(200, br#"{"decision":"approved"}"#).is_err());
     assert!(CheckAnswer::read(200, br#"{"decision":"maybe","id":"a"}"#).is_err());

@@ -1047,13 +1047,17 @@ fn a_guarded_call_waits_for_meshgate_and_goes_on_only_when_approved() {
     assert!(check.arguments_sha256.starts_with("sha256:"));
     let shown = check.arguments.unwrap();
     assert_eq!(shown["email"], "a@b.example", "request-direction rules only: none here");
-    let approved = CalloutResponse { status: 200, headers: vec![], body: br#"{"decision":"approved","id":"ap_1"}"#.to_vec() };
+    let approved =
+        CalloutResponse { status: 200, headers: vec![], body: br#"{"decision":"approved","id":"ap_1"}"#.to_vec() };
     stream.on_callout_done(&mut host, 1, Ok(approved));
     assert_eq!((host.resumed, host.local_reply.is_none()), (1, true));
     // The answer is governed as any forwarded call's.
-    let sent = response(&mut stream, &mut host, &[(":status", "200"), ("content-type", "application/json")], &[
-        br#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"type":"text","text":"ok"}]}}"#,
-    ]);
+    let sent = response(
+        &mut stream,
+        &mut host,
+        &[(":status", "200"), ("content-type", "application/json")],
+        &[br#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"type":"text","text":"ok"}]}}"#],
+    );
     assert!(String::from_utf8_lossy(&sent).contains("ok"));
     stream.on_log(&mut host);
 }
@@ -1065,7 +1069,8 @@ fn a_guarded_call_is_answered_with_the_page_rejection_or_a_fail_closed_error() {
             Ok(CalloutResponse {
                 status: 200,
                 headers: vec![],
-                body: br#"{"decision":"pending","id":"ap_2","url":"http://m/approvals?id=ap_2","expires_at":5}"#.to_vec(),
+                body: br#"{"decision":"pending","id":"ap_2","url":"http://m/approvals?id=ap_2","expires_at":5}"#
+                    .to_vec(),
             }),
             200,
             crate::jsonrpc::code::URL_ELICITATION_REQUIRED,
@@ -1082,7 +1087,12 @@ fn a_guarded_call_is_answered_with_the_page_rejection_or_a_fail_closed_error() {
             "freeze",
         ),
         (Err("the callout was reset".to_string()), 503, crate::jsonrpc::code::INTERNAL_ERROR, "approval"),
-        (Ok(CalloutResponse { status: 503, headers: vec![], body: vec![] }), 503, crate::jsonrpc::code::INTERNAL_ERROR, "approval"),
+        (
+            Ok(CalloutResponse { status: 503, headers: vec![], body: vec![] }),
+            503,
+            crate::jsonrpc::code::INTERNAL_ERROR,
+            "approval",
+        ),
         (
             Ok(CalloutResponse { status: 200, headers: vec![], body: br#"{"decision":"approved"}"#.to_vec() }),
             503,
@@ -1107,7 +1117,13 @@ fn a_guarded_call_is_answered_with_the_page_rejection_or_a_fail_closed_error() {
 fn calls_no_rule_matches_make_no_callout() {
     let mut stream = Stream::new(approvals_gateway());
     let mut host = MemoryHost::default();
-    let sent = request(&mut stream, &mut host, post_headers(Some("a"), "/mcp/crm"), &[&call(1, "get_customer", json!({}))], false);
+    let sent = request(
+        &mut stream,
+        &mut host,
+        post_headers(Some("a"), "/mcp/crm"),
+        &[&call(1, "get_customer", json!({}))],
+        false,
+    );
     assert_eq!(sent, Sent::Forwarded);
     assert!(host.callouts.is_empty());
 }
@@ -1116,6 +1132,12 @@ fn calls_no_rule_matches_make_no_callout() {
 fn a_check_that_cannot_start_fails_closed() {
     let mut stream = Stream::new(approvals_gateway());
     let mut host = MemoryHost { unknown_clusters: vec!["meshgate-xds".into()], ..MemoryHost::default() };
-    let sent = request(&mut stream, &mut host, post_headers(Some("a"), "/mcp/crm"), &[&call(1, "update_customer", json!({}))], false);
+    let sent = request(
+        &mut stream,
+        &mut host,
+        post_headers(Some("a"), "/mcp/crm"),
+        &[&call(1, "update_customer", json!({}))],
+        false,
+    );
     assert_eq!(sent, Sent::Refused(503));
 }

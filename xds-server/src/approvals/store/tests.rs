@@ -75,7 +75,10 @@ async fn reusable_approvals_last_their_ttl_and_then_expire() {
     let id = pending_id(&check(&kv, &call("agent", "sha256:aa"), &r, 100, URL).await.unwrap().answer);
     approve(&kv, &id, "alice", &r, 110).await.unwrap();
     for now in [111, 150, 169] {
-        assert_eq!(check(&kv, &call("agent", "sha256:aa"), &r, now, URL).await.unwrap().answer, CheckAnswer::Approved { id: id.clone() });
+        assert_eq!(
+            check(&kv, &call("agent", "sha256:aa"), &r, now, URL).await.unwrap().answer,
+            CheckAnswer::Approved { id: id.clone() }
+        );
     }
     // 60 s after the approval it is gone: a new request.
     assert_eq!(check(&kv, &call("agent", "sha256:aa"), &r, 170, URL).await.unwrap().event, Event::Requested);
@@ -111,7 +114,8 @@ async fn decisions_need_an_approver_other_than_the_caller_and_a_pending_request(
     assert!(matches!(approve(&kv, &id, "alice", &r, 101).await, Err(DecideError::SelfApproval(_))));
     let rules = |_: &str| Some(r.clone());
     let reader = ["reader".to_string()];
-    let not_ops = decide(&kv, &id, Decision { approver: "bob", roles: &reader, approve: true, reason: "" }, &rules, 101).await;
+    let not_ops =
+        decide(&kv, &id, Decision { approver: "bob", roles: &reader, approve: true, reason: "" }, &rules, 101).await;
     assert!(matches!(not_ops, Err(DecideError::NotApprover(_))));
     assert!(matches!(approve(&kv, "ap_nope", "bob", &r, 101).await, Err(DecideError::Unknown(_))));
     let ops = ["ops".to_string()];
@@ -120,14 +124,20 @@ async fn decisions_need_an_approver_other_than_the_caller_and_a_pending_request(
     assert_eq!(rejected.status, Status::Rejected);
     assert!(matches!(approve(&kv, &id, "carol", &r, 103).await, Err(DecideError::NotPending { .. })));
     let answer = check(&kv, &call("alice", "sha256:aa"), &r, 104, URL).await.unwrap().answer;
-    assert_eq!(answer, CheckAnswer::Rejected { id: id.clone(), approver: "bob".into(), reason: "not on a Friday".into() });
+    assert_eq!(
+        answer,
+        CheckAnswer::Rejected { id: id.clone(), approver: "bob".into(), reason: "not on a Friday".into() }
+    );
     // Self-approval when the rule allows it.
     let own = rule(json!({"allow_self_approval": true}));
     let id = pending_id(&check(&kv, &call("alice", "sha256:cc"), &own, 200, URL).await.unwrap().answer);
     assert!(approve(&kv, &id, "alice", &own, 201).await.is_ok());
     // A request nobody decided lapses after the ttl (10 minutes by default).
     let lapsing = pending_id(&check(&kv, &call("dave", "sha256:aa"), &r, 300, URL).await.unwrap().answer);
-    assert!(matches!(approve(&kv, &lapsing, "bob", &r, 300 + 600).await, Err(DecideError::NotPending { state: "expired", .. })));
+    assert!(matches!(
+        approve(&kv, &lapsing, "bob", &r, 300 + 600).await,
+        Err(DecideError::NotPending { state: "expired", .. })
+    ));
 }
 
 #[tokio::test]
