@@ -366,3 +366,44 @@ def test_unreachable_meshgate_fails_guarded_calls_closed_and_leaves_others_alone
         assert "c-001" in result_text(unguarded)
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_decisions_hold_across_replicas_sharing_redis(tmp_path_factory: pytest.TempPathFactory, keys: Keys, upstreams: dict[str, Upstream]) -> None:
+    """Two `meshgate up` (two control planes, two Envoys) on one registry with
+    `rate_limit_service`: a request made through one is approved on the other's page, and the
+    single-use approval is used once across both. Store behaviour, not the filter's: the
+    native build only."""
+    from global_limits_support import start_redis  # noqa: PLC0415
+
+    workdir = tmp_path_factory.mktemp("approvals-redis")
+    redis = start_redis(workdir)
+    crm = start_upstream("crm-approvals-redis", "crm_server.py", workdir)
+    gateways: list[Gateway] = []
+    try:
+        for name in ("a", "b"):
+            folder = workdir / name
+            folder.mkdir()
+            (folder / "jwks.json").write_text(json.dumps(keys.jwks(), indent=2))
+            registry = folder / "registry.yaml"
+            registry.write_text(
+                registry_yaml(crm.url, upstreams["docs"].url) + APPROVALS + f"rate_limit_service: {{ redis_url: {redis.url} }}\n"
+            )
+            gateways.append(start_gateway(registry, folder, env={HS_SECRET_ENV: keys.hs_secret}, runtime="native"))
+        replica = [Setup(gw, crm, f"{gw.ready['meshgate_admin']}/approvals") for gw in gateways]
+        arguments = {"id": "c-001", "tier": "shared"}
+        mark = crm.log.mark()
+        approval = pending(call(replica[0], "update_customer", arguments))
+        assert redis.keys(f"meshgate:approval:req:{approval['id']}") != []
+        # The other replica knows the request, and decides it.
+        page = PageClient(replica[1], APPROVER_KEY)
+        assert approval["id"] in page.page()
+        assert page.decide(approval["id"], "approve").status_code == 303
+        assert "shared" in result_text(call(replica[0], "update_customer", arguments))
+        again = pending(call(replica[1], "update_customer", arguments))
+        assert again["id"] != approval["id"]
+        assert len(forwarded(replica[0], mark, "update_customer")) == 1
+    finally:
+        for gw in gateways:
+            stop_gateway(gw)
+        crm.proc.stop()
+        redis.stop()
