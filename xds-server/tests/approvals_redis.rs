@@ -63,7 +63,7 @@ fn rule() -> ApprovalRule {
     .unwrap();
     let service = RawApprovalService { cluster: "c".into(), authority: "a".into(), timeout_ms: None };
     let servers = ["crm".to_string()].into_iter().collect();
-    ApprovalRules::compile(&[raw], Some(&service), &servers).unwrap().rules()[0].clone()
+    ApprovalRules::compile(&[raw], Some(&service), &servers, &|_| true).unwrap().rules()[0].clone()
 }
 
 fn call() -> CheckRequest {

@@ -177,11 +177,14 @@ pub struct ApprovalRules {
 
 impl ApprovalRules {
     /// Compiles `approvals[]`. `servers` are the known server names (a literal server in a
-    /// pattern must be one of them). Rules need `service` (the control plane sets it).
+    /// pattern must be one of them); `known_role` tells whether the policy defines a role
+    /// (every role a rule names must be one: a typo would leave a rule nobody can approve).
+    /// Rules need `service` (the control plane sets it).
     pub fn compile(
         raw: &[RawApprovalRule],
         service: Option<&RawApprovalService>,
         servers: &HashSet<String>,
+        known_role: &dyn Fn(&str) -> bool,
     ) -> Result<Self, ConfigError> {
         let mut rules: Vec<ApprovalRule> = Vec::with_capacity(raw.len());
         for (i, rule) in raw.iter().enumerate() {
@@ -214,8 +217,14 @@ impl ApprovalRules {
                     "name at least one role whose consumers may approve",
                 ));
             }
-            if let Some(j) = rule.approvers.roles.iter().position(|r| r.trim().is_empty()) {
-                return Err(ConfigError::invalid(format!("{path}.approvers.roles[{j}]"), "an empty role name"));
+            let named = [("match.roles", &rule.matches.roles), ("approvers.roles", &rule.approvers.roles)];
+            for (key, roles) in named {
+                if let Some((j, role)) = roles.iter().enumerate().find(|(_, r)| !known_role(r)) {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.{key}[{j}]"),
+                        format!("\"{role}\" is not a role of the policy"),
+                    ));
+                }
             }
             let ttl_secs = match &rule.ttl {
                 Some(ttl) => parse_ttl(ttl).map_err(|e| ConfigError::invalid(format!("{path}.ttl"), e.to_string()))?,

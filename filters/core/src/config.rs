@@ -728,7 +728,9 @@ impl FilterConfig {
         };
         let pins = crate::pinning::Pins::compile(&raw.pinning, &servers)?;
         let approvals =
-            crate::approval::ApprovalRules::compile(&raw.approvals, raw.approval_service.as_ref(), &servers)?;
+            crate::approval::ApprovalRules::compile(&raw.approvals, raw.approval_service.as_ref(), &servers, &|r| {
+                policy.has_role(r)
+            })?;
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)

@@ -974,7 +974,7 @@ fn pinning_errors_name_the_line() {
 #[test]
 fn approvals_load_and_render_into_the_filter_config() {
     let yaml = format!(
-        "{MINIMAL}approvals:\n  - name: destructive\n    match: {{ tools: ['crm/delete_*'] }}\n    approvers: {{ roles: [ops] }}\n    reuse: ttl\napproval_page: {{ url: 'https://approvals.example.com/approvals' }}\n"
+        "{MINIMAL}policy: {{ roles: {{ ops: {{}} }} }}\napprovals:\n  - name: destructive\n    match: {{ tools: ['crm/delete_*'] }}\n    approvers: {{ roles: [ops] }}\n    reuse: ttl\napproval_page: {{ url: 'https://approvals.example.com/approvals' }}\n"
     );
     let registry = Fixture::new(&yaml).load().unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(registry.approval_page_url.as_deref(), Some("https://approvals.example.com/approvals"));
@@ -987,7 +987,9 @@ fn approvals_load_and_render_into_the_filter_config() {
 
 #[test]
 fn approval_errors_carry_file_and_line() {
-    let rule = |body: &str| format!("{MINIMAL}approvals:\n  - name: destructive\n{body}");
+    let rule = |body: &str| {
+        format!("{MINIMAL}policy: {{ roles: {{ ops: {{}} }} }}\napprovals:\n  - name: destructive\n{body}")
+    };
     assert_error(&rule("    approvers: { roles: [ops] }\n    ttl: 2d # <-\n"), "approvals[0].ttl", "N(s|m|h)");
     assert_error(
         &rule("    match: { tools: ['nope/delete_*'] } # <-\n    approvers: { roles: [ops] }\n"),
@@ -996,6 +998,11 @@ fn approval_errors_carry_file_and_line() {
     );
     assert_error(&rule("    approvers: { roles: [] } # <-\n"), "approvals[0].approvers.roles", "at least one role");
     assert_error(&rule("    approvers: { roles: [ops] }\n    reuse: twice # <-\n"), "", "twice");
+    assert_error(
+        &rule("    approvers:\n      roles: [ops, opps] # <-\n"),
+        "approvals[0].approvers.roles[1]",
+        "not a role of the policy",
+    );
     assert_error(
         &format!("{MINIMAL}approval_page: {{ url: 'ftp://x/approvals' }} # <-\n"),
         "approval_page.url",

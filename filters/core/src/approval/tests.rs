@@ -8,6 +8,10 @@ fn service() -> RawApprovalService {
     RawApprovalService { cluster: "meshgate-xds".into(), authority: "meshgate".into(), timeout_ms: None }
 }
 
+fn known(role: &str) -> bool {
+    ["agent", "ops", "reader"].contains(&role)
+}
+
 fn rule(yaml: serde_json::Value) -> RawApprovalRule {
     serde_json::from_value(yaml).unwrap()
 }
@@ -32,7 +36,7 @@ fn rules_match_in_policy_syntax_and_default_to_single_use() {
         "match": {"tools": ["crm/delete_*", "payments/refund"], "roles": ["agent"]},
         "approvers": {"roles": ["ops"]}
     }))];
-    let rules = ApprovalRules::compile(&raw, Some(&service()), &servers()).unwrap();
+    let rules = ApprovalRules::compile(&raw, Some(&service()), &servers(), &known).unwrap();
     let agent = vec!["agent".to_string()];
     let r = rules.rule_for("crm", "delete_customer", &agent).unwrap();
     assert_eq!((r.ttl_secs, r.reuse, r.show_arguments, r.allow_self_approval), (600, RawReuse::Single, false, false));
@@ -54,7 +58,7 @@ fn invalid_rules_name_the_path() {
         ),
     ];
     for (raw, path) in cases {
-        let err = ApprovalRules::compile(&[rule(raw.clone())], Some(&service()), &servers()).unwrap_err();
+        let err = ApprovalRules::compile(&[rule(raw.clone())], Some(&service()), &servers(), &known).unwrap_err();
         assert_eq!(err.path(), Some(path), "{raw}");
     }
     let twice = [
@@ -62,11 +66,11 @@ fn invalid_rules_name_the_path() {
         rule(json!({"name": "a", "approvers": {"roles": ["ops"]}})),
     ];
     assert_eq!(
-        ApprovalRules::compile(&twice, Some(&service()), &servers()).unwrap_err().path(),
+        ApprovalRules::compile(&twice, Some(&service()), &servers(), &known).unwrap_err().path(),
         Some("approvals[1].name")
     );
     let one = [rule(json!({"name": "a", "approvers": {"roles": ["ops"]}}))];
-    assert_eq!(ApprovalRules::compile(&one, None, &servers()).unwrap_err().path(), Some("approval_service"));
+    assert_eq!(ApprovalRules::compile(&one, None, &servers(), &known).unwrap_err().path(), Some("approval_service"));
     assert!(serde_json::from_value::<RawApprovalRule>(json!({"name": "a", "aprovers": {}})).is_err());
 }
 

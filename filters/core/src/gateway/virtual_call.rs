@@ -435,7 +435,7 @@ mod tests {
         let raw: RawFilterConfig = serde_json::from_value(json!({
             "servers": ["crm", "docs"],
             "auth": {"api_keys": [key("a", "admin")]},
-            "policy": {"roles": {"admin": {"allow": ["*"]}}},
+            "policy": {"roles": {"admin": {"allow": ["*"]}, "ops": {}}},
             "virtual_servers": [{"name": "work", "servers": ["crm"]}],
             "approvals": [{"name": "updates", "match": {"tools": ["crm/update_*"]}, "approvers": {"roles": ["ops"]}}],
             "approval_service": {"cluster": "meshgate-xds", "authority": "meshgate"}

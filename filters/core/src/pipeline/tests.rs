@@ -1005,7 +1005,7 @@ fn pinned_tools_drift_is_removed_refused_counted_and_logged_once() {
 
 fn approvals_gateway() -> Arc<Gateway> {
     gateway(json!({
-        "approvals": [{"name": "updates", "match": {"tools": ["crm/update_*"]}, "approvers": {"roles": ["ops"]}, "show_arguments": true}],
+        "approvals": [{"name": "updates", "match": {"tools": ["crm/update_*"]}, "approvers": {"roles": ["reader"]}, "show_arguments": true}],
         "approval_service": {"cluster": "meshgate-xds", "authority": "meshgate"},
     }))
 }
