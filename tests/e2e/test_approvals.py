@@ -407,3 +407,14 @@ def test_decisions_hold_across_replicas_sharing_redis(tmp_path_factory: pytest.T
             stop_gateway(gw)
         crm.proc.stop()
         redis.stop()
+
+
+def test_approvers_sign_in_with_a_jwt_as_the_filter_reads_it(approvals: Setup, keys: Keys) -> None:
+    page = PageClient(approvals, keys.token("night-shift", ["admin"]))
+    assert "#night-shift</b>" in page.page()
+    # A token the filter would refuse is refused here too.
+    http = httpx2.Client(timeout=10)
+    for token, why in ((keys.forged_rs256("night-shift", ["admin"]), "sign-in refused"), (keys.alg_none("x", ["admin"]), "sign-in refused")):
+        signed = http.post(f"{approvals.page}/sign-in", data={"credential": token}, follow_redirects=False)
+        assert signed.status_code == 303 and "set-cookie" not in signed.headers
+        assert why in urllib.parse.unquote(signed.headers["location"]), signed.headers["location"]
