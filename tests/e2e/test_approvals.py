@@ -39,6 +39,8 @@ from e2e_support import (
     legacy_handshake,
     legacy_headers,
     legacy_session,
+    modern_body,
+    modern_headers,
     post,
     registry_yaml,
     start_gateway,
@@ -418,3 +420,16 @@ def test_approvers_sign_in_with_a_jwt_as_the_filter_reads_it(approvals: Setup, k
         signed = http.post(f"{approvals.page}/sign-in", data={"credential": token}, follow_redirects=False)
         assert signed.status_code == 303 and "set-cookie" not in signed.headers
         assert why in urllib.parse.unquote(signed.headers["location"]), signed.headers["location"]
+
+
+def test_a_2026_07_28_call_is_guarded_the_same_way(approvals: Setup) -> None:
+    page = PageClient(approvals, APPROVER_KEY)
+    body = modern_body("tools/call", {"name": "update_customer", "arguments": {"id": "c-003", "tier": "modern"}})
+    headers = modern_headers("tools/call", "update_customer")
+    mark = approvals.crm.log.mark()
+    approval = pending(post(approvals.crm_url(), body, CALLER, headers))
+    assert forwarded(approvals, mark, "update_customer") == []
+    assert page.decide(approval["id"], "approve").status_code == 303
+    assert "modern" in result_text(post(approvals.crm_url(), body, CALLER, headers))
+    assert len(forwarded(approvals, mark, "update_customer")) == 1
+    pending(post(approvals.crm_url(), body, CALLER, headers))

@@ -471,3 +471,41 @@ impl Kv {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_shown_is_escaped() {
+        assert_eq!(
+            esc(r#"<script>alert("x")</script> & 'y'"#),
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
+        );
+        assert_eq!(esc("a\u{0}b\u{1b}c\nd"), "a\u{fffd}b\u{fffd}c\nd");
+    }
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_709_251_199), "2024-02-29 23:59:59 UTC");
+        assert_eq!(utc(1_796_083_200), "2026-12-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn only_well_formed_session_cookies_are_read() {
+        let mut headers = HeaderMap::new();
+        let token = "ab".repeat(32);
+        headers.insert(header::COOKIE, HeaderValue::from_str(&format!("other=1; {COOKIE}={token}")).unwrap());
+        assert_eq!(cookie_token(&headers), Some(token));
+        headers.insert(header::COOKIE, HeaderValue::from_static("meshgate_approver=../../etc"));
+        assert_eq!(cookie_token(&headers), None);
+        assert!(same_secret("abc", "abc") && !same_secret("abc", "abd"));
+    }
+
+    #[test]
+    fn redirects_carry_only_encoded_values() {
+        assert_eq!(back(Some("ap_1"), Some("no <b> & co")), "/approvals?id=ap_1&error=no%20%3Cb%3E%20%26%20co");
+        assert_eq!(back(None, None), "/approvals");
+    }
+}
