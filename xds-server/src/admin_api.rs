@@ -9,6 +9,7 @@
 //! | `GET /catalog` | servers, their paths and tools: discovered from the servers ([`crate::discovery`]), declared tools as overrides |
 //! | `GET /pins/drift` | per pinned server: its mode and every definition it serves now that differs from the lockfile (changed, unpinned, removed) with both hashes and a line diff; meshgate asks the servers on each request, as `meshgate pin` does |
 //! | `GET /metrics` | Prometheus text: global rate-limit decisions per rule, store errors, control-plane counters |
+//! | `GET /approvals`, `POST /approvals/*` | the approval page ([`crate::approvals::page`]); approvers sign in with a consumer's JWT or API key, not the admin token |
 //! | `GET /wasm/meshgate.wasm` | the filter module Envoys fetch (`x-sha256` header), when meshgate serves it |
 //!
 //! Bind it to loopback or a private network: `/status` and `/registry` describe the whole
@@ -61,6 +62,8 @@ pub struct AdminState {
     pub token: Option<crate::transport_security::AdminToken>,
     /// What the servers said their tools are (kept fresh by [`crate::discovery::keep_fresh`]).
     pub catalog: Arc<Catalog>,
+    /// Human approval: the page (`/approvals`, which signs approvers in itself) and metrics.
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// The admin API as a router, so tests can drive it in-process.
@@ -78,7 +81,9 @@ pub fn app(state: AdminState) -> Router {
         // Public bytes, pinned by SHA-256 in the configuration; Envoy's fetch sends no header.
         .route(WASM_PATH, get(wasm))
         .merge(protected)
-        .with_state(state)
+        .with_state(state.clone())
+        // Approvers sign in with their own credentials, not the admin token.
+        .merge(crate::approvals::page::routes(state.approvals.clone()))
 }
 
 async fn require_token(
@@ -125,6 +130,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut out = String::new();
     state.metrics.render(&mut out);
+    state.approvals.metrics.render(&mut out);
     let control = &state.control;
     for (name, help, value) in [
         ("meshgate_xds_pushes_total", "xDS responses sent to Envoys.", control.pushes_total()),
@@ -381,12 +387,14 @@ mod tests {
     /// no Envoys).
     #[tokio::test]
     async fn probes_live_at_once_and_ready_only_with_a_snapshot() {
+        let control = crate::control::ControlPlane::new();
         let state = AdminState {
-            control: crate::control::ControlPlane::new(),
+            control: control.clone(),
             wasm: None,
             metrics: Arc::new(Metrics::default()),
             token: None,
             catalog: Arc::new(Catalog::default()),
+            approvals: crate::approvals::Approvals::new(control, "http://127.0.0.1:1/approvals".into(), false),
         };
         let not_ready = readyz(State(state.clone())).await;
         assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);

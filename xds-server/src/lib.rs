@@ -28,6 +28,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_api;
+pub mod approvals;
 pub mod bootstrap;
 pub mod cli;
 pub mod control;

@@ -230,10 +230,19 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
     if let Some(tls) = &security.grpc_tls {
         builder = builder.tls_config(tls.server_config()).map_err(|e| ServeError::GrpcTls(e.to_string()))?;
     }
-    let grpc = builder
-        .http2_keepalive_interval(Some(KEEPALIVE))
+    // Approvals: the filter's check shares the gRPC port (the same TLS and client
+    // certificates as ADS); the page is on the admin API.
+    let admin_scheme = if security.admin_tls.is_some() { "https" } else { "http" };
+    let approvals = crate::approvals::Approvals::new(
+        control.clone(),
+        format!("{admin_scheme}://{admin}/approvals"),
+        security.admin_tls.is_some(),
+    );
+    let routes = tonic::service::Routes::from(crate::approvals::check_routes(approvals.clone()))
         .add_service(AdsService::server(control.clone()))
         .add_service(RlsService::server(limiter));
+    let grpc = builder.http2_keepalive_interval(Some(KEEPALIVE)).add_routes(routes);
+    tasks.push(tokio::spawn(crate::approvals::sweep_forever(approvals.clone(), shutdown.subscribe())));
     let mut stop = shutdown.subscribe();
     tasks.push(tokio::spawn(async move {
         let signal = async move {
@@ -257,6 +266,7 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
         metrics,
         token: security.admin_token.clone(),
         catalog,
+        approvals,
     });
     let mut stop = shutdown.subscribe();
     let admin_tls = security.admin_tls.clone();
@@ -278,7 +288,6 @@ pub async fn start(options: &StartOptions) -> Result<Running, ServeError> {
 
     tasks.push(tokio::spawn(reload::watch(loader, loaded_from, shutdown.subscribe())));
 
-    let admin_scheme = if security.admin_tls.is_some() { "https" } else { "http" };
     for warning in loaded.registry.edge.warnings() {
         tracing::warn!("{warning}");
     }

@@ -81,6 +81,12 @@ pub struct RawFilterConfig {
     /// Pinned definitions per server ([`crate::pinning`]), from the registry's lockfile.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pinning: BTreeMap<String, crate::pinning::RawServerPins>,
+    /// Calls that wait for a person's approval ([`crate::approval`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<crate::approval::RawApprovalRule>,
+    /// Where the filter asks meshgate about approvals (set by the control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_service: Option<crate::approval::RawApprovalService>,
 }
 
 /// How the filter reports what it decided.
@@ -642,6 +648,8 @@ pub struct FilterConfig {
     pub virtual_session_keys: Option<crate::session_seal::SessionKeys>,
     /// Pinned definitions ([`crate::pinning`]).
     pub pins: crate::pinning::Pins,
+    /// Calls that wait for a person's approval ([`crate::approval`]).
+    pub approvals: crate::approval::ApprovalRules,
 }
 
 /// Whether `name` is a valid server name: `[a-z0-9-]+`, at most 63 characters.
@@ -719,6 +727,10 @@ impl FilterConfig {
             (None, None) => None,
         };
         let pins = crate::pinning::Pins::compile(&raw.pinning, &servers)?;
+        let approvals =
+            crate::approval::ApprovalRules::compile(&raw.approvals, raw.approval_service.as_ref(), &servers, &|r| {
+                policy.has_role(r)
+            })?;
         let mut audit_values = Vec::new();
         for (i, pattern) in raw.observability.audit_values.iter().enumerate() {
             let glob = crate::glob::Glob::new(pattern)
@@ -743,6 +755,7 @@ impl FilterConfig {
             upstreams,
             virtual_session_keys,
             pins,
+            approvals,
         })
     }
 }

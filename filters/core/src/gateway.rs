@@ -141,6 +141,9 @@ pub struct PendingRequest {
     session_id: Option<String>,
     /// When the request headers were decided, Unix seconds.
     now_secs: u64,
+    /// The approval id the caller presented ([`crate::approval::APPROVAL_ID_HEADER`]); read
+    /// only when approval rules exist.
+    approval_id: Option<String>,
 }
 
 impl PendingRequest {
@@ -885,6 +888,11 @@ impl Gateway {
                     via_virtual,
                     session_id: via_virtual.then(|| head.header(mcp::header::SESSION_ID).map(str::to_string)).flatten(),
                     now_secs: now,
+                    approval_id: if self.config.approvals.is_empty() {
+                        None
+                    } else {
+                        head.header(crate::approval::APPROVAL_ID_HEADER).map(str::to_string)
+                    },
                 }),
                 Err(r) => HeadDecision::Reject(r),
             },
@@ -1024,6 +1032,44 @@ impl Gateway {
     /// [`quota::QuotaRules::global_rejection`]): header values as the response carried them.
     pub fn global_rejection(&self, exchange: &Exchange, refusal: &quota::GlobalRefusal<'_>) -> Rejection {
         self.config.quotas.global_rejection(refusal, exchange.request_id())
+    }
+
+    /// The approval a forwarded `tools/call` needs before it may reach the upstream: `None`
+    /// when no approval rule matches (the common case: one look at an empty rule list),
+    /// else the check to ask meshgate, or the refusal of arguments that have no hash.
+    /// `forwarded` is the body as it will be forwarded (after request redaction).
+    pub fn approval_check(
+        &self,
+        pending: &PendingRequest,
+        exchange: &Exchange,
+        forwarded: &[u8],
+    ) -> Option<Result<crate::approval::CheckRequest, Rejection>> {
+        let rules = &self.config.approvals;
+        if rules.is_empty() {
+            return None;
+        }
+        let target = exchange.message.as_ref()?.target().filter(|t| t.kind == ResourceKind::Tool)?;
+        let rule = rules.rule_for(&exchange.server, &target.name, &exchange.consumer.roles)?;
+        let (hash, arguments) = match crate::approval::arguments_hash(forwarded) {
+            Ok(hashed) => hashed,
+            Err(e) => {
+                return Some(Err(Rejection::forbidden(format!(
+                    "tool \"{}/{}\" needs an approval, and its arguments have no canonical form: {e}",
+                    exchange.server,
+                    printable(&target.name)
+                ))
+                .with_id(exchange.request_id())))
+            }
+        };
+        Some(Ok(crate::approval::CheckRequest {
+            rule: rule.name.clone(),
+            consumer: exchange.consumer.name.clone(),
+            server: exchange.server.clone(),
+            tool: target.name.clone(),
+            arguments_sha256: hash,
+            approval_id: pending.approval_id.clone(),
+            arguments: rule.show_arguments.then_some(arguments),
+        }))
     }
 
     /// Step 2, as the pipeline runs it: forward the request ([`Self::on_request_body`]), or,

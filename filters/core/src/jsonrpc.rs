@@ -43,6 +43,9 @@ pub mod code {
     /// Gateway: the upstream MCP server could not answer (unreachable, reset, timed out, or
     /// an error page instead of an MCP answer).
     pub const UPSTREAM_UNAVAILABLE: i64 = -32004;
+    /// MCP 2025-11-25 `URLElicitationRequiredError`: the request needs the user to complete
+    /// a URL-mode elicitation first (the gateway: a person's approval, [`crate::approval`]).
+    pub const URL_ELICITATION_REQUIRED: i64 = -32042;
 }
 
 /// Why a body is not acceptable JSON.

@@ -27,6 +27,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::approval::{self, CheckAnswer, CheckRequest};
 use crate::audit::{self, AuditRecord, MetricOptions};
 use crate::gateway::{
     header_value, header_values, headers_to_strip, BodyDecision, BodyKind, CalloutRequest, CalloutResponse, Exchange,
@@ -120,6 +121,9 @@ pub trait Host {
     /// [`Stream::on_callout_done`] with this id exactly once, however the callout ends
     /// (unless the stream ended first). `Err`: it was not started (the host's words).
     fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String>;
+    /// Lets a request the pipeline paused (its body held) continue to the upstream, after
+    /// an asynchronous decision ([`Stream::on_callout_done`]).
+    fn resume_request(&mut self);
     /// Answers the request locally; nothing (more) reaches the upstream.
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// The pipeline is about to hold up to `bytes` of this stream's body: a host whose own
@@ -166,6 +170,9 @@ enum State {
     /// A virtual server's session-era request answered by the filter: waiting for its
     /// callouts (`ids[i]` for `op.callouts[i]`; `answers[i]` once it ended).
     SessionCallouts { op: SessionOp, ids: Vec<Option<u64>>, answers: Vec<Option<CalloutAnswer>> },
+    /// A guarded `tools/call` (rewritten, charged, held): waiting for meshgate's approval
+    /// check, callout `id`.
+    AwaitingApproval { exchange: Exchange, check: CheckRequest, id: u64 },
 }
 
 /// What a body decision answered by callouts waits for.
@@ -399,7 +406,8 @@ impl Stream {
                 let mut record = AuditRecord::for_exchange(&exchange);
                 let forwarded = exchange.rewritten_request.as_deref().unwrap_or(body);
                 record.capture_arguments(&gateway.config().audit_values, forwarded);
-                Ok(Ok((exchange, record)))
+                let approval = gateway.approval_check(pending, &exchange, forwarded);
+                Ok(Ok((exchange, record, approval)))
             }
             Ok(BodyDecision::FanOut(fan_out)) => {
                 Ok(Err((Callouts::FanOut(Box::new(fan_out)), AuditRecord::for_pending(pending, body))))
@@ -420,15 +428,19 @@ impl Stream {
             Err(refused) => Err(refused),
         };
         let decided = match read {
-            Ok((exchange, record)) => match self.admit(host, &exchange, started) {
-                Ok(()) => Ok((exchange, record)),
+            // Arguments an approval cannot be bound to: refused before anything is charged.
+            Ok((exchange, _, Some(Err(r)))) => {
+                Err((r, AuditRecord::for_pending_message(pending, exchange.message.as_ref())))
+            }
+            Ok((exchange, record, approval)) => match self.admit(host, &exchange, started) {
+                Ok(()) => Ok((exchange, record, approval.and_then(Result::ok))),
                 Err(r) => Err((r, AuditRecord::for_pending_message(pending, exchange.message.as_ref()))),
             },
             Err(refused) => Err(refused),
         };
         self.decision_ns += host.now_ns().saturating_sub(started);
         match decided {
-            Ok((exchange, record)) => {
+            Ok((exchange, record, approval)) => {
                 self.audit = Some(record);
                 for global in &exchange.charges.global {
                     host.set_request_header(&global.header, Some(&global.value));
@@ -446,6 +458,10 @@ impl Stream {
                     // A virtual server's call: the route naming its backing server applies.
                     host.clear_route_cache();
                 }
+                if let Some(check) = approval {
+                    // Rewritten already: an approval resumes the request as it stands.
+                    return self.start_approval_check(host, exchange, check);
+                }
                 self.state = State::Forwarded(exchange);
                 Flow::Continue
             }
@@ -462,6 +478,56 @@ impl Stream {
                     ),
                 );
                 self.reject(host, &r)
+            }
+        }
+    }
+
+    /// Asks meshgate whether a guarded call has a usable approval; the request waits for the
+    /// answer ([`Self::finish_approval_check`]). No callout, no forwarding: fail closed.
+    fn start_approval_check(&mut self, host: &mut impl Host, exchange: Exchange, check: CheckRequest) -> Flow {
+        let target = format!("{}/{}", check.server, check.tool);
+        let started = self.gateway.config().approvals.callout(&check).ok_or_else(|| "no approval service".to_string());
+        match started.and_then(|request| host.start_callout(&request)) {
+            Ok(id) => {
+                self.state = State::AwaitingApproval { exchange, check, id };
+                Flow::Pause
+            }
+            Err(e) => {
+                host.log(Level::Error, format_args!("meshgate: approval check of {target} could not start: {e}"));
+                self.reject(host, &approval::unavailable(&target, exchange.request_id()))
+            }
+        }
+    }
+
+    /// meshgate answered a guarded call's approval check (or the callout failed): forward
+    /// the held request on `approved`, answer the caller otherwise.
+    fn finish_approval_check(&mut self, host: &mut impl Host, response: Result<CalloutResponse, String>) {
+        let State::AwaitingApproval { exchange, check, .. } = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let target = format!("{}/{}", check.server, check.tool);
+        let answer = response.and_then(|r| CheckAnswer::read(r.status, &r.body));
+        let refusal = match &answer {
+            Ok(answer) => approval::rejection(answer, &check.rule, &target, exchange.request_id()),
+            Err(e) => {
+                host.log(Level::Error, format_args!("meshgate: approval check of {target} failed: {e}"));
+                Some(approval::unavailable(&target, exchange.request_id()))
+            }
+        };
+        match refusal {
+            None => {
+                self.state = State::Forwarded(exchange);
+                host.resume_request();
+            }
+            Some(r) => {
+                host.log(
+                    Level::Info,
+                    format_args!(
+                        "meshgate: refused consumer={} status={} code={} reason={}",
+                        check.consumer, r.status, r.code, r.message
+                    ),
+                );
+                self.reject(host, &r);
             }
         }
     }
@@ -540,6 +606,12 @@ impl Stream {
     /// A callout of this stream ended: `response`, or why it failed (reset, timeout,
     /// an answer too large). The discovery request is answered once every callout ended.
     pub fn on_callout_done(&mut self, host: &mut impl Host, id: u64, response: Result<CalloutResponse, String>) {
+        if let State::AwaitingApproval { id: own, .. } = &self.state {
+            if *own == id {
+                self.finish_approval_check(host, response);
+            }
+            return;
+        }
         if let State::SessionCallouts { ids, answers, .. } = &mut self.state {
             let Some(i) = ids.iter().position(|own| *own == Some(id)) else {
                 return;
@@ -787,7 +859,10 @@ impl Stream {
     /// record for the access log, record the metrics. Called once per stream.
     pub fn on_log(&mut self, host: &mut impl Host) {
         self.release_in_flight(host);
-        if matches!(self.state, State::FanningOut { .. } | State::SessionCallouts { .. }) {
+        if matches!(
+            self.state,
+            State::FanningOut { .. } | State::SessionCallouts { .. } | State::AwaitingApproval { .. }
+        ) {
             // The client went away during a fan-out: a callout ending later answers nobody.
             self.state = State::Done;
         }

@@ -137,6 +137,12 @@ impl Rejection {
         Self::of(Refusal::Denied, DENIED_STATUS, code::FORBIDDEN, message)
     }
 
+    /// A call that needs a person's approval first (JSON-RPC `URL_ELICITATION_REQUIRED`,
+    /// [`DENIED_STATUS`]; see [`crate::approval`]).
+    pub fn approval_required(message: impl Into<String>) -> Self {
+        Self::of(Refusal::Denied, DENIED_STATUS, code::URL_ELICITATION_REQUIRED, message)
+    }
+
     /// A request blocked by a redaction rule (JSON-RPC `FORBIDDEN`, [`DENIED_STATUS`]).
     pub fn blocked(message: impl Into<String>) -> Self {
         Self::of(Refusal::Blocked, DENIED_STATUS, code::FORBIDDEN, message)

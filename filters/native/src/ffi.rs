@@ -127,6 +127,7 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_get_headers_size(fe: *mut c_void, kind: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_headers(fe: *mut c_void, kind: u32, out: *mut HttpHeader) -> bool;
     fn envoy_dynamic_module_callback_http_clear_route_cache(fe: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(fe: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_http_callout(
         fe: *mut c_void,
         id_out: *mut u64,
@@ -301,6 +302,12 @@ impl EnvoyFilter {
     pub fn clear_route_cache(&mut self) {
         // SAFETY: live handle; the callback only reads it.
         unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
+    }
+
+    /// Lets a request this filter paused continue (after an asynchronous decision).
+    pub fn continue_decoding(&mut self) {
+        // SAFETY: live handle; called on the stream's worker, inside one of its hooks.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
     }
 
     /// Starts an HTTP callout to `cluster` (`headers` must hold `:method`, `:path` and

@@ -97,6 +97,10 @@ impl Host for NativeHost<'_> {
         })
     }
 
+    fn resume_request(&mut self) {
+        self.envoy.continue_decoding();
+    }
+
     /// `%RESPONSE_CODE_DETAILS%` is empty, as for the wasm build's local replies.
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         self.envoy.send_response(status, headers, body, "");

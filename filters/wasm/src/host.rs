@@ -62,6 +62,12 @@ impl Host for WasmHost {
         .map_err(|e| format!("{e:?} (cluster {})", request.cluster))
     }
 
+    fn resume_request(&mut self) {
+        if let Err(e) = hostcalls::resume_http_request() {
+            log::error!("meshgate: the held request could not be resumed: {e:?}");
+        }
+    }
+
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
             log::warn!("meshgate: response header {name} not set: {e:?}");

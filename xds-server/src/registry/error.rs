@@ -20,6 +20,8 @@ pub enum RegistryError {
     InvalidPinMode { value: String },
     #[error("{value:?} is out of range: use {min} to {max}")]
     DurationOutOfRange { value: String, min: &'static str, max: &'static str },
+    #[error("{value:?} is not an absolute http(s) URL without query, fragment or credentials")]
+    InvalidApprovalPageUrl { value: String },
     /// The pin lockfile cannot be read or is not valid (its own file:line inside).
     #[error("{0}")]
     Lockfile(String),

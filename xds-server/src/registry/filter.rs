@@ -14,6 +14,9 @@ use meshgate_core::origin::{RawOriginPolicy, LOOPBACK_HOSTS, LOOPBACK_ORIGINS};
 use super::observability::Observability;
 use super::raw::{RawJwtIssuer, RawRegistry};
 
+/// `:authority` of the filter's approval checks (meshgate's gRPC port answers any).
+const APPROVAL_AUTHORITY: &str = "meshgate";
+
 /// Claim defaults, the same as the filter's serde defaults.
 const DEFAULT_CONSUMER_CLAIM: &str = "sub";
 const DEFAULT_ROLES_CLAIM: &str = "roles";
@@ -63,6 +66,14 @@ pub(crate) fn make_filter_config(
         virtual_session_previous_key_env: raw.virtual_session_previous_key_env.clone(),
         // Filled from the lockfile when a server is pinned (validate.rs).
         pinning: BTreeMap::new(),
+        // Same shape and paths in both documents.
+        approvals: raw.approvals.clone(),
+        // The check goes to meshgate's gRPC port, the cluster every Envoy has for ADS.
+        approval_service: (!raw.approvals.is_empty()).then(|| meshgate_core::approval::RawApprovalService {
+            cluster: crate::bootstrap::XDS_CLUSTER.to_string(),
+            authority: APPROVAL_AUTHORITY.to_string(),
+            timeout_ms: None,
+        }),
     }
 }
 

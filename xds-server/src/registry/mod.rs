@@ -97,6 +97,9 @@ pub struct Registry {
     pub pinning: Option<Pinning>,
     /// `catalog`: tool discovery for the admin API's `/catalog`.
     pub catalog: CatalogSettings,
+    /// `approval_page.url`: the approval page as approvers reach it (`None`: meshgate's
+    /// admin API address).
+    pub approval_page_url: Option<String>,
 }
 
 /// `catalog`, validated.

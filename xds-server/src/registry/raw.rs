@@ -69,6 +69,13 @@ pub struct RawRegistry {
     /// how often.
     #[serde(default)]
     pub catalog: Option<RawCatalog>,
+    /// Calls that wait for a person's approval; the filter's own raw type
+    /// (`meshgate_core::approval`).
+    #[serde(default)]
+    pub approvals: Vec<meshgate_core::approval::RawApprovalRule>,
+    /// Where approvers reach the approval page.
+    #[serde(default)]
+    pub approval_page: Option<RawApprovalPage>,
 }
 
 /// `catalog`: tool discovery for the admin API's `/catalog`.
@@ -81,6 +88,16 @@ pub struct RawCatalog {
     /// How often every server is asked again, registry changes aside (default 60s).
     #[serde(default)]
     pub interval: Option<String>,
+}
+
+/// `approval_page`: the approval page's public address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovalPage {
+    /// The page's URL as approvers reach it (default: meshgate's admin API address +
+    /// `/approvals`), put in every pending call's error.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// `pinning`: where the pin lockfile is and whether descriptions are scanned.

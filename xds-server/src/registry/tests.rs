@@ -1000,3 +1000,43 @@ fn an_oversized_registry_is_refused() {
     let errors = Registry::load(&file).expect_err("too large").to_string();
     assert!(errors.contains("registry is larger than 16777216 bytes"), "{errors}");
 }
+
+/// Issue #17: `approvals[]` and `approval_page`.
+#[test]
+fn approvals_load_and_render_into_the_filter_config() {
+    let yaml = format!(
+        "{MINIMAL}policy: {{ roles: {{ ops: {{}} }} }}\napprovals:\n  - name: destructive\n    match: {{ tools: ['crm/delete_*'] }}\n    approvers: {{ roles: [ops] }}\n    reuse: ttl\napproval_page: {{ url: 'https://approvals.example.com/approvals' }}\n"
+    );
+    let registry = Fixture::new(&yaml).load().unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(registry.approval_page_url.as_deref(), Some("https://approvals.example.com/approvals"));
+    assert_eq!(registry.filter.approvals.len(), 1);
+    let service = registry.filter.approval_service.as_ref().expect("the check's cluster is set");
+    assert_eq!(service.cluster, crate::bootstrap::XDS_CLUSTER);
+    // Without rules the filter gets no service (no callout can ever start).
+    assert!(Fixture::new(MINIMAL).load().unwrap().filter.approval_service.is_none());
+}
+
+#[test]
+fn approval_errors_carry_file_and_line() {
+    let rule = |body: &str| {
+        format!("{MINIMAL}policy: {{ roles: {{ ops: {{}} }} }}\napprovals:\n  - name: destructive\n{body}")
+    };
+    assert_error(&rule("    approvers: { roles: [ops] }\n    ttl: 2d # <-\n"), "approvals[0].ttl", "N(s|m|h)");
+    assert_error(
+        &rule("    match: { tools: ['nope/delete_*'] } # <-\n    approvers: { roles: [ops] }\n"),
+        "approvals[0].match.tools[0]",
+        "unknown server \"nope\"",
+    );
+    assert_error(&rule("    approvers: { roles: [] } # <-\n"), "approvals[0].approvers.roles", "at least one role");
+    assert_error(&rule("    approvers: { roles: [ops] }\n    reuse: twice # <-\n"), "", "twice");
+    assert_error(
+        &rule("    approvers:\n      roles: [ops, opps] # <-\n"),
+        "approvals[0].approvers.roles[1]",
+        "not a role of the policy",
+    );
+    assert_error(
+        &format!("{MINIMAL}approval_page: {{ url: 'ftp://x/approvals' }} # <-\n"),
+        "approval_page.url",
+        "not an absolute http(s) URL",
+    );
+}

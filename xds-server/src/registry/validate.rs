@@ -194,6 +194,21 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             }
         }
 
+        let approval_page_url = raw.approval_page.as_ref().and_then(|page| page.url.clone());
+        if let Some(url) = &approval_page_url {
+            // An absolute http(s) URL without query or fragment (the id is appended as `?id=`).
+            let parsed = url.parse::<http::Uri>().ok().filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some_and(|h| !h.is_empty())
+                    && u.query().is_none()
+                    && !url.contains('#')
+                    && !u.authority().is_some_and(|a| a.as_str().contains('@'))
+            });
+            if parsed.is_none() {
+                problems.push("approval_page.url", RegistryError::InvalidApprovalPageUrl { value: url.clone() });
+            }
+        }
+
         if !problems.0.is_empty() {
             return Err(problems.0);
         }
@@ -214,6 +229,7 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
             virtual_servers,
             pinning,
             catalog,
+            approval_page_url,
         })
     }
 }

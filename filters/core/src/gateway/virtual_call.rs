@@ -539,4 +539,39 @@ mod tests {
             assert!(replace_name(body, &jsonrpc::validate_strict(body).unwrap(), ResourceKind::Tool, "x").is_none());
         }
     }
+
+    /// A guarded tool called through a virtual server needs the same approval as on its own
+    /// server: the rule and the check see the backing server and the tool's own name.
+    #[test]
+    fn approval_rules_see_the_backing_server_and_tool() {
+        let key = |k: &str, role: &str| json!({"consumer": format!("{role}-bot"), "sha256": hex::encode(Sha256::digest(k.as_bytes())), "roles": [role]});
+        let raw: RawFilterConfig = serde_json::from_value(json!({
+            "servers": ["crm", "docs"],
+            "auth": {"api_keys": [key("a", "admin")]},
+            "policy": {"roles": {"admin": {"allow": ["*"]}, "ops": {}}},
+            "virtual_servers": [{"name": "work", "servers": ["crm"]}],
+            "approvals": [{"name": "updates", "match": {"tools": ["crm/update_*"]}, "approvers": {"roles": ["ops"]}}],
+            "approval_service": {"cluster": "meshgate-xds", "authority": "meshgate"}
+        }))
+        .unwrap();
+        let g = Gateway::new(FilterConfig::compile(&raw, &EnvSecrets).unwrap());
+        let modern = modern("tools/call", Some("crm__update_customer"));
+        let mut h: Vec<(&str, &str)> = modern.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        h.extend([("x-api-key", "a"), ("content-type", "application/json")]);
+        let HeadDecision::AwaitBody(pending) = g.on_request_head(
+            RequestHead { method: "POST", path: "/mcp/work", headers: &h, end_of_stream: false },
+            0,
+            &mut g.new_token_cache(),
+        ) else {
+            panic!("not awaiting the body")
+        };
+        let sent = body("tools/call", json!({"name": "crm__update_customer", "arguments": {"id": "c-1"}}));
+        let exchange = g.on_request_body(&pending, &sent).unwrap();
+        let forwarded = exchange.rewritten_request.clone().unwrap();
+        let check = g.approval_check(&pending, &exchange, &forwarded).expect("the rule applies").unwrap();
+        assert_eq!((check.server.as_str(), check.tool.as_str()), ("crm", "update_customer"));
+        let own = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "update_customer", "arguments": {"id": "c-1"}}});
+        let (hash, _) = crate::approval::arguments_hash(own.to_string().as_bytes()).unwrap();
+        assert_eq!(check.arguments_sha256, hash, "the same approval as a direct call");
+    }
 }

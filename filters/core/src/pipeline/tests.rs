@@ -44,6 +44,8 @@ struct MemoryHost {
     callouts: Vec<(u64, CalloutRequest)>,
     /// Clusters whose callouts fail to start.
     unknown_clusters: Vec<String>,
+    /// How often the pipeline let a paused request continue.
+    resumed: u32,
 }
 
 impl MemoryHost {
@@ -104,6 +106,9 @@ impl Host for MemoryHost {
         let id = self.callouts.len() as u64 + 1;
         self.callouts.push((id, request.clone()));
         Ok(id)
+    }
+    fn resume_request(&mut self) {
+        self.resumed += 1;
     }
 
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
@@ -541,6 +546,9 @@ fn a_counter_that_cannot_be_updated_refuses_the_call() {
         }
         fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String> {
             self.0.start_callout(request)
+        }
+        fn resume_request(&mut self) {
+            self.0.resume_request()
         }
 
         fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
@@ -993,4 +1001,143 @@ fn pinned_tools_drift_is_removed_refused_counted_and_logged_once() {
         request(&mut stream, &mut host, post_headers(Some("r"), "/mcp/crm"), &[&body], false),
         Sent::Refused(crate::reject::DENIED_STATUS)
     );
+}
+
+fn approvals_gateway() -> Arc<Gateway> {
+    gateway(json!({
+        "approvals": [{"name": "updates", "match": {"tools": ["crm/update_*"]}, "approvers": {"roles": ["reader"]}, "show_arguments": true}],
+        "approval_service": {"cluster": "meshgate-xds", "authority": "meshgate"},
+    }))
+}
+
+/// Drives a guarded call up to its approval check; returns the stream, the host and the check.
+fn held_for_approval(approval_id: Option<&str>) -> (Stream, MemoryHost, crate::approval::CheckRequest) {
+    let mut stream = Stream::new(approvals_gateway());
+    let mut host = MemoryHost::default();
+    let mut headers = post_headers(Some("a"), "/mcp/crm");
+    if let Some(id) = approval_id {
+        headers.push((crate::approval::APPROVAL_ID_HEADER.to_string(), id.to_string()));
+    }
+    host.request_headers = headers;
+    let mut tokens = TokenCache::new(16);
+    assert_eq!(stream.on_request_headers(&mut host, &mut tokens, false), Flow::Pause);
+    // Redaction applies first: the check carries the arguments as they would be forwarded.
+    host.request_body = call(4, "update_customer", json!({"id": "c-1", "email": "a@b.example"}));
+    let size = host.request_body.len();
+    assert_eq!(stream.on_request_body(&mut host, size, true), Flow::Pause);
+    assert!(host.local_reply.is_none() && host.resumed == 0);
+    assert!(
+        host.request_headers.iter().all(|(k, _)| k != crate::approval::APPROVAL_ID_HEADER),
+        "the approval header is never forwarded"
+    );
+    assert_eq!(host.callouts.len(), 1);
+    let (_, request) = &host.callouts[0];
+    assert_eq!(request.cluster, "meshgate-xds");
+    assert!(request.headers.contains(&(":path".to_string(), crate::approval::CHECK_PATH.to_string())));
+    let check: crate::approval::CheckRequest = serde_json::from_slice(&request.body).unwrap();
+    (stream, host, check)
+}
+
+#[test]
+fn a_guarded_call_waits_for_meshgate_and_goes_on_only_when_approved() {
+    let (mut stream, mut host, check) = held_for_approval(Some("ap_1"));
+    assert_eq!((check.rule.as_str(), check.consumer.as_str(), check.server.as_str()), ("updates", "admin-bot", "crm"));
+    assert_eq!(check.tool, "update_customer");
+    assert_eq!(check.approval_id.as_deref(), Some("ap_1"));
+    assert!(check.arguments_sha256.starts_with("sha256:"));
+    let shown = check.arguments.unwrap();
+    assert_eq!(shown["email"], "a@b.example", "request-direction rules only: none here");
+    let approved =
+        CalloutResponse { status: 200, headers: vec![], body: br#"{"decision":"approved","id":"ap_1"}"#.to_vec() };
+    stream.on_callout_done(&mut host, 1, Ok(approved));
+    assert_eq!((host.resumed, host.local_reply.is_none()), (1, true));
+    // The answer is governed as any forwarded call's.
+    let sent = response(
+        &mut stream,
+        &mut host,
+        &[(":status", "200"), ("content-type", "application/json")],
+        &[br#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"type":"text","text":"ok"}]}}"#],
+    );
+    assert!(String::from_utf8_lossy(&sent).contains("ok"));
+    stream.on_log(&mut host);
+}
+
+#[test]
+fn a_guarded_call_is_answered_with_the_page_rejection_or_a_fail_closed_error() {
+    let answers: [(Result<CalloutResponse, String>, u16, i64, &str); 5] = [
+        (
+            Ok(CalloutResponse {
+                status: 200,
+                headers: vec![],
+                body: br#"{"decision":"pending","id":"ap_2","url":"http://m/approvals?id=ap_2","expires_at":5}"#
+                    .to_vec(),
+            }),
+            200,
+            crate::jsonrpc::code::URL_ELICITATION_REQUIRED,
+            "http://m/approvals?id=ap_2",
+        ),
+        (
+            Ok(CalloutResponse {
+                status: 200,
+                headers: vec![],
+                body: br#"{"decision":"rejected","id":"ap_2","approver":"ops-1","reason":"freeze"}"#.to_vec(),
+            }),
+            200,
+            crate::jsonrpc::code::FORBIDDEN,
+            "freeze",
+        ),
+        (Err("the callout was reset".to_string()), 503, crate::jsonrpc::code::INTERNAL_ERROR, "approval"),
+        (
+            Ok(CalloutResponse { status: 503, headers: vec![], body: vec![] }),
+            503,
+            crate::jsonrpc::code::INTERNAL_ERROR,
+            "approval",
+        ),
+        (
+            Ok(CalloutResponse { status: 200, headers: vec![], body: br#"{"decision":"approved"}"#.to_vec() }),
+            503,
+            crate::jsonrpc::code::INTERNAL_ERROR,
+            "approval",
+        ),
+    ];
+    for (answer, status, code, needle) in answers {
+        let (mut stream, mut host, _) = held_for_approval(None);
+        stream.on_callout_done(&mut host, 1, answer);
+        assert_eq!(host.resumed, 0, "never forwarded");
+        let (sent, _, body) = host.local_reply.clone().expect("answered locally");
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((sent, body["error"]["code"].as_i64()), (status, Some(code)), "{body}");
+        assert_eq!(body["id"], 4);
+        assert!(body["error"]["message"].as_str().unwrap().contains(needle), "{body}");
+        stream.on_log(&mut host);
+    }
+}
+
+#[test]
+fn calls_no_rule_matches_make_no_callout() {
+    let mut stream = Stream::new(approvals_gateway());
+    let mut host = MemoryHost::default();
+    let sent = request(
+        &mut stream,
+        &mut host,
+        post_headers(Some("a"), "/mcp/crm"),
+        &[&call(1, "get_customer", json!({}))],
+        false,
+    );
+    assert_eq!(sent, Sent::Forwarded);
+    assert!(host.callouts.is_empty());
+}
+
+#[test]
+fn a_check_that_cannot_start_fails_closed() {
+    let mut stream = Stream::new(approvals_gateway());
+    let mut host = MemoryHost { unknown_clusters: vec!["meshgate-xds".into()], ..MemoryHost::default() };
+    let sent = request(
+        &mut stream,
+        &mut host,
+        post_headers(Some("a"), "/mcp/crm"),
+        &[&call(1, "update_customer", json!({}))],
+        false,
+    );
+    assert_eq!(sent, Sent::Refused(503));
 }
