@@ -97,6 +97,27 @@ impl Host for NativeHost<'_> {
         })
     }
 
+    fn park_for_token(&mut self, key: &str) -> bool {
+        match self.envoy.scheduler() {
+            Some(scheduler) => {
+                crate::parking::park(key, scheduler);
+                true
+            }
+            None => {
+                ffi::log(LogLevel::Error, &|| "meshgate: Envoy gave no scheduler for a parked stream".to_string());
+                false
+            }
+        }
+    }
+
+    fn wake_token_waiters(&mut self, key: &str) {
+        crate::parking::wake(key);
+    }
+
+    fn resume_request(&mut self) {
+        self.envoy.continue_decoding();
+    }
+
     /// `%RESPONSE_CODE_DETAILS%` is empty, as for the wasm build's local replies.
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         self.envoy.send_response(status, headers, body, "");
