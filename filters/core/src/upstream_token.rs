@@ -230,6 +230,12 @@ impl TokenExchange {
     pub fn read_answer(&self, status: u16, body: &[u8], now_ns: u64) -> Result<(String, u64), String> {
         let json: serde_json::Value = match serde_json::from_slice(body) {
             Ok(v) => v,
+            // Envoy's own answers when the callout failed (its async client answers a timeout
+            // with 504 and a refused or reset connection with 503, in both builds).
+            Err(_) if status == 504 => return Err("the token endpoint did not answer in time (HTTP 504)".to_string()),
+            Err(_) if status == 503 => {
+                return Err("the token endpoint is unreachable or unavailable (HTTP 503)".to_string())
+            }
             Err(_) if status != 200 => return Err(format!("the token endpoint answered HTTP {status}")),
             Err(_) => return Err("the token endpoint's answer is not JSON".to_string()),
         };
