@@ -41,6 +41,9 @@ from e2e_support import (
     base_headers,
     bearer,
     describe,
+    is_catalog_discovery,
+    legacy_session,
+    modern_client,
     jsonrpc_error,
     legacy_body,
     marker,
@@ -70,7 +73,7 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def registry(docs_url: str, endpoint: TokenEndpoint, down_port: int) -> str:
+def registry(docs_url: str, crm_url: str, endpoint: TokenEndpoint, down_port: int) -> str:
     client = "{ client_id: " + json.dumps(CLIENT_ID) + ", secret_env: E2E_IDP_SECRET }"
     target = f'audience: {TOKEN_AUDIENCE}\n        resource: ["{RESOURCE}"]'
     return f"""\
@@ -86,6 +89,15 @@ servers:
         {target}
         scope: docs.read docs.write
         timeout: 1s
+  - name: crm
+    url: {crm_url}
+    timeout: 60s
+    credentials:
+      exchange:
+        token_endpoint: {endpoint.url}
+        client_auth: {client}
+        {target}
+        scope: docs.read
   - name: mixed
     url: {docs_url}
     credentials:
@@ -133,6 +145,7 @@ class Setup:
     gateway: Gateway
     endpoint: TokenEndpoint
     upstream: Upstream
+    crm: Upstream
     keys: Keys
     runtime: str
 
@@ -159,17 +172,19 @@ def setup(tmp_path_factory: pytest.TempPathFactory, keys: Keys, runtime: str) ->
         default_scopes={"docs.read", "docs.write"},
     ).serve()
     upstream = start_upstream(f"exchange-docs-{runtime}", "docs_server.py", workdir)
+    crm = start_upstream(f"exchange-crm-{runtime}", "crm_server.py", workdir)
     gw = None
     try:
         (workdir / "jwks.json").write_text(json.dumps(keys.jwks()))
         path = workdir / "registry.yaml"
-        path.write_text(registry(upstream.url, endpoint, closed_port()))
+        path.write_text(registry(upstream.url, crm.url, endpoint, closed_port()))
         gw = start_gateway(path, workdir, env=ENV, runtime=runtime)
-        yield Setup(gw, endpoint, upstream, keys, runtime)
+        yield Setup(gw, endpoint, upstream, crm, keys, runtime)
     finally:
         if gw is not None:
             stop_gateway(gw)
         upstream.proc.stop()
+        crm.proc.stop()
         endpoint.stop()
 
 
@@ -245,6 +260,31 @@ def test_two_users_get_their_own_upstream_tokens_with_their_own_scopes(setup: Se
     assert seen[bob][1] == "docs.read"
     # The endpoint saw exactly the callers' JWTs as subject tokens (and checked them).
     assert alice_jwt in setup.endpoint.subject_tokens_seen and bob_jwt in setup.endpoint.subject_tokens_seen
+
+
+@pytest.mark.anyio
+async def test_the_official_sdk_works_through_token_exchange_in_both_eras(setup: Setup) -> None:
+    """A real peer: a session (initialize, the GET stream, calls, DELETE) on the
+    session-based `crm` and a 2026-07-28 client on `docs`; every request the upstreams get
+    carries the user's exchanged token, one exchange per server."""
+    ivy, ivy_jwt = setup.user("ivy")
+    crm_mark = len(setup.crm.log.all_entries())
+    async with legacy_session(setup.gateway.url("crm"), bearer(ivy_jwt)) as session:
+        tools = await session.list_tools()
+        assert "get_customer" in [t.name for t in tools.tools]
+        result = await session.call_tool("get_customer", {"id": "c-001"})
+        assert not result.is_error, result
+    async with modern_client(setup.gateway.url("docs"), bearer(ivy_jwt)) as client:
+        result = await client.call_tool("search_docs", {"query": "exchange"})
+        assert not result.is_error, result
+    crm_entries = [e for e in setup.crm.log.all_entries()[crm_mark:] if not is_catalog_discovery(e)]
+    methods = {e.get("http_method") for e in crm_entries}
+    assert "POST" in methods, methods
+    for entry in crm_entries:
+        issued = setup.endpoint.who(entry["headers"].get("authorization", ""))
+        assert issued is not None and issued.sub == ivy, (entry.get("http_method"), entry["headers"].keys())
+        assert ivy_jwt not in json.dumps(entry)
+    assert setup.endpoint.count(ivy) == 2, "one exchange per server for the whole session"
 
 
 # --------------------------------------------------------------------------- cache
