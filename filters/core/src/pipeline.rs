@@ -1013,7 +1013,7 @@ impl Stream {
                         crate::reject::printable(&exchange.consumer.name)
                     ))
                     .with_id(exchange.request_id());
-                    self.refuse_token(host, &exchange, &r, false)
+                    self.refuse_token(host, &r)
                 }
             };
         }
@@ -1033,7 +1033,6 @@ impl Stream {
         key: String,
         since_ns: Option<u64>,
     ) -> Flow {
-        let resumed = since_ns.is_some();
         let now_ns = host.now_ns();
         let lease_deadline_ns = x.lease_deadline(now_ns);
         let mut lookup = Lookup::Lead;
@@ -1050,12 +1049,12 @@ impl Stream {
         match lookup {
             Lookup::Hit(token) => {
                 self.note_token(crate::audit::TokenOutcome::CacheHit);
-                self.forward_with_token(host, exchange, &token, resumed)
+                self.forward_with_token(host, exchange, &token)
             }
             Lookup::Wait => {
                 if !host.park_for_token(&key) {
                     let r = token_refusal(&exchange, "the gateway could not wait for the exchange in flight");
-                    return self.refuse_token(host, &exchange, &r, resumed);
+                    return self.refuse_token(host, &r);
                 }
                 let step = TokenStep::Waiting { since_ns: since_ns.unwrap_or(now_ns) };
                 self.state = State::AwaitingToken { exchange, wait: TokenWait { identity, key, step } };
@@ -1063,7 +1062,7 @@ impl Stream {
             }
             Lookup::Failed => {
                 let r = token_refusal(&exchange, "the exchange it waited for failed");
-                self.refuse_token(host, &exchange, &r, resumed)
+                self.refuse_token(host, &r)
             }
             Lookup::Lead => {
                 let subject = self.subject_token.as_ref().map_or("", |t| t.0.as_str());
@@ -1080,7 +1079,7 @@ impl Stream {
                         );
                         settle_token(host, &key, &identity, lease_deadline_ns, Err(()));
                         let r = token_refusal(&exchange, "the token endpoint could not be called");
-                        self.refuse_token(host, &exchange, &r, resumed)
+                        self.refuse_token(host, &r)
                     }
                 }
             }
@@ -1129,7 +1128,7 @@ impl Stream {
         match answer {
             Ok((token, _)) => {
                 self.note_token(crate::audit::TokenOutcome::Exchanged);
-                if let Flow::Continue = self.forward_with_token(host, exchange, &token, true) {
+                if let Flow::Continue = self.forward_with_token(host, exchange, &token) {
                     host.resume_request();
                 }
             }
@@ -1142,7 +1141,7 @@ impl Stream {
                     ),
                 );
                 let r = token_refusal(&exchange, &why);
-                self.refuse_token(host, &exchange, &r, true);
+                self.refuse_token(host, &r);
             }
         }
     }
@@ -1165,10 +1164,9 @@ impl Stream {
         self.state = State::Done;
     }
 
-    /// Sets the upstream token and forwards. `resumed`: the request is paused (the caller
-    /// resumes it when this returns [`Flow::Continue`]).
-    fn forward_with_token(&mut self, host: &mut impl Host, exchange: Exchange, token: &str, resumed: bool) -> Flow {
-        let _ = resumed;
+    /// Sets the upstream token and forwards ([`Flow::Continue`]: a paused request is
+    /// resumed by the caller).
+    fn forward_with_token(&mut self, host: &mut impl Host, exchange: Exchange, token: &str) -> Flow {
         let mut value = String::with_capacity(token.len() + 7);
         value.push_str("Bearer ");
         value.push_str(token);
@@ -1186,8 +1184,7 @@ impl Stream {
     }
 
     /// Refuses a call whose upstream token could not be obtained (or is not to be had).
-    fn refuse_token(&mut self, host: &mut impl Host, exchange: &Exchange, r: &Rejection, resumed: bool) -> Flow {
-        let _ = (exchange, resumed);
+    fn refuse_token(&mut self, host: &mut impl Host, r: &Rejection) -> Flow {
         self.note_token(crate::audit::TokenOutcome::Failed);
         self.subject_token = None;
         self.reject(host, r)
