@@ -52,7 +52,12 @@ from e2e_support import (
     start_upstream,
     stop_gateway,
 )
+from pki_support import Issued, Pki
 from token_endpoint import TokenEndpoint
+
+
+def astuple_issued(issued: Issued) -> tuple[Path, Path]:
+    return issued.cert, issued.key
 
 pytestmark = [pytest.mark.e2e]
 
@@ -73,7 +78,7 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def registry(docs_url: str, crm_url: str, endpoint: TokenEndpoint, down_port: int) -> str:
+def registry(docs_url: str, crm_url: str, endpoint: TokenEndpoint, down_port: int, secure: TokenEndpoint) -> str:
     client = "{ client_id: " + json.dumps(CLIENT_ID) + ", secret_env: E2E_IDP_SECRET }"
     target = f'audience: {TOKEN_AUDIENCE}\n        resource: ["{RESOURCE}"]'
     return f"""\
@@ -117,6 +122,22 @@ servers:
         client_auth: {client}
         {target}
         timeout: 1s
+  - name: secure
+    url: {docs_url}
+    credentials:
+      exchange:
+        token_endpoint: {secure.url}
+        tls: {{ ca_file: idp-ca.pem }}
+        client_auth: {client}
+        {target}
+  - name: untrusted
+    url: {docs_url}
+    credentials:
+      exchange:
+        token_endpoint: {secure.url}
+        tls: {{ ca_file: rogue-ca.pem }}
+        client_auth: {client}
+        {target}
   - name: wrongclient
     url: {docs_url}
     credentials:
@@ -144,6 +165,7 @@ envoy: {{ concurrency: 2, log_level: info }}
 class Setup:
     gateway: Gateway
     endpoint: TokenEndpoint
+    secure: TokenEndpoint  # the same, over TLS (server `secure`; `untrusted` trusts another CA)
     upstream: Upstream
     crm: Upstream
     keys: Keys
@@ -160,32 +182,40 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, keys: Keys, runtime: str) -> Iterator[Setup]:
     workdir = tmp_path_factory.mktemp(f"exchange-{runtime}")
-    endpoint = TokenEndpoint(
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        verify_key=keys.rsa.public_key(),
-        issuer=ISSUER_JWKS,
-        jwt_audience=AUDIENCE,
-        audience=TOKEN_AUDIENCE,
-        resources=[RESOURCE],
-        user_scopes={},
-        default_scopes={"docs.read", "docs.write"},
-    ).serve()
+
+    def token_endpoint() -> TokenEndpoint:
+        return TokenEndpoint(
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            verify_key=keys.rsa.public_key(),
+            issuer=ISSUER_JWKS,
+            jwt_audience=AUDIENCE,
+            audience=TOKEN_AUDIENCE,
+            resources=[RESOURCE],
+            user_scopes={},
+            default_scopes={"docs.read", "docs.write"},
+        )
+
+    endpoint = token_endpoint().serve()
+    idp_ca = Pki(workdir, "idp")
+    Pki(workdir, "rogue")
+    secure = token_endpoint().serve(astuple_issued(idp_ca.issue("idp", dns=["localhost"], server=True)))
     upstream = start_upstream(f"exchange-docs-{runtime}", "docs_server.py", workdir)
     crm = start_upstream(f"exchange-crm-{runtime}", "crm_server.py", workdir)
     gw = None
     try:
         (workdir / "jwks.json").write_text(json.dumps(keys.jwks()))
         path = workdir / "registry.yaml"
-        path.write_text(registry(upstream.url, crm.url, endpoint, closed_port()))
+        path.write_text(registry(upstream.url, crm.url, endpoint, closed_port(), secure))
         gw = start_gateway(path, workdir, env=ENV, runtime=runtime)
-        yield Setup(gw, endpoint, upstream, crm, keys, runtime)
+        yield Setup(gw, endpoint, secure, upstream, crm, keys, runtime)
     finally:
         if gw is not None:
             stop_gateway(gw)
         upstream.proc.stop()
         crm.proc.stop()
         endpoint.stop()
+        secure.stop()
 
 
 def call(gw: Gateway, server: str, credentials: dict[str, str], tag: str, id: int = 1) -> httpx2.Response:
@@ -398,6 +428,23 @@ def test_api_key_consumers_are_refused_or_get_the_static_fallback(setup: Setup) 
     [entry] = reached(setup, f"{tag}-mixed")
     assert entry["headers"]["authorization"] == f"Bearer {STATIC_CREDENTIAL}"
     assert "x-api-key" not in entry["headers"]
+
+
+def test_the_token_endpoint_is_reached_over_verified_tls(setup: Setup) -> None:
+    judy, judy_jwt = setup.user("judy")
+    tag = marker()
+    response = call(setup.gateway, "secure", bearer(judy_jwt), tag)
+    assert response.status_code == 200 and "error" not in response.text, describe(response)
+    [entry] = reached(setup, tag)
+    issued = setup.secure.who(entry["headers"]["authorization"])
+    assert issued is not None and issued.sub == judy
+    assert setup.secure.count(judy) == 1
+    # The same endpoint with a CA that did not sign its certificate: no exchange, fail closed.
+    response = call(setup.gateway, "untrusted", bearer(judy_jwt), f"{tag}-untrusted")
+    message = assert_refused_upstream_credential(response, "untrusted")
+    assert "unreachable" in message, message
+    assert setup.secure.count(judy) == 1, "nothing reached the endpoint over an unverified connection"
+    assert reached(setup, f"{tag}-untrusted") == []
 
 
 # --------------------------------------------------------------------------- secrets

@@ -24,12 +24,14 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -71,6 +73,7 @@ class TokenEndpoint:
     subject_tokens_seen: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
+    tls: bool = False
 
     @property
     def port(self) -> int:
@@ -79,9 +82,12 @@ class TokenEndpoint:
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"https://localhost:{self.port}/oauth2/token"
         return f"http://127.0.0.1:{self.port}/oauth2/token"
 
-    def serve(self) -> TokenEndpoint:
+    def serve(self, certificate: tuple[Path, Path] | None = None) -> TokenEndpoint:
+        """Starts serving; with `certificate` (cert, key PEM files), over TLS only."""
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,6 +110,11 @@ class TokenEndpoint:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if certificate is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.tls = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
