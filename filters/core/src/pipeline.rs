@@ -993,6 +993,11 @@ impl Stream {
     /// Forwards an allowed exchange: at once, or (a server with token exchange) once the
     /// caller's upstream token is on it. The flow of the callback deciding it.
     fn forward(&mut self, host: &mut impl Host, exchange: Exchange) -> Flow {
+        // Without token exchange anywhere (the common case) not even a map lookup.
+        if self.gateway.config().token_exchanges.is_empty() {
+            self.state = State::Forwarded(exchange);
+            return Flow::Continue;
+        }
         let gateway = self.gateway.clone();
         let Some(x) = gateway.config().token_exchanges.get(&exchange.server) else {
             self.state = State::Forwarded(exchange);
