@@ -107,6 +107,10 @@ pub struct TokenExchange {
     raw: RawTokenExchange,
     /// The form body without the subject token (`&subject_token=` is appended per call).
     form_prefix: String,
+    /// What follows the consumer in a cache identity: the server, the scope, and a hash of
+    /// everything else the token was asked for (endpoint, audience, resources, token types),
+    /// so a configuration that asks for something else never reuses a cached token.
+    identity_suffix: String,
 }
 
 /// The token exchanges of every server that has one.
@@ -177,7 +181,10 @@ impl TokenExchange {
             form.push_str("&scope=");
             form.push_str(&form_encode(scope));
         }
-        Ok(Self { server: server.to_string(), raw: raw.clone(), form_prefix: form })
+        let asked = format!("{}\u{0}{}\u{0}{}\u{0}{form}", raw.cluster, raw.authority, raw.path);
+        let identity_suffix =
+            format!("\u{0}{server}\u{0}{}\u{0}{:016x}", raw.scope.as_deref().unwrap_or(""), fnv1a(asked.as_bytes()));
+        Ok(Self { server: server.to_string(), raw: raw.clone(), form_prefix: form, identity_suffix })
     }
 
     /// What a consumer without a subject token gets.
@@ -190,11 +197,13 @@ impl TokenExchange {
         self.raw.timeout_ms
     }
 
-    /// The cache identity of `consumer`'s token for this server: consumer, server and the
-    /// requested scope.
+    /// The cache identity of `consumer`'s token for this server: consumer, server, the
+    /// requested scope and what else the token was asked for ([`Self::identity_suffix`]).
     pub fn identity(&self, consumer: &str) -> String {
-        let scope = self.raw.scope.as_deref().unwrap_or("");
-        format!("{consumer}\u{0}{}\u{0}{scope}", self.server)
+        let mut identity = String::with_capacity(consumer.len() + self.identity_suffix.len());
+        identity.push_str(consumer);
+        identity.push_str(&self.identity_suffix);
+        identity
     }
 
     /// The shared-store key of `identity`'s slot (deterministic: every worker agrees).

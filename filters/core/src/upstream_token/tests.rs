@@ -123,4 +123,10 @@ fn slot_keys_are_bounded_and_deterministic() {
     assert!(keys.len() <= 16);
     assert_eq!(x.slot_key(&x.identity("alice")), x.slot_key(&x.identity("alice")));
     assert_ne!(x.identity("alice"), x.identity("bob"));
+    // Asked for another audience (same scope): another identity, never the old token.
+    let servers: HashSet<String> = ["crm".to_string()].into();
+    let mut other = raw();
+    other.audience = Some("billing".to_string());
+    let other = TokenExchanges::compile(&[("crm".to_string(), other)].into(), &servers).unwrap();
+    assert_ne!(other.get("crm").unwrap().identity("alice"), x.identity("alice"));
 }
