@@ -78,7 +78,9 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def registry(docs_url: str, crm_url: str, endpoint: TokenEndpoint, down_port: int, secure: TokenEndpoint) -> str:
+def registry(
+    docs_url: str, crm_url: str, endpoint: TokenEndpoint, down_port: int, secure: TokenEndpoint, rotating: TokenEndpoint
+) -> str:
     client = "{ client_id: " + json.dumps(CLIENT_ID) + ", secret_env: E2E_IDP_SECRET }"
     target = f'audience: {TOKEN_AUDIENCE}\n        resource: ["{RESOURCE}"]'
     return f"""\
@@ -138,6 +140,13 @@ servers:
         tls: {{ ca_file: rogue-ca.pem }}
         client_auth: {client}
         {target}
+  - name: rotating
+    url: {docs_url}
+    credentials:
+      exchange:
+        token_endpoint: {rotating.url}
+        client_auth: {{ client_id: {json.dumps(CLIENT_ID)}, secret_file: idp.secret }}
+        {target}
   - name: wrongclient
     url: {docs_url}
     credentials:
@@ -166,6 +175,7 @@ class Setup:
     gateway: Gateway
     endpoint: TokenEndpoint
     secure: TokenEndpoint  # the same, over TLS (server `secure`; `untrusted` trusts another CA)
+    rotating: TokenEndpoint  # server `rotating`, whose client secret is the file idp.secret
     upstream: Upstream
     crm: Upstream
     keys: Keys
@@ -200,15 +210,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory, keys: Keys, runtime: str) ->
     idp_ca = Pki(workdir, "idp")
     Pki(workdir, "rogue")
     secure = token_endpoint().serve(astuple_issued(idp_ca.issue("idp", dns=["localhost"], server=True)))
+    rotating = token_endpoint().serve()
+    (workdir / "idp.secret").write_text(CLIENT_SECRET + "\n")
     upstream = start_upstream(f"exchange-docs-{runtime}", "docs_server.py", workdir)
     crm = start_upstream(f"exchange-crm-{runtime}", "crm_server.py", workdir)
     gw = None
     try:
         (workdir / "jwks.json").write_text(json.dumps(keys.jwks()))
         path = workdir / "registry.yaml"
-        path.write_text(registry(upstream.url, crm.url, endpoint, closed_port(), secure))
+        path.write_text(registry(upstream.url, crm.url, endpoint, closed_port(), secure, rotating))
         gw = start_gateway(path, workdir, env=ENV, runtime=runtime)
-        yield Setup(gw, endpoint, secure, upstream, crm, keys, runtime)
+        yield Setup(gw, endpoint, secure, rotating, upstream, crm, keys, runtime)
     finally:
         if gw is not None:
             stop_gateway(gw)
@@ -216,6 +228,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, keys: Keys, runtime: str) ->
         crm.proc.stop()
         endpoint.stop()
         secure.stop()
+        rotating.stop()
 
 
 def call(gw: Gateway, server: str, credentials: dict[str, str], tag: str, id: int = 1) -> httpx2.Response:
@@ -448,6 +461,39 @@ def test_the_token_endpoint_is_reached_over_verified_tls(setup: Setup) -> None:
 
 
 # --------------------------------------------------------------------------- secrets
+
+
+def test_a_rotated_client_secret_file_applies_live(setup: Setup) -> None:
+    """The IdP rotates meshgate's client secret; once `idp.secret` holds the new one, the
+    next exchange authenticates with it (SDS, same Envoy), and the old one is refused."""
+    envoy_pid = setup.gateway.envoy_pid
+    kim, kim_jwt = setup.user("kim")
+    tag = marker()
+    assert call(setup.gateway, "rotating", bearer(kim_jwt), f"{tag}-before").status_code == 200
+    assert len(reached(setup, f"{tag}-before")) == 1
+    new_secret = f"rotated-{marker()}"
+    setup.rotating.client_secret = new_secret
+    try:
+        # Another user (no cached token): the old secret is refused now.
+        lee, lee_jwt = setup.user("lee")
+        message = assert_refused_upstream_credential(call(setup.gateway, "rotating", bearer(lee_jwt), tag), "rotating")
+        assert "(invalid_client)" in message
+        (setup.gateway.workdir / "idp.secret").write_text(new_secret + "\n")
+
+        def rotated() -> None:
+            user, token = setup.user("mia")
+            response = call(setup.gateway, "rotating", bearer(token), f"{tag}-{user}")
+            assert response.status_code == 200 and "error" not in response.text, describe(response)
+
+        eventually(rotated, timeout=20)
+        assert setup.gateway.envoy_pid == envoy_pid
+        dump = httpx2.get(f"{setup.gateway.admin}/config_dump", timeout=10).text
+        assert new_secret not in dump
+    finally:
+        setup.rotating.client_secret = CLIENT_SECRET
+        (setup.gateway.workdir / "idp.secret").write_text(CLIENT_SECRET + "\n")
+
+
 
 
 def test_no_secret_or_token_in_config_dump_logs_or_audit(setup: Setup) -> None:

@@ -717,7 +717,11 @@ impl Registry {
         let per_server = raw.servers.iter().flat_map(|s| {
             let ca = s.tls.as_ref().and_then(|t| t.ca_file.as_deref());
             let credential = s.credentials.as_ref().and_then(|c| c.value_file.as_deref());
-            ca.into_iter().chain(credential)
+            // Token exchange: the client secret file and the token endpoint's CA bundle.
+            let exchange = s.credentials.as_ref().and_then(|c| c.exchange.as_ref());
+            let client_secret = exchange.and_then(|x| x.client_auth.secret_file.as_deref());
+            let exchange_ca = exchange.and_then(|x| x.tls.as_ref()).and_then(|t| t.ca_file.as_deref());
+            ca.into_iter().chain(credential).chain(client_secret).chain(exchange_ca)
         });
         // The listener's certificate, key and client CA, when meshgate reads them: editing
         // one pushes the new secret (live rotation).

@@ -1085,3 +1085,11 @@ fn token_exchange_mistakes_are_refused_at_their_line() {
     let local = format!("{base}      exchange:\n        token_endpoint: http://127.0.0.1:9/token\n{client}");
     assert!(Fixture::new(&local).load().is_ok());
 }
+
+#[test]
+fn token_exchange_files_are_watched() {
+    let yaml = "listener: { port: 1 }\nservers:\n  - name: a\n    url: http://127.0.0.1:1/\n    credentials:\n      exchange:\n        token_endpoint: https://idp.example.com/token\n        tls: { ca_file: idp-ca.pem }\n        client_auth: { client_id: gw, secret_file: idp.secret }\n";
+    let watched = Registry::referenced_files(yaml, Path::new("/etc/meshgate/registry.yaml"));
+    assert!(watched.contains(&PathBuf::from("/etc/meshgate/idp.secret")), "{watched:?}");
+    assert!(watched.contains(&PathBuf::from("/etc/meshgate/idp-ca.pem")), "{watched:?}");
+}
