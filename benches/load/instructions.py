@@ -19,6 +19,7 @@ It reports instructions per request and the difference to the first configuratio
   .venv/bin/python benches/load/instructions.py --only cC --wasm-b /tmp/old.wasm
   .venv/bin/python benches/load/instructions.py --only fPH --probe P:props=10 --probe H:header=4
   .venv/bin/python benches/load/instructions.py --only mv   # a call via a virtual server vs direct
+  .venv/bin/python benches/load/instructions.py --only jxky # token exchange, cached (issue 18)
 
 `m`/`v` send the same call in the 2026-07-28 era (routing headers, envelope in `_meta`) with
 Meshgate native, RBAC only, on one registry: (m) to `/mcp/bench`, (v) as `bench__get_item`
@@ -100,6 +101,122 @@ def modern_configs(workdir: Path, upstream_port: int) -> list[run.Config]:
         run.Config("v", "(m) through the virtual server /mcp/v (bench__get_item)", bootstrap=bootstrap,
                    governed=True),
     ]
+
+
+# (j)/(x), (k)/(y): a JWT caller, RBAC only, without and with token exchange for the server
+# (issue 18). With it, every counted call is a cache hit: the exchange happens once, in the
+# warm-up (the token server below counts its calls and the run checks it saw exactly one).
+EXCHANGE_CONFIGS = {"j": ("native", False), "x": ("native", True), "k": ("wasm", False), "y": ("wasm", True)}
+UPSTREAM_TOKEN = "bench-upstream-token"
+
+
+class TokenServer:
+    """A minimal token endpoint for the bench: every exchange gets the same long-lived token."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        server_self = self
+        self.calls = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                server_self.calls += 1
+                ok = self.headers.get("authorization", "").startswith("Basic ")
+                body = json.dumps({"access_token": UPSTREAM_TOKEN, "token_type": "Bearer", "expires_in": 3600}
+                                  if ok else {"error": "invalid_client"}).encode()
+                self.send_response(200 if ok else 401)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = self.server.server_address[1]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def exchange_configs(workdir: Path, upstream_port: int, secret: str, token_port: int) -> list[run.Config]:
+    """(j)/(k): native/wasm, a JWT caller, RBAC only; (x)/(y): the same with token exchange for
+    the server (the static bootstrap refuses `credentials`, so the exchange is added to the
+    rendered bootstrap as the control plane renders it: the filter's `token_exchanges`, the
+    token endpoint's cluster whose upstream `credential_injector` adds client_secret_basic
+    from a secret, here a static one)."""
+    env = {run.HS_ENV: secret}
+    now = int(time.time())
+    token = run.jwt_hs256(secret, {"iss": run.ISSUER, "aud": "meshgate", "sub": "bench-user", "roles": ["caller"],
+                                   "iat": now, "exp": now + 6 * 3600})
+    allow = ", ".join(f'"{run.SERVER}/{p}*"' for p in run.ALLOWED_PREFIXES)
+    configs = []
+    for key, (runtime, exchange) in EXCHANGE_CONFIGS.items():
+        registry = workdir / f"registry-{key}.yaml"
+        registry.write_text("\n".join([
+            f"filter: {{ runtime: {runtime} }}",
+            f"listener: {{ address: 127.0.0.1, port: {run.free_port()} }}",
+            f"admin: {{ port: {run.free_port()} }}",
+            "servers:",
+            f"  - name: {run.SERVER}",
+            f"    url: http://127.0.0.1:{upstream_port}/mcp",
+            "auth:",
+            "  jwt:",
+            f"    - {{ issuer: {run.ISSUER}, audiences: [meshgate], hs256_secret_env: {run.HS_ENV} }}",
+            "policy:",
+            "  roles:",
+            f"    caller: {{ allow: [{allow}] }}",
+        ]) + "\n")
+        bootstrap = run.meshgate_bootstrap(registry, env)
+        if exchange:
+            add_token_exchange(bootstrap, runtime, token_port)
+        label = f"Envoy + Meshgate {runtime}, JWT + RBAC" + (", token exchange (cached)" if exchange else "")
+        configs.append(run.Config(key, label, bootstrap=bootstrap, env=env, token=token, governed=True))
+    return configs
+
+
+def add_token_exchange(bootstrap: dict, runtime: str, token_port: int) -> None:
+    filter_config = run.hcm_of(bootstrap)["http_filters"][0]["typed_config"]
+    holder = filter_config["filter_config"] if runtime == "native" else filter_config["config"]["configuration"]
+    config = json.loads(holder["value"])
+    config["token_exchanges"] = {run.SERVER: {
+        "cluster": "meshgate-token-bench", "path": "/token", "authority": f"127.0.0.1:{token_port}",
+        "audience": "bench", "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "timeout_ms": 2000, "refresh_skew_secs": 30, "cache_entries": 4096,
+    }}
+    holder["value"] = json.dumps(config)
+    injector = {
+        "name": "envoy.filters.http.credential_injector",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+            "overwrite": True,
+            "credential": {"name": "envoy.http.injected_credentials.generic", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                "credential": {"name": "bench-token-client"}, "header": "authorization",
+                "header_value_prefix": "Basic "}},
+        },
+    }
+    bootstrap["static_resources"].setdefault("secrets", []).append(
+        {"name": "bench-token-client", "generic_secret": {"secret": {"inline_string": "YmVuY2g6c2VjcmV0"}}})
+    bootstrap["static_resources"]["clusters"].append({
+        "name": "meshgate-token-bench", "type": "STATIC", "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": "meshgate-token-bench", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": token_port}}}}]}]},
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {}},
+            "http_filters": [injector, {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}],
+        }},
+    })
 
 
 def checked_requests(url: str, config: run.Config, n: int) -> None:
@@ -257,6 +374,9 @@ def main() -> int:
             configs = {c.key: c for c in run.build_configs(workdir, port, secret, args.wasm_b)}
             if any(key in MODERN_CALLS for key in args.only):
                 configs.update({c.key: c for c in modern_configs(workdir, port)})
+            token_server = TokenServer() if any(key in EXCHANGE_CONFIGS for key in args.only) else None
+            if token_server is not None:
+                configs.update({c.key: c for c in exchange_configs(workdir, port, secret, token_server.port)})
             for spec in args.probe:
                 key, _, ops = spec.partition(":")
                 if len(key) != 1 or key in configs or not ops:
@@ -268,9 +388,17 @@ def main() -> int:
                 if config.bootstrap is None:
                     raise SystemExit(f"({key}) has no Envoy to count")
                 print(f"== ({key}) {config.label}", flush=True)
+                exchanges_before = token_server.calls if token_server is not None else 0
                 per_request[key] = counted(config, workdir, args)
+                if key in EXCHANGE_CONFIGS and EXCHANGE_CONFIGS[key][1]:
+                    made = token_server.calls - exchanges_before if token_server is not None else 0
+                    if made != 1:
+                        raise SystemExit(f"({key}) made {made} token exchanges; want exactly 1 (the warm-up's)")
+                    print(f"   ({key}) one token exchange (in the warm-up); every counted call a cache hit", flush=True)
         finally:
             upstream.stop()
+            if token_server is not None:
+                token_server.stop()
 
     base = args.only[0]
     print(f"\nEnvoy instructions per request (callgrind, {args.requests} requests after {args.warmup} of warm-up, "

@@ -110,9 +110,14 @@ pub mod metric {
     /// ([`crate::pinning::Change`]: `changed`, `unpinned`, `unreadable`, `flagged`), per
     /// list answer that showed it.
     pub const PIN_DRIFT: &str = "meshgate.pin_drift";
+    /// Counter `meshgate.upstream_token.server.<s>.outcome.<o>`: how a call to a server with
+    /// token exchange got the caller's upstream token ([`super::TokenOutcome`]:
+    /// `exchanged`, `cache_hit`, `failed`).
+    pub const UPSTREAM_TOKEN: &str = "meshgate.upstream_token";
 
     /// Every counter root.
-    pub const COUNTERS: [&str; 6] = [REQUESTS, TOOL_CALLS, REDACTIONS, UPSTREAM_ERRORS, FAN_OUT_OMISSIONS, PIN_DRIFT];
+    pub const COUNTERS: [&str; 7] =
+        [REQUESTS, TOOL_CALLS, REDACTIONS, UPSTREAM_ERRORS, FAN_OUT_OMISSIONS, PIN_DRIFT, UPSTREAM_TOKEN];
     /// Every histogram root.
     pub const HISTOGRAMS: [&str; 1] = [DECISION_TIME_US];
 }
@@ -129,6 +134,29 @@ pub mod label {
     pub const BACKEND: &str = "backend";
     pub const KIND: &str = "kind";
     pub const CHANGE: &str = "change";
+    pub const OUTCOME: &str = "outcome";
+}
+
+/// How a call to a server with token exchange got the caller's upstream token
+/// (`meshgate.upstream_token`'s `outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOutcome {
+    /// This call made the exchange (one callout) and got a token.
+    Exchanged,
+    /// A cached token, or the token of a concurrent call's exchange: no callout.
+    CacheHit,
+    /// No token could be obtained: the call was refused.
+    Failed,
+}
+
+impl TokenOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exchanged => "exchanged",
+            Self::CacheHit => "cache_hit",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// Longest label value kept; longer names are cut (the metric stays, bounded).
@@ -268,6 +296,8 @@ pub struct AuditRecord {
     pub upstream_status: Option<u16>,
     /// Time the filter spent deciding, microseconds.
     pub decision_us: u64,
+    /// How the caller's upstream token was obtained (servers with token exchange only).
+    pub upstream_token: Option<TokenOutcome>,
     /// `tools/call` arguments (compact JSON), only when the tool is opted in.
     pub arguments: Option<String>,
     /// A virtual server's discovery answer: the backing servers left out of it.
@@ -551,6 +581,9 @@ impl AuditRecord {
             // Fixed sets of values: bounded.
             visit(MetricKind::Counter, metric::PIN_DRIFT, &[&server, kind, change], 1);
         }
+        if let Some(outcome) = self.upstream_token {
+            visit(MetricKind::Counter, metric::UPSTREAM_TOKEN, &[&server, outcome.as_str()], 1);
+        }
     }
 }
 
@@ -609,6 +642,7 @@ pub fn metric_labels(root: &str, options: MetricOptions) -> &'static [&'static s
         metric::UPSTREAM_ERRORS => &[label::SERVER, label::CODE],
         metric::FAN_OUT_OMISSIONS => &[label::SERVER, label::BACKEND],
         metric::PIN_DRIFT => &[label::SERVER, label::KIND, label::CHANGE],
+        metric::UPSTREAM_TOKEN => &[label::SERVER, label::OUTCOME],
         _ => &[],
     }
 }

@@ -69,6 +69,11 @@ pub struct RawFilterConfig {
     /// servers (rendered by the control plane from the server's route; keyed by server).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, crate::virtual_server::Upstream>,
+    /// Servers that get the caller's own upstream token by OAuth token exchange
+    /// ([`crate::upstream_token`]), keyed by server; rendered by the control plane from
+    /// `servers[].credentials.exchange` (no secret: client authentication is Envoy's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub token_exchanges: BTreeMap<String, crate::upstream_token::RawTokenExchange>,
     /// Environment variable holding the key (≥ 32 bytes) that seals the session ids of
     /// virtual servers in the session-based MCP eras ([`crate::session_seal`]). Without it,
     /// virtual servers speak only 2026-07-28.
@@ -643,6 +648,8 @@ pub struct FilterConfig {
     pub virtual_servers: crate::virtual_server::VirtualServers,
     /// How to reach each real server with a callout ([`crate::virtual_server::Upstream`]).
     pub upstreams: std::collections::HashMap<String, crate::virtual_server::Upstream>,
+    /// Token exchange per server ([`crate::upstream_token`]).
+    pub token_exchanges: crate::upstream_token::TokenExchanges,
     /// The keys of virtual-server session ids (`virtual_session_key_env`); `None`: the
     /// session-based eras are refused on virtual servers.
     pub virtual_session_keys: Option<crate::session_seal::SessionKeys>,
@@ -714,6 +721,7 @@ impl FilterConfig {
             limits.add_virtual(&virtual_server.name, virtual_server.servers());
         }
         let upstreams = crate::virtual_server::Upstream::compile_all(&raw.upstreams, &servers)?;
+        let token_exchanges = crate::upstream_token::TokenExchanges::compile(&raw.token_exchanges, &servers)?;
         let virtual_session_keys = match (&raw.virtual_session_key_env, &raw.virtual_session_previous_key_env) {
             (Some(current), previous) => {
                 Some(crate::session_seal::SessionKeys::compile(current, previous.as_deref(), secrets)?)
@@ -753,6 +761,7 @@ impl FilterConfig {
             origin_policy,
             virtual_servers,
             upstreams,
+            token_exchanges,
             virtual_session_keys,
             pins,
             approvals,

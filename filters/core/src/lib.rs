@@ -43,6 +43,7 @@ pub mod reject;
 pub mod resource_uri;
 pub mod session_seal;
 pub mod sse;
+pub mod upstream_token;
 pub mod virtual_server;
 
 /// The Envoy dynamic-module ABI the native build (`filters/native`, `libmeshgate.so`) is

@@ -40,6 +40,7 @@ use crate::quota::{self, LocalCharge, State as QuotaState};
 use crate::redact::RedactionCounts;
 use crate::reject::Rejection;
 use crate::sse::{EventData, SseRewriter};
+use crate::upstream_token::{self, Lookup, NoSubjectToken, TokenExchange};
 
 /// Largest response chunk read for the upstream's JSON-RPC error code (answers to requests
 /// are small; bigger chunks are results, not errors).
@@ -121,8 +122,17 @@ pub trait Host {
     /// [`Stream::on_callout_done`] with this id exactly once, however the callout ends
     /// (unless the stream ended first). `Err`: it was not started (the host's words).
     fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String>;
+    /// Parks this stream until the token exchange of the cache slot `key` settles: after
+    /// [`Self::wake_token_waiters`] for `key` on any worker of this Envoy, or at the latest
+    /// after a bounded poll period, the host calls [`Stream::on_token_ready`] once (unless
+    /// the stream ended first). A stream parks at most once at a time. `false`: it could
+    /// not be parked (nothing would wake it); the call then fails closed.
+    fn park_for_token(&mut self, key: &str) -> bool;
+    /// Wakes every stream parked on `key` (any worker of this Envoy).
+    fn wake_token_waiters(&mut self, key: &str);
     /// Lets a request the pipeline paused (its body held) continue to the upstream, after
-    /// an asynchronous decision ([`Stream::on_callout_done`]).
+    /// an asynchronous decision: meshgate's approval ([`Stream::on_callout_done`]) or the
+    /// caller's upstream token ([`Stream::on_token_ready`]).
     fn resume_request(&mut self);
     /// Answers the request locally; nothing (more) reaches the upstream.
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
@@ -173,6 +183,34 @@ enum State {
     /// A guarded `tools/call` (rewritten, charged, held): waiting for meshgate's approval
     /// check, callout `id`.
     AwaitingApproval { exchange: Exchange, check: CheckRequest, id: u64 },
+    /// Allowed, and waiting for the caller's upstream token ([`crate::upstream_token`]):
+    /// the request is paused; it continues with the token or is refused.
+    AwaitingToken { exchange: Exchange, wait: TokenWait },
+}
+
+/// What a call waiting for its upstream token waits for.
+struct TokenWait {
+    /// The cache identity (consumer, server, scope) and its slot's key.
+    identity: String,
+    key: String,
+    step: TokenStep,
+}
+
+enum TokenStep {
+    /// This stream holds the lease: its callout `id` makes the exchange.
+    Leading { id: u64, lease_deadline_ns: u64 },
+    /// Another stream's exchange for the same identity is in flight; parked since then.
+    Waiting { since_ns: u64 },
+}
+
+/// The caller's bearer token, kept only while a token exchange may need it as the subject
+/// token. Never printed: its `Debug` says nothing.
+struct SubjectToken(String);
+
+impl fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubjectToken(..)")
+    }
 }
 
 /// What a body decision answered by callouts waits for.
@@ -218,6 +256,8 @@ pub struct Stream {
     /// The audit fields already written: each write copies into Envoy, so a field is
     /// written again only when its value changed.
     published: Vec<(&'static str, String)>,
+    /// The caller's bearer token, kept only when some server has token exchange.
+    subject_token: Option<SubjectToken>,
 }
 
 impl Stream {
@@ -231,6 +271,7 @@ impl Stream {
             audit: None,
             decision_ns: 0,
             published: Vec::new(),
+            subject_token: None,
         }
     }
 
@@ -459,11 +500,11 @@ impl Stream {
                     host.clear_route_cache();
                 }
                 if let Some(check) = approval {
-                    // Rewritten already: an approval resumes the request as it stands.
+                    // Rewritten already: an approval resumes the request as it stands (and
+                    // only then is its upstream token obtained).
                     return self.start_approval_check(host, exchange, check);
                 }
-                self.state = State::Forwarded(exchange);
-                Flow::Continue
+                self.forward(host, exchange)
             }
             Err((r, record)) => {
                 self.audit = Some(record);
@@ -515,9 +556,12 @@ impl Stream {
             }
         };
         match refusal {
+            // Approved: on to the upstream token, if the server needs one; the request
+            // resumes now, or once its token is there (or is refused).
             None => {
-                self.state = State::Forwarded(exchange);
-                host.resume_request();
+                if let Flow::Continue = self.forward(host, exchange) {
+                    host.resume_request();
+                }
             }
             Some(r) => {
                 host.log(
@@ -612,6 +656,14 @@ impl Stream {
             }
             return;
         }
+        if let State::AwaitingToken { wait: TokenWait { step: TokenStep::Leading { id: own, .. }, .. }, .. } =
+            &self.state
+        {
+            if *own == id {
+                self.token_exchanged(host, response);
+            }
+            return;
+        }
         if let State::SessionCallouts { ids, answers, .. } = &mut self.state {
             let Some(i) = ids.iter().position(|own| *own == Some(id)) else {
                 return;
@@ -677,10 +729,21 @@ impl Stream {
         let gateway = &self.gateway;
         // Decided while the host lends the headers; what outlives them is owned: the
         // decision, the names to strip, and the record of a refusal (which names the path).
-        let (decision, strip, refused) = host.with_request_headers(|headers| {
+        let (decision, strip, refused, subject) = host.with_request_headers(|headers| {
             let find = |name: &str| header_value(headers, name).unwrap_or_default();
             let head = RequestHead { method: find(":method"), path: find(":path"), headers, end_of_stream };
             let decision = gateway.on_request_head(head, now, tokens);
+            // The subject token of a token exchange: kept only when a server has one, and
+            // only when the caller authenticated with it.
+            let subject = match &decision {
+                HeadDecision::Forward(Exchange { consumer, .. }) if !gateway.config().token_exchanges.is_empty() => {
+                    subject_token(consumer, headers)
+                }
+                HeadDecision::AwaitBody(p) if !gateway.config().token_exchanges.is_empty() => {
+                    subject_token(p.consumer(), headers)
+                }
+                _ => None,
+            };
             let (strip, refused) = match &decision {
                 HeadDecision::PassThrough => (Vec::new(), None),
                 HeadDecision::Reject(_) => {
@@ -693,8 +756,9 @@ impl Stream {
                     (Vec::new(), Some(AuditRecord::for_path(&config.route_prefix, &config.servers, head.path)))
                 }
             };
-            (decision, strip, refused)
+            (decision, strip, refused, subject)
         });
+        self.subject_token = subject;
         self.decision_ns += host.now_ns().saturating_sub(started);
         match decision {
             HeadDecision::PassThrough => {
@@ -708,8 +772,7 @@ impl Stream {
             HeadDecision::Forward(exchange) => {
                 self.audit = Some(AuditRecord::for_exchange(&exchange));
                 Self::strip_request_headers(host, &strip);
-                self.state = State::Forwarded(exchange);
-                Flow::Continue
+                self.forward(host, exchange)
             }
             HeadDecision::Session(op) => {
                 // A virtual server's session end: answered from callouts.
@@ -859,6 +922,7 @@ impl Stream {
     /// record for the access log, record the metrics. Called once per stream.
     pub fn on_log(&mut self, host: &mut impl Host) {
         self.release_in_flight(host);
+        self.abandon_token_wait(host);
         if matches!(
             self.state,
             State::FanningOut { .. } | State::SessionCallouts { .. } | State::AwaitingApproval { .. }
@@ -990,6 +1054,252 @@ impl Stream {
             }
         }
     }
+}
+
+/// The caller's bearer token, when it authenticated with one (a JWT consumer).
+fn subject_token(consumer: &crate::identity::Consumer, headers: &[(&str, &str)]) -> Option<SubjectToken> {
+    if consumer.method != crate::identity::AuthMethod::Jwt {
+        return None;
+    }
+    let value = header_value(headers, "authorization")?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| SubjectToken(token.to_string()))
+}
+
+impl Stream {
+    /// Forwards an allowed exchange: at once, or (a server with token exchange) once the
+    /// caller's upstream token is on it. The flow of the callback deciding it.
+    fn forward(&mut self, host: &mut impl Host, exchange: Exchange) -> Flow {
+        // Without token exchange anywhere (the common case) not even a map lookup.
+        if self.gateway.config().token_exchanges.is_empty() {
+            self.state = State::Forwarded(exchange);
+            return Flow::Continue;
+        }
+        let gateway = self.gateway.clone();
+        let Some(x) = gateway.config().token_exchanges.get(&exchange.server) else {
+            self.state = State::Forwarded(exchange);
+            return Flow::Continue;
+        };
+        if self.subject_token.is_none() || exchange.consumer.method != crate::identity::AuthMethod::Jwt {
+            return match x.no_subject_token() {
+                // Envoy injects the server's static credential (the header stays stripped).
+                NoSubjectToken::Static => {
+                    self.state = State::Forwarded(exchange);
+                    Flow::Continue
+                }
+                NoSubjectToken::Refuse => {
+                    let r = Rejection::forbidden(format!(
+                        "server \"{}\" acts as the calling user and needs the caller's bearer token; \
+                         consumer \"{}\" authenticated without one",
+                        exchange.server,
+                        crate::reject::printable(&exchange.consumer.name)
+                    ))
+                    .with_id(exchange.request_id());
+                    self.refuse_token(host, &r)
+                }
+            };
+        }
+        let identity = x.identity(&exchange.consumer.name);
+        let key = x.slot_key(&identity);
+        self.look_up_token(host, exchange, x, identity, key, None)
+    }
+
+    /// Looks at the token cache: a hit forwards, a miss leads the exchange or waits for
+    /// the one in flight. `since_ns`: when this stream parked (a woken waiter).
+    fn look_up_token(
+        &mut self,
+        host: &mut impl Host,
+        exchange: Exchange,
+        x: &TokenExchange,
+        identity: String,
+        key: String,
+        since_ns: Option<u64>,
+    ) -> Flow {
+        let now_ns = host.now_ns();
+        let lease_deadline_ns = x.lease_deadline(now_ns);
+        let mut lookup = Lookup::Lead;
+        let mut compute = |stored: Option<&[u8]>| {
+            let (seen, write) = upstream_token::look(stored, &identity, now_ns, lease_deadline_ns, since_ns);
+            lookup = seen;
+            write
+        };
+        if let Err(e) = host.update_counter(&key, None, now_ns, &mut compute) {
+            // No cache: this call makes its own exchange (nothing is shared or kept).
+            host.log(Level::Warn, format_args!("meshgate: upstream token cache of {} unavailable: {e}", x.server));
+            lookup = Lookup::Lead;
+        }
+        match lookup {
+            Lookup::Hit(token) => {
+                self.note_token(crate::audit::TokenOutcome::CacheHit);
+                self.forward_with_token(host, exchange, &token)
+            }
+            Lookup::Wait => {
+                if !host.park_for_token(&key) {
+                    let r = token_refusal(&exchange, "the gateway could not wait for the exchange in flight");
+                    return self.refuse_token(host, &r);
+                }
+                let step = TokenStep::Waiting { since_ns: since_ns.unwrap_or(now_ns) };
+                self.state = State::AwaitingToken { exchange, wait: TokenWait { identity, key, step } };
+                Flow::Pause
+            }
+            Lookup::Failed => {
+                let r = token_refusal(&exchange, "the exchange it waited for failed");
+                self.refuse_token(host, &r)
+            }
+            Lookup::Lead => {
+                let subject = self.subject_token.as_ref().map_or("", |t| t.0.as_str());
+                match host.start_callout(&x.request(subject)) {
+                    Ok(id) => {
+                        let step = TokenStep::Leading { id, lease_deadline_ns };
+                        self.state = State::AwaitingToken { exchange, wait: TokenWait { identity, key, step } };
+                        Flow::Pause
+                    }
+                    Err(e) => {
+                        host.log(
+                            Level::Error,
+                            format_args!("meshgate: token exchange for {} could not start: {e}", x.server),
+                        );
+                        settle_token(host, &key, &identity, lease_deadline_ns, Err(()));
+                        let r = token_refusal(&exchange, "the token endpoint could not be called");
+                        self.refuse_token(host, &r)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The host woke this stream, parked for its upstream token: look again.
+    pub fn on_token_ready(&mut self, host: &mut impl Host) {
+        let State::AwaitingToken { wait: TokenWait { step: TokenStep::Waiting { since_ns }, .. }, .. } = &self.state
+        else {
+            return;
+        };
+        let since_ns = *since_ns;
+        let State::AwaitingToken { exchange, wait } = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let gateway = self.gateway.clone();
+        let Some(x) = gateway.config().token_exchanges.get(&exchange.server) else {
+            return;
+        };
+        if let Flow::Continue = self.look_up_token(host, exchange, x, wait.identity, wait.key, Some(since_ns)) {
+            host.resume_request();
+        }
+    }
+
+    /// The exchange's callout ended: settle the cache slot, wake the waiters, and forward
+    /// with the token or refuse.
+    fn token_exchanged(&mut self, host: &mut impl Host, response: Result<CalloutResponse, String>) {
+        let State::AwaitingToken { exchange, wait } = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let TokenStep::Leading { lease_deadline_ns, .. } = wait.step else {
+            return;
+        };
+        let gateway = self.gateway.clone();
+        let Some(x) = gateway.config().token_exchanges.get(&exchange.server) else {
+            return;
+        };
+        let now_ns = host.now_ns();
+        let answer = match &response {
+            Ok(r) => x.read_answer(r.status, &r.body, now_ns),
+            Err(e) => Err(format!("the token endpoint did not answer ({e})")),
+        };
+        let settled = answer.as_ref().map(|(token, until)| (token.as_str(), *until)).map_err(|_| ());
+        settle_token(host, &wait.key, &wait.identity, lease_deadline_ns, settled);
+        match answer {
+            Ok((token, _)) => {
+                self.note_token(crate::audit::TokenOutcome::Exchanged);
+                if let Flow::Continue = self.forward_with_token(host, exchange, &token) {
+                    host.resume_request();
+                }
+            }
+            Err(why) => {
+                host.log(
+                    Level::Warn,
+                    format_args!(
+                        "meshgate: upstream token for consumer={} server={} not obtained: {why}",
+                        exchange.consumer.name, exchange.server
+                    ),
+                );
+                let r = token_refusal(&exchange, &why);
+                self.refuse_token(host, &r);
+            }
+        }
+    }
+
+    /// A stream that ends while it waits for its token: a lease it holds is released (the
+    /// waiters then make the exchange themselves); a parked stream just goes.
+    fn abandon_token_wait(&mut self, host: &mut impl Host) {
+        let State::AwaitingToken { wait, .. } = &self.state else {
+            return;
+        };
+        if let TokenStep::Leading { lease_deadline_ns, .. } = wait.step {
+            let (key, identity) = (wait.key.clone(), wait.identity.clone());
+            let now_ns = host.now_ns();
+            let mut compute = |stored: Option<&[u8]>| upstream_token::release(stored, &identity, lease_deadline_ns);
+            if let Err(e) = host.update_counter(&key, None, now_ns, &mut compute) {
+                host.log(Level::Warn, format_args!("meshgate: upstream token lease not released: {e}"));
+            }
+            host.wake_token_waiters(&key);
+        }
+        self.state = State::Done;
+    }
+
+    /// Sets the upstream token and forwards ([`Flow::Continue`]: a paused request is
+    /// resumed by the caller).
+    fn forward_with_token(&mut self, host: &mut impl Host, exchange: Exchange, token: &str) -> Flow {
+        let mut value = String::with_capacity(token.len() + 7);
+        value.push_str("Bearer ");
+        value.push_str(token);
+        host.set_request_header("authorization", Some(&value));
+        // The subject token is not needed any more.
+        self.subject_token = None;
+        self.state = State::Forwarded(exchange);
+        Flow::Continue
+    }
+
+    fn note_token(&mut self, outcome: crate::audit::TokenOutcome) {
+        if let Some(record) = self.audit.as_mut() {
+            record.upstream_token = Some(outcome);
+        }
+    }
+
+    /// Refuses a call whose upstream token could not be obtained (or is not to be had).
+    fn refuse_token(&mut self, host: &mut impl Host, r: &Rejection) -> Flow {
+        self.note_token(crate::audit::TokenOutcome::Failed);
+        self.subject_token = None;
+        self.reject(host, r)
+    }
+}
+
+/// The refusal of a call whose upstream token could not be obtained: names the server and
+/// why in words safe to show (never a token, never the client secret).
+fn token_refusal(exchange: &Exchange, why: &str) -> Rejection {
+    Rejection::upstream_failed(
+        503,
+        exchange.request_id(),
+        format!("the upstream credential for server \"{}\" could not be obtained: {why}", exchange.server),
+    )
+}
+
+/// Writes the outcome of an exchange into its cache slot (while it still holds this
+/// exchange's lease) and wakes the streams parked on it.
+fn settle_token(
+    host: &mut impl Host,
+    key: &str,
+    identity: &str,
+    lease_deadline_ns: u64,
+    outcome: Result<(&str, u64), ()>,
+) {
+    let now_ns = host.now_ns();
+    let mut compute =
+        |stored: Option<&[u8]>| upstream_token::settle(stored, identity, lease_deadline_ns, outcome, now_ns);
+    if let Err(e) = host.update_counter(key, None, now_ns, &mut compute) {
+        host.log(Level::Warn, format_args!("meshgate: upstream token cache not updated: {e}"));
+    }
+    host.wake_token_waiters(key);
 }
 
 /// Updates the server's drift state, counts the pin drift an exchange's answer showed (every

@@ -184,6 +184,10 @@ extern "C" {
         count: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(fe: *mut c_void) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: *mut c_void, event: u64);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(fe: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(ce: *mut c_void) -> *mut c_void;
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: *mut c_void, event: u64);
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
@@ -304,10 +308,18 @@ impl EnvoyFilter {
         unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
     }
 
-    /// Lets a request this filter paused continue (after an asynchronous decision).
+    /// Lets a request paused in a hook continue (headers, then the buffered body).
     pub fn continue_decoding(&mut self) {
-        // SAFETY: live handle; called on the stream's worker, inside one of its hooks.
+        // SAFETY: live handle; the request was paused by this filter.
         unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
+    }
+
+    /// A scheduler of this stream (`None` if Envoy gives none): its commits call
+    /// `http_filter_scheduled` on this stream's worker, from any thread.
+    pub fn scheduler(&mut self) -> Option<FilterScheduler> {
+        // SAFETY: live handle, on the stream's worker (inside a hook).
+        let scheduler = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
+        (!scheduler.is_null()).then_some(FilterScheduler(scheduler))
     }
 
     /// Starts an HTTP callout to `cluster` (`headers` must hold `:method`, `:path` and
@@ -626,6 +638,33 @@ impl Drop for ConfigScheduler {
     }
 }
 
+/// A stream's scheduler: each [`Self::commit`] makes Envoy call `http_filter_scheduled` on
+/// the stream's worker. Envoy's scheduler holds the filter weakly, so a commit after the
+/// stream ended does nothing. Deleted when dropped.
+pub struct FilterScheduler(*mut c_void);
+
+// SAFETY: Envoy's filter scheduler commit posts to the stream's worker dispatcher and may be
+// called from any thread (it reads only its weak filter pointer and that dispatcher); the
+// pointer is deleted once, by `Drop`, which needs the only owner.
+unsafe impl Send for FilterScheduler {}
+// SAFETY: `commit` takes `&self` and Envoy's commit is thread-safe (see `Send`).
+unsafe impl Sync for FilterScheduler {}
+
+impl FilterScheduler {
+    /// Asks for `http_filter_scheduled(event)` on the stream's worker.
+    pub fn commit(&self, event: u64) {
+        // SAFETY: a scheduler from `scheduler_new`, not deleted yet (`Drop` deletes it).
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event) }
+    }
+}
+
+impl Drop for FilterScheduler {
+    fn drop(&mut self) {
+        // SAFETY: a scheduler from `scheduler_new`, deleted exactly once, here.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
+    }
+}
+
 // ------------------------------------------------------------------------ exported hooks
 
 /// Runs a filter hook with the module's filter behind `fm`, catching any panic: then the
@@ -907,8 +946,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
+/// An event of this stream's scheduler (worker thread): the token exchange this stream
+/// waits for settled ([`crate::token_ready`]).
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_fe: *mut c_void, _fm: *const c_void, _event: u64) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(fe: *mut c_void, fm: *const c_void, event: u64) {
+    guard(fe, fm, Hook::TokenReady, 0, |f, e| {
+        crate::token_ready(f, e, event);
+        0
+    });
+}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(

@@ -97,6 +97,23 @@ impl Host for NativeHost<'_> {
         })
     }
 
+    fn park_for_token(&mut self, key: &str) -> bool {
+        match self.envoy.scheduler() {
+            Some(scheduler) => {
+                crate::parking::park(key, scheduler);
+                true
+            }
+            None => {
+                ffi::log(LogLevel::Error, &|| "meshgate: Envoy gave no scheduler for a parked stream".to_string());
+                false
+            }
+        }
+    }
+
+    fn wake_token_waiters(&mut self, key: &str) {
+        crate::parking::wake(key);
+    }
+
     fn resume_request(&mut self) {
         self.envoy.continue_decoding();
     }

@@ -29,6 +29,7 @@ mod counters;
 mod ffi;
 mod host;
 mod metrics;
+mod parking;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -97,6 +98,8 @@ pub enum Hook {
     StreamComplete,
     /// A fan-out callout ended.
     CalloutDone,
+    /// The token exchange a parked stream waits for settled.
+    TokenReady,
 }
 
 /// One HTTP stream.
@@ -215,6 +218,16 @@ fn callout_done(
     let config = filter.config.clone();
     let mut host = NativeHost::new(envoy, &config.metrics);
     filter.stream.on_callout_done(&mut host, id, answer);
+}
+
+/// The token exchange this stream parked on settled (its scheduler's event).
+fn token_ready(filter: &mut Filter, envoy: &mut EnvoyFilter, event: u64) {
+    if filter.failed || filter.completed || event != parking::TOKEN_READY {
+        return;
+    }
+    let config = filter.config.clone();
+    let mut host = NativeHost::new(envoy, &config.metrics);
+    filter.stream.on_token_ready(&mut host);
 }
 
 fn stream_complete(filter: &mut Filter, envoy: &mut EnvoyFilter) {

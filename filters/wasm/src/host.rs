@@ -5,19 +5,26 @@
 //! values may carry any byte (obs-text such as Latin-1): they are decoded leniently
 //! ([`lenient`]).
 
+use std::cell::RefCell;
 use std::fmt;
+use std::rc::Weak;
 use std::time::{Duration, UNIX_EPOCH};
 
 use meshgate_core::audit::{AuditRecord, MetricOptions};
 use meshgate_core::gateway::{CalloutRequest, CalloutResponse};
-use meshgate_core::pipeline::{Compute, CounterError, Host, Level};
+use meshgate_core::pipeline::{Compute, CounterError, Host, Level, Stream};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
 use crate::{counters, metrics};
 
-/// The proxy-wasm host. Stateless: every call goes to the current stream's context.
-pub struct WasmHost;
+/// The proxy-wasm host of one stream: every call goes to the effective context, which is
+/// this stream's (`context_id`) while one of its callbacks runs. `stream` is what a wake-up
+/// of this stream runs ([`crate::parking`]).
+pub struct WasmHost {
+    pub context_id: u32,
+    pub stream: Weak<RefCell<Stream>>,
+}
 
 impl Host for WasmHost {
     fn with_request_headers<R>(&mut self, read: impl FnOnce(&[(&str, &str)]) -> R) -> R {
@@ -49,6 +56,21 @@ impl Host for WasmHost {
     /// `tests/e2e/test_virtual_servers.py`).
     fn clear_route_cache(&mut self) {}
 
+    fn park_for_token(&mut self, key: &str) -> bool {
+        crate::parking::park(key, self.context_id, self.stream.clone());
+        true
+    }
+
+    fn wake_token_waiters(&mut self, key: &str) {
+        crate::parking::wake(key, self.context_id);
+    }
+
+    fn resume_request(&mut self) {
+        if let Err(e) = hostcalls::resume_http_request() {
+            log::error!("meshgate: the request could not be resumed: {e:?}");
+        }
+    }
+
     fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String> {
         let headers: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         hostcalls::dispatch_http_call(
@@ -60,12 +82,6 @@ impl Host for WasmHost {
         )
         .map(u64::from)
         .map_err(|e| format!("{e:?} (cluster {})", request.cluster))
-    }
-
-    fn resume_request(&mut self) {
-        if let Err(e) = hostcalls::resume_http_request() {
-            log::error!("meshgate: the held request could not be resumed: {e:?}");
-        }
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {

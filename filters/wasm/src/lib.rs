@@ -16,6 +16,7 @@
 mod counters;
 mod host;
 mod metrics;
+mod parking;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -32,15 +33,25 @@ use host::WasmHost;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root { context_id, ..Root::default() })
+    });
 }}
 
 /// Per-worker state: the compiled configuration and the token cache.
 #[derive(Default)]
 struct Root {
+    context_id: u32,
     gateway: Option<Arc<Gateway>>,
     tokens: Rc<RefCell<TokenCache>>,
+    /// Ticks since the last metrics flush (the tick is faster than the flush while a
+    /// server has token exchange: parked streams are polled on it).
+    ticks: u32,
 }
+
+/// The tick of a configuration with token exchange: how often streams parked for a token
+/// exchange made on another worker look at the shared cache again.
+const PARKED_POLL_PERIOD: std::time::Duration = std::time::Duration::from_millis(25);
 
 impl Context for Root {
     fn on_done(&mut self) -> bool {
@@ -51,6 +62,16 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_tick(&mut self) {
+        let polling = self.gateway.as_ref().is_some_and(|g| !g.config().token_exchanges.is_empty());
+        if polling {
+            parking::poll(self.context_id);
+            self.ticks += 1;
+            let per_flush = (metrics::FLUSH_PERIOD.as_millis() / PARKED_POLL_PERIOD.as_millis()).max(1);
+            if u128::from(self.ticks) < per_flush {
+                return;
+            }
+            self.ticks = 0;
+        }
         metrics::flush();
     }
 
@@ -65,8 +86,9 @@ impl RootContext for Root {
                 }
                 let gateway = Gateway::new(config);
                 self.tokens = Rc::new(RefCell::new(gateway.new_token_cache()));
+                let polling = !gateway.config().token_exchanges.is_empty();
                 self.gateway = Some(Arc::new(gateway));
-                self.set_tick_period(metrics::FLUSH_PERIOD);
+                self.set_tick_period(if polling { PARKED_POLL_PERIOD } else { metrics::FLUSH_PERIOD });
                 true
             }
             Err(e) => {
@@ -76,10 +98,11 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gateway = self.gateway.clone()?;
         Some(Box::new(StreamContext {
-            stream: pipeline::Stream::new(gateway),
+            context_id,
+            stream: Rc::new(RefCell::new(pipeline::Stream::new(gateway))),
             tokens: self.tokens.clone(),
             #[cfg(feature = "test-crash-trigger")]
             crash_at: None,
@@ -93,7 +116,10 @@ impl RootContext for Root {
 
 /// One HTTP stream: the core's pipeline, driven by proxy-wasm callbacks.
 struct StreamContext {
-    stream: pipeline::Stream,
+    context_id: u32,
+    /// Shared with [`parking`], which runs a parked stream's wake-up from another
+    /// context's callback (always on this worker's thread).
+    stream: Rc<RefCell<pipeline::Stream>>,
     tokens: Rc<RefCell<TokenCache>>,
     /// Test builds only: the callback this request asked the VM to crash in.
     #[cfg(feature = "test-crash-trigger")]
@@ -105,7 +131,14 @@ impl Context for StreamContext {
     /// timeout, no upstream) its failure.
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let answer = host::callout_response(num_headers, body_size);
-        self.stream.on_callout_done(&mut WasmHost, u64::from(token_id), answer);
+        let mut host = self.host();
+        self.stream.borrow_mut().on_callout_done(&mut host, u64::from(token_id), answer);
+    }
+}
+
+impl StreamContext {
+    fn host(&self) -> WasmHost {
+        WasmHost { context_id: self.context_id, stream: Rc::downgrade(&self.stream) }
     }
 }
 
@@ -125,33 +158,34 @@ impl HttpContext for StreamContext {
             test_crash::maybe(&self.crash_at, "request-headers");
         }
         let mut tokens = self.tokens.borrow_mut();
-        action(self.stream.on_request_headers(&mut WasmHost, &mut tokens, end_of_stream))
+        let mut host = self.host();
+        action(self.stream.borrow_mut().on_request_headers(&mut host, &mut tokens, end_of_stream))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(self.stream.on_request_body(&mut WasmHost, body_size, end_of_stream))
+        action(self.stream.borrow_mut().on_request_body(&mut self.host(), body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        action(self.stream.on_request_trailers(&mut WasmHost))
+        action(self.stream.borrow_mut().on_request_trailers(&mut self.host()))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "test-crash-trigger")]
         test_crash::maybe(&self.crash_at, "response-headers");
-        action(self.stream.on_response_headers(&mut WasmHost, end_of_stream))
+        action(self.stream.borrow_mut().on_response_headers(&mut self.host(), end_of_stream))
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "test-crash-trigger")]
         test_crash::maybe(&self.crash_at, "response-body");
-        action(self.stream.on_response_body(&mut WasmHost, body_size, end_of_stream))
+        action(self.stream.borrow_mut().on_response_body(&mut self.host(), body_size, end_of_stream))
     }
 
     /// Envoy calls this once for every stream, however it ended (client resets included),
     /// before the access loggers run.
     fn on_log(&mut self) {
-        self.stream.on_log(&mut WasmHost);
+        self.stream.borrow_mut().on_log(&mut self.host());
     }
 }
 

@@ -20,6 +20,7 @@ const TAGS: &[(&str, &str)] = &[
     ("backend", r"^wasmcustom\.meshgate\.fan_out_omissions\.\S*?(\.backend\.([^.]+))$"),
     ("kind", r"^wasmcustom\.meshgate\.pin_drift\.\S*?(\.kind\.([^.]+))"),
     ("change", r"^wasmcustom\.meshgate\.pin_drift\.\S*?(\.change\.([^.]+))$"),
+    ("outcome", r"^wasmcustom\.meshgate\.upstream_token\.\S*?(\.outcome\.([^.]+))$"),
 ];
 
 /// Decision time buckets, microseconds (Envoy's default buckets are milliseconds-shaped).

@@ -88,6 +88,16 @@ pub enum RegistryError {
     ZeroDuration,
     #[error("set exactly one of value_env and value_file")]
     CredentialSourceCount,
+    #[error("token endpoint {url:?} must be https:// (http:// only on a loopback address)")]
+    ExchangeEndpointNotTls { url: String },
+    #[error("{what} is not supported: {reason}")]
+    ExchangeUnsupported { what: String, reason: &'static str },
+    #[error("invalid value {value:?}: {reason}")]
+    ExchangeInvalid { value: String, reason: &'static str },
+    #[error("{key} sets a static credential, which a server with credentials.exchange uses only with api_key_consumers: static")]
+    ExchangeStaticKey { key: &'static str },
+    #[error("api_key_consumers: static needs the static credential (value_env or value_file) in the same credentials")]
+    ExchangeStaticMissing,
     #[error("invalid header name {name:?}")]
     InvalidHeaderName { name: String },
     #[error("header {name:?} cannot carry upstream credentials (Envoy or HTTP own it)")]

@@ -62,6 +62,8 @@ pub(crate) fn make_filter_config(
         virtual_servers: raw.virtual_servers.clone(),
         // Filled from the validated servers when there are virtual servers (validate.rs).
         upstreams: BTreeMap::new(),
+        // Filled from the validated servers with `credentials.exchange` (validate.rs).
+        token_exchanges: BTreeMap::new(),
         virtual_session_key_env: raw.virtual_session_key_env.clone(),
         virtual_session_previous_key_env: raw.virtual_session_previous_key_env.clone(),
         // Filled from the lockfile when a server is pinned (validate.rs).

@@ -280,8 +280,11 @@ pub struct Server {
     /// `None` when disabled.
     pub outlier_detection: Option<OutlierDetection>,
     pub circuit_breakers: CircuitBreakers,
-    /// The secret the gateway adds upstream, if any.
+    /// The secret the gateway adds upstream, if any (with [`Server::exchange`]: only for
+    /// consumers without a bearer token, `api_key_consumers: static`).
     pub credentials: Option<Credentials>,
+    /// `credentials.exchange`: the caller's own upstream token by token exchange.
+    pub exchange: Option<TokenExchange>,
     /// Declared tools (discovery only). Names are unique and non-empty.
     pub tools: Vec<Tool>,
     /// Registry keys set on this server that only the xDS control plane renders (the static
@@ -410,6 +413,12 @@ pub mod defaults {
     /// Debian/Ubuntu (and the official Envoy image) keep the system CA bundle here.
     pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
     pub const CREDENTIAL_HEADER: &str = "authorization";
+    /// `servers[].credentials.exchange.timeout`.
+    pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+    /// `servers[].credentials.exchange.refresh_skew`.
+    pub const EXCHANGE_REFRESH_SKEW: Duration = Duration::from_secs(30);
+    /// `servers[].credentials.exchange.cache_entries`.
+    pub const EXCHANGE_CACHE_ENTRIES: u64 = 4096;
     /// Envoy's wait for the rate-limit service (`rate_limit_service.timeout`).
     pub const RATE_LIMIT_TIMEOUT: Duration = Duration::from_millis(100);
 }
@@ -503,6 +512,42 @@ pub struct Credentials {
     /// Where the value came from (safe to show).
     pub source: CredentialSource,
     pub value: SecretValue,
+}
+
+/// `servers[].credentials.exchange`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenExchange {
+    /// The token endpoint (scheme, host, port, path).
+    pub endpoint: Upstream,
+    /// `Some` exactly when the endpoint is `https`.
+    pub tls: Option<UpstreamTls>,
+    pub client_id: String,
+    /// Where the client secret came from (safe to show).
+    pub secret_source: CredentialSource,
+    pub client_secret: SecretValue,
+    pub audience: Option<String>,
+    pub resources: Vec<String>,
+    pub scope: Option<String>,
+    /// The RFC 8693 token type URI of the subject token.
+    pub subject_token_type: String,
+    pub timeout: Duration,
+    pub refresh_skew: Duration,
+    pub cache_entries: u64,
+    pub no_subject_token: meshgate_core::upstream_token::NoSubjectToken,
+}
+
+impl TokenExchange {
+    /// The `client_secret_basic` `Authorization` value (RFC 6749 §2.3.1: id and secret
+    /// form-encoded, joined by `:`, base64), without the `Basic ` prefix.
+    pub fn basic_credential(&self) -> String {
+        use base64::Engine;
+        let pair = format!(
+            "{}:{}",
+            meshgate_core::upstream_token::form_encode(&self.client_id),
+            meshgate_core::upstream_token::form_encode(self.client_secret.expose())
+        );
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -709,7 +754,11 @@ impl Registry {
         let per_server = raw.servers.iter().flat_map(|s| {
             let ca = s.tls.as_ref().and_then(|t| t.ca_file.as_deref());
             let credential = s.credentials.as_ref().and_then(|c| c.value_file.as_deref());
-            ca.into_iter().chain(credential)
+            // Token exchange: the client secret file and the token endpoint's CA bundle.
+            let exchange = s.credentials.as_ref().and_then(|c| c.exchange.as_ref());
+            let client_secret = exchange.and_then(|x| x.client_auth.secret_file.as_deref());
+            let exchange_ca = exchange.and_then(|x| x.tls.as_ref()).and_then(|t| t.ca_file.as_deref());
+            ca.into_iter().chain(credential).chain(client_secret).chain(exchange_ca)
         });
         // The listener's certificate, key and client CA, when meshgate reads them: editing
         // one pushes the new secret (live rotation).

@@ -309,6 +309,66 @@ pub struct RawCredentials {
     /// File holding the value (trailing newline ignored).
     #[serde(default)]
     pub value_file: Option<String>,
+    /// The caller's own upstream token by OAuth 2.0 Token Exchange (RFC 8693) instead of
+    /// (or, for consumers without a bearer token, besides) the static value.
+    #[serde(default)]
+    pub exchange: Option<RawTokenExchange>,
+}
+
+/// `servers[].credentials.exchange`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenExchange {
+    /// The token endpoint: `https://` (`http://` only on a loopback address).
+    pub token_endpoint: String,
+    /// Trust for an `https` token endpoint (as `servers[].tls`).
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    /// How meshgate authenticates to the token endpoint.
+    pub client_auth: RawClientAuth,
+    /// RFC 8693 `audience`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// RFC 8707 `resource` values: absolute URIs.
+    #[serde(default)]
+    pub resource: Vec<String>,
+    /// Scopes to request (space-separated).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `access_token` (default), `jwt` or `id_token`, or the full RFC 8693 URI.
+    #[serde(default)]
+    pub subject_token_type: Option<String>,
+    /// Not supported yet: refused with the reason.
+    #[serde(default)]
+    pub actor_token: Option<String>,
+    /// Token endpoint timeout (default 2s, at most 30s).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// A token is used until this long before it expires (default 30s).
+    #[serde(default)]
+    pub refresh_skew: Option<String>,
+    /// Cache slots for this server's tokens (default 4096).
+    #[serde(default)]
+    pub cache_entries: Option<u64>,
+    /// `refuse` (default) or `static`: what consumers without a bearer token get.
+    #[serde(default)]
+    pub api_key_consumers: Option<String>,
+}
+
+/// `servers[].credentials.exchange.client_auth`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    /// `client_secret_basic` (the only method supported yet).
+    #[serde(default)]
+    pub method: Option<String>,
+    pub client_id: String,
+    /// Environment variable of meshgate holding the client secret. Exactly one of the two.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the client secret (trailing newline ignored).
+    #[serde(default)]
+    pub secret_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

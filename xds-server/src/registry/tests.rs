@@ -1040,3 +1040,127 @@ fn approval_errors_carry_file_and_line() {
         "not an absolute http(s) URL",
     );
 }
+
+const EXCHANGE: &str = r#"
+listener: { port: 10000 }
+servers:
+  - name: crm
+    url: https://crm.internal:8443/mcp
+    credentials:
+      exchange:
+        token_endpoint: https://idp.example.com/oauth2/token
+        client_auth: { client_id: "meshgate gw", secret_env: TEST_SECRET }
+        audience: crm
+        resource: ["https://crm.internal:8443/mcp"]
+        scope: crm.read crm.write
+        subject_token_type: jwt
+        timeout: 1500ms
+        cache_entries: 64
+"#;
+
+#[test]
+fn a_token_exchange_loads_with_its_defaults_and_the_filter_gets_no_secret() {
+    let registry = try_registry_file(EXCHANGE);
+    let crm = &registry.servers[0];
+    assert_eq!(crm.credentials, None);
+    let x = crm.exchange.as_ref().expect("exchange");
+    assert_eq!(x.endpoint.authority(), "idp.example.com:443");
+    assert_eq!(x.endpoint.path, "/oauth2/token");
+    assert!(x.tls.is_some(), "https: TLS to the token endpoint");
+    assert_eq!(x.subject_token_type, meshgate_core::upstream_token::TOKEN_TYPE_JWT);
+    assert_eq!(x.timeout, Duration::from_millis(1500));
+    assert_eq!(x.refresh_skew, defaults::EXCHANGE_REFRESH_SKEW);
+    assert_eq!(x.no_subject_token, meshgate_core::upstream_token::NoSubjectToken::Refuse);
+    // RFC 6749 §2.3.1: id and secret form-encoded, then base64.
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.decode(x.basic_credential()).expect("base64");
+    assert_eq!(String::from_utf8(basic).expect("utf-8"), "meshgate+gw:s3cret-s3cret-s3cret-s3cret-s3cret");
+    let filter = serde_json::to_string(&registry.filter).expect("json");
+    assert!(filter.contains("\"token_exchanges\"") && filter.contains("meshgate-token-crm"));
+    assert!(!filter.contains("s3cret"), "the client secret never enters the filter configuration");
+    assert!(crm.control_plane_keys.contains(&"credentials"), "the static bootstrap refuses it");
+}
+
+fn try_registry_file(yaml: &str) -> Registry {
+    Fixture::new(yaml)
+        .load()
+        .unwrap_or_else(|e| panic!("{}", e.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
+}
+
+#[test]
+fn token_exchange_mistakes_are_refused_at_their_line() {
+    let base = "listener: { port: 1 }\nservers:\n  - name: a\n    url: http://127.0.0.1:1/\n    credentials:\n";
+    let client = "        client_auth: { client_id: gw, secret_env: TEST_SECRET }\n";
+    let endpoint = "        token_endpoint: https://idp.example.com/token\n";
+    let cases = [
+        (
+            format!("      exchange:\n        token_endpoint: http://idp.example.com/token # <-\n{client}"),
+            "servers[0].credentials.exchange.token_endpoint",
+            "must be https://",
+        ),
+        (
+            format!("      exchange:\n{endpoint}        client_auth: {{ method: private_key_jwt, client_id: gw, secret_env: TEST_SECRET }} # <-\n"),
+            "servers[0].credentials.exchange.client_auth.method",
+            "private_key_jwt is not supported",
+        ),
+        (
+            format!("      exchange:\n{endpoint}        client_auth: {{ method: client_secret_post, client_id: gw, secret_env: TEST_SECRET }} # <-\n"),
+            "servers[0].credentials.exchange.client_auth.method",
+            "client_secret_post is not supported",
+        ),
+        (
+            format!("      exchange:\n{endpoint}        client_auth: {{ client_id: gw, secret_env: NOPE_UNSET }} # <-\n"),
+            "servers[0].credentials.exchange.client_auth.secret_env",
+            "NOPE_UNSET is not set",
+        ),
+        (
+            format!("      exchange:\n{endpoint}{client}        actor_token: x # <-\n"),
+            "servers[0].credentials.exchange.actor_token",
+            "actor_token is not supported",
+        ),
+        (
+            format!("      exchange:\n{endpoint}{client}        timeout: 31s # <-\n"),
+            "servers[0].credentials.exchange.timeout",
+            "at most 30s",
+        ),
+        (
+            format!("      exchange:\n{endpoint}{client}        resource: [relative/path] # <-\n"),
+            "servers[0].credentials.exchange.resource",
+            "absolute URI",
+        ),
+        (
+            format!("      exchange:\n{endpoint}{client}        scope: 'a  b' # <-\n"),
+            "servers[0].credentials.exchange.scope",
+            "scope tokens",
+        ),
+        (
+            format!("      exchange:\n{endpoint}{client}        subject_token_type: saml # <-\n"),
+            "servers[0].credentials.exchange.subject_token_type",
+            "use access_token, jwt or id_token",
+        ),
+        (
+            format!("      exchange:\n{endpoint}{client}        api_key_consumers: static # <-\n"),
+            "servers[0].credentials.exchange.api_key_consumers",
+            "needs the static credential",
+        ),
+        (
+            format!("      value_env: TEST_SECRET # <-\n      exchange:\n{endpoint}{client}"),
+            "servers[0].credentials.value_env",
+            "only with api_key_consumers: static",
+        ),
+    ];
+    for (extra, path, needle) in cases {
+        assert_error(&format!("{base}{extra}"), path, needle);
+    }
+    // http:// is fine on loopback (tests, a local IdP).
+    let local = format!("{base}      exchange:\n        token_endpoint: http://127.0.0.1:9/token\n{client}");
+    assert!(Fixture::new(&local).load().is_ok());
+}
+
+#[test]
+fn token_exchange_files_are_watched() {
+    let yaml = "listener: { port: 1 }\nservers:\n  - name: a\n    url: http://127.0.0.1:1/\n    credentials:\n      exchange:\n        token_endpoint: https://idp.example.com/token\n        tls: { ca_file: idp-ca.pem }\n        client_auth: { client_id: gw, secret_file: idp.secret }\n";
+    let watched = Registry::referenced_files(yaml, Path::new("/etc/meshgate/registry.yaml"));
+    assert!(watched.contains(&PathBuf::from("/etc/meshgate/idp.secret")), "{watched:?}");
+    assert!(watched.contains(&PathBuf::from("/etc/meshgate/idp-ca.pem")), "{watched:?}");
+}

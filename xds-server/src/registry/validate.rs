@@ -27,8 +27,8 @@ use super::raw::{
 use super::{
     defaults, CatalogSettings, CircuitBreakers, Cors, CredentialSource, Credentials, EnvoySettings, FailureMode,
     GlobalRule, HealthCheck, HealthTiming, LogLevel, OutlierDetection, RateLimitService, Registry, Runtime, Scheme,
-    SecretValue, Server, Tool, Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName, DEFAULT_CONCURRENCY,
-    MAX_CONCURRENCY,
+    SecretValue, Server, TokenExchange, Tool, Trust, Upstream, UpstreamHost, UpstreamTls, VerifyName,
+    DEFAULT_CONCURRENCY, MAX_CONCURRENCY,
 };
 
 /// Where JWKS members that only private keys carry live (RFC 7518 §6).
@@ -146,13 +146,33 @@ impl<S: SecretSource> TryFrom<Unvalidated<'_, S>> for Registry {
                         cluster: crate::translate::cluster_name(server),
                         path: server.upstream.path.clone(),
                         authority: server.upstream.authority(),
-                        credentials: server.credentials.is_some(),
+                        credentials: server.credentials.is_some() || server.exchange.is_some(),
                     };
                     (server.name.clone(), upstream)
                 })
                 .collect();
         }
         let catalog = catalog(&mut problems, raw.catalog.as_ref());
+        filter.token_exchanges = servers
+            .iter()
+            .filter_map(|server| {
+                let x = server.exchange.as_ref()?;
+                let raw = meshgate_core::upstream_token::RawTokenExchange {
+                    cluster: crate::translate::token_cluster_name(server),
+                    path: x.endpoint.path.clone(),
+                    authority: x.endpoint.authority(),
+                    audience: x.audience.clone(),
+                    resources: x.resources.clone(),
+                    scope: x.scope.clone(),
+                    subject_token_type: x.subject_token_type.clone(),
+                    timeout_ms: u64::try_from(x.timeout.as_millis()).unwrap_or(u64::MAX),
+                    refresh_skew_secs: x.refresh_skew.as_secs(),
+                    cache_entries: x.cache_entries,
+                    no_subject_token: x.no_subject_token,
+                };
+                Some((server.name.clone(), raw))
+            })
+            .collect();
         let pinning = pinning(&mut problems, &raw, file, lockfile);
         if let Some(pinning) = &pinning {
             for (server, mode) in &pinning.modes {
@@ -428,10 +448,15 @@ fn server_settings<S: SecretSource>(
     let health_check = health_check(problems, at, server.health_check.as_ref());
     let outlier_detection = outlier_detection(problems, at, server.outlier_detection.as_ref());
     let circuit_breakers = circuit_breakers(problems, at, server.circuit_breakers.as_ref());
-    let credentials = server
-        .credentials
-        .as_ref()
-        .and_then(|raw| credentials(problems, &format!("{at}.credentials"), raw, context.base_dir, context.secrets));
+    let (credentials, exchange) = match &server.credentials {
+        None => (None, None),
+        Some(raw) if raw.exchange.is_some() => {
+            exchange_credentials(problems, &format!("{at}.credentials"), raw, context)
+        }
+        Some(raw) => {
+            (credentials(problems, &format!("{at}.credentials"), raw, context.base_dir, context.secrets), None)
+        }
+    };
     let tools = tools(problems, at, &server.tools);
     let cors = server.cors.as_ref().and_then(|raw| cors(problems, &format!("{at}.cors"), raw));
 
@@ -465,6 +490,7 @@ fn server_settings<S: SecretSource>(
         outlier_detection,
         circuit_breakers,
         credentials,
+        exchange,
         tools,
         control_plane_keys,
         cors,
@@ -860,6 +886,286 @@ fn credentials<S: SecretSource>(
         return None;
     }
     Some(Credentials { header, prefix, source, value: SecretValue::new(value) })
+}
+
+/// `servers[].credentials` with `exchange`: the token exchange, and the static credential
+/// that serves consumers without a bearer token when `api_key_consumers: static`.
+fn exchange_credentials<S: SecretSource>(
+    problems: &mut Problems,
+    at: &str,
+    raw: &RawCredentials,
+    context: &ServerContext<'_, S>,
+) -> (Option<Credentials>, Option<TokenExchange>) {
+    use meshgate_core::upstream_token::{self as ut, NoSubjectToken};
+    let Some(x) = &raw.exchange else {
+        return (None, None);
+    };
+    let xat = format!("{at}.exchange");
+    let before = problems.0.len();
+    let no_subject_token = match x.api_key_consumers.as_deref() {
+        None | Some("refuse") => NoSubjectToken::Refuse,
+        Some("static") => NoSubjectToken::Static,
+        Some(other) => {
+            problems.push(
+                format!("{xat}.api_key_consumers"),
+                RegistryError::ExchangeInvalid { value: other.to_string(), reason: "use refuse or static" },
+            );
+            NoSubjectToken::Refuse
+        }
+    };
+    let credentials = match no_subject_token {
+        NoSubjectToken::Static => {
+            if raw.header.as_deref().is_some_and(|h| !h.eq_ignore_ascii_case(defaults::CREDENTIAL_HEADER)) {
+                problems.push(
+                    format!("{at}.header"),
+                    RegistryError::ExchangeInvalid {
+                        value: raw.header.clone().unwrap_or_default(),
+                        reason: "the fallback credential of a server with token exchange goes in authorization",
+                    },
+                );
+            }
+            if raw.value_env.is_none() && raw.value_file.is_none() {
+                problems.push(format!("{xat}.api_key_consumers"), RegistryError::ExchangeStaticMissing);
+                None
+            } else {
+                credentials(problems, at, raw, context.base_dir, context.secrets)
+            }
+        }
+        NoSubjectToken::Refuse => {
+            for (key, set) in [
+                ("value_env", raw.value_env.is_some()),
+                ("value_file", raw.value_file.is_some()),
+                ("header", raw.header.is_some()),
+                ("prefix", raw.prefix.is_some()),
+            ] {
+                if set {
+                    problems.push(format!("{at}.{key}"), RegistryError::ExchangeStaticKey { key });
+                }
+            }
+            None
+        }
+    };
+    let endpoint_path = format!("{xat}.token_endpoint");
+    let endpoint = match parse_upstream(&x.token_endpoint) {
+        Ok(endpoint) => {
+            let loopback = match &endpoint.host {
+                UpstreamHost::Ip(ip) => ip.is_loopback(),
+                UpstreamHost::Dns(name) => name == "localhost",
+            };
+            if endpoint.scheme == Scheme::Http && !loopback {
+                problems.push(&endpoint_path, RegistryError::ExchangeEndpointNotTls { url: x.token_endpoint.clone() });
+            }
+            Some(endpoint)
+        }
+        Err(e) => {
+            problems.push(&endpoint_path, e);
+            None
+        }
+    };
+    let tls = match (&endpoint, &x.tls) {
+        (Some(endpoint), tls) if endpoint.scheme == Scheme::Https => {
+            upstream_tls(problems, &xat, endpoint, tls.as_ref(), context.base_dir)
+        }
+        (Some(_), Some(_)) => {
+            problems.push(format!("{xat}.tls"), RegistryError::TlsWithoutHttps);
+            None
+        }
+        _ => None,
+    };
+    let auth_at = format!("{xat}.client_auth");
+    match x.client_auth.method.as_deref() {
+        None | Some("client_secret_basic") => {}
+        Some("client_secret_post") => problems.push(
+            format!("{auth_at}.method"),
+            RegistryError::ExchangeUnsupported {
+                what: "client_secret_post".to_string(),
+                reason: "the secret would have to travel in the filter's configuration; use client_secret_basic \
+                         (Envoy injects it from an SDS secret)",
+            },
+        ),
+        Some("private_key_jwt") => problems.push(
+            format!("{auth_at}.method"),
+            RegistryError::ExchangeUnsupported {
+                what: "private_key_jwt".to_string(),
+                reason: "client assertions are not signed by meshgate yet; use client_secret_basic",
+            },
+        ),
+        Some(other) => problems.push(
+            format!("{auth_at}.method"),
+            RegistryError::ExchangeInvalid { value: other.to_string(), reason: "use client_secret_basic" },
+        ),
+    }
+    let client_id = x.client_auth.client_id.clone();
+    if client_id.is_empty() || !is_header_value(&client_id) {
+        problems.push(
+            format!("{auth_at}.client_id"),
+            RegistryError::ExchangeInvalid { value: client_id.clone(), reason: "must be one non-empty line" },
+        );
+    }
+    let secret = client_secret(problems, &auth_at, &x.client_auth, context);
+    if x.actor_token.is_some() {
+        problems.push(
+            format!("{xat}.actor_token"),
+            RegistryError::ExchangeUnsupported {
+                what: "actor_token".to_string(),
+                reason: "meshgate does not send an actor token yet (delegation); leave it out",
+            },
+        );
+    }
+    let audience = x.audience.clone();
+    if audience.as_deref().is_some_and(|a| a.trim().is_empty() || !is_header_value(a)) {
+        problems.push(
+            format!("{xat}.audience"),
+            RegistryError::ExchangeInvalid {
+                value: audience.clone().unwrap_or_default(),
+                reason: "must be one non-empty line",
+            },
+        );
+    }
+    let resources = x.resource.clone();
+    for resource in &resources {
+        let absolute = resource.parse::<http::Uri>().is_ok_and(|u| u.scheme().is_some() && u.host().is_some());
+        if !absolute || resource.contains('#') {
+            problems.push(
+                format!("{xat}.resource"),
+                RegistryError::ExchangeInvalid {
+                    value: resource.clone(),
+                    reason: "RFC 8707 wants an absolute URI without a fragment",
+                },
+            );
+        }
+    }
+    let scope = x.scope.clone();
+    if let Some(scope) = &scope {
+        // RFC 6749 §3.3: scope tokens of %x21 / %x23-5B / %x5D-7E, separated by spaces.
+        let token = |t: &str| {
+            !t.is_empty() && t.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        };
+        if !scope.split(' ').all(token) {
+            problems.push(
+                format!("{xat}.scope"),
+                RegistryError::ExchangeInvalid {
+                    value: scope.clone(),
+                    reason: "scopes are RFC 6749 scope tokens separated by one space",
+                },
+            );
+        }
+    }
+    let subject_token_type = match x.subject_token_type.as_deref() {
+        None | Some("access_token") => ut::TOKEN_TYPE_ACCESS_TOKEN.to_string(),
+        Some("jwt") => ut::TOKEN_TYPE_JWT.to_string(),
+        Some("id_token") => ut::TOKEN_TYPE_ID_TOKEN.to_string(),
+        Some(uri) if ut::SUBJECT_TOKEN_TYPES.contains(&uri) => uri.to_string(),
+        Some(other) => {
+            problems.push(
+                format!("{xat}.subject_token_type"),
+                RegistryError::ExchangeInvalid {
+                    value: other.to_string(),
+                    reason: "use access_token, jwt or id_token",
+                },
+            );
+            String::new()
+        }
+    };
+    let timeout_path = format!("{xat}.timeout");
+    let timeout = positive_duration(problems, &timeout_path, x.timeout.as_deref(), defaults::EXCHANGE_TIMEOUT);
+    if timeout > Duration::from_millis(ut::MAX_TIMEOUT_MS) {
+        problems.push(
+            &timeout_path,
+            RegistryError::ExchangeInvalid {
+                value: x.timeout.clone().unwrap_or_default(),
+                reason: "at most 30s (a call waits for it)",
+            },
+        );
+    }
+    let refresh_skew = match x.refresh_skew.as_deref() {
+        None => defaults::EXCHANGE_REFRESH_SKEW,
+        Some(value) => {
+            parse_duration(value).map_err(|e| problems.push(format!("{xat}.refresh_skew"), e)).unwrap_or_default()
+        }
+    };
+    let cache_entries = x.cache_entries.unwrap_or(defaults::EXCHANGE_CACHE_ENTRIES);
+    if !(1..=1_000_000).contains(&cache_entries) {
+        problems.push(
+            format!("{xat}.cache_entries"),
+            RegistryError::NumberOutOfRange { value: cache_entries, min: 1, max: 1_000_000 },
+        );
+    }
+    let (Some(endpoint), Some((secret_source, client_secret)), true) = (endpoint, secret, problems.0.len() == before)
+    else {
+        return (None, None);
+    };
+    let exchange = TokenExchange {
+        endpoint,
+        tls,
+        client_id,
+        secret_source,
+        client_secret,
+        audience,
+        resources,
+        scope,
+        subject_token_type,
+        timeout,
+        refresh_skew,
+        cache_entries,
+        no_subject_token,
+    };
+    (credentials, Some(exchange))
+}
+
+/// The client secret of a token exchange (`secret_env` or `secret_file`, exactly one).
+fn client_secret<S: SecretSource>(
+    problems: &mut Problems,
+    at: &str,
+    raw: &super::raw::RawClientAuth,
+    context: &ServerContext<'_, S>,
+) -> Option<(CredentialSource, SecretValue)> {
+    let (source, value, path) = match (&raw.secret_env, &raw.secret_file) {
+        (Some(name), None) => {
+            let path = format!("{at}.secret_env");
+            if !is_env_name(name) {
+                problems.push(path, RegistryError::InvalidEnvName { name: name.clone() });
+                return None;
+            }
+            let Some(value) = context.secrets.secret(name) else {
+                problems.push(path, RegistryError::CredentialEnvUnset { name: name.clone() });
+                return None;
+            };
+            (CredentialSource::Env(name.clone()), value, path)
+        }
+        (None, Some(name)) => {
+            let path = format!("{at}.secret_file");
+            let file = context.base_dir.join(name);
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    let value =
+                        text.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&text).to_string();
+                    (CredentialSource::File(file), value, path)
+                }
+                Err(e) => {
+                    let error = super::file_read_error(name, context.base_dir, &e);
+                    problems.push(path, RegistryError::CredentialRead { file, error });
+                    return None;
+                }
+            }
+        }
+        _ => {
+            problems.push(at, RegistryError::CredentialSourceCount);
+            return None;
+        }
+    };
+    let unusable = if value.is_empty() {
+        Some("it is empty")
+    } else if !is_header_value(&value) {
+        Some("it contains control characters (a client secret is one line)")
+    } else {
+        None
+    };
+    if let Some(reason) = unusable {
+        problems.push(path, RegistryError::CredentialInvalid { origin: source.to_string(), reason });
+        return None;
+    }
+    Some((source, SecretValue::new(value)))
 }
 
 /// An HTTP token (RFC 9110 `tchar`s).

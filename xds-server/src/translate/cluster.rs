@@ -94,7 +94,7 @@ fn socket_address(host: String, port: u16) -> Address {
     }
 }
 
-fn make_lb_endpoint(upstream: &Upstream) -> LbEndpoint {
+pub(super) fn make_lb_endpoint(upstream: &Upstream) -> LbEndpoint {
     let authority = upstream.authority();
     LbEndpoint {
         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
@@ -162,7 +162,7 @@ fn make_circuit_breakers(limits: &CircuitBreakers) -> ProtoCircuitBreakers {
     }
 }
 
-fn make_tls_socket(tls: &UpstreamTls, system_ca_file: &str) -> TransportSocket {
+pub(super) fn make_tls_socket(tls: &UpstreamTls, system_ca_file: &str) -> TransportSocket {
     let trusted_ca = match &tls.trust {
         Trust::System => data_source::Specifier::Filename(system_ca_file.to_string()),
         Trust::CaFile { pem, .. } => data_source::Specifier::InlineString(pem.clone()),

@@ -9,6 +9,7 @@
 //! | [`listener::make_listener`] | the `Listener` `meshgate` (HCM → wasm via ECDS → credentials → router) | LDS |
 //! | [`filter::make_filter_config`] | the `TypedExtensionConfig` `meshgate.wasm`: the wasm or the native filter (policy = filter config) | ECDS |
 //! | [`filter::make_credential_secret`] | a generic `Secret` per server with `credentials` | SDS |
+//! | [`token_exchange`] | per server with `credentials.exchange`: its token endpoint's cluster (Envoy injects the client authentication) and that secret | CDS, SDS |
 //! | [`ratelimit`] | the `ratelimit` filter and per-route descriptors for `scope: global` quotas | LDS, RDS |
 //! | [`cors`] | the CORS filter and per-route CORS policies, when the registry opts in | LDS, RDS |
 //! | [`edge`] | listener TLS/mTLS (certificates as SDS secrets), client-certificate forwarding, client address | LDS, SDS |
@@ -35,6 +36,7 @@ pub mod local_reply;
 pub mod observability;
 pub mod ratelimit;
 pub mod route;
+pub mod token_exchange;
 pub mod virtual_route;
 
 #[cfg(test)]
@@ -233,10 +235,12 @@ pub fn translate(registry: &Registry, options: &TranslateOptions) -> Result<Reso
         clusters.push(cluster::make_wasm_source_cluster(remote, &registry.envoy.system_ca_file));
     }
     clusters.extend(observability::collector_cluster(registry));
+    clusters.extend(registry.servers.iter().filter_map(|server| token_exchange::make_token_cluster(registry, server)));
     let secrets = registry
         .servers
         .iter()
         .filter_map(filter::make_credential_secret)
+        .chain(registry.servers.iter().filter_map(token_exchange::make_token_client_secret))
         .chain(edge::listener_secrets(registry))
         .collect();
     Ok(Resources {
@@ -298,6 +302,16 @@ pub fn cluster_name(server: &Server) -> String {
 /// Name of the SDS secret holding a server's upstream credential.
 pub fn credential_secret_name(server: &Server) -> String {
     format!("meshgate-credential-{}", server.name)
+}
+
+/// Name of the cluster of a server's token endpoint (`credentials.exchange`).
+pub fn token_cluster_name(server: &Server) -> String {
+    format!("meshgate-token-{}", server.name)
+}
+
+/// Name of the SDS secret holding a server's token-exchange client authentication.
+pub fn token_client_secret_name(server: &Server) -> String {
+    format!("meshgate-token-client-{}", server.name)
 }
 
 /// `per_connection_buffer_limit_bytes` for the listener and clusters.

@@ -576,3 +576,52 @@ fn durations_render_for_envoy() {
     let d = proto_duration(std::time::Duration::from_millis(1500));
     assert_eq!((d.seconds, d.nanos), (1, 500_000_000));
 }
+
+#[test]
+fn a_token_exchange_gets_a_tls_cluster_whose_upstream_filter_injects_the_client_secret_from_sds() {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    let registry = registry(
+        r#"
+listener: { port: 10000 }
+servers:
+  - name: crm
+    url: http://127.0.0.1:9101/mcp
+    credentials:
+      exchange:
+        token_endpoint: https://idp.example.com/oauth2/token
+        client_auth: { client_id: gw, secret_env: TEST_SECRET }
+        audience: crm
+"#,
+    );
+    let resources = translate(&registry, &local_wasm()).expect("translate");
+    let cluster = resources.clusters.iter().find(|c| c.name == "meshgate-token-crm").expect("token cluster");
+    assert!(cluster.transport_socket.is_some(), "TLS to the token endpoint");
+    let options = &cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    let options = HttpProtocolOptions::decode(options.value.as_slice()).expect("options");
+    let names: Vec<&str> = options.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["envoy.filters.http.credential_injector", "envoy.filters.http.upstream_codec"]);
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &options.http_filters[0].config_type else {
+        panic!("typed config");
+    };
+    let injector = CredentialInjector::decode(any.value.as_slice()).expect("injector");
+    assert!(injector.overwrite && !injector.allow_request_without_credential);
+    let generic = injector.credential.and_then(|c| c.typed_config).expect("generic");
+    let generic = Generic::decode(generic.value.as_slice()).expect("generic");
+    assert_eq!(generic.credential.map(|c| c.name).as_deref(), Some("meshgate-token-client-crm"));
+    assert_eq!((generic.header.as_str(), generic.header_value_prefix.as_str()), ("authorization", "Basic "));
+    // The secret (base64 of id:secret) is only in its SDS secret; the filter config names the cluster.
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("gw:{}", test_secret()));
+    for (type_url, items) in resources.pack() {
+        for item in items {
+            let holds = |needle: &str| item.any.value.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(!holds(&test_secret()), "{} {}", type_url::short(type_url), item.name);
+            assert_eq!(holds(&basic), type_url == type_url::SECRET, "{} {}", type_url::short(type_url), item.name);
+        }
+    }
+    assert!(resources.secrets.iter().any(|s| s.name == "meshgate-token-client-crm"));
+    let filter = &resources.extension_configs[0];
+    let text = String::from_utf8_lossy(&filter.typed_config.as_ref().expect("config").value).to_string();
+    assert!(text.contains("meshgate-token-crm") && text.contains("token_exchanges"));
+}

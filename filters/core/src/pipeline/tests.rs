@@ -44,8 +44,12 @@ struct MemoryHost {
     callouts: Vec<(u64, CalloutRequest)>,
     /// Clusters whose callouts fail to start.
     unknown_clusters: Vec<String>,
-    /// How often the pipeline let a paused request continue.
+    /// Keys this stream parked on, keys it woke, and how often it resumed the request.
+    parked: Vec<String>,
+    woken: Vec<String>,
     resumed: u32,
+    /// The clock, when a test moves it (`NOW_NS` otherwise).
+    clock_ns: Option<u64>,
 }
 
 impl MemoryHost {
@@ -107,6 +111,13 @@ impl Host for MemoryHost {
         self.callouts.push((id, request.clone()));
         Ok(id)
     }
+    fn park_for_token(&mut self, key: &str) -> bool {
+        self.parked.push(key.to_string());
+        true
+    }
+    fn wake_token_waiters(&mut self, key: &str) {
+        self.woken.push(key.to_string());
+    }
     fn resume_request(&mut self) {
         self.resumed += 1;
     }
@@ -146,7 +157,7 @@ impl Host for MemoryHost {
         self.audit.push((key, value.to_string()));
     }
     fn now_ns(&self) -> u64 {
-        NOW_NS
+        self.clock_ns.unwrap_or(NOW_NS)
     }
     fn log(&mut self, level: Level, message: fmt::Arguments<'_>) {
         self.logs.push((level, message.to_string()));
@@ -546,6 +557,12 @@ fn a_counter_that_cannot_be_updated_refuses_the_call() {
         }
         fn start_callout(&mut self, request: &CalloutRequest) -> Result<u64, String> {
             self.0.start_callout(request)
+        }
+        fn park_for_token(&mut self, key: &str) -> bool {
+            self.0.park_for_token(key)
+        }
+        fn wake_token_waiters(&mut self, key: &str) {
+            self.0.wake_token_waiters(key)
         }
         fn resume_request(&mut self) {
             self.0.resume_request()
@@ -1140,4 +1157,230 @@ fn a_check_that_cannot_start_fails_closed() {
         false,
     );
     assert_eq!(sent, Sent::Refused(503));
+}
+
+/// A gateway whose `crm` has token exchange; JWT consumers from the test JWKS.
+fn exchange_gateway(no_subject_token: &str) -> Arc<Gateway> {
+    let jwks: Value = serde_json::from_str(include_str!("../../testdata/jwks.json")).unwrap();
+    gateway(json!({
+        "auth": {
+            "jwt": [{"issuer": "https://idp.example.com", "audiences": ["meshgate"], "jwks": jwks}],
+            "api_keys": [{"consumer": "reader-bot", "sha256": hex::encode(Sha256::digest(b"r")), "roles": ["reader"]}],
+        },
+        "token_exchanges": {"crm": {
+            "cluster": "meshgate_token_crm", "path": "/token", "authority": "idp:443",
+            "audience": "crm", "scope": "crm.read", "subject_token_type": upstream_token::TOKEN_TYPE_ACCESS_TOKEN,
+            "timeout_ms": 2000, "refresh_skew_secs": 30, "cache_entries": 64,
+            "no_subject_token": no_subject_token,
+        }},
+    }))
+}
+
+fn user_jwt(sub: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../../testdata/rsa_private.pem")).unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("rsa-1".into());
+    let claims = json!({"iss": "https://idp.example.com", "aud": "meshgate", "sub": sub,
+        "exp": NOW_NS / 1_000_000_000 + 3600, "roles": ["reader"]});
+    jsonwebtoken::encode(&h, &claims, &key).unwrap()
+}
+
+fn jwt_headers(jwt: &str) -> Vec<(String, String)> {
+    let mut h = post_headers(None, "/mcp/crm");
+    h.push(("authorization".to_string(), format!("Bearer {jwt}")));
+    h
+}
+
+/// Headers and body of a `tools/call` to `crm`: the flow of the body callback.
+fn start_call(stream: &mut Stream, host: &mut MemoryHost, jwt: &str) -> Flow {
+    host.request_headers = jwt_headers(jwt);
+    let mut tokens = TokenCache::new(16);
+    assert_eq!(stream.on_request_headers(host, &mut tokens, false), Flow::Pause);
+    host.request_body = call(7, "get_customer", json!({}));
+    let size = host.request_body.len();
+    stream.on_request_body(host, size, true)
+}
+
+fn token_answer(token: &str, expires_in: u64) -> Result<CalloutResponse, String> {
+    Ok(CalloutResponse {
+        status: 200,
+        headers: vec![],
+        body: json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in,
+            "issued_token_type": upstream_token::TOKEN_TYPE_ACCESS_TOKEN})
+        .to_string()
+        .into_bytes(),
+    })
+}
+
+fn authorization(host: &MemoryHost) -> Option<&str> {
+    host.request_headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_token_exchange_is_made_once_and_shared_by_concurrent_and_later_calls() {
+    let g = exchange_gateway("refuse");
+    let store = Rc::new(RefCell::new(Store::default()));
+    let jwt = user_jwt("alice");
+    let mut leader = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    assert_eq!(start_call(&mut leader.0, &mut leader.1, &jwt), Flow::Pause);
+    assert_eq!(leader.1.callouts.len(), 1);
+    let (id, request) = leader.1.callouts[0].clone();
+    let form = String::from_utf8(request.body).unwrap();
+    assert!(form.contains(&format!("subject_token={jwt}")), "{form}");
+    assert!(form.contains("audience=crm") && form.contains("scope=crm.read"));
+    assert_eq!(authorization(&leader.1), None, "the caller's token is stripped while it waits");
+    // A concurrent call of the same user waits for that exchange: no callout of its own.
+    let mut waiter = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    assert_eq!(start_call(&mut waiter.0, &mut waiter.1, &jwt), Flow::Pause);
+    assert!(waiter.1.callouts.is_empty());
+    assert_eq!(waiter.1.parked.len(), 1);
+    // The exchange answers: the leader goes on with the token and wakes the waiters.
+    leader.0.on_callout_done(&mut leader.1, id, token_answer("upstream-alice", 300));
+    assert_eq!(authorization(&leader.1), Some("Bearer upstream-alice"));
+    assert_eq!(leader.1.resumed, 1);
+    assert_eq!(leader.1.woken, waiter.1.parked);
+    waiter.0.on_token_ready(&mut waiter.1);
+    assert_eq!(authorization(&waiter.1), Some("Bearer upstream-alice"));
+    assert_eq!(waiter.1.resumed, 1);
+    // A later call is a cache hit: forwarded at once, no callout.
+    let mut later = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    assert_eq!(start_call(&mut later.0, &mut later.1, &jwt), Flow::Continue);
+    assert!(later.1.callouts.is_empty());
+    assert_eq!(authorization(&later.1), Some("Bearer upstream-alice"));
+    // Another user makes their own exchange.
+    let mut bob = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    assert_eq!(start_call(&mut bob.0, &mut bob.1, &user_jwt("bob")), Flow::Pause);
+    assert_eq!(bob.1.callouts.len(), 1);
+    // Due (expires_in minus the skew): a new exchange.
+    let mut due = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    due.1.clock_ns = Some(NOW_NS + 270 * 1_000_000_000);
+    assert_eq!(start_call(&mut due.0, &mut due.1, &jwt), Flow::Pause);
+    assert_eq!(due.1.callouts.len(), 1);
+    for (host, outcome) in [(&mut leader, "exchanged"), (&mut waiter, "cache_hit"), (&mut later, "cache_hit")] {
+        host.0.on_log(&mut host.1);
+        let name = format!("meshgate.upstream_token.server.crm.outcome.{outcome}");
+        assert!(host.1.metrics.iter().any(|m| matches!(m, MetricUpdate::Counter { name: n, .. } if *n == name)));
+    }
+}
+
+#[test]
+fn a_failed_exchange_refuses_the_call_and_its_waiters_without_leaking_tokens() {
+    let g = exchange_gateway("refuse");
+    let store = Rc::new(RefCell::new(Store::default()));
+    let jwt = user_jwt("alice");
+    let mut leader = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    assert_eq!(start_call(&mut leader.0, &mut leader.1, &jwt), Flow::Pause);
+    let mut waiter = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    waiter.1.clock_ns = Some(NOW_NS + 1);
+    assert_eq!(start_call(&mut waiter.0, &mut waiter.1, &jwt), Flow::Pause);
+    let refused = Ok(CalloutResponse {
+        status: 400,
+        headers: vec![],
+        body: json!({"error": "invalid_grant", "error_description": format!("bad {jwt}")}).to_string().into_bytes(),
+    });
+    leader.1.clock_ns = Some(NOW_NS + 2);
+    leader.0.on_callout_done(&mut leader.1, 1, refused);
+    let (status, _, body) = leader.1.local_reply.clone().unwrap();
+    assert_eq!(status, 200, "an answer to the call's id");
+    let (code, message) = error_of(&body);
+    assert_eq!(code, crate::jsonrpc::code::UPSTREAM_UNAVAILABLE);
+    assert_eq!(
+        message,
+        "the upstream credential for server \"crm\" could not be obtained: \
+         the token endpoint refused the exchange (invalid_grant)"
+    );
+    assert_eq!(leader.1.resumed, 0);
+    waiter.1.clock_ns = Some(NOW_NS + 3);
+    waiter.0.on_token_ready(&mut waiter.1);
+    let (_, _, body) = waiter.1.local_reply.clone().unwrap();
+    assert!(error_of(&body).1.contains("could not be obtained"));
+    for host in [&leader.1, &waiter.1] {
+        let seen = format!("{:?}{:?}", host.logs, host.local_reply);
+        assert!(!seen.contains(&jwt), "the user's token is never logged or answered");
+    }
+    // The next call tries again.
+    let mut next = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    next.1.clock_ns = Some(NOW_NS + 4);
+    assert_eq!(start_call(&mut next.0, &mut next.1, &jwt), Flow::Pause);
+    assert_eq!(next.1.callouts.len(), 1);
+    // A timeout (the host's words) is a failure too.
+    next.0.on_callout_done(&mut next.1, 1, Err("the callout was reset (no connection, or a timeout)".into()));
+    assert!(error_of(&next.1.local_reply.clone().unwrap().2).1.contains("did not answer"));
+}
+
+#[test]
+fn a_leader_that_goes_away_releases_its_lease_and_api_key_callers_are_refused_or_static() {
+    let g = exchange_gateway("refuse");
+    let store = Rc::new(RefCell::new(Store::default()));
+    let jwt = user_jwt("alice");
+    let mut leader = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    assert_eq!(start_call(&mut leader.0, &mut leader.1, &jwt), Flow::Pause);
+    leader.0.on_log(&mut leader.1);
+    assert_eq!(leader.1.woken.len(), 1);
+    let mut next = (Stream::new(g.clone()), MemoryHost::sharing(&store));
+    assert_eq!(start_call(&mut next.0, &mut next.1, &jwt), Flow::Pause);
+    assert_eq!(next.1.callouts.len(), 1, "the released slot is led anew");
+
+    let mut bot = (Stream::new(g), MemoryHost::default());
+    assert_eq!(
+        request(
+            &mut bot.0,
+            &mut bot.1,
+            post_headers(Some("r"), "/mcp/crm"),
+            &[&call(1, "get_customer", json!({}))],
+            false
+        ),
+        Sent::Refused(200)
+    );
+    assert!(error_of(&bot.1.local_reply.clone().unwrap().2).1.contains("needs the caller's bearer token"));
+    let mut bot = (Stream::new(exchange_gateway("static")), MemoryHost::default());
+    assert_eq!(
+        request(
+            &mut bot.0,
+            &mut bot.1,
+            post_headers(Some("r"), "/mcp/crm"),
+            &[&call(1, "get_customer", json!({}))],
+            false
+        ),
+        Sent::Forwarded
+    );
+    assert_eq!(authorization(&bot.1), None, "Envoy injects the static credential");
+}
+
+#[test]
+fn an_approved_call_then_gets_its_upstream_token_and_only_then_resumes() {
+    // crm needs both: a person's approval for reads, and the caller's own upstream token.
+    let mut raw = json!({
+        "approvals": [{"name": "reads", "match": {"tools": ["crm/get_*"]}, "approvers": {"roles": ["reader"]},
+                       "allow_self_approval": true}],
+        "approval_service": {"cluster": "meshgate-xds", "authority": "meshgate"},
+    });
+    let jwks: Value = serde_json::from_str(include_str!("../../testdata/jwks.json")).unwrap();
+    raw["auth"] = json!({"jwt": [{"issuer": "https://idp.example.com", "audiences": ["meshgate"], "jwks": jwks}]});
+    raw["token_exchanges"] = json!({"crm": {
+        "cluster": "meshgate_token_crm", "path": "/token", "authority": "idp:443",
+        "audience": "crm", "scope": "crm.read", "subject_token_type": upstream_token::TOKEN_TYPE_ACCESS_TOKEN,
+        "timeout_ms": 2000, "refresh_skew_secs": 30, "cache_entries": 64, "no_subject_token": "refuse",
+    }});
+    let g = gateway(raw);
+    let store = Rc::new(RefCell::new(Store::default()));
+    let mut stream = Stream::new(g);
+    let mut host = MemoryHost::sharing(&store);
+    assert_eq!(start_call(&mut stream, &mut host, &user_jwt("alice")), Flow::Pause);
+    // First meshgate's check; no token is asked for a call nobody approved yet.
+    assert_eq!(host.callouts.len(), 1);
+    assert_eq!(host.callouts[0].1.cluster, "meshgate-xds");
+    let approved =
+        CalloutResponse { status: 200, headers: vec![], body: br#"{"decision":"approved","id":"ap_9"}"#.to_vec() };
+    let check_id = host.callouts[0].0;
+    stream.on_callout_done(&mut host, check_id, Ok(approved));
+    // Approved: now the exchange; the request stays paused until the token is there.
+    assert_eq!(host.callouts.len(), 2);
+    assert_eq!(host.callouts[1].1.cluster, "meshgate_token_crm");
+    assert_eq!((host.resumed, host.local_reply.is_none()), (0, true));
+    let exchange_id = host.callouts[1].0;
+    stream.on_callout_done(&mut host, exchange_id, token_answer("upstream-alice", 300));
+    assert_eq!(authorization(&host), Some("Bearer upstream-alice"));
+    assert_eq!((host.resumed, host.local_reply.is_none()), (1, true));
+    stream.on_log(&mut host);
 }
