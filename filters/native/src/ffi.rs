@@ -127,7 +127,6 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_get_headers_size(fe: *mut c_void, kind: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_headers(fe: *mut c_void, kind: u32, out: *mut HttpHeader) -> bool;
     fn envoy_dynamic_module_callback_http_clear_route_cache(fe: *mut c_void);
-    fn envoy_dynamic_module_callback_http_filter_continue_decoding(fe: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_http_callout(
         fe: *mut c_void,
         id_out: *mut u64,
