@@ -108,7 +108,7 @@ pub enum RegistryError {
     CredentialRead { file: PathBuf, error: String },
     /// Never includes the value itself.
     #[error("the credential from {origin} is unusable: {reason}")]
-    CredentialInvalid { origin: String, reason: &'static str },
+    CredentialInvalid { origin: String, reason: String },
     #[error("invalid prefix: control characters are not allowed in a header value")]
     InvalidPrefix,
     #[error("tool name must not be empty")]

@@ -839,53 +839,15 @@ fn credentials<S: SecretSource>(
         problems.push(format!("{at}.prefix"), RegistryError::InvalidPrefix);
         return None;
     }
-    let (source, value, path) = match (&raw.value_env, &raw.value_file) {
-        (Some(name), None) => {
-            let path = format!("{at}.value_env");
-            if !is_env_name(name) {
-                problems.push(path, RegistryError::InvalidEnvName { name: name.clone() });
-                return None;
-            }
-            let Some(value) = secrets.secret(name) else {
-                problems.push(path, RegistryError::CredentialEnvUnset { name: name.clone() });
-                return None;
-            };
-            (CredentialSource::Env(name.clone()), value, path)
-        }
-        (None, Some(name)) => {
-            let path = format!("{at}.value_file");
-            let file = base_dir.join(name);
-            match std::fs::read_to_string(&file) {
-                Ok(text) => {
-                    // Editors and `echo` end files with a newline; it is not part of the value.
-                    let value =
-                        text.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&text).to_string();
-                    (CredentialSource::File(file), value, path)
-                }
-                Err(e) => {
-                    let error = super::file_read_error(name, base_dir, &e);
-                    problems.push(path, RegistryError::CredentialRead { file, error });
-                    return None;
-                }
-            }
-        }
-        _ => {
-            problems.push(at, RegistryError::CredentialSourceCount);
-            return None;
-        }
-    };
-    let unusable = if value.is_empty() {
-        Some("it is empty")
-    } else if !is_header_value(&value) {
-        Some("it contains control characters (a header value is one line)")
-    } else {
-        None
-    };
-    if let Some(reason) = unusable {
-        problems.push(path, RegistryError::CredentialInvalid { origin: source.to_string(), reason });
-        return None;
-    }
-    Some(Credentials { header, prefix, source, value: SecretValue::new(value) })
+    let (source, value) = secret_value(
+        problems,
+        at,
+        ("value_env", raw.value_env.as_deref()),
+        ("value_file", raw.value_file.as_deref()),
+        (secrets, base_dir),
+        "a header value",
+    )?;
+    Some(Credentials { header, prefix, source, value })
 }
 
 /// `servers[].credentials` with `exchange`: the token exchange, and the static credential
@@ -1120,30 +1082,54 @@ fn client_secret<S: SecretSource>(
     raw: &super::raw::RawClientAuth,
     context: &ServerContext<'_, S>,
 ) -> Option<(CredentialSource, SecretValue)> {
-    let (source, value, path) = match (&raw.secret_env, &raw.secret_file) {
+    secret_value(
+        problems,
+        at,
+        ("secret_env", raw.secret_env.as_deref()),
+        ("secret_file", raw.secret_file.as_deref()),
+        (context.secrets, context.base_dir),
+        "a client secret",
+    )
+}
+
+/// A one-line secret named by exactly one of an environment variable (`env`) and a file
+/// relative to the registry's folder (`file`), each given as (its key under `at`, its value).
+/// A file's final newline is not part of the value. Refused, with the key's path: an invalid
+/// variable name, an unset variable, an unreadable file, neither or both given, an empty
+/// value or one with control characters (`what` the value is, for the message).
+fn secret_value<S: SecretSource>(
+    problems: &mut Problems,
+    at: &str,
+    (env_key, env): (&str, Option<&str>),
+    (file_key, file): (&str, Option<&str>),
+    (secrets, base_dir): (&S, &Path),
+    what: &str,
+) -> Option<(CredentialSource, SecretValue)> {
+    let (source, value, path) = match (env, file) {
         (Some(name), None) => {
-            let path = format!("{at}.secret_env");
+            let path = format!("{at}.{env_key}");
             if !is_env_name(name) {
-                problems.push(path, RegistryError::InvalidEnvName { name: name.clone() });
+                problems.push(path, RegistryError::InvalidEnvName { name: name.to_string() });
                 return None;
             }
-            let Some(value) = context.secrets.secret(name) else {
-                problems.push(path, RegistryError::CredentialEnvUnset { name: name.clone() });
+            let Some(value) = secrets.secret(name) else {
+                problems.push(path, RegistryError::CredentialEnvUnset { name: name.to_string() });
                 return None;
             };
-            (CredentialSource::Env(name.clone()), value, path)
+            (CredentialSource::Env(name.to_string()), value, path)
         }
         (None, Some(name)) => {
-            let path = format!("{at}.secret_file");
-            let file = context.base_dir.join(name);
+            let path = format!("{at}.{file_key}");
+            let file = base_dir.join(name);
             match std::fs::read_to_string(&file) {
                 Ok(text) => {
+                    // Editors and `echo` end files with a newline; it is not part of the value.
                     let value =
                         text.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&text).to_string();
                     (CredentialSource::File(file), value, path)
                 }
                 Err(e) => {
-                    let error = super::file_read_error(name, context.base_dir, &e);
+                    let error = super::file_read_error(name, base_dir, &e);
                     problems.push(path, RegistryError::CredentialRead { file, error });
                     return None;
                 }
@@ -1155,9 +1141,9 @@ fn client_secret<S: SecretSource>(
         }
     };
     let unusable = if value.is_empty() {
-        Some("it is empty")
+        Some("it is empty".to_string())
     } else if !is_header_value(&value) {
-        Some("it contains control characters (a client secret is one line)")
+        Some(format!("it contains control characters ({what} is one line)"))
     } else {
         None
     };
