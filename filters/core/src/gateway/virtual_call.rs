@@ -115,18 +115,7 @@ impl Gateway {
         let Some(target) = message.target() else {
             return Err(Rejection::bad_request(code::INVALID_PARAMS, "the request names nothing").with_id(id));
         };
-        if kind == ResourceKind::Resource {
-            let uri = target.name.clone();
-            return self.route_resource_read(pending, virtual_server, &uri, body, read.clone());
-        }
-        let member = virtual_server
-            .resolve(kind, &target.name)
-            .map_err(|e| Rejection::new(ANSWER_STATUS, code::INVALID_PARAMS, printable(&e.to_string())).with_id(id))?;
-        let rewritten = replace_name(body, doc, kind, member.name).ok_or_else(|| {
-            Rejection::bad_request(code::INVALID_PARAMS, "the request's name is not readable").with_id(id)
-        })?;
-        let backend_read = read.clone().with_target_name(member.name);
-        self.govern_on_backend(pending, member.server, member.name, rewritten, backend_read)
+        self.route_by_name(pending, virtual_server, (body, doc, read), kind, &target.name, NamePlace::Target)
     }
 
     /// `completion/complete` through `virtual_server`: a `ref/resource` is routed by its URI
@@ -141,22 +130,52 @@ impl Gateway {
         doc: &StrictJson<'_>,
         read: &mcp::ReadMessage,
     ) -> Result<Exchange, Rejection> {
-        let id = read.message.id();
         // The reader refuses a completion without a readable reference: exactly one here.
         let Some(reference) = read.message.named().next() else {
+            let id = read.message.id();
             return Err(Rejection::bad_request(code::INVALID_PARAMS, "the completion names no reference").with_id(id));
         };
-        if reference.kind == ResourceKind::Resource {
-            let uri = reference.name.clone();
-            return self.route_resource_read(pending, virtual_server, &uri, body, read.clone());
+        self.route_by_name(
+            pending,
+            virtual_server,
+            (body, doc, read),
+            reference.kind,
+            &reference.name,
+            NamePlace::Reference,
+        )
+    }
+
+    /// Routes a request naming `kind` member `name` (at `place` in the body): a resource by
+    /// its URI, unchanged; a tool or prompt by its exposed name, renamed there (and only
+    /// there) to the backing server's own, then governed as that server's own request.
+    fn route_by_name(
+        &self,
+        pending: &PendingRequest,
+        virtual_server: &VirtualServer,
+        (body, doc, read): (&[u8], &StrictJson<'_>, &mcp::ReadMessage),
+        kind: ResourceKind,
+        name: &str,
+        place: NamePlace,
+    ) -> Result<Exchange, Rejection> {
+        if kind == ResourceKind::Resource {
+            return self.route_resource_read(pending, virtual_server, name, body, read.clone());
         }
+        let id = read.message.id();
         let member = virtual_server
-            .resolve(reference.kind, &reference.name)
+            .resolve(kind, name)
             .map_err(|e| Rejection::new(ANSWER_STATUS, code::INVALID_PARAMS, printable(&e.to_string())).with_id(id))?;
-        let rewritten = replace_string_at(body, doc, &["params", "ref", "name"], member.name).ok_or_else(|| {
-            Rejection::bad_request(code::INVALID_PARAMS, "the reference's name is not readable").with_id(id)
+        let (rewritten, backend_read) = match place {
+            NamePlace::Target => {
+                (replace_name(body, doc, kind, member.name), read.clone().with_target_name(member.name))
+            }
+            NamePlace::Reference => (
+                replace_string_at(body, doc, &["params", "ref", "name"], member.name),
+                read.clone().with_reference_name(member.name),
+            ),
+        };
+        let rewritten = rewritten.ok_or_else(|| {
+            Rejection::bad_request(code::INVALID_PARAMS, "the request's name is not readable").with_id(id)
         })?;
-        let backend_read = read.clone().with_reference_name(member.name);
         self.govern_on_backend(pending, member.server, member.name, rewritten, backend_read)
     }
 
@@ -188,6 +207,15 @@ impl Gateway {
         exchange.request_header_rewrites.push((TARGET_HEADER.to_string(), Some(server.to_string())));
         Ok(exchange)
     }
+}
+
+/// Where a routed request names its tool, prompt or resource.
+#[derive(Debug, Clone, Copy)]
+enum NamePlace {
+    /// `params.name` / `params.uri` (`tools/call`, `prompts/get`, `resources/read`).
+    Target,
+    /// `params.ref` (`completion/complete`).
+    Reference,
 }
 
 /// A JSON-RPC error for what a virtual server does not answer (yet).
