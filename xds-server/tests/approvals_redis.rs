@@ -5,55 +5,22 @@
 //! Skipped (with a message) when `redis-server` is not installed (`make setup` installs it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meshgate::approvals::store::{self, Kv, Status};
 use meshgate::ratelimit::redis::{RedisAddress, RedisPool};
 use meshgate_core::approval::{
     ApprovalRule, ApprovalRules, CheckAnswer, CheckRequest, RawApprovalRule, RawApprovalService,
 };
+use support::redis::Redis;
 
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let binary: PathBuf = std::env::var_os("PATH")
-            .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("redis-server")).find(|p| p.is_file()))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Redis { child, port, _dir: dir })
-    }
-
-    fn kv(&self) -> Kv {
-        let address = RedisAddress::parse(&format!("redis://127.0.0.1:{}/0", self.port)).unwrap();
-        Kv::Redis(RedisPool::new(address, Duration::from_secs(2)))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A store client of `redis` (one per meshgate replica).
+fn kv(redis: &Redis) -> Kv {
+    let address = RedisAddress::parse(&redis.url()).unwrap();
+    Kv::Redis(RedisPool::new(address, Duration::from_secs(2)))
 }
 
 fn rule() -> ApprovalRule {
@@ -82,11 +49,8 @@ const URL: &str = "https://approvals.example.com/approvals";
 
 #[tokio::test]
 async fn replicas_share_decisions_and_a_single_use_approval_is_used_once() {
-    let Some(redis) = Redis::start() else {
-        eprintln!("SKIPPED: redis-server is not installed (make setup installs it)");
-        return;
-    };
-    let (replica_a, replica_b) = (Arc::new(redis.kv()), Arc::new(redis.kv()));
+    let Some(redis) = Redis::start() else { return };
+    let (replica_a, replica_b) = (Arc::new(kv(&redis)), Arc::new(kv(&redis)));
     let r = rule();
     let now = 1_000;
     let first = store::check(&replica_a, &call(), &r, now, URL).await.unwrap();

@@ -161,12 +161,8 @@ impl ApprovalRule {
     }
 }
 
-/// Whether `name` is a valid rule name: `[a-z0-9_-]+`, at most 63 characters.
-pub fn is_valid_rule_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
+/// Approval rules are named as quota rules are: `[a-z0-9_-]+`, at most 63 characters.
+pub use crate::quota::is_valid_rule_name;
 
 /// Every approval rule, in order (the first that applies decides), and where to ask.
 #[derive(Debug, Clone, Default)]

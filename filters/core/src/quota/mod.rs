@@ -299,7 +299,7 @@ pub struct GlobalRefusal<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Whether `name` can name a quota rule: `[a-z0-9_-]+`, at most 63 characters.
+/// Whether `name` can name a quota or approval rule: `[a-z0-9_-]+`, at most 63 characters.
 pub fn is_valid_rule_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
