@@ -197,30 +197,15 @@ impl ApprovalRules {
                     format!("approval rule \"{}\" is defined twice", rule.name),
                 ));
             }
-            let tools = rule
-                .matches
-                .tools
-                .iter()
-                .enumerate()
-                .map(|(j, p)| {
-                    TargetPattern::compile(p, servers)
-                        .map_err(|m| ConfigError::invalid(format!("{path}.match.tools[{j}]"), m))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let tools = TargetPattern::compile_all(&rule.matches.tools, servers, &format!("{path}.match.tools"))?;
             if rule.approvers.roles.is_empty() {
                 return Err(ConfigError::invalid(
                     format!("{path}.approvers.roles"),
                     "name at least one role whose consumers may approve",
                 ));
             }
-            let named = [("match.roles", &rule.matches.roles), ("approvers.roles", &rule.approvers.roles)];
-            for (key, roles) in named {
-                if let Some((j, role)) = roles.iter().enumerate().find(|(_, r)| !known_role(r)) {
-                    return Err(ConfigError::invalid(
-                        format!("{path}.{key}[{j}]"),
-                        format!("\"{role}\" is not a role of the policy"),
-                    ));
-                }
+            for (key, roles) in [("match.roles", &rule.matches.roles), ("approvers.roles", &rule.approvers.roles)] {
+                crate::policy::check_known_roles(roles, known_role, &format!("{path}.{key}"))?;
             }
             let ttl_secs = match &rule.ttl {
                 Some(ttl) => parse_ttl(ttl).map_err(|e| ConfigError::invalid(format!("{path}.ttl"), e.to_string()))?,

@@ -74,6 +74,16 @@ impl TargetPattern {
         Ok(Self { server: server_glob, name: name_glob })
     }
 
+    /// [`Self::compile`] for each of a rule's `match.tools` patterns; an error names the
+    /// pattern's path (`<path>[j]`).
+    pub fn compile_all(patterns: &[String], servers: &HashSet<String>, path: &str) -> Result<Vec<Self>, ConfigError> {
+        patterns
+            .iter()
+            .enumerate()
+            .map(|(j, p)| Self::compile(p, servers).map_err(|m| ConfigError::invalid(format!("{path}[{j}]"), m)))
+            .collect()
+    }
+
     /// [`Self::compile`] for a resource pattern: its URI part is canonicalised as resource
     /// URIs are before matching, and a pattern no governed URI can match is an error.
     pub fn compile_resource(pattern: &str, servers: &HashSet<String>) -> Result<Self, String> {
@@ -148,6 +158,17 @@ impl Role {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     roles: HashMap<String, Role>,
+}
+
+/// Checks that every role a rule names (at `path`, e.g. `quotas[0].match.roles`) is one the
+/// policy defines: a typo would make a rule that never applies, or nobody may decide.
+pub fn check_known_roles(roles: &[String], known_role: &dyn Fn(&str) -> bool, path: &str) -> Result<(), ConfigError> {
+    match roles.iter().enumerate().find(|(_, r)| !known_role(r)) {
+        Some((j, role)) => {
+            Err(ConfigError::invalid(format!("{path}[{j}]"), format!("\"{role}\" is not a role of the policy")))
+        }
+        None => Ok(()),
+    }
 }
 
 impl Policy {

@@ -335,24 +335,8 @@ impl QuotaRules {
             if !names.insert(name.clone()) {
                 return Err(ConfigError::invalid(format!("{path}.name"), format!("duplicate rule name \"{name}\"")));
             }
-            let tools = rule
-                .matches
-                .tools
-                .iter()
-                .enumerate()
-                .map(|(j, p)| {
-                    TargetPattern::compile(p, servers)
-                        .map_err(|m| ConfigError::invalid(format!("{path}.match.tools[{j}]"), m))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            for (j, role) in rule.matches.roles.iter().enumerate() {
-                if !known_role(role) {
-                    return Err(ConfigError::invalid(
-                        format!("{path}.match.roles[{j}]"),
-                        format!("\"{role}\" is not a role of the policy"),
-                    ));
-                }
-            }
+            let tools = TargetPattern::compile_all(&rule.matches.tools, servers, &format!("{path}.match.tools"))?;
+            crate::policy::check_known_roles(&rule.matches.roles, known_role, &format!("{path}.match.roles"))?;
             let limit = match (&rule.rate, &rule.quota) {
                 (Some(rate), None) => {
                     let (per_period, period_secs) =
